@@ -1,0 +1,56 @@
+# Quantix build and test entry points. On a fresh Debian 12 machine:
+#   make iso    builds out/quantix-os.iso and out/qvdc.iso (installing what it needs)
+#   make test   runs every test, the QEMU end-to-end tests included
+SHELL := /bin/bash
+GO ?= go
+OUT ?= out
+# Debian packages the build and the tests need. The build: kernel modules tooling,
+# bootloaders, filesystems. The tests: PostgreSQL, QEMU with firmware, libvirt,
+# iproute2 for network namespaces.
+APT_PACKAGES := \
+	postgresql-15 postgresql-client-15 \
+	qemu-system-x86 qemu-utils ovmf \
+	isolinux syslinux-common grub-efi-amd64-bin grub-pc-bin grub-common \
+	mtools dosfstools e2fsprogs kmod cpio \
+	iproute2 dnsmasq-base \
+	libvirt-daemon libvirt-daemon-system libvirt-clients \
+	ca-certificates
+
+export GOFLAGS := -buildvcs=false
+TEST_TIMEOUT ?= 75m
+
+.PHONY: all deps iso test unit vet lint clean
+
+all: iso
+
+# deps installs every Debian package the build and tests need (only the missing ones,
+# so a second run is quick) and downloads the Go modules.
+deps:
+	@missing=$$(for p in $(APT_PACKAGES); do dpkg-query -W -f='$${Status}\n' $$p 2>/dev/null | grep -q '^install ok installed' || echo $$p; done); \
+	if [ -n "$$missing" ]; then \
+		echo "deps: installing $$missing"; \
+		SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
+		$$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq --no-install-recommends $$missing; \
+	fi
+	$(GO) mod download
+
+iso: deps
+	@echo "iso: the image builder (issue 5) is not built yet; no ISO can be made" >&2; exit 1
+
+vet:
+	$(GO) vet ./...
+
+# test runs every test. Tests that need root (network namespaces) or QEMU are part of
+# it; see README.md for what each needs.
+test: deps vet
+	$(GO) test -count=1 -timeout $(TEST_TIMEOUT) ./...
+
+# unit runs the quick tests only (no PostgreSQL, namespaces or QEMU).
+unit:
+	$(GO) test -short -count=1 ./...
+
+lint: vet
+	$(GO) run honnef.co/go/tools/cmd/staticcheck@2025.1.1 ./...
+
+clean:
+	rm -rf $(OUT)

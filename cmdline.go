@@ -1,0 +1,86 @@
+package quantix
+
+import (
+	"fmt"
+	"os"
+	"strings"
+)
+
+// Kernel command line parameters Quantix reads (DESIGN §3). The network service
+// parses the value of "ip" itself.
+const (
+	ParamIP       = "ip"
+	ParamVDC      = "quantix.vdc"
+	ParamToken    = "quantix.token"
+	ParamHostname = "quantix.hostname"
+	ParamInstall  = "quantix.install"
+	ParamConsole  = "quantix.console"
+)
+
+// Cmdline is a parsed kernel command line: key=value parameters (the last one wins)
+// and bare flags (value "").
+type Cmdline struct {
+	params map[string]string
+	order  []string
+}
+
+// ReadCmdline reads /proc/cmdline.
+func ReadCmdline() (Cmdline, error) {
+	b, err := os.ReadFile("/proc/cmdline")
+	if err != nil {
+		return Cmdline{}, fmt.Errorf("read kernel command line: %w", err)
+	}
+	return ParseCmdline(string(b)), nil
+}
+
+// ParseCmdline splits a kernel command line by the kernel's own rules: parameters
+// separated by white space, double quotes group (quantix.hostname="a b" is one
+// parameter), everything after "--" is for init and ignored here.
+func ParseCmdline(s string) Cmdline {
+	c := Cmdline{params: map[string]string{}}
+	var fields []string
+	var cur strings.Builder
+	inQuote, have := false, false
+	for _, r := range s {
+		switch {
+		case r == '"':
+			inQuote = !inQuote
+			have = true
+		case !inQuote && (r == ' ' || r == '\t' || r == '\n' || r == '\r'):
+			if have {
+				fields = append(fields, cur.String())
+				cur.Reset()
+				have = false
+			}
+		default:
+			cur.WriteRune(r)
+			have = true
+		}
+	}
+	if have {
+		fields = append(fields, cur.String())
+	}
+	for _, f := range fields {
+		if f == "--" {
+			break
+		}
+		k, v, _ := strings.Cut(f, "=")
+		if _, seen := c.params[k]; !seen {
+			c.order = append(c.order, k)
+		}
+		c.params[k] = v
+	}
+	return c
+}
+
+// Get returns the value of key and whether it was present.
+func (c Cmdline) Get(key string) (string, bool) {
+	v, ok := c.params[key]
+	return v, ok
+}
+
+// Value returns the value of key, or "".
+func (c Cmdline) Value(key string) string { return c.params[key] }
+
+// Keys returns the parameter names in the order they first appeared.
+func (c Cmdline) Keys() []string { return append([]string(nil), c.order...) }

@@ -1,0 +1,141 @@
+package quantix
+
+import (
+	"bufio"
+	"bytes"
+	"errors"
+	"fmt"
+	"os"
+	"path/filepath"
+	"strings"
+
+	"github.com/BurntSushi/toml"
+)
+
+// WriteFileAtomic replaces path with data so that a crash leaves either the old file
+// or the new one, never a torn one (DESIGN §2): temp file in the same folder, fsync,
+// rename, fsync the folder. Missing parent folders are created with mode 0755.
+func WriteFileAtomic(path string, data []byte, perm os.FileMode) error {
+	dir := filepath.Dir(path)
+	if err := os.MkdirAll(dir, 0o755); err != nil {
+		return fmt.Errorf("write %s: %w", path, err)
+	}
+	f, err := os.CreateTemp(dir, "."+filepath.Base(path)+".tmp-*")
+	if err != nil {
+		return fmt.Errorf("write %s: %w", path, err)
+	}
+	tmp := f.Name()
+	ok := false
+	defer func() {
+		if !ok {
+			f.Close()
+			os.Remove(tmp)
+		}
+	}()
+	if err := f.Chmod(perm); err != nil {
+		return fmt.Errorf("write %s: %w", path, err)
+	}
+	if _, err := f.Write(data); err != nil {
+		return fmt.Errorf("write %s: %w", path, err)
+	}
+	if err := f.Sync(); err != nil {
+		return fmt.Errorf("write %s: fsync: %w", path, err)
+	}
+	if err := f.Close(); err != nil {
+		return fmt.Errorf("write %s: %w", path, err)
+	}
+	if err := os.Rename(tmp, path); err != nil {
+		return fmt.Errorf("write %s: %w", path, err)
+	}
+	ok = true
+	d, err := os.Open(dir)
+	if err != nil {
+		return fmt.Errorf("write %s: open folder for fsync: %w", path, err)
+	}
+	defer d.Close()
+	if err := d.Sync(); err != nil {
+		return fmt.Errorf("write %s: fsync folder: %w", path, err)
+	}
+	return nil
+}
+
+// ErrUnknownKey is wrapped when a TOML file holds a key the schema does not know.
+var ErrUnknownKey = errors.New("unknown key")
+
+// DecodeTOMLFile strictly decodes the TOML file at path into v (DESIGN §3).
+func DecodeTOMLFile(path string, v any) error {
+	data, err := os.ReadFile(path)
+	if err != nil {
+		return err // *PathError already names the file
+	}
+	return DecodeTOML(path, data, v)
+}
+
+// DecodeTOML strictly decodes data into v: a syntax error or a type mismatch names
+// the file and line; an unknown key is an error naming the file, line and key.
+// name is the file name used in messages.
+func DecodeTOML(name string, data []byte, v any) error {
+	md, err := toml.NewDecoder(bytes.NewReader(data)).Decode(v)
+	if err != nil {
+		var perr toml.ParseError
+		if errors.As(err, &perr) {
+			return fmt.Errorf("%s:%d: %s", name, perr.Position.Line, perr.Message)
+		}
+		return fmt.Errorf("%s: %w", name, err)
+	}
+	if und := md.Undecoded(); len(und) > 0 {
+		k := und[0]
+		line := keyLine(data, k)
+		if line > 0 {
+			return fmt.Errorf("%s:%d: %w %q", name, line, ErrUnknownKey, k.String())
+		}
+		return fmt.Errorf("%s: %w %q", name, ErrUnknownKey, k.String())
+	}
+	return nil
+}
+
+// keyLine finds the line on which key k is defined, for error messages.
+// BurntSushi/toml does not expose key positions for undecoded keys, so this scans
+// for the table header and then the key's last component. It returns 0 if unsure.
+func keyLine(data []byte, k toml.Key) int {
+	if len(k) == 0 {
+		return 0
+	}
+	table := strings.Join(k[:len(k)-1], ".")
+	last := k[len(k)-1]
+	cur := ""
+	sc := bufio.NewScanner(bytes.NewReader(data))
+	sc.Buffer(make([]byte, 64*1024), 1024*1024)
+	for n := 1; sc.Scan(); n++ {
+		line := strings.TrimSpace(sc.Text())
+		switch {
+		case strings.HasPrefix(line, "[["):
+			cur = strings.TrimSpace(strings.Trim(line, "[]"))
+			if cur == strings.Join(k, ".") {
+				return n
+			}
+		case strings.HasPrefix(line, "["):
+			cur = strings.TrimSpace(strings.Trim(strings.SplitN(line, "#", 2)[0], "[] "))
+			if cur == strings.Join(k, ".") {
+				return n
+			}
+		default:
+			key, _, ok := strings.Cut(line, "=")
+			if !ok {
+				continue
+			}
+			key = strings.Trim(strings.TrimSpace(key), `"'`)
+			if cur == table && key == last {
+				return n
+			}
+			// dotted key: a.b = 1 at top level
+			if cur == "" && key == strings.Join(k, ".") {
+				return n
+			}
+			if cur != "" && key == strings.TrimPrefix(strings.Join(k, "."), cur+".") && strings.HasPrefix(strings.Join(k, "."), cur+".") {
+				return n
+			}
+		}
+	}
+	return 0
+}

@@ -1,0 +1,138 @@
+package quantix
+
+import (
+	"errors"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+
+	"github.com/google/go-cmp/cmp"
+)
+
+func TestMarkerRoundTrip(t *testing.T) {
+	tests := []string{
+		BootMarker("qvdc", "1.2.3"),
+		ReadyMarker("network", "iface", "eth0", "addr", "10.0.0.5/24", "source", "static"),
+		ReadyMarker("agent", "node_id", "6f1c", "registration", RegistrationReregistered),
+		BootCompleteMarker(12.3456),
+		FatalMarker("postgres", errors.New(`initdb: exit status 1: "bad" = worse`)),
+		WarningMarker("init", "no QUANTIX-CFG found; nothing will persist"),
+	}
+	for _, line := range tests {
+		m, ok := ParseMarker("[   12.3] noise " + line + "\r\n")
+		if !ok {
+			t.Fatalf("ParseMarker(%q) failed", line)
+		}
+		if got := m.String(); got != line {
+			t.Errorf("ParseMarker(%q).String() = %q", line, got)
+		}
+	}
+	m, _ := ParseMarker(FatalMarker("postgres", errors.New("a b=c")))
+	if m.Kind != MarkerFatal || m.Get("err") != "a b=c" || m.Get("service") != "postgres" {
+		t.Errorf("fatal marker parsed as %+v", m)
+	}
+	if got := BootCompleteMarker(3); got != "QUANTIX: boot-complete seconds=3.00" {
+		t.Errorf("BootCompleteMarker(3) = %q", got)
+	}
+	for _, bad := range []string{"hello", "QUANTIX: ", "QUANTIX: ready service", `QUANTIX: ready a="unterminated`} {
+		if m, ok := ParseMarker(bad); ok {
+			t.Errorf("ParseMarker(%q) = %+v, want no marker", bad, m)
+		}
+	}
+}
+
+func TestValidateHostname(t *testing.T) {
+	good := []string{"a", "node-1", "Node1.Example.COM", strings.Repeat("a", 63), strings.Repeat(strings.Repeat("a", 63)+".", 3) + strings.Repeat("a", 61)}
+	for _, h := range good {
+		if err := ValidateHostname(h); err != nil {
+			t.Errorf("ValidateHostname(%q) = %v, want nil", h, err)
+		}
+	}
+	bad := []string{"", "-a", "a-", "a..b", ".a", "a_b", "a b", "ü", strings.Repeat("a", 64), strings.Repeat(strings.Repeat("a", 63)+".", 4)}
+	for _, h := range bad {
+		if err := ValidateHostname(h); !errors.Is(err, ErrInvalidHostname) {
+			t.Errorf("ValidateHostname(%q) = %v, want ErrInvalidHostname", h, err)
+		}
+	}
+	if got, _ := NormalizeHostname("NoDe-1"); got != "node-1" {
+		t.Errorf("NormalizeHostname(NoDe-1) = %q", got)
+	}
+}
+
+func TestDecodeTOMLStrict(t *testing.T) {
+	type static struct {
+		Address string `toml:"address"`
+	}
+	type cfg struct {
+		Mode   string `toml:"mode"`
+		Static static `toml:"static"`
+	}
+	tests := []struct {
+		in      string
+		wantErr string
+	}{
+		{"mode = \"dhcp\"\n[static]\naddress = \"10.0.0.5/24\"\n", ""},
+		{"mode = \"dhcp\"\n\n[static]\nadress = \"x\"\n", `net.toml:4: unknown key "static.adress"`},
+		{"mode = \"dhcp\"\nmood = 1\n", `net.toml:2: unknown key "mood"`},
+		{"mode = \n", "net.toml:1:"},
+		{"mode = 5\n", "net.toml"},
+	}
+	for _, tt := range tests {
+		var c cfg
+		err := DecodeTOML("net.toml", []byte(tt.in), &c)
+		if tt.wantErr == "" {
+			if err != nil {
+				t.Errorf("DecodeTOML(%q) = %v, want nil", tt.in, err)
+			}
+			continue
+		}
+		if err == nil || !strings.Contains(err.Error(), tt.wantErr) {
+			t.Errorf("DecodeTOML(%q) = %v, want error containing %q", tt.in, err, tt.wantErr)
+		}
+	}
+}
+
+func TestWriteFileAtomic(t *testing.T) {
+	dir := t.TempDir()
+	p := filepath.Join(dir, "sub", "identity.toml")
+	if err := WriteFileAtomic(p, []byte("one"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	if err := WriteFileAtomic(p, []byte("two"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	b, _ := os.ReadFile(p)
+	st, _ := os.Stat(p)
+	if string(b) != "two" || st.Mode().Perm() != 0o600 {
+		t.Errorf("file = %q mode %v, want \"two\" 0600", b, st.Mode().Perm())
+	}
+	ents, _ := os.ReadDir(filepath.Dir(p))
+	if len(ents) != 1 {
+		t.Errorf("folder holds %d entries, want 1 (no temp files left)", len(ents))
+	}
+}
+
+func TestParseCmdline(t *testing.T) {
+	c := ParseCmdline(`console=ttyS0 quiet ip=10.0.0.5::10.0.0.1:255.255.255.0:node1:eth0:off quantix.hostname="a b" quantix.vdc=http://x:8443 -- quantix.token=no` + "\n")
+	got := map[string]string{}
+	for _, k := range c.Keys() {
+		got[k] = c.Value(k)
+	}
+	want := map[string]string{"console": "ttyS0", "quiet": "", "ip": "10.0.0.5::10.0.0.1:255.255.255.0:node1:eth0:off", "quantix.hostname": "a b", "quantix.vdc": "http://x:8443"}
+	if diff := cmp.Diff(want, got); diff != "" {
+		t.Errorf("ParseCmdline mismatch (-want +got):\n%s", diff)
+	}
+}
+
+func TestStateHashOrderIndependent(t *testing.T) {
+	a := []VM{{UUID: "1", Name: "a"}, {UUID: "2", Name: "b"}}
+	b := []VM{{UUID: "2", Name: "b"}, {UUID: "1", Name: "a"}}
+	if StateHash(a, nil) != StateHash(b, []StoragePool{}) {
+		t.Error("StateHash depends on order")
+	}
+	b[0].PowerState = PowerRunning
+	if StateHash(a, nil) == StateHash(b, nil) {
+		t.Error("StateHash ignores a power state change")
+	}
+}

@@ -1,0 +1,298 @@
+package quantix
+
+import (
+	"crypto/sha256"
+	"encoding/hex"
+	"encoding/json"
+	"sort"
+	"time"
+)
+
+// This file holds the vDC HTTP API v1 wire types (DESIGN §5). The agent, the vDC,
+// qx-ctl and the tests all use these, so a field cannot be renamed on one side only.
+
+// API paths.
+const (
+	PathRegister    = "/api/v1/nodes/register"
+	PathNodes       = "/api/v1/nodes"
+	PathVMs         = "/api/v1/vms"
+	PathPools       = "/api/v1/storage-pools"
+	PathJoinTokens  = "/api/v1/join-tokens"
+	PathHealthz     = "/healthz"
+	PathReadyz      = "/readyz"
+	PathMetrics     = "/metrics"
+	MaxRequestBytes = 1 << 20 // bodies above this get 413
+)
+
+// PathHeartbeat, PathState and PathEvents are the per-node paths.
+func PathHeartbeat(nodeID string) string { return PathNodes + "/" + nodeID + "/heartbeat" }
+func PathState(nodeID string) string     { return PathNodes + "/" + nodeID + "/state" }
+func PathEvents(nodeID string) string    { return PathNodes + "/" + nodeID + "/events" }
+func PathNode(nodeID string) string      { return PathNodes + "/" + nodeID }
+
+// Registration kinds (DESIGN §4).
+const (
+	RegistrationRegistered   = "registered"   // new hostname, 201
+	RegistrationReregistered = "reregistered" // same node_secret, 200
+	RegistrationReenrolled   = "reenrolled"   // same machine_id, new secret, valid join token, 200
+)
+
+// Node phases (DESIGN §6).
+const (
+	PhaseReady        = "ready"
+	PhaseNotReady     = "not_ready"
+	PhaseDisconnected = "disconnected"
+	PhaseMaintenance  = "maintenance"
+)
+
+// Hypervisor states.
+const (
+	HypervisorAvailable   = "available"
+	HypervisorUnavailable = "unavailable"
+	HypervisorUnknown     = "unknown" // the agent has not said yet
+)
+
+// DefaultHeartbeatInterval is the vDC's default (DESIGN §6).
+const DefaultHeartbeatInterval = 30 * time.Second
+
+// CPUInfo describes the host's processors.
+type CPUInfo struct {
+	Model   string `json:"model,omitempty"`
+	Sockets int    `json:"sockets,omitempty"`
+	Cores   int    `json:"cores,omitempty"`   // physical cores in all
+	Threads int    `json:"threads,omitempty"` // logical CPUs in all
+}
+
+// Hypervisor is the agent's view of the local hypervisor (libvirt).
+type Hypervisor struct {
+	State   string `json:"state"`            // HypervisorAvailable, HypervisorUnavailable, HypervisorUnknown
+	Reason  string `json:"reason,omitempty"` // why it is unavailable
+	URI     string `json:"uri,omitempty"`
+	Version string `json:"version,omitempty"` // libvirt version when available
+}
+
+// RegisterRequest is the body of POST /api/v1/nodes/register. A new hostname needs a
+// join token as "Authorization: Bearer <token>"; a known node proves itself with
+// node_secret.
+type RegisterRequest struct {
+	Hostname     string            `json:"hostname"`
+	MachineID    string            `json:"machine_id"`
+	NodeSecret   string            `json:"node_secret"` // hex of 32 random bytes
+	ManagementIP string            `json:"management_ip"`
+	AgentVersion string            `json:"agent_version"`
+	CPU          *CPUInfo          `json:"cpu,omitempty"`
+	MemoryBytes  int64             `json:"memory_bytes,omitempty"`
+	Labels       map[string]string `json:"labels,omitempty"`
+	Hypervisor   *Hypervisor       `json:"hypervisor,omitempty"`
+}
+
+// RegisterResponse answers a registration.
+type RegisterResponse struct {
+	NodeID                   string `json:"node_id"`
+	Registration             string `json:"registration"` // Registration* constants
+	HeartbeatIntervalSeconds int    `json:"heartbeat_interval_seconds"`
+}
+
+// HeartbeatRequest is the body of POST /api/v1/nodes/{id}/heartbeat
+// (Authorization: Bearer <node_secret>).
+type HeartbeatRequest struct {
+	ManagementIP    string      `json:"management_ip"`
+	CPUPercent      *float64    `json:"cpu_percent,omitempty"`
+	MemoryUsedBytes *int64      `json:"memory_used_bytes,omitempty"`
+	StateHash       string      `json:"state_hash,omitempty"`
+	Hypervisor      *Hypervisor `json:"hypervisor,omitempty"`
+}
+
+// HeartbeatResponse answers a heartbeat. FullSync asks the agent for a full state PUT.
+type HeartbeatResponse struct {
+	HeartbeatIntervalSeconds int  `json:"heartbeat_interval_seconds"`
+	FullSync                 bool `json:"full_sync"`
+}
+
+// VM power states as reported by the agent (libvirt domain states).
+const (
+	PowerRunning     = "running"
+	PowerBlocked     = "blocked"
+	PowerPaused      = "paused"
+	PowerShutdown    = "shutdown" // shutting down
+	PowerShutoff     = "shutoff"
+	PowerCrashed     = "crashed"
+	PowerPMSuspended = "pmsuspended"
+	PowerUnknown     = "unknown"
+)
+
+// VM is one libvirt domain as the agent sees it.
+type VM struct {
+	UUID        string `json:"uuid"`
+	Name        string `json:"name"`
+	PowerState  string `json:"power_state"`
+	VCPUs       int    `json:"vcpus"`
+	MemoryBytes int64  `json:"memory_bytes"`
+}
+
+// StoragePool is one libvirt storage pool as the agent sees it.
+type StoragePool struct {
+	UUID           string `json:"uuid,omitempty"`
+	Name           string `json:"name"`
+	Type           string `json:"type"`
+	Path           string `json:"path,omitempty"`
+	State          string `json:"state"` // running, inactive, building, degraded, inaccessible
+	CapacityBytes  int64  `json:"capacity_bytes"`
+	AvailableBytes int64  `json:"available_bytes"`
+}
+
+// NodeState is the body of PUT /api/v1/nodes/{id}/state: everything the node sees.
+// VMs of the node missing from the list are marked lost by the vDC, never deleted.
+type NodeState struct {
+	VMs          []VM          `json:"vms"`
+	StoragePools []StoragePool `json:"storage_pools"`
+	StateHash    string        `json:"state_hash"` // StateHash(VMs, StoragePools)
+	Hypervisor   *Hypervisor   `json:"hypervisor,omitempty"`
+}
+
+// Event kinds and actions for POST /api/v1/nodes/{id}/events.
+const (
+	EventKindVM          = "vm"
+	EventKindStoragePool = "storage_pool"
+	EventActionUpsert    = "upsert"  // defined, started, stopped, changed
+	EventActionRemoved   = "removed" // undefined / deleted on the host
+)
+
+// StateEvent is one incremental change. Exactly one of VM and StoragePool is set,
+// matching Kind. For EventActionRemoved only the UUID (VM) or name (pool) is needed.
+type StateEvent struct {
+	Kind        string       `json:"kind"`
+	Action      string       `json:"action"`
+	At          time.Time    `json:"at"`
+	VM          *VM          `json:"vm,omitempty"`
+	StoragePool *StoragePool `json:"storage_pool,omitempty"`
+}
+
+// NodeEvents is the body of POST /api/v1/nodes/{id}/events. StateHash is the hash of
+// the node's full state after the events.
+type NodeEvents struct {
+	Events    []StateEvent `json:"events"`
+	StateHash string       `json:"state_hash"`
+}
+
+// StateAck answers a state PUT or an events POST.
+type StateAck struct {
+	StateHash string `json:"state_hash"`
+	FullSync  bool   `json:"full_sync"` // the events could not be applied; send full state
+}
+
+// Node is one row of the registry as the admin API shows it.
+type Node struct {
+	ID                string            `json:"id"`
+	Hostname          string            `json:"hostname"`
+	MachineID         string            `json:"machine_id"`
+	ManagementIP      string            `json:"management_ip"` // address only, no prefix length
+	Phase             string            `json:"phase"`
+	LastHeartbeat     *time.Time        `json:"last_heartbeat"`
+	RegisteredAt      time.Time         `json:"registered_at"`
+	UpdatedAt         time.Time         `json:"updated_at"`
+	AgentVersion      string            `json:"agent_version"`
+	Hypervisor        Hypervisor        `json:"hypervisor"`
+	CPU               *CPUInfo          `json:"cpu,omitempty"`
+	MemoryBytes       int64             `json:"memory_bytes,omitempty"`
+	CPUPercent        *float64          `json:"cpu_percent,omitempty"`
+	MemoryUsedBytes   *int64            `json:"memory_used_bytes,omitempty"`
+	Labels            map[string]string `json:"labels,omitempty"`
+	VMCount           int               `json:"vm_count"`
+	HeartbeatInterval int               `json:"heartbeat_interval_seconds"`
+}
+
+// NodeList is the body of GET /api/v1/nodes.
+type NodeList struct {
+	Nodes []Node `json:"nodes"`
+}
+
+// NodeEvent is one entry of a node's history (registrations, re-enrolments,
+// phase changes, refused takeovers).
+type NodeEvent struct {
+	ID      int64     `json:"id"`
+	NodeID  string    `json:"node_id"`
+	Kind    string    `json:"kind"`
+	Message string    `json:"message"`
+	At      time.Time `json:"at"`
+}
+
+// InventoryVM is one VM in GET /api/v1/vms.
+type InventoryVM struct {
+	VM
+	NodeID     string     `json:"node_id"`
+	Hostname   string     `json:"hostname"`
+	Origin     string     `json:"origin"` // "discovered" (found on the host) or "managed"
+	IsManaged  bool       `json:"is_managed"`
+	LastSeen   time.Time  `json:"last_seen"`
+	Lost       bool       `json:"lost"`
+	LostReason string     `json:"lost_reason,omitempty"`
+	LostAt     *time.Time `json:"lost_at,omitempty"`
+}
+
+// VMList is the body of GET /api/v1/vms.
+type VMList struct {
+	VMs []InventoryVM `json:"vms"`
+}
+
+// InventoryPool is one storage pool on one node in GET /api/v1/storage-pools.
+type InventoryPool struct {
+	StoragePool
+	NodeID    string     `json:"node_id"`
+	Hostname  string     `json:"hostname"`
+	Origin    string     `json:"origin"`
+	IsManaged bool       `json:"is_managed"`
+	LastSeen  time.Time  `json:"last_seen"`
+	Lost      bool       `json:"lost"`
+	LostAt    *time.Time `json:"lost_at,omitempty"`
+}
+
+// PoolList is the body of GET /api/v1/storage-pools.
+type PoolList struct {
+	StoragePools []InventoryPool `json:"storage_pools"`
+}
+
+// JoinTokenRequest is the body of POST /api/v1/join-tokens.
+type JoinTokenRequest struct {
+	TTLSeconds  int    `json:"ttl_seconds"` // 0: the vDC default
+	Uses        int    `json:"uses"`        // 0: the vDC default
+	Description string `json:"description,omitempty"`
+}
+
+// JoinToken answers POST /api/v1/join-tokens. Token is shown only here, once.
+type JoinToken struct {
+	ID          string    `json:"id"`
+	Token       string    `json:"token"`
+	ExpiresAt   time.Time `json:"expires_at"`
+	UsesLeft    int       `json:"uses_left"`
+	Description string    `json:"description,omitempty"`
+}
+
+// Error is the body of every error response.
+type Error struct {
+	Error string `json:"error"`
+}
+
+// StateHash is the hash the agent attaches to its state and the vDC compares on
+// heartbeats. It is order-independent: VMs sorted by UUID, pools by name.
+func StateHash(vms []VM, pools []StoragePool) string {
+	v := append([]VM(nil), vms...)
+	p := append([]StoragePool(nil), pools...)
+	sort.Slice(v, func(i, j int) bool { return v[i].UUID < v[j].UUID })
+	sort.Slice(p, func(i, j int) bool { return p[i].Name < p[j].Name })
+	if v == nil {
+		v = []VM{}
+	}
+	if p == nil {
+		p = []StoragePool{}
+	}
+	b, err := json.Marshal(struct {
+		VMs   []VM          `json:"vms"`
+		Pools []StoragePool `json:"pools"`
+	}{v, p})
+	if err != nil {
+		panic(err) // plain structs of strings and ints always marshal
+	}
+	sum := sha256.Sum256(b)
+	return hex.EncodeToString(sum[:])
+}
