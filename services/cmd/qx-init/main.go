@@ -1,0 +1,88 @@
+// Command qx-init is the Quantix init companion. u-root's init (PID 1) runs it as
+// its uinit: it boots the image (modules, QUANTIX-CFG/DATA, hostname), supervises the
+// image's services and powers off or reboots on request. It never returns while
+// running as init: if it did, u-root's init would go on to start a shell.
+//
+//	qx-init             run as the init companion (only inside an image)
+//	qx-init poweroff    ask the running qx-init to stop the services and power off
+//	qx-init reboot      ... and reboot
+package main
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"os"
+	"time"
+
+	"golang.org/x/sys/unix"
+
+	"github.com/quantix/quantix"
+	initd "github.com/quantix/quantix/services/init"
+)
+
+func main() {
+	if len(os.Args) > 1 {
+		if err := run(context.Background(), os.Args[1:], os.Stdout, os.Stderr); err != nil {
+			fmt.Fprintln(os.Stderr, "qx-init:", err)
+			os.Exit(1)
+		}
+		return
+	}
+	if os.Getpid() != 1 && os.Getppid() != 1 {
+		fmt.Fprintln(os.Stderr, "qx-init: not started by init; it only runs inside a Quantix image (try qx-init poweroff|reboot)")
+		os.Exit(2)
+	}
+	runInit(os.Stdout, os.Stderr)
+}
+
+// run handles the client subcommands.
+func run(_ context.Context, args []string, stdout, _ io.Writer) error {
+	switch args[0] {
+	case "poweroff", "reboot":
+		if err := initd.Request(initd.ControlSocket, initd.Action(args[0])); err != nil {
+			return err
+		}
+		fmt.Fprintf(stdout, "%s requested\n", args[0])
+		return nil
+	default:
+		return fmt.Errorf("unknown command %q (poweroff, reboot, or none to run as init)", args[0])
+	}
+}
+
+// runInit never returns: every path ends in reboot(2) or power-off.
+func runInit(console, logw io.Writer) {
+	log := slog.New(slog.NewTextHandler(logw, &slog.HandlerOptions{Level: slog.LevelInfo})).With("component", "init")
+	action, err := func() (a initd.Action, err error) {
+		defer func() {
+			if r := recover(); r != nil {
+				err = fmt.Errorf("panic: %v", r)
+			}
+		}()
+		cfg, err := initd.LoadConfig(initd.ConfigPath)
+		if err != nil {
+			return "", err
+		}
+		in, err := initd.New(*cfg, console, log)
+		if err != nil {
+			return "", err
+		}
+		return in.Run(context.Background())
+	}()
+	if err != nil {
+		fmt.Fprintln(console, quantix.FatalMarker("init", err))
+		log.Error("init failed; rebooting in 10s", "err", err)
+		unix.Sync()
+		time.Sleep(10 * time.Second)
+		action = initd.ActionReboot
+	}
+	log.Info("halting", "action", string(action))
+	for {
+		if err := initd.Halt(action); err != nil {
+			log.Error("reboot(2) failed; retrying", "err", errors.Unwrap(err))
+		}
+		time.Sleep(5 * time.Second)
+	}
+}

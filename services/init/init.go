@@ -1,0 +1,407 @@
+package initd
+
+import (
+	"bufio"
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"net"
+	"os"
+	"os/signal"
+	"path/filepath"
+	"strings"
+	"syscall"
+	"time"
+
+	"golang.org/x/sys/unix"
+
+	"github.com/quantix/quantix"
+	"github.com/quantix/quantix/images/kmod"
+)
+
+// ControlSocket is where qx-init takes poweroff and reboot requests (root only).
+const ControlSocket = quantix.RunDir + "/init.sock"
+
+// Action is what happens when the services have stopped.
+type Action string
+
+// Actions understood on the control socket.
+const (
+	ActionPoweroff Action = "poweroff"
+	ActionReboot   Action = "reboot"
+)
+
+// Init is the boot sequence and the supervisor of one running image.
+type Init struct {
+	cfg     Config
+	log     *slog.Logger
+	console io.Writer
+	// Paths, overridable so parts can be tested outside a VM.
+	sysBlock, devDir string
+	// DeviceWait bounds the wait for block devices (the boot medium, QUANTIX-CFG/DATA).
+	DeviceWait time.Duration
+}
+
+// New returns the init for the image described by cfg; console is where markers and
+// service output go (qx-init's stdout, which u-root's init connects to every console).
+func New(cfg Config, console io.Writer, log *slog.Logger) (*Init, error) {
+	if cfg.Image == "" {
+		return nil, errors.New("init: image config has no image name")
+	}
+	return &Init{cfg: cfg, log: log, console: console, sysBlock: "/sys/class/block", devDir: "/dev", DeviceWait: 3 * time.Second}, nil
+}
+
+func (in *Init) say(line string) { fmt.Fprintln(in.console, line) }
+
+// Run boots the image and supervises its services until a poweroff or reboot is
+// requested (control socket, SIGUSR2 = poweroff, SIGTERM = reboot) or ctx ends; it
+// then stops the services in reverse order, syncs, unmounts and returns the action.
+// Errors that leave the machine unusable are returned; the caller reboots.
+func (in *Init) Run(ctx context.Context) (Action, error) {
+	in.say(quantix.BootMarker(in.cfg.Image, in.cfg.Version))
+	// The kernel must never pick init's companion to kill on memory pressure:
+	// if qx-init died, u-root's init would go on to start a shell.
+	_ = os.WriteFile("/proc/self/oom_score_adj", []byte("-1000"), 0)
+
+	if err := in.mountBase(); err != nil {
+		return "", err
+	}
+	in.loadModules()
+	in.mountByLabel()
+	in.setHostname()
+
+	actions := make(chan Action, 1)
+	ln, err := in.listenControl(actions)
+	if err != nil {
+		in.log.Error("no control socket", "path", ControlSocket, "err", err)
+	} else {
+		defer ln.Close()
+	}
+	sigs := make(chan os.Signal, 2)
+	signal.Notify(sigs, syscall.SIGTERM, syscall.SIGUSR2, syscall.SIGINT)
+	defer signal.Stop(sigs)
+
+	sup, err := NewSupervisor(SupervisorConfig{
+		Services: in.cfg.Services,
+		Console:  in.console,
+		LogDir:   quantix.LogDir,
+	}, in.log)
+	if err != nil {
+		return "", err
+	}
+	supCtx, stop := context.WithCancel(context.Background())
+	supDone := make(chan error, 1)
+	go func() { supDone <- sup.Run(supCtx) }()
+	go func() {
+		select {
+		case <-sup.AllReady():
+			in.say(quantix.BootCompleteMarker(Uptime().Seconds()))
+		case <-supCtx.Done():
+		}
+	}()
+
+	var action Action
+	select {
+	case action = <-actions:
+	case sig := <-sigs:
+		action = ActionReboot
+		if sig == syscall.SIGUSR2 {
+			action = ActionPoweroff
+		}
+	case <-ctx.Done():
+		action = ActionPoweroff
+	}
+	in.log.Info("stopping services", "then", string(action))
+	stop()
+	<-supDone
+	in.Quiesce()
+	return action, nil
+}
+
+// Quiesce syncs and unmounts the persistent filesystems (read-only when busy).
+func (in *Init) Quiesce() {
+	unix.Sync()
+	for _, dir := range []string{quantix.DataDir, quantix.ConfigDir} {
+		if !isMountPoint(dir) {
+			continue
+		}
+		if err := unix.Unmount(dir, 0); err != nil {
+			in.log.Warn("unmount failed, remounting read-only", "dir", dir, "err", err)
+			if err := unix.Mount("", dir, "", unix.MS_REMOUNT|unix.MS_RDONLY, ""); err != nil {
+				in.log.Error("remount read-only failed", "dir", dir, "err", err)
+			}
+		}
+	}
+	unix.Sync()
+}
+
+// Uptime is the time since the kernel started (CLOCK_BOOTTIME).
+func Uptime() time.Duration {
+	var ts unix.Timespec
+	if err := unix.ClockGettime(unix.CLOCK_BOOTTIME, &ts); err != nil {
+		return 0
+	}
+	return time.Duration(ts.Nano())
+}
+
+func (in *Init) mountBase() error {
+	mounts := []struct{ src, dir, typ, opts string }{
+		{"proc", "/proc", "proc", ""},
+		{"sysfs", "/sys", "sysfs", ""},
+		{"devtmpfs", "/dev", "devtmpfs", "mode=0755"},
+		{"tmpfs", "/run", "tmpfs", "mode=0755,nosuid,nodev"},
+		{"tmpfs", "/tmp", "tmpfs", "mode=1777,nosuid,nodev"},
+	}
+	for _, m := range mounts {
+		if isMountPoint(m.dir) {
+			continue
+		}
+		if err := os.MkdirAll(m.dir, 0o755); err != nil {
+			return fmt.Errorf("mount %s: %w", m.dir, err)
+		}
+		if err := unix.Mount(m.src, m.dir, m.typ, unix.MS_NOSUID, m.opts); err != nil {
+			return fmt.Errorf("mount %s on %s: %w", m.typ, m.dir, err)
+		}
+	}
+	for _, d := range []string{quantix.RunDir, quantix.LogDir, quantix.SessionDir, quantix.ConfigDir, quantix.DataDir} {
+		if err := os.MkdirAll(d, 0o755); err != nil {
+			return fmt.Errorf("create %s: %w", d, err)
+		}
+	}
+	return nil
+}
+
+// isMountPoint reports whether dir is listed in /proc/self/mounts.
+func isMountPoint(dir string) bool {
+	b, err := os.ReadFile("/proc/self/mounts")
+	if err != nil {
+		return false
+	}
+	for _, l := range strings.Split(string(b), "\n") {
+		if f := strings.Fields(l); len(f) > 2 && f[1] == dir {
+			return true
+		}
+	}
+	return false
+}
+
+// loadModules loads the image's modules and their dependencies from modules.dep,
+// in dependency order, with finit_module(2). A module that fails is logged, not
+// fatal: the hardware it drives may simply be absent.
+func (in *Init) loadModules() {
+	if len(in.cfg.Modules) == 0 {
+		return
+	}
+	t0 := time.Now()
+	release := in.cfg.KernelRelease
+	if release == "" {
+		var u unix.Utsname
+		_ = unix.Uname(&u)
+		release = unix.ByteSliceToString(u.Release[:])
+	}
+	dir := filepath.Join("/lib/modules", release)
+	f, err := os.Open(filepath.Join(dir, "modules.dep"))
+	if err != nil {
+		in.log.Error("cannot load kernel modules", "err", err)
+		return
+	}
+	deps, err := kmod.Parse(f)
+	f.Close()
+	if err != nil {
+		in.log.Error("cannot load kernel modules", "err", err)
+		return
+	}
+	files, err := deps.Closure(in.cfg.Modules, builtinModules(dir))
+	if err != nil {
+		in.log.Error("kernel modules missing from the image", "err", err)
+	}
+	loaded := 0
+	for _, file := range files {
+		if err := loadModule(filepath.Join(dir, file)); err != nil {
+			in.log.Warn("kernel module not loaded", "module", kmod.Name(file), "err", err)
+			continue
+		}
+		loaded++
+	}
+	in.log.Info("kernel modules loaded", "count", loaded, "of", len(files), "took", time.Since(t0).Round(time.Millisecond))
+}
+
+func builtinModules(dir string) map[string]bool {
+	f, err := os.Open(filepath.Join(dir, "modules.builtin"))
+	if err != nil {
+		return nil
+	}
+	defer f.Close()
+	set, _ := kmod.ParseBuiltin(f)
+	return set
+}
+
+func loadModule(path string) error {
+	if _, err := os.Stat(filepath.Join("/sys/module", kmod.Name(path))); err == nil {
+		return nil
+	}
+	f, err := os.Open(path)
+	if err != nil {
+		return err
+	}
+	defer f.Close()
+	if err := unix.FinitModule(int(f.Fd()), "", 0); err != nil && !errors.Is(err, unix.EEXIST) {
+		return fmt.Errorf("finit_module %s: %w", path, err)
+	}
+	return nil
+}
+
+// waitFilesystems scans block devices until QUANTIX-CFG and QUANTIX-DATA are both
+// there, or the boot medium is there and no new device appeared for a moment, or
+// DeviceWait has passed.
+func (in *Init) waitFilesystems() []Filesystem {
+	deadline := time.Now().Add(in.DeviceWait)
+	var fss []Filesystem
+	lastCount, stableSince := -1, time.Now()
+	for {
+		fss, _ = ScanFilesystems(in.sysBlock, in.devDir)
+		n := countBlock(in.sysBlock)
+		if n != lastCount {
+			lastCount, stableSince = n, time.Now()
+		}
+		has := func(l string) bool {
+			for _, f := range fss {
+				if f.Label == l {
+					return true
+				}
+			}
+			return false
+		}
+		if has(quantix.LabelConfig) && has(quantix.LabelData) {
+			return fss
+		}
+		if (has(in.cfg.VolumeLabel) || has(quantix.LabelEFI)) && time.Since(stableSince) >= 300*time.Millisecond {
+			return fss
+		}
+		if time.Now().After(deadline) {
+			return fss
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+}
+
+func countBlock(sysBlock string) int {
+	e, _ := os.ReadDir(sysBlock)
+	return len(e)
+}
+
+func (in *Init) mountByLabel() {
+	t0 := time.Now()
+	fss := in.waitFilesystems()
+	boot := BootDisks(fss, in.cfg.VolumeLabel, quantix.LabelEFI)
+	for _, m := range []struct{ label, dir string }{
+		{quantix.LabelConfig, quantix.ConfigDir},
+		{quantix.LabelData, quantix.DataDir},
+	} {
+		fs, collided, err := FindByLabel(fss, m.label, boot)
+		if err != nil {
+			if m.label == quantix.LabelConfig {
+				in.say(quantix.WarningMarker("init", "no "+quantix.LabelConfig+" filesystem found: /quantix is in RAM and nothing will persist"))
+			} else {
+				in.log.Info("no data filesystem, using RAM", "label", m.label, "dir", m.dir)
+			}
+			continue
+		}
+		if collided {
+			in.say(quantix.WarningMarker("init", fmt.Sprintf("several filesystems are labelled %s; using %s", m.label, fs.Device)))
+		}
+		if err := unix.Mount(fs.Device, m.dir, fs.Type, unix.MS_NOATIME|unix.MS_NODEV, ""); err != nil {
+			in.say(quantix.WarningMarker("init", fmt.Sprintf("mount %s (%s) on %s failed: %v; using RAM", fs.Device, m.label, m.dir, err)))
+			continue
+		}
+		in.log.Info("mounted", "label", m.label, "device", fs.Device, "dir", m.dir, "type", fs.Type)
+	}
+	in.log.Info("filesystems scanned", "took", time.Since(t0).Round(time.Millisecond))
+}
+
+func (in *Init) setHostname() {
+	cmdline, err := quantix.ReadCmdline()
+	if err != nil {
+		in.log.Warn("no kernel command line", "err", err)
+	}
+	name, source, warnings := ChooseHostname(quantix.HostnameFile, cmdline, in.cfg.Hostname)
+	for _, w := range warnings {
+		in.say(quantix.WarningMarker("init", "hostname ignored: "+w))
+	}
+	if err := unix.Sethostname([]byte(name)); err != nil {
+		in.log.Error("set hostname", "hostname", name, "err", err)
+		return
+	}
+	_ = os.WriteFile("/etc/hostname", []byte(name+"\n"), 0o644)
+	in.say(fmt.Sprintf("init: hostname %s (from %s)", name, source))
+}
+
+// listenControl serves poweroff/reboot requests on ControlSocket.
+func (in *Init) listenControl(actions chan<- Action) (net.Listener, error) {
+	_ = os.Remove(ControlSocket)
+	ln, err := net.Listen("unix", ControlSocket)
+	if err != nil {
+		return nil, err
+	}
+	if err := os.Chmod(ControlSocket, 0o600); err != nil {
+		ln.Close()
+		return nil, err
+	}
+	go func() {
+		for {
+			c, err := ln.Accept()
+			if err != nil {
+				return
+			}
+			go func() {
+				defer c.Close()
+				_ = c.SetDeadline(time.Now().Add(5 * time.Second))
+				line, _ := bufio.NewReader(c).ReadString('\n')
+				switch a := Action(strings.TrimSpace(line)); a {
+				case ActionPoweroff, ActionReboot:
+					fmt.Fprintln(c, "ok")
+					select {
+					case actions <- a:
+					default:
+					}
+				default:
+					fmt.Fprintf(c, "error: unknown request %q (poweroff or reboot)\n", a)
+				}
+			}()
+		}
+	}()
+	return ln, nil
+}
+
+// Request asks a running qx-init to power off or reboot.
+func Request(socket string, a Action) error {
+	c, err := net.DialTimeout("unix", socket, 2*time.Second)
+	if err != nil {
+		return fmt.Errorf("%s: %w", a, err)
+	}
+	defer c.Close()
+	_ = c.SetDeadline(time.Now().Add(5 * time.Second))
+	if _, err := fmt.Fprintln(c, string(a)); err != nil {
+		return fmt.Errorf("%s: %w", a, err)
+	}
+	resp, err := bufio.NewReader(c).ReadString('\n')
+	if err != nil {
+		return fmt.Errorf("%s: no answer: %w", a, err)
+	}
+	if strings.TrimSpace(resp) != "ok" {
+		return fmt.Errorf("%s: %s", a, strings.TrimSpace(resp))
+	}
+	return nil
+}
+
+// Halt ends the machine: reboot(2) with a restart or power-off.
+func Halt(a Action) error {
+	cmd := unix.LINUX_REBOOT_CMD_RESTART
+	if a == ActionPoweroff {
+		cmd = unix.LINUX_REBOOT_CMD_POWER_OFF
+	}
+	unix.Sync()
+	return unix.Reboot(cmd)
+}

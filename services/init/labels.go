@@ -1,0 +1,145 @@
+package initd
+
+import (
+	"bytes"
+	"encoding/binary"
+	"errors"
+	"fmt"
+	"io"
+	"os"
+	"path/filepath"
+	"sort"
+	"strings"
+)
+
+// Filesystem is a block device holding a labelled filesystem.
+type Filesystem struct {
+	Device string // /dev/sdb1
+	Disk   string // the whole disk it lives on: sdb
+	Type   string // ext4, vfat, iso9660
+	Label  string
+}
+
+// ProbeLabel reads the filesystem type and label from the start of a block device:
+// ext2/3/4 (superblock at 1024), FAT12/16/32 (boot sector) and ISO9660 (primary
+// volume descriptor at 32768). It returns ok=false for anything else.
+func ProbeLabel(r io.ReaderAt) (fsType, label string, ok bool) {
+	buf := make([]byte, 34*1024)
+	n, _ := r.ReadAt(buf, 0)
+	buf = buf[:n]
+	// ISO9660 first: a hybrid ISO also carries an MBR signature.
+	if len(buf) >= 32768+72 && string(buf[32769:32774]) == "CD001" && buf[32768] == 1 {
+		return "iso9660", strings.TrimRight(string(buf[32808:32840]), " \x00"), true
+	}
+	if len(buf) >= 2048 && binary.LittleEndian.Uint16(buf[1024+0x38:]) == 0xEF53 {
+		return "ext4", cString(buf[1024+0x78 : 1024+0x88]), true
+	}
+	if len(buf) >= 512 && buf[510] == 0x55 && buf[511] == 0xAA {
+		switch {
+		case string(buf[0x52:0x57]) == "FAT32":
+			return "vfat", fatLabel(buf[0x47:0x52]), true
+		case string(buf[0x36:0x39]) == "FAT":
+			return "vfat", fatLabel(buf[0x2B:0x36]), true
+		}
+	}
+	return "", "", false
+}
+
+func cString(b []byte) string {
+	if i := bytes.IndexByte(b, 0); i >= 0 {
+		b = b[:i]
+	}
+	return string(b)
+}
+
+func fatLabel(b []byte) string {
+	l := strings.TrimRight(string(b), " \x00")
+	if l == "NO NAME" {
+		return ""
+	}
+	return l
+}
+
+// ScanFilesystems lists the labelled filesystems on the block devices under sysBlock
+// (/sys/class/block), opening the device nodes under devDir (/dev).
+func ScanFilesystems(sysBlock, devDir string) ([]Filesystem, error) {
+	entries, err := os.ReadDir(sysBlock)
+	if err != nil {
+		return nil, fmt.Errorf("scan block devices: %w", err)
+	}
+	var out []Filesystem
+	for _, e := range entries {
+		name := e.Name()
+		if strings.HasPrefix(name, "ram") || strings.HasPrefix(name, "loop") || strings.HasPrefix(name, "zram") {
+			continue
+		}
+		if size, err := os.ReadFile(filepath.Join(sysBlock, name, "size")); err == nil && strings.TrimSpace(string(size)) == "0" {
+			continue // empty CD drive, unused device
+		}
+		disk := name
+		if _, err := os.Stat(filepath.Join(sysBlock, name, "partition")); err == nil {
+			if real, err := filepath.EvalSymlinks(filepath.Join(sysBlock, name)); err == nil {
+				disk = filepath.Base(filepath.Dir(real))
+			}
+		}
+		f, err := os.Open(filepath.Join(devDir, name))
+		if err != nil {
+			continue // no node (yet), or no medium
+		}
+		typ, label, ok := ProbeLabel(f)
+		f.Close()
+		if ok {
+			out = append(out, Filesystem{Device: filepath.Join(devDir, name), Disk: disk, Type: typ, Label: label})
+		}
+	}
+	sort.Slice(out, func(i, j int) bool { return out[i].Device < out[j].Device })
+	return out, nil
+}
+
+// ErrNoFilesystem is returned by FindByLabel when no filesystem has the label.
+var ErrNoFilesystem = errors.New("no filesystem with that label")
+
+// FindByLabel picks the filesystem labelled label. When several have it, the one on
+// a boot disk wins (a disk holding the boot medium's label or QUANTIX-EFI), so an
+// installed disk's QUANTIX-CFG is not shadowed by a stray USB stick; otherwise the
+// first by device name. collided reports whether there was a choice to make.
+func FindByLabel(fss []Filesystem, label string, bootDisks map[string]bool) (fs Filesystem, collided bool, err error) {
+	var cands []Filesystem
+	for _, f := range fss {
+		if f.Label == label {
+			cands = append(cands, f)
+		}
+	}
+	switch len(cands) {
+	case 0:
+		return Filesystem{}, false, fmt.Errorf("%s: %w", label, ErrNoFilesystem)
+	case 1:
+		return cands[0], false, nil
+	}
+	for _, c := range cands {
+		if bootDisks[c.Disk] {
+			return c, true, nil
+		}
+	}
+	return cands[0], true, nil
+}
+
+// BootDisks returns the disks that hold the boot medium: a filesystem labelled
+// volumeLabel (the live ISO, as CD or written to a stick), else one labelled
+// efiLabel (an installed disk).
+func BootDisks(fss []Filesystem, volumeLabel, efiLabel string) map[string]bool {
+	disks := map[string]bool{}
+	for _, f := range fss {
+		if volumeLabel != "" && f.Label == volumeLabel {
+			disks[f.Disk] = true
+		}
+	}
+	if len(disks) == 0 {
+		for _, f := range fss {
+			if f.Label == efiLabel {
+				disks[f.Disk] = true
+			}
+		}
+	}
+	return disks
+}
