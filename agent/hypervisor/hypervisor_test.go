@@ -66,7 +66,7 @@ func TestWatchConnScan(t *testing.T) {
 	stream = append(stream, frame(remoteProgram, 1, 100)...)
 	stream = append(stream, frame(remoteProgram, procStoragePoolLifecyle, 60)...)
 	stream = append(stream, frame(0x20008087, procStoragePoolLifecyle, 10)...) // QEMU program: not ours
-	stream = append(stream, frame(remoteProgram, 107, 0)...)                 // domain lifecycle
+	stream = append(stream, frame(remoteProgram, 107, 0)...)                   // domain lifecycle
 	stream = append(stream, frame(remoteProgram, procStoragePoolLifecyle, 0)...)
 	for _, chunk := range []int{1, 3, 7, 28, 29, 64, len(stream)} {
 		var n int

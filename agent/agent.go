@@ -1,0 +1,472 @@
+// Package agent is the Quantix node agent (qx-node): it gives the host a persistent
+// identity, registers it with the vDC and keeps it registered across restarts,
+// reboots, node deletions and address changes, heartbeats with the management
+// address found fresh each time, and reports the libvirt domains and storage pools
+// as full state and as incremental events. It serves its own status on
+// /healthz, /status and /metrics.
+package agent
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"net/http"
+	"os"
+	"sync"
+	"time"
+
+	"github.com/quantix/quantix"
+	"github.com/quantix/quantix/agent/hypervisor"
+	"github.com/quantix/quantix/agent/internal/backoff"
+)
+
+// ErrRefused is wrapped when the vDC refuses the registration in a way only the
+// operator can fix (401, 403, 409, 400). Only --register mode returns it; the
+// service keeps retrying slowly.
+var ErrRefused = errors.New("registration refused")
+
+// Service is a running node agent.
+type Service struct {
+	cfg      Config
+	log      *slog.Logger
+	hostname string
+	id       Identity
+	api      *client
+	mon      *hypervisor.Monitor
+	st       *statusBoard
+	cpu      cpuSampler
+
+	// Owned by the Run loop.
+	nodeID   string
+	interval time.Duration
+	reported *hypervisor.Snapshot // the inventory the vDC has; nil = send it whole
+	lastMgmt Management
+}
+
+// New checks cfg, loads or creates the identity, and returns a Service.
+func New(cfg Config, log *slog.Logger) (*Service, error) {
+	cfg, err := cfg.withDefaults()
+	if err != nil {
+		return nil, err
+	}
+	host, err := ResolveHostname(cfg.Hostname, os.Hostname, "")
+	if err != nil {
+		return nil, err
+	}
+	id, created, err := LoadOrCreateIdentity(cfg.IdentityPath(), cfg.ProductUUIDPath)
+	if errors.Is(err, ErrCorruptIdentity) {
+		return nil, fmt.Errorf("%w: %w: restore it from a backup; or, to start over, delete the file and delete this node (%s) in the vDC", ErrConfig, err, host)
+	}
+	if err != nil {
+		return nil, err
+	}
+	if created {
+		log.Info("created node identity", "path", cfg.IdentityPath(), "machine_id", id.MachineID, "machine_id_source", id.MachineIDSource)
+	}
+	mon, err := hypervisor.New(hypervisor.Config{URI: cfg.LibvirtURI, MaxBackoff: cfg.LibvirtBackoffMax}, log.With("component", "libvirt"))
+	if err != nil {
+		return nil, fmt.Errorf("%w: %w", ErrConfig, err)
+	}
+	s := &Service{
+		cfg:      cfg,
+		log:      log,
+		hostname: host,
+		id:       id,
+		api:      &client{base: cfg.ControlPlane, http: &http.Client{Timeout: cfg.RequestTimeout}},
+		mon:      mon,
+	}
+	s.st = newStatusBoard(Status{
+		VDC:       cfg.ControlPlane,
+		Hostname:  host,
+		MachineID: id.MachineID,
+		State:     StateStarting,
+	})
+	return s, nil
+}
+
+// Hostname is the name the agent registers under.
+func (s *Service) Hostname() string { return s.hostname }
+
+// Identity is the node's persistent identity.
+func (s *Service) Identity() Identity { return s.id }
+
+// Status returns a copy of the agent's current status.
+func (s *Service) Status() Status { return s.st.get(s.mon.Status()) }
+
+// Run registers and heartbeats until ctx ends (then it returns nil). In Once mode
+// it returns after the first registration and state upload.
+func (s *Service) Run(ctx context.Context) error {
+	ctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	var wg sync.WaitGroup
+	defer wg.Wait()
+	wg.Add(1)
+	go func() { defer wg.Done(); s.mon.Run(ctx) }()
+
+	if s.cfg.HTTPListen != "" {
+		ln, err := net.Listen("tcp", s.cfg.HTTPListen)
+		if err != nil {
+			return fmt.Errorf("%w: http_listen %s: %w", ErrConfig, s.cfg.HTTPListen, err)
+		}
+		srv := &http.Server{Handler: s.Handler(), ReadHeaderTimeout: 10 * time.Second}
+		wg.Add(1)
+		go func() { defer wg.Done(); srv.Serve(ln) }()
+		defer func() {
+			sctx, c := context.WithTimeout(context.Background(), 2*time.Second)
+			defer c()
+			srv.Shutdown(sctx)
+		}()
+		s.log.Info("status endpoint listening", "addr", ln.Addr().String())
+	}
+
+	// Give libvirt a moment so the first registration already says whether the
+	// hypervisor is there; a slow libvirt does not hold registration up.
+	select {
+	case <-s.mon.Tried():
+	case <-time.After(3 * time.Second):
+	case <-ctx.Done():
+		return nil
+	}
+
+	regBackoff := backoff.Backoff{Min: s.cfg.RegisterBackoffMin, Max: s.cfg.RegisterBackoffMax}
+	hbBackoff := backoff.Backoff{Min: s.cfg.RegisterBackoffMin, Max: s.cfg.RegisterBackoffMax}
+	heartbeat := time.NewTimer(time.Hour)
+	fullSync := time.NewTicker(s.cfg.FullSyncEvery)
+	defer heartbeat.Stop()
+	defer fullSync.Stop()
+
+	for {
+		if s.nodeID == "" {
+			err := s.register(ctx)
+			if ctx.Err() != nil {
+				return nil
+			}
+			if err != nil {
+				delay := regBackoff.Next()
+				if errors.Is(err, ErrRefused) {
+					if s.cfg.Once {
+						return err
+					}
+					delay = s.cfg.RefusedRetry
+				}
+				s.log.Info("registration retry scheduled", "in", delay.Round(time.Millisecond))
+				if !sleep(ctx, delay) {
+					return nil
+				}
+				continue
+			}
+			regBackoff.Reset()
+			s.sync(ctx, true)
+			if s.cfg.Once {
+				if st := s.st.get(s.mon.Status()); st.StateSync.Error != "" {
+					return fmt.Errorf("registered as node %s, but the state upload failed: %s", s.nodeID, st.StateSync.Error)
+				}
+				return nil
+			}
+			heartbeat.Reset(s.interval)
+			fullSync.Reset(s.cfg.FullSyncEvery)
+			continue
+		}
+
+		select {
+		case <-ctx.Done():
+			return nil
+		case <-heartbeat.C:
+			s.sync(ctx, false)
+			if s.nodeID == "" {
+				continue
+			}
+			if err := s.heartbeat(ctx); err != nil {
+				if ctx.Err() != nil {
+					return nil
+				}
+				if s.nodeID == "" {
+					continue // 404/401: register again at once
+				}
+				heartbeat.Reset(min(hbBackoff.Next(), s.interval))
+				continue
+			}
+			hbBackoff.Reset()
+			heartbeat.Reset(s.interval)
+		case <-s.mon.Changes():
+			s.sync(ctx, false)
+		case <-fullSync.C:
+			s.sync(ctx, true)
+		}
+	}
+}
+
+func sleep(ctx context.Context, d time.Duration) bool {
+	t := time.NewTimer(d)
+	defer t.Stop()
+	select {
+	case <-ctx.Done():
+		return false
+	case <-t.C:
+		return true
+	}
+}
+
+// management finds the management address now and logs when it changed.
+func (s *Service) management() (Management, error) {
+	m, err := DetectManagement(s.cfg.Netlink, s.cfg.Interface)
+	if err != nil {
+		s.st.update(func(st *Status) { st.Management.Error = err.Error() })
+		return Management{}, fmt.Errorf("management address: %w", err)
+	}
+	if s.lastMgmt.IP.IsValid() && (m.IP != s.lastMgmt.IP || m.Interface != s.lastMgmt.Interface) {
+		s.log.Info("management address changed", "old", s.lastMgmt.IP, "old_interface", s.lastMgmt.Interface, "new", m.IP, "interface", m.Interface, "source", m.Source)
+		s.st.update(func(st *Status) { st.Counts.ManagementChanges++ })
+	} else if !s.lastMgmt.IP.IsValid() {
+		s.log.Info("management address", "ip", m.IP, "interface", m.Interface, "source", m.Source)
+	}
+	s.lastMgmt = m
+	s.st.update(func(st *Status) {
+		st.Management = ManagementStatus{IP: m.IP.String(), Interface: m.Interface, Source: m.Source}
+	})
+	return m, nil
+}
+
+// register registers once and records the outcome.
+func (s *Service) register(ctx context.Context) error {
+	s.st.update(func(st *Status) {
+		if st.State != StateRefused {
+			st.State = StateRegistering
+		}
+	})
+	err := s.tryRegister(ctx)
+	if err == nil || ctx.Err() != nil {
+		return err
+	}
+	now := time.Now()
+	refused := errors.Is(err, ErrRefused)
+	s.st.update(func(st *Status) {
+		st.Registration.record(now, "", err)
+		st.Counts.RegistrationFailures++
+		if refused {
+			st.State = StateRefused
+			st.Error = err.Error()
+		} else {
+			st.Error = "cannot register yet: " + err.Error()
+		}
+	})
+	if refused {
+		s.log.Error("registration refused; the operator must act", "err", err)
+	} else {
+		s.log.Warn("registration failed", "err", err)
+	}
+	return err
+}
+
+func (s *Service) tryRegister(ctx context.Context) error {
+	m, err := s.management()
+	if err != nil {
+		return err
+	}
+	hv := s.mon.Status()
+	req := quantix.RegisterRequest{
+		Hostname:     s.hostname,
+		MachineID:    s.id.MachineID,
+		NodeSecret:   s.id.NodeSecret,
+		ManagementIP: m.IP.String(),
+		AgentVersion: quantix.Version,
+		CPU:          cpuInfo(),
+		Labels:       s.cfg.Labels,
+		Hypervisor:   &hv,
+	}
+	if total, _, ok := memInfo(); ok {
+		req.MemoryBytes = total
+	}
+	rctx, cancel := context.WithTimeout(ctx, s.cfg.RequestTimeout)
+	defer cancel()
+	resp, err := s.api.register(rctx, s.cfg.JoinToken, req)
+	if err != nil {
+		return s.explainRegisterError(err)
+	}
+	s.nodeID = resp.NodeID
+	s.interval = time.Duration(resp.HeartbeatIntervalSeconds) * time.Second
+	if s.interval <= 0 {
+		s.interval = quantix.DefaultHeartbeatInterval
+	}
+	s.reported = nil
+	now := time.Now()
+	s.st.update(func(st *Status) {
+		st.NodeID = resp.NodeID
+		st.State = StateRegistered
+		st.Error = ""
+		st.Registration.record(now, resp.Registration, nil)
+		st.HeartbeatIntervalSeconds = int(s.interval / time.Second)
+		st.Counts.Registrations++
+	})
+	fmt.Fprintln(s.cfg.Stdout, quantix.ReadyMarker("agent", "node_id", resp.NodeID, "registration", resp.Registration))
+	s.log.Info("registered with the vDC", "node_id", resp.NodeID, "registration", resp.Registration,
+		"hostname", s.hostname, "management_ip", m.IP, "heartbeat_interval", s.interval)
+	return nil
+}
+
+// explainRegisterError turns the vDC's refusals into what the operator must do.
+func (s *Service) explainRegisterError(err error) error {
+	var ae *APIError
+	if !errors.As(err, &ae) {
+		return err
+	}
+	switch ae.Status {
+	case http.StatusConflict:
+		return fmt.Errorf("%w: hostname %s is registered to another machine (vDC: %s): delete that node in the vDC, or give this host another hostname", ErrRefused, s.hostname, ae.Message)
+	case http.StatusUnauthorized, http.StatusForbidden:
+		if s.cfg.JoinToken == "" {
+			return fmt.Errorf("%w: the vDC does not know hostname %s with this identity and no join token is configured (vDC: %s): set --join-token, join_token in %s or %s= on the kernel command line", ErrRefused, s.hostname, ae.Message, quantix.AgentConfig, quantix.ParamToken)
+		}
+		return fmt.Errorf("%w: the vDC rejected the join token for hostname %s (vDC: %s): create a new join token in the vDC and configure it", ErrRefused, s.hostname, ae.Message)
+	case http.StatusBadRequest, http.StatusRequestEntityTooLarge:
+		return fmt.Errorf("%w: the vDC rejected the registration as invalid (vDC: %s): fix the named setting", ErrRefused, ae.Message)
+	}
+	return err
+}
+
+// heartbeat sends one heartbeat. On 404 or 401 it forgets the node id, so the loop
+// registers again.
+func (s *Service) heartbeat(ctx context.Context) error {
+	now := time.Now()
+	fail := func(err error) error {
+		s.st.update(func(st *Status) {
+			st.Heartbeat.record(now, "", err)
+			st.Counts.HeartbeatFailures++
+		})
+		return err
+	}
+	m, err := s.management()
+	if err != nil {
+		s.log.Warn("heartbeat skipped", "err", err)
+		return fail(err)
+	}
+	hv := s.mon.Status()
+	req := quantix.HeartbeatRequest{ManagementIP: m.IP.String(), Hypervisor: &hv}
+	if s.reported != nil {
+		req.StateHash = s.reported.Hash()
+	}
+	if _, used, ok := memInfo(); ok {
+		req.MemoryUsedBytes = &used
+	}
+	if p, ok := s.cpu.percent(); ok {
+		req.CPUPercent = &p
+	}
+	rctx, cancel := context.WithTimeout(ctx, s.cfg.RequestTimeout)
+	defer cancel()
+	resp, err := s.api.heartbeat(rctx, s.nodeID, s.id.NodeSecret, req)
+	if err != nil {
+		var ae *APIError
+		if errors.As(err, &ae) && ae.Status == http.StatusNotFound {
+			s.log.Warn("the vDC does not know this node any more (deleted?); registering again", "node_id", s.nodeID, "vdc", ae.Message)
+			s.forget()
+		} else if errors.As(err, &ae) && ae.Status == http.StatusUnauthorized {
+			s.log.Warn("the vDC rejected the node secret; registering again", "node_id", s.nodeID, "vdc", ae.Message)
+			s.forget()
+		} else {
+			s.log.Warn("heartbeat failed", "node_id", s.nodeID, "err", err)
+		}
+		return fail(err)
+	}
+	if resp.HeartbeatIntervalSeconds > 0 {
+		s.interval = time.Duration(resp.HeartbeatIntervalSeconds) * time.Second
+	}
+	s.st.update(func(st *Status) {
+		st.Heartbeat.record(now, "ok", nil)
+		st.HeartbeatIntervalSeconds = int(s.interval / time.Second)
+		st.Counts.Heartbeats++
+		if st.State == StateRegistered {
+			st.Error = ""
+		}
+	})
+	if resp.FullSync {
+		s.log.Info("the vDC asked for the full state")
+		s.sync(ctx, true)
+	}
+	return nil
+}
+
+func (s *Service) forget() {
+	s.nodeID = ""
+	s.reported = nil
+	s.st.update(func(st *Status) { st.State = StateRegistering })
+}
+
+// sync brings the vDC's inventory up to date: the whole state when full is set or
+// the vDC has none, else the differences as events.
+func (s *Service) sync(ctx context.Context, full bool) {
+	if s.nodeID == "" {
+		return
+	}
+	snap := s.mon.Snapshot(ctx)
+	s.st.update(func(st *Status) {
+		st.Counts.VMs, st.Counts.StoragePools = len(snap.VMs), len(snap.Pools)
+	})
+	if !snap.Available() {
+		// Nothing is known, so nothing is sent: the heartbeat carries the
+		// hypervisor state. When libvirt is back the state goes up whole.
+		if s.reported != nil {
+			s.log.Warn("hypervisor unavailable; inventory reporting paused", "reason", snap.Hypervisor.Reason)
+		}
+		s.reported = nil
+		return
+	}
+	rctx, cancel := context.WithTimeout(ctx, s.cfg.RequestTimeout)
+	defer cancel()
+	now := time.Now()
+	if !full && s.reported != nil {
+		evs := hypervisor.Diff(*s.reported, snap, now)
+		if len(evs) == 0 {
+			return
+		}
+		ack, err := s.api.postEvents(rctx, s.nodeID, s.id.NodeSecret, quantix.NodeEvents{Events: evs, StateHash: snap.Hash()})
+		if err == nil && !ack.FullSync {
+			s.reported = &snap
+			s.st.update(func(st *Status) { st.Counts.EventsSent += len(evs) })
+			s.log.Info("sent inventory events", "node_id", s.nodeID, "events", len(evs))
+			return
+		}
+		if err != nil {
+			if s.lostNode(err) {
+				return
+			}
+			s.log.Warn("sending inventory events failed; sending the full state", "node_id", s.nodeID, "err", err)
+		} else {
+			s.log.Info("the vDC asked for the full state after events", "node_id", s.nodeID)
+		}
+	}
+	st := quantix.NodeState{VMs: snap.VMs, StoragePools: snap.Pools, StateHash: snap.Hash(), Hypervisor: &snap.Hypervisor}
+	if st.VMs == nil {
+		st.VMs = []quantix.VM{}
+	}
+	if st.StoragePools == nil {
+		st.StoragePools = []quantix.StoragePool{}
+	}
+	_, err := s.api.putState(rctx, s.nodeID, s.id.NodeSecret, st)
+	if err != nil {
+		s.reported = nil
+		s.st.update(func(st *Status) { st.StateSync.record(now, "", err) })
+		if !s.lostNode(err) {
+			s.log.Warn("sending the full state failed; retrying with the next heartbeat", "node_id", s.nodeID, "err", err)
+		}
+		return
+	}
+	s.reported = &snap
+	s.st.update(func(st *Status) {
+		st.StateSync.record(now, "full", nil)
+		st.Counts.StatePuts++
+	})
+	s.log.Info("sent the full state", "node_id", s.nodeID, "vms", len(snap.VMs), "storage_pools", len(snap.Pools), "state_hash", st.StateHash)
+}
+
+// lostNode handles a 404/401 on a node path: the node must register again.
+func (s *Service) lostNode(err error) bool {
+	var ae *APIError
+	if errors.As(err, &ae) && (ae.Status == http.StatusNotFound || ae.Status == http.StatusUnauthorized) {
+		s.log.Warn("the vDC no longer accepts this node; registering again", "node_id", s.nodeID, "vdc", ae.Message)
+		s.forget()
+		return true
+	}
+	return false
+}

@@ -1,0 +1,115 @@
+// Command qx-node is the Quantix node agent: it registers the host with the vDC,
+// heartbeats and reports the libvirt inventory. See package agent.
+//
+// Configuration, lowest precedence first: image defaults, the kernel command line
+// (quantix.vdc=, quantix.token=, quantix.hostname=), /quantix/node/agent.toml, flags.
+// Exit status 78 (EX_CONFIG) means the configuration is wrong.
+package main
+
+import (
+	"context"
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"io/fs"
+	"log/slog"
+	"os"
+	"os/signal"
+	"syscall"
+
+	"github.com/quantix/quantix"
+	"github.com/quantix/quantix/agent"
+	"github.com/quantix/quantix/agent/hypervisor"
+)
+
+const exConfig = 78
+
+func main() {
+	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGTERM, os.Interrupt)
+	defer stop()
+	if err := run(ctx, os.Args[1:], os.Stdout, os.Stderr); err != nil {
+		fmt.Fprintln(os.Stderr, "qx-node:", err)
+		if errors.Is(err, agent.ErrConfig) {
+			os.Exit(exConfig)
+		}
+		os.Exit(1)
+	}
+}
+
+func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
+	fl := flag.NewFlagSet("qx-node", flag.ContinueOnError)
+	fl.SetOutput(stderr)
+	configPath := fl.String("config", quantix.AgentConfig, "agent configuration `file` (TOML)")
+	controlPlane := fl.String("control-plane", "", "vDC `URL`, e.g. https://vdc.example:8443")
+	joinToken := fl.String("join-token", "", "join `token` for the first registration")
+	httpListen := fl.String("http-listen", "", "serve /healthz, /status and /metrics on `host:port`")
+	stateDir := fl.String("state-dir", quantix.NodeStateDir, "`folder` holding identity.toml")
+	iface := fl.String("interface", "", "management `interface` (name or MAC; default: automatic)")
+	libvirtURI := fl.String("libvirt-uri", "", "local libvirt `URI` (default "+hypervisor.DefaultURI+")")
+	register := fl.Bool("register", false, "register once, send the inventory, print the ready marker and exit")
+	hostname := fl.String("hostname", "", "register under this `name` instead of the kernel's hostname")
+	cmdlinePath := fl.String("cmdline", "/proc/cmdline", "kernel command line `file`")
+	productUUID := fl.String("product-uuid", agent.DefaultProductUUIDPath, "SMBIOS product UUID `file`, read when the identity is created")
+	debug := fl.Bool("debug", false, "log debug messages")
+	if err := fl.Parse(args); err != nil {
+		if errors.Is(err, flag.ErrHelp) {
+			return nil
+		}
+		return fmt.Errorf("%w: %w", agent.ErrConfig, err)
+	}
+	if fl.NArg() > 0 {
+		return fmt.Errorf("%w: unexpected arguments %q", agent.ErrConfig, fl.Args())
+	}
+	level := slog.LevelInfo
+	if *debug {
+		level = slog.LevelDebug
+	}
+	log := slog.New(slog.NewTextHandler(stderr, &slog.HandlerOptions{Level: level}))
+
+	var cl quantix.Cmdline
+	if data, err := os.ReadFile(*cmdlinePath); err == nil {
+		cl = quantix.ParseCmdline(string(data))
+	} else if !errors.Is(err, fs.ErrNotExist) {
+		return fmt.Errorf("read kernel command line %s: %w", *cmdlinePath, err)
+	}
+	file, err := agent.Load(*configPath)
+	if err != nil {
+		return err
+	}
+	var given agent.FileConfig
+	fl.Visit(func(f *flag.Flag) {
+		switch f.Name {
+		case "control-plane":
+			given.ControlPlane = *controlPlane
+		case "join-token":
+			given.JoinToken = *joinToken
+		case "http-listen":
+			given.HTTPListen = *httpListen
+		case "interface":
+			given.Interface = *iface
+		case "libvirt-uri":
+			given.LibvirtURI = *libvirtURI
+		}
+	})
+	if err := given.Validate(); err != nil {
+		return fmt.Errorf("%w: flags: %w", agent.ErrConfig, err)
+	}
+	cmdline := agent.CmdlineFrom(cl)
+	cfg := agent.Resolve(cmdline, file, given)
+	cfg.StateDir = *stateDir
+	cfg.ProductUUIDPath = *productUUID
+	cfg.Once = *register
+	cfg.Stdout = stdout
+	cfg.Hostname, err = agent.ResolveHostname(*hostname, os.Hostname, cmdline.Hostname)
+	if err != nil {
+		return err
+	}
+	svc, err := agent.New(cfg, log)
+	if err != nil {
+		return err
+	}
+	log.Info("starting", "version", quantix.Version, "hostname", svc.Hostname(), "vdc", cfg.ControlPlane,
+		"libvirt_uri", cfg.LibvirtURI, "state_dir", cfg.StateDir, "machine_id", svc.Identity().MachineID)
+	return svc.Run(ctx)
+}
