@@ -70,7 +70,7 @@ type Config struct {
 	// DataRoot is where QUANTIX-DATA is mounted. When it is not the mount point of a
 	// persistent device, the database lives in RAM and a warning marker says so.
 	DataRoot string `toml:"data_root"`
-	// DataDir is the cluster folder (PGDATA).
+	// DataDir is the cluster folder (PGDATA); default data_root/postgresql.
 	DataDir string `toml:"data_dir"`
 	// SocketDir is the unix socket folder (unix_socket_directories).
 	SocketDir string `toml:"socket_dir"`
@@ -79,7 +79,8 @@ type Config struct {
 	// Secrets is secrets.toml, where the quantix role's password is kept.
 	Secrets string `toml:"secrets"`
 	// SuperuserPasswordFile holds the password of the superuser "postgres" (0600,
-	// root). It sits beside the cluster on QUANTIX-DATA so the two travel together.
+	// root). It sits beside the cluster on QUANTIX-DATA so the two travel together;
+	// default data_root/postgresql-superuser.password.
 	SuperuserPasswordFile string `toml:"superuser_password_file"`
 	// OSUser is the system user the server runs as (looked up in /etc/passwd).
 	OSUser string `toml:"os_user"`
@@ -122,11 +123,9 @@ func DefaultConfig() Config {
 	return Config{
 		BinDir:                DefaultBinDir,
 		DataRoot:              quantix.DataDir,
-		DataDir:               DefaultDataDir,
 		SocketDir:             DefaultSocketDir,
 		Port:                  DefaultPort,
 		Secrets:               quantix.VDCSecrets,
-		SuperuserPasswordFile: DefaultSuperuserPasswordFile,
 		OSUser:                DefaultOSUser,
 		StartTimeout:          Duration{5 * time.Minute},
 		StopTimeout:           Duration{60 * time.Second},
@@ -151,8 +150,20 @@ func LoadConfigFile(path string, cfg Config, optional bool) (Config, error) {
 	return cfg, nil
 }
 
+// withDerived fills the paths that default to places under DataRoot.
+func (c Config) withDerived() Config {
+	if c.DataDir == "" && c.DataRoot != "" {
+		c.DataDir = filepath.Join(c.DataRoot, "postgresql")
+	}
+	if c.SuperuserPasswordFile == "" && c.DataRoot != "" {
+		c.SuperuserPasswordFile = filepath.Join(c.DataRoot, "postgresql-superuser.password")
+	}
+	return c
+}
+
 // Validate checks the configuration; each error names the key.
 func (c Config) Validate() error {
+	c = c.withDerived()
 	abs := []struct{ key, val string }{
 		{"bin_dir", c.BinDir}, {"data_root", c.DataRoot}, {"data_dir", c.DataDir},
 		{"socket_dir", c.SocketDir}, {"secrets", c.Secrets},

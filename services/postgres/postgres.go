@@ -49,6 +49,7 @@ type Service struct {
 
 // New checks cfg and returns a service; Run does the work.
 func New(cfg Config, log *slog.Logger) (*Service, error) {
+	cfg = cfg.withDerived()
 	if err := cfg.Validate(); err != nil {
 		return nil, err
 	}
