@@ -1,0 +1,285 @@
+package network
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"net"
+	"net/http"
+	"time"
+
+	"github.com/quantix/quantix"
+)
+
+// ApplyResult is the outcome of a runtime apply.
+type ApplyResult struct {
+	// Applied is true when the new settings reached the kernel and are running.
+	Applied bool `json:"applied"`
+	// GatewayReachable reports the ARP check of the gateway (and the probe URL);
+	// CheckError says why not.
+	GatewayReachable bool   `json:"gateway_reachable"`
+	CheckError       string `json:"check_error,omitempty"`
+	// Deadline is when the settings roll back unless confirmed (zero if committed).
+	Deadline time.Time `json:"deadline,omitzero"`
+	// Committed is true when the settings were persisted (confirm timeout 0 and the
+	// check passed, or confirmed).
+	Committed bool `json:"committed"`
+	// RolledBack is true when the last good settings were restored instead.
+	RolledBack bool   `json:"rolled_back"`
+	Status     Status `json:"status"`
+}
+
+type checkJob struct {
+	rollback bool
+	probeURL string
+}
+
+type checkResult struct {
+	job *checkJob
+	err error
+}
+
+type pending struct {
+	plan     plan
+	prev     plan
+	origin   Origin
+	timeout  time.Duration
+	deadline time.Time
+	job      *checkJob
+	reply    chan response // nil once answered
+	checked  bool
+	checkErr error
+}
+
+// validateApply checks settings sent for apply, including that the interface
+// exists, without changing anything.
+func (s *Service) validateApply(name string, data []byte) (plan, error) {
+	st, err := Parse(name, data)
+	if err != nil {
+		return plan{}, err
+	}
+	p, err := st.compile()
+	if err != nil {
+		return plan{}, err
+	}
+	if _, err := s.env.findLink(p.iface, s.cfg.SysfsRoot); err != nil {
+		return plan{}, st.fieldErr("interface", "%v", err)
+	}
+	return p, nil
+}
+
+func (s *Service) handle(ctx context.Context, req request) {
+	switch req.Op {
+	case opApply:
+		s.apply(ctx, req)
+	case opConfirm:
+		if s.pending == nil {
+			req.reply <- response{Error: "nothing to confirm: no applied configuration is pending"}
+			return
+		}
+		if err := s.commit(); err != nil {
+			req.reply <- response{Error: err.Error()}
+			return
+		}
+		st := s.Status()
+		req.reply <- response{OK: true, Status: &st}
+	}
+}
+
+func (s *Service) apply(ctx context.Context, req request) {
+	if p := s.pending; p != nil {
+		req.reply <- response{Error: fmt.Sprintf("%s is applied and waits for confirmation until %s: run qx-net confirm, or wait for the rollback",
+			p.plan.source, p.deadline.Format(time.RFC3339))}
+		return
+	}
+	pd := &pending{
+		plan: req.plan, prev: s.good, origin: s.origin, timeout: req.timeout,
+		job: &checkJob{probeURL: req.ProbeURL}, reply: req.reply,
+	}
+	if pd.job.probeURL == "" {
+		pd.job.probeURL = s.cfg.ProbeURL
+	}
+	if pd.timeout > 0 {
+		pd.deadline = time.Now().Add(pd.timeout)
+		s.confirmC = time.After(pd.timeout)
+	}
+	s.pending = pd
+	s.origin = OriginApply
+	s.awaiting = pd.job
+	s.log.Info("applying", "config", req.plan.describe(), "confirm_timeout", pd.timeout)
+	s.updatePending()
+	if err := s.activate(ctx, req.plan); err != nil {
+		s.rollback(ctx, fmt.Sprintf("applying %s failed: %v", req.plan.source, err))
+	}
+}
+
+func (s *Service) updatePending() {
+	p := s.pending
+	s.update(func(st *Status) {
+		if p == nil {
+			st.Pending = nil
+			return
+		}
+		st.Pending = &PendingStatus{Config: p.plan.source, Deadline: p.deadline, Checked: p.checked, GatewayReachable: p.checked && p.checkErr == nil}
+		if p.checkErr != nil {
+			st.Pending.CheckError = p.checkErr.Error()
+		}
+	})
+}
+
+func (s *Service) onCheck(ctx context.Context, r checkResult) {
+	if r.job.rollback {
+		s.update(func(st *Status) {
+			if st.LastRollback == nil {
+				return
+			}
+			st.LastRollback.Done, st.LastRollback.Verified = true, r.err == nil
+			if r.err != nil {
+				st.LastRollback.Error = r.err.Error()
+			}
+		})
+		if r.err != nil {
+			s.setError(fmt.Errorf("rollback verification failed: %w", r.err))
+		} else {
+			s.log.Info("rollback verified", "config", s.cur.describe())
+		}
+		return
+	}
+	p := s.pending
+	if p == nil || p.job != r.job {
+		return
+	}
+	p.checked, p.checkErr = true, r.err
+	s.updatePending()
+	if r.err != nil {
+		s.log.Warn("apply check failed", "config", p.plan.source, "err", r.err)
+	}
+	switch {
+	case p.timeout == 0 && r.err == nil:
+		if err := s.commit(); err != nil {
+			s.rollback(ctx, err.Error())
+		}
+	case p.timeout == 0:
+		s.rollback(ctx, r.err.Error())
+	default:
+		s.answer(p, nil)
+	}
+}
+
+// answer replies to the qx-net apply waiting for p, once.
+func (s *Service) answer(p *pending, rollbackErr error) {
+	if p.reply == nil {
+		return
+	}
+	res := &ApplyResult{Applied: true, GatewayReachable: p.checked && p.checkErr == nil, Deadline: p.deadline}
+	if p.checkErr != nil {
+		res.CheckError = p.checkErr.Error()
+	} else if !p.checked {
+		res.CheckError = "not checked yet"
+	}
+	resp := response{OK: true, Apply: res}
+	switch {
+	case rollbackErr != nil:
+		res.Applied, res.RolledBack, res.Deadline = false, true, time.Time{}
+		resp.OK, resp.Error = false, "rolled back to the last good configuration: "+rollbackErr.Error()
+	case s.pending != p:
+		res.Committed, res.Deadline = true, time.Time{}
+	}
+	res.Status = s.Status()
+	p.reply <- resp
+	p.reply = nil
+}
+
+// commit persists the pending settings atomically: they become the last good ones.
+func (s *Service) commit() error {
+	p := s.pending
+	if p.plan.raw != nil {
+		if err := quantix.WriteFileAtomic(s.cfg.PersistentPath, p.plan.raw, 0o644); err != nil {
+			return fmt.Errorf("persist: %w", err)
+		}
+		if err := quantix.WriteFileAtomic(s.cfg.SessionPath, p.plan.raw, 0o644); err != nil {
+			return fmt.Errorf("session copy: %w", err)
+		}
+	}
+	s.pending, s.confirmC = nil, nil
+	s.good = p.plan
+	s.log.Info("configuration committed", "config", p.plan.source, "persistent", s.cfg.PersistentPath)
+	s.updatePending()
+	s.answer(p, nil)
+	return nil
+}
+
+// rollback restores the last good settings and verifies them (kernel read-back now,
+// reachability once the address is in place).
+func (s *Service) rollback(ctx context.Context, reason string) {
+	p := s.pending
+	s.pending, s.confirmC = nil, nil
+	s.origin = p.origin
+	s.log.Warn("rolling back", "from", p.plan.source, "to", p.prev.describe(), "reason", reason)
+	s.update(func(st *Status) {
+		st.Pending = nil
+		st.LastRollback = &RollbackStatus{At: time.Now(), Reason: reason, To: p.prev.describe()}
+	})
+	job := &checkJob{rollback: true}
+	s.awaiting = job
+	if err := s.activate(ctx, p.prev); err != nil {
+		s.awaiting = nil
+		s.onCheck(ctx, checkResult{job: job, err: err})
+	}
+	s.setError(fmt.Errorf("rolled back %s: %s", p.plan.source, reason))
+	s.answer(p, errors.New(reason))
+}
+
+// startCheck checks reachability of t's gateway (ARP) and of the probe URL in the
+// background; the result comes back on s.checks.
+func (s *Service) startCheck(job *checkJob, t target) {
+	env, ifi, timeout, ctx := s.env, ifaceOf(s.link), s.cfg.CheckTimeout, s.runCtx
+	go func() {
+		err := check(ctx, env, ifi, t, job.probeURL, timeout)
+		select {
+		case s.checks <- checkResult{job: job, err: err}:
+		case <-ctx.Done():
+		}
+	}()
+}
+
+func check(ctx context.Context, env *netEnv, ifi *net.Interface, t target, probeURL string, timeout time.Duration) error {
+	if t.gw != nil {
+		conn, err := env.openARP(ifi)
+		if err != nil {
+			return err
+		}
+		_, err = conn.resolve(ctx, t.addr.IP, t.gw, timeout)
+		conn.Close()
+		if err != nil {
+			return fmt.Errorf("gateway %s unreachable: %w", t.gw, err)
+		}
+	}
+	if probeURL == "" {
+		return nil
+	}
+	dialer := &net.Dialer{Timeout: timeout}
+	hc := &http.Client{Timeout: timeout, Transport: &http.Transport{
+		Proxy: nil,
+		DialContext: func(ctx context.Context, network, addr string) (net.Conn, error) {
+			var c net.Conn
+			err := env.do(func() error {
+				var err error
+				c, err = dialer.DialContext(ctx, network, addr)
+				return err
+			})
+			return c, err
+		},
+	}}
+	defer hc.CloseIdleConnections()
+	req, err := http.NewRequestWithContext(ctx, http.MethodGet, probeURL, nil)
+	if err != nil {
+		return fmt.Errorf("probe %s: %w", probeURL, err)
+	}
+	resp, err := hc.Do(req)
+	if err != nil {
+		return fmt.Errorf("probe %s: %w", probeURL, err)
+	}
+	resp.Body.Close()
+	return nil
+}
