@@ -256,4 +256,6 @@ func (c Config) withDefaults() (Config, error) {
 }
 
 // IdentityPath is identity.toml inside the state folder.
-func (c Config) IdentityPath() string { return filepath.Join(c.StateDir, filepath.Base(quantix.IdentityFile)) }
+func (c Config) IdentityPath() string {
+	return filepath.Join(c.StateDir, filepath.Base(quantix.IdentityFile))
+}

@@ -13,8 +13,8 @@ import (
 
 // How the management interface was chosen (DESIGN §4).
 const (
-	SourceConfigured   = "configured"
-	SourceDefaultRoute = "default-route"
+	SourceConfigured    = "configured"
+	SourceDefaultRoute  = "default-route"
 	SourceFirstPhysical = "first-physical"
 )
 
