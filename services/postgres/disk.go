@@ -129,9 +129,10 @@ func ReadLabel(path string) (string, error) {
 	return ext4Label(head[:n]), nil
 }
 
-// skipDevice says which kernel block devices never hold QUANTIX-DATA.
+// skipDevice says which kernel block devices never hold QUANTIX-DATA on an appliance
+// (loop devices are skipped too, so a build host's test images are never picked up).
 func skipDevice(name string) bool {
-	for _, p := range []string{"ram", "zram", "fd", "sr", "nbd"} {
+	for _, p := range []string{"ram", "zram", "loop", "fd", "sr", "nbd"} {
 		if strings.HasPrefix(name, p) {
 			return true
 		}
@@ -176,6 +177,12 @@ func ObserveDisks(cfg DiskConfig, log *slog.Logger) (DiskFacts, error) {
 		return f, err
 	}
 	f.ConfiguredContent = content
+	// The configured device formatted on an earlier boot is QUANTIX-DATA now, even
+	// where it is not listed as a block device (a partition not yet rescanned).
+	if label, err := ReadLabel(cfg.Device); err == nil && label == quantix.LabelData && !contains(f.Labelled, cfg.Device) {
+		f.Labelled = append(f.Labelled, cfg.Device)
+		sort.Strings(f.Labelled)
+	}
 	return f, nil
 }
 

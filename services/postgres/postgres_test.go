@@ -39,7 +39,7 @@ func (s *syncBuffer) String() string {
 
 // requirePostgres fails (never skips, except with -short) when PostgreSQL 15 or root
 // is missing: the service's privilege drop is what is being tested.
-func requirePostgres(t *testing.T) {
+func requirePostgres(t testing.TB) {
 	t.Helper()
 	if testing.Short() {
 		t.Skip("starts a real PostgreSQL server; skipped with -short")
@@ -57,7 +57,7 @@ func requirePostgres(t *testing.T) {
 
 // testConfig is a configuration under a fresh folder in /tmp that the postgres user
 // can reach (t.TempDir's parents are 0700).
-func testConfig(t *testing.T) Config {
+func testConfig(t testing.TB) Config {
 	t.Helper()
 	root, err := os.MkdirTemp("/tmp", "qxpg-")
 	if err != nil {
@@ -80,7 +80,7 @@ func testConfig(t *testing.T) Config {
 	return cfg
 }
 
-func freePort(t *testing.T) int {
+func freePort(t testing.TB) int {
 	t.Helper()
 	l, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
@@ -99,7 +99,7 @@ type running struct {
 }
 
 // start runs the service and waits until it is ready or Run returns.
-func start(t *testing.T, cfg Config) (*running, error) {
+func start(t testing.TB, cfg Config) (*running, error) {
 	t.Helper()
 	r := &running{done: make(chan error, 1), stdout: &syncBuffer{}, stderr: &syncBuffer{}}
 	cfg.Stdout, cfg.Stderr = r.stdout, r.stderr
