@@ -121,14 +121,14 @@ type DiskConfig struct {
 // DefaultConfig returns the appliance defaults.
 func DefaultConfig() Config {
 	return Config{
-		BinDir:                DefaultBinDir,
-		DataRoot:              quantix.DataDir,
-		SocketDir:             DefaultSocketDir,
-		Port:                  DefaultPort,
-		Secrets:               quantix.VDCSecrets,
-		OSUser:                DefaultOSUser,
-		StartTimeout:          Duration{5 * time.Minute},
-		StopTimeout:           Duration{60 * time.Second},
+		BinDir:       DefaultBinDir,
+		DataRoot:     quantix.DataDir,
+		SocketDir:    DefaultSocketDir,
+		Port:         DefaultPort,
+		Secrets:      quantix.VDCSecrets,
+		OSUser:       DefaultOSUser,
+		StartTimeout: Duration{5 * time.Minute},
+		StopTimeout:  Duration{60 * time.Second},
 		DiskConfig: DiskConfig{
 			SysBlock: "/sys/class/block",
 			DevDir:   "/dev",

@@ -93,8 +93,8 @@ func parseFlags(name string, args []string, stderr io.Writer, serve bool) (postg
 	configFile := fs.String("config", postgres.DefaultConfigFile, "configuration file (TOML; optional at its default path)")
 	var (
 		binDir, dataRoot, dataDir, socketDir, secrets, superPW, device string
-		port                                                        int
-		formatBlank                                                 bool
+		port                                                           int
+		formatBlank                                                    bool
 	)
 	if serve {
 		fs.StringVar(&binDir, "bin-dir", "", "PostgreSQL binaries (default "+postgres.DefaultBinDir+")")
