@@ -1,0 +1,282 @@
+// Package api is the vDC's HTTP API v1 (DESIGN §5): registration, heartbeats and
+// node state from the agents, the admin registry and inventory, join tokens, and
+// /healthz, /readyz, /metrics. It validates every input and maps each problem to a
+// 4xx naming the field; 5xx only ever means the vDC itself failed.
+package api
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"net/http"
+	"strings"
+	"time"
+
+	"github.com/quantix/quantix"
+	"github.com/quantix/quantix/vdc/store"
+)
+
+// Config configures the API.
+type Config struct {
+	Store             *store.Store
+	Heartbeats        *store.Batcher
+	HeartbeatInterval time.Duration
+	// AdminTokenHash is the SHA-256 digest of the admin bearer token.
+	AdminTokenHash [32]byte
+	// GraceUntil is the database time until which no node is demoted.
+	GraceUntil time.Time
+	Metrics    *Metrics
+}
+
+// API serves the vDC's HTTP API.
+type API struct {
+	cfg Config
+	log *slog.Logger
+	mux *http.ServeMux
+}
+
+// Default join token limits.
+const (
+	DefaultJoinTokenTTL  = 24 * time.Hour
+	MaxJoinTokenTTL      = 365 * 24 * time.Hour
+	DefaultJoinTokenUses = 1
+	MaxJoinTokenUses     = 1_000_000
+)
+
+// New builds the API.
+func New(cfg Config, log *slog.Logger) *API {
+	if cfg.Metrics == nil {
+		cfg.Metrics = NewMetrics()
+	}
+	a := &API{cfg: cfg, log: log, mux: http.NewServeMux()}
+	m := a.mux
+	m.HandleFunc("POST "+quantix.PathRegister, a.register)
+	m.HandleFunc("POST "+quantix.PathNodes+"/{id}/heartbeat", a.heartbeat)
+	m.HandleFunc("PUT "+quantix.PathNodes+"/{id}/state", a.putState)
+	m.HandleFunc("POST "+quantix.PathNodes+"/{id}/events", a.postEvents)
+
+	m.HandleFunc("GET "+quantix.PathNodes, a.admin(a.listNodes))
+	m.HandleFunc("GET "+quantix.PathNodes+"/{id}", a.admin(a.getNode))
+	m.HandleFunc("DELETE "+quantix.PathNodes+"/{id}", a.admin(a.deleteNode))
+	m.HandleFunc("GET "+quantix.PathNodes+"/{id}/events", a.admin(a.nodeEvents))
+	m.HandleFunc("PUT "+quantix.PathNodes+"/{id}/maintenance", a.admin(a.maintenance))
+	m.HandleFunc("GET "+quantix.PathVMs, a.admin(a.listVMs))
+	m.HandleFunc("GET "+quantix.PathPools, a.admin(a.listPools))
+	m.HandleFunc("POST "+quantix.PathJoinTokens, a.admin(a.createJoinToken))
+
+	m.HandleFunc("GET "+quantix.PathHealthz, a.healthz)
+	m.HandleFunc("GET "+quantix.PathReadyz, a.readyz)
+	m.HandleFunc("GET "+quantix.PathMetrics, a.metrics)
+	m.HandleFunc("/", func(w http.ResponseWriter, r *http.Request) {
+		writeError(w, http.StatusNotFound, fmt.Sprintf("no such endpoint: %s %s", r.Method, r.URL.Path))
+	})
+	return a
+}
+
+// Metrics returns the API's metrics.
+func (a *API) Metrics() *Metrics { return a.cfg.Metrics }
+
+// ServeHTTP serves a request and records its latency by route.
+func (a *API) ServeHTTP(w http.ResponseWriter, r *http.Request) {
+	start := time.Now()
+	sw := &statusWriter{ResponseWriter: w, code: http.StatusOK}
+	a.mux.ServeHTTP(sw, r)
+	route := r.Pattern
+	if i := strings.IndexByte(route, ' '); i >= 0 {
+		route = route[i+1:]
+	}
+	if route == "/" || route == "" {
+		route = "unmatched"
+	}
+	a.cfg.Metrics.Observe(r.Method, route, sw.code, time.Since(start))
+}
+
+type statusWriter struct {
+	http.ResponseWriter
+	code int
+}
+
+func (w *statusWriter) WriteHeader(code int) {
+	w.code = code
+	w.ResponseWriter.WriteHeader(code)
+}
+
+// httpError is an error with its status code and client-facing message.
+type httpError struct {
+	code int
+	msg  string
+}
+
+func (e *httpError) Error() string { return e.msg }
+
+func badRequest(format string, args ...any) error {
+	return &httpError{http.StatusBadRequest, fmt.Sprintf(format, args...)}
+}
+
+func writeJSON(w http.ResponseWriter, code int, v any) {
+	w.Header().Set("Content-Type", "application/json")
+	w.WriteHeader(code)
+	json.NewEncoder(w).Encode(v)
+}
+
+func writeError(w http.ResponseWriter, code int, msg string) {
+	if code == http.StatusUnauthorized {
+		w.Header().Set("WWW-Authenticate", `Bearer realm="quantix-vdc"`)
+	}
+	writeJSON(w, code, quantix.Error{Error: msg})
+}
+
+// fail answers err: client errors with their message, store errors by kind, and
+// anything else as a 500 whose details go to the log only.
+func (a *API) fail(w http.ResponseWriter, r *http.Request, err error) {
+	var he *httpError
+	var te *store.TakeoverError
+	switch {
+	case errors.As(err, &he):
+		writeError(w, he.code, he.msg)
+	case errors.As(err, &te):
+		writeError(w, http.StatusConflict, te.Error())
+	case errors.Is(err, store.ErrNotFound):
+		writeError(w, http.StatusNotFound, err.Error())
+	case errors.Is(err, store.ErrUnauthorized):
+		writeError(w, http.StatusUnauthorized, err.Error())
+	case errors.Is(err, context.Canceled) && r.Context().Err() != nil:
+		// The client went away; nobody reads the answer.
+	default:
+		a.log.Error("request failed", "method", r.Method, "path", r.URL.Path, "err", err)
+		writeError(w, http.StatusInternalServerError, "internal error; see the vDC log")
+	}
+}
+
+// decode reads one JSON object of at most MaxRequestBytes into v, refusing unknown
+// fields, and names the problem.
+func decode(w http.ResponseWriter, r *http.Request, v any) error {
+	r.Body = http.MaxBytesReader(w, r.Body, quantix.MaxRequestBytes)
+	dec := json.NewDecoder(r.Body)
+	dec.DisallowUnknownFields()
+	err := dec.Decode(v)
+	if err == nil {
+		if _, terr := dec.Token(); terr != io.EOF {
+			err = terr
+			if err == nil {
+				return badRequest("request body holds more than one JSON value")
+			}
+		}
+	}
+	if err == nil {
+		return nil
+	}
+	var (
+		mbe *http.MaxBytesError
+		se  *json.SyntaxError
+		ute *json.UnmarshalTypeError
+	)
+	switch {
+	case errors.As(err, &mbe):
+		return &httpError{http.StatusRequestEntityTooLarge, fmt.Sprintf("request body is larger than %d bytes", mbe.Limit)}
+	case errors.Is(err, io.EOF):
+		return badRequest("request body is empty: want a JSON object")
+	case errors.Is(err, io.ErrUnexpectedEOF):
+		return badRequest("request body is truncated JSON")
+	case errors.As(err, &se):
+		return badRequest("request body is not valid JSON at byte %d: %v", se.Offset, se)
+	case errors.As(err, &ute):
+		if ute.Field == "" {
+			return badRequest("request body is a JSON %s, want an object", ute.Value)
+		}
+		return badRequest("field %q: got JSON %s, want %s", ute.Field, ute.Value, ute.Type)
+	case strings.HasPrefix(err.Error(), "json: unknown field "):
+		return badRequest("unknown field %s in request body", strings.TrimPrefix(err.Error(), "json: unknown field "))
+	}
+	return badRequest("request body: %v", err)
+}
+
+// bearer returns the Authorization bearer token, or "".
+func bearer(r *http.Request) string {
+	h := r.Header.Get("Authorization")
+	const p = "Bearer "
+	if len(h) > len(p) && strings.EqualFold(h[:len(p)], p) {
+		return strings.TrimSpace(h[len(p):])
+	}
+	return ""
+}
+
+// admin guards an admin handler with the admin bearer token.
+func (a *API) admin(h http.HandlerFunc) http.HandlerFunc {
+	return func(w http.ResponseWriter, r *http.Request) {
+		tok := bearer(r)
+		if tok == "" {
+			writeError(w, http.StatusUnauthorized, "missing admin token (Authorization: Bearer <admin token>)")
+			return
+		}
+		got := store.HashSecret(tok)
+		if !store.SameDigest(got[:], a.cfg.AdminTokenHash[:]) {
+			writeError(w, http.StatusUnauthorized, "wrong admin token")
+			return
+		}
+		h(w, r)
+	}
+}
+
+// nodeID returns the {id} path value if it is a UUID.
+func nodeID(r *http.Request) (string, error) {
+	id := r.PathValue("id")
+	if !isUUID(id) {
+		return "", badRequest("node id %q in the path is not a UUID", id)
+	}
+	return strings.ToLower(id), nil
+}
+
+func isUUID(s string) bool {
+	if len(s) != 36 {
+		return false
+	}
+	for i, c := range s {
+		switch i {
+		case 8, 13, 18, 23:
+			if c != '-' {
+				return false
+			}
+		default:
+			if !(c >= '0' && c <= '9' || c >= 'a' && c <= 'f' || c >= 'A' && c <= 'F') {
+				return false
+			}
+		}
+	}
+	return true
+}
+
+func (a *API) intervalSeconds() int {
+	s := int(a.cfg.HeartbeatInterval / time.Second)
+	if s < 1 {
+		s = 1
+	}
+	return s
+}
+
+func (a *API) healthz(w http.ResponseWriter, r *http.Request) {
+	writeJSON(w, http.StatusOK, map[string]string{"status": "ok"})
+}
+
+func (a *API) readyz(w http.ResponseWriter, r *http.Request) {
+	ctx, cancel := context.WithTimeout(r.Context(), 5*time.Second)
+	defer cancel()
+	if err := a.cfg.Store.CheckReady(ctx); err != nil {
+		writeError(w, http.StatusServiceUnavailable, "not ready: "+err.Error())
+		return
+	}
+	writeJSON(w, http.StatusOK, map[string]string{"status": "ready"})
+}
+
+func (a *API) metrics(w http.ResponseWriter, r *http.Request) {
+	phases, err := a.cfg.Store.CountByPhase(r.Context())
+	if err != nil {
+		a.fail(w, r, err)
+		return
+	}
+	w.Header().Set("Content-Type", "text/plain; version=0.0.4; charset=utf-8")
+	a.cfg.Metrics.Write(w, phases)
+}

@@ -1,0 +1,119 @@
+package api
+
+import (
+	"fmt"
+	"io"
+	"sort"
+	"strconv"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"time"
+)
+
+// Metrics is the vDC's Prometheus exposition, written by hand: four metric families
+// do not justify client_golang and its dependency tree (protobuf, procfs) in the
+// appliance image. The format is Prometheus text format 0.0.4.
+type Metrics struct {
+	registrations sync.Map // kind -> *atomic.Int64
+	heartbeats    atomic.Int64
+	mu            sync.Mutex
+	latency       map[latencyKey]*histogram
+}
+
+type latencyKey struct{ method, route, code string }
+
+// latencyBuckets are the request latency histogram's upper bounds in seconds.
+var latencyBuckets = []float64{0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5}
+
+type histogram struct {
+	counts []uint64 // per bucket, not cumulative; the last is +Inf
+	sum    float64
+	n      uint64
+}
+
+// NewMetrics returns empty metrics.
+func NewMetrics() *Metrics { return &Metrics{latency: map[latencyKey]*histogram{}} }
+
+// Registration counts one registration of kind.
+func (m *Metrics) Registration(kind string) {
+	v, _ := m.registrations.LoadOrStore(kind, new(atomic.Int64))
+	v.(*atomic.Int64).Add(1)
+}
+
+// Heartbeat counts one recorded heartbeat.
+func (m *Metrics) Heartbeat() { m.heartbeats.Add(1) }
+
+// Observe records one request's latency.
+func (m *Metrics) Observe(method, route string, code int, d time.Duration) {
+	k := latencyKey{method, route, strconv.Itoa(code)}
+	s := d.Seconds()
+	m.mu.Lock()
+	h := m.latency[k]
+	if h == nil {
+		h = &histogram{counts: make([]uint64, len(latencyBuckets)+1)}
+		m.latency[k] = h
+	}
+	i := sort.SearchFloat64s(latencyBuckets, s) // first bound >= s
+	h.counts[i]++
+	h.sum += s
+	h.n++
+	m.mu.Unlock()
+}
+
+// Write writes the exposition; phases is the current node count per phase.
+func (m *Metrics) Write(w io.Writer, phases map[string]int) {
+	var b strings.Builder
+	b.WriteString("# HELP qx_vdc_registrations_total Node registrations by kind (registered, reregistered, reenrolled).\n")
+	b.WriteString("# TYPE qx_vdc_registrations_total counter\n")
+	kinds := []string{}
+	m.registrations.Range(func(k, _ any) bool { kinds = append(kinds, k.(string)); return true })
+	sort.Strings(kinds)
+	for _, k := range kinds {
+		v, _ := m.registrations.Load(k)
+		fmt.Fprintf(&b, "qx_vdc_registrations_total{kind=%q} %d\n", k, v.(*atomic.Int64).Load())
+	}
+	b.WriteString("# HELP qx_vdc_heartbeats_total Heartbeats recorded.\n# TYPE qx_vdc_heartbeats_total counter\n")
+	fmt.Fprintf(&b, "qx_vdc_heartbeats_total %d\n", m.heartbeats.Load())
+	b.WriteString("# HELP qx_vdc_nodes Registered nodes by phase.\n# TYPE qx_vdc_nodes gauge\n")
+	ps := make([]string, 0, len(phases))
+	for p := range phases {
+		ps = append(ps, p)
+	}
+	sort.Strings(ps)
+	for _, p := range ps {
+		fmt.Fprintf(&b, "qx_vdc_nodes{phase=%q} %d\n", p, phases[p])
+	}
+	b.WriteString("# HELP qx_vdc_http_request_duration_seconds HTTP request latency by method, route and status code.\n")
+	b.WriteString("# TYPE qx_vdc_http_request_duration_seconds histogram\n")
+	m.mu.Lock()
+	keys := make([]latencyKey, 0, len(m.latency))
+	for k := range m.latency {
+		keys = append(keys, k)
+	}
+	sort.Slice(keys, func(i, j int) bool {
+		a, c := keys[i], keys[j]
+		if a.route != c.route {
+			return a.route < c.route
+		}
+		if a.method != c.method {
+			return a.method < c.method
+		}
+		return a.code < c.code
+	})
+	for _, k := range keys {
+		h := m.latency[k]
+		labels := fmt.Sprintf("method=%q,route=%q,code=%q", k.method, k.route, k.code)
+		var cum uint64
+		for i, le := range latencyBuckets {
+			cum += h.counts[i]
+			fmt.Fprintf(&b, "qx_vdc_http_request_duration_seconds_bucket{%s,le=%q} %d\n", labels, strconv.FormatFloat(le, 'g', -1, 64), cum)
+		}
+		cum += h.counts[len(latencyBuckets)]
+		fmt.Fprintf(&b, "qx_vdc_http_request_duration_seconds_bucket{%s,le=\"+Inf\"} %d\n", labels, cum)
+		fmt.Fprintf(&b, "qx_vdc_http_request_duration_seconds_sum{%s} %s\n", labels, strconv.FormatFloat(h.sum, 'g', -1, 64))
+		fmt.Fprintf(&b, "qx_vdc_http_request_duration_seconds_count{%s} %d\n", labels, h.n)
+	}
+	m.mu.Unlock()
+	io.WriteString(w, b.String())
+}

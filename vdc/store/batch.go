@@ -1,0 +1,96 @@
+package store
+
+import (
+	"context"
+	"log/slog"
+	"sync"
+)
+
+// Batcher coalesces concurrent heartbeats into one statement and one commit each
+// (Heartbeats). It adds no waiting: each of its workers takes the heartbeats that
+// are queued when it becomes free, so at low load a batch holds one heartbeat and
+// under load the batch grows while the previous commit is in flight. Submit
+// returns only after the heartbeat's batch has committed, so an ack always means
+// "recorded".
+type Batcher struct {
+	s     *Store
+	log   *slog.Logger
+	queue chan *pending
+	max   int
+	wg    sync.WaitGroup
+}
+
+type pending struct {
+	hb   Heartbeat
+	done chan HeartbeatResult
+}
+
+// NewBatcher starts workers (each holding at most one pool connection) taking up to
+// maxBatch heartbeats per statement. Stop it with Close.
+func NewBatcher(s *Store, workers, maxBatch int, log *slog.Logger) *Batcher {
+	b := &Batcher{s: s, log: log, queue: make(chan *pending, workers*maxBatch), max: maxBatch}
+	for range workers {
+		b.wg.Add(1)
+		go b.work()
+	}
+	return b
+}
+
+// Submit records one heartbeat and waits for its commit.
+func (b *Batcher) Submit(ctx context.Context, hb Heartbeat) (HeartbeatResult, error) {
+	p := &pending{hb: hb, done: make(chan HeartbeatResult, 1)}
+	select {
+	case b.queue <- p:
+	case <-ctx.Done():
+		return HeartbeatResult{}, ctx.Err()
+	}
+	select {
+	case r := <-p.done:
+		return r, nil
+	case <-ctx.Done():
+		// The batch may still commit; the agent will just heartbeat again.
+		return HeartbeatResult{}, ctx.Err()
+	}
+}
+
+// Close stops the workers after the queued heartbeats are recorded.
+func (b *Batcher) Close() {
+	close(b.queue)
+	b.wg.Wait()
+}
+
+func (b *Batcher) work() {
+	defer b.wg.Done()
+	batch := make([]*pending, 0, b.max)
+	for first := range b.queue {
+		batch = append(batch[:0], first)
+	drain:
+		for len(batch) < b.max {
+			select {
+			case p, ok := <-b.queue:
+				if !ok {
+					break drain
+				}
+				batch = append(batch, p)
+			default:
+				break drain
+			}
+		}
+		hbs := make([]Heartbeat, len(batch))
+		for i, p := range batch {
+			hbs[i] = p.hb
+		}
+		// Not the requests' contexts: one caller giving up must not fail the others.
+		res, err := b.s.Heartbeats(context.Background(), hbs)
+		for i, p := range batch {
+			if err != nil {
+				p.done <- HeartbeatResult{Err: err}
+				continue
+			}
+			p.done <- res[i]
+		}
+		if err != nil {
+			b.log.Error("record heartbeats", "count", len(batch), "err", err)
+		}
+	}
+}

@@ -1,0 +1,210 @@
+package store
+
+import (
+	"context"
+	"fmt"
+	"net/netip"
+	"strings"
+	"time"
+
+	"github.com/jackc/pgx/v5"
+
+	"github.com/quantix/quantix"
+)
+
+// phaseByAge is the phase a node's last heartbeat earns on the database clock
+// (DESIGN §6): ready up to 2 intervals, not_ready up to 3, disconnected beyond.
+// iv is the query parameter holding the heartbeat interval, e.g. "$3".
+func phaseByAge(iv string) string {
+	return `(CASE WHEN n.last_heartbeat >= now() - 2 * ` + iv + `::interval THEN 'ready'
+        WHEN n.last_heartbeat >= now() - 3 * ` + iv + `::interval THEN 'not_ready'
+        ELSE 'disconnected' END)`
+}
+
+// Heartbeat is one authenticated heartbeat (see Authenticate).
+type Heartbeat struct {
+	NodeID          string
+	SecretHash      [32]byte
+	ManagementIP    netip.Addr
+	CPUPercent      *float64
+	MemoryUsedBytes *int64
+	Hypervisor      *quantix.Hypervisor
+	StateHash       string
+}
+
+// HeartbeatResult answers one heartbeat of a batch.
+type HeartbeatResult struct {
+	FullSync bool
+	Err      error // wraps ErrNotFound or ErrUnauthorized; nil when recorded
+}
+
+// heartbeatSQL records a batch of heartbeats in one statement (one commit). prev
+// locks the rows in id order, so concurrent batches cannot deadlock, and reports the
+// phase and address each node had, for the history.
+const heartbeatSQL = `
+WITH hb AS (
+    SELECT * FROM unnest($1::uuid[], $2::bytea[], $3::inet[], $4::float8[], $5::int8[],
+                         $6::text[], $7::text[], $8::text[], $9::text[])
+        AS hb(id, secret_hash, ip, cpu, mem, hs, hr, hu, hv)
+), prev AS (
+    SELECT n.id, n.phase, n.management_ip FROM nodes n
+    JOIN hb ON hb.id = n.id AND hb.secret_hash = n.secret_hash
+    ORDER BY n.id FOR UPDATE OF n
+), up AS (
+    UPDATE nodes n SET
+        last_heartbeat = now(),
+        management_ip = hb.ip,
+        cpu_percent = hb.cpu,
+        memory_used_bytes = hb.mem,
+        hypervisor_state = coalesce(hb.hs, n.hypervisor_state),
+        hypervisor_reason = coalesce(hb.hr, n.hypervisor_reason),
+        hypervisor_uri = coalesce(hb.hu, n.hypervisor_uri),
+        hypervisor_version = coalesce(hb.hv, n.hypervisor_version),
+        phase = CASE WHEN n.phase = 'maintenance' THEN n.phase ELSE 'ready' END
+    FROM hb JOIN prev ON prev.id = hb.id
+    WHERE n.id = hb.id
+    RETURNING n.id, n.hostname, prev.phase AS old_phase, n.phase, prev.management_ip AS old_ip,
+        n.management_ip AS ip, n.state_hash, n.state_epoch
+), ev AS (
+    INSERT INTO node_events (node_id, hostname, kind, message)
+    SELECT id, hostname, 'phase', old_phase || ' -> ' || phase || ' (heartbeat)' FROM up
+        WHERE old_phase <> phase
+    UNION ALL
+    SELECT id, hostname, 'management_ip', 'management_ip ' || host(old_ip) || ' -> ' || host(ip) FROM up
+        WHERE old_ip <> ip
+)
+SELECT id::text, state_hash, coalesce(state_epoch::text, '') FROM up`
+
+// Heartbeats records a batch of heartbeats in one statement and one commit. Every
+// result is final: a nil Err means the heartbeat is committed.
+func (s *Store) Heartbeats(ctx context.Context, hbs []Heartbeat) ([]HeartbeatResult, error) {
+	// One row per node: a node heartbeating twice in a batch keeps the last one.
+	idx := make(map[string]int, len(hbs))
+	var (
+		ids            []string
+		secrets        [][]byte
+		ips            []netip.Addr
+		cpus           []*float64
+		mems           []*int64
+		hs, hr, hu, hv []*string
+	)
+	for _, h := range hbs {
+		j, dup := idx[h.NodeID]
+		if !dup {
+			j = len(ids)
+			idx[h.NodeID] = j
+			ids = append(ids, h.NodeID)
+			secrets, ips, cpus, mems = append(secrets, nil), append(ips, netip.Addr{}), append(cpus, nil), append(mems, nil)
+			hs, hr, hu, hv = append(hs, nil), append(hr, nil), append(hu, nil), append(hv, nil)
+		}
+		sh := h.SecretHash
+		secrets[j], ips[j], cpus[j], mems[j] = sh[:], h.ManagementIP, h.CPUPercent, h.MemoryUsedBytes
+		if hy := h.Hypervisor; hy != nil {
+			hs[j], hr[j], hu[j], hv[j] = &hy.State, &hy.Reason, &hy.URI, &hy.Version
+		}
+	}
+	rows, err := s.pool.Query(ctx, heartbeatSQL, ids, secrets, ips, cpus, mems, hs, hr, hu, hv)
+	if err != nil {
+		return nil, fmt.Errorf("record %d heartbeats: %w", len(hbs), err)
+	}
+	type stored struct{ hash, epoch string }
+	done := make(map[string]stored, len(ids))
+	for rows.Next() {
+		var id string
+		var st stored
+		if err := rows.Scan(&id, &st.hash, &st.epoch); err != nil {
+			rows.Close()
+			return nil, fmt.Errorf("record %d heartbeats: %w", len(hbs), err)
+		}
+		done[id] = st
+	}
+	if err := rows.Err(); err != nil {
+		return nil, fmt.Errorf("record %d heartbeats: %w", len(hbs), err)
+	}
+	out := make([]HeartbeatResult, len(hbs))
+	var missing []string
+	for _, h := range hbs {
+		if _, ok := done[h.NodeID]; !ok {
+			missing = append(missing, h.NodeID)
+		}
+	}
+	exists := map[string]bool{}
+	if len(missing) > 0 {
+		// Deleted or re-enrolled since Authenticate: say which.
+		rows, err := s.pool.Query(ctx, `SELECT id::text FROM nodes WHERE id = ANY($1::uuid[])`, missing)
+		if err != nil {
+			return nil, fmt.Errorf("record %d heartbeats: %w", len(hbs), err)
+		}
+		got, err := pgx.CollectRows(rows, pgx.RowTo[string])
+		if err != nil {
+			return nil, fmt.Errorf("record %d heartbeats: %w", len(hbs), err)
+		}
+		for _, id := range got {
+			exists[id] = true
+		}
+	}
+	for i, h := range hbs {
+		st, ok := done[h.NodeID]
+		switch {
+		case ok:
+			out[i].FullSync = st.epoch != s.epoch || (h.StateHash != "" && h.StateHash != st.hash)
+		case exists[h.NodeID]:
+			out[i].Err = fmt.Errorf("node %s: node_secret changed (re-enrolled?): %w", h.NodeID, ErrUnauthorized)
+		default:
+			s.forget(h.NodeID)
+			out[i].Err = fmt.Errorf("node %s: %w", h.NodeID, ErrNotFound)
+		}
+	}
+	return out, nil
+}
+
+// PhaseChange is one change the sweeper made.
+type PhaseChange struct {
+	NodeID, Hostname, From, To string
+}
+
+// Sweep moves nodes to the phase their last heartbeat earns. Before graceUntil
+// (3 intervals after the vDC started) it only promotes, never demotes: the nodes
+// had no chance to reach this process yet. It locks nothing it does not change,
+// and a heartbeat committing meanwhile wins (the UPDATE re-checks the row).
+func (s *Store) Sweep(ctx context.Context, interval time.Duration, graceUntil time.Time) ([]PhaseChange, error) {
+	const rank = `CASE %s WHEN 'ready' THEN 0 WHEN 'not_ready' THEN 1 ELSE 2 END`
+	want := phaseByAge("$1")
+	q := `
+WITH ch AS (
+    UPDATE nodes n SET phase = ` + want + `
+    FROM nodes o
+    WHERE o.id = n.id AND n.phase <> 'maintenance' AND n.phase <> ` + want + `
+      AND (now() >= $2 OR ` + fmt.Sprintf(rank, want) + ` < ` + fmt.Sprintf(rank, "n.phase") + `)
+    RETURNING n.id, n.hostname, o.phase AS old, n.phase AS new,
+        round(extract(epoch FROM now() - n.last_heartbeat)::numeric, 1) AS age
+), ev AS (
+    INSERT INTO node_events (node_id, hostname, kind, message)
+    SELECT id, hostname, 'phase', old || ' -> ' || new || ' (last heartbeat ' || age || 's ago)' FROM ch
+)
+SELECT id::text, hostname, old, new FROM ch`
+	rows, err := s.pool.Query(ctx, strings.TrimSpace(q), interval, graceUntil)
+	if err != nil {
+		return nil, fmt.Errorf("sweep phases: %w", err)
+	}
+	ch, err := pgx.CollectRows(rows, func(r pgx.CollectableRow) (PhaseChange, error) {
+		var c PhaseChange
+		err := r.Scan(&c.NodeID, &c.Hostname, &c.From, &c.To)
+		return c, err
+	})
+	if err != nil {
+		return nil, fmt.Errorf("sweep phases: %w", err)
+	}
+	return ch, nil
+}
+
+// GraceUntil is the database time until which no node is demoted: 3 intervals
+// after now.
+func (s *Store) GraceUntil(ctx context.Context, interval time.Duration) (time.Time, error) {
+	var t time.Time
+	err := s.pool.QueryRow(ctx, `SELECT now() + 3 * $1::interval`, interval).Scan(&t)
+	if err != nil {
+		return t, fmt.Errorf("read database clock: %w", err)
+	}
+	return t, nil
+}

@@ -1,0 +1,316 @@
+// Package vdc is the Quantix control plane service (qx-vdc serve): it loads
+// vdc.toml and secrets.toml, connects to PostgreSQL with a password, applies the
+// schema migrations, serves the HTTP API and keeps node phases current from their
+// heartbeats on the database clock.
+package vdc
+
+import (
+	"context"
+	"encoding/hex"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"net"
+	"net/http"
+	"net/url"
+	"os"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/quantix/quantix"
+	"github.com/quantix/quantix/vdc/api"
+	"github.com/quantix/quantix/vdc/store"
+)
+
+// ErrConfig is wrapped by every configuration error (qx-vdc exits 78 on it).
+var ErrConfig = errors.New("configuration error")
+
+// Duration is a time.Duration written as "30s" in vdc.toml.
+type Duration struct{ time.Duration }
+
+// UnmarshalText parses a Go duration string.
+func (d *Duration) UnmarshalText(b []byte) error {
+	v, err := time.ParseDuration(string(b))
+	if err != nil {
+		return err
+	}
+	d.Duration = v
+	return nil
+}
+
+// MarshalText writes the duration as a Go duration string.
+func (d Duration) MarshalText() ([]byte, error) { return []byte(d.String()), nil }
+
+// Config is vdc.toml; flags override it.
+//
+//	listen = ":8080"
+//	database_url = "postgres://quantix@127.0.0.1:5432/quantix"  # password from secrets.toml
+//	heartbeat_interval = "30s"
+//	join_tokens = ["lab-token"]   # static tokens, labs and tests only
+//	admin_token = ""              # else secrets.toml's admin_token_hash, else generated
+//	secrets_file = "/quantix/vdc/secrets.toml"
+//	database_max_conns = 16
+type Config struct {
+	Listen            string   `toml:"listen"`
+	DatabaseURL       string   `toml:"database_url"`
+	DatabaseMaxConns  int      `toml:"database_max_conns"`
+	HeartbeatInterval Duration `toml:"heartbeat_interval"`
+	JoinTokens        []string `toml:"join_tokens"`
+	AdminToken        string   `toml:"admin_token"`
+	SecretsFile       string   `toml:"secrets_file"`
+
+	// Stdout receives the ready marker and the one-time admin token line.
+	Stdout io.Writer `toml:"-"`
+}
+
+// Defaults.
+const (
+	DefaultListen      = ":8080"
+	DefaultDatabaseURL = "postgres://quantix@127.0.0.1:5432/quantix?sslmode=disable"
+)
+
+// DefaultConfig is the configuration without vdc.toml or flags.
+func DefaultConfig() Config {
+	return Config{
+		Listen:            DefaultListen,
+		DatabaseURL:       DefaultDatabaseURL,
+		DatabaseMaxConns:  16,
+		HeartbeatInterval: Duration{quantix.DefaultHeartbeatInterval},
+		SecretsFile:       quantix.VDCSecrets,
+	}
+}
+
+// LoadConfigFile decodes vdc.toml strictly over cfg. A missing file is not an
+// error when missingOK (the default path on a fresh appliance).
+func LoadConfigFile(path string, cfg *Config, missingOK bool) error {
+	err := quantix.DecodeTOMLFile(path, cfg)
+	if missingOK && errors.Is(err, os.ErrNotExist) {
+		return nil
+	}
+	if err != nil {
+		return fmt.Errorf("%w: %w", ErrConfig, err)
+	}
+	return nil
+}
+
+// Validate checks the configuration, naming the bad key.
+func (c *Config) Validate() error {
+	switch {
+	case c.Listen == "":
+		return fmt.Errorf("%w: listen is empty", ErrConfig)
+	case c.HeartbeatInterval.Duration < 100*time.Millisecond || c.HeartbeatInterval.Duration > time.Hour:
+		return fmt.Errorf("%w: heartbeat_interval %s is outside 100ms..1h", ErrConfig, c.HeartbeatInterval.Duration)
+	case c.DatabaseMaxConns < 1 || c.DatabaseMaxConns > 1000:
+		return fmt.Errorf("%w: database_max_conns %d is outside 1..1000", ErrConfig, c.DatabaseMaxConns)
+	}
+	if _, _, err := net.SplitHostPort(c.Listen); err != nil {
+		return fmt.Errorf("%w: listen %q: %v", ErrConfig, c.Listen, err)
+	}
+	for i, t := range c.JoinTokens {
+		if len(t) < 16 {
+			return fmt.Errorf("%w: join_tokens[%d] is %d characters; use at least 16", ErrConfig, i, len(t))
+		}
+	}
+	if c.AdminToken != "" && len(c.AdminToken) < 16 {
+		return fmt.Errorf("%w: admin_token is %d characters; use at least 16", ErrConfig, len(c.AdminToken))
+	}
+	if _, err := url.Parse(c.DatabaseURL); err != nil || !strings.HasPrefix(c.DatabaseURL, "postgres") {
+		return fmt.Errorf("%w: database_url %q is not a postgres:// URL", ErrConfig, redactURL(c.DatabaseURL))
+	}
+	return nil
+}
+
+// DatabaseURLWithPassword returns the database URL, taking the password from
+// secrets.toml (database_password, written by the postgres bootstrap) when the URL
+// has none.
+func DatabaseURLWithPassword(dbURL, secretsFile string) (string, error) {
+	u, err := url.Parse(dbURL)
+	if err != nil {
+		return "", fmt.Errorf("%w: database_url: %v", ErrConfig, err)
+	}
+	if _, ok := u.User.Password(); ok {
+		return dbURL, nil
+	}
+	sec, err := quantix.LoadVDCSecrets(secretsFile)
+	if err != nil {
+		return "", fmt.Errorf("%w: %w", ErrConfig, err)
+	}
+	if sec.DatabasePassword == "" {
+		return "", fmt.Errorf("%w: database_url has no password and %s has no database_password; "+
+			"the vDC uses password authentication only", ErrConfig, secretsFile)
+	}
+	name := "quantix"
+	if u.User != nil {
+		name = u.User.Username()
+	}
+	u.User = url.UserPassword(name, sec.DatabasePassword)
+	return u.String(), nil
+}
+
+func redactURL(s string) string {
+	u, err := url.Parse(s)
+	if err != nil {
+		return "(unparsable)"
+	}
+	return u.Redacted()
+}
+
+// Service is a running vDC.
+type Service struct {
+	cfg   Config
+	log   *slog.Logger
+	ready chan struct{}
+
+	mu   sync.Mutex
+	addr net.Addr
+}
+
+// New checks cfg and returns a service to Run.
+func New(cfg Config, log *slog.Logger) (*Service, error) {
+	if err := cfg.Validate(); err != nil {
+		return nil, err
+	}
+	if cfg.Stdout == nil {
+		cfg.Stdout = os.Stdout
+	}
+	return &Service{cfg: cfg, log: log, ready: make(chan struct{})}, nil
+}
+
+// Ready is closed once the API listens.
+func (s *Service) Ready() <-chan struct{} { return s.ready }
+
+// Addr is the listening address once Ready.
+func (s *Service) Addr() net.Addr {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.addr
+}
+
+// adminTokenHash returns the admin token digest: the configured token, else the
+// stored hash, else a new token printed once and stored hashed.
+func (s *Service) adminTokenHash() ([32]byte, error) {
+	if s.cfg.AdminToken != "" {
+		return store.HashSecret(s.cfg.AdminToken), nil
+	}
+	sec, err := quantix.LoadVDCSecrets(s.cfg.SecretsFile)
+	if err != nil {
+		return [32]byte{}, fmt.Errorf("%w: %w", ErrConfig, err)
+	}
+	if sec.AdminTokenHash != "" {
+		hexed, ok := strings.CutPrefix(sec.AdminTokenHash, "sha256:")
+		b, err := hex.DecodeString(hexed)
+		if !ok || err != nil || len(b) != 32 {
+			return [32]byte{}, fmt.Errorf("%w: %s: admin_token_hash is not \"sha256:<64 hex>\"", ErrConfig, s.cfg.SecretsFile)
+		}
+		return [32]byte(b), nil
+	}
+	tok := store.NewSecret()
+	h := store.HashSecret(tok)
+	sec.AdminTokenHash = "sha256:" + hex.EncodeToString(h[:])
+	if err := quantix.SaveVDCSecrets(s.cfg.SecretsFile, sec); err != nil {
+		return [32]byte{}, fmt.Errorf("store admin token hash: %w", err)
+	}
+	fmt.Fprintln(s.cfg.Stdout, quantix.FormatMarker("admin-token", "service", "vdc", "token", tok,
+		"note", "shown once; only its hash is kept in "+s.cfg.SecretsFile))
+	s.log.Info("generated the admin token; it was printed once on stdout", "secrets_file", s.cfg.SecretsFile)
+	return h, nil
+}
+
+// Run serves until ctx ends, then shuts down gracefully.
+func (s *Service) Run(ctx context.Context) error {
+	dbURL, err := DatabaseURLWithPassword(s.cfg.DatabaseURL, s.cfg.SecretsFile)
+	if err != nil {
+		return err
+	}
+	adminHash, err := s.adminTokenHash()
+	if err != nil {
+		return err
+	}
+	st, err := store.Open(ctx, store.Config{DatabaseURL: dbURL, MaxConns: int32(s.cfg.DatabaseMaxConns),
+		StaticJoinTokens: s.cfg.JoinTokens}, s.log)
+	if err != nil {
+		return fmt.Errorf("%w: %w", ErrConfig, err)
+	}
+	defer st.Close()
+	n, err := st.Migrate(ctx)
+	if err != nil {
+		return err
+	}
+	s.log.Info("schema current", "applied", n)
+	interval := s.cfg.HeartbeatInterval.Duration
+	grace, err := st.GraceUntil(ctx, interval)
+	if err != nil {
+		return err
+	}
+	workers := max(2, s.cfg.DatabaseMaxConns/2)
+	hb := store.NewBatcher(st, workers, 1000, s.log)
+	defer hb.Close()
+	a := api.New(api.Config{Store: st, Heartbeats: hb, HeartbeatInterval: interval,
+		AdminTokenHash: adminHash, GraceUntil: grace}, s.log)
+
+	l, err := net.Listen("tcp", s.cfg.Listen)
+	if err != nil {
+		return fmt.Errorf("listen %s: %w", s.cfg.Listen, err)
+	}
+	s.mu.Lock()
+	s.addr = l.Addr()
+	s.mu.Unlock()
+	srv := &http.Server{Handler: a, ReadHeaderTimeout: 10 * time.Second, ReadTimeout: 30 * time.Second,
+		WriteTimeout: 30 * time.Second, IdleTimeout: 120 * time.Second,
+		ErrorLog: slog.NewLogLogger(s.log.Handler(), slog.LevelWarn)}
+	serveErr := make(chan error, 1)
+	go func() { serveErr <- srv.Serve(l) }()
+
+	sweepCtx, stopSweep := context.WithCancel(ctx)
+	sweepDone := make(chan struct{})
+	go func() {
+		defer close(sweepDone)
+		s.sweep(sweepCtx, st, interval, grace)
+	}()
+
+	fmt.Fprintln(s.cfg.Stdout, quantix.ReadyMarker("vdc", "url", "http://"+l.Addr().String(), "epoch", st.Epoch()))
+	s.log.Info("serving", "addr", l.Addr().String(), "heartbeat_interval", interval, "grace_until", grace)
+	close(s.ready)
+
+	select {
+	case err = <-serveErr:
+		err = fmt.Errorf("serve %s: %w", l.Addr(), err)
+	case <-ctx.Done():
+		s.log.Info("shutting down")
+		sctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+		err = srv.Shutdown(sctx)
+		cancel()
+		if err != nil {
+			err = fmt.Errorf("shutdown: %w", err)
+		}
+	}
+	stopSweep()
+	<-sweepDone
+	return err
+}
+
+// sweep updates phases from heartbeat ages a few times per interval.
+func (s *Service) sweep(ctx context.Context, st *store.Store, interval time.Duration, grace time.Time) {
+	every := min(max(interval/4, 100*time.Millisecond), 5*time.Second)
+	t := time.NewTicker(every)
+	defer t.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+		}
+		ch, err := st.Sweep(ctx, interval, grace)
+		if err != nil {
+			if ctx.Err() == nil {
+				s.log.Error("sweep phases", "err", err)
+			}
+			continue
+		}
+		for _, c := range ch {
+			s.log.Info("node phase changed", "node_id", c.NodeID, "hostname", c.Hostname, "from", c.From, "to", c.To)
+		}
+	}
+}

@@ -1,0 +1,303 @@
+// Package vdctest runs real vDCs for tests: a throwaway PostgreSQL 15 server
+// (initdb into a temp folder, password authentication) and the same service code
+// `qx-vdc serve` runs, in-process, on 127.0.0.1 against a fresh database.
+package vdctest
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"fmt"
+	"io"
+	"log/slog"
+	"net"
+	"net/http"
+	"path/filepath"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/quantix/quantix"
+	"github.com/quantix/quantix/vdc"
+	"github.com/quantix/quantix/vdc/store"
+)
+
+// Options configure Start. Zero values pick test-friendly defaults.
+type Options struct {
+	Postgres          *Postgres     // nil: Shared(t)
+	HeartbeatInterval time.Duration // 0: 2s
+	JoinTokens        []string      // nil: one random static token
+	AdminToken        string        // "": a random one
+	// Log receives the vDC's log; nil: t.Log.
+	Log io.Writer
+}
+
+// VDC is a running vDC.
+type VDC struct {
+	URL         string // http://127.0.0.1:port
+	AdminToken  string
+	JoinToken   string // a valid static join token
+	DatabaseURL string
+	Stdout      *SyncBuffer // the service's stdout: ready marker
+
+	cfg    vdc.Config
+	log    *slog.Logger
+	mu     sync.Mutex
+	cancel context.CancelFunc
+	done   chan error
+}
+
+// Start runs a vDC for t on a fresh database and stops it when t ends.
+func Start(t testing.TB, opts Options) *VDC {
+	t.Helper()
+	pg := opts.Postgres
+	if pg == nil {
+		pg = Shared(t)
+	}
+	if opts.HeartbeatInterval == 0 {
+		opts.HeartbeatInterval = 2 * time.Second
+	}
+	if opts.JoinTokens == nil {
+		opts.JoinTokens = []string{"static-" + store.NewSecret()}
+	}
+	if opts.AdminToken == "" {
+		opts.AdminToken = "admin-" + store.NewSecret()
+	}
+	var w io.Writer = opts.Log
+	if w == nil {
+		w = tWriter{t}
+	}
+	v := &VDC{
+		AdminToken:  opts.AdminToken,
+		JoinToken:   opts.JoinTokens[0],
+		DatabaseURL: pg.NewDatabase(t),
+		Stdout:      &SyncBuffer{},
+		log:         slog.New(slog.NewTextHandler(w, &slog.HandlerOptions{Level: slog.LevelInfo})),
+	}
+	cfg := vdc.DefaultConfig()
+	cfg.Listen = "127.0.0.1:0"
+	cfg.DatabaseURL = v.DatabaseURL
+	cfg.HeartbeatInterval = vdc.Duration{Duration: opts.HeartbeatInterval}
+	cfg.JoinTokens = opts.JoinTokens
+	cfg.AdminToken = opts.AdminToken
+	cfg.SecretsFile = filepath.Join(t.TempDir(), "secrets.toml")
+	cfg.Stdout = v.Stdout
+	v.cfg = cfg
+	if err := v.start(); err != nil {
+		t.Fatalf("start vdc: %v", err)
+	}
+	v.cfg.Listen = v.URL[len("http://"):] // restarts keep the address agents know
+	t.Cleanup(func() { v.Stop(t) })
+	return v
+}
+
+func (v *VDC) start() error {
+	svc, err := vdc.New(v.cfg, v.log)
+	if err != nil {
+		return err
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- svc.Run(ctx) }()
+	select {
+	case <-svc.Ready():
+	case err := <-done:
+		cancel()
+		return err
+	case <-time.After(60 * time.Second):
+		cancel()
+		return fmt.Errorf("vdc not ready after 60s")
+	}
+	v.mu.Lock()
+	v.URL = "http://" + svc.Addr().String()
+	v.cancel, v.done = cancel, done
+	v.mu.Unlock()
+	return nil
+}
+
+// Stop stops the vDC (graceful shutdown) if it runs.
+func (v *VDC) Stop(t testing.TB) {
+	t.Helper()
+	v.mu.Lock()
+	cancel, done := v.cancel, v.done
+	v.cancel, v.done = nil, nil
+	v.mu.Unlock()
+	if cancel == nil {
+		return
+	}
+	cancel()
+	select {
+	case err := <-done:
+		if err != nil {
+			t.Errorf("vdc stopped with: %v", err)
+		}
+	case <-time.After(30 * time.Second):
+		t.Errorf("vdc did not stop within 30s")
+	}
+}
+
+// Restart stops the vDC and starts a new process-equivalent on the same database
+// and address: a new epoch (nodes are asked for a full sync) and a new liveness
+// grace period.
+func (v *VDC) Restart(t testing.TB) {
+	t.Helper()
+	v.Stop(t)
+	var err error
+	for i := 0; i < 50; i++ { // the port may linger for a moment
+		if err = v.start(); err == nil {
+			return
+		}
+		if _, ok := err.(*net.OpError); !ok && !isAddrInUse(err) {
+			break
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+	t.Fatalf("restart vdc: %v", err)
+}
+
+func isAddrInUse(err error) bool {
+	return err != nil && bytes.Contains([]byte(err.Error()), []byte("address already in use"))
+}
+
+// Do sends an admin request and decodes a JSON answer into out (unless nil),
+// failing t on a transport error or a status other than want.
+func (v *VDC) Do(t testing.TB, method, path string, body, out any, want int) {
+	t.Helper()
+	var rd io.Reader
+	if body != nil {
+		b, err := json.Marshal(body)
+		if err != nil {
+			t.Fatal(err)
+		}
+		rd = bytes.NewReader(b)
+	}
+	req, err := http.NewRequest(method, v.URL+path, rd)
+	if err != nil {
+		t.Fatal(err)
+	}
+	req.Header.Set("Authorization", "Bearer "+v.AdminToken)
+	if body != nil {
+		req.Header.Set("Content-Type", "application/json")
+	}
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		t.Fatalf("%s %s: %v", method, path, err)
+	}
+	defer resp.Body.Close()
+	b, _ := io.ReadAll(resp.Body)
+	if resp.StatusCode != want {
+		t.Fatalf("%s %s: status %d, want %d: %s", method, path, resp.StatusCode, want, b)
+	}
+	if out != nil {
+		if err := json.Unmarshal(b, out); err != nil {
+			t.Fatalf("%s %s: decode %s: %v", method, path, b, err)
+		}
+	}
+}
+
+// Nodes lists the registry.
+func (v *VDC) Nodes(t testing.TB) []quantix.Node {
+	t.Helper()
+	var l quantix.NodeList
+	v.Do(t, http.MethodGet, quantix.PathNodes, nil, &l, http.StatusOK)
+	return l.Nodes
+}
+
+// Node returns one node.
+func (v *VDC) Node(t testing.TB, id string) quantix.Node {
+	t.Helper()
+	var n quantix.Node
+	v.Do(t, http.MethodGet, quantix.PathNode(id), nil, &n, http.StatusOK)
+	return n
+}
+
+// DeleteNode deletes a node.
+func (v *VDC) DeleteNode(t testing.TB, id string) {
+	t.Helper()
+	v.Do(t, http.MethodDelete, quantix.PathNode(id), nil, nil, http.StatusNoContent)
+}
+
+// NodeEvents returns a node's history.
+func (v *VDC) NodeEvents(t testing.TB, id string) []quantix.NodeEvent {
+	t.Helper()
+	var l struct {
+		Events []quantix.NodeEvent `json:"events"`
+	}
+	v.Do(t, http.MethodGet, quantix.PathNode(id)+"/events", nil, &l, http.StatusOK)
+	return l.Events
+}
+
+// VMs returns the VM inventory.
+func (v *VDC) VMs(t testing.TB) []quantix.InventoryVM {
+	t.Helper()
+	var l quantix.VMList
+	v.Do(t, http.MethodGet, quantix.PathVMs, nil, &l, http.StatusOK)
+	return l.VMs
+}
+
+// Pools returns the storage pool inventory.
+func (v *VDC) Pools(t testing.TB) []quantix.InventoryPool {
+	t.Helper()
+	var l quantix.PoolList
+	v.Do(t, http.MethodGet, quantix.PathPools, nil, &l, http.StatusOK)
+	return l.StoragePools
+}
+
+// SetMaintenance puts a node into maintenance or takes it out.
+func (v *VDC) SetMaintenance(t testing.TB, id string, on bool) quantix.Node {
+	t.Helper()
+	var n quantix.Node
+	v.Do(t, http.MethodPut, quantix.PathNode(id)+"/maintenance", map[string]bool{"maintenance": on}, &n, http.StatusOK)
+	return n
+}
+
+// NewJoinToken creates a database join token.
+func (v *VDC) NewJoinToken(t testing.TB, ttl time.Duration, uses int) quantix.JoinToken {
+	t.Helper()
+	var tok quantix.JoinToken
+	v.Do(t, http.MethodPost, quantix.PathJoinTokens, quantix.JoinTokenRequest{TTLSeconds: int(ttl / time.Second), Uses: uses}, &tok, http.StatusCreated)
+	return tok
+}
+
+// WaitPhase waits up to timeout for node id to reach phase.
+func (v *VDC) WaitPhase(t testing.TB, id, phase string, timeout time.Duration) quantix.Node {
+	t.Helper()
+	deadline := time.Now().Add(timeout)
+	for {
+		n := v.Node(t, id)
+		if n.Phase == phase {
+			return n
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("node %s (%s) is %s after %s, want %s", id, n.Hostname, n.Phase, timeout, phase)
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+}
+
+// SyncBuffer is a bytes.Buffer safe for concurrent use.
+type SyncBuffer struct {
+	mu sync.Mutex
+	b  bytes.Buffer
+}
+
+func (s *SyncBuffer) Write(p []byte) (int, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.Write(p)
+}
+
+// String returns what was written.
+func (s *SyncBuffer) String() string {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.String()
+}
+
+// tWriter sends the service log to t.Log.
+type tWriter struct{ t testing.TB }
+
+func (w tWriter) Write(p []byte) (int, error) {
+	w.t.Log(string(bytes.TrimRight(p, "\n")))
+	return len(p), nil
+}
