@@ -46,12 +46,7 @@ func lookupOSUser(name string) (osUser, error) {
 // command prepares a PostgreSQL program to run as the server's user with a clean,
 // fixed environment (no PG* variables leak in; C locale so outputs parse).
 func (s *Service) command(ctx context.Context, prog string, args ...string) *exec.Cmd {
-	var cmd *exec.Cmd
-	if ctx == nil {
-		cmd = exec.Command(filepath.Join(s.cfg.BinDir, prog), args...)
-	} else {
-		cmd = exec.CommandContext(ctx, filepath.Join(s.cfg.BinDir, prog), args...)
-	}
+	cmd := exec.CommandContext(ctx, filepath.Join(s.cfg.BinDir, prog), args...)
 	cmd.Dir = "/"
 	cmd.Env = []string{
 		"PATH=" + s.cfg.BinDir + ":/usr/bin:/bin",

@@ -128,7 +128,7 @@ func DefaultConfig() Config {
 		Secrets:      quantix.VDCSecrets,
 		OSUser:       DefaultOSUser,
 		StartTimeout: Duration{5 * time.Minute},
-		StopTimeout:  Duration{60 * time.Second},
+		StopTimeout:  Duration{30 * time.Second},
 		DiskConfig: DiskConfig{
 			SysBlock: "/sys/class/block",
 			DevDir:   "/dev",

@@ -195,7 +195,7 @@ func (s *Service) serve(ctx context.Context, superPW, major string) error {
 	// Not CommandContext: on cancellation the server gets SIGINT (fast shutdown), not
 	// SIGKILL. Its own process group keeps a group-wide SIGTERM (a smart shutdown that
 	// waits for clients) away from it; Pdeathsig stops it if this process is killed.
-	cmd := s.command(nil, "postgres", "-D", s.cfg.DataDir)
+	cmd := s.command(context.Background(), "postgres", "-D", s.cfg.DataDir)
 	cmd.SysProcAttr.Setpgid = true
 	cmd.SysProcAttr.Pdeathsig = syscall.SIGINT
 	var tail tailWriter

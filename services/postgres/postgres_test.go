@@ -404,6 +404,8 @@ func TestRefusesForeignData(t *testing.T) {
 		{"PostgreSQL 14 cluster", map[string]string{"PG_VERSION": "14\n", "global/pg_control": "x", "base/1/1": "y", "pg_wal/000": "z"},
 			[]string{"PostgreSQL 14 cluster", "runs PostgreSQL 15", "pg_upgrade"}},
 		{"foreign files", map[string]string{"notes.txt": "mine"}, []string{"not a PostgreSQL cluster (notes.txt)"}},
+		{"cluster owned by another user", map[string]string{"PG_VERSION": "15\n", "global/pg_control": "x", "base/1/1": "y", "pg_wal/000": "z"},
+			[]string{"belongs to uid 0, not to postgres", "chown -R postgres:"}},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -500,7 +502,7 @@ func TestLeftoverPostmaster(t *testing.T) {
 		t.Fatal(err)
 	}
 	r.stop(t)
-	leftover := r.svc.command(nil, "postgres", "-D", filepath.Join(cfg.DataRoot, "postgresql"))
+	leftover := r.svc.command(context.Background(), "postgres", "-D", filepath.Join(cfg.DataRoot, "postgresql"))
 	var lout syncBuffer
 	leftover.Stdout, leftover.Stderr = &lout, &lout
 	if err := leftover.Start(); err != nil {
@@ -547,5 +549,75 @@ func TestScramVerifierFormat(t *testing.T) {
 	}
 	if _, err := scramVerifier("pässword"); err == nil {
 		t.Errorf("scramVerifier(non-ASCII) = nil error, want one (no SASLprep here)")
+	}
+}
+
+// TestStorage covers where the database may live: on a mounted QUANTIX-DATA (the
+// mount table is faked: it is hardware), refused while a data disk exists but is not
+// mounted, and in RAM (with the warning) when there is no data disk at all.
+func TestStorage(t *testing.T) {
+	requirePostgres(t)
+	requireMkfs(t)
+	ctx := context.Background()
+
+	t.Run("mounted data disk: no RAM warning", func(t *testing.T) {
+		cfg := testConfig(t)
+		cfg.MountInfo = filepath.Join(t.TempDir(), "mountinfo")
+		mi := fmt.Sprintf("22 1 0:21 / / rw - rootfs rootfs rw\n32 22 8:18 / %s rw,relatime - ext4 /dev/vdb rw\n", cfg.DataRoot)
+		if err := os.WriteFile(cfg.MountInfo, []byte(mi), 0o644); err != nil {
+			t.Fatal(err)
+		}
+		r, err := start(t, cfg)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if strings.Contains(r.stdout.String(), "warning") {
+			t.Errorf("stdout = %q, want no warning with QUANTIX-DATA mounted", r.stdout.String())
+		}
+		if !strings.Contains(r.stderr.String(), "data on a persistent device") {
+			t.Errorf("log lacks the persistent device")
+		}
+		r.stop(t)
+	})
+
+	disks := func(t *testing.T, cfg *Config, format bool) string {
+		d := newFakeDisks(t)
+		dev := d.add(t, "vdb", 32<<20, nil)
+		if format {
+			if err := FormatDataDevice(ctx, dev, "", testLogger(t)); err != nil {
+				t.Fatal(err)
+			}
+		}
+		cfg.SysBlock, cfg.DevDir = d.cfg.SysBlock, d.cfg.DevDir
+		return dev
+	}
+	refusals := []struct {
+		name string
+		edit func(t *testing.T, cfg *Config)
+		want string
+	}{
+		{"data disk present but not mounted", func(t *testing.T, cfg *Config) { disks(t, cfg, true) },
+			"but %s is not mounted: init mounts it by label"},
+		{"blank configured disk not yet formatted", func(t *testing.T, cfg *Config) {
+			cfg.Device = disks(t, cfg, false)
+			cfg.FormatBlank = true
+		}, "run `qx-postgres prepare-disk`"},
+	}
+	for _, rf := range refusals {
+		t.Run(rf.name, func(t *testing.T) {
+			cfg := testConfig(t)
+			rf.edit(t, &cfg)
+			want := rf.want
+			if strings.Contains(want, "%s") {
+				want = fmt.Sprintf(want, cfg.DataRoot)
+			}
+			_, err := start(t, cfg)
+			if err == nil || !errors.Is(err, ErrConfig) || !strings.Contains(err.Error(), want) {
+				t.Fatalf("start = %v, want ErrConfig containing %q", err, want)
+			}
+			if _, err := os.Stat(filepath.Join(cfg.DataRoot, "postgresql")); !errors.Is(err, os.ErrNotExist) {
+				t.Errorf("a cluster was made in RAM although a data disk exists")
+			}
+		})
 	}
 }
