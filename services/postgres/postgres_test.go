@@ -475,7 +475,10 @@ func TestServerDeath(t *testing.T) {
 	case <-time.After(30 * time.Second):
 		t.Fatalf("Run did not notice the server's death within 30 s")
 	}
-	// The killed postmaster's backends may linger a moment; the next start copes.
+	// The killed postmaster's children notice its death and exit on their own; until
+	// they have, PostgreSQL refuses to start (its shared memory is still in use) and
+	// init's backoff would retry. Wait for them as that backoff would.
+	waitNoPostgres(t, filepath.Join(cfg.DataRoot, "postgresql"))
 	r2, err := start(t, cfg)
 	if err != nil {
 		t.Fatal(err)
@@ -619,5 +622,29 @@ func TestStorage(t *testing.T) {
 				t.Errorf("a cluster was made in RAM although a data disk exists")
 			}
 		})
+	}
+}
+
+// waitNoPostgres waits until no postgres process works in dataDir.
+func waitNoPostgres(t *testing.T, dataDir string) {
+	t.Helper()
+	deadline := time.Now().Add(30 * time.Second)
+	for {
+		var left []string
+		procs, _ := filepath.Glob("/proc/[0-9]*")
+		for _, p := range procs {
+			var pid int
+			fmt.Sscanf(filepath.Base(p), "%d", &pid)
+			if isPostmasterOf(pid, dataDir) {
+				left = append(left, filepath.Base(p))
+			}
+		}
+		if len(left) == 0 {
+			return
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("postgres processes %v still run in %s 30 s after the postmaster was killed", left, dataDir)
+		}
+		time.Sleep(20 * time.Millisecond)
 	}
 }
