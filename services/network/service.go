@@ -119,28 +119,29 @@ type Service struct {
 	runErr error
 
 	// Owned by the Run goroutine.
-	cur        plan
-	origin     Origin
-	good       plan
-	link       netlink.Link
-	programmed target
-	dhcp       *worker
-	dhcpEvents chan dhcpEvent
-	ll         *worker
-	llEvents   chan llEvent
-	llReady    net.IP
-	fallbackC  <-chan time.Time
-	leaseC     <-chan time.Time
-	lease      *lease
-	requested  net.IP
-	fallbackOn bool
-	awaiting   *checkJob // a check to run once the address is in place
-	pending    *pending
-	confirmC   <-chan time.Time
-	checks     chan checkResult
-	marker     string
-	onceDone   chan error
-	runCtx     context.Context
+	cur         plan
+	origin      Origin
+	good        plan
+	link        netlink.Link
+	programmed  target
+	dhcp        *worker
+	dhcpStarted time.Time
+	dhcpEvents  chan dhcpEvent
+	ll          *worker
+	llEvents    chan llEvent
+	llReady     net.IP
+	fallbackC   <-chan time.Time
+	leaseC      <-chan time.Time
+	lease       *lease
+	requested   net.IP
+	fallbackOn  bool
+	awaiting    *checkJob // a check to run once the address is in place
+	pending     *pending
+	confirmC    <-chan time.Time
+	checks      chan checkResult
+	marker      string
+	onceDone    chan error
+	runCtx      context.Context
 }
 
 // New checks cfg and returns a service; nothing is touched until Run.
@@ -225,7 +226,11 @@ func (s *Service) Run(ctx context.Context) error {
 	links := make(chan netlink.LinkUpdate, 32)
 	linkDone := make(chan struct{})
 	defer close(linkDone)
-	opts := netlink.LinkSubscribeOptions{ErrorCallback: func(err error) { s.log.Warn("link updates", "err", err) }}
+	opts := netlink.LinkSubscribeOptions{ErrorCallback: func(err error) {
+		if ctx.Err() == nil {
+			s.log.Warn("link updates", "err", err)
+		}
+	}}
 	if s.cfg.NetNS != "" {
 		opts.Namespace = &env.ns
 	}
@@ -395,6 +400,7 @@ func (s *Service) startDHCP(ctx context.Context) {
 		hostname: s.cfg.Hostname, events: s.dhcpEvents,
 	}
 	s.dhcp = startWorker(ctx, c.run)
+	s.dhcpStarted = time.Now()
 }
 
 // programTarget puts t in the kernel and resolv.conf, verifies both, and prints the
@@ -426,6 +432,8 @@ func (s *Service) programTarget(t target) error {
 	s.log.Info("network configured", "iface", s.link.Attrs().Name, "target", t.String())
 	if t.addr != nil {
 		s.addressInPlace(t)
+	} else {
+		s.marker = "" // the next address is news, even if it is the same again
 	}
 	return nil
 }
@@ -589,7 +597,7 @@ func (s *Service) onLink(ctx context.Context, u netlink.LinkUpdate, carrier map[
 	if a.Index != s.link.Attrs().Index || !seen || was == up || !up {
 		return
 	}
-	if s.cur.mode == ModeDHCP && s.dhcp != nil {
+	if s.cur.mode == ModeDHCP && s.dhcp != nil && time.Since(s.dhcpStarted) > time.Second {
 		// Carrier came back: maybe another network. Ask again now (for the same
 		// address) instead of waiting for T1; the current lease stays until then.
 		s.log.Info("carrier up, restarting dhcp", "iface", a.Name)
