@@ -1,0 +1,244 @@
+package vdc_test
+
+import (
+	"context"
+	"errors"
+	"io"
+	"log/slog"
+	"net/http"
+	"net/url"
+	"os"
+	"path/filepath"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/jackc/pgx/v5"
+
+	"github.com/quantix/quantix"
+	"github.com/quantix/quantix/vdc"
+	"github.com/quantix/quantix/vdc/migrations"
+	"github.com/quantix/quantix/vdc/vdctest"
+)
+
+var quiet = slog.New(slog.NewTextHandler(io.Discard, nil))
+
+// runService runs a vDC with cfg until the test ends; it returns its URL.
+func runService(t *testing.T, cfg vdc.Config) (string, func()) {
+	t.Helper()
+	svc, err := vdc.New(cfg, quiet)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- svc.Run(ctx) }()
+	select {
+	case <-svc.Ready():
+	case err := <-done:
+		cancel()
+		t.Fatalf("vdc: %v", err)
+	}
+	stop := func() {
+		cancel()
+		if err := <-done; err != nil {
+			t.Errorf("vdc stopped with %v", err)
+		}
+	}
+	return "http://" + svc.Addr().String(), stop
+}
+
+func withoutPassword(t *testing.T, raw string) string {
+	t.Helper()
+	u, err := url.Parse(raw)
+	if err != nil {
+		t.Fatal(err)
+	}
+	u.User = url.User(u.User.Username())
+	return u.String()
+}
+
+// TestAdminTokenAndSecrets: first start without an admin token generates one,
+// prints it once, stores only its hash next to the bootstrap's database password,
+// and reads the database password from there.
+func TestAdminTokenAndSecrets(t *testing.T) {
+	skipShort(t)
+	pg := vdctest.Shared(t)
+	dbURL := pg.NewDatabase(t)
+	secrets := filepath.Join(t.TempDir(), "vdc", "secrets.toml")
+	if err := quantix.SaveVDCSecrets(secrets, quantix.VDCSecretsFile{DatabasePassword: pg.Password}); err != nil {
+		t.Fatal(err)
+	}
+	out := &vdctest.SyncBuffer{}
+	cfg := vdc.DefaultConfig()
+	cfg.Listen = "127.0.0.1:0"
+	cfg.DatabaseURL = withoutPassword(t, dbURL)
+	cfg.SecretsFile = secrets
+	cfg.Stdout = out
+	base, stop := runService(t, cfg)
+
+	var token string
+	for _, line := range strings.Split(out.String(), "\n") {
+		if m, ok := quantix.ParseMarker(line); ok && m.Kind == "admin-token" {
+			token = m.Get("token")
+		}
+	}
+	if len(token) != 64 {
+		t.Fatalf("no admin-token marker with a token on stdout:\n%s", out)
+	}
+	sec, err := quantix.LoadVDCSecrets(secrets)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if sec.DatabasePassword != pg.Password || !strings.HasPrefix(sec.AdminTokenHash, "sha256:") {
+		t.Errorf("secrets.toml = %+v, want the database password kept and a sha256 admin hash", sec)
+	}
+	raw, _ := os.ReadFile(secrets)
+	if strings.Contains(string(raw), token) {
+		t.Errorf("secrets.toml holds the admin token in clear")
+	}
+	if fi, err := os.Stat(secrets); err != nil || fi.Mode().Perm() != 0o600 {
+		t.Errorf("secrets.toml mode = %v, %v; want 0600", fi.Mode(), err)
+	}
+	if code, b := call(t, http.MethodGet, base+quantix.PathNodes, token, nil); code != 200 {
+		t.Errorf("GET nodes with the printed admin token: %d %s", code, b)
+	}
+	stop()
+
+	// Second start: the stored hash is used, nothing is printed.
+	out2 := &vdctest.SyncBuffer{}
+	cfg.Stdout = out2
+	base, stop = runService(t, cfg)
+	defer stop()
+	if strings.Contains(out2.String(), "admin-token") {
+		t.Errorf("second start printed an admin token again:\n%s", out2)
+	}
+	if code, b := call(t, http.MethodGet, base+quantix.PathNodes, token, nil); code != 200 {
+		t.Errorf("GET nodes with the first token after restart: %d %s", code, b)
+	}
+	if !strings.Contains(out2.String(), "QUANTIX: ready service=vdc url=") {
+		t.Errorf("no ready marker on stdout:\n%s", out2)
+	}
+}
+
+func TestConfigErrors(t *testing.T) {
+	dir := t.TempDir()
+	cases := []struct {
+		name, toml, want string
+	}{
+		{"unknown key", "listen = \":1\"\nlisten_port = 3\n", `vdc.toml:2: unknown key "listen_port"`},
+		{"bad duration", "heartbeat_interval = \"soon\"\n", "vdc.toml"},
+		{"interval too short", "heartbeat_interval = \"10ms\"\n", "heartbeat_interval"},
+		{"short join token", "join_tokens = [\"abc\"]\n", "join_tokens[0]"},
+		{"bad listen", "listen = \"nope\"\n", "listen"},
+	}
+	for _, tc := range cases {
+		p := filepath.Join(dir, "vdc.toml")
+		os.WriteFile(p, []byte(tc.toml), 0o644)
+		cfg := vdc.DefaultConfig()
+		err := vdc.LoadConfigFile(p, &cfg, false)
+		if err == nil {
+			err = cfg.Validate()
+		}
+		if !errors.Is(err, vdc.ErrConfig) || !strings.Contains(err.Error(), tc.want) {
+			t.Errorf("%s: %v, want a configuration error naming %q", tc.name, err, tc.want)
+		}
+	}
+	cfg := vdc.DefaultConfig()
+	if err := vdc.LoadConfigFile(filepath.Join(dir, "missing.toml"), &cfg, true); err != nil {
+		t.Errorf("missing default vdc.toml: %v", err)
+	}
+	if err := vdc.LoadConfigFile(filepath.Join(dir, "missing.toml"), &cfg, false); !errors.Is(err, vdc.ErrConfig) {
+		t.Errorf("missing explicit vdc.toml: %v, want a configuration error", err)
+	}
+	os.WriteFile(filepath.Join(dir, "vdc.toml"), []byte("heartbeat_interval = \"5s\"\njoin_tokens = [\"0123456789abcdef\"]\n"), 0o644)
+	cfg = vdc.DefaultConfig()
+	if err := vdc.LoadConfigFile(filepath.Join(dir, "vdc.toml"), &cfg, false); err != nil || cfg.HeartbeatInterval.Duration != 5*time.Second || len(cfg.JoinTokens) != 1 {
+		t.Errorf("vdc.toml = %+v, %v", cfg, err)
+	}
+	// No password anywhere: refused, never trust auth.
+	_, err := vdc.DatabaseURLWithPassword("postgres://quantix@127.0.0.1/quantix", filepath.Join(dir, "none.toml"))
+	if !errors.Is(err, vdc.ErrConfig) || !strings.Contains(err.Error(), "database_password") {
+		t.Errorf("database URL without any password: %v", err)
+	}
+}
+
+func TestHealthReadyMetrics(t *testing.T) {
+	skipShort(t)
+	v := vdctest.Start(t, vdctest.Options{})
+	n := newNode("metered")
+	mustRegister(t, v, n, v.JoinToken, 201, quantix.RegistrationRegistered)
+	heartbeat(t, v, n, quantix.HeartbeatRequest{})
+	if code, b := call(t, http.MethodGet, v.URL+quantix.PathHealthz, "", nil); code != 200 {
+		t.Errorf("/healthz: %d %s", code, b)
+	}
+	if code, b := call(t, http.MethodGet, v.URL+quantix.PathReadyz, "", nil); code != 200 {
+		t.Errorf("/readyz: %d %s", code, b)
+	}
+	code, b := call(t, http.MethodGet, v.URL+quantix.PathMetrics, "", nil)
+	for _, want := range []string{
+		`qx_vdc_registrations_total{kind="registered"} 1`,
+		`qx_vdc_heartbeats_total 1`,
+		`qx_vdc_nodes{phase="ready"} 1`,
+		`qx_vdc_nodes{phase="disconnected"} 0`,
+		`# TYPE qx_vdc_http_request_duration_seconds histogram`,
+		`qx_vdc_http_request_duration_seconds_count{method="POST",route="/api/v1/nodes/{id}/heartbeat",code="200"} 1`,
+		`qx_vdc_http_request_duration_seconds_bucket{method="POST",route="/api/v1/nodes/register",code="201",le="+Inf"} 1`,
+	} {
+		if code != 200 || !strings.Contains(string(b), want) {
+			t.Errorf("/metrics lacks %s:\n%s", want, b)
+		}
+	}
+	// A schema the binary does not expect: not ready, saying why.
+	conn, err := pgx.Connect(context.Background(), v.DatabaseURL)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Close(context.Background())
+	conn.Exec(context.Background(), `UPDATE `+migrations.VersionTable+` SET version = version + 1`)
+	code, b = call(t, http.MethodGet, v.URL+quantix.PathReadyz, "", nil)
+	if code != http.StatusServiceUnavailable || !strings.Contains(string(b), "newer") {
+		t.Errorf("/readyz with a newer schema: %d %s, want 503 naming it", code, b)
+	}
+	v.Stop(t)
+	// And the vDC refuses to start on it.
+	cfg := vdc.DefaultConfig()
+	cfg.Listen, cfg.DatabaseURL, cfg.AdminToken = "127.0.0.1:0", v.DatabaseURL, v.AdminToken
+	svc, err := vdc.New(cfg, quiet)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := svc.Run(context.Background()); !errors.Is(err, migrations.ErrSchemaNewer) {
+		t.Errorf("start on a newer schema: %v, want ErrSchemaNewer", err)
+	}
+}
+
+// TestTwoServicesStartTogether: two vDCs on one fresh database migrate it once and
+// both serve.
+func TestTwoServicesStartTogether(t *testing.T) {
+	skipShort(t)
+	dbURL := vdctest.Shared(t).NewDatabase(t)
+	var wg sync.WaitGroup
+	urls := make([]string, 2)
+	stops := make([]func(), 2)
+	for i := range 2 {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			cfg := vdc.DefaultConfig()
+			cfg.Listen, cfg.DatabaseURL, cfg.AdminToken, cfg.Stdout = "127.0.0.1:0", dbURL, "admin-0123456789abcdef", io.Discard
+			urls[i], stops[i] = runService(t, cfg)
+		}()
+	}
+	wg.Wait()
+	for i, u := range urls {
+		if u == "" {
+			t.Fatalf("vdc %d did not start", i)
+		}
+		if code, b := call(t, http.MethodGet, u+quantix.PathReadyz, "", nil); code != 200 {
+			t.Errorf("vdc %d /readyz: %d %s", i, code, b)
+		}
+		defer stops[i]()
+	}
+}
