@@ -6,6 +6,8 @@ import (
 	"fmt"
 	"net"
 	"net/http"
+	"os"
+	"path/filepath"
 	"time"
 
 	"github.com/quantix/quantix"
@@ -194,8 +196,8 @@ func (s *Service) answer(p *pending, rollbackErr error) {
 func (s *Service) commit() error {
 	p := s.pending
 	if p.plan.raw != nil {
-		if err := quantix.WriteFileAtomic(s.cfg.PersistentPath, p.plan.raw, 0o644); err != nil {
-			return fmt.Errorf("persist: %w", err)
+		if err := persist(s.cfg.PersistentPath, p.plan.raw); err != nil {
+			return err
 		}
 		if err := quantix.WriteFileAtomic(s.cfg.SessionPath, p.plan.raw, 0o644); err != nil {
 			return fmt.Errorf("session copy: %w", err)
@@ -207,6 +209,24 @@ func (s *Service) commit() error {
 	s.updatePending()
 	s.answer(p, nil)
 	return nil
+}
+
+// persist saves a confirmed network.toml: a crash at any moment leaves the old
+// file or the new one (DESIGN §2).
+func persist(path string, data []byte) error {
+	if err := quantix.WriteFileAtomic(path, data, 0o644); err != nil {
+		return fmt.Errorf("persist: %w", err)
+	}
+	return nil
+}
+
+// removeStaleTemp removes temp files a crash in the middle of a save left next to
+// path (the file itself is whole either way).
+func removeStaleTemp(path string) {
+	old, _ := filepath.Glob(filepath.Join(filepath.Dir(path), "."+filepath.Base(path)+".tmp-*"))
+	for _, f := range old {
+		os.Remove(f)
+	}
 }
 
 // rollback restores the last good settings and verifies them (kernel read-back now,

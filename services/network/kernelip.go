@@ -28,7 +28,7 @@ func ParseKernelIP(value string) (s Settings, ok bool, err error) {
 		return Settings{}, false, fmt.Errorf("%w: %s: %s", ErrInvalidSettings, kernelIPSource+value, fmt.Sprintf(format, args...))
 	}
 	s = Settings{Interface: InterfaceAuto, Source: kernelIPSource + value}
-	if !strings.Contains(value, ":") {
+	if !strings.Contains(value, ":") && net.ParseIP(value) == nil {
 		switch strings.ToLower(value) {
 		case "off", "none", "":
 			return Settings{}, false, nil

@@ -289,6 +289,7 @@ func (s *Service) startSettings() (Settings, Origin, error) {
 	if s.cfg.Settings != nil {
 		return *s.cfg.Settings, OriginApply, nil
 	}
+	removeStaleTemp(s.cfg.PersistentPath)
 	file, err := readOptional(s.cfg.PersistentPath)
 	if err != nil {
 		return Settings{}, OriginFile, fmt.Errorf("read %s: %w", s.cfg.PersistentPath, err)

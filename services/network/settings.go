@@ -154,11 +154,21 @@ func (p *staticPlan) String() string {
 }
 
 func (s Settings) fieldErr(key, format string, args ...any) error {
+	return s.fieldErrNear(key, key, format, args...)
+}
+
+// fieldErrNear is fieldErr for a missing key: the line named is near's (the key
+// itself, else its table, else the file).
+func (s Settings) fieldErrNear(key, near, format string, args ...any) error {
 	loc := s.Source
 	if loc == "" {
 		loc = "network settings"
 	}
-	if line := settingsKeyLine(s.raw, key); line > 0 {
+	line := settingsKeyLine(s.raw, near)
+	if i := strings.LastIndex(near, "."); line == 0 && i > 0 {
+		line = settingsKeyLine(s.raw, near[:i])
+	}
+	if line > 0 {
 		loc = fmt.Sprintf("%s:%d", loc, line)
 	}
 	return fmt.Errorf("%w: %s: %s: %s", ErrInvalidSettings, loc, key, fmt.Sprintf(format, args...))
@@ -207,7 +217,7 @@ func (s Settings) compile() (plan, error) {
 		p.static = sp
 	}
 	if p.mode == ModeStatic && p.static == nil {
-		return plan{}, s.fieldErr("static", "mode = \"static\" needs a [static] table with address and gateway")
+		return plan{}, s.fieldErrNear("static", "mode", "mode = \"static\" needs a [static] table with address and gateway")
 	}
 
 	p.timeout = DefaultDHCPTimeout
