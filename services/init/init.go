@@ -151,8 +151,8 @@ func (in *Init) mountBase() error {
 		{"proc", "/proc", "proc", ""},
 		{"sysfs", "/sys", "sysfs", ""},
 		{"devtmpfs", "/dev", "devtmpfs", "mode=0755"},
-		{"tmpfs", "/run", "tmpfs", "mode=0755,nosuid,nodev"},
-		{"tmpfs", "/tmp", "tmpfs", "mode=1777,nosuid,nodev"},
+		{"tmpfs", "/run", "tmpfs", "mode=0755"},
+		{"tmpfs", "/tmp", "tmpfs", "mode=1777"},
 	}
 	for _, m := range mounts {
 		if isMountPoint(m.dir) {
@@ -161,7 +161,7 @@ func (in *Init) mountBase() error {
 		if err := os.MkdirAll(m.dir, 0o755); err != nil {
 			return fmt.Errorf("mount %s: %w", m.dir, err)
 		}
-		if err := unix.Mount(m.src, m.dir, m.typ, unix.MS_NOSUID, m.opts); err != nil {
+		if err := unix.Mount(m.src, m.dir, m.typ, unix.MS_NOSUID|unix.MS_NODEV, m.opts); err != nil {
 			return fmt.Errorf("mount %s on %s: %w", m.typ, m.dir, err)
 		}
 	}

@@ -1,0 +1,655 @@
+// Package build turns an image definition (images/*.toml, package spec) into a
+// bootable, reproducible hybrid ISO: the pinned Debian kernel and the closure of its
+// listed modules, a u-root initramfs made through mkuimage with the image's u-root
+// commands, our own commands, overlays and host programs, an ISOLINUX (BIOS) and
+// GRUB (UEFI) boot menu, an ISO9660 filesystem written by go-diskfs, and our own
+// hybrid MBR/GPT so the same file boots from a CD and from a raw disk. Alongside it
+// go a manifest of every input and out/SHA256SUMS.
+//
+// It also writes config disks (ConfigDisk): small ext4 images labelled QUANTIX-CFG
+// or QUANTIX-INSTALL, as the test lab and USB sticks use.
+package build
+
+import (
+	"bufio"
+	"bytes"
+	"context"
+	"crypto/sha256"
+	"encoding/hex"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"os"
+	"os/exec"
+	"path"
+	"path/filepath"
+	"runtime"
+	"sort"
+	"strconv"
+	"strings"
+	"time"
+
+	"github.com/u-root/mkuimage/cpio"
+
+	"github.com/quantix/quantix/images/spec"
+	initd "github.com/quantix/quantix/services/init"
+)
+
+// Config says what to build and where.
+type Config struct {
+	// Spec is the image definition file (images/quantix-os.toml).
+	Spec string
+	// Repo is the repository root (overlays and commands are relative to it);
+	// default: the folder holding go.mod above Spec.
+	Repo string
+	// OutDir receives <name>.iso, <name>.manifest.json and SHA256SUMS; default <Repo>/out.
+	OutDir string
+	// CacheDir holds downloaded packages, the extracted kernel and u-root builds;
+	// default $XDG_CACHE_HOME/quantix or ~/.cache/quantix.
+	CacheDir string
+	// SourceDateEpoch is every timestamp written; default $SOURCE_DATE_EPOCH, else the
+	// time of the last git commit, else 0.
+	SourceDateEpoch *int64
+	// Rebuild ignores the cached u-root build.
+	Rebuild bool
+	// Progress receives one line per step with its duration (nil: none).
+	Progress io.Writer
+}
+
+// Result describes a finished build.
+type Result struct {
+	ISO, Manifest string
+	SHA256        string
+	Size          int64
+	InitrdSize    int64
+	Steps         []Step
+	Total         time.Duration
+}
+
+// Step is one timed build step.
+type Step struct {
+	Name string
+	Took time.Duration
+}
+
+// Builder builds one image.
+type Builder struct {
+	cfg Config
+	img *spec.Image
+	log *slog.Logger
+}
+
+// DefaultCacheDir is $XDG_CACHE_HOME/quantix, else ~/.cache/quantix.
+func DefaultCacheDir() string {
+	if d := os.Getenv("XDG_CACHE_HOME"); d != "" {
+		return filepath.Join(d, "quantix")
+	}
+	if h, err := os.UserHomeDir(); err == nil {
+		return filepath.Join(h, ".cache", "quantix")
+	}
+	return filepath.Join(os.TempDir(), "quantix-cache")
+}
+
+// New loads and validates the image definition and fills in defaults.
+func New(cfg Config, log *slog.Logger) (*Builder, error) {
+	img, err := spec.Load(cfg.Spec)
+	if err != nil {
+		return nil, err
+	}
+	if cfg.Repo == "" {
+		cfg.Repo, err = findRepo(filepath.Dir(cfg.Spec))
+		if err != nil {
+			return nil, err
+		}
+	}
+	if cfg.Repo, err = filepath.Abs(cfg.Repo); err != nil {
+		return nil, err
+	}
+	if cfg.OutDir == "" {
+		cfg.OutDir = filepath.Join(cfg.Repo, "out")
+	}
+	if cfg.CacheDir == "" {
+		cfg.CacheDir = DefaultCacheDir()
+	}
+	if cfg.SourceDateEpoch == nil {
+		e, err := sourceDateEpoch(cfg.Repo)
+		if err != nil {
+			return nil, err
+		}
+		cfg.SourceDateEpoch = &e
+	}
+	if cfg.Progress == nil {
+		cfg.Progress = io.Discard
+	}
+	return &Builder{cfg: cfg, img: img, log: log}, nil
+}
+
+// Image returns the loaded image definition.
+func (b *Builder) Image() *spec.Image { return b.img }
+
+func findRepo(dir string) (string, error) {
+	d, err := filepath.Abs(dir)
+	if err != nil {
+		return "", err
+	}
+	for {
+		if fileExists(filepath.Join(d, "go.mod")) {
+			return d, nil
+		}
+		p := filepath.Dir(d)
+		if p == d {
+			return "", fmt.Errorf("no go.mod above %s: pass the repository root", dir)
+		}
+		d = p
+	}
+}
+
+func sourceDateEpoch(repo string) (int64, error) {
+	if v := os.Getenv("SOURCE_DATE_EPOCH"); v != "" {
+		e, err := strconv.ParseInt(v, 10, 64)
+		if err != nil || e < 0 {
+			return 0, fmt.Errorf("SOURCE_DATE_EPOCH=%q is not a Unix time", v)
+		}
+		return e, nil
+	}
+	cmd := exec.Command("git", "log", "-1", "--format=%ct")
+	cmd.Dir = repo
+	if out, err := cmd.Output(); err == nil {
+		if e, err := strconv.ParseInt(strings.TrimSpace(string(out)), 10, 64); err == nil {
+			return e, nil
+		}
+	}
+	return 0, nil
+}
+
+// Build builds the ISO, its manifest and updates SHA256SUMS.
+func (b *Builder) Build(ctx context.Context) (*Result, error) {
+	start := time.Now()
+	img := b.img
+	epoch := *b.cfg.SourceDateEpoch
+	mtime := time.Unix(epoch, 0).UTC()
+	// go-diskfs's FAT writer reads the timestamp from the environment.
+	os.Setenv("SOURCE_DATE_EPOCH", strconv.FormatInt(epoch, 10))
+
+	res := &Result{}
+	step := func(name string, fn func() error) error {
+		if err := ctx.Err(); err != nil {
+			return err
+		}
+		t0 := time.Now()
+		fmt.Fprintf(b.cfg.Progress, "%s: %-28s", img.Name, name)
+		err := fn()
+		d := time.Since(t0)
+		res.Steps = append(res.Steps, Step{name, d})
+		if err != nil {
+			fmt.Fprintf(b.cfg.Progress, " failed after %.1fs\n", d.Seconds())
+			return err
+		}
+		fmt.Fprintf(b.cfg.Progress, " %6.1fs\n", d.Seconds())
+		return nil
+	}
+	logf := func(format string, a ...any) { b.log.Info(fmt.Sprintf(format, a...)) }
+
+	for _, d := range []string{b.cfg.OutDir, b.cfg.CacheDir} {
+		if err := os.MkdirAll(d, 0o755); err != nil {
+			return nil, err
+		}
+	}
+	work, err := os.MkdirTemp(b.cfg.CacheDir, "build-"+img.Name+"-")
+	if err != nil {
+		return nil, err
+	}
+	defer os.RemoveAll(work)
+	isoRoot := filepath.Join(work, "iso")
+	m := &Manifest{Image: img.Name, Version: img.Version, VolumeLabel: img.VolumeLabel, SourceDateEpoch: epoch, Go: runtime.Version()}
+	t := newTree()
+
+	if err := step("check bootloader files", checkBootFiles); err != nil {
+		return nil, err
+	}
+	var k *Kernel
+	var modFiles []string
+	var modDep []byte
+	if err := step("kernel "+img.Kernel.Version, func() error {
+		var err error
+		if k, err = prepareKernel(img.Kernel, b.cfg.CacheDir, logf); err != nil {
+			return err
+		}
+		modFiles, modDep, err = k.ModuleClosure(img.Kernel.Modules)
+		return err
+	}); err != nil {
+		return nil, err
+	}
+	m.Kernel = KernelInput{Package: img.Kernel.Package, Version: img.Kernel.Version, SHA256: img.Kernel.SHA256, Release: k.Release}
+
+	if err := step("u-root base (mkuimage)", func() error { return b.urootStep(t, work, m) }); err != nil {
+		return nil, err
+	}
+	if err := step("our commands (go build)", func() error { return b.commandsStep(t, work, m) }); err != nil {
+		return nil, err
+	}
+	if err := step(fmt.Sprintf("kernel modules (%d)", len(modFiles)), func() error {
+		base := path.Join("lib/modules", k.Release)
+		for _, f := range modFiles {
+			data, err := os.ReadFile(filepath.Join(k.ModDir, f))
+			if err != nil {
+				return err
+			}
+			t.file(path.Join(base, f), data, 0o644)
+			m.Modules = append(m.Modules, FileInput{Path: path.Join("/", base, f), SHA256: bytesSHA256(data)})
+		}
+		t.file(path.Join(base, "modules.dep"), modDep, 0o644)
+		builtin, err := os.ReadFile(filepath.Join(k.ModDir, "modules.builtin"))
+		if err != nil {
+			return err
+		}
+		t.file(path.Join(base, "modules.builtin"), builtin, 0o644)
+		return nil
+	}); err != nil {
+		return nil, err
+	}
+	if err := step("host files", func() error { return b.hostStep(t, m) }); err != nil {
+		return nil, err
+	}
+	if err := step("overlays", func() error { return b.overlayStep(t, m) }); err != nil {
+		return nil, err
+	}
+	if err := step("image config", func() error {
+		c := initd.Config{
+			Image: img.Name, Version: img.Version, VolumeLabel: img.VolumeLabel, Hostname: img.Hostname,
+			KernelRelease: k.Release, Modules: img.Kernel.Modules, Services: img.Services,
+		}
+		data, err := c.Encode()
+		if err != nil {
+			return err
+		}
+		t.file(strings.TrimPrefix(initd.ConfigPath, "/"), data, 0o644)
+		for name, target := range img.Initramfs.Symlinks {
+			t.add(cpio.Symlink(name, target))
+		}
+		return nil
+	}); err != nil {
+		return nil, err
+	}
+	if err := step("initramfs (cpio.gz)", func() error {
+		if err := os.MkdirAll(filepath.Join(isoRoot, "boot"), 0o755); err != nil {
+			return err
+		}
+		p := filepath.Join(isoRoot, strings.TrimPrefix(isoInitrd, "/"))
+		f, err := os.Create(p)
+		if err != nil {
+			return err
+		}
+		h := sha256.New()
+		n, raw, err := t.write(io.MultiWriter(f, h), epoch)
+		if cerr := f.Close(); err == nil {
+			err = cerr
+		}
+		if err != nil {
+			return err
+		}
+		st, _ := os.Stat(p)
+		res.InitrdSize = st.Size()
+		m.Initramfs = InitramfsInfo{SHA256: hex.EncodeToString(h.Sum(nil)), Size: st.Size(), RawSize: raw, Entries: n}
+		return nil
+	}); err != nil {
+		return nil, err
+	}
+	var efiSize int64
+	if err := step("bootloaders", func() error {
+		var err error
+		efiSize, err = b.bootStep(k, isoRoot, work, mtime, m)
+		return err
+	}); err != nil {
+		return nil, err
+	}
+	iso := filepath.Join(b.cfg.OutDir, img.Name+".iso")
+	if err := step("iso (go-diskfs + hybrid)", func() error {
+		tmp := iso + ".tmp"
+		if err := writeISO(isoRoot, tmp, img.VolumeLabel, efiSize, mtime); err != nil {
+			os.Remove(tmp)
+			return err
+		}
+		return os.Rename(tmp, iso)
+	}); err != nil {
+		return nil, err
+	}
+	if err := step("manifest, SHA256SUMS", func() error {
+		sum, err := fileSHA256(iso)
+		if err != nil {
+			return err
+		}
+		st, err := os.Stat(iso)
+		if err != nil {
+			return err
+		}
+		res.ISO, res.SHA256, res.Size = iso, sum, st.Size()
+		m.ISO = FileInput{Path: filepath.Base(iso), SHA256: sum, Size: st.Size()}
+		res.Manifest = filepath.Join(b.cfg.OutDir, img.Name+".manifest.json")
+		if err := m.write(res.Manifest); err != nil {
+			return err
+		}
+		return updateSums(filepath.Join(b.cfg.OutDir, "SHA256SUMS"), filepath.Base(iso), sum)
+	}); err != nil {
+		return nil, err
+	}
+	res.Total = time.Since(start)
+	fmt.Fprintf(b.cfg.Progress, "%s: %s %.1f MB sha256 %s in %.1fs\n", img.Name, iso, float64(res.Size)/1e6, res.SHA256[:16], res.Total.Seconds())
+	return res, nil
+}
+
+// urootStep adds the u-root busybox, /init and /bin/uinit, from the cache when the
+// inputs (Go version, go.mod/go.sum, commands, uinit) are unchanged.
+func (b *Builder) urootStep(t *tree, work string, m *Manifest) error {
+	ir := b.img.Initramfs
+	uinit := "/bbin/" + ir.Uinit
+	h := sha256.New()
+	fmt.Fprintf(h, "%s\n%s\n%s\n", runtime.Version(), strings.Join(ir.URootCommands, ","), uinit)
+	for _, f := range []string{"go.mod", "go.sum"} {
+		data, err := os.ReadFile(filepath.Join(b.cfg.Repo, f))
+		if err != nil {
+			return err
+		}
+		h.Write(data)
+	}
+	key := hex.EncodeToString(h.Sum(nil))[:20]
+	dir := filepath.Join(b.cfg.CacheDir, "uroot")
+	if err := os.MkdirAll(dir, 0o755); err != nil {
+		return err
+	}
+	out := filepath.Join(dir, key+".cpio")
+	if b.cfg.Rebuild || !fileExists(out) {
+		tmp := filepath.Join(work, "uroot")
+		if err := os.MkdirAll(tmp, 0o755); err != nil {
+			return err
+		}
+		if err := urootBase(b.cfg.Repo, ir.URootCommands, uinit, tmp, out, b.log); err != nil {
+			return err
+		}
+	}
+	f, err := os.Open(out)
+	if err != nil {
+		return err
+	}
+	// Records read from f keep reading it until the initramfs is written; the
+	// file is small, so read it into memory instead of holding it open.
+	data, err := io.ReadAll(f)
+	f.Close()
+	if err != nil {
+		return err
+	}
+	if err := t.addArchive(cpio.Newc.Reader(bytes.NewReader(data))); err != nil {
+		return fmt.Errorf("read u-root build %s: %w", out, err)
+	}
+	m.URoot = URootInput{Commands: ir.URootCommands, Uinit: uinit, ArchiveSHA256: bytesSHA256(data)}
+	if r, ok := t.recs["bbin/bb"]; ok {
+		bb, err := io.ReadAll(io.NewSectionReader(r.ReaderAt, 0, int64(r.FileSize)))
+		if err != nil {
+			return err
+		}
+		m.URoot.BusyboxSHA256 = bytesSHA256(bb)
+		m.URoot.GoModules, _ = binaryModules(bb)
+	}
+	return nil
+}
+
+func (b *Builder) commandsStep(t *tree, work string, m *Manifest) error {
+	ir := b.img.Initramfs
+	dir := filepath.Join(work, "bin")
+	if err := os.MkdirAll(dir, 0o755); err != nil {
+		return err
+	}
+	if err := goBuild(b.cfg.Repo, dir, b.img.Version, ir.Commands); err != nil {
+		return err
+	}
+	for _, c := range ir.Commands {
+		name := path.Base(c)
+		data, err := os.ReadFile(filepath.Join(dir, name))
+		if err != nil {
+			return fmt.Errorf("command %s: %w", c, err)
+		}
+		t.file("bbin/"+name, data, 0o755)
+		mods, _ := binaryModules(data)
+		m.Commands = append(m.Commands, CommandInput{Package: c, Path: "/bbin/" + name, SHA256: bytesSHA256(data), GoModules: mods})
+	}
+	return nil
+}
+
+func (b *Builder) hostStep(t *tree, m *Manifest) error {
+	files := b.img.Initramfs.Files
+	if len(files) == 0 {
+		return nil
+	}
+	sub := newTree()
+	names, err := hostFiles(sub, files, b.log)
+	if err != nil {
+		return err
+	}
+	for n, r := range sub.recs {
+		t.recs[n] = r
+	}
+	// Map archive paths back to host paths for the package lookup.
+	dstToSrc := map[string]string{}
+	for _, f := range files {
+		src, dst, ok := strings.Cut(f, ":")
+		if !ok {
+			dst = strings.TrimPrefix(src, "/")
+		}
+		dstToSrc[dst] = src
+	}
+	hostPath := func(name string) string {
+		for dst, src := range dstToSrc {
+			if name == dst {
+				return src
+			}
+			if strings.HasPrefix(name, dst+"/") {
+				return src + strings.TrimPrefix(name, dst)
+			}
+		}
+		return "/" + name
+	}
+	var paths []string
+	for _, n := range names {
+		paths = append(paths, hostPath(n))
+	}
+	pkgs := debPackages(paths)
+	for i, n := range names {
+		r := sub.recs[n]
+		data, err := io.ReadAll(io.NewSectionReader(r.ReaderAt, 0, int64(r.FileSize)))
+		if err != nil {
+			return fmt.Errorf("host file %s: %w", n, err)
+		}
+		p := pkgs[paths[i]]
+		m.HostFiles = append(m.HostFiles, HostFileInput{Path: "/" + n, Source: paths[i], SHA256: bytesSHA256(data), Package: p.name, PackageVersion: p.version})
+	}
+	return nil
+}
+
+func (b *Builder) overlayStep(t *tree, m *Manifest) error {
+	for _, o := range b.img.Initramfs.Overlays {
+		dir := filepath.Join(b.cfg.Repo, o)
+		st, err := os.Stat(dir)
+		if err != nil || !st.IsDir() {
+			return fmt.Errorf("overlay %s: not a folder in the repository (%v)", o, err)
+		}
+		sub := newTree()
+		if err := sub.addDir(dir, ""); err != nil {
+			return fmt.Errorf("overlay %s: %w", o, err)
+		}
+		var names []string
+		for n := range sub.recs {
+			names = append(names, n)
+		}
+		sort.Strings(names)
+		for _, n := range names {
+			r := sub.recs[n]
+			t.add(r)
+			if r.Mode&cpio.S_IFMT == cpio.S_IFREG {
+				data, _ := io.ReadAll(io.NewSectionReader(r.ReaderAt, 0, int64(r.FileSize)))
+				m.Overlay = append(m.Overlay, FileInput{Path: "/" + n, Source: path.Join(o, n), SHA256: bytesSHA256(data)})
+			}
+		}
+	}
+	return nil
+}
+
+// bootStep puts the kernel, ISOLINUX and the EFI image into the ISO folder.
+func (b *Builder) bootStep(k *Kernel, isoRoot, work string, mtime time.Time, m *Manifest) (int64, error) {
+	img := b.img
+	copyIn := func(src, dst string) error {
+		data, err := os.ReadFile(src)
+		if err != nil {
+			return err
+		}
+		p := filepath.Join(isoRoot, dst)
+		if err := os.MkdirAll(filepath.Dir(p), 0o755); err != nil {
+			return err
+		}
+		return os.WriteFile(p, data, 0o644)
+	}
+	if err := copyIn(k.Vmlinuz, strings.TrimPrefix(isoKernel, "/")); err != nil {
+		return 0, err
+	}
+	vm, _ := fileSHA256(k.Vmlinuz)
+	m.Boot = append(m.Boot, FileInput{Path: isoKernel, Source: img.Kernel.Package + ":" + filepath.Base(k.Vmlinuz), SHA256: vm})
+	for _, f := range []string{"isolinux.bin"} {
+		if err := copyIn(filepath.Join(isolinuxDir, f), "isolinux/"+f); err != nil {
+			return 0, err
+		}
+	}
+	for _, f := range []string{"ldlinux.c32", "menu.c32", "libutil.c32", "libcom32.c32"} {
+		if err := copyIn(filepath.Join(syslinuxBIOS, f), "isolinux/"+f); err != nil {
+			return 0, err
+		}
+	}
+	if err := os.WriteFile(filepath.Join(isoRoot, "isolinux/isolinux.cfg"), []byte(isolinuxCfg(img)), 0o644); err != nil {
+		return 0, err
+	}
+	efiDir := filepath.Join(work, "efi")
+	if err := os.MkdirAll(efiDir, 0o755); err != nil {
+		return 0, err
+	}
+	bootx64, err := grubEFI(grubCfg(img), mtime, efiDir)
+	if err != nil {
+		return 0, err
+	}
+	efiSize, err := efiImage(bootx64, filepath.Join(isoRoot, isoEFIImg))
+	if err != nil {
+		return 0, err
+	}
+	var hostBoot []string
+	for _, f := range bootFiles {
+		hostBoot = append(hostBoot, f.path)
+	}
+	pkgs := debPackages(hostBoot)
+	for _, f := range bootFiles {
+		sum, err := fileSHA256(f.path)
+		if err != nil {
+			return 0, err
+		}
+		p := pkgs[f.path]
+		m.Boot = append(m.Boot, FileInput{Path: f.path, SHA256: sum, Package: p.name, PackageVersion: p.version})
+	}
+	for _, f := range []string{"BOOTX64.EFI"} {
+		sum, _ := fileSHA256(filepath.Join(efiDir, f))
+		m.Boot = append(m.Boot, FileInput{Path: "/" + isoEFIImg + ":/EFI/BOOT/" + f, Source: "grub-mkimage", SHA256: sum})
+	}
+	return efiSize, nil
+}
+
+type debPkg struct{ name, version string }
+
+// debPackages finds the Debian package (and its version) owning each host path;
+// on merged-/usr systems a path is also tried with and without the /usr prefix.
+func debPackages(paths []string) map[string]debPkg {
+	out := map[string]debPkg{}
+	if len(paths) == 0 {
+		return out
+	}
+	alt := func(p string) string {
+		if strings.HasPrefix(p, "/usr/") {
+			return strings.TrimPrefix(p, "/usr")
+		}
+		return "/usr" + p
+	}
+	var query []string
+	for _, p := range paths {
+		query = append(query, p, alt(p))
+	}
+	owner := map[string]string{}
+	cmd := exec.Command("dpkg", append([]string{"-S"}, query...)...)
+	outb, _ := cmd.Output() // exit 1 when some path is unknown; the rest still prints
+	sc := bufio.NewScanner(bytes.NewReader(outb))
+	for sc.Scan() {
+		pkg, p, ok := strings.Cut(sc.Text(), ": ")
+		if !ok || strings.Contains(pkg, "diversion") {
+			continue
+		}
+		pkg, _, _ = strings.Cut(strings.Split(pkg, ", ")[0], ":")
+		owner[p] = pkg
+	}
+	set := map[string]bool{}
+	for _, p := range paths {
+		pkg := owner[p]
+		if pkg == "" {
+			pkg = owner[alt(p)]
+		}
+		if pkg != "" {
+			out[p] = debPkg{name: pkg}
+			set[pkg] = true
+		}
+	}
+	var names []string
+	for n := range set {
+		names = append(names, n)
+	}
+	sort.Strings(names)
+	versions := map[string]string{}
+	if len(names) > 0 {
+		vout, err := exec.Command("dpkg-query", append([]string{"-W", "-f", "${Package} ${Version}\n"}, names...)...).Output()
+		if err == nil {
+			for _, l := range strings.Split(string(vout), "\n") {
+				if n, v, ok := strings.Cut(l, " "); ok {
+					versions[n] = v
+				}
+			}
+		}
+	}
+	for p, d := range out {
+		d.version = versions[d.name]
+		out[p] = d
+	}
+	return out
+}
+
+// updateSums writes SHA256SUMS with file's line replaced, lines sorted by name.
+func updateSums(sumsPath, file, sum string) error {
+	lines := map[string]string{}
+	if data, err := os.ReadFile(sumsPath); err == nil {
+		for _, l := range strings.Split(string(data), "\n") {
+			if s, n, ok := strings.Cut(l, "  "); ok {
+				lines[n] = s
+			}
+		}
+	} else if !errors.Is(err, os.ErrNotExist) {
+		return err
+	}
+	lines[file] = sum
+	var names []string
+	for n := range lines {
+		if fileExists(filepath.Join(filepath.Dir(sumsPath), n)) {
+			names = append(names, n)
+		}
+	}
+	sort.Strings(names)
+	var buf strings.Builder
+	for _, n := range names {
+		fmt.Fprintf(&buf, "%s  %s\n", lines[n], n)
+	}
+	tmp := sumsPath + ".tmp"
+	if err := os.WriteFile(tmp, []byte(buf.String()), 0o644); err != nil {
+		return err
+	}
+	return os.Rename(tmp, sumsPath)
+}
