@@ -99,9 +99,8 @@ func (s *Service) Status() Status { return s.st.get(s.mon.Status()) }
 // it returns after the first registration and state upload.
 func (s *Service) Run(ctx context.Context) error {
 	ctx, cancel := context.WithCancel(ctx)
-	defer cancel()
 	var wg sync.WaitGroup
-	defer wg.Wait()
+	defer func() { cancel(); wg.Wait() }()
 	wg.Add(1)
 	go func() { defer wg.Done(); s.mon.Run(ctx) }()
 
