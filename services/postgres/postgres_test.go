@@ -390,6 +390,30 @@ func TestLifecycle(t *testing.T) {
 	}
 	conn.Close(ctx)
 	r4.stop(t)
+
+	// Round 5: a superuser password file that does not match is an operator's
+	// matter (nothing is guessed or overwritten); the error says what to do.
+	superFile := filepath.Join(cfg.DataRoot, "postgresql-superuser.password")
+	if err := os.WriteFile(superFile, []byte("not-the-password\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := start(t, cfg); err == nil || !errors.Is(err, ErrConfig) || !strings.Contains(err.Error(), "does not match the cluster: delete that file") {
+		t.Fatalf("start with a wrong superuser password = %v, want ErrConfig saying to delete the file", err)
+	}
+	waitNoPostgres(t, dataDir)
+	if state, err := r4.svc.ClusterState(ctx); state != "shut down" || err != nil {
+		t.Errorf("pg_controldata after the refused start = %q, %v, want \"shut down\"", state, err)
+	}
+	// A database_password nobody could have generated is refused, naming the file.
+	if err := os.Remove(superFile); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(cfg.Secrets, []byte("database_password = \"pässwörd\"\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := start(t, cfg); err == nil || !errors.Is(err, ErrConfig) || !strings.Contains(err.Error(), cfg.Secrets+": database_password must be printable ASCII") {
+		t.Fatalf("start with a non-ASCII database_password = %v, want ErrConfig naming the file", err)
+	}
 }
 
 // TestRefusesForeignData starts on data folders it must not touch and checks that Run

@@ -36,16 +36,23 @@ const scramIterations = 4096
 // travels to the server or its logs. password must be ASCII (SASLprep is then the
 // identity), which newPassword guarantees.
 func scramVerifier(password string) (string, error) {
-	for _, r := range password {
-		if r < 0x20 || r > 0x7e {
-			return "", errors.New("scram verifier: password must be printable ASCII")
-		}
+	if !printableASCII(password) {
+		return "", errors.New("scram verifier: password must be printable ASCII")
 	}
 	salt := make([]byte, 16)
 	if _, err := rand.Read(salt); err != nil {
 		return "", fmt.Errorf("scram salt: %w", err)
 	}
 	return scramVerifierSalt(password, salt, scramIterations)
+}
+
+func printableASCII(s string) bool {
+	for _, r := range s {
+		if r < 0x20 || r > 0x7e {
+			return false
+		}
+	}
+	return true
 }
 
 func scramVerifierSalt(password string, salt []byte, iter int) (string, error) {
@@ -114,7 +121,7 @@ func (s *Service) waitReady(ctx context.Context, superPW string, exited <-chan s
 			return conn, nil
 		}
 		if isAuthError(err) {
-			return nil, fmt.Errorf("%w: superuser %s: the password in %s does not match the cluster: delete that file and restart qx-postgres to reset it: %w",
+			return nil, configErrorf("%w: superuser %s: the password in %s does not match the cluster: delete that file and restart qx-postgres to reset it: %w",
 				errAuth, Superuser, s.cfg.SuperuserPasswordFile, err)
 		}
 		last = err
@@ -141,6 +148,9 @@ func (s *Service) ensureDatabase(ctx context.Context, su *pgx.Conn) error {
 		return configErrorf("%w", err)
 	}
 	pw := secrets.DatabasePassword
+	if !printableASCII(pw) {
+		return configErrorf("%s: database_password must be printable ASCII (the appliance writes 43 base64url characters)", s.cfg.Secrets)
+	}
 	generated := false
 	if pw == "" {
 		if pw, err = newPassword(); err != nil {
@@ -190,9 +200,6 @@ func (s *Service) ensureDatabase(ctx context.Context, su *pgx.Conn) error {
 		if err != nil {
 			return fmt.Errorf("create database %s: %w", Database, err)
 		}
-		if _, err := su.Exec(ctx, fmt.Sprintf("REVOKE ALL ON DATABASE %s FROM PUBLIC", quoteIdent(Database))); err != nil {
-			return fmt.Errorf("revoke public access to %s: %w", Database, err)
-		}
 		s.log.Info("created database", "database", Database, "owner", Role)
 	case err != nil:
 		return fmt.Errorf("look up database %s: %w", Database, err)
@@ -201,6 +208,12 @@ func (s *Service) ensureDatabase(ctx context.Context, su *pgx.Conn) error {
 			return fmt.Errorf("alter database %s owner: %w", Database, err)
 		}
 		s.log.Warn("database had another owner: changed", "database", Database, "was", owner, "now", Role)
+	}
+
+	// Only the owner (and the superuser) may connect; repeated on every boot so an
+	// interrupted first boot cannot leave the database open to other roles.
+	if _, err := su.Exec(ctx, fmt.Sprintf("REVOKE ALL ON DATABASE %s FROM PUBLIC", quoteIdent(Database))); err != nil {
+		return fmt.Errorf("revoke public access to %s: %w", Database, err)
 	}
 
 	// The proof that the vDC can connect: log in as it would, with SCRAM.
