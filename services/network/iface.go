@@ -60,17 +60,21 @@ func (e *netEnv) linkRank(l netlink.Link, sysfs string) (rank int, why string) {
 // slaves and anything without a device in sysfs.
 func (e *netEnv) findLink(sel, sysfs string) (netlink.Link, error) {
 	if sel != InterfaceAuto && !strings.Contains(sel, ":") {
-		e.mu.Lock()
-		l, err := e.h.LinkByName(sel)
-		e.mu.Unlock()
+		var l netlink.Link
+		err := e.nl(func(h *netlink.Handle) (err error) {
+			l, err = h.LinkByName(sel)
+			return err
+		})
 		if err != nil {
 			return nil, fmt.Errorf("%w: %s: %w", ErrNoInterface, sel, err)
 		}
 		return l, nil
 	}
-	e.mu.Lock()
-	links, err := e.h.LinkList()
-	e.mu.Unlock()
+	var links []netlink.Link
+	err := e.nl(func(h *netlink.Handle) (err error) {
+		links, err = h.LinkList()
+		return err
+	})
 	if err != nil {
 		return nil, fmt.Errorf("list interfaces: %w", err)
 	}

@@ -46,8 +46,11 @@ func openNetEnv(path string) (*netEnv, error) {
 }
 
 func (e *netEnv) close() {
+	e.mu.Lock()
+	defer e.mu.Unlock()
 	if e.h != nil {
 		e.h.Close()
+		e.h = nil
 	}
 	if e.path != "" && e.ns.IsOpen() {
 		e.ns.Close()
@@ -130,9 +133,11 @@ func isDefault(r netlink.Route) bool {
 
 // defaultRoutes lists every IPv4 default route in the main table, all interfaces.
 func (e *netEnv) defaultRoutes() ([]netlink.Route, error) {
-	e.mu.Lock()
-	defer e.mu.Unlock()
-	rs, err := e.h.RouteListFiltered(netlink.FAMILY_V4, &netlink.Route{Table: unix.RT_TABLE_MAIN}, netlink.RT_FILTER_TABLE)
+	var rs []netlink.Route
+	err := e.nl(func(h *netlink.Handle) (err error) {
+		rs, err = h.RouteListFiltered(netlink.FAMILY_V4, &netlink.Route{Table: unix.RT_TABLE_MAIN}, netlink.RT_FILTER_TABLE)
+		return err
+	})
 	if err != nil {
 		return nil, fmt.Errorf("list routes: %w", err)
 	}
@@ -146,9 +151,11 @@ func (e *netEnv) defaultRoutes() ([]netlink.Route, error) {
 }
 
 func (e *netEnv) addrs(l netlink.Link) ([]netlink.Addr, error) {
-	e.mu.Lock()
-	defer e.mu.Unlock()
-	as, err := e.h.AddrList(l, netlink.FAMILY_V4)
+	var as []netlink.Addr
+	err := e.nl(func(h *netlink.Handle) (err error) {
+		as, err = h.AddrList(l, netlink.FAMILY_V4)
+		return err
+	})
 	if err != nil {
 		return nil, fmt.Errorf("list addresses of %s: %w", l.Attrs().Name, err)
 	}
@@ -162,7 +169,7 @@ func (e *netEnv) addrs(l netlink.Link) ([]netlink.Addr, error) {
 // caller's.
 func (e *netEnv) program(l netlink.Link, t target) error {
 	name := l.Attrs().Name
-	if err := e.withLock(func() error { return e.h.LinkSetUp(l) }); err != nil {
+	if err := e.nl(func(h *netlink.Handle) error { return h.LinkSetUp(l) }); err != nil {
 		return fmt.Errorf("set %s up: %w", name, err)
 	}
 	as, err := e.addrs(l)
@@ -170,7 +177,7 @@ func (e *netEnv) program(l netlink.Link, t target) error {
 		return err
 	}
 	for _, a := range as {
-		if err := e.withLock(func() error { return e.h.AddrDel(l, &a) }); err != nil && !errors.Is(err, unix.EADDRNOTAVAIL) {
+		if err := e.nl(func(h *netlink.Handle) error { return h.AddrDel(l, &a) }); err != nil && !errors.Is(err, unix.EADDRNOTAVAIL) {
 			return fmt.Errorf("flush %s from %s: %w", a.IPNet, name, err)
 		}
 	}
@@ -180,7 +187,7 @@ func (e *netEnv) program(l netlink.Link, t target) error {
 		if t.source == SourceLinkLocal {
 			a.Scope = unix.RT_SCOPE_LINK
 		}
-		if err := e.withLock(func() error { return e.h.AddrAdd(l, a) }); err != nil {
+		if err := e.nl(func(h *netlink.Handle) error { return h.AddrAdd(l, a) }); err != nil {
 			return fmt.Errorf("add %s to %s: %w", t.addr, name, err)
 		}
 	}
@@ -195,7 +202,7 @@ func (e *netEnv) program(l netlink.Link, t target) error {
 		if t.addr != nil && !t.addr.Contains(t.gw) {
 			r.Flags = int(netlink.FLAG_ONLINK) // a DHCP router outside the subnet (RFC 3442 style)
 		}
-		if err := e.withLock(func() error { return e.h.RouteAdd(r) }); err != nil {
+		if err := e.nl(func(h *netlink.Handle) error { return h.RouteAdd(r) }); err != nil {
 			return fmt.Errorf("add default via %s dev %s: %w", t.gw, name, err)
 		}
 	}
@@ -207,7 +214,7 @@ func (e *netEnv) program(l netlink.Link, t target) error {
 func (e *netEnv) refresh(l netlink.Link, t target) error {
 	a := &netlink.Addr{IPNet: t.addr, Broadcast: broadcastOf(t.addr)}
 	setLifetime(a, t.lifetime)
-	if err := e.withLock(func() error { return e.h.AddrReplace(l, a) }); err != nil {
+	if err := e.nl(func(h *netlink.Handle) error { return h.AddrReplace(l, a) }); err != nil {
 		return fmt.Errorf("renew %s on %s: %w", t.addr, l.Attrs().Name, err)
 	}
 	return e.verify(l, t)
@@ -219,26 +226,36 @@ func (e *netEnv) deleteDefaultRoutes() error {
 		return err
 	}
 	for _, r := range rs {
-		if err := e.withLock(func() error { return e.h.RouteDel(&r) }); err != nil && !errors.Is(err, unix.ESRCH) {
+		if err := e.nl(func(h *netlink.Handle) error { return h.RouteDel(&r) }); err != nil && !errors.Is(err, unix.ESRCH) {
 			return fmt.Errorf("delete default route %s: %w", describeRoute(r, nil), err)
 		}
 	}
 	return nil
 }
 
-func (e *netEnv) withLock(f func() error) error {
+// errClosed is returned once the service let go of its namespace.
+var errClosed = errors.New("network namespace closed")
+
+// nl runs f with the netlink handle, one request at a time; after close it fails
+// instead of letting a closed handle fall back to the process's own namespace.
+func (e *netEnv) nl(f func(h *netlink.Handle) error) error {
 	e.mu.Lock()
 	defer e.mu.Unlock()
-	return f()
+	if e.h == nil {
+		return errClosed
+	}
+	return f(e.h)
 }
 
 // verify reads the kernel back and reports every difference from t.
 func (e *netEnv) verify(l netlink.Link, t target) error {
 	name := l.Attrs().Name
 	var bad []string
-	e.mu.Lock()
-	cur, err := e.h.LinkByIndex(l.Attrs().Index)
-	e.mu.Unlock()
+	var cur netlink.Link
+	err := e.nl(func(h *netlink.Handle) (err error) {
+		cur, err = h.LinkByIndex(l.Attrs().Index)
+		return err
+	})
 	if err != nil {
 		return fmt.Errorf("verify %s: %w", name, err)
 	}
@@ -293,11 +310,12 @@ func describeRoute(r netlink.Route, e *netEnv) string {
 	}
 	dev := fmt.Sprintf("if%d", r.LinkIndex)
 	if e != nil {
-		e.mu.Lock()
-		if l, err := e.h.LinkByIndex(r.LinkIndex); err == nil {
-			dev = l.Attrs().Name
-		}
-		e.mu.Unlock()
+		e.nl(func(h *netlink.Handle) error {
+			if l, err := h.LinkByIndex(r.LinkIndex); err == nil {
+				dev = l.Attrs().Name
+			}
+			return nil
+		})
 	}
 	return s + " dev " + dev
 }

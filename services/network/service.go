@@ -18,6 +18,7 @@ import (
 	"path/filepath"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/quantix/quantix"
@@ -113,10 +114,10 @@ type Service struct {
 	reqs  chan request
 	ready chan struct{}
 
-	mu     sync.Mutex
-	env    *netEnv
-	st     Status
-	runErr error
+	mu         sync.Mutex
+	env        *netEnv
+	st         Status
+	lastKernel [2][]string // addresses and default routes when Run ended
 
 	// Owned by the Run goroutine.
 	cur         plan
@@ -197,10 +198,19 @@ func (s *Service) Run(ctx context.Context) error {
 	if err != nil {
 		return err
 	}
-	defer env.close()
 	s.mu.Lock()
 	s.env = env
 	s.mu.Unlock()
+	defer func() {
+		// Keep the last kernel view for Status after Run, then let go of the
+		// namespace: a closed netlink handle would silently read our own.
+		st := s.Status()
+		s.mu.Lock()
+		s.lastKernel = [2][]string{st.KernelAddresses, st.DefaultRoutes}
+		s.env = nil
+		s.mu.Unlock()
+		env.close()
+	}()
 
 	settings, origin, err := s.startSettings()
 	if err != nil {
@@ -225,9 +235,13 @@ func (s *Service) Run(ctx context.Context) error {
 
 	links := make(chan netlink.LinkUpdate, 32)
 	linkDone := make(chan struct{})
-	defer close(linkDone)
+	var stopping atomic.Bool
+	defer func() {
+		stopping.Store(true)
+		close(linkDone)
+	}()
 	opts := netlink.LinkSubscribeOptions{ErrorCallback: func(err error) {
-		if ctx.Err() == nil {
+		if !stopping.Load() {
 			s.log.Warn("link updates", "err", err)
 		}
 	}}
@@ -647,6 +661,10 @@ func (s *Service) Status() Status {
 	}
 	st.KernelAddresses, st.DefaultRoutes = []string{}, []string{}
 	if env == nil {
+		s.mu.Lock()
+		st.KernelAddresses = append(st.KernelAddresses, s.lastKernel[0]...)
+		st.DefaultRoutes = append(st.DefaultRoutes, s.lastKernel[1]...)
+		s.mu.Unlock()
 		return st
 	}
 	if rs, err := env.defaultRoutes(); err == nil {
@@ -655,9 +673,11 @@ func (s *Service) Status() Status {
 		}
 	}
 	if st.Interface != "" {
-		env.mu.Lock()
-		l, err := env.h.LinkByName(st.Interface)
-		env.mu.Unlock()
+		var l netlink.Link
+		err := env.nl(func(h *netlink.Handle) (err error) {
+			l, err = h.LinkByName(st.Interface)
+			return err
+		})
 		if err == nil {
 			if as, err := env.addrs(l); err == nil {
 				for _, a := range as {
