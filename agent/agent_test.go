@@ -517,3 +517,44 @@ func fetchStatus(addr string) (agent.Status, error) {
 	}
 	return st, json.NewDecoder(resp.Body).Decode(&st)
 }
+
+// TestVDCOutageAndRestart: while the vDC is down the agent reports failed
+// heartbeats and keeps its registration; when the vDC comes back (a new epoch) it
+// asks for the full state, and the agent sends it without registering again.
+func TestVDCOutageAndRestart(t *testing.T) {
+	if testing.Short() {
+		t.Skip("starts PostgreSQL, a vDC and libvirtd")
+	}
+	v := startVDC(t)
+	lv := libvirtdtest.Start(t)
+	ns := mgmtNS(t, "10.55.0.5/24", "10.55.0.1")
+	cfg := testConfig(t, v, ns, "node-out")
+	cfg.LibvirtURI = lv.URI()
+	a := startAgent(t, cfg)
+	id := a.waitMarker(t, 1).Get("node_id")
+	eventually(t, 10*time.Second, "first full state", func() (bool, string) {
+		st := a.svc.Status()
+		return st.Counts.StatePuts == 1 && st.Counts.Heartbeats >= 1, fmt.Sprintf("%+v", st.Counts)
+	})
+
+	v.Stop(t)
+	eventually(t, 10*time.Second, "failed heartbeats while the vDC is down", func() (bool, string) {
+		st := a.svc.Status()
+		return st.Counts.HeartbeatFailures >= 2 && !st.Heartbeat.OK && st.Heartbeat.Error != "", fmt.Sprintf("%+v", st.Heartbeat)
+	})
+	if st := a.svc.Status(); st.State != agent.StateRegistered || st.NodeID != id {
+		t.Errorf("during the outage: state %q node %q, want still registered as %s", st.State, st.NodeID, id)
+	}
+	v.Restart(t)
+	eventually(t, 15*time.Second, "full state after the vDC restart", func() (bool, string) {
+		st := a.svc.Status()
+		return st.Counts.StatePuts >= 2 && st.Heartbeat.OK, fmt.Sprintf("counts %+v heartbeat %+v", st.Counts, st.Heartbeat)
+	})
+	if ms := a.out.markers(); len(ms) != 1 {
+		t.Errorf("the vDC restart caused re-registration: markers %v", ms)
+	}
+	n := oneNode(t, v, "node-out")
+	if n.ID != id || n.Hypervisor.State != quantix.HypervisorAvailable {
+		t.Errorf("after restart the vDC has %+v", n)
+	}
+}
