@@ -135,7 +135,7 @@ func (h *Hub) dhcp(src net.HardwareAddr, ip ipv4Packet, data []byte) {
 	on, delay := h.dhcpOn, h.dhcpDelay
 	if !on {
 		h.mu.Unlock()
-		h.log.Info("dhcp off: ignored", "type", req.MessageType(), "mac", req.ClientHWAddr)
+		h.log.Info("dhcp off: ignored", "type", req.MessageType(), "mac", req.ClientHWAddr.String())
 		return
 	}
 	reply := h.dhcpReplyLocked(req)
@@ -146,10 +146,10 @@ func (h *Hub) dhcp(src net.HardwareAddr, ip ipv4Packet, data []byte) {
 	frame := h.dhcpFrame(req, reply)
 	send := func() {
 		if !h.DHCPOn() {
-			h.log.Info("dhcp off: delayed reply dropped", "type", reply.MessageType(), "mac", req.ClientHWAddr)
+			h.log.Info("dhcp off: delayed reply dropped", "type", reply.MessageType(), "mac", req.ClientHWAddr.String())
 			return
 		}
-		h.log.Info("dhcp reply", "type", reply.MessageType(), "mac", req.ClientHWAddr, "ip", reply.YourIPAddr)
+		h.log.Info("dhcp reply", "type", reply.MessageType(), "mac", req.ClientHWAddr.String(), "ip", reply.YourIPAddr)
 		h.emit(frame)
 	}
 	if delay > 0 {
@@ -165,13 +165,13 @@ func (h *Hub) dhcpReplyLocked(req *dhcpv4.DHCPv4) *dhcpv4.DHCPv4 {
 	key := macKey(mac)
 	gw := net.IP(h.cfg.Gateway.AsSlice())
 	now := time.Now()
-	h.log.Info("dhcp request", "type", req.MessageType(), "mac", mac, "requested", req.RequestedIPAddress(), "ciaddr", req.ClientIPAddr)
+	h.log.Info("dhcp request", "type", req.MessageType(), "mac", mac.String(), "requested", req.RequestedIPAddress(), "ciaddr", req.ClientIPAddr)
 
 	switch req.MessageType() {
 	case dhcpv4.MessageTypeDiscover:
 		addr, ok := h.allocateLocked(mac, req.RequestedIPAddress())
 		if !ok {
-			h.log.Warn("dhcp pool exhausted", "mac", mac)
+			h.log.Warn("dhcp pool exhausted", "mac", mac.String())
 			return nil
 		}
 		l := h.leases[key]
@@ -196,7 +196,7 @@ func (h *Hub) dhcpReplyLocked(req *dhcpv4.DHCPv4) *dhcpv4.DHCPv4 {
 		}
 		got, ok := h.allocateLocked(mac, want)
 		if !ok || got != wantAddr {
-			h.log.Info("dhcp nak", "mac", mac, "requested", wantAddr, "would_give", got)
+			h.log.Info("dhcp nak", "mac", mac.String(), "requested", wantAddr, "would_give", got)
 			return h.buildNak(req, fmt.Sprintf("address %s is not yours", wantAddr))
 		}
 		h.leases[key] = &Lease{MAC: append(net.HardwareAddr(nil), mac...), IP: got, State: "bound",

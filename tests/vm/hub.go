@@ -348,7 +348,7 @@ func (h *Hub) input(src *Port, frame []byte) {
 	if !isGroupMAC(from) {
 		if old := h.macs[macKey(from)]; old != src {
 			h.macs[macKey(from)] = src
-			h.log.Debug("learned", "mac", net.HardwareAddr(from), "port", src.Name)
+			h.log.Debug("learned", "mac", net.HardwareAddr(from).String(), "port", src.Name)
 		}
 	}
 	var out []*Port

@@ -459,6 +459,9 @@ func (m *Machine) launch(qemu string) error {
 }
 
 func (m *Machine) stderrTail(n int) string {
+	if m.stderrLog == nil {
+		return ""
+	}
 	b, err := os.ReadFile(m.stderrLog.Name())
 	if err != nil {
 		return ""

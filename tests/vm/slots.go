@@ -20,6 +20,10 @@ const DefaultSlots = 2
 // whatever TMPDIR says, so every process on the machine agrees on them.
 const SlotLockPattern = "/tmp/quantix-vm-slot-%d.lock"
 
+// slotPattern is SlotLockPattern, replaced by the slot tests so that they do not
+// take the slots real VM tests on the machine hold.
+var slotPattern = SlotLockPattern
+
 // Slots returns the machine-wide VM limit: QUANTIX_VM_SLOTS, else DefaultSlots.
 func Slots() (int, error) {
 	s := os.Getenv("QUANTIX_VM_SLOTS")
@@ -74,7 +78,7 @@ func acquireSlots(n int, deadline time.Time, waiting func()) ([]*slot, error) {
 		}
 		releaseAll(got)
 		if !deadline.IsZero() && time.Now().After(deadline) {
-			return nil, fmt.Errorf("no %d free VM slots (of %d) before the test deadline: other tests hold %s", n, total, fmt.Sprintf(SlotLockPattern, 0))
+			return nil, fmt.Errorf("no %d free VM slots (of %d) before the test deadline: other tests hold %s", n, total, fmt.Sprintf(slotPattern, 0))
 		}
 		if !told && waiting != nil {
 			waiting()
@@ -85,7 +89,7 @@ func acquireSlots(n int, deadline time.Time, waiting func()) ([]*slot, error) {
 }
 
 func tryLockSlot(i int) (*slot, error) {
-	path := fmt.Sprintf(SlotLockPattern, i)
+	path := fmt.Sprintf(slotPattern, i)
 	f, err := os.OpenFile(path, os.O_CREATE|os.O_RDWR, 0o666)
 	if err != nil {
 		return nil, fmt.Errorf("VM slot %s: %w", path, err)
