@@ -278,5 +278,6 @@ func (a *API) metrics(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	w.Header().Set("Content-Type", "text/plain; version=0.0.4; charset=utf-8")
-	a.cfg.Metrics.Write(w, phases)
+	batches, _ := a.cfg.Heartbeats.Stats()
+	a.cfg.Metrics.Write(w, phases, batches)
 }

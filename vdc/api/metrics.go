@@ -61,8 +61,9 @@ func (m *Metrics) Observe(method, route string, code int, d time.Duration) {
 	m.mu.Unlock()
 }
 
-// Write writes the exposition; phases is the current node count per phase.
-func (m *Metrics) Write(w io.Writer, phases map[string]int) {
+// Write writes the exposition; phases is the current node count per phase and
+// batches the heartbeat statements run so far.
+func (m *Metrics) Write(w io.Writer, phases map[string]int, batches int64) {
 	var b strings.Builder
 	b.WriteString("# HELP qx_vdc_registrations_total Node registrations by kind (registered, reregistered, reenrolled).\n")
 	b.WriteString("# TYPE qx_vdc_registrations_total counter\n")
@@ -75,6 +76,9 @@ func (m *Metrics) Write(w io.Writer, phases map[string]int) {
 	}
 	b.WriteString("# HELP qx_vdc_heartbeats_total Heartbeats recorded.\n# TYPE qx_vdc_heartbeats_total counter\n")
 	fmt.Fprintf(&b, "qx_vdc_heartbeats_total %d\n", m.heartbeats.Load())
+	b.WriteString("# HELP qx_vdc_heartbeat_batches_total SQL statements that recorded heartbeats (heartbeats are coalesced).\n")
+	b.WriteString("# TYPE qx_vdc_heartbeat_batches_total counter\n")
+	fmt.Fprintf(&b, "qx_vdc_heartbeat_batches_total %d\n", batches)
 	b.WriteString("# HELP qx_vdc_nodes Registered nodes by phase.\n# TYPE qx_vdc_nodes gauge\n")
 	ps := make([]string, 0, len(phases))
 	for p := range phases {

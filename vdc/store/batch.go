@@ -4,6 +4,8 @@ import (
 	"context"
 	"log/slog"
 	"sync"
+	"sync/atomic"
+	"time"
 )
 
 // Batcher coalesces concurrent heartbeats into one statement and one commit each
@@ -18,7 +20,12 @@ type Batcher struct {
 	queue chan *pending
 	max   int
 	wg    sync.WaitGroup
+
+	batches, recorded atomic.Int64
 }
+
+// Stats returns the statements (batches) run and the heartbeats they carried.
+func (b *Batcher) Stats() (batches, heartbeats int64) { return b.batches.Load(), b.recorded.Load() }
 
 type pending struct {
 	hb   Heartbeat
@@ -81,7 +88,11 @@ func (b *Batcher) work() {
 			hbs[i] = p.hb
 		}
 		// Not the requests' contexts: one caller giving up must not fail the others.
-		res, err := b.s.Heartbeats(context.Background(), hbs)
+		ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+		res, err := b.s.Heartbeats(ctx, hbs)
+		cancel()
+		b.batches.Add(1)
+		b.recorded.Add(int64(len(hbs)))
 		for i, p := range batch {
 			if err != nil {
 				p.done <- HeartbeatResult{Err: err}

@@ -1,0 +1,521 @@
+// Command qx-vdc-load measures the vDC on this machine: it starts a durable
+// PostgreSQL 15 (fsync on) and a real qx-vdc process, runs a registration storm with
+// a duplicate check, drives N simulated nodes heartbeating (open loop at a target
+// rate, or closed loop at full speed) reporting heartbeats/s with p50/p99 latency,
+// and runs pgbench's single-row UPDATE against the same server for comparison.
+//
+//	go build -o /tmp/qx-vdc ./vdc/cmd/qx-vdc
+//	go run ./vdc/cmd/qx-vdc-load --qx-vdc /tmp/qx-vdc --nodes 10000 --rate 10000 --duration 20s
+package main
+
+import (
+	"bufio"
+	"bytes"
+	"context"
+	"crypto/rand"
+	"encoding/hex"
+	"encoding/json"
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"os"
+	"os/exec"
+	"os/signal"
+	"path/filepath"
+	"regexp"
+	"slices"
+	"strconv"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"syscall"
+	"time"
+
+	"github.com/jackc/pgx/v5"
+
+	"github.com/quantix/quantix"
+	"github.com/quantix/quantix/vdc/vdctest"
+)
+
+func main() {
+	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGTERM, os.Interrupt)
+	err := run(ctx, os.Args[1:], os.Stdout, os.Stderr)
+	stop()
+	if err != nil {
+		fmt.Fprintln(os.Stderr, "qx-vdc-load:", err)
+		os.Exit(1)
+	}
+}
+
+type options struct {
+	qxVDC       string
+	nodes       int
+	storm       int
+	rate        int
+	duration    time.Duration
+	conns       int
+	inflight    int
+	pgbench     string
+	pgbenchTime time.Duration
+	vdcLog      string
+}
+
+func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
+	var o options
+	fs := flag.NewFlagSet("qx-vdc-load", flag.ContinueOnError)
+	fs.SetOutput(stderr)
+	fs.StringVar(&o.qxVDC, "qx-vdc", "qx-vdc", "qx-vdc `binary` to run")
+	fs.IntVar(&o.nodes, "nodes", 10000, "simulated nodes heartbeating")
+	fs.IntVar(&o.storm, "storm", 10000, "nodes in the registration storm (each registered twice at once)")
+	fs.IntVar(&o.rate, "rate", 10000, "target heartbeats per second (open loop); 0: closed loop, as fast as possible")
+	fs.DurationVar(&o.duration, "duration", 20*time.Second, "heartbeat phase length")
+	fs.IntVar(&o.conns, "conns", 256, "HTTP connections to the vDC")
+	fs.IntVar(&o.inflight, "inflight", 2048, "most heartbeats in flight at once (open loop); closed loop uses --conns workers")
+	fs.StringVar(&o.pgbench, "pgbench-clients", "8,32", "pgbench client counts to run (\"\": skip pgbench)")
+	fs.DurationVar(&o.pgbenchTime, "pgbench-time", 10*time.Second, "pgbench run length per client count")
+	fs.StringVar(&o.vdcLog, "vdc-log", "", "write the qx-vdc log to this `file` (default: discard)")
+	if err := fs.Parse(args); err != nil {
+		return err
+	}
+	bin, err := exec.LookPath(o.qxVDC)
+	if err != nil {
+		return fmt.Errorf("qx-vdc binary: %w (build it: go build -o /tmp/qx-vdc ./vdc/cmd/qx-vdc)", err)
+	}
+
+	fmt.Fprintf(stdout, "machine: %d CPUs; PostgreSQL 15 durable (fsync on, synchronous_commit on)\n", numCPU())
+	pg, err := vdctest.RunPostgres(vdctest.PostgresConfig{Durable: true, MaxConnections: 300})
+	if err != nil {
+		return err
+	}
+	defer pg.Stop()
+	dbURL, err := pg.CreateDatabase(ctx)
+	if err != nil {
+		return err
+	}
+	joinToken, adminToken := "load-join-"+secret(), "load-admin-"+secret()
+	v, err := startVDC(ctx, bin, dbURL, joinToken, adminToken, o.vdcLog)
+	if err != nil {
+		return err
+	}
+	defer v.stop()
+	fmt.Fprintf(stdout, "qx-vdc: %s (pid %d)\n\n", v.url, v.cmd.Process.Pid)
+
+	client := &http.Client{Transport: &http.Transport{MaxIdleConns: o.conns, MaxIdleConnsPerHost: o.conns,
+		MaxConnsPerHost: o.conns, IdleConnTimeout: time.Minute}, Timeout: 30 * time.Second}
+
+	if o.storm > 0 {
+		if err := storm(ctx, client, v.url, joinToken, dbURL, o, stdout); err != nil {
+			return err
+		}
+	}
+	if o.nodes > 0 {
+		if err := heartbeats(ctx, client, v.url, joinToken, o, stdout); err != nil {
+			return err
+		}
+	}
+	fmt.Fprintf(stdout, "qx-vdc peak RSS: %s\n\n", v.peakRSS())
+	if o.pgbench != "" {
+		v.stop() // pgbench gets the machine to itself, as the vDC had
+		if err := pgbench(ctx, pg, o, stdout); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+func numCPU() int {
+	b, _ := os.ReadFile("/proc/cpuinfo")
+	return bytes.Count(b, []byte("\nprocessor")) + 1
+}
+
+func secret() string {
+	var b [32]byte
+	rand.Read(b[:])
+	return hex.EncodeToString(b[:])
+}
+
+func machineID() string {
+	s := secret()
+	return s[0:8] + "-" + s[8:12] + "-" + s[12:16] + "-" + s[16:20] + "-" + s[20:32]
+}
+
+type vdcProc struct {
+	cmd  *exec.Cmd
+	url  string
+	once sync.Once
+	done chan struct{}
+}
+
+func startVDC(ctx context.Context, bin, dbURL, joinToken, adminToken, logPath string) (*vdcProc, error) {
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		return nil, err
+	}
+	addr := l.Addr().String()
+	l.Close()
+	cmd := exec.Command(bin, "serve", "--config", os.DevNull, "--listen", addr, "--database-url", dbURL,
+		"--join-token", joinToken, "--admin-token", adminToken, "--heartbeat-interval", "10s")
+	cmd.Stderr = io.Discard
+	if logPath != "" {
+		f, err := os.Create(logPath)
+		if err != nil {
+			return nil, err
+		}
+		defer f.Close()
+		cmd.Stderr = f
+	}
+	out, err := cmd.StdoutPipe()
+	if err != nil {
+		return nil, err
+	}
+	if err := cmd.Start(); err != nil {
+		return nil, fmt.Errorf("start %s: %w", bin, err)
+	}
+	p := &vdcProc{cmd: cmd, done: make(chan struct{})}
+	ready := make(chan string, 1)
+	go func() {
+		sc := bufio.NewScanner(out)
+		for sc.Scan() {
+			if m, ok := quantix.ParseMarker(sc.Text()); ok && m.Kind == quantix.MarkerReady {
+				select {
+				case ready <- m.Get("url"):
+				default:
+				}
+			}
+		}
+	}()
+	go func() { cmd.Wait(); close(p.done) }()
+	select {
+	case p.url = <-ready:
+		return p, nil
+	case <-p.done:
+		return nil, fmt.Errorf("qx-vdc exited before it was ready (%v); see --vdc-log", cmd.ProcessState)
+	case <-time.After(60 * time.Second):
+		p.stop()
+		return nil, errors.New("qx-vdc not ready after 60s")
+	case <-ctx.Done():
+		p.stop()
+		return nil, ctx.Err()
+	}
+}
+
+// peakRSS reads VmHWM of the running qx-vdc.
+func (p *vdcProc) peakRSS() string {
+	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/status", p.cmd.Process.Pid))
+	if err != nil {
+		return "unknown"
+	}
+	for _, line := range strings.Split(string(b), "\n") {
+		if v, ok := strings.CutPrefix(line, "VmHWM:"); ok {
+			return strings.TrimSpace(v)
+		}
+	}
+	return "unknown"
+}
+
+func (p *vdcProc) stop() {
+	p.once.Do(func() {
+		p.cmd.Process.Signal(syscall.SIGTERM)
+		select {
+		case <-p.done:
+		case <-time.After(10 * time.Second):
+			p.cmd.Process.Kill()
+			<-p.done
+		}
+	})
+}
+
+type simNode struct {
+	req quantix.RegisterRequest
+	id  string
+	hb  []byte // the heartbeat body
+}
+
+func newSimNode(prefix string, i int) *simNode {
+	ip := fmt.Sprintf("10.%d.%d.%d", i>>16&255, i>>8&255, i&255)
+	if i%2 == 1 {
+		ip += ":9000" // as seen on a socket: the vDC strips the port
+	}
+	n := &simNode{req: quantix.RegisterRequest{Hostname: fmt.Sprintf("%s-%06d.load", prefix, i), MachineID: machineID(),
+		NodeSecret: secret(), ManagementIP: ip, AgentVersion: "load"}}
+	return n
+}
+
+func post(ctx context.Context, c *http.Client, url, token string, body []byte) (int, []byte, error) {
+	req, err := http.NewRequestWithContext(ctx, http.MethodPost, url, bytes.NewReader(body))
+	if err != nil {
+		return 0, nil, err
+	}
+	req.Header.Set("Authorization", "Bearer "+token)
+	req.Header.Set("Content-Type", "application/json")
+	resp, err := c.Do(req)
+	if err != nil {
+		return 0, nil, err
+	}
+	defer resp.Body.Close()
+	b, err := io.ReadAll(resp.Body)
+	return resp.StatusCode, b, err
+}
+
+func registerNode(ctx context.Context, c *http.Client, base, token string, n *simNode) (int, string, error) {
+	body, _ := json.Marshal(n.req)
+	code, b, err := post(ctx, c, base+quantix.PathRegister, token, body)
+	if err != nil {
+		return 0, "", err
+	}
+	if code != http.StatusCreated && code != http.StatusOK {
+		return code, "", fmt.Errorf("register %s: %d %s", n.req.Hostname, code, b)
+	}
+	var r quantix.RegisterResponse
+	if err := json.Unmarshal(b, &r); err != nil {
+		return code, "", err
+	}
+	return code, r.NodeID, nil
+}
+
+// parallel runs f(i) for i in [0,n) on workers goroutines.
+func parallel(n, workers int, f func(i int)) {
+	var next atomic.Int64
+	var wg sync.WaitGroup
+	for range workers {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for {
+				i := int(next.Add(1) - 1)
+				if i >= n {
+					return
+				}
+				f(i)
+			}
+		}()
+	}
+	wg.Wait()
+}
+
+// storm registers every node twice at the same moment (the agent retrying while
+// its first request is in flight) and checks one row and one node_id per hostname.
+func storm(ctx context.Context, c *http.Client, base, token, dbURL string, o options, out io.Writer) error {
+	nodes := make([]*simNode, o.storm)
+	for i := range nodes {
+		nodes[i] = newSimNode("storm", i)
+	}
+	ids := make([][2]string, o.storm)
+	codes := make([][2]int, o.storm)
+	var failures atomic.Int64
+	var firstErr atomic.Value
+	start := time.Now()
+	parallel(o.storm*2, o.conns, func(k int) {
+		i, j := k/2, k%2
+		code, id, err := registerNode(ctx, c, base, token, nodes[i])
+		if err != nil {
+			failures.Add(1)
+			firstErr.CompareAndSwap(nil, err.Error())
+		}
+		ids[i][j], codes[i][j] = id, code
+	})
+	elapsed := time.Since(start)
+	mismatched, created := 0, 0
+	for i := range ids {
+		if ids[i][0] != ids[i][1] {
+			mismatched++
+		}
+		for _, c := range codes[i] {
+			if c == http.StatusCreated {
+				created++
+			}
+		}
+	}
+	conn, err := pgx.Connect(ctx, dbURL)
+	if err != nil {
+		return err
+	}
+	defer conn.Close(context.Background())
+	var rows, distinct int
+	if err := conn.QueryRow(ctx, `SELECT count(*), count(DISTINCT hostname) FROM nodes WHERE hostname LIKE 'storm-%'`).Scan(&rows, &distinct); err != nil {
+		return err
+	}
+	fmt.Fprintf(out, "registration storm: %d nodes x 2 concurrent registrations = %d requests in %.2fs (%.0f/s), %d connections\n",
+		o.storm, 2*o.storm, elapsed.Seconds(), float64(2*o.storm)/elapsed.Seconds(), o.conns)
+	fmt.Fprintf(out, "  rows %d, distinct hostnames %d, 201 Created %d, node_id mismatches between the two calls %d, failed requests %d\n",
+		rows, distinct, created, mismatched, failures.Load())
+	if e := firstErr.Load(); e != nil {
+		fmt.Fprintf(out, "  first failure: %s\n", e)
+	}
+	if rows != o.storm || distinct != o.storm || created != o.storm || mismatched != 0 || failures.Load() != 0 {
+		return fmt.Errorf("registration storm: duplicates or failures (see above)")
+	}
+	fmt.Fprintf(out, "  no duplicates\n\n")
+	return nil
+}
+
+func heartbeats(ctx context.Context, c *http.Client, base, token string, o options, out io.Writer) error {
+	nodes := make([]*simNode, o.nodes)
+	for i := range nodes {
+		nodes[i] = newSimNode("hb", i)
+	}
+	regStart := time.Now()
+	var regErr atomic.Value
+	parallel(len(nodes), o.conns, func(i int) {
+		_, id, err := registerNode(ctx, c, base, token, nodes[i])
+		if err != nil {
+			regErr.CompareAndSwap(nil, err)
+			return
+		}
+		nodes[i].id = id
+		nodes[i].hb, _ = json.Marshal(quantix.HeartbeatRequest{ManagementIP: nodes[i].req.ManagementIP,
+			StateHash: quantix.StateHash(nil, nil)})
+	})
+	if e := regErr.Load(); e != nil {
+		return e.(error)
+	}
+	fmt.Fprintf(out, "registered %d heartbeat nodes in %.1fs\n", len(nodes), time.Since(regStart).Seconds())
+
+	send := func(n *simNode) error {
+		code, b, err := post(ctx, c, base+quantix.PathHeartbeat(n.id), n.req.NodeSecret, n.hb)
+		if err == nil && code != http.StatusOK {
+			err = fmt.Errorf("heartbeat %s: %d %s", n.req.Hostname, code, b)
+		}
+		return err
+	}
+	// Warm up connections and the vDC's secret cache: one heartbeat per node.
+	parallel(len(nodes), o.conns, func(i int) { send(nodes[i]) })
+
+	var (
+		mu       sync.Mutex
+		lat      = make([]time.Duration, 0, 1<<20)
+		errs     atomic.Int64
+		firstErr atomic.Value
+		sent     atomic.Int64
+		wg       sync.WaitGroup
+		mode     string
+	)
+	record := func(d time.Duration, err error) {
+		if err != nil {
+			errs.Add(1)
+			firstErr.CompareAndSwap(nil, err.Error())
+			return
+		}
+		mu.Lock()
+		lat = append(lat, d)
+		mu.Unlock()
+	}
+	start := time.Now()
+	end := start.Add(o.duration)
+	if o.rate > 0 {
+		mode = fmt.Sprintf("open loop at %d/s target, at most %d in flight", o.rate, o.inflight)
+		sem := make(chan struct{}, o.inflight)
+		period := time.Second / time.Duration(o.rate)
+		var dropped int64
+		for k := 0; ; k++ {
+			due := start.Add(time.Duration(k) * period)
+			if due.After(end) || ctx.Err() != nil {
+				break
+			}
+			if d := time.Until(due); d > 0 {
+				time.Sleep(d)
+			}
+			select {
+			case sem <- struct{}{}:
+			default:
+				dropped++ // the vDC cannot keep up: count it as an error, do not wait
+				errs.Add(1)
+				firstErr.CompareAndSwap(nil, "more than --inflight heartbeats outstanding")
+				continue
+			}
+			n := nodes[k%len(nodes)]
+			wg.Add(1)
+			sent.Add(1)
+			go func() {
+				defer wg.Done()
+				err := send(n)
+				// Latency from the due time: a late start counts against the vDC.
+				record(time.Since(due), err)
+				<-sem
+			}()
+		}
+		wg.Wait()
+	} else {
+		mode = fmt.Sprintf("closed loop, %d workers", o.conns)
+		var next atomic.Int64
+		for range o.conns {
+			wg.Add(1)
+			go func() {
+				defer wg.Done()
+				for time.Now().Before(end) && ctx.Err() == nil {
+					n := nodes[int(next.Add(1)-1)%len(nodes)]
+					t0 := time.Now()
+					sent.Add(1)
+					err := send(n)
+					record(time.Since(t0), err)
+				}
+			}()
+		}
+		wg.Wait()
+	}
+	elapsed := time.Since(start)
+	slices.Sort(lat)
+	pct := func(p float64) time.Duration {
+		if len(lat) == 0 {
+			return 0
+		}
+		return lat[min(len(lat)-1, int(float64(len(lat))*p))]
+	}
+	fmt.Fprintf(out, "heartbeats: %d nodes, %s, %s\n", len(nodes), mode, elapsed.Round(time.Millisecond))
+	fmt.Fprintf(out, "  acknowledged %d (%.0f heartbeats/s), errors %d\n", len(lat), float64(len(lat))/elapsed.Seconds(), errs.Load())
+	fmt.Fprintf(out, "  latency p50 %.2f ms, p99 %.2f ms, max %.2f ms\n",
+		ms(pct(0.50)), ms(pct(0.99)), ms(pct(1)))
+	if e := firstErr.Load(); e != nil {
+		fmt.Fprintf(out, "  first error: %s\n", e)
+	}
+	fmt.Fprintln(out)
+	return nil
+}
+
+func ms(d time.Duration) float64 { return float64(d.Microseconds()) / 1000 }
+
+var tpsRE = regexp.MustCompile(`tps = ([0-9.]+) \(without initial connection time\)`)
+var latRE = regexp.MustCompile(`latency average = ([0-9.]+) ms`)
+
+// pgbench runs a single-row UPDATE (one statement, one commit) on the same server.
+func pgbench(ctx context.Context, pg *vdctest.Postgres, o options, out io.Writer) error {
+	bin := filepath.Join(vdctest.PostgresBinDir, "pgbench")
+	dbURL, err := pg.CreateDatabase(ctx)
+	if err != nil {
+		return err
+	}
+	env := append(os.Environ(), "PGPASSWORD="+pg.Password)
+	common := []string{"-h", "127.0.0.1", "-p", strconv.Itoa(pg.Port), "-U", vdctest.Role}
+	dbName := dbURL[strings.LastIndex(dbURL, "/")+1 : strings.Index(dbURL, "?")]
+	init := exec.CommandContext(ctx, bin, append(common, "-i", "-q", "-s", "10", dbName)...)
+	init.Env = env
+	if b, err := init.CombinedOutput(); err != nil {
+		return fmt.Errorf("pgbench -i: %w\n%s", err, b)
+	}
+	script := filepath.Join(os.TempDir(), "qx-vdc-load-update.sql")
+	os.WriteFile(script, []byte("\\set aid random(1, 100000 * :scale)\nUPDATE pgbench_accounts SET abalance = abalance + 1 WHERE aid = :aid;\n"), 0o644)
+	defer os.Remove(script)
+	fmt.Fprintf(out, "pgbench single-row UPDATE, same server, scale 10, %s per run:\n", o.pgbenchTime)
+	for _, cs := range strings.Split(o.pgbench, ",") {
+		clients, err := strconv.Atoi(strings.TrimSpace(cs))
+		if err != nil {
+			return fmt.Errorf("--pgbench-clients %q: %w", o.pgbench, err)
+		}
+		cmd := exec.CommandContext(ctx, bin, append(common, "-n", "-f", script, "-c", strconv.Itoa(clients),
+			"-j", "2", "-T", strconv.Itoa(int(o.pgbenchTime.Seconds())), dbName)...)
+		cmd.Env = env
+		b, err := cmd.CombinedOutput()
+		if err != nil {
+			return fmt.Errorf("pgbench: %w\n%s", err, b)
+		}
+		tps, lat := tpsRE.FindSubmatch(b), latRE.FindSubmatch(b)
+		if tps == nil || lat == nil {
+			return fmt.Errorf("pgbench output not understood:\n%s", b)
+		}
+		fmt.Fprintf(out, "  %3d clients: %s TPS, latency average %s ms\n", clients, tps[1], lat[1])
+	}
+	return nil
+}
