@@ -165,18 +165,24 @@ type PhaseChange struct {
 
 // Sweep moves nodes to the phase their last heartbeat earns. Before graceUntil
 // (3 intervals after the vDC started) it only promotes, never demotes: the nodes
-// had no chance to reach this process yet. It locks nothing it does not change,
-// and a heartbeat committing meanwhile wins (the UPDATE re-checks the row).
+// had no chance to reach this process yet. It locks only the rows it changes, with
+// SKIP LOCKED: a node whose heartbeat is being recorded is left to the next sweep,
+// so the sweeper never waits on (or deadlocks with) heartbeat batches, and the
+// locked row is re-checked, so a heartbeat that committed meanwhile wins.
 func (s *Store) Sweep(ctx context.Context, interval time.Duration, graceUntil time.Time) ([]PhaseChange, error) {
 	const rank = `CASE %s WHEN 'ready' THEN 0 WHEN 'not_ready' THEN 1 ELSE 2 END`
 	want := phaseByAge("$1")
 	q := `
-WITH ch AS (
-    UPDATE nodes n SET phase = ` + want + `
-    FROM nodes o
-    WHERE o.id = n.id AND n.phase <> 'maintenance' AND n.phase <> ` + want + `
+WITH cand AS (
+    SELECT n.id, n.phase AS old FROM nodes n
+    WHERE n.phase <> 'maintenance' AND n.phase <> ` + want + `
       AND (now() >= $2 OR ` + fmt.Sprintf(rank, want) + ` < ` + fmt.Sprintf(rank, "n.phase") + `)
-    RETURNING n.id, n.hostname, o.phase AS old, n.phase AS new,
+    ORDER BY n.id
+    FOR UPDATE SKIP LOCKED
+), ch AS (
+    UPDATE nodes n SET phase = ` + want + `
+    FROM cand WHERE n.id = cand.id
+    RETURNING n.id, n.hostname, cand.old, n.phase AS new,
         round(extract(epoch FROM now() - n.last_heartbeat)::numeric, 1) AS age
 ), ev AS (
     INSERT INTO node_events (node_id, hostname, kind, message)

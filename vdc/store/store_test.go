@@ -1,0 +1,148 @@
+package store_test
+
+import (
+	"context"
+	"errors"
+	"io"
+	"log/slog"
+	"net/netip"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/quantix/quantix"
+	"github.com/quantix/quantix/vdc/store"
+	"github.com/quantix/quantix/vdc/vdctest"
+)
+
+func TestMain(m *testing.M) { vdctest.Main(m) }
+
+func openStore(t *testing.T) *store.Store {
+	t.Helper()
+	if testing.Short() {
+		t.Skip("starts PostgreSQL")
+	}
+	ctx := context.Background()
+	s, err := store.Open(ctx, store.Config{DatabaseURL: vdctest.Shared(t).NewDatabase(t),
+		StaticJoinTokens: []string{"static-token-0123456789"}}, slog.New(slog.NewTextHandler(io.Discard, nil)))
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(s.Close)
+	if _, err := s.Migrate(ctx); err != nil {
+		t.Fatal(err)
+	}
+	return s
+}
+
+func reg(t *testing.T, s *store.Store, hostname, secret string) string {
+	t.Helper()
+	r, err := s.Register(context.Background(), store.Registration{Hostname: hostname, MachineID: "m-" + hostname,
+		NodeSecret: secret, ManagementIP: netip.MustParseAddr("192.0.2.1"), JoinToken: "static-token-0123456789"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	return r.NodeID
+}
+
+func TestOpenRefusesURLWithoutPassword(t *testing.T) {
+	_, err := store.Open(context.Background(), store.Config{DatabaseURL: "postgres://quantix@127.0.0.1:1/quantix"}, slog.Default())
+	if err == nil || !strings.Contains(err.Error(), "no password") {
+		t.Fatalf("Open without a password = %v, want an error saying the URL has no password", err)
+	}
+}
+
+// TestSweepPhases sets heartbeat ages in the database (the clock stays
+// PostgreSQL's) and checks each phase rule, inside and after the start grace.
+func TestSweepPhases(t *testing.T) {
+	s := openStore(t)
+	ctx := context.Background()
+	const iv = 10 * time.Second
+	now, err := s.Now(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	past, future := now.Add(-time.Hour), now.Add(time.Hour)
+	cases := []struct {
+		name  string
+		phase string
+		age   time.Duration
+		grace time.Time
+		want  string
+	}{
+		{"fresh stays ready", "ready", 5 * time.Second, past, "ready"},
+		{"2 intervals is still ready", "ready", 19 * time.Second, past, "ready"},
+		{"past 2 intervals is not_ready", "ready", 21 * time.Second, past, "not_ready"},
+		{"past 3 intervals is disconnected", "ready", 31 * time.Second, past, "disconnected"},
+		{"not_ready to disconnected", "not_ready", 45 * time.Second, past, "disconnected"},
+		{"grace: no demotion", "ready", 45 * time.Second, future, "ready"},
+		{"grace: no demotion from not_ready", "not_ready", 45 * time.Second, future, "not_ready"},
+		{"grace: promotion allowed", "disconnected", time.Second, future, "ready"},
+		{"maintenance is left alone", "maintenance", time.Hour, past, "maintenance"},
+		{"recovering", "disconnected", 25 * time.Second, past, "not_ready"},
+	}
+	for i, tc := range cases {
+		id := reg(t, s, "sweep-"+string(rune('a'+i)), "secret")
+		if _, err := s.Pool().Exec(ctx, `UPDATE nodes SET phase = $2, last_heartbeat = now() - $3::interval WHERE id = $1`,
+			id, tc.phase, tc.age); err != nil {
+			t.Fatal(err)
+		}
+		if _, err := s.Sweep(ctx, iv, tc.grace); err != nil {
+			t.Fatal(err)
+		}
+		n, err := s.GetNode(ctx, id)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if n.Phase != tc.want {
+			t.Errorf("%s: %s with a %s old heartbeat -> %s, want %s", tc.name, tc.phase, tc.age, n.Phase, tc.want)
+		}
+		evs, _ := s.NodeEvents(ctx, id)
+		last := evs[len(evs)-1]
+		changed := tc.phase != tc.want
+		if changed != (last.Kind == "phase") {
+			t.Errorf("%s: last event %+v; a phase change must be recorded, and only then", tc.name, last)
+		}
+	}
+}
+
+// TestHeartbeatBatch: one statement for a batch mixing a node sent twice, a
+// deleted node and a node whose secret changed after authentication.
+func TestHeartbeatBatch(t *testing.T) {
+	s := openStore(t)
+	ctx := context.Background()
+	a := reg(t, s, "batch-a", "sa")
+	b := reg(t, s, "batch-b", "sb")
+	c := reg(t, s, "batch-c", "sc")
+	if err := s.DeleteNode(ctx, b); err != nil {
+		t.Fatal(err)
+	}
+	ip := func(s string) netip.Addr { return netip.MustParseAddr(s) }
+	cpu := 12.5
+	res, err := s.Heartbeats(ctx, []store.Heartbeat{
+		{NodeID: a, SecretHash: store.HashSecret("sa"), ManagementIP: ip("192.0.2.10")},
+		{NodeID: b, SecretHash: store.HashSecret("sb"), ManagementIP: ip("192.0.2.11")},
+		{NodeID: c, SecretHash: store.HashSecret("stale"), ManagementIP: ip("192.0.2.12")},
+		{NodeID: a, SecretHash: store.HashSecret("sa"), ManagementIP: ip("192.0.2.13"), CPUPercent: &cpu,
+			Hypervisor: &quantix.Hypervisor{State: quantix.HypervisorAvailable, Version: "9.0.0"}},
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if res[0].Err != nil || res[3].Err != nil || !res[0].FullSync {
+		t.Errorf("node a results = %+v, %+v; want recorded with full_sync", res[0], res[3])
+	}
+	if !errors.Is(res[1].Err, store.ErrNotFound) {
+		t.Errorf("deleted node result = %+v, want ErrNotFound", res[1])
+	}
+	if !errors.Is(res[2].Err, store.ErrUnauthorized) {
+		t.Errorf("stale secret result = %+v, want ErrUnauthorized", res[2])
+	}
+	n, _ := s.GetNode(ctx, a)
+	if n.ManagementIP != "192.0.2.13" || n.CPUPercent == nil || *n.CPUPercent != 12.5 || n.Hypervisor.Version != "9.0.0" {
+		t.Errorf("node a = %+v, want the last heartbeat of the batch applied", n)
+	}
+	if n, _ := s.GetNode(ctx, c); n.ManagementIP != "192.0.2.1" {
+		t.Errorf("node c changed by a heartbeat with a wrong secret: %+v", n)
+	}
+}
