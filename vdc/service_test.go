@@ -24,12 +24,11 @@ import (
 
 var quiet = slog.New(slog.NewTextHandler(io.Discard, nil))
 
-// runService runs a vDC with cfg until the test ends; it returns its URL.
-func runService(t *testing.T, cfg vdc.Config) (string, func()) {
-	t.Helper()
+// startService runs a vDC with cfg; stop stops it and returns Run's error.
+func startService(cfg vdc.Config) (string, func() error, error) {
 	svc, err := vdc.New(cfg, quiet)
 	if err != nil {
-		t.Fatal(err)
+		return "", nil, err
 	}
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan error, 1)
@@ -38,15 +37,27 @@ func runService(t *testing.T, cfg vdc.Config) (string, func()) {
 	case <-svc.Ready():
 	case err := <-done:
 		cancel()
+		return "", nil, err
+	}
+	stop := func() error {
+		cancel()
+		return <-done
+	}
+	return "http://" + svc.Addr().String(), stop, nil
+}
+
+// runService runs a vDC with cfg; it returns its URL and a stop function.
+func runService(t *testing.T, cfg vdc.Config) (string, func()) {
+	t.Helper()
+	u, stop, err := startService(cfg)
+	if err != nil {
 		t.Fatalf("vdc: %v", err)
 	}
-	stop := func() {
-		cancel()
-		if err := <-done; err != nil {
+	return u, func() {
+		if err := stop(); err != nil {
 			t.Errorf("vdc stopped with %v", err)
 		}
 	}
-	return "http://" + svc.Addr().String(), stop
 }
 
 func withoutPassword(t *testing.T, raw string) string {
@@ -221,24 +232,28 @@ func TestTwoServicesStartTogether(t *testing.T) {
 	dbURL := vdctest.Shared(t).NewDatabase(t)
 	var wg sync.WaitGroup
 	urls := make([]string, 2)
-	stops := make([]func(), 2)
+	stops := make([]func() error, 2)
+	errs := make([]error, 2)
 	for i := range 2 {
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
 			cfg := vdc.DefaultConfig()
 			cfg.Listen, cfg.DatabaseURL, cfg.AdminToken, cfg.Stdout = "127.0.0.1:0", dbURL, "admin-0123456789abcdef", io.Discard
-			urls[i], stops[i] = runService(t, cfg)
+			urls[i], stops[i], errs[i] = startService(cfg)
 		}()
 	}
 	wg.Wait()
 	for i, u := range urls {
-		if u == "" {
-			t.Fatalf("vdc %d did not start", i)
+		if errs[i] != nil {
+			t.Errorf("vdc %d did not start: %v", i, errs[i])
+			continue
 		}
 		if code, b := call(t, http.MethodGet, u+quantix.PathReadyz, "", nil); code != 200 {
 			t.Errorf("vdc %d /readyz: %d %s", i, code, b)
 		}
-		defer stops[i]()
+		if err := stops[i](); err != nil {
+			t.Errorf("vdc %d stopped with %v", i, err)
+		}
 	}
 }
