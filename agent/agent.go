@@ -333,6 +333,9 @@ func (s *Service) heartbeat(ctx context.Context) error {
 		s.st.update(func(st *Status) {
 			st.Heartbeat.record(now, "", err)
 			st.Counts.HeartbeatFailures++
+			if st.State == StateRegistered {
+				st.Error = "heartbeat failed, retrying: " + err.Error()
+			}
 		})
 		return err
 	}

@@ -64,7 +64,7 @@ type runningAgent struct {
 
 // testConfig is a Config for one agent against v, finding its management address
 // in ns, with quick retries.
-func testConfig(t *testing.T, v *vdctest.VDC, ns *netnstest.NS, hostname string) agent.Config {
+func testConfig(t testing.TB, v *vdctest.VDC, ns *netnstest.NS, hostname string) agent.Config {
 	return agent.Config{
 		FileConfig: agent.FileConfig{
 			ControlPlane: v.URL,
@@ -84,14 +84,14 @@ func testConfig(t *testing.T, v *vdctest.VDC, ns *netnstest.NS, hostname string)
 	}
 }
 
-func logger(t *testing.T, name string) *slog.Logger {
+func logger(t testing.TB, name string) *slog.Logger {
 	if testing.Verbose() {
 		return slog.New(slog.NewTextHandler(os.Stderr, nil)).With("agent", name)
 	}
 	return slog.New(slog.NewTextHandler(io.Discard, nil))
 }
 
-func startAgent(t *testing.T, cfg agent.Config) *runningAgent {
+func startAgent(t testing.TB, cfg agent.Config) *runningAgent {
 	t.Helper()
 	out := &syncBuffer{}
 	cfg.Stdout = out
@@ -106,7 +106,7 @@ func startAgent(t *testing.T, cfg agent.Config) *runningAgent {
 	return a
 }
 
-func (a *runningAgent) stop(t *testing.T) {
+func (a *runningAgent) stop(t testing.TB) {
 	t.Helper()
 	if a.cancel == nil {
 		return
@@ -124,7 +124,7 @@ func (a *runningAgent) stop(t *testing.T) {
 }
 
 // waitMarker waits for the agent's n-th ready marker (1-based).
-func (a *runningAgent) waitMarker(t *testing.T, n int) quantix.Marker {
+func (a *runningAgent) waitMarker(t testing.TB, n int) quantix.Marker {
 	t.Helper()
 	var ms []quantix.Marker
 	eventually(t, 20*time.Second, fmt.Sprintf("ready marker #%d", n), func() (bool, string) {
@@ -139,7 +139,7 @@ func (a *runningAgent) waitMarker(t *testing.T, n int) quantix.Marker {
 }
 
 // eventually polls cond every 50 ms until it holds or timeout passes.
-func eventually(t *testing.T, timeout time.Duration, what string, cond func() (bool, string)) {
+func eventually(t testing.TB, timeout time.Duration, what string, cond func() (bool, string)) {
 	t.Helper()
 	deadline := time.Now().Add(timeout)
 	for {
@@ -155,7 +155,7 @@ func eventually(t *testing.T, timeout time.Duration, what string, cond func() (b
 }
 
 // mgmtNS is a namespace with one uplink holding addr (a /24) and the default route.
-func mgmtNS(t *testing.T, cidr, gw string) *netnstest.NS {
+func mgmtNS(t testing.TB, cidr, gw string) *netnstest.NS {
 	ns := netnstest.New(t)
 	l := ns.Veth("uplink0")
 	ns.Addr(l, cidr)
@@ -163,7 +163,7 @@ func mgmtNS(t *testing.T, cidr, gw string) *netnstest.NS {
 	return ns
 }
 
-func nodesByHostname(t *testing.T, v *vdctest.VDC, hostname string) []quantix.Node {
+func nodesByHostname(t testing.TB, v *vdctest.VDC, hostname string) []quantix.Node {
 	var out []quantix.Node
 	for _, n := range v.Nodes(t) {
 		if n.Hostname == hostname {
@@ -173,7 +173,7 @@ func nodesByHostname(t *testing.T, v *vdctest.VDC, hostname string) []quantix.No
 	return out
 }
 
-func oneNode(t *testing.T, v *vdctest.VDC, hostname string) quantix.Node {
+func oneNode(t testing.TB, v *vdctest.VDC, hostname string) quantix.Node {
 	t.Helper()
 	ns := nodesByHostname(t, v, hostname)
 	if len(ns) != 1 {
@@ -182,7 +182,7 @@ func oneNode(t *testing.T, v *vdctest.VDC, hostname string) quantix.Node {
 	return ns[0]
 }
 
-func startVDC(t *testing.T) *vdctest.VDC {
+func startVDC(t testing.TB) *vdctest.VDC {
 	opts := vdctest.Options{HeartbeatInterval: time.Second, JoinTokens: []string{"agent-test-token"}}
 	if !testing.Verbose() {
 		opts.Log = io.Discard
@@ -481,7 +481,7 @@ func TestInventory(t *testing.T) {
 	waitVM("domain test after recovery", "test", func(x *quantix.InventoryVM) bool { return x != nil && !x.Lost && x.PowerState == quantix.PowerRunning })
 }
 
-func freeAddr(t *testing.T) string {
+func freeAddr(t testing.TB) string {
 	t.Helper()
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
@@ -491,7 +491,7 @@ func freeAddr(t *testing.T) string {
 	return ln.Addr().String()
 }
 
-func httpGet(t *testing.T, url string) string {
+func httpGet(t testing.TB, url string) string {
 	t.Helper()
 	resp, err := http.Get(url)
 	if err != nil {
@@ -542,8 +542,8 @@ func TestVDCOutageAndRestart(t *testing.T) {
 		st := a.svc.Status()
 		return st.Counts.HeartbeatFailures >= 2 && !st.Heartbeat.OK && st.Heartbeat.Error != "", fmt.Sprintf("%+v", st.Heartbeat)
 	})
-	if st := a.svc.Status(); st.State != agent.StateRegistered || st.NodeID != id {
-		t.Errorf("during the outage: state %q node %q, want still registered as %s", st.State, st.NodeID, id)
+	if st := a.svc.Status(); st.State != agent.StateRegistered || st.NodeID != id || !strings.Contains(st.Error, "heartbeat failed") {
+		t.Errorf("during the outage: state %q node %q error %q, want still registered as %s and a heartbeat error", st.State, st.NodeID, st.Error, id)
 	}
 	v.Restart(t)
 	eventually(t, 15*time.Second, "full state after the vDC restart", func() (bool, string) {
@@ -553,8 +553,34 @@ func TestVDCOutageAndRestart(t *testing.T) {
 	if ms := a.out.markers(); len(ms) != 1 {
 		t.Errorf("the vDC restart caused re-registration: markers %v", ms)
 	}
+	if st := a.svc.Status(); st.Error != "" {
+		t.Errorf("error after recovery: %q, want none", st.Error)
+	}
 	n := oneNode(t, v, "node-out")
 	if n.ID != id || n.Hypervisor.State != quantix.HypervisorAvailable {
 		t.Errorf("after restart the vDC has %+v", n)
+	}
+}
+
+// TestPeriodicFullSync: the full state goes up periodically as a safety net even
+// when nothing changes.
+func TestPeriodicFullSync(t *testing.T) {
+	if testing.Short() {
+		t.Skip("starts PostgreSQL, a vDC and libvirtd")
+	}
+	v := startVDC(t)
+	lv := libvirtdtest.Start(t)
+	ns := mgmtNS(t, "10.57.0.5/24", "10.57.0.1")
+	cfg := testConfig(t, v, ns, "node-sync")
+	cfg.LibvirtURI = lv.URI()
+	cfg.FullSyncEvery = 300 * time.Millisecond
+	a := startAgent(t, cfg)
+	a.waitMarker(t, 1)
+	eventually(t, 10*time.Second, "periodic full state uploads", func() (bool, string) {
+		st := a.svc.Status()
+		return st.Counts.StatePuts >= 4 && st.StateSync.OK, fmt.Sprintf("%+v", st.Counts)
+	})
+	if st := a.svc.Status(); st.Counts.EventsSent != 0 {
+		t.Errorf("events sent %d with no change on the host, want 0", st.Counts.EventsSent)
 	}
 }
