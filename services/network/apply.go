@@ -27,8 +27,10 @@ type ApplyResult struct {
 	// check passed, or confirmed).
 	Committed bool `json:"committed"`
 	// RolledBack is true when the last good settings were restored instead.
-	RolledBack bool   `json:"rolled_back"`
-	Status     Status `json:"status"`
+	RolledBack bool `json:"rolled_back"`
+	// SavedTo is the persistent file written when committed.
+	SavedTo string `json:"saved_to,omitempty"`
+	Status  Status `json:"status"`
 }
 
 type checkJob struct {
@@ -185,7 +187,7 @@ func (s *Service) answer(p *pending, rollbackErr error) {
 		res.Applied, res.RolledBack, res.Deadline = false, true, time.Time{}
 		resp.OK, resp.Error = false, "rolled back to the last good configuration: "+rollbackErr.Error()
 	case s.pending != p:
-		res.Committed, res.Deadline = true, time.Time{}
+		res.Committed, res.Deadline, res.SavedTo = true, time.Time{}, s.cfg.PersistentPath
 	}
 	res.Status = s.Status()
 	p.reply <- resp

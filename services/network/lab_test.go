@@ -37,7 +37,7 @@ const (
 var labSeq atomic.Int32
 
 type lab struct {
-	t          *testing.T
+	t          testing.TB
 	client     string // namespace names
 	far        string
 	clientPath string
@@ -73,7 +73,7 @@ func newLab(t testing.TB) *lab {
 	t.Helper()
 	requireRoot(t)
 	base := fmt.Sprintf("qxnet%d-%d", os.Getpid(), labSeq.Add(1))
-	l := &lab{t: t.(*testing.T), client: base + "c", far: base + "f", dir: t.TempDir()}
+	l := &lab{t: t, client: base + "c", far: base + "f", dir: t.TempDir()}
 	ipCmd(t, "netns", "add", l.client)
 	t.Cleanup(func() { exec.Command("ip", "netns", "del", l.client).Run() })
 	ipCmd(t, "netns", "add", l.far)

@@ -357,6 +357,9 @@ func (s *Service) activate(ctx context.Context, p plan) error {
 	s.update(func(st *Status) {
 		st.Mode, st.ConfigOrigin, st.ConfigSource = p.mode, string(s.origin), p.source
 		st.DHCP = nil
+		// A new configuration starts with a clean slate: errors of the previous one
+		// are in the log.
+		st.LastError, st.LastErrorAt = "", time.Time{}
 	})
 	l, err := s.env.findLink(p.iface, s.cfg.SysfsRoot)
 	if err != nil {
@@ -645,7 +648,7 @@ func (s *Service) Status() Status {
 	s.mu.Lock()
 	st := s.st
 	env := s.env
-	s.mu.Unlock()
+	// The controller changes the pointed-to parts in place: copy them under the lock.
 	st.DNS = append([]string(nil), st.DNS...)
 	if st.DHCP != nil {
 		d := *st.DHCP
@@ -659,6 +662,7 @@ func (s *Service) Status() Status {
 		r := *st.LastRollback
 		st.LastRollback = &r
 	}
+	s.mu.Unlock()
 	st.KernelAddresses, st.DefaultRoutes = []string{}, []string{}
 	if env == nil {
 		s.mu.Lock()

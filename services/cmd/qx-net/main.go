@@ -185,7 +185,7 @@ func apply(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 		printStatus(stdout, res.Status)
 		switch {
 		case res.Committed:
-			fmt.Fprintln(stdout, "committed: saved to", cfg.PersistentPath)
+			fmt.Fprintln(stdout, "committed: saved to", res.SavedTo)
 		case !res.GatewayReachable:
 			fmt.Fprintf(stdout, "WARNING: %s\nrolls back at %s unless `qx-net confirm`\n", res.CheckError, res.Deadline.Format(time.RFC3339))
 			return fmt.Errorf("applied, but the check failed: %s", res.CheckError)
