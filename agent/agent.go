@@ -42,6 +42,7 @@ type Service struct {
 	nodeID   string
 	interval time.Duration
 	reported *hypervisor.Snapshot // the inventory the vDC has; nil = send it whole
+	sentHV   string               // the hypervisor state the vDC last heard
 	lastMgmt Management
 }
 
@@ -191,6 +192,13 @@ func (s *Service) Run(ctx context.Context) error {
 			heartbeat.Reset(s.interval)
 		case <-s.mon.Changes():
 			s.sync(ctx, false)
+			// libvirt going away or coming back is news for the vDC now, not at
+			// the next heartbeat.
+			if s.nodeID != "" && s.mon.Status().State != s.sentHV {
+				if err := s.heartbeat(ctx); err == nil {
+					heartbeat.Reset(s.interval)
+				}
+			}
 		case <-fullSync.C:
 			s.sync(ctx, true)
 		}
@@ -285,6 +293,7 @@ func (s *Service) tryRegister(ctx context.Context) error {
 		return s.explainRegisterError(err)
 	}
 	s.nodeID = resp.NodeID
+	s.sentHV = hv.State
 	s.interval = time.Duration(resp.HeartbeatIntervalSeconds) * time.Second
 	if s.interval <= 0 {
 		s.interval = quantix.DefaultHeartbeatInterval
@@ -371,6 +380,7 @@ func (s *Service) heartbeat(ctx context.Context) error {
 		}
 		return fail(err)
 	}
+	s.sentHV = hv.State
 	if resp.HeartbeatIntervalSeconds > 0 {
 		s.interval = time.Duration(resp.HeartbeatIntervalSeconds) * time.Second
 	}

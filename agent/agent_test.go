@@ -584,3 +584,39 @@ func TestPeriodicFullSync(t *testing.T) {
 		t.Errorf("events sent %d with no change on the host, want 0", st.Counts.EventsSent)
 	}
 }
+
+// TestHypervisorChangeIsPrompt: with a long heartbeat interval, libvirtd stopping
+// and returning still reaches the vDC within seconds (an extra heartbeat).
+func TestHypervisorChangeIsPrompt(t *testing.T) {
+	if testing.Short() {
+		t.Skip("starts PostgreSQL, a vDC and libvirtd")
+	}
+	opts := vdctest.Options{HeartbeatInterval: time.Minute}
+	if !testing.Verbose() {
+		opts.Log = io.Discard
+	}
+	v := vdctest.Start(t, opts)
+	lv := libvirtdtest.Start(t)
+	ns := mgmtNS(t, "10.58.0.5/24", "10.58.0.1")
+	cfg := testConfig(t, v, ns, "node-prompt")
+	cfg.LibvirtURI = lv.URI()
+	a := startAgent(t, cfg)
+	a.waitMarker(t, 1)
+	if n := oneNode(t, v, "node-prompt"); n.Hypervisor.State != quantix.HypervisorAvailable {
+		t.Fatalf("vDC hypervisor %+v, want available", n.Hypervisor)
+	}
+	if err := lv.Stop(); err != nil {
+		t.Fatal(err)
+	}
+	eventually(t, 5*time.Second, "unavailable in the vDC well before the next 60 s heartbeat", func() (bool, string) {
+		n := oneNode(t, v, "node-prompt")
+		return n.Hypervisor.State == quantix.HypervisorUnavailable, fmt.Sprintf("%+v", n.Hypervisor)
+	})
+	if err := lv.StartDaemon(); err != nil {
+		t.Fatal(err)
+	}
+	eventually(t, 5*time.Second, "available again in the vDC", func() (bool, string) {
+		n := oneNode(t, v, "node-prompt")
+		return n.Hypervisor.State == quantix.HypervisorAvailable, fmt.Sprintf("%+v", n.Hypervisor)
+	})
+}
