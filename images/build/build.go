@@ -32,6 +32,7 @@ import (
 
 	"github.com/u-root/mkuimage/cpio"
 
+	"github.com/quantix/quantix/images/kmod"
 	"github.com/quantix/quantix/images/spec"
 	initd "github.com/quantix/quantix/services/init"
 )
@@ -245,6 +246,16 @@ func (b *Builder) Build(ctx context.Context) (*Result, error) {
 			return err
 		}
 		t.file(path.Join(base, "modules.builtin"), builtin, 0o644)
+		af, err := os.Open(filepath.Join(k.ModDir, "modules.alias"))
+		if err != nil {
+			return err
+		}
+		aliases, err := kmod.ParseAliases(af)
+		af.Close()
+		if err != nil {
+			return err
+		}
+		t.file(path.Join(base, "modules.alias"), aliases.Subset(modFiles), 0o644)
 		return nil
 	}); err != nil {
 		return nil, err
@@ -265,6 +276,8 @@ func (b *Builder) Build(ctx context.Context) (*Result, error) {
 			return err
 		}
 		t.file(strings.TrimPrefix(initd.ConfigPath, "/"), data, 0o644)
+		// The kernel asks /sbin/modprobe for modules (crypto-crc32c, fs-vfat).
+		t.add(cpio.Symlink("sbin/modprobe", "/bbin/"+img.Initramfs.Uinit))
 		for name, target := range img.Initramfs.Symlinks {
 			t.add(cpio.Symlink(name, target))
 		}

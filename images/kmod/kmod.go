@@ -143,3 +143,92 @@ func ParseBuiltin(r io.Reader) (map[string]bool, error) {
 	}
 	return set, nil
 }
+
+// Alias is one line of modules.alias: a modalias glob and the module it loads.
+type Alias struct {
+	Pattern string
+	Module  string // kernel name (Name)
+}
+
+// Aliases is a parsed modules.alias.
+type Aliases []Alias
+
+// ParseAliases reads modules.alias ("alias <pattern> <module>" lines).
+func ParseAliases(r io.Reader) (Aliases, error) {
+	var out Aliases
+	sc := bufio.NewScanner(r)
+	sc.Buffer(make([]byte, 64*1024), 1024*1024)
+	for n := 1; sc.Scan(); n++ {
+		f := strings.Fields(sc.Text())
+		if len(f) == 0 || strings.HasPrefix(f[0], "#") {
+			continue
+		}
+		if len(f) != 3 || f[0] != "alias" {
+			return nil, fmt.Errorf("modules.alias:%d: want \"alias PATTERN MODULE\", got %q", n, sc.Text())
+		}
+		out = append(out, Alias{Pattern: f[1], Module: Name(f[2])})
+	}
+	if err := sc.Err(); err != nil {
+		return nil, fmt.Errorf("read modules.alias: %w", err)
+	}
+	return out, nil
+}
+
+// Match returns the modules whose patterns match modalias (a device's modalias, or a
+// name the kernel asks modprobe for, such as crypto-crc32c or fs-vfat), each once,
+// in file order.
+func (a Aliases) Match(modalias string) []string {
+	var out []string
+	seen := map[string]bool{}
+	for _, al := range a {
+		if seen[al.Module] {
+			continue
+		}
+		if ok, err := path.Match(al.Pattern, modalias); err == nil && ok {
+			seen[al.Module] = true
+			out = append(out, al.Module)
+		}
+	}
+	return out
+}
+
+// deviceBuses are the modalias prefixes of devices (as opposed to names such as
+// fs-ext4, crypto-crc32c, char-major-10-237 or devname:loop-control).
+var deviceBuses = []string{"pci:", "usb:", "virtio:", "acpi:", "acpi*:", "scsi:", "of:", "platform:", "pnp:", "hid:", "input:", "serio:", "cpu:", "dmi:", "mdio:", "i2c:", "spi:"}
+
+// DeviceDrivers returns the names (of those given) that bind to devices: modules
+// with at least one device alias. The rest are loaded on demand or unconditionally.
+func (a Aliases) DeviceDrivers(names []string) map[string]bool {
+	want := map[string]bool{}
+	for _, n := range names {
+		want[Name(n)] = true
+	}
+	out := map[string]bool{}
+	for _, al := range a {
+		if !want[al.Module] {
+			continue
+		}
+		for _, p := range deviceBuses {
+			if strings.HasPrefix(al.Pattern, p) {
+				out[al.Module] = true
+				break
+			}
+		}
+	}
+	return out
+}
+
+// Subset writes the modules.alias lines of the given module files.
+func (a Aliases) Subset(files []string) []byte {
+	keep := map[string]bool{}
+	for _, f := range files {
+		keep[Name(f)] = true
+	}
+	var b strings.Builder
+	for _, al := range a {
+		if keep[al.Module] {
+			fmt.Fprintf(&b, "alias %s %s\n", al.Pattern, al.Module)
+		}
+	}
+	return []byte(b.String())
+}

@@ -98,3 +98,55 @@ func TestSubsetRoundTrip(t *testing.T) {
 		t.Errorf("closure over Subset differs (-want +got):\n%s", diff)
 	}
 }
+
+const aliases = `# Aliases extracted from modules themselves.
+alias pci:v00001AF4d*sv*sd*bc*sc*i* virtio_pci
+alias virtio:d00000002v* virtio_blk
+alias virtio:d00000001v* virtio_net
+alias scsi:t-0x05* sr_mod
+alias scsi:t-0x00* sd_mod
+alias fs-ext4 ext4
+alias crypto-crc32c crc32c_generic
+alias crypto-crc32c crc32c_intel
+alias devname:loop-control loop
+alias pci:v*d*sv*sd*bc0Csc03i30* xhci_pci
+alias fs-iso9660 isofs
+`
+
+func TestAliases(t *testing.T) {
+	a, err := ParseAliases(strings.NewReader(aliases))
+	if err != nil {
+		t.Fatal(err)
+	}
+	tests := []struct {
+		modalias string
+		want     []string
+	}{
+		{"pci:v00001AF4d00001001sv00001AF4sd00000002bc01sc00i00", []string{"virtio_pci"}},
+		{"virtio:d00000002v00001AF4", []string{"virtio_blk"}},
+		{"scsi:t-0x05", []string{"sr_mod"}},
+		{"crypto-crc32c", []string{"crc32c_generic", "crc32c_intel"}},
+		{"fs-ext4", []string{"ext4"}},
+		{"pci:v00008086d00007010sv00000000sd00000000bc01sc01i80", nil},
+	}
+	for _, tt := range tests {
+		if diff := cmp.Diff(tt.want, a.Match(tt.modalias)); diff != "" {
+			t.Errorf("Match(%q) (-want +got):\n%s", tt.modalias, diff)
+		}
+	}
+	got := a.DeviceDrivers([]string{"virtio-pci", "virtio_blk", "sr_mod", "ext4", "loop", "crc32c_generic"})
+	want := map[string]bool{"virtio_pci": true, "virtio_blk": true, "sr_mod": true}
+	if diff := cmp.Diff(want, got); diff != "" {
+		t.Errorf("DeviceDrivers (-want +got):\n%s", diff)
+	}
+	sub, err := ParseAliases(strings.NewReader(string(a.Subset([]string{"kernel/fs/ext4/ext4.ko", "kernel/drivers/scsi/sr_mod.ko"}))))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(sub) != 2 || sub[0].Module != "sr_mod" || sub[1].Module != "ext4" {
+		t.Errorf("Subset = %v, want the sr_mod and ext4 lines", sub)
+	}
+	if _, err := ParseAliases(strings.NewReader("alias x\n")); err == nil {
+		t.Error("ParseAliases(bad line) = nil error")
+	}
+}

@@ -10,7 +10,6 @@ import (
 	"net"
 	"os"
 	"os/signal"
-	"path/filepath"
 	"strings"
 	"syscall"
 	"time"
@@ -40,6 +39,7 @@ type Init struct {
 	console io.Writer
 	// Paths, overridable so parts can be tested outside a VM.
 	sysBlock, devDir string
+	mods             *Modules
 	// DeviceWait bounds the wait for block devices (the boot medium, QUANTIX-CFG/DATA).
 	DeviceWait time.Duration
 }
@@ -61,6 +61,7 @@ func (in *Init) say(line string) { fmt.Fprintln(in.console, line) }
 // Errors that leave the machine unusable are returned; the caller reboots.
 func (in *Init) Run(ctx context.Context) (Action, error) {
 	in.say(quantix.BootMarker(in.cfg.Image, in.cfg.Version))
+	in.log.Info("init companion started", "uptime", Uptime().Round(time.Millisecond))
 	// The kernel must never pick init's companion to kill on memory pressure:
 	// if qx-init died, u-root's init would go on to start a shell.
 	_ = os.WriteFile("/proc/self/oom_score_adj", []byte("-1000"), 0)
@@ -68,8 +69,20 @@ func (in *Init) Run(ctx context.Context) (Action, error) {
 	if err := in.mountBase(); err != nil {
 		return "", err
 	}
-	in.loadModules()
+	t0 := time.Now()
+	mods, err := OpenModules(in.cfg.KernelRelease, in.log)
+	if err != nil {
+		in.log.Error("no kernel modules", "err", err)
+	} else {
+		in.mods = mods
+		for i := 0; i < 5 && mods.Coldplug(in.cfg.Modules) > 0; i++ {
+		}
+		in.log.Info("drivers loaded", "took", time.Since(t0).Round(time.Millisecond))
+	}
 	in.mountByLabel()
+	if in.mods != nil {
+		in.log.Info("devices ready", "took", time.Since(t0).Round(time.Millisecond), "slow_modules", strings.Join(in.mods.Slow, ","))
+	}
 	in.setHostname()
 
 	actions := make(chan Action, 1)
@@ -98,6 +111,7 @@ func (in *Init) Run(ctx context.Context) (Action, error) {
 		select {
 		case <-sup.AllReady():
 			in.say(quantix.BootCompleteMarker(Uptime().Seconds()))
+			in.loadRest()
 		case <-supCtx.Done():
 		}
 	}()
@@ -187,109 +201,29 @@ func isMountPoint(dir string) bool {
 	return false
 }
 
-// loadModules loads the image's modules and their dependencies from modules.dep,
-// in dependency order, with finit_module(2). A module that fails is logged, not
-// fatal: the hardware it drives may simply be absent.
-func (in *Init) loadModules() {
-	if len(in.cfg.Modules) == 0 {
-		return
-	}
-	t0 := time.Now()
-	release := in.cfg.KernelRelease
-	if release == "" {
-		var u unix.Utsname
-		_ = unix.Uname(&u)
-		release = unix.ByteSliceToString(u.Release[:])
-	}
-	dir := filepath.Join("/lib/modules", release)
-	f, err := os.Open(filepath.Join(dir, "modules.dep"))
-	if err != nil {
-		in.log.Error("cannot load kernel modules", "err", err)
-		return
-	}
-	deps, err := kmod.Parse(f)
-	f.Close()
-	if err != nil {
-		in.log.Error("cannot load kernel modules", "err", err)
-		return
-	}
-	files, err := deps.Closure(in.cfg.Modules, builtinModules(dir))
-	if err != nil {
-		in.log.Error("kernel modules missing from the image", "err", err)
-	}
-	loaded := 0
-	for _, file := range files {
-		if err := loadModule(filepath.Join(dir, file)); err != nil {
-			in.log.Warn("kernel module not loaded", "module", kmod.Name(file), "err", err)
-			continue
-		}
-		loaded++
-	}
-	in.log.Info("kernel modules loaded", "count", loaded, "of", len(files), "took", time.Since(t0).Round(time.Millisecond))
-}
-
-func builtinModules(dir string) map[string]bool {
-	f, err := os.Open(filepath.Join(dir, "modules.builtin"))
-	if err != nil {
-		return nil
-	}
-	defer f.Close()
-	set, _ := kmod.ParseBuiltin(f)
-	return set
-}
-
-func loadModule(path string) error {
-	if _, err := os.Stat(filepath.Join("/sys/module", kmod.Name(path))); err == nil {
-		return nil
-	}
-	f, err := os.Open(path)
-	if err != nil {
-		return err
-	}
-	defer f.Close()
-	if err := unix.FinitModule(int(f.Fd()), "", 0); err != nil && !errors.Is(err, unix.EEXIST) {
-		return fmt.Errorf("finit_module %s: %w", path, err)
-	}
-	return nil
-}
-
-// waitFilesystems scans block devices until QUANTIX-CFG and QUANTIX-DATA are both
-// there, or the boot medium is there and no new device appeared for a moment, or
-// DeviceWait has passed.
+// waitFilesystems scans the block devices once the drivers have settled. The boot
+// line sets scsi_mod.scan=sync, so SATA/IDE/virtio disks and CDs exist as soon as
+// their driver's module init returns; only NVMe and USB disks appear later, and
+// while such a driver is loaded the scan repeats until QUANTIX-CFG and QUANTIX-DATA
+// are both there or DeviceWait has passed.
 func (in *Init) waitFilesystems() []Filesystem {
 	deadline := time.Now().Add(in.DeviceWait)
-	var fss []Filesystem
-	lastCount, stableSince := -1, time.Now()
 	for {
-		fss, _ = ScanFilesystems(in.sysBlock, in.devDir)
-		n := countBlock(in.sysBlock)
-		if n != lastCount {
-			lastCount, stableSince = n, time.Now()
+		if in.mods != nil {
+			in.mods.Coldplug(in.cfg.Modules)
 		}
-		has := func(l string) bool {
-			for _, f := range fss {
-				if f.Label == l {
-					return true
-				}
+		fss, _ := ScanFilesystems(in.sysBlock, in.devDir)
+		found := 0
+		for _, f := range fss {
+			if f.Label == quantix.LabelConfig || f.Label == quantix.LabelData {
+				found++
 			}
-			return false
 		}
-		if has(quantix.LabelConfig) && has(quantix.LabelData) {
+		if found >= 2 || in.mods == nil || !in.mods.AsyncStorage() || time.Now().After(deadline) {
 			return fss
 		}
-		if (has(in.cfg.VolumeLabel) || has(quantix.LabelEFI)) && time.Since(stableSince) >= 300*time.Millisecond {
-			return fss
-		}
-		if time.Now().After(deadline) {
-			return fss
-		}
-		time.Sleep(50 * time.Millisecond)
+		time.Sleep(100 * time.Millisecond)
 	}
-}
-
-func countBlock(sysBlock string) int {
-	e, _ := os.ReadDir(sysBlock)
-	return len(e)
 }
 
 func (in *Init) mountByLabel() {
@@ -312,6 +246,18 @@ func (in *Init) mountByLabel() {
 		if collided {
 			in.say(quantix.WarningMarker("init", fmt.Sprintf("several filesystems are labelled %s; using %s", m.label, fs.Device)))
 		}
+		if in.mods != nil {
+			var err error
+			switch fs.Type {
+			case "ext4":
+				err = in.mods.Load("ext4", "crc32c_generic")
+			case "vfat":
+				err = in.mods.Load("vfat", "nls_cp437", "nls_iso8859-1")
+			}
+			if err != nil {
+				in.log.Warn("filesystem module", "type", fs.Type, "err", err)
+			}
+		}
 		if err := unix.Mount(fs.Device, m.dir, fs.Type, unix.MS_NOATIME|unix.MS_NODEV, ""); err != nil {
 			in.say(quantix.WarningMarker("init", fmt.Sprintf("mount %s (%s) on %s failed: %v; using RAM", fs.Device, m.label, m.dir, err)))
 			continue
@@ -319,6 +265,25 @@ func (in *Init) mountByLabel() {
 		in.log.Info("mounted", "label", m.label, "device", fs.Device, "dir", m.dir, "type", fs.Type)
 	}
 	in.log.Info("filesystems scanned", "took", time.Since(t0).Round(time.Millisecond))
+}
+
+// loadRest loads the image's listed modules that are not device drivers (drivers
+// load when their device is there): isofs, loop, overlay and the like. It runs
+// after boot-complete, off the boot's critical path.
+func (in *Init) loadRest() {
+	if in.mods == nil {
+		return
+	}
+	drivers := in.mods.aliases.DeviceDrivers(in.cfg.Modules)
+	var rest []string
+	for _, n := range in.cfg.Modules {
+		if !drivers[kmod.Name(n)] {
+			rest = append(rest, n)
+		}
+	}
+	if err := in.mods.Load(rest...); err != nil {
+		in.log.Warn("kernel modules not loaded", "err", err)
+	}
 }
 
 func (in *Init) setHostname() {

@@ -15,6 +15,8 @@ import (
 	"io"
 	"log/slog"
 	"os"
+	"path/filepath"
+	"strings"
 	"time"
 
 	"golang.org/x/sys/unix"
@@ -24,6 +26,9 @@ import (
 )
 
 func main() {
+	if filepath.Base(os.Args[0]) == "modprobe" {
+		os.Exit(modprobe(os.Args[1:]))
+	}
 	if len(os.Args) > 1 {
 		if err := run(context.Background(), os.Args[1:], os.Stdout, os.Stderr); err != nil {
 			fmt.Fprintln(os.Stderr, "qx-init:", err)
@@ -85,4 +90,39 @@ func runInit(console, logw io.Writer) {
 		}
 		time.Sleep(5 * time.Second)
 	}
+}
+
+// modprobe serves the kernel's module requests (/sbin/modprobe -q -- NAME, e.g.
+// crypto-crc32c or fs-vfat): the initramfs links /sbin/modprobe to qx-init.
+func modprobe(args []string) int {
+	var names []string
+	for i, a := range args {
+		if a == "--" {
+			names = append(names, args[i+1:]...)
+			break
+		}
+		if !strings.HasPrefix(a, "-") {
+			names = append(names, a)
+		}
+	}
+	if len(names) == 0 {
+		fmt.Fprintln(os.Stderr, "modprobe: no module named")
+		return 1
+	}
+	log := slog.New(slog.NewTextHandler(io.Discard, nil))
+	cfg, _ := initd.LoadConfig(initd.ConfigPath)
+	release := ""
+	if cfg != nil {
+		release = cfg.KernelRelease
+	}
+	m, err := initd.OpenModules(release, log)
+	if err != nil {
+		fmt.Fprintln(os.Stderr, "modprobe:", err)
+		return 1
+	}
+	if err := m.Load(names...); err != nil {
+		fmt.Fprintln(os.Stderr, "modprobe:", err)
+		return 1
+	}
+	return 0
 }
