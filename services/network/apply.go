@@ -242,7 +242,7 @@ func (s *Service) rollback(ctx context.Context, reason string) {
 		st.Pending = nil
 		st.LastRollback = &RollbackStatus{At: time.Now(), Reason: reason, To: p.prev.describe()}
 	})
-	job := &checkJob{rollback: true}
+	job := &checkJob{rollback: true, probeURL: s.cfg.ProbeURL}
 	s.awaiting = job
 	if err := s.activate(ctx, p.prev); err != nil {
 		s.awaiting = nil

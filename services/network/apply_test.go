@@ -2,6 +2,8 @@ package network
 
 import (
 	"context"
+	"net"
+	"net/http"
 	"os"
 	"slices"
 	"strings"
@@ -239,4 +241,42 @@ func TestStartWithBadPersistentFile(t *testing.T) {
 	if _, err := os.Stat(cfg.SessionPath); !os.IsNotExist(err) {
 		t.Errorf("session copy made of an invalid file: %v", err)
 	}
+}
+
+// TestApplyProbeURL: besides the gateway, a probe URL (the vDC on nodes) must
+// answer, reached from inside the managed namespace.
+func TestApplyProbeURL(t *testing.T) {
+	l := newLab(t)
+	var ln net.Listener
+	if err := l.inFar(func() (err error) {
+		ln, err = net.Listen("tcp4", labGateway+":8080")
+		return err
+	}); err != nil {
+		t.Fatal(err)
+	}
+	hits := make(chan string, 10)
+	srv := &http.Server{Handler: http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		hits <- r.URL.Path
+		w.WriteHeader(http.StatusNoContent)
+	})}
+	go srv.Serve(ln)
+	t.Cleanup(func() { srv.Close() })
+
+	r, _, c := serveLab(t, l, staticToml)
+	r.waitMarker(t, SourceStatic, 5*time.Second)
+	moved := strings.Replace(staticToml, "10.77.0.5/24", "10.77.0.6/24", 1)
+	res, err := c.Apply(ctxT(t, 10*time.Second), "probe.toml", []byte(moved), 0, "http://"+labGateway+":8080/healthz")
+	if err != nil || !res.Committed {
+		t.Fatalf("Apply with a live probe URL = %+v, %v", res, err)
+	}
+	if got := <-hits; got != "/healthz" {
+		t.Errorf("probe hit %q", got)
+	}
+	res, err = c.Apply(ctxT(t, 10*time.Second), "probe.toml", []byte(staticToml), 0, "http://"+labGateway+":8081/")
+	if err == nil || !res.RolledBack || !strings.Contains(err.Error(), "probe http://10.77.0.1:8081/") {
+		t.Fatalf("Apply with a dead probe URL = %+v, %v; want rolled back naming the probe", res, err)
+	}
+	waitStatus(t, r.s, 5*time.Second, "rollback verified", func(st Status) bool {
+		return st.LastRollback != nil && st.LastRollback.Done && st.LastRollback.Verified && st.Address == "10.77.0.6/24"
+	})
 }

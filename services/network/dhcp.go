@@ -257,10 +257,15 @@ func (c *dhcpClient) acquire(ctx context.Context) *lease {
 		if errors.As(err, &nak) {
 			// The server refused the address we asked for: start over without it.
 			c.log.Info("dhcp request refused", "iface", c.ifi.Name, "requested", c.requested, "msg", nak.Nak.Message())
-			c.requested = nil
-			continue
+			if c.requested != nil {
+				// Our old address is not welcome here: ask at once for any
+				// (only once; further NAKs wait their turn).
+				c.requested = nil
+				continue
+			}
+		} else {
+			c.log.Debug("dhcp no lease yet", "iface", c.ifi.Name, "err", err)
 		}
-		c.log.Debug("dhcp no lease yet", "iface", c.ifi.Name, "err", err)
 		// A failure that came back early (link down, socket error) still waits
 		// out its turn: never a busy loop.
 		if !c.sleep(ctx, wait-time.Since(start)) {

@@ -231,6 +231,7 @@ type dhcpServer struct {
 	serverIP net.IP
 	mu       sync.Mutex
 	on       bool
+	nakAll   bool // refuse every REQUEST
 	delay    time.Duration
 	lease    time.Duration
 	t1, t2   time.Duration
@@ -275,12 +276,12 @@ func (d *dhcpServer) handle(conn net.PacketConn, peer net.Addr, m *dhcpv4.DHCPv4
 	}
 	d.mu.Lock()
 	mac := m.ClientHWAddr.String()
-	d.log = append(d.log, fmt.Sprintf("%s from %s ciaddr=%s", m.MessageType(), peer.(*net.UDPAddr).IP, m.ClientIPAddr))
+	d.log = append(d.log, fmt.Sprintf("%s from %s ciaddr=%s req=%v", m.MessageType(), peer.(*net.UDPAddr).IP, m.ClientIPAddr, m.RequestedIPAddress()))
 	select {
 	case d.changed <- struct{}{}:
 	default:
 	}
-	on, delay, lease, t1, t2 := d.on, d.delay, d.lease, d.t1, d.t2
+	on, nakAll, delay, lease, t1, t2 := d.on, d.nakAll, d.delay, d.lease, d.t1, d.t2
 	ip := d.leases[mac]
 	if ip == nil {
 		if req := m.RequestedIPAddress(); req != nil && req.To4() != nil && net.IP(req).Mask(net.CIDRMask(24, 32)).Equal(net.IPv4(10, 77, 0, 0)) && req.To4()[3] >= 100 {
@@ -308,7 +309,7 @@ func (d *dhcpServer) handle(conn net.PacketConn, peer net.Addr, m *dhcpv4.DHCPv4
 			want = m.ClientIPAddr
 		}
 		typ = dhcpv4.MessageTypeAck
-		if !want.Equal(ip) {
+		if !want.Equal(ip) || nakAll {
 			typ = dhcpv4.MessageTypeNak
 		}
 	default:

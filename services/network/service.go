@@ -494,8 +494,10 @@ func (s *Service) onDHCP(ctx context.Context, ev dhcpEvent) {
 		l := ev.lease
 		t := l.target(s.cur.dns)
 		var err error
-		if ev.kind == dhcpRenewed && s.lease != nil && s.programmed.source == SourceDHCP &&
+		if s.lease != nil && s.programmed.source == SourceDHCP &&
 			s.programmed.addr.String() == t.addr.String() && s.programmed.gw.Equal(t.gw) {
+			// The same address again (renewal, or re-discovery after a carrier
+			// blip): extend it in place, connections stay up.
 			err = s.env.refresh(s.link, t)
 			if err == nil {
 				s.programmed = t

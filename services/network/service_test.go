@@ -195,12 +195,51 @@ func TestDHCPLeaseExpires(t *testing.T) {
 	if !renew || !rebind {
 		t.Errorf("server saw renew=%v rebind=%v, want both; log %q", renew, rebind, srv.requests())
 	}
-	// Back in INIT: a server that answers again gives the same address back.
+	// Back in INIT: the client asks for its previous address in DISCOVER, and a
+	// server that answers again gives it back.
 	srv.set(func(d *dhcpServer) { d.on = true })
 	m := r.waitMarker(t, SourceDHCP, 5*time.Second)
 	if m.Get("addr") != bound.Address {
 		t.Errorf("re-discovered %s, want the previous %s", m.Get("addr"), bound.Address)
 	}
+	if !slices.ContainsFunc(srv.requests(), func(s string) bool {
+		return strings.HasPrefix(s, "DISCOVER") && strings.HasSuffix(s, "req="+ip)
+	}) {
+		t.Errorf("no DISCOVER asked for the previous address %s; log %q", ip, srv.requests())
+	}
+
+	// A restarted service asks for the address it had (from its state file).
+	r.cancel()
+	<-r.done
+	r.done <- nil
+	srv.set(func(d *dhcpServer) { d.log = nil; d.leases = map[string]net.IP{}; d.next = 150 })
+	r = l.run(cfg)
+	m = r.waitMarker(t, SourceDHCP, 5*time.Second)
+	if m.Get("addr") != bound.Address {
+		t.Errorf("after restart got %s, want the previous %s (requested from the state file)", m.Get("addr"), bound.Address)
+	}
+}
+
+// TestDHCPNak: a server that refuses the renewal (NAK) takes the address away at
+// once, not at expiry; the client starts over.
+func TestDHCPNak(t *testing.T) {
+	l := newLab(t)
+	srv := l.startDHCP(20 * time.Second)
+	srv.set(func(d *dhcpServer) { d.t1, d.t2 = time.Second, 2*time.Second })
+	cfg := l.config()
+	cfg.Settings = mustParse(t, "dhcp.toml", dhcpToml)
+	r := l.run(cfg)
+	r.waitMarker(t, SourceDHCP, 5*time.Second)
+	srv.set(func(d *dhcpServer) { d.nakAll = true })
+	st := waitStatus(t, r.s, 4*time.Second, "address dropped on NAK", func(st Status) bool { return st.Source == SourceNone })
+	if !strings.Contains(st.LastError, "NAK") {
+		t.Errorf("last error = %q, want the NAK named", st.LastError)
+	}
+	if got := l.addrs("eth0"); len(got) != 0 {
+		t.Errorf("eth0 after NAK = %q, want no address", got)
+	}
+	srv.set(func(d *dhcpServer) { d.nakAll = false })
+	r.waitMarker(t, SourceDHCP, 5*time.Second)
 }
 
 // TestFallbackStaticThenLease: no server -> the [static] fallback within the
