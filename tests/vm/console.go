@@ -56,12 +56,12 @@ func (e *ConsoleError) Unwrap() []error {
 
 // checkLine reports whether a console line ends every wait at once: a kernel panic
 // or a `QUANTIX: fatal` marker. It returns nil for every other line.
-func checkLine(line string) (reason error, marker *quantix.MarkerError) {
+func checkLine(line string) (marker *quantix.MarkerError, reason error) {
 	if strings.Contains(line, KernelPanicText) {
-		return ErrKernelPanic, nil
+		return nil, ErrKernelPanic
 	}
 	if m, ok := quantix.ParseMarker(line); ok && m.Kind == quantix.MarkerFatal {
-		return ErrFatalMarker, &quantix.MarkerError{Marker: m}
+		return &quantix.MarkerError{Marker: m}, ErrFatalMarker
 	}
 	return nil, nil
 }

@@ -29,7 +29,7 @@ func TestCheckLine(t *testing.T) {
 		{"QUANTIX: fatalistic service=x", nil, ""},
 		{"", nil, ""},
 	} {
-		reason, marker := checkLine(tc.line)
+		marker, reason := checkLine(tc.line)
 		if reason != tc.want {
 			t.Errorf("checkLine(%q) = %v, want %v", tc.line, reason, tc.want)
 		}

@@ -155,7 +155,11 @@ func Start(t testing.TB, cfg Config) *Machine {
 		t.Fatalf("start VM %s: %v", cfg.Name, err)
 	}
 	t.Cleanup(func() { m.cleanup(t) })
-	t.Logf("VM %s started (%s, %s), artifacts in %s", m.name, m.accel, m.cfg.Firmware, m.artifacts)
+	accel := m.accel
+	if r := AccelReason(); r != "" && cfg.Accel == "" {
+		accel += " because " + r
+	}
+	t.Logf("VM %s started (%s, %s), artifacts in %s", m.name, accel, m.cfg.Firmware, m.artifacts)
 	return m
 }
 
@@ -763,7 +767,7 @@ func (m *Machine) awaitAll(timeout time.Duration, matchers ...Matcher) ([]string
 			if matched {
 				continue
 			}
-			if reason, marker := checkLine(line); reason != nil {
+			if marker, reason := checkLine(line); reason != nil {
 				m.console.mu.Unlock()
 				return nil, &ConsoleError{Machine: m.name, Want: want(), Reason: reason, Line: line, Marker: marker}
 			}

@@ -224,6 +224,12 @@ func TestTwoVMsOnOneHub(t *testing.T) {
 		t.Errorf("b lost the gateway while a was cut: %q", got)
 	}
 
+	// QMP set_link takes the carrier away instead: b loses the gateway, then has it back.
+	b.SetLink(t, 0, false)
+	b.WaitMarker(t, "vmtest-ping", 30*time.Second, "reachable", "false")
+	b.SetLink(t, 0, true)
+	b.WaitMarker(t, "vmtest-ping", 30*time.Second, "reachable", "true")
+
 	frames, err := ReadPcap(hub.PcapPath())
 	if err != nil {
 		t.Fatal(err)
@@ -257,7 +263,7 @@ func TestTwoVMsOnOneHub(t *testing.T) {
 
 // testISO makes a hybrid GRUB ISO (BIOS and UEFI, CD and raw disk) that boots the
 // test kernel and initramfs on the serial console.
-func testISO(t *testing.T) string {
+func testISO(t testing.TB) string {
 	t.Helper()
 	for _, tool := range []string{"grub-mkrescue", "xorriso", "mformat"} {
 		if _, err := exec.LookPath(tool); err != nil {
