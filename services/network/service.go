@@ -251,6 +251,11 @@ func (s *Service) Run(ctx context.Context) error {
 	if err := netlink.LinkSubscribeWithOptions(links, linkDone, opts); err != nil {
 		return fmt.Errorf("subscribe to link updates: %w", err)
 	}
+	routes := make(chan netlink.RouteUpdate, 64)
+	ropts := netlink.RouteSubscribeOptions{Namespace: opts.Namespace, ErrorCallback: opts.ErrorCallback}
+	if err := netlink.RouteSubscribeWithOptions(routes, linkDone, ropts); err != nil {
+		return fmt.Errorf("subscribe to route updates: %w", err)
+	}
 
 	defer func() {
 		s.dhcp.stop()
@@ -294,6 +299,10 @@ func (s *Service) Run(ctx context.Context) error {
 			s.onCheck(ctx, r)
 		case u := <-links:
 			s.onLink(ctx, u, carrier)
+		case u := <-routes:
+			if u.Type == unix.RTM_NEWROUTE && isDefault(u.Route) && u.Family == netlink.FAMILY_V4 && u.Table == unix.RT_TABLE_MAIN {
+				s.reconcileDefaults()
+			}
 		}
 	}
 }
@@ -623,6 +632,32 @@ func (s *Service) onLink(ctx context.Context, u netlink.LinkUpdate, carrier map[
 		s.log.Info("carrier up, restarting dhcp", "iface", a.Name)
 		s.dhcp.stop()
 		s.startDHCP(ctx)
+	}
+}
+
+// reconcileDefaults keeps the one-default-route rule when something else adds a
+// default route: every default route but the one the service put there goes.
+func (s *Service) reconcileDefaults() {
+	if s.link == nil {
+		return
+	}
+	rs, err := s.env.defaultRoutes()
+	if err != nil {
+		s.log.Warn("list default routes", "err", err)
+		return
+	}
+	kept := false
+	for _, r := range rs {
+		if !kept && s.programmed.gw != nil && r.Gw.Equal(s.programmed.gw) && r.LinkIndex == s.link.Attrs().Index {
+			kept = true
+			continue
+		}
+		desc := describeRoute(r, s.env)
+		if err := s.env.nl(func(h *netlink.Handle) error { return h.RouteDel(&r) }); err != nil && !errors.Is(err, unix.ESRCH) {
+			s.setError(fmt.Errorf("remove foreign default route %s: %w", desc, err))
+			continue
+		}
+		s.log.Warn("removed a default route the service did not make", "route", desc)
 	}
 }
 

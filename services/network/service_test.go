@@ -352,3 +352,25 @@ func TestStatusKernelView(t *testing.T) {
 		t.Errorf("status (-want +got):\n%s", diff)
 	}
 }
+
+// TestForeignDefaultRoute: a default route added behind the service's back (an old
+// DHCP client, an operator's `ip route add`) is removed: never two default routes.
+func TestForeignDefaultRoute(t *testing.T) {
+	l := newLab(t)
+	cfg := l.config()
+	cfg.Settings = mustParse(t, "static.toml", staticToml)
+	r := l.run(cfg)
+	r.waitMarker(t, SourceStatic, 5*time.Second)
+	ipCmd(t, "-n", l.client, "route", "add", "default", "via", "10.77.0.2", "dev", "eth0", "metric", "5")
+	deadline := time.Now().Add(2 * time.Second)
+	for {
+		got := l.defaults()
+		if slices.Equal(got, []string{"via 10.77.0.1 dev eth0"}) {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("default routes = %q 2s after a foreign one was added, want only via 10.77.0.1 dev eth0", got)
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+}
