@@ -620,3 +620,39 @@ func TestHypervisorChangeIsPrompt(t *testing.T) {
 		return n.Hypervisor.State == quantix.HypervisorAvailable, fmt.Sprintf("%+v", n.Hypervisor)
 	})
 }
+
+// TestReinstallReenrolls: the same machine (same SMBIOS product UUID) loses its
+// identity file, as a reinstall does; with a join token it re-enrols as the same
+// node.
+func TestReinstallReenrolls(t *testing.T) {
+	if testing.Short() {
+		t.Skip("starts PostgreSQL and a vDC")
+	}
+	v := startVDC(t)
+	ns := mgmtNS(t, "10.59.0.5/24", "10.59.0.1")
+	cfg := testConfig(t, v, ns, "node-re")
+	cfg.ProductUUIDPath = filepath.Join(t.TempDir(), "product_uuid")
+	if err := os.WriteFile(cfg.ProductUUIDPath, []byte("3F1C2B4A-9E8D-4C7B-A6F5-0123456789AB\n"), 0o400); err != nil {
+		t.Fatal(err)
+	}
+	a := startAgent(t, cfg)
+	id := a.waitMarker(t, 1).Get("node_id")
+	if got := a.svc.Identity(); got.MachineID != "3f1c2b4a-9e8d-4c7b-a6f5-0123456789ab" || got.MachineIDSource != agent.MachineIDSMBIOS {
+		t.Fatalf("identity %+v, want the SMBIOS product UUID", got)
+	}
+	oldSecret := a.svc.Identity().NodeSecret
+	a.stop(t)
+
+	if err := os.Remove(filepath.Join(cfg.StateDir, "identity.toml")); err != nil {
+		t.Fatal(err)
+	}
+	a = startAgent(t, cfg)
+	m := a.waitMarker(t, 1)
+	if m.Get("registration") != quantix.RegistrationReenrolled || m.Get("node_id") != id {
+		t.Fatalf("after reinstall: marker %s, want registration=reenrolled node_id=%s", m.String(), id)
+	}
+	if a.svc.Identity().NodeSecret == oldSecret {
+		t.Errorf("reinstall kept the old node secret; a new identity must have a new one")
+	}
+	oneNode(t, v, "node-re")
+}
