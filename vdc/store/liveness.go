@@ -2,6 +2,7 @@ package store
 
 import (
 	"context"
+	"encoding/hex"
 	"fmt"
 	"net/netip"
 	"strings"
@@ -81,7 +82,7 @@ func (s *Store) Heartbeats(ctx context.Context, hbs []Heartbeat) ([]HeartbeatRes
 	// One row per node: a node heartbeating twice in a batch keeps the last one.
 	idx := make(map[string]int, len(hbs))
 	var (
-		ids            []string
+		ids            [][16]byte
 		secrets        [][]byte
 		ips            []netip.Addr
 		cpus           []*float64
@@ -93,7 +94,13 @@ func (s *Store) Heartbeats(ctx context.Context, hbs []Heartbeat) ([]HeartbeatRes
 		if !dup {
 			j = len(ids)
 			idx[h.NodeID] = j
-			ids = append(ids, h.NodeID)
+			// Binary uuids: pgx cannot send a []string as a binary uuid[] and
+			// would fall back to text after a failed (allocating) attempt.
+			u, err := parseUUID(h.NodeID)
+			if err != nil {
+				return nil, fmt.Errorf("heartbeat: node id %q: %w", h.NodeID, err)
+			}
+			ids = append(ids, u)
 			secrets, ips, cpus, mems = append(secrets, nil), append(ips, netip.Addr{}), append(cpus, nil), append(mems, nil)
 			hs, hr, hu, hv = append(hs, nil), append(hr, nil), append(hu, nil), append(hv, nil)
 		}
@@ -156,6 +163,19 @@ func (s *Store) Heartbeats(ctx context.Context, hbs []Heartbeat) ([]HeartbeatRes
 		}
 	}
 	return out, nil
+}
+
+// parseUUID parses the canonical 8-4-4-4-12 hex form.
+func parseUUID(s string) ([16]byte, error) {
+	var u [16]byte
+	h := strings.ReplaceAll(s, "-", "")
+	if len(s) != 36 || len(h) != 32 {
+		return u, fmt.Errorf("not a UUID")
+	}
+	if _, err := hex.Decode(u[:], []byte(h)); err != nil {
+		return u, fmt.Errorf("not a UUID: %w", err)
+	}
+	return u, nil
 }
 
 // PhaseChange is one change the sweeper made.

@@ -231,7 +231,7 @@ func (p *vdcProc) stop() {
 type simNode struct {
 	req quantix.RegisterRequest
 	id  string
-	hb  []byte // the heartbeat body
+	hb  []byte // the whole heartbeat request, prebuilt
 }
 
 func newSimNode(prefix string, i int) *simNode {
@@ -366,16 +366,23 @@ func heartbeats(ctx context.Context, c *http.Client, base, token string, o optio
 			return
 		}
 		nodes[i].id = id
-		nodes[i].hb, _ = json.Marshal(quantix.HeartbeatRequest{ManagementIP: nodes[i].req.ManagementIP,
-			StateHash: quantix.StateHash(nil, nil)})
 	})
 	if e := regErr.Load(); e != nil {
 		return e.(error)
 	}
 	fmt.Fprintf(out, "registered %d heartbeat nodes in %.1fs\n", len(nodes), time.Since(regStart).Seconds())
+	pool, err := newConnPool(base, o.conns)
+	if err != nil {
+		return err
+	}
+	defer pool.close()
+	for _, n := range nodes {
+		body, _ := json.Marshal(quantix.HeartbeatRequest{ManagementIP: n.req.ManagementIP, StateHash: quantix.StateHash(nil, nil)})
+		n.hb = rawRequest(pool.addr, quantix.PathHeartbeat(n.id), n.req.NodeSecret, body)
+	}
 
 	send := func(n *simNode) error {
-		code, b, err := post(ctx, c, base+quantix.PathHeartbeat(n.id), n.req.NodeSecret, n.hb)
+		code, b, err := pool.do(n.hb)
 		if err == nil && code != http.StatusOK {
 			err = fmt.Errorf("heartbeat %s: %d %s", n.req.Hostname, code, b)
 		}
@@ -415,7 +422,9 @@ func heartbeats(ctx context.Context, c *http.Client, base, token string, o optio
 			if due.After(end) || ctx.Err() != nil {
 				break
 			}
-			if d := time.Until(due); d > 0 {
+			// Sleep in steps of at least a millisecond: sleeping per heartbeat
+			// would cost the generator more than the heartbeats.
+			if d := time.Until(due); d > time.Millisecond {
 				time.Sleep(d)
 			}
 			select {
