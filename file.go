@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
+	"reflect"
 	"strings"
 
 	"github.com/BurntSushi/toml"
@@ -83,6 +84,9 @@ func DecodeTOML(name string, data []byte, v any) error {
 		}
 		return fmt.Errorf("%s: %w", name, err)
 	}
+	if err := checkTables(md, reflect.TypeOf(v), nil); err != nil {
+		return fmt.Errorf("%s:%d: %w", name, keyLine(data, toml.Key(err.key)), err)
+	}
 	if und := md.Undecoded(); len(und) > 0 {
 		k := und[0]
 		line := keyLine(data, k)
@@ -138,4 +142,63 @@ func keyLine(data []byte, k toml.Key) int {
 		}
 	}
 	return 0
+}
+
+// tableTypeError says that a key holding a scalar was decoded into a table-shaped
+// field: BurntSushi/toml silently ignores that (labels = "x" into a map).
+type tableTypeError struct {
+	key  []string
+	have string
+}
+
+func (e *tableTypeError) Error() string {
+	return fmt.Sprintf("key %q must be a table, found %s", strings.Join(e.key, "."), strings.ToLower(e.have))
+}
+
+// checkTables walks the struct type t and reports the first defined key whose
+// field is a map or struct but whose TOML value is not a table.
+func checkTables(md toml.MetaData, t reflect.Type, path []string) *tableTypeError {
+	for t.Kind() == reflect.Pointer {
+		t = t.Elem()
+	}
+	if t.Kind() != reflect.Struct {
+		return nil
+	}
+	for i := 0; i < t.NumField(); i++ {
+		f := t.Field(i)
+		if !f.IsExported() {
+			continue
+		}
+		name, _, _ := strings.Cut(f.Tag.Get("toml"), ",")
+		if name == "-" {
+			continue
+		}
+		if name == "" {
+			name = f.Name
+		}
+		ft := f.Type
+		for ft.Kind() == reflect.Pointer {
+			ft = ft.Elem()
+		}
+		if ft.Kind() != reflect.Map && ft.Kind() != reflect.Struct {
+			continue
+		}
+		key := append(append([]string(nil), path...), name)
+		if !md.IsDefined(key...) {
+			continue
+		}
+		if typ := md.Type(key...); typ != "Hash" {
+			if ft.Kind() == reflect.Struct && ft.Implements(reflect.TypeOf((*interface{ UnmarshalText([]byte) error })(nil)).Elem()) ||
+				reflect.PointerTo(ft).Implements(reflect.TypeOf((*interface{ UnmarshalText([]byte) error })(nil)).Elem()) {
+				continue // e.g. a duration type decoded from a string
+			}
+			return &tableTypeError{key: key, have: typ}
+		}
+		if ft.Kind() == reflect.Struct {
+			if err := checkTables(md, ft, key); err != nil {
+				return err
+			}
+		}
+	}
+	return nil
 }

@@ -65,8 +65,9 @@ func TestDecodeTOMLStrict(t *testing.T) {
 		Address string `toml:"address"`
 	}
 	type cfg struct {
-		Mode   string `toml:"mode"`
-		Static static `toml:"static"`
+		Mode   string            `toml:"mode"`
+		Static static            `toml:"static"`
+		Labels map[string]string `toml:"labels"`
 	}
 	tests := []struct {
 		in      string
@@ -77,6 +78,8 @@ func TestDecodeTOMLStrict(t *testing.T) {
 		{"mode = \"dhcp\"\nmood = 1\n", `net.toml:2: unknown key "mood"`},
 		{"mode = \n", "net.toml:1:"},
 		{"mode = 5\n", "net.toml"},
+		{"mode = \"dhcp\"\nstatic = \"x\"\n", `line 2`},
+		{"labels = 3\n", `net.toml:1: key "labels" must be a table, found integer`},
 	}
 	for _, tt := range tests {
 		var c cfg
