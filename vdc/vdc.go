@@ -21,6 +21,7 @@ import (
 
 	"github.com/quantix/quantix"
 	"github.com/quantix/quantix/vdc/api"
+	"github.com/quantix/quantix/vdc/migrations"
 	"github.com/quantix/quantix/vdc/store"
 )
 
@@ -235,6 +236,9 @@ func (s *Service) Run(ctx context.Context) error {
 	}
 	defer st.Close()
 	n, err := st.Migrate(ctx)
+	if errors.Is(err, migrations.ErrSchemaNewer) {
+		return fmt.Errorf("%w: %w", ErrConfig, err) // restarting cannot help: wrong binary
+	}
 	if err != nil {
 		return err
 	}

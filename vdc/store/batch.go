@@ -2,6 +2,7 @@ package store
 
 import (
 	"context"
+	"errors"
 	"log/slog"
 	"sync"
 	"sync/atomic"
@@ -17,7 +18,9 @@ import (
 type Batcher struct {
 	s     *Store
 	log   *slog.Logger
-	queue chan *pending
+	queue chan *pending // never closed: a late Submit must not panic
+	quit  chan struct{}
+	once  sync.Once
 	max   int
 	wg    sync.WaitGroup
 
@@ -35,7 +38,7 @@ type pending struct {
 // NewBatcher starts workers (each holding at most one pool connection) taking up to
 // maxBatch heartbeats per statement. Stop it with Close.
 func NewBatcher(s *Store, workers, maxBatch int, log *slog.Logger) *Batcher {
-	b := &Batcher{s: s, log: log, queue: make(chan *pending, workers*maxBatch), max: maxBatch}
+	b := &Batcher{s: s, log: log, queue: make(chan *pending, workers*maxBatch), quit: make(chan struct{}), max: maxBatch}
 	for range workers {
 		b.wg.Add(1)
 		go b.work()
@@ -43,41 +46,63 @@ func NewBatcher(s *Store, workers, maxBatch int, log *slog.Logger) *Batcher {
 	return b
 }
 
+// ErrClosed is returned by Submit once the Batcher is closed (the vDC is stopping).
+var ErrClosed = errors.New("the vDC is shutting down")
+
 // Submit records one heartbeat and waits for its commit.
 func (b *Batcher) Submit(ctx context.Context, hb Heartbeat) (HeartbeatResult, error) {
 	p := &pending{hb: hb, done: make(chan HeartbeatResult, 1)}
 	select {
 	case b.queue <- p:
+	case <-b.quit:
+		return HeartbeatResult{}, ErrClosed
 	case <-ctx.Done():
 		return HeartbeatResult{}, ctx.Err()
 	}
 	select {
 	case r := <-p.done:
 		return r, nil
+	case <-b.quit:
+		// Queued after the workers' last drain: nobody will record it. (If a
+		// worker did take it, its answer is lost; the agent just heartbeats again.)
+		select {
+		case r := <-p.done:
+			return r, nil
+		case <-time.After(time.Second):
+			return HeartbeatResult{}, ErrClosed
+		}
 	case <-ctx.Done():
 		// The batch may still commit; the agent will just heartbeat again.
 		return HeartbeatResult{}, ctx.Err()
 	}
 }
 
-// Close stops the workers after the queued heartbeats are recorded.
+// Close stops the workers after recording the heartbeats already queued.
 func (b *Batcher) Close() {
-	close(b.queue)
+	b.once.Do(func() { close(b.quit) })
 	b.wg.Wait()
 }
 
 func (b *Batcher) work() {
 	defer b.wg.Done()
 	batch := make([]*pending, 0, b.max)
-	for first := range b.queue {
+	for {
+		var first *pending
+		select {
+		case first = <-b.queue:
+		case <-b.quit:
+			// Drain what is queued, then stop.
+			select {
+			case first = <-b.queue:
+			default:
+				return
+			}
+		}
 		batch = append(batch[:0], first)
 	drain:
 		for len(batch) < b.max {
 			select {
-			case p, ok := <-b.queue:
-				if !ok {
-					break drain
-				}
+			case p := <-b.queue:
 				batch = append(batch, p)
 			default:
 				break drain

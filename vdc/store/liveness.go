@@ -63,8 +63,8 @@ WITH hb AS (
         hypervisor_version = coalesce(hb.hv, n.hypervisor_version),
         phase = CASE WHEN n.phase = 'maintenance' THEN n.phase ELSE 'ready' END
     FROM hb JOIN prev ON prev.id = hb.id
-    WHERE n.id = hb.id
-    RETURNING n.id, n.hostname, prev.phase AS old_phase, n.phase, prev.management_ip AS old_ip,
+    WHERE n.id = hb.id AND n.secret_hash = hb.secret_hash
+    RETURNING n.id, n.secret_hash, n.hostname, prev.phase AS old_phase, n.phase, prev.management_ip AS old_ip,
         n.management_ip AS ip, n.state_hash, n.state_epoch
 ), ev AS (
     INSERT INTO node_events (node_id, hostname, kind, message)
@@ -74,12 +74,15 @@ WITH hb AS (
     SELECT id, hostname, 'management_ip', 'management_ip ' || host(old_ip) || ' -> ' || host(ip) FROM up
         WHERE old_ip <> ip
 )
-SELECT id::text, state_hash, coalesce(state_epoch::text, '') FROM up`
+SELECT id::text, secret_hash, state_hash, coalesce(state_epoch::text, '') FROM up`
 
 // Heartbeats records a batch of heartbeats in one statement and one commit. Every
 // result is final: a nil Err means the heartbeat is committed.
 func (s *Store) Heartbeats(ctx context.Context, hbs []Heartbeat) ([]HeartbeatResult, error) {
-	// One row per node: a node heartbeating twice in a batch keeps the last one.
+	// One row per node and secret: a node heartbeating twice in a batch keeps
+	// the last one. The secret is part of the key so that a heartbeat with a stale
+	// secret can neither borrow nor spoil the answer of one with the right secret.
+	key := func(id string, secret []byte) string { return id + "/" + string(secret) }
 	idx := make(map[string]int, len(hbs))
 	var (
 		ids            [][16]byte
@@ -90,10 +93,11 @@ func (s *Store) Heartbeats(ctx context.Context, hbs []Heartbeat) ([]HeartbeatRes
 		hs, hr, hu, hv []*string
 	)
 	for _, h := range hbs {
-		j, dup := idx[h.NodeID]
+		k := key(h.NodeID, h.SecretHash[:])
+		j, dup := idx[k]
 		if !dup {
 			j = len(ids)
-			idx[h.NodeID] = j
+			idx[k] = j
 			// Binary uuids: pgx cannot send a []string as a binary uuid[] and
 			// would fall back to text after a failed (allocating) attempt.
 			u, err := parseUUID(h.NodeID)
@@ -118,12 +122,13 @@ func (s *Store) Heartbeats(ctx context.Context, hbs []Heartbeat) ([]HeartbeatRes
 	done := make(map[string]stored, len(ids))
 	for rows.Next() {
 		var id string
+		var secret []byte
 		var st stored
-		if err := rows.Scan(&id, &st.hash, &st.epoch); err != nil {
+		if err := rows.Scan(&id, &secret, &st.hash, &st.epoch); err != nil {
 			rows.Close()
 			return nil, fmt.Errorf("record %d heartbeats: %w", len(hbs), err)
 		}
-		done[id] = st
+		done[key(id, secret)] = st
 	}
 	if err := rows.Err(); err != nil {
 		return nil, fmt.Errorf("record %d heartbeats: %w", len(hbs), err)
@@ -131,7 +136,7 @@ func (s *Store) Heartbeats(ctx context.Context, hbs []Heartbeat) ([]HeartbeatRes
 	out := make([]HeartbeatResult, len(hbs))
 	var missing []string
 	for _, h := range hbs {
-		if _, ok := done[h.NodeID]; !ok {
+		if _, ok := done[key(h.NodeID, h.SecretHash[:])]; !ok {
 			missing = append(missing, h.NodeID)
 		}
 	}
@@ -151,7 +156,7 @@ func (s *Store) Heartbeats(ctx context.Context, hbs []Heartbeat) ([]HeartbeatRes
 		}
 	}
 	for i, h := range hbs {
-		st, ok := done[h.NodeID]
+		st, ok := done[key(h.NodeID, h.SecretHash[:])]
 		switch {
 		case ok:
 			out[i].FullSync = st.epoch != s.epoch || (h.StateHash != "" && h.StateHash != st.hash)

@@ -3,10 +3,12 @@ package store_test
 import (
 	"context"
 	"errors"
+	"fmt"
 	"io"
 	"log/slog"
 	"net/netip"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -106,8 +108,9 @@ func TestSweepPhases(t *testing.T) {
 	}
 }
 
-// TestHeartbeatBatch: one statement for a batch mixing a node sent twice, a
-// deleted node and a node whose secret changed after authentication.
+// TestHeartbeatBatch: one statement for a batch mixing a node sent twice (and once
+// more with a wrong secret), a deleted node and a node whose secret changed after
+// authentication.
 func TestHeartbeatBatch(t *testing.T) {
 	s := openStore(t)
 	ctx := context.Background()
@@ -125,6 +128,7 @@ func TestHeartbeatBatch(t *testing.T) {
 		{NodeID: c, SecretHash: store.HashSecret("stale"), ManagementIP: ip("192.0.2.12")},
 		{NodeID: a, SecretHash: store.HashSecret("sa"), ManagementIP: ip("192.0.2.13"), CPUPercent: &cpu,
 			Hypervisor: &quantix.Hypervisor{State: quantix.HypervisorAvailable, Version: "9.0.0"}},
+		{NodeID: a, SecretHash: store.HashSecret("not-sa"), ManagementIP: ip("192.0.2.99")},
 	})
 	if err != nil {
 		t.Fatal(err)
@@ -138,11 +142,64 @@ func TestHeartbeatBatch(t *testing.T) {
 	if !errors.Is(res[2].Err, store.ErrUnauthorized) {
 		t.Errorf("stale secret result = %+v, want ErrUnauthorized", res[2])
 	}
+	if !errors.Is(res[4].Err, store.ErrUnauthorized) {
+		t.Errorf("wrong secret for node a in the same batch = %+v, want ErrUnauthorized", res[4])
+	}
 	n, _ := s.GetNode(ctx, a)
 	if n.ManagementIP != "192.0.2.13" || n.CPUPercent == nil || *n.CPUPercent != 12.5 || n.Hypervisor.Version != "9.0.0" {
 		t.Errorf("node a = %+v, want the last heartbeat of the batch applied", n)
 	}
 	if n, _ := s.GetNode(ctx, c); n.ManagementIP != "192.0.2.1" {
 		t.Errorf("node c changed by a heartbeat with a wrong secret: %+v", n)
+	}
+}
+
+// TestBatcher: many concurrent heartbeats are coalesced into fewer statements,
+// each answered with its own result; after Close, Submit refuses.
+func TestBatcher(t *testing.T) {
+	s := openStore(t)
+	ctx := context.Background()
+	const nodes = 50
+	ids := make([]string, nodes)
+	for i := range ids {
+		ids[i] = reg(t, s, "batcher-"+strings.Repeat("x", i%3)+string(rune('a'+i%26))+"-"+string(rune('a'+i/26)), "s")
+	}
+	b := store.NewBatcher(s, 2, 100, slog.New(slog.NewTextHandler(io.Discard, nil)))
+	var wg sync.WaitGroup
+	errs := make(chan error, nodes*4)
+	for round := range 4 {
+		for i, id := range ids {
+			wg.Add(1)
+			go func() {
+				defer wg.Done()
+				secret := "s"
+				if (i+round)%10 == 0 {
+					secret = "wrong"
+				}
+				r, err := b.Submit(ctx, store.Heartbeat{NodeID: id, SecretHash: store.HashSecret(secret), ManagementIP: netip.MustParseAddr("192.0.2.7")})
+				switch {
+				case err != nil:
+					errs <- err
+				case secret == "wrong" && !errors.Is(r.Err, store.ErrUnauthorized):
+					errs <- fmt.Errorf("wrong secret for %s: %v, want ErrUnauthorized", id, r.Err)
+				case secret == "s" && r.Err != nil:
+					errs <- fmt.Errorf("heartbeat %s: %v", id, r.Err)
+				}
+			}()
+		}
+	}
+	wg.Wait()
+	close(errs)
+	for err := range errs {
+		t.Error(err)
+	}
+	batches, hbs := b.Stats()
+	if hbs != nodes*4 || batches < 1 || batches > hbs {
+		t.Errorf("stats: %d heartbeats in %d statements, want %d heartbeats", hbs, batches, nodes*4)
+	}
+	t.Logf("%d heartbeats in %d statements", hbs, batches)
+	b.Close()
+	if _, err := b.Submit(ctx, store.Heartbeat{NodeID: ids[0]}); !errors.Is(err, store.ErrClosed) {
+		t.Errorf("Submit after Close = %v, want ErrClosed", err)
 	}
 }
