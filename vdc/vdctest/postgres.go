@@ -219,7 +219,10 @@ func (p *Postgres) start(cfg PostgresConfig, cred *syscall.Credential) error {
 	cmd := exec.Command(filepath.Join(PostgresBinDir, "postgres"), args...)
 	cmd.Env = serverEnv()
 	cmd.Stdout, cmd.Stderr = logf, logf
-	cmd.SysProcAttr = &syscall.SysProcAttr{Credential: cred, Setpgid: true}
+	// Pdeathsig: a test binary killed by its timeout must not leave the server
+	// running (SIGQUIT is PostgreSQL's immediate shutdown). Go sets it after
+	// switching credentials, so it survives the switch to the postgres user.
+	cmd.SysProcAttr = &syscall.SysProcAttr{Credential: cred, Setpgid: true, Pdeathsig: syscall.SIGQUIT}
 	if err := cmd.Start(); err != nil {
 		return fmt.Errorf("start postgres: %w", err)
 	}

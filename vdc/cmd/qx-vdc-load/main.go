@@ -158,6 +158,7 @@ func startVDC(ctx context.Context, bin, dbURL, joinToken, adminToken, logPath st
 	l.Close()
 	cmd := exec.Command(bin, "serve", "--config", os.DevNull, "--listen", addr, "--database-url", dbURL,
 		"--join-token", joinToken, "--admin-token", adminToken, "--heartbeat-interval", "10s")
+	cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGTERM}
 	cmd.Stderr = io.Discard
 	if logPath != "" {
 		f, err := os.Create(logPath)
