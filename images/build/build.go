@@ -169,9 +169,6 @@ func (b *Builder) Build(ctx context.Context) (*Result, error) {
 	start := time.Now()
 	img := b.img
 	epoch := *b.cfg.SourceDateEpoch
-	mtime := time.Unix(epoch, 0).UTC()
-	// go-diskfs's FAT writer reads the timestamp from the environment.
-	os.Setenv("SOURCE_DATE_EPOCH", strconv.FormatInt(epoch, 10))
 
 	res := &Result{}
 	step := func(name string, fn func() error) error {
@@ -202,7 +199,7 @@ func (b *Builder) Build(ctx context.Context) (*Result, error) {
 		return nil, err
 	}
 	defer os.RemoveAll(work)
-	isoRoot := filepath.Join(work, "iso")
+	initrdPath := filepath.Join(work, "initrd.gz")
 	m := &Manifest{Image: img.Name, Version: img.Version, VolumeLabel: img.VolumeLabel, SourceDateEpoch: epoch, Go: runtime.Version()}
 	t := newTree()
 
@@ -286,10 +283,7 @@ func (b *Builder) Build(ctx context.Context) (*Result, error) {
 		return nil, err
 	}
 	if err := step("initramfs (cpio.gz)", func() error {
-		if err := os.MkdirAll(filepath.Join(isoRoot, "boot"), 0o755); err != nil {
-			return err
-		}
-		p := filepath.Join(isoRoot, strings.TrimPrefix(isoInitrd, "/"))
+		p := initrdPath
 		f, err := os.Create(p)
 		if err != nil {
 			return err
@@ -309,19 +303,18 @@ func (b *Builder) Build(ctx context.Context) (*Result, error) {
 	}); err != nil {
 		return nil, err
 	}
-	var efiSize int64
-	if err := step("bootloaders", func() error {
-		var err error
-		efiSize, err = b.bootStep(k, isoRoot, work, mtime, m)
-		return err
-	}); err != nil {
-		return nil, err
-	}
 	iso := filepath.Join(b.cfg.OutDir, img.Name+".iso")
 	if err := step("iso (go-diskfs + hybrid)", func() error {
 		tmp := iso + ".tmp"
-		if err := writeISO(isoRoot, tmp, img.VolumeLabel, efiSize, mtime); err != nil {
+		efiSum, err := MakeISO(ISOConfig{
+			Out: tmp, Name: img.Name, Version: img.Version, VolumeLabel: img.VolumeLabel, Boot: img.Boot,
+			Kernel: k.Vmlinuz, Initrd: initrdPath, WorkDir: filepath.Join(work, "iso"), SourceDateEpoch: epoch,
+		})
+		if err != nil {
 			os.Remove(tmp)
+			return err
+		}
+		if err := b.bootManifest(k, efiSum, m); err != nil {
 			return err
 		}
 		return os.Rename(tmp, iso)
@@ -507,50 +500,13 @@ func (b *Builder) overlayStep(t *tree, m *Manifest) error {
 	return nil
 }
 
-// bootStep puts the kernel, ISOLINUX and the EFI image into the ISO folder.
-func (b *Builder) bootStep(k *Kernel, isoRoot, work string, mtime time.Time, m *Manifest) (int64, error) {
-	img := b.img
-	copyIn := func(src, dst string) error {
-		data, err := os.ReadFile(src)
-		if err != nil {
-			return err
-		}
-		p := filepath.Join(isoRoot, dst)
-		if err := os.MkdirAll(filepath.Dir(p), 0o755); err != nil {
-			return err
-		}
-		return os.WriteFile(p, data, 0o644)
-	}
-	if err := copyIn(k.Vmlinuz, strings.TrimPrefix(isoKernel, "/")); err != nil {
-		return 0, err
-	}
-	vm, _ := fileSHA256(k.Vmlinuz)
-	m.Boot = append(m.Boot, FileInput{Path: isoKernel, Source: img.Kernel.Package + ":" + filepath.Base(k.Vmlinuz), SHA256: vm})
-	for _, f := range []string{"isolinux.bin"} {
-		if err := copyIn(filepath.Join(isolinuxDir, f), "isolinux/"+f); err != nil {
-			return 0, err
-		}
-	}
-	for _, f := range []string{"ldlinux.c32", "menu.c32", "libutil.c32", "libcom32.c32"} {
-		if err := copyIn(filepath.Join(syslinuxBIOS, f), "isolinux/"+f); err != nil {
-			return 0, err
-		}
-	}
-	if err := os.WriteFile(filepath.Join(isoRoot, "isolinux/isolinux.cfg"), []byte(isolinuxCfg(img)), 0o644); err != nil {
-		return 0, err
-	}
-	efiDir := filepath.Join(work, "efi")
-	if err := os.MkdirAll(efiDir, 0o755); err != nil {
-		return 0, err
-	}
-	bootx64, err := grubEFI(grubCfg(img), mtime, efiDir)
+// bootManifest records the kernel image and bootloader files in the manifest.
+func (b *Builder) bootManifest(k *Kernel, efiSum string, m *Manifest) error {
+	vm, err := fileSHA256(k.Vmlinuz)
 	if err != nil {
-		return 0, err
+		return err
 	}
-	efiSize, err := efiImage(bootx64, filepath.Join(isoRoot, isoEFIImg))
-	if err != nil {
-		return 0, err
-	}
+	m.Boot = append(m.Boot, FileInput{Path: isoKernel, Source: b.img.Kernel.Package + ":" + filepath.Base(k.Vmlinuz), SHA256: vm})
 	var hostBoot []string
 	for _, f := range bootFiles {
 		hostBoot = append(hostBoot, f.path)
@@ -559,16 +515,13 @@ func (b *Builder) bootStep(k *Kernel, isoRoot, work string, mtime time.Time, m *
 	for _, f := range bootFiles {
 		sum, err := fileSHA256(f.path)
 		if err != nil {
-			return 0, err
+			return err
 		}
 		p := pkgs[f.path]
 		m.Boot = append(m.Boot, FileInput{Path: f.path, SHA256: sum, Package: p.name, PackageVersion: p.version})
 	}
-	for _, f := range []string{"BOOTX64.EFI"} {
-		sum, _ := fileSHA256(filepath.Join(efiDir, f))
-		m.Boot = append(m.Boot, FileInput{Path: "/" + isoEFIImg + ":/EFI/BOOT/" + f, Source: "grub-mkimage", SHA256: sum})
-	}
-	return efiSize, nil
+	m.Boot = append(m.Boot, FileInput{Path: "/" + isoEFIImg + ":/EFI/BOOT/BOOTX64.EFI", Source: "grub-mkimage", SHA256: efiSum})
+	return nil
 }
 
 type debPkg struct{ name, version string }

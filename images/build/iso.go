@@ -171,6 +171,78 @@ func efiImage(bootx64, out string) (int64, error) {
 	return size, nil
 }
 
+// ISOConfig describes a bootable ISO: a kernel, an initramfs and the boot menu.
+type ISOConfig struct {
+	Out                        string // the ISO file to write
+	Name, Version, VolumeLabel string
+	Boot                       spec.Boot
+	Kernel, Initrd             string // host files
+	WorkDir                    string // an empty scratch folder (created if missing)
+	SourceDateEpoch            int64
+}
+
+// MakeISO writes a hybrid ISO (BIOS and UEFI; CD and raw disk) that boots c.Kernel
+// with c.Initrd through the boot menu c.Boot. It returns the sha256 of BOOTX64.EFI.
+// The image builder uses it, and so does the boot-time floor (a bare kernel and a
+// minimal initramfs booted the same way).
+func MakeISO(c ISOConfig) (string, error) {
+	if err := checkBootFiles(); err != nil {
+		return "", err
+	}
+	img := &spec.Image{Name: c.Name, Version: c.Version, VolumeLabel: c.VolumeLabel, Boot: c.Boot}
+	mtime := time.Unix(c.SourceDateEpoch, 0).UTC()
+	root := filepath.Join(c.WorkDir, "root")
+	if err := os.RemoveAll(root); err != nil {
+		return "", err
+	}
+	copyIn := func(src, dst string) error {
+		data, err := os.ReadFile(src)
+		if err != nil {
+			return err
+		}
+		p := filepath.Join(root, dst)
+		if err := os.MkdirAll(filepath.Dir(p), 0o755); err != nil {
+			return err
+		}
+		return os.WriteFile(p, data, 0o644)
+	}
+	if err := copyIn(c.Kernel, strings.TrimPrefix(isoKernel, "/")); err != nil {
+		return "", fmt.Errorf("iso: kernel: %w", err)
+	}
+	if err := copyIn(c.Initrd, strings.TrimPrefix(isoInitrd, "/")); err != nil {
+		return "", fmt.Errorf("iso: initramfs: %w", err)
+	}
+	if err := copyIn(filepath.Join(isolinuxDir, "isolinux.bin"), "isolinux/isolinux.bin"); err != nil {
+		return "", err
+	}
+	for _, f := range []string{"ldlinux.c32", "menu.c32", "libutil.c32", "libcom32.c32"} {
+		if err := copyIn(filepath.Join(syslinuxBIOS, f), "isolinux/"+f); err != nil {
+			return "", err
+		}
+	}
+	if err := os.WriteFile(filepath.Join(root, "isolinux/isolinux.cfg"), []byte(isolinuxCfg(img)), 0o644); err != nil {
+		return "", err
+	}
+	efiDir := filepath.Join(c.WorkDir, "efi")
+	if err := os.MkdirAll(efiDir, 0o755); err != nil {
+		return "", err
+	}
+	bootx64, err := grubEFI(grubCfg(img), mtime, efiDir)
+	if err != nil {
+		return "", err
+	}
+	// go-diskfs's FAT writer takes its timestamps from the environment.
+	os.Setenv("SOURCE_DATE_EPOCH", fmt.Sprint(c.SourceDateEpoch))
+	efiSize, err := efiImage(bootx64, filepath.Join(root, isoEFIImg))
+	if err != nil {
+		return "", err
+	}
+	if err := writeISO(root, c.Out, c.VolumeLabel, efiSize, mtime); err != nil {
+		return "", err
+	}
+	return fileSHA256(bootx64)
+}
+
 // writeISO writes the ISO9660 filesystem of the folder root to out with El Torito
 // entries for BIOS (isolinux) and UEFI (the EFI image), trims the file to the volume
 // size, fixes the volume timestamps to mtime, and makes it hybrid.

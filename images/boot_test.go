@@ -1,0 +1,199 @@
+// Package images_test boots the Quantix ISOs in QEMU (tests/vm): each image four
+// ways, {SeaBIOS, OVMF} x {CD, raw disk}, to `QUANTIX: boot-complete`, and with a
+// config disk that sets the hostname. BenchmarkBoot measures boot-complete for the
+// four ways next to the floor: the lab's bare kernel and minimal initramfs, made
+// into an ISO by the same builder and booted the same way.
+package images_test
+
+import (
+	"context"
+	"fmt"
+	"io"
+	"log/slog"
+	"os"
+	"path/filepath"
+	"strconv"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/quantix/quantix"
+	"github.com/quantix/quantix/images/build"
+	"github.com/quantix/quantix/images/spec"
+	"github.com/quantix/quantix/tests/vm"
+)
+
+const bootTimeout = 120 * time.Second
+
+var (
+	isoMu   sync.Mutex
+	isoDone = map[string]string{}
+	isoDir  string
+)
+
+// builtISO builds images/<name>.toml once per test binary (warm: seconds) into a
+// temporary folder and returns the ISO path.
+func builtISO(t testing.TB, name string) string {
+	t.Helper()
+	isoMu.Lock()
+	defer isoMu.Unlock()
+	if p, ok := isoDone[name]; ok {
+		return p
+	}
+	if isoDir == "" {
+		d, err := os.MkdirTemp("", "qx-images-test-")
+		if err != nil {
+			t.Fatal(err)
+		}
+		isoDir = d
+	}
+	b, err := build.New(build.Config{Spec: name + ".toml", OutDir: isoDir}, slog.New(slog.NewTextHandler(io.Discard, nil)))
+	if err != nil {
+		t.Fatalf("build %s: %v", name, err)
+	}
+	res, err := b.Build(context.Background())
+	if err != nil {
+		t.Fatalf("build %s: %v", name, err)
+	}
+	isoDone[name] = res.ISO
+	return res.ISO
+}
+
+func TestMain(m *testing.M) {
+	code := m.Run()
+	if isoDir != "" {
+		os.RemoveAll(isoDir)
+	}
+	os.Exit(code)
+}
+
+// bootWay is one of the four ways an ISO boots.
+type bootWay struct {
+	name string
+	cfg  func(iso string) vm.Config
+}
+
+var bootWays = []bootWay{
+	{"bios-cd", func(iso string) vm.Config { return vm.Config{ISO: iso} }},
+	{"bios-disk", func(iso string) vm.Config {
+		return vm.Config{BootDisk: &vm.Disk{Path: iso, Interface: vm.IDE, Snapshot: true}}
+	}},
+	{"uefi-cd", func(iso string) vm.Config { return vm.Config{ISO: iso, Firmware: vm.UEFI} }},
+	{"uefi-disk", func(iso string) vm.Config {
+		return vm.Config{BootDisk: &vm.Disk{Path: iso, Snapshot: true}, Firmware: vm.UEFI}
+	}},
+}
+
+func needVM(t testing.TB) {
+	t.Helper()
+	if testing.Short() {
+		t.Skip("boots QEMU; skipped with -short")
+	}
+}
+
+// TestBoot boots both images the four ways to boot-complete and checks the boot
+// marker, the console warning that nothing persists without QUANTIX-CFG, and the
+// default hostname.
+func TestBoot(t *testing.T) {
+	needVM(t)
+	for _, name := range []string{quantix.ImageQuantixOS, quantix.ImageQvDC} {
+		img, err := spec.Load(name + ".toml")
+		if err != nil {
+			t.Fatal(err)
+		}
+		iso := builtISO(t, name)
+		for _, way := range bootWays {
+			t.Run(name+"/"+way.name, func(t *testing.T) {
+				t.Parallel() // the lab's slots keep it to two VMs machine-wide
+				cfg := way.cfg(iso)
+				cfg.Name = name + "-" + way.name
+				m := vm.Start(t, cfg)
+				m.WaitMarker(t, quantix.MarkerBoot, bootTimeout, "image", img.Name, "version", img.Version)
+				m.WaitMarker(t, quantix.MarkerWarning, bootTimeout, "service", "init")
+				m.Expect(t, "init: hostname "+img.Hostname+" (from image default)", bootTimeout)
+				mk := m.WaitMarker(t, quantix.MarkerBootComplete, bootTimeout)
+				t.Logf("%s %s: boot-complete seconds=%s", name, way.name, mk.Get("seconds"))
+			})
+		}
+	}
+}
+
+// TestConfigDiskHostname boots Quantix OS with a QUANTIX-CFG config disk (made by
+// build.ConfigDisk, as qx-image config-disk does) whose hostname file wins over the
+// kernel command line and the image default.
+func TestConfigDiskHostname(t *testing.T) {
+	needVM(t)
+	iso := builtISO(t, quantix.ImageQuantixOS)
+	cfgDisk := filepath.Join(t.TempDir(), "cfg.img")
+	if err := build.ConfigDisk(cfgDisk, quantix.LabelConfig, 0, map[string][]byte{
+		"hostname":             []byte("Lab-Node-7\n"),
+		"network/network.toml": []byte("mode = \"dhcp\"\n"),
+	}); err != nil {
+		t.Fatal(err)
+	}
+	m := vm.Start(t, vm.Config{Name: "cfg-hostname", ISO: iso, Disks: []vm.Disk{{Path: cfgDisk}}})
+	m.Expect(t, "init: hostname lab-node-7 (from /quantix/hostname)", bootTimeout)
+	m.WaitMarker(t, quantix.MarkerBootComplete, bootTimeout)
+	for _, l := range m.Lines() {
+		if mk, ok := quantix.ParseMarker(l); ok && mk.Kind == quantix.MarkerWarning {
+			t.Errorf("unexpected warning with a config disk: %s", l)
+		}
+	}
+}
+
+// BenchmarkBoot reports seconds to boot-complete (the guest's own uptime) for each
+// image and way, and for the floor: run with
+//
+//	go test ./images -run '^$' -bench Boot -benchtime 1x
+func BenchmarkBoot(b *testing.B) {
+	floor := floorISO(b)
+	images := []struct{ name, iso string }{
+		{"floor", floor},
+		{quantix.ImageQuantixOS, builtISO(b, quantix.ImageQuantixOS)},
+		{quantix.ImageQvDC, builtISO(b, quantix.ImageQvDC)},
+	}
+	for _, way := range bootWays {
+		for _, img := range images {
+			b.Run(way.name+"/"+img.name, func(b *testing.B) {
+				var total float64
+				for i := 0; i < b.N; i++ {
+					cfg := way.cfg(img.iso)
+					cfg.Name = fmt.Sprintf("bench-%s-%s-%d", img.name, way.name, i)
+					m := vm.Start(b, cfg)
+					mk := m.WaitMarker(b, quantix.MarkerBootComplete, bootTimeout)
+					s, err := strconv.ParseFloat(mk.Get("seconds"), 64)
+					if err != nil {
+						b.Fatalf("boot-complete seconds=%q: %v", mk.Get("seconds"), err)
+					}
+					total += s
+					m.Kill(b)
+				}
+				b.ReportMetric(total/float64(b.N), "s/boot-complete")
+			})
+		}
+	}
+}
+
+// floorISO is the lab's bare kernel and minimal initramfs (tests/vm testinit, which
+// loads the same kind of drivers and prints boot-complete) in an ISO made by the
+// same builder, with the same boot menu and timeout as the images.
+func floorISO(b testing.TB) string {
+	k := vm.TestKernel(b)
+	initrd := vm.TestInitramfs(b)
+	img, err := spec.Load(quantix.ImageQuantixOS + ".toml")
+	if err != nil {
+		b.Fatal(err)
+	}
+	boot := img.Boot
+	// testinit writes to /dev/console: make the serial port the primary console.
+	boot.Entries = []spec.BootEntry{{ID: "normal", Title: "floor", Cmdline: "console=tty0 console=ttyS0,115200", Default: true}}
+	dir := b.TempDir()
+	out := filepath.Join(dir, "floor.iso")
+	if _, err := build.MakeISO(build.ISOConfig{
+		Out: out, Name: "floor", Version: "0", VolumeLabel: "QXFLOOR", Boot: boot,
+		Kernel: k.Vmlinuz, Initrd: initrd, WorkDir: filepath.Join(dir, "work"),
+	}); err != nil {
+		b.Fatal(err)
+	}
+	return out
+}
