@@ -615,6 +615,7 @@ func (s *Service) onLink(ctx context.Context, u netlink.LinkUpdate, carrier map[
 	up := a.OperState == netlink.OperUp || (a.OperState == netlink.OperUnknown && a.RawFlags&unix.IFF_LOWER_UP != 0)
 	was, seen := carrier[a.Index]
 	carrier[a.Index] = up
+	s.log.Debug("link update", "iface", a.Name, "oper", a.OperState.String(), "carrier", up)
 	if s.link == nil {
 		if u.Header.Type == unix.RTM_NEWLINK { // maybe the interface we wait for
 			if err := s.activate(ctx, s.cur); err == nil {

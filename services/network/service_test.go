@@ -374,3 +374,40 @@ func TestForeignDefaultRoute(t *testing.T) {
 		time.Sleep(20 * time.Millisecond)
 	}
 }
+
+// TestCarrierBlip: when the carrier comes back (cable moved, switch rebooted) DHCP
+// asks again at once instead of waiting for T1, and the same lease is extended in
+// place (no flush).
+func TestCarrierBlip(t *testing.T) {
+	l := newLab(t)
+	srv := l.startDHCP(time.Minute)
+	cfg := l.config()
+	cfg.Settings = mustParse(t, "dhcp.toml", dhcpToml)
+	r := l.run(cfg)
+	m := r.waitMarker(t, SourceDHCP, 5*time.Second)
+	since := r.s.Status().Since
+	time.Sleep(1100 * time.Millisecond) // the client must be older than 1s to be restarted
+	n := len(srv.requests())
+	ipCmd(t, "-n", l.far, "link", "set", "gw0", "down")
+	// The kernel reports carrier changes through linkwatch, which folds a blip
+	// shorter than about a second into one event: unplug for longer.
+	time.Sleep(1500 * time.Millisecond)
+	ipCmd(t, "-n", l.far, "link", "set", "gw0", "up")
+	deadline := time.Now().Add(4 * time.Second)
+	for {
+		reqs := srv.requests()
+		if slices.ContainsFunc(reqs[n:], func(s string) bool { return strings.HasPrefix(s, "REQUEST") }) {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("no new DHCP exchange within 4s of carrier up (T1 is 30s away); log %q", reqs[n:])
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+	st := waitStatus(t, r.s, 3*time.Second, "lease extended", func(st Status) bool {
+		return st.DHCP != nil && st.DHCP.State == DHCPBound && st.DHCP.Obtained.After(since)
+	})
+	if st.Address != m.Get("addr") || !st.Since.Equal(since) {
+		t.Errorf("after the blip: address %s since %v, want %s kept in place since %v", st.Address, st.Since, m.Get("addr"), since)
+	}
+}
