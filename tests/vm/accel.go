@@ -19,6 +19,7 @@ var (
 	accelOnce   sync.Once
 	accelVal    string
 	accelReason string
+	accelErr    error
 )
 
 // Accel returns the accelerator VMs use: QUANTIX_VM_ACCEL when set ("tcg" or "kvm"),
@@ -28,20 +29,24 @@ var (
 // that hangs guests). The probe runs once per process.
 func Accel(t testing.TB) string {
 	t.Helper()
-	accelOnce.Do(func() { accelVal, accelReason = probeAccel(t) })
+	accelOnce.Do(func() { accelVal, accelReason, accelErr = probeAccel(t) })
+	if accelErr != nil {
+		t.Fatalf("choose accelerator: %v", accelErr)
+	}
 	return accelVal
 }
 
 // AccelReason says why Accel chose what it chose.
 func AccelReason() string { return accelReason }
 
-func probeAccel(t testing.TB) (string, string) {
+// probeAccel never fails t itself: it runs inside a sync.Once.
+func probeAccel(t testing.TB) (accel, reason string, err error) {
 	switch v := os.Getenv("QUANTIX_VM_ACCEL"); v {
 	case AccelTCG, AccelKVM:
-		return v, "QUANTIX_VM_ACCEL=" + v
+		return v, "QUANTIX_VM_ACCEL=" + v, nil
 	case "":
 	default:
-		t.Fatalf("QUANTIX_VM_ACCEL=%q: want %q or %q", v, AccelTCG, AccelKVM)
+		return "", "", fmt.Errorf("QUANTIX_VM_ACCEL=%q: want %q or %q", v, AccelTCG, AccelKVM)
 	}
 	mod := ""
 	for _, m := range []string{"kvm_intel", "kvm_amd"} {
@@ -50,29 +55,37 @@ func probeAccel(t testing.TB) (string, string) {
 		}
 	}
 	if mod == "" {
-		return AccelTCG, "neither kvm_intel nor kvm_amd is loaded"
+		return AccelTCG, "neither kvm_intel nor kvm_amd is loaded", nil
 	}
 	f, err := os.OpenFile("/dev/kvm", os.O_RDWR, 0)
 	if err != nil {
-		return AccelTCG, fmt.Sprintf("%s loaded but /dev/kvm: %v", mod, err)
+		return AccelTCG, fmt.Sprintf("%s loaded but /dev/kvm: %v", mod, err), nil
 	}
 	f.Close()
 	// A real boot decides: a broken KVM hangs or dies here.
+	k, err := LoadKernel()
+	if err != nil {
+		return "", "", fmt.Errorf("kvm probe: %w", err)
+	}
+	initramfsOnce.Do(func() { initramfsPath, initramfsErr = buildTestInitramfs(k) })
+	if initramfsErr != nil {
+		return "", "", fmt.Errorf("kvm probe: %w", initramfsErr)
+	}
 	m, err := start(t, Config{
 		Name:   "kvm-probe",
-		Kernel: TestKernel(t).Vmlinuz,
-		Initrd: TestInitramfs(t),
+		Kernel: k.Vmlinuz,
+		Initrd: initramfsPath,
 		Accel:  AccelKVM,
 		probe:  true,
 	})
 	if err != nil {
-		return AccelTCG, fmt.Sprintf("kvm probe boot: %v", err)
+		return AccelTCG, fmt.Sprintf("kvm probe boot: %v", err), nil
 	}
 	defer m.stop()
 	if _, err := m.await(MatchMarker("boot"), 20*time.Second); err != nil {
-		return AccelTCG, fmt.Sprintf("kvm probe boot under %s: %v", mod, err)
+		return AccelTCG, fmt.Sprintf("kvm probe boot under %s: %v", mod, err), nil
 	}
-	return AccelKVM, fmt.Sprintf("kvm probe boot under %s reached its first marker", mod)
+	return AccelKVM, fmt.Sprintf("kvm probe boot under %s reached its first marker", mod), nil
 }
 
 var (

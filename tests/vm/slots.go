@@ -128,6 +128,8 @@ var (
 // slots are released when t ends.
 func Reserve(t testing.TB, n int) {
 	t.Helper()
+	// The accelerator probe boots a VM of its own: run it before holding slots.
+	Accel(t)
 	ss, err := acquireSlots(n, testDeadline(t), func() { t.Logf("waiting for %d free VM slots", n) })
 	if err != nil {
 		t.Fatalf("reserve VM slots: %v", err)
