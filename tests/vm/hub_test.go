@@ -249,11 +249,12 @@ func (c rawIPConn) SetReadDeadline(t time.Time) error  { return c.conn.SetReadDe
 func (c rawIPConn) SetWriteDeadline(t time.Time) error { return c.conn.SetWriteDeadline(t) }
 
 // dhcpClient is a real nclient4 client on a fresh hub port.
-func dhcpClient(t *testing.T, h *Hub, name string, m net.HardwareAddr) *nclient4.Client {
+// Its per-message timeout is 500 ms unless opts say otherwise.
+func dhcpClient(t *testing.T, h *Hub, name string, m net.HardwareAddr, opts ...nclient4.ClientOpt) *nclient4.Client {
 	t.Helper()
 	e := attach(t, h, name, m)
-	c, err := nclient4.NewWithConn(nclient4.NewBroadcastUDPConn(rawIPConn{e}, &net.UDPAddr{Port: nclient4.ClientPort}), m,
-		nclient4.WithTimeout(500*time.Millisecond), nclient4.WithRetry(2))
+	opts = append([]nclient4.ClientOpt{nclient4.WithTimeout(500 * time.Millisecond), nclient4.WithRetry(2)}, opts...)
+	c, err := nclient4.NewWithConn(nclient4.NewBroadcastUDPConn(rawIPConn{e}, &net.UDPAddr{Port: nclient4.ClientPort}), m, opts...)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -358,7 +359,7 @@ func TestHubDHCPControl(t *testing.T) {
 	// A slow server: each answer comes after the delay.
 	const delay = 400 * time.Millisecond
 	h.SetDHCPDelay(delay)
-	slow := dhcpClient(t, h, "c2", mac(2))
+	slow := dhcpClient(t, h, "c2", mac(2), nclient4.WithTimeout(3*time.Second))
 	start := time.Now()
 	if _, err := request(slow, 10*time.Second); err != nil {
 		t.Fatalf("with a delay of %v: %v", delay, err)
