@@ -142,6 +142,7 @@ func TestConfigErrors(t *testing.T) {
 		{"bad duration", "heartbeat_interval = \"soon\"\n", "vdc.toml"},
 		{"interval too short", "heartbeat_interval = \"10ms\"\n", "heartbeat_interval"},
 		{"short join token", "join_tokens = [\"abc\"]\n", "join_tokens[0]"},
+		{"too many heartbeat writers", "heartbeat_writers = 16\n", "heartbeat_writers"},
 		{"bad listen", "listen = \"nope\"\n", "listen"},
 	}
 	for _, tc := range cases {

@@ -61,6 +61,7 @@ type options struct {
 	pgbench     string
 	pgbenchTime time.Duration
 	vdcLog      string
+	writers     int
 }
 
 func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
@@ -77,6 +78,7 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	fs.StringVar(&o.pgbench, "pgbench-clients", "8,32", "pgbench client counts to run (\"\": skip pgbench)")
 	fs.DurationVar(&o.pgbenchTime, "pgbench-time", 10*time.Second, "pgbench run length per client count")
 	fs.StringVar(&o.vdcLog, "vdc-log", "", "write the qx-vdc log to this `file` (default: discard)")
+	fs.IntVar(&o.writers, "heartbeat-writers", 0, "qx-vdc's heartbeat_writers (0: its default)")
 	if err := fs.Parse(args); err != nil {
 		return err
 	}
@@ -96,12 +98,20 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 		return err
 	}
 	joinToken, adminToken := "load-join-"+secret(), "load-admin-"+secret()
-	v, err := startVDC(ctx, bin, dbURL, joinToken, adminToken, o.vdcLog)
+	conf := filepath.Join(pg.Dir, "vdc.toml")
+	toml := ""
+	if o.writers > 0 {
+		toml = fmt.Sprintf("heartbeat_writers = %d\ndatabase_max_conns = %d\n", o.writers, max(16, o.writers+4))
+	}
+	if err := os.WriteFile(conf, []byte(toml), 0o644); err != nil {
+		return err
+	}
+	v, err := startVDC(ctx, bin, conf, dbURL, joinToken, adminToken, o.vdcLog)
 	if err != nil {
 		return err
 	}
 	defer v.stop()
-	fmt.Fprintf(stdout, "qx-vdc: %s (pid %d)\n\n", v.url, v.cmd.Process.Pid)
+	fmt.Fprintf(stdout, "qx-vdc: %s (pid %d), vdc.toml: %q\n\n", v.url, v.cmd.Process.Pid, toml)
 
 	client := &http.Client{Transport: &http.Transport{MaxIdleConns: o.conns, MaxIdleConnsPerHost: o.conns,
 		MaxConnsPerHost: o.conns, IdleConnTimeout: time.Minute}, Timeout: 30 * time.Second}
@@ -149,14 +159,14 @@ type vdcProc struct {
 	done chan struct{}
 }
 
-func startVDC(ctx context.Context, bin, dbURL, joinToken, adminToken, logPath string) (*vdcProc, error) {
+func startVDC(ctx context.Context, bin, conf, dbURL, joinToken, adminToken, logPath string) (*vdcProc, error) {
 	l, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
 		return nil, err
 	}
 	addr := l.Addr().String()
 	l.Close()
-	cmd := exec.Command(bin, "serve", "--config", os.DevNull, "--listen", addr, "--database-url", dbURL,
+	cmd := exec.Command(bin, "serve", "--config", conf, "--listen", addr, "--database-url", dbURL,
 		"--join-token", joinToken, "--admin-token", adminToken, "--heartbeat-interval", "10s")
 	cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGTERM}
 	cmd.Stderr = io.Discard
