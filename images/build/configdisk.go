@@ -122,11 +122,11 @@ func ReadConfigDisk(img string) (label string, files map[string][]byte, err erro
 			if err != nil {
 				return fmt.Errorf("read %s:%s: %w", img, p, err)
 			}
-			files[strings.TrimPrefix(p, "/")] = b
+			files[p] = b
 		}
 		return nil
 	}
-	if err := walk("/"); err != nil {
+	if err := walk("."); err != nil { // go-diskfs takes io/fs paths: "." is the root
 		return "", nil, err
 	}
 	return strings.TrimRight(fsys.Label(), "\x00 "), files, nil

@@ -322,6 +322,12 @@ func trimToVolume(path string, mtime time.Time) error {
 	blocks := int64(pvd[80]) | int64(pvd[81])<<8 | int64(pvd[82])<<16 | int64(pvd[83])<<24
 	date := []byte(mtime.UTC().Format("20060102150405") + "00")
 	date = append(date, 0) // GMT offset
+	// Volume identifier: ISO9660 pads with spaces (go-diskfs writes NULs).
+	for i := 40; i < 72; i++ {
+		if pvd[i] == 0 {
+			pvd[i] = ' '
+		}
+	}
 	unset := append([]byte("0000000000000000"), 0)
 	copy(pvd[813:], date)  // creation
 	copy(pvd[830:], date)  // modification

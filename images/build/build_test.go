@@ -1,0 +1,188 @@
+package build
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"io"
+	"log/slog"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+
+	"github.com/google/go-cmp/cmp"
+	"github.com/klauspost/compress/gzip"
+	"github.com/u-root/mkuimage/cpio"
+
+	"github.com/quantix/quantix"
+)
+
+func TestConfigDiskRoundTrip(t *testing.T) {
+	for _, label := range []string{quantix.LabelConfig, quantix.LabelInstall} {
+		out := filepath.Join(t.TempDir(), "cfg.img")
+		files := map[string][]byte{
+			"hostname":             []byte("node-1\n"),
+			"network/network.toml": []byte("mode = \"static\"\n"),
+			"node/agent.toml":      []byte("control_plane = \"http://10.0.0.1:8080\"\n"),
+			"install/answers.toml": bytes.Repeat([]byte("#"), 70000),
+		}
+		if err := ConfigDisk(out, label, 0, files); err != nil {
+			t.Fatalf("ConfigDisk(%s) = %v", label, err)
+		}
+		st, _ := os.Stat(out)
+		if st.Size() != DefaultConfigDiskSize {
+			t.Errorf("size = %d, want %d", st.Size(), DefaultConfigDiskSize)
+		}
+		gotLabel, got, err := ReadConfigDisk(out)
+		if err != nil {
+			t.Fatalf("ReadConfigDisk = %v", err)
+		}
+		if gotLabel != label {
+			t.Errorf("label = %q, want %q", gotLabel, label)
+		}
+		if diff := cmp.Diff(files, got); diff != "" {
+			t.Errorf("files read back (-want +got):\n%s", diff)
+		}
+	}
+}
+
+func TestConfigDiskRejects(t *testing.T) {
+	dir := t.TempDir()
+	tests := []struct {
+		label   string
+		size    int64
+		files   map[string][]byte
+		wantErr string
+	}{
+		{"QUANTIX-DATA", 0, nil, `label "QUANTIX-DATA" must be QUANTIX-CFG or QUANTIX-INSTALL`},
+		{quantix.LabelConfig, 0, map[string][]byte{"/hostname": nil}, `file path "/hostname" must be relative`},
+		{quantix.LabelConfig, 0, map[string][]byte{"a/../../b": nil}, `must be relative and clean`},
+		{quantix.LabelConfig, 1 << 20, nil, "below 4 MiB"},
+		{quantix.LabelConfig, 4 << 20, map[string][]byte{"big": make([]byte, 3<<20)}, "do not fit"},
+	}
+	for _, tt := range tests {
+		err := ConfigDisk(filepath.Join(dir, "x.img"), tt.label, tt.size, tt.files)
+		if err == nil || !strings.Contains(err.Error(), tt.wantErr) {
+			t.Errorf("ConfigDisk(%s, %d, %v) = %v, want %q", tt.label, tt.size, tt.files, err, tt.wantErr)
+		}
+	}
+}
+
+// TestTreeWrite checks the initramfs writer: sorted, parents first, overrides win,
+// owners, inodes and times normalised, and byte-identical on a second run.
+func TestTreeWrite(t *testing.T) {
+	mk := func() []byte {
+		tr := newTree()
+		tr.file("etc/quantix/image.toml", []byte("a"), 0o644)
+		tr.add(cpio.Record{Info: cpio.Info{Name: "bbin/bb", Mode: cpio.S_IFREG | 0o755, UID: 1000, GID: 1000, MTime: 12345, Ino: 77, FileSize: 2}, ReaderAt: bytes.NewReader([]byte("bb"))})
+		tr.add(cpio.Symlink("init", "bbin/init"))
+		tr.file("etc/passwd", []byte("old"), 0o644)
+		tr.file("etc/passwd", []byte("new"), 0o600) // an overlay replaces the base
+		var buf bytes.Buffer
+		if _, _, err := tr.write(&buf, 1700000000); err != nil {
+			t.Fatal(err)
+		}
+		return buf.Bytes()
+	}
+	a, b := mk(), mk()
+	if !bytes.Equal(a, b) {
+		t.Fatal("two writes of the same tree differ")
+	}
+	zr, err := gzip.NewReader(bytes.NewReader(a))
+	if err != nil {
+		t.Fatal(err)
+	}
+	raw, _ := io.ReadAll(zr)
+	recs, err := cpio.ReadAllRecords(cpio.Newc.Reader(bytes.NewReader(raw)))
+	if err != nil {
+		t.Fatal(err)
+	}
+	var names []string
+	for _, r := range recs {
+		names = append(names, r.Name)
+		if r.Name == "TRAILER!!!" {
+			continue
+		}
+		if r.UID != 0 || r.GID != 0 || r.Ino != 0 || r.MTime != 1700000000 {
+			t.Errorf("%s: uid %d gid %d ino %d mtime %d, want 0 0 0 1700000000", r.Name, r.UID, r.GID, r.Ino, r.MTime)
+		}
+		if r.Name == "etc/passwd" {
+			data, _ := io.ReadAll(io.NewSectionReader(r.ReaderAt, 0, int64(r.FileSize)))
+			if string(data) != "new" || r.Mode&0o777 != 0o600 {
+				t.Errorf("etc/passwd = %q mode %o, want the overlay's \"new\" 0600", data, r.Mode&0o777)
+			}
+		}
+	}
+	want := []string{"bbin", "bbin/bb", "etc", "etc/passwd", "etc/quantix", "etc/quantix/image.toml", "init"}
+	if diff := cmp.Diff(want, names); diff != "" {
+		t.Errorf("records (-want +got):\n%s", diff)
+	}
+}
+
+func TestUpdateSums(t *testing.T) {
+	dir := t.TempDir()
+	for _, f := range []string{"a.iso", "b.iso"} {
+		os.WriteFile(filepath.Join(dir, f), nil, 0o644)
+	}
+	sums := filepath.Join(dir, "SHA256SUMS")
+	os.WriteFile(sums, []byte("1111  b.iso\n9999  gone.iso\n"), 0o644)
+	if err := updateSums(sums, "a.iso", "2222"); err != nil {
+		t.Fatal(err)
+	}
+	got, _ := os.ReadFile(sums)
+	if want := "2222  a.iso\n1111  b.iso\n"; string(got) != want {
+		t.Errorf("SHA256SUMS = %q, want %q", got, want)
+	}
+}
+
+// TestBuildReproducible builds Quantix OS twice from scratch (the u-root busybox
+// rebuilt each time) with one SOURCE_DATE_EPOCH and wants identical ISOs, and checks
+// the manifest. It needs the kernel package (downloaded into the cache on first use)
+// and a minute or two; -short skips it.
+func TestBuildReproducible(t *testing.T) {
+	if testing.Short() {
+		t.Skip("builds two ISOs; skipped with -short")
+	}
+	epoch := int64(1700000000)
+	var sums []string
+	for i := 0; i < 2; i++ {
+		b, err := New(Config{
+			Spec: "../quantix-os.toml", OutDir: t.TempDir(), SourceDateEpoch: &epoch, Rebuild: true,
+		}, slog.New(slog.NewTextHandler(io.Discard, nil)))
+		if err != nil {
+			t.Fatal(err)
+		}
+		res, err := b.Build(context.Background())
+		if err != nil {
+			t.Fatalf("build %d: %v", i+1, err)
+		}
+		sums = append(sums, res.SHA256)
+		var m Manifest
+		data, err := os.ReadFile(res.Manifest)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if err := json.Unmarshal(data, &m); err != nil {
+			t.Fatal(err)
+		}
+		if m.ISO.SHA256 != res.SHA256 || m.Kernel.SHA256 != b.Image().Kernel.SHA256 || len(m.Modules) == 0 ||
+			len(m.Commands) == 0 || len(m.Commands[0].GoModules) == 0 || len(m.URoot.GoModules) == 0 || len(m.Overlay) == 0 || len(m.Boot) == 0 {
+			t.Errorf("manifest lacks inputs: %s", data)
+		}
+		sumsFile, _ := os.ReadFile(filepath.Join(filepath.Dir(res.ISO), "SHA256SUMS"))
+		if want := res.SHA256 + "  quantix-os.iso\n"; string(sumsFile) != want {
+			t.Errorf("SHA256SUMS = %q, want %q", sumsFile, want)
+		}
+	}
+	if sums[0] != sums[1] {
+		t.Errorf("two builds differ: %s vs %s", sums[0], sums[1])
+	}
+}
+
+func TestMissingCommandIsClear(t *testing.T) {
+	err := goBuild("../..", t.TempDir(), "1", []string{"./services/cmd/qx-nonexistent"})
+	if err == nil || !strings.Contains(err.Error(), "./services/cmd/qx-nonexistent: its main package does not exist yet") {
+		t.Errorf("goBuild(missing) = %v", err)
+	}
+}
