@@ -3,6 +3,7 @@ package store
 import (
 	"context"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"net/netip"
 	"time"
@@ -142,6 +143,28 @@ func (s *Store) Register(ctx context.Context, r Registration) (RegisterResult, e
 	}
 	var res RegisterResult
 	var refusal error
+	for attempt := 0; ; attempt++ {
+		res, refusal, err = s.register(ctx, r, tok, secret, labelsJSON, hs, hr, hu, hv)
+		// The conflicting row was deleted between the upsert and the read that
+		// explains it: the hostname is free now, try again.
+		if !errors.Is(refusal, errRowVanished) || attempt == 2 {
+			break
+		}
+	}
+	if err != nil {
+		return RegisterResult{}, fmt.Errorf("register %s: %w", r.Hostname, err)
+	}
+	if refusal != nil {
+		return RegisterResult{}, refusal
+	}
+	s.secrets.Store(res.NodeID, secret)
+	return res, nil
+}
+
+var errRowVanished = errors.New("the registered node was deleted concurrently; try again")
+
+func (s *Store) register(ctx context.Context, r Registration, tok tokenCheck, secret [32]byte, labelsJSON []byte,
+	hs, hr, hu, hv *string) (res RegisterResult, refusal, err error) {
 	err = pgx.BeginFunc(ctx, s.pool, func(tx pgx.Tx) error {
 		refusal = nil
 		var phase string
@@ -180,14 +203,7 @@ func (s *Store) Register(ctx context.Context, r Registration) (RegisterResult, e
 		}
 		return nil
 	})
-	if err != nil {
-		return RegisterResult{}, fmt.Errorf("register %s: %w", r.Hostname, err)
-	}
-	if refusal != nil {
-		return RegisterResult{}, refusal
-	}
-	s.secrets.Store(res.NodeID, secret)
-	return res, nil
+	return res, refusal, err
 }
 
 // refusal explains a registration the upsert refused, and records refused
@@ -195,6 +211,9 @@ func (s *Store) Register(ctx context.Context, r Registration) (RegisterResult, e
 func (s *Store) refusal(ctx context.Context, tx pgx.Tx, r Registration, tok tokenCheck) (error, error) {
 	var id, machineID string
 	err := tx.QueryRow(ctx, `SELECT id, machine_id FROM nodes WHERE hostname = $1`, r.Hostname).Scan(&id, &machineID)
+	if isNoRows(err) && tok.ok {
+		return errRowVanished, nil
+	}
 	if isNoRows(err) {
 		return fmt.Errorf("%w: hostname %s is not registered and registering a new node needs a valid join token: %s",
 			ErrUnauthorized, r.Hostname, tok.reason), nil
