@@ -1,0 +1,206 @@
+package initd_test
+
+import (
+	"bytes"
+	"os"
+	"path/filepath"
+	"testing"
+
+	diskfs "github.com/diskfs/go-diskfs"
+	"github.com/diskfs/go-diskfs/disk"
+	"github.com/diskfs/go-diskfs/filesystem"
+	"github.com/google/go-cmp/cmp"
+
+	"github.com/quantix/quantix"
+	"github.com/quantix/quantix/images/build"
+	"github.com/quantix/quantix/images/spec"
+	initd "github.com/quantix/quantix/services/init"
+)
+
+func fatImage(t *testing.T, path, label string, typ filesystem.Type, size int64) {
+	t.Helper()
+	d, err := diskfs.Create(path, size, diskfs.SectorSizeDefault)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer d.Close()
+	if _, err := d.CreateFilesystem(disk.FilesystemSpec{FSType: typ, VolumeLabel: label}); err != nil {
+		t.Fatal(err)
+	}
+}
+
+func isoPVD(label string) []byte {
+	b := make([]byte, 40*1024)
+	b[32768] = 1
+	copy(b[32769:], "CD001")
+	copy(b[32808:32840], []byte(label+string(bytes.Repeat([]byte(" "), 32-len(label)))))
+	b[510], b[511] = 0x55, 0xaa // a hybrid ISO also has an MBR
+	return b
+}
+
+// TestProbeLabel reads labels from real filesystem images: ext4 (a config disk),
+// FAT12 and FAT32 (go-diskfs), ISO9660.
+func TestProbeLabel(t *testing.T) {
+	dir := t.TempDir()
+	ext4 := filepath.Join(dir, "cfg.img")
+	if err := build.ConfigDisk(ext4, quantix.LabelConfig, 0, map[string][]byte{"hostname": []byte("x")}); err != nil {
+		t.Fatal(err)
+	}
+	fat12 := filepath.Join(dir, "fat12.img")
+	fatImage(t, fat12, "EFIBOOT", filesystem.TypeFat12, 4<<20)
+	fat32 := filepath.Join(dir, "fat32.img")
+	fatImage(t, fat32, "QUANTIX-EFI", filesystem.TypeFat32, 40<<20)
+	iso := filepath.Join(dir, "iso.img")
+	os.WriteFile(iso, isoPVD("QUANTIX-OS"), 0o644)
+	empty := filepath.Join(dir, "empty.img")
+	os.WriteFile(empty, make([]byte, 64*1024), 0o644)
+
+	tests := []struct {
+		file, typ, label string
+		ok               bool
+	}{
+		{ext4, "ext4", quantix.LabelConfig, true},
+		{fat12, "vfat", "EFIBOOT", true},
+		{fat32, "vfat", "QUANTIX-EFI", true},
+		{iso, "iso9660", "QUANTIX-OS", true},
+		{empty, "", "", false},
+	}
+	for _, tt := range tests {
+		f, err := os.Open(tt.file)
+		if err != nil {
+			t.Fatal(err)
+		}
+		typ, label, ok := initd.ProbeLabel(f)
+		f.Close()
+		if typ != tt.typ || label != tt.label || ok != tt.ok {
+			t.Errorf("initd.ProbeLabel(%s) = %q, %q, %v; want %q, %q, %v", filepath.Base(tt.file), typ, label, ok, tt.typ, tt.label, tt.ok)
+		}
+	}
+}
+
+// TestScanFilesystems builds a fake /sys/class/block (whole disks and partitions,
+// linked as the kernel does) and /dev, then picks filesystems by label, preferring
+// the boot disk when labels collide.
+func TestScanFilesystems(t *testing.T) {
+	root := t.TempDir()
+	sysDevices := filepath.Join(root, "devices")
+	sysBlock := filepath.Join(root, "class", "block")
+	dev := filepath.Join(root, "dev")
+	for _, d := range []string{sysBlock, dev} {
+		os.MkdirAll(d, 0o755)
+	}
+	cfg := filepath.Join(root, "cfg.img")
+	if err := build.ConfigDisk(cfg, quantix.LabelConfig, 0, map[string][]byte{"hostname": []byte("x")}); err != nil {
+		t.Fatal(err)
+	}
+	cfgData, _ := os.ReadFile(cfg)
+	// sr0: the boot CD; vda: a config stick; sdb1: another QUANTIX-CFG on the
+	// boot disk sdb (which also holds the ISO image as sdb itself); ram0: ignored.
+	devs := []struct {
+		name, parent string
+		data         []byte
+	}{
+		{"sr0", "", isoPVD("QUANTIX-OS")},
+		{"vda", "", cfgData},
+		{"sdb", "", isoPVD("QUANTIX-OS")},
+		{"sdb1", "sdb", cfgData},
+		{"ram0", "", cfgData},
+	}
+	for _, d := range devs {
+		p := filepath.Join(sysDevices, d.name)
+		if d.parent != "" {
+			p = filepath.Join(sysDevices, d.parent, d.name)
+			os.WriteFile(filepath.Join(p, "partition"), []byte("1\n"), 0o644)
+		}
+		os.MkdirAll(p, 0o755)
+		if d.parent != "" {
+			os.WriteFile(filepath.Join(p, "partition"), []byte("1\n"), 0o644)
+		}
+		os.WriteFile(filepath.Join(p, "size"), []byte("32768\n"), 0o644)
+		if err := os.Symlink(p, filepath.Join(sysBlock, d.name)); err != nil {
+			t.Fatal(err)
+		}
+		os.WriteFile(filepath.Join(dev, d.name), d.data, 0o644)
+	}
+	fss, err := initd.ScanFilesystems(sysBlock, dev)
+	if err != nil {
+		t.Fatal(err)
+	}
+	want := []initd.Filesystem{
+		{Device: filepath.Join(dev, "sdb"), Disk: "sdb", Type: "iso9660", Label: "QUANTIX-OS"},
+		{Device: filepath.Join(dev, "sdb1"), Disk: "sdb", Type: "ext4", Label: quantix.LabelConfig},
+		{Device: filepath.Join(dev, "sr0"), Disk: "sr0", Type: "iso9660", Label: "QUANTIX-OS"},
+		{Device: filepath.Join(dev, "vda"), Disk: "vda", Type: "ext4", Label: quantix.LabelConfig},
+	}
+	if diff := cmp.Diff(want, fss); diff != "" {
+		t.Fatalf("ScanFilesystems (-want +got):\n%s", diff)
+	}
+	boot := initd.BootDisks(fss, "QUANTIX-OS", quantix.LabelEFI)
+	if diff := cmp.Diff(map[string]bool{"sdb": true, "sr0": true}, boot); diff != "" {
+		t.Errorf("BootDisks (-want +got):\n%s", diff)
+	}
+	got, collided, err := initd.FindByLabel(fss, quantix.LabelConfig, boot)
+	if err != nil || !collided || got.Device != filepath.Join(dev, "sdb1") {
+		t.Errorf("initd.FindByLabel(CFG) = %v, %v, %v; want sdb1 (on the boot disk), collided", got, collided, err)
+	}
+	// Without a boot disk among the candidates, the first by name wins.
+	got, _, _ = initd.FindByLabel(fss, quantix.LabelConfig, map[string]bool{"sr0": true})
+	if got.Device != filepath.Join(dev, "sdb1") {
+		t.Errorf("FindByLabel without boot-disk candidate = %v, want sdb1 (first by name)", got)
+	}
+	if _, _, err := initd.FindByLabel(fss, quantix.LabelData, boot); err == nil {
+		t.Errorf("initd.FindByLabel(DATA) = nil error, want ErrNoFilesystem")
+	}
+}
+
+func TestChooseHostname(t *testing.T) {
+	dir := t.TempDir()
+	good := filepath.Join(dir, "good")
+	os.WriteFile(good, []byte("Node-7\nignored\n"), 0o644)
+	bad := filepath.Join(dir, "bad")
+	os.WriteFile(bad, []byte("bad_name\n"), 0o644)
+	missing := filepath.Join(dir, "missing")
+	tests := []struct {
+		file, cmdline, want, source string
+		warnings                    int
+	}{
+		{good, "quantix.hostname=cmd ip=::::iphost::", "node-7", good, 0},
+		{missing, "quantix.hostname=Cmd-Host ip=::::iphost::", "cmd-host", "kernel command line quantix.hostname", 0},
+		{missing, "ip=10.0.0.5::10.0.0.1:255.255.255.0:IP-Host:eth0:off", "ip-host", "kernel command line ip=", 0},
+		{missing, "ip=dhcp", "quantix", "image default", 0},
+		{bad, "quantix.hostname=-x", "quantix", "image default", 2},
+		{bad, "quantix.hostname=ok", "ok", "kernel command line quantix.hostname", 1},
+	}
+	for _, tt := range tests {
+		name, source, warnings := initd.ChooseHostname(tt.file, quantix.ParseCmdline(tt.cmdline), "quantix")
+		if name != tt.want || source != tt.source || len(warnings) != tt.warnings {
+			t.Errorf("initd.ChooseHostname(%s, %q) = %q, %q, %q; want %q, %q, %d warnings", filepath.Base(tt.file), tt.cmdline, name, source, warnings, tt.want, tt.source, tt.warnings)
+		}
+	}
+}
+
+func TestConfigRoundTrip(t *testing.T) {
+	c := &initd.Config{
+		Image: "qvdc", Version: "0.1.0", VolumeLabel: "QVDC", Hostname: "qvdc", KernelRelease: "6.1.0-56-amd64",
+		Modules: []string{"virtio_pci", "nls_iso8859-1"},
+		Services: []spec.Service{
+			{Name: "network", Command: "/bbin/qx-net", Args: []string{"serve"}},
+			{Name: "vdc", Command: "/bbin/qx-vdc", Args: []string{"serve"}, DependsOn: []string{"network"}, Ready: spec.ReadyMarker},
+		},
+	}
+	p := filepath.Join(t.TempDir(), "image.toml")
+	if err := initd.WriteConfig(p, c); err != nil {
+		t.Fatal(err)
+	}
+	got, err := initd.LoadConfig(p)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if diff := cmp.Diff(c, got); diff != "" {
+		t.Errorf("round trip (-want +got):\n%s", diff)
+	}
+	os.WriteFile(p, []byte("image = \"x\"\nversion = \"1\"\nhostname = \"h\"\nshell = \"/bin/sh\"\n"), 0o644)
+	if _, err := initd.LoadConfig(p); err == nil {
+		t.Error("initd.LoadConfig(unknown key) = nil error")
+	}
+}
