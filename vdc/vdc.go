@@ -323,7 +323,14 @@ func (s *Service) sweep(ctx context.Context, st *store.Store, interval time.Dura
 			}
 			continue
 		}
-		for _, c := range ch {
+		// Node by node while that stays readable; a mass change (a rack losing
+		// power) is summarized. Every change is in the node's history either way.
+		const each = 20
+		for i, c := range ch {
+			if i == each {
+				s.log.Info("node phases changed", "more_nodes", len(ch)-each)
+				break
+			}
 			s.log.Info("node phase changed", "node_id", c.NodeID, "hostname", c.Hostname, "from", c.From, "to", c.To)
 		}
 	}
