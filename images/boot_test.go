@@ -120,7 +120,8 @@ func TestBoot(t *testing.T) {
 
 // TestConfigDiskHostname boots Quantix OS with a QUANTIX-CFG config disk (made by
 // build.ConfigDisk, as qx-image config-disk does) whose hostname file wins over the
-// kernel command line and the image default.
+// kernel command line and the image default. Then it presses the ACPI power button:
+// init stops the services, unmounts /quantix and powers off.
 func TestConfigDiskHostname(t *testing.T) {
 	needVM(t)
 	iso := builtISO(t, quantix.ImageQuantixOS)
@@ -138,6 +139,12 @@ func TestConfigDiskHostname(t *testing.T) {
 		if mk, ok := quantix.ParseMarker(l); ok && mk.Kind == quantix.MarkerWarning {
 			t.Errorf("unexpected warning with a config disk: %s", l)
 		}
+	}
+	m.PowerDown(t)
+	m.ExpectAll(t, 60*time.Second, vm.Contains("power button pressed"), vm.Contains("stopping services"),
+		vm.Contains("msg=unmounted component=init dir=/quantix"), vm.Contains("action=poweroff"))
+	if err := m.WaitExit(t, 60*time.Second); err != nil {
+		t.Errorf("QEMU exit after power-off: %v", err)
 	}
 }
 

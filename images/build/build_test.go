@@ -170,6 +170,7 @@ func TestBuildReproducible(t *testing.T) {
 			len(m.Commands) == 0 || len(m.Commands[0].GoModules) == 0 || len(m.URoot.GoModules) == 0 || len(m.Overlay) == 0 || len(m.Boot) == 0 {
 			t.Errorf("manifest lacks inputs: %s", data)
 		}
+		checkInitramfs(t, res.ISO, m.Kernel.Release)
 		sumsFile, _ := os.ReadFile(filepath.Join(filepath.Dir(res.ISO), "SHA256SUMS"))
 		if want := res.SHA256 + "  quantix-os.iso\n"; string(sumsFile) != want {
 			t.Errorf("SHA256SUMS = %q, want %q", sumsFile, want)
@@ -184,5 +185,55 @@ func TestMissingCommandIsClear(t *testing.T) {
 	err := goBuild("../..", t.TempDir(), "1", []string{"./services/cmd/qx-nonexistent"})
 	if err == nil || !strings.Contains(err.Error(), "./services/cmd/qx-nonexistent: its main package does not exist yet") {
 		t.Errorf("goBuild(missing) = %v", err)
+	}
+}
+
+// checkInitramfs reads the initramfs back from the ISO: u-root's init as /init,
+// qx-init as uinit and modprobe, the image config and modules, and no shell at all
+// (Quantix OS has no /bin/sh; nothing is linked as u-root's default shell).
+func checkInitramfs(t *testing.T, iso, release string) {
+	t.Helper()
+	f, err := os.Open(iso)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer f.Close()
+	zr, err := gzip.NewReader(bytes.NewReader(isoFile(t, f, "boot/initrd.gz")))
+	if err != nil {
+		t.Fatal(err)
+	}
+	raw, err := io.ReadAll(zr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	recs, err := cpio.ReadAllRecords(cpio.Newc.Reader(bytes.NewReader(raw)))
+	if err != nil {
+		t.Fatal(err)
+	}
+	links := map[string]string{}
+	files := map[string]bool{}
+	for _, r := range recs {
+		files[r.Name] = true
+		if r.Mode&cpio.S_IFMT == cpio.S_IFLNK {
+			target, _ := io.ReadAll(io.NewSectionReader(r.ReaderAt, 0, int64(r.FileSize)))
+			links[r.Name] = string(target)
+		}
+	}
+	for name, want := range map[string]string{"init": "bbin/init", "bin/uinit": "../bbin/qx-init", "sbin/modprobe": "/bbin/qx-init"} {
+		if links[name] != want {
+			t.Errorf("initramfs %s -> %q, want -> %q", name, links[name], want)
+		}
+	}
+	for _, name := range []string{"bbin/bb", "bbin/qx-init", "etc/quantix/image.toml", "etc/passwd",
+		"lib/modules/" + release + "/modules.dep", "lib/modules/" + release + "/modules.alias",
+		"lib/modules/" + release + "/kernel/fs/ext4/ext4.ko"} {
+		if !files[name] {
+			t.Errorf("initramfs lacks %s", name)
+		}
+	}
+	for _, name := range []string{"bin/sh", "bin/defaultsh", "bbin/sh", "bbin/gosh", "bbin/elvish"} {
+		if files[name] {
+			t.Errorf("initramfs has %s: nothing may offer a shell", name)
+		}
 	}
 }

@@ -92,6 +92,13 @@ func (in *Init) Run(ctx context.Context) (Action, error) {
 	} else {
 		defer ln.Close()
 	}
+	pb := &powerButton{log: in.log, watched: map[string]bool{}, press: func() {
+		select {
+		case actions <- ActionPoweroff:
+		default:
+		}
+	}}
+	pb.scan()
 	sigs := make(chan os.Signal, 2)
 	signal.Notify(sigs, syscall.SIGTERM, syscall.SIGUSR2, syscall.SIGINT)
 	defer signal.Stop(sigs)
@@ -112,6 +119,7 @@ func (in *Init) Run(ctx context.Context) (Action, error) {
 		case <-sup.AllReady():
 			in.say(quantix.BootCompleteMarker(Uptime().Seconds()))
 			in.loadRest()
+			pb.scan()
 		case <-supCtx.Done():
 		}
 	}()
@@ -146,7 +154,9 @@ func (in *Init) Quiesce() {
 			if err := unix.Mount("", dir, "", unix.MS_REMOUNT|unix.MS_RDONLY, ""); err != nil {
 				in.log.Error("remount read-only failed", "dir", dir, "err", err)
 			}
+			continue
 		}
+		in.log.Info("unmounted", "dir", dir)
 	}
 	unix.Sync()
 }

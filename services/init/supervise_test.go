@@ -4,6 +4,7 @@ import (
 	"bufio"
 	"bytes"
 	"context"
+	"encoding/binary"
 	"fmt"
 	"io"
 	"log/slog"
@@ -332,6 +333,30 @@ func TestNewSupervisorRejects(t *testing.T) {
 	} {
 		if _, err := NewSupervisor(SupervisorConfig{Services: svcs}, log); err == nil {
 			t.Errorf("NewSupervisor(%+v) = nil error", svcs)
+		}
+	}
+}
+
+func TestIsPowerPress(t *testing.T) {
+	ev := func(typ, code uint16, value int32) []byte {
+		b := make([]byte, inputEventSize)
+		binary.LittleEndian.PutUint16(b[16:], typ)
+		binary.LittleEndian.PutUint16(b[18:], code)
+		binary.LittleEndian.PutUint32(b[20:], uint32(value))
+		return b
+	}
+	tests := []struct {
+		ev   []byte
+		want bool
+	}{
+		{ev(evKey, keyPower, 1), true},
+		{ev(evKey, keyPower, 0), false}, // release
+		{ev(evKey, 30, 1), false},       // KEY_A
+		{ev(0, 0, 0), false},            // EV_SYN
+	}
+	for i, tt := range tests {
+		if got := isPowerPress(tt.ev); got != tt.want {
+			t.Errorf("case %d: isPowerPress = %v, want %v", i, got, tt.want)
 		}
 	}
 }
