@@ -196,6 +196,18 @@ func (m Model) Update(msg tea.Msg) (tea.Model, tea.Cmd) {
 		if msg.Type == tea.KeyCtrlL {
 			return m, tea.ClearScreen
 		}
+		if msg.Type == tea.KeyRunes && len(msg.Runes) > 1 {
+			// Keys typed faster than they are read arrive together (serial lines,
+			// pastes): handle them one by one, as they were typed.
+			var cmds []tea.Cmd
+			var mm tea.Model = m
+			for _, r := range msg.Runes {
+				var cmd tea.Cmd
+				mm, cmd = mm.(Model).key(tea.KeyMsg{Type: tea.KeyRunes, Runes: []rune{r}})
+				cmds = append(cmds, cmd)
+			}
+			return mm, tea.Batch(cmds...)
+		}
 		return m.key(msg)
 	case verifyMsg:
 		m.busy = ""
@@ -206,7 +218,7 @@ func (m Model) Update(msg tea.Msg) (tea.Model, tea.Cmd) {
 				d := time.Second << min(m.failures-3, 5)
 				m.lockedUntil = time.Now().Add(d)
 			}
-			m.pwErr = "Wrong password."
+			m.pwErr = fmt.Sprintf("Wrong password (%d failed).", m.failures)
 			if !errors.Is(msg.err, ErrWrongPassword) {
 				m.pwErr = msg.err.Error()
 			}

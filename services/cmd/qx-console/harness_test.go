@@ -53,6 +53,7 @@ type terminal struct {
 	t      *testing.T
 	cmd    *exec.Cmd
 	master *os.File
+	slave  *os.File
 	scr    *vt.Screen
 	stdout syncBuf
 	stderr syncBuf
@@ -148,35 +149,12 @@ func startConsole(t *testing.T, o startOpts, args ...string) *terminal {
 	if err := pty.Setsize(master, &pty.Winsize{Rows: 24, Cols: 80}); err != nil {
 		t.Fatal(err)
 	}
-	argv := append([]string{os.Args[0], "--tty", slave.Name()}, args...)
-	if o.netns != "" {
-		argv = append([]string{"ip", "netns", "exec", o.netns}, argv...)
-	}
-	tm := &terminal{t: t, master: master, scr: vt.New(24, 80), done: make(chan error, 1)}
-	tm.cmd = exec.Command(argv[0], argv[1:]...)
-	tm.cmd.Env = append(os.Environ(), mainEnv+"=1", "TERM=vt100")
-	tm.cmd.Stdout, tm.cmd.Stderr = &tm.stdout, &tm.stderr
-	if o.uts {
-		tm.cmd.SysProcAttr = &syscall.SysProcAttr{Cloneflags: syscall.CLONE_NEWUTS}
-	}
-	if err := tm.cmd.Start(); err != nil {
-		t.Fatalf("start qx-console: %v", err)
-	}
+	tm := &terminal{t: t, master: master, slave: slave, scr: vt.New(24, 80)}
 	// The slave stays open here until the end: with no slave open, reads on the
 	// master fail with EIO, and the program opens the slave by its path later.
 	go io.Copy(tm.scr, master)
-	go func() { tm.done <- tm.cmd.Wait() }()
 	t.Cleanup(func() {
-		tm.cmd.Process.Signal(syscall.SIGTERM)
-		select {
-		case err := <-tm.done:
-			if err != nil && !t.Failed() {
-				t.Errorf("qx-console did not stop cleanly on SIGTERM: %v\nstderr:\n%s", err, tm.stderr.String())
-			}
-		case <-time.After(10 * time.Second):
-			tm.cmd.Process.Kill()
-			t.Errorf("qx-console did not stop within 10s of SIGTERM")
-		}
+		tm.stop()
 		master.Close()
 		slave.Close()
 		if u := tm.scr.Unknown(); len(u) > 0 && !t.Failed() {
@@ -189,7 +167,55 @@ func startConsole(t *testing.T, o startOpts, args ...string) *terminal {
 			t.Logf("qx-console stderr:\n%s", tm.stderr.String())
 		}
 	})
+	tm.start(o, args...)
 	return tm
+}
+
+// start runs qx-console on the terminal's pty.
+func (tm *terminal) start(o startOpts, args ...string) {
+	t := tm.t
+	t.Helper()
+	argv := append([]string{os.Args[0], "--tty", tm.slave.Name()}, args...)
+	if o.netns != "" {
+		argv = append([]string{"ip", "netns", "exec", o.netns}, argv...)
+	}
+	tm.done = make(chan error, 1)
+	tm.cmd = exec.Command(argv[0], argv[1:]...)
+	tm.cmd.Env = append(os.Environ(), mainEnv+"=1", "TERM=vt100")
+	tm.cmd.Stdout, tm.cmd.Stderr = &tm.stdout, &tm.stderr
+	if o.uts {
+		tm.cmd.SysProcAttr = &syscall.SysProcAttr{Cloneflags: syscall.CLONE_NEWUTS}
+	}
+	if err := tm.cmd.Start(); err != nil {
+		t.Fatalf("start qx-console: %v", err)
+	}
+	go func() { tm.done <- tm.cmd.Wait() }()
+}
+
+// stop ends qx-console with SIGTERM, as init does, and wants a clean exit.
+func (tm *terminal) stop() {
+	t := tm.t
+	if tm.cmd == nil {
+		return
+	}
+	tm.cmd.Process.Signal(syscall.SIGTERM)
+	select {
+	case err := <-tm.done:
+		if err != nil && !t.Failed() {
+			t.Errorf("qx-console did not stop cleanly on SIGTERM: %v\nstderr:\n%s", err, tm.stderr.String())
+		}
+	case <-time.After(10 * time.Second):
+		tm.cmd.Process.Kill()
+		t.Errorf("qx-console did not stop within 10s of SIGTERM")
+	}
+	tm.cmd = nil
+}
+
+// kill ends qx-console with SIGKILL (a crash).
+func (tm *terminal) kill() {
+	tm.cmd.Process.Kill()
+	<-tm.done
+	tm.cmd = nil
 }
 
 // send types keys: text, or "\r" (Enter), "\x1b" (Esc), "\x1b[B" (Down)...
