@@ -297,6 +297,9 @@ func (p *Postgres) Stop() error {
 	return err
 }
 
+// Pid is the postmaster's process id.
+func (p *Postgres) Pid() int { return p.cmd.Process.Pid }
+
 // AdminURL is the superuser's URL to database "postgres".
 func (p *Postgres) AdminURL() string { return p.url("postgres", "postgres") }
 

@@ -122,7 +122,8 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 		}
 	}
 	if o.nodes > 0 {
-		if err := heartbeats(ctx, client, v.url, joinToken, o, stdout); err != nil {
+		cpu := func() (time.Duration, time.Duration) { return cpuTime(v.cmd.Process.Pid, false), cpuTime(pg.Pid(), true) }
+		if err := heartbeats(ctx, client, v.url, joinToken, o, cpu, stdout); err != nil {
 			return err
 		}
 	}
@@ -363,7 +364,7 @@ func storm(ctx context.Context, c *http.Client, base, token, dbURL string, o opt
 	return nil
 }
 
-func heartbeats(ctx context.Context, c *http.Client, base, token string, o options, out io.Writer) error {
+func heartbeats(ctx context.Context, c *http.Client, base, token string, o options, cpu func() (time.Duration, time.Duration), out io.Writer) error {
 	nodes := make([]*simNode, o.nodes)
 	for i := range nodes {
 		nodes[i] = newSimNode("hb", i)
@@ -421,6 +422,7 @@ func heartbeats(ctx context.Context, c *http.Client, base, token string, o optio
 		lat = append(lat, d)
 		mu.Unlock()
 	}
+	vdcCPU0, pgCPU0 := cpu()
 	start := time.Now()
 	end := start.Add(o.duration)
 	if o.rate > 0 {
@@ -477,6 +479,7 @@ func heartbeats(ctx context.Context, c *http.Client, base, token string, o optio
 		wg.Wait()
 	}
 	elapsed := time.Since(start)
+	vdcCPU1, pgCPU1 := cpu()
 	slices.Sort(lat)
 	pct := func(p float64) time.Duration {
 		if len(lat) == 0 {
@@ -488,11 +491,46 @@ func heartbeats(ctx context.Context, c *http.Client, base, token string, o optio
 	fmt.Fprintf(out, "  acknowledged %d (%.0f heartbeats/s), errors %d\n", len(lat), float64(len(lat))/elapsed.Seconds(), errs.Load())
 	fmt.Fprintf(out, "  latency p50 %.2f ms, p99 %.2f ms, max %.2f ms\n",
 		ms(pct(0.50)), ms(pct(0.99)), ms(pct(1)))
+	if n := float64(len(lat)); n > 0 {
+		fmt.Fprintf(out, "  CPU per heartbeat: qx-vdc %.0f µs, postgres %.0f µs (%.2f and %.2f cores busy)\n",
+			float64((vdcCPU1-vdcCPU0).Microseconds())/n, float64((pgCPU1-pgCPU0).Microseconds())/n,
+			(vdcCPU1-vdcCPU0).Seconds()/elapsed.Seconds(), (pgCPU1-pgCPU0).Seconds()/elapsed.Seconds())
+	}
 	if e := firstErr.Load(); e != nil {
 		fmt.Fprintf(out, "  first error: %s\n", e)
 	}
 	fmt.Fprintln(out)
 	return nil
+}
+
+// cpuTime is the user+system CPU time of pid, plus its children's when withChildren
+// (PostgreSQL's backends are children of the postmaster).
+func cpuTime(pid int, withChildren bool) time.Duration {
+	const tick = 10 * time.Millisecond // USER_HZ is 100 on Linux
+	read := func(p string) (ppid int, t time.Duration) {
+		b, err := os.ReadFile("/proc/" + p + "/stat")
+		if err != nil {
+			return -1, 0
+		}
+		f := strings.Fields(string(b[bytes.LastIndexByte(b, ')')+2:]))
+		ppid, _ = strconv.Atoi(f[1])
+		u, _ := strconv.Atoi(f[11])
+		s, _ := strconv.Atoi(f[12])
+		return ppid, time.Duration(u+s) * tick
+	}
+	_, total := read(strconv.Itoa(pid))
+	if withChildren {
+		ents, _ := os.ReadDir("/proc")
+		for _, e := range ents {
+			if e.Name()[0] < '0' || e.Name()[0] > '9' {
+				continue
+			}
+			if ppid, t := read(e.Name()); ppid == pid {
+				total += t
+			}
+		}
+	}
+	return total
 }
 
 func ms(d time.Duration) float64 { return float64(d.Microseconds()) / 1000 }
