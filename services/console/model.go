@@ -246,7 +246,7 @@ func (m Model) Update(msg tea.Msg) (tea.Model, tea.Cmd) {
 		}
 		m.applyRes = nil
 		m.scr = scrStatus
-		m.msg = "Network settings kept and saved to " + m.cfg.NetworkConfig + "."
+		m.msg = "Network settings kept and saved to " + filepath.Base(m.cfg.NetworkConfig) + "."
 		return m, m.gatherCmd()
 	case hostMsg:
 		m.busy = ""
@@ -255,7 +255,7 @@ func (m Model) Update(msg tea.Msg) (tea.Model, tea.Cmd) {
 			return m, nil
 		}
 		m.scr, m.hostErr = scrStatus, ""
-		m.msg = "Hostname " + msg.name + " set and saved to " + m.cfg.HostnameFile + "."
+		m.msg = "Hostname " + msg.name + " set and saved."
 		return m, m.gatherCmd()
 	case checksMsg:
 		m.busy = ""
@@ -544,7 +544,7 @@ func (m Model) applied(msg applyMsg) (tea.Model, tea.Cmd) {
 	res := msg.res
 	if res.Committed {
 		m.scr = scrStatus
-		m.msg = "Network settings applied and saved to " + res.SavedTo + "."
+		m.msg = "Network settings applied and saved to " + filepath.Base(res.SavedTo) + "."
 		return m, m.gatherCmd()
 	}
 	m.applyRes = &res

@@ -147,7 +147,7 @@ func ping(ctx context.Context, ip string) (string, error) {
 				continue
 			}
 			if e, ok := rm.Body.(*icmp.Echo); ok && (network == "udp4" || e.ID == id) {
-				return fmt.Sprintf("echo reply in %s", time.Since(sent).Round(100*time.Microsecond)), nil
+				return fmt.Sprintf("echo reply in %.1fms", float64(time.Since(sent).Microseconds())/1000), nil
 			}
 		}
 		if ctx.Err() != nil {
@@ -194,7 +194,7 @@ func dnsCheck(ctx context.Context, server, name, self string) (string, error) {
 	}
 	var de *net.DNSError
 	if errors.As(err, &de) && de.IsNotFound {
-		return fmt.Sprintf("answers (%s: no such name)", what), nil
+		return fmt.Sprintf("answers (%s: no name)", what), nil
 	}
 	return "", fmt.Errorf("%s: %w", what, err)
 }

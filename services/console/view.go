@@ -339,7 +339,7 @@ func (m Model) viewNetTest() ([]string, string) {
 		if c.OK {
 			res = "ok  "
 		}
-		b = append(b, wrap(fmt.Sprintf("%s  %-32s %s", res, c.Name, c.Detail), m.width-1, 6)...)
+		b = append(b, wrap(fmt.Sprintf("%s  %-28s %s", res, c.Name, c.Detail), m.width-1, 6)...)
 	}
 	return b, "r Run again  Esc Back"
 }
