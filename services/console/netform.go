@@ -98,13 +98,35 @@ func (f NetForm) Settings() network.Settings {
 }
 
 // Validate checks the form with the network service's own rules. The map holds one
-// message per field key (FieldOther for the rest); nil means valid.
+// message per field key (FieldOther for the rest); nil means valid. The service
+// stops at its first error, so each field it names is cleared and the rest checked
+// again: the operator sees every bad field at once. The gateway is only judged
+// against a valid address.
 func (f NetForm) Validate() map[string]string {
-	err := f.Settings().Validate()
-	if err == nil {
-		return nil
+	var errs map[string]string
+	for range 5 {
+		err := f.Settings().Validate()
+		if err == nil {
+			break
+		}
+		k := fieldOf(err)
+		if _, seen := errs[k]; seen {
+			break
+		}
+		if errs == nil {
+			errs = map[string]string{}
+		}
+		errs[k] = fieldMessage(err)
+		switch k {
+		case FieldDNS:
+			f.DNS = ""
+		case FieldGateway:
+			f.Gateway = ""
+		default:
+			return errs
+		}
 	}
-	return map[string]string{fieldOf(err): fieldMessage(err)}
+	return errs
 }
 
 // fieldOf finds the key a network.Settings error names:
