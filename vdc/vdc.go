@@ -53,7 +53,7 @@ func (d Duration) MarshalText() ([]byte, error) { return []byte(d.String()), nil
 //	admin_token = ""              # else secrets.toml's admin_token_hash, else generated
 //	secrets_file = "/quantix/vdc/secrets.toml"
 //	database_max_conns = 16
-//	heartbeat_writers = 4
+//	heartbeat_writers = 2
 type Config struct {
 	Listen            string   `toml:"listen"`
 	DatabaseURL       string   `toml:"database_url"`
@@ -72,7 +72,7 @@ type Config struct {
 
 // Defaults.
 const (
-	DefaultHeartbeatWriters = 4
+	DefaultHeartbeatWriters = 2
 	DefaultListen           = ":8080"
 	DefaultDatabaseURL      = "postgres://quantix@127.0.0.1:5432/quantix?sslmode=disable"
 )
