@@ -195,15 +195,18 @@ func (s *Service) Config() Config { return s.cfg }
 // other session), sets a serial line's speed, and gives a terminal without a size
 // (a serial line) 80x24.
 func OpenTTY(path string, baud int) (*os.File, error) {
+	// Open first (not yet a session leader, so the open does not take the terminal),
+	// so a wrong path changes nothing about this process.
+	f, err := os.OpenFile(filepath.Clean(path), os.O_RDWR|unix.O_NOCTTY, 0)
+	if err != nil {
+		return nil, fmt.Errorf("open tty %s: %w", path, err)
+	}
 	if _, err := unix.Setsid(); err != nil {
 		// EPERM: already a process group leader; fine if we lead the session.
 		if sid, _ := unix.Getsid(0); sid != os.Getpid() {
+			f.Close()
 			return nil, fmt.Errorf("open tty %s: setsid: %w", path, err)
 		}
-	}
-	f, err := os.OpenFile(filepath.Clean(path), os.O_RDWR, 0)
-	if err != nil {
-		return nil, fmt.Errorf("open tty %s: %w", path, err)
 	}
 	fd := int(f.Fd())
 	if err := unix.IoctlSetInt(fd, unix.TIOCSCTTY, 1); err != nil {

@@ -50,7 +50,7 @@ func (s *syncBuf) String() string {
 // terminal is qx-console running on the slave side of a pty, opened by the
 // program itself through --tty, with a VT100 screen on the master side.
 type terminal struct {
-	t      *testing.T
+	t      testing.TB
 	cmd    *exec.Cmd
 	master *os.File
 	slave  *os.File
@@ -75,7 +75,7 @@ type env struct {
 	imageConfig  string
 }
 
-func newEnv(t *testing.T) *env {
+func newEnv(t testing.TB) *env {
 	dir := t.TempDir()
 	e := &env{
 		dir:          dir,
@@ -109,7 +109,7 @@ depends_on = ["network"]
 	return e
 }
 
-func writeFile(t *testing.T, path, data string) {
+func writeFile(t testing.TB, path, data string) {
 	t.Helper()
 	if err := os.MkdirAll(filepath.Dir(path), 0o755); err != nil {
 		t.Fatal(err)
@@ -140,7 +140,7 @@ type startOpts struct {
 	uts   bool   // a new UTS namespace, so setting the hostname is safe
 }
 
-func startConsole(t *testing.T, o startOpts, args ...string) *terminal {
+func startConsole(t testing.TB, o startOpts, args ...string) *terminal {
 	t.Helper()
 	master, slave, err := pty.Open()
 	if err != nil {
