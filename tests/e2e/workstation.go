@@ -1,0 +1,200 @@
+package e2e
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"net"
+	"net/http"
+	"net/netip"
+	"strconv"
+	"sync"
+	"testing"
+	"time"
+
+	"gvisor.dev/gvisor/pkg/buffer"
+	"gvisor.dev/gvisor/pkg/tcpip"
+	"gvisor.dev/gvisor/pkg/tcpip/adapters/gonet"
+	"gvisor.dev/gvisor/pkg/tcpip/header"
+	"gvisor.dev/gvisor/pkg/tcpip/link/channel"
+	"gvisor.dev/gvisor/pkg/tcpip/link/ethernet"
+	"gvisor.dev/gvisor/pkg/tcpip/network/arp"
+	"gvisor.dev/gvisor/pkg/tcpip/network/ipv4"
+	"gvisor.dev/gvisor/pkg/tcpip/stack"
+	"gvisor.dev/gvisor/pkg/tcpip/transport/tcp"
+
+	"github.com/quantix/quantix/tests/vm"
+)
+
+// Workstation is the operator's computer on the lab segment: a user-space TCP/IP
+// stack (gVisor's netstack) inside the test process, plugged into a hub port like
+// any VM. The test reaches the vDC API and the agents' status endpoints through it,
+// over the same L2 segment (and into the same pcap) as the nodes.
+//
+// Why not QEMU user networking on a second QvDC NIC (DESIGN §11): the network
+// service configures exactly one interface (DESIGN §7), so a second NIC has no
+// address and QEMU's port forward cannot reach the guest.
+type Workstation struct {
+	Addr netip.Prefix
+	MAC  net.HardwareAddr
+
+	stack  *stack.Stack
+	ep     *channel.Endpoint
+	conn   *net.UnixConn
+	hub    *net.UnixAddr
+	cancel context.CancelFunc
+	wg     sync.WaitGroup
+}
+
+// nicID is the workstation's only NIC.
+const nicID tcpip.NICID = 1
+
+// NewWorkstation plugs a workstation with address addr into hub; it is unplugged
+// when t ends.
+func NewWorkstation(t testing.TB, hub *vm.Hub, mac net.HardwareAddr, addr netip.Prefix) *Workstation {
+	t.Helper()
+	w, err := newWorkstation(hub, mac, addr)
+	if err != nil {
+		t.Fatalf("workstation %s: %v", addr, err)
+	}
+	t.Cleanup(w.Close)
+	return w
+}
+
+func newWorkstation(hub *vm.Hub, mac net.HardwareAddr, addr netip.Prefix) (*Workstation, error) {
+	port, err := hub.AddPort("workstation-" + addr.Addr().String())
+	if err != nil {
+		return nil, err
+	}
+	conn, err := net.ListenUnixgram("unixgram", &net.UnixAddr{Name: port.PeerPath, Net: "unixgram"})
+	if err != nil {
+		return nil, fmt.Errorf("bind %s: %w", port.PeerPath, err)
+	}
+	w := &Workstation{
+		Addr: addr,
+		MAC:  mac,
+		conn: conn,
+		hub:  &net.UnixAddr{Name: port.HubPath, Net: "unixgram"},
+		ep:   channel.New(256, 1500, tcpip.LinkAddress(mac)),
+		stack: stack.New(stack.Options{
+			NetworkProtocols:   []stack.NetworkProtocolFactory{ipv4.NewProtocol, arp.NewProtocol},
+			TransportProtocols: []stack.TransportProtocolFactory{tcp.NewProtocol},
+		}),
+	}
+	if e := w.stack.CreateNIC(nicID, ethernet.New(w.ep)); e != nil {
+		w.Close()
+		return nil, fmt.Errorf("create NIC: %s", e)
+	}
+	pa := tcpip.ProtocolAddress{
+		Protocol:          ipv4.ProtocolNumber,
+		AddressWithPrefix: tcpip.AddressWithPrefix{Address: tcpip.AddrFrom4(addr.Addr().As4()), PrefixLen: addr.Bits()},
+	}
+	if e := w.stack.AddProtocolAddress(nicID, pa, stack.AddressProperties{}); e != nil {
+		w.Close()
+		return nil, fmt.Errorf("add address %s: %s", addr, e)
+	}
+	w.stack.SetRouteTable([]tcpip.Route{{Destination: pa.AddressWithPrefix.Subnet(), NIC: nicID}})
+
+	ctx, cancel := context.WithCancel(context.Background())
+	w.cancel = cancel
+	w.wg.Add(2)
+	go w.transmit(ctx)
+	go w.receive()
+	return w, nil
+}
+
+// transmit sends the stack's outgoing frames to the hub.
+func (w *Workstation) transmit(ctx context.Context) {
+	defer w.wg.Done()
+	for {
+		pkt := w.ep.ReadContext(ctx)
+		if pkt == nil {
+			return // ctx done
+		}
+		v := pkt.ToView()
+		frame := append([]byte(nil), v.AsSlice()...)
+		v.Release()
+		pkt.DecRef()
+		// The hub may be gone at the end of a test; a lost frame is TCP's business.
+		w.conn.WriteToUnix(frame, w.hub)
+	}
+}
+
+// receive hands the frames from the hub to the stack.
+func (w *Workstation) receive() {
+	defer w.wg.Done()
+	buf := make([]byte, 65536)
+	for {
+		n, _, err := w.conn.ReadFromUnix(buf)
+		if err != nil {
+			if errors.Is(err, net.ErrClosed) {
+				return
+			}
+			continue
+		}
+		if n < header.EthernetMinimumSize {
+			continue
+		}
+		pkt := stack.NewPacketBuffer(stack.PacketBufferOptions{Payload: buffer.MakeWithData(append([]byte(nil), buf[:n]...))})
+		w.ep.InjectInbound(0, pkt) // the ethernet endpoint reads the protocol from the frame
+		pkt.DecRef()
+	}
+}
+
+// DialContext opens a TCP connection from the workstation; address is "ip:port".
+func (w *Workstation) DialContext(ctx context.Context, network, address string) (net.Conn, error) {
+	if network != "tcp" && network != "tcp4" {
+		return nil, fmt.Errorf("workstation dial %s %s: only tcp", network, address)
+	}
+	host, port, err := net.SplitHostPort(address)
+	if err != nil {
+		return nil, fmt.Errorf("workstation dial %s: %w", address, err)
+	}
+	ip, err := netip.ParseAddr(host)
+	if err != nil || !ip.Is4() {
+		return nil, fmt.Errorf("workstation dial %s: want an IPv4 address, not a name", address)
+	}
+	p, err := strconv.ParseUint(port, 10, 16)
+	if err != nil {
+		return nil, fmt.Errorf("workstation dial %s: port: %w", address, err)
+	}
+	c, err := gonet.DialContextTCP(ctx, w.stack, tcpip.FullAddress{NIC: nicID, Addr: tcpip.AddrFrom4(ip.As4()), Port: uint16(p)}, ipv4.ProtocolNumber)
+	if err != nil {
+		return nil, fmt.Errorf("workstation dial %s: %w", address, err)
+	}
+	return c, nil
+}
+
+// Listen accepts TCP connections on the workstation's address (lab self-tests).
+func (w *Workstation) Listen(port uint16) (net.Listener, error) {
+	l, err := gonet.ListenTCP(w.stack, tcpip.FullAddress{NIC: nicID, Addr: tcpip.AddrFrom4(w.Addr.Addr().As4()), Port: port}, ipv4.ProtocolNumber)
+	if err != nil {
+		return nil, fmt.Errorf("workstation listen %s:%d: %w", w.Addr.Addr(), port, err)
+	}
+	return l, nil
+}
+
+// HTTPClient returns an HTTP client that connects through the workstation. Each
+// request gets a fresh connection: a VM that rebooted must not leave the test
+// waiting on a connection that died with it.
+func (w *Workstation) HTTPClient(timeout time.Duration) *http.Client {
+	return &http.Client{
+		Timeout: timeout,
+		Transport: &http.Transport{
+			DialContext:       w.DialContext,
+			DisableKeepAlives: true,
+			Proxy:             nil,
+		},
+	}
+}
+
+// Close unplugs the workstation.
+func (w *Workstation) Close() {
+	if w.cancel != nil {
+		w.cancel()
+	}
+	w.conn.Close()
+	w.wg.Wait()
+	w.stack.Close()
+	w.stack.Wait()
+}

@@ -1,0 +1,60 @@
+package e2e
+
+import (
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"net/netip"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/quantix/quantix/tests/vm"
+)
+
+// TestWorkstation joins two workstations on a hub and runs HTTP between them: the
+// path the scenarios use to reach the vDC, without a VM.
+func TestWorkstation(t *testing.T) {
+	if testing.Short() {
+		t.Skip("the e2e package is skipped with -short")
+	}
+	hub := vm.NewHub(t, vm.HubConfig{DHCPOff: true})
+	srvAddr := netip.MustParsePrefix("10.77.0.3/24")
+	srv := NewWorkstation(t, hub, net.HardwareAddr{0x52, 0x54, 0x00, 0x77, 0x00, 0x03}, srvAddr)
+	cli := NewWorkstation(t, hub, WorkstationMAC, WorkstationAddr)
+	ln, err := srv.Listen(8080)
+	if err != nil {
+		t.Fatal(err)
+	}
+	body := make([]byte, 200<<10) // several windows' worth
+	for i := range body {
+		body[i] = byte(i)
+	}
+	hs := &http.Server{Handler: http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		fmt.Fprintf(w, "%s %s from %s\n", r.Method, r.URL.Path, r.RemoteAddr)
+		w.Write(body)
+	})}
+	go hs.Serve(ln)
+	t.Cleanup(func() { hs.Close() })
+
+	hc := cli.HTTPClient(10 * time.Second)
+	for i := range 3 {
+		resp, err := hc.Get(fmt.Sprintf("http://%s:8080/try%d", srvAddr.Addr(), i))
+		if err != nil {
+			t.Fatal(err)
+		}
+		got, err := io.ReadAll(resp.Body)
+		resp.Body.Close()
+		if err != nil {
+			t.Fatal(err)
+		}
+		head := fmt.Sprintf("GET /try%d from %s:", i, WorkstationAddr.Addr())
+		if !strings.HasPrefix(string(got), head) || !strings.HasSuffix(string(got), string(body)) {
+			t.Fatalf("answer %d: %d bytes starting %q, want %q and the %d bytes of the body", i, len(got), got[:min(len(got), 60)], head, len(body))
+		}
+	}
+	if _, err := hc.Get("http://10.77.0.99:8080/"); err == nil {
+		t.Error("a request to an address nobody holds succeeded")
+	}
+}
