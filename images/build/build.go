@@ -214,7 +214,7 @@ func (b *Builder) Build(ctx context.Context) (*Result, error) {
 		if k, err = prepareKernel(img.Kernel, b.cfg.CacheDir, logf); err != nil {
 			return err
 		}
-		modFiles, modDep, err = k.ModuleClosure(img.Kernel.Modules)
+		modFiles, modDep, err = k.ModuleClosure(img.Kernel.AllModules())
 		return err
 	}); err != nil {
 		return nil, err
@@ -266,7 +266,7 @@ func (b *Builder) Build(ctx context.Context) (*Result, error) {
 	if err := step("image config", func() error {
 		c := initd.Config{
 			Image: img.Name, Version: img.Version, VolumeLabel: img.VolumeLabel, Hostname: img.Hostname,
-			KernelRelease: k.Release, Modules: img.Kernel.Modules, Services: img.Services,
+			KernelRelease: k.Release, Modules: img.Kernel.Modules, LateModules: img.Kernel.LateModules, Services: img.Services,
 		}
 		data, err := c.Encode()
 		if err != nil {

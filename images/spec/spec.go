@@ -43,8 +43,18 @@ type Kernel struct {
 	Version string `toml:"version"`
 	// SHA256 is the hex sha256 of the .deb file.
 	SHA256 string `toml:"sha256"`
-	// Modules are loaded at boot (with their dependencies, in dependency order).
+	// Modules are loaded at boot (with their dependencies, in dependency order):
+	// device drivers when a matching device is present, filesystems when needed,
+	// the rest right after boot-complete.
 	Modules []string `toml:"modules"`
+	// LateModules are loaded only after boot-complete, off the boot's critical path
+	// (the ACPI power button: button, evdev).
+	LateModules []string `toml:"late_modules"`
+}
+
+// AllModules returns Modules and LateModules.
+func (k Kernel) AllModules() []string {
+	return append(append([]string(nil), k.Modules...), k.LateModules...)
 }
 
 // Initramfs lists what the initramfs holds besides the kernel modules.
@@ -166,14 +176,16 @@ func (img *Image) Validate() error {
 		bad("kernel.sha256", "%q is not 64 hex digits", k.SHA256)
 	}
 	seen := map[string]bool{}
-	for i, m := range k.Modules {
-		switch {
-		case !moduleRE.MatchString(m):
-			bad(fmt.Sprintf("kernel.modules[%d]", i), "%q is not a module name", m)
-		case seen[NormalizeModule(m)]:
-			bad(fmt.Sprintf("kernel.modules[%d]", i), "%q is listed twice", m)
+	for key, list := range map[string][]string{"kernel.modules": k.Modules, "kernel.late_modules": k.LateModules} {
+		for i, m := range list {
+			switch {
+			case !moduleRE.MatchString(m):
+				bad(fmt.Sprintf("%s[%d]", key, i), "%q is not a module name", m)
+			case seen[NormalizeModule(m)]:
+				bad(fmt.Sprintf("%s[%d]", key, i), "%q is listed twice", m)
+			}
+			seen[NormalizeModule(m)] = true
 		}
-		seen[NormalizeModule(m)] = true
 	}
 
 	ir := img.Initramfs

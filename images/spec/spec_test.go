@@ -22,6 +22,7 @@ package = "linux-image-6.1.0-56-amd64"
 version = "6.1.192-2"
 sha256 = "a86e2049672f52354c4536a089203b6c82639420424d31c91cf31a181fd4d8f1"
 modules = ["virtio_pci", "nls_iso8859-1"]
+late_modules = ["button"]
 
 [initramfs]
 uroot_commands = ["github.com/u-root/u-root/cmds/core/init"]
@@ -87,6 +88,7 @@ func TestParseInvalid(t *testing.T) {
 		{"bad hostname", `hostname = "quantix"`, `hostname = "-bad"`, `hostname: invalid hostname`},
 		{"bad sha", `sha256 = "a86e`, `sha256 = "zz6e`, `kernel.sha256:`},
 		{"duplicate module", `"nls_iso8859-1"]`, `"nls_iso8859-1", "virtio-pci"]`, `kernel.modules[2]: "virtio-pci" is listed twice`},
+		{"late duplicate", `late_modules = ["button"]`, `late_modules = ["virtio-pci"]`, `kernel.late_modules[0]: "virtio-pci" is listed twice`},
 		{"no init", `"github.com/u-root/u-root/cmds/core/init"]`, `"github.com/u-root/u-root/cmds/core/ls"]`, `must include github.com/u-root/u-root/cmds/core/init`},
 		{"foreign command", `commands = ["./services/cmd/qx-init"]`, `commands = ["github.com/x/y", "./services/cmd/qx-init"]`, `initramfs.commands[0]: "github.com/x/y" must be a main package path`},
 		{"uinit not built", `uinit = "qx-init"`, `uinit = "qx-net"`, `initramfs.uinit: "qx-net" is not one of initramfs.commands`},

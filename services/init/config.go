@@ -30,6 +30,7 @@ type Config struct {
 	Hostname      string         `toml:"hostname"`
 	KernelRelease string         `toml:"kernel_release"`
 	Modules       []string       `toml:"modules"`
+	LateModules   []string       `toml:"late_modules"`
 	Services      []spec.Service `toml:"service"`
 }
 

@@ -75,9 +75,9 @@ func (in *Init) Run(ctx context.Context) (Action, error) {
 		in.log.Error("no kernel modules", "err", err)
 	} else {
 		in.mods = mods
-		for i := 0; i < 5 && mods.Coldplug(in.cfg.Modules) > 0; i++ {
+		for i := 0; i < 8 && mods.Coldplug(in.cfg.Modules) > 0; i++ {
 		}
-		in.log.Info("drivers loaded", "took", time.Since(t0).Round(time.Millisecond))
+		in.log.Info("drivers loaded", "took", time.Since(t0).Round(time.Millisecond), "modules", strings.Join(mods.Loaded(), ","))
 	}
 	in.mountByLabel()
 	if in.mods != nil {
@@ -277,16 +277,19 @@ func (in *Init) mountByLabel() {
 	in.log.Info("filesystems scanned", "took", time.Since(t0).Round(time.Millisecond))
 }
 
-// loadRest loads the image's listed modules that are not device drivers (drivers
-// load when their device is there): isofs, loop, overlay and the like. It runs
-// after boot-complete, off the boot's critical path.
+// loadRest runs after boot-complete, off the boot's critical path: it loads the
+// drivers of LateModules whose devices are present (the power button) and the
+// listed modules that are not device drivers (isofs, loop, overlay and the like).
 func (in *Init) loadRest() {
 	if in.mods == nil {
 		return
 	}
-	drivers := in.mods.aliases.DeviceDrivers(in.cfg.Modules)
+	all := append(append([]string(nil), in.cfg.Modules...), in.cfg.LateModules...)
+	for i := 0; i < 8 && in.mods.Coldplug(all) > 0; i++ {
+	}
+	drivers := in.mods.aliases.DeviceDrivers(all)
 	var rest []string
-	for _, n := range in.cfg.Modules {
+	for _, n := range all {
 		if !drivers[kmod.Name(n)] {
 			rest = append(rest, n)
 		}

@@ -6,6 +6,7 @@ import (
 	"log/slog"
 	"os"
 	"path/filepath"
+	"sort"
 	"strings"
 	"sync"
 	"time"
@@ -176,10 +177,12 @@ func (m *Modules) Coldplug(allowed []string) int {
 	return len(want)
 }
 
-// deviceModaliases lists the modalias of every device on a bus, and the CPU's.
+// deviceModaliases lists the modalias of every device on a bus, of every input
+// device (a class, not a bus) and of the CPU.
 func deviceModaliases() []string {
 	files, _ := filepath.Glob("/sys/bus/*/devices/*/modalias")
-	files = append(files, "/sys/devices/system/cpu/modalias")
+	inputs, _ := filepath.Glob("/sys/class/input/input*/modalias")
+	files = append(append(files, inputs...), "/sys/devices/system/cpu/modalias")
 	var out []string
 	for _, p := range files {
 		if b, err := os.ReadFile(p); err == nil {
@@ -202,4 +205,23 @@ func (m *Modules) AsyncStorage() bool {
 		}
 	}
 	return false
+}
+
+// Loaded lists the modules loaded so far (sorted), failed ones marked with '!'.
+func (m *Modules) Loaded() []string {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	var out []string
+	for n, st := range m.loaded {
+		select {
+		case <-st.done:
+			if st.err != nil {
+				n = "!" + n
+			}
+			out = append(out, n)
+		default:
+		}
+	}
+	sort.Strings(out)
+	return out
 }

@@ -211,10 +211,9 @@ func (s *Supervisor) loop(ctx context.Context, svc *service) {
 		ran := s.cfg.Clock.Now().Sub(start)
 		var delay time.Duration
 		switch {
-		case err != nil: // could not start at all
-			s.log.Error("service failed to start", "service", svc.spec.Name, "err", err)
-			backoff = NextBackoff(backoff, ran)
-			delay = backoff
+		case err != nil: // could not start at all: the image is wrong, like exit 78
+			s.console(quantix.FatalMarker(svc.spec.Name, err))
+			delay = ConfigRetry
 		case code == 0:
 			s.log.Info("service finished", "service", svc.spec.Name)
 			svc.markReady() // done: dependants may go on

@@ -360,3 +360,30 @@ func TestIsPowerPress(t *testing.T) {
 		}
 	}
 }
+
+// TestSupervisorMissingCommand: a service whose program is missing from the image
+// is fatal at once (the image is wrong), not a silent restart loop.
+func TestSupervisorMissingCommand(t *testing.T) {
+	clock := &fakeClock{now: time.Unix(1700000000, 0)}
+	console := &lockedBuffer{}
+	s, err := NewSupervisor(SupervisorConfig{
+		Services: []spec.Service{{Name: "vdc", Command: "/nonexistent/qx-vdc"}},
+		Console:  console, Clock: clock,
+	}, slog.New(slog.NewTextHandler(io.Discard, nil)))
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- s.Run(ctx) }()
+	waitFor(t, "a retry", func() bool { return len(clock.Delays()) >= 1 })
+	cancel()
+	<-done
+	m, ok := quantix.ParseMarker(strings.SplitN(console.String(), "\n", 2)[0])
+	if !ok || m.Kind != quantix.MarkerFatal || m.Get("service") != "vdc" || !strings.Contains(m.Get("err"), "/nonexistent/qx-vdc") {
+		t.Errorf("console = %q, want a fatal marker naming the command", console.String())
+	}
+	if d := clock.Delays()[0]; d != ConfigRetry {
+		t.Errorf("retry after a failed start = %v, want %v", d, ConfigRetry)
+	}
+}
