@@ -87,7 +87,8 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 		return fmt.Errorf("qx-vdc binary: %w (build it: go build -o /tmp/qx-vdc ./vdc/cmd/qx-vdc)", err)
 	}
 
-	fmt.Fprintf(stdout, "machine: %d CPUs; PostgreSQL 15 durable (fsync on, synchronous_commit on)\n", numCPU())
+	fmt.Fprintf(stdout, "machine: %d CPUs, load average %s; PostgreSQL 15 durable (fsync on, synchronous_commit on)\n", numCPU(), loadAvg())
+	defer func() { fmt.Fprintf(stdout, "load average at the end: %s\n", loadAvg()) }()
 	pg, err := vdctest.RunPostgres(vdctest.PostgresConfig{Durable: true, MaxConnections: 300})
 	if err != nil {
 		return err
@@ -140,6 +141,17 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 func numCPU() int {
 	b, _ := os.ReadFile("/proc/cpuinfo")
 	return bytes.Count(b, []byte("\nprocessor")) + 1
+}
+
+// loadAvg is the 1/5/15-minute load average: other work on the machine skews
+// every figure, so the output says how busy it was.
+func loadAvg() string {
+	b, err := os.ReadFile("/proc/loadavg")
+	if err != nil {
+		return "unknown"
+	}
+	f := strings.Fields(string(b))
+	return strings.Join(f[:3], " ")
 }
 
 func secret() string {
