@@ -123,7 +123,9 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 		}
 	}
 	if o.nodes > 0 {
-		cpu := func() (time.Duration, time.Duration) { return cpuTime(v.cmd.Process.Pid, false), cpuTime(pg.Pid(), true) }
+		cpu := func() (time.Duration, time.Duration) {
+			return cpuTime(v.cmd.Process.Pid, false), cpuTime(pg.Pid(), true)
+		}
 		if err := heartbeats(ctx, client, v.url, joinToken, o, cpu, stdout); err != nil {
 			return err
 		}
