@@ -17,8 +17,7 @@ import (
 type Metrics struct {
 	registrations sync.Map // kind -> *atomic.Int64
 	heartbeats    atomic.Int64
-	mu            sync.Mutex
-	latency       map[latencyKey]*histogram
+	latency       sync.Map // latencyKey -> *histogram; lock-free on the request path
 }
 
 type latencyKey struct{ method, route, code string }
@@ -27,13 +26,12 @@ type latencyKey struct{ method, route, code string }
 var latencyBuckets = []float64{0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5}
 
 type histogram struct {
-	counts []uint64 // per bucket, not cumulative; the last is +Inf
-	sum    float64
-	n      uint64
+	counts   []atomic.Uint64 // per bucket, not cumulative; the last is +Inf
+	sumNanos atomic.Int64
 }
 
 // NewMetrics returns empty metrics.
-func NewMetrics() *Metrics { return &Metrics{latency: map[latencyKey]*histogram{}} }
+func NewMetrics() *Metrics { return &Metrics{} }
 
 // Registration counts one registration of kind.
 func (m *Metrics) Registration(kind string) {
@@ -47,18 +45,13 @@ func (m *Metrics) Heartbeat() { m.heartbeats.Add(1) }
 // Observe records one request's latency.
 func (m *Metrics) Observe(method, route string, code int, d time.Duration) {
 	k := latencyKey{method, route, strconv.Itoa(code)}
-	s := d.Seconds()
-	m.mu.Lock()
-	h := m.latency[k]
-	if h == nil {
-		h = &histogram{counts: make([]uint64, len(latencyBuckets)+1)}
-		m.latency[k] = h
+	v, ok := m.latency.Load(k)
+	if !ok {
+		v, _ = m.latency.LoadOrStore(k, &histogram{counts: make([]atomic.Uint64, len(latencyBuckets)+1)})
 	}
-	i := sort.SearchFloat64s(latencyBuckets, s) // first bound >= s
-	h.counts[i]++
-	h.sum += s
-	h.n++
-	m.mu.Unlock()
+	h := v.(*histogram)
+	h.counts[sort.SearchFloat64s(latencyBuckets, d.Seconds())].Add(1) // first bound >= d
+	h.sumNanos.Add(int64(d))
 }
 
 // Write writes the exposition; phases is the current node count per phase and
@@ -90,11 +83,8 @@ func (m *Metrics) Write(w io.Writer, phases map[string]int, batches int64) {
 	}
 	b.WriteString("# HELP qx_vdc_http_request_duration_seconds HTTP request latency by method, route and status code.\n")
 	b.WriteString("# TYPE qx_vdc_http_request_duration_seconds histogram\n")
-	m.mu.Lock()
-	keys := make([]latencyKey, 0, len(m.latency))
-	for k := range m.latency {
-		keys = append(keys, k)
-	}
+	var keys []latencyKey
+	m.latency.Range(func(k, _ any) bool { keys = append(keys, k.(latencyKey)); return true })
 	sort.Slice(keys, func(i, j int) bool {
 		a, c := keys[i], keys[j]
 		if a.route != c.route {
@@ -106,18 +96,20 @@ func (m *Metrics) Write(w io.Writer, phases map[string]int, batches int64) {
 		return a.code < c.code
 	})
 	for _, k := range keys {
-		h := m.latency[k]
+		v, _ := m.latency.Load(k)
+		h := v.(*histogram)
 		labels := fmt.Sprintf("method=%q,route=%q,code=%q", k.method, k.route, k.code)
+		// Read the buckets first and derive the count from them, so that count
+		// equals the +Inf bucket even while requests are being observed.
 		var cum uint64
 		for i, le := range latencyBuckets {
-			cum += h.counts[i]
+			cum += h.counts[i].Load()
 			fmt.Fprintf(&b, "qx_vdc_http_request_duration_seconds_bucket{%s,le=%q} %d\n", labels, strconv.FormatFloat(le, 'g', -1, 64), cum)
 		}
-		cum += h.counts[len(latencyBuckets)]
+		cum += h.counts[len(latencyBuckets)].Load()
 		fmt.Fprintf(&b, "qx_vdc_http_request_duration_seconds_bucket{%s,le=\"+Inf\"} %d\n", labels, cum)
-		fmt.Fprintf(&b, "qx_vdc_http_request_duration_seconds_sum{%s} %s\n", labels, strconv.FormatFloat(h.sum, 'g', -1, 64))
-		fmt.Fprintf(&b, "qx_vdc_http_request_duration_seconds_count{%s} %d\n", labels, h.n)
+		fmt.Fprintf(&b, "qx_vdc_http_request_duration_seconds_sum{%s} %s\n", labels, strconv.FormatFloat(time.Duration(h.sumNanos.Load()).Seconds(), 'g', -1, 64))
+		fmt.Fprintf(&b, "qx_vdc_http_request_duration_seconds_count{%s} %d\n", labels, cum)
 	}
-	m.mu.Unlock()
 	io.WriteString(w, b.String())
 }
