@@ -10,7 +10,6 @@ import (
 	"os/exec"
 	"path"
 	"path/filepath"
-	"runtime"
 	"sort"
 	"strings"
 
@@ -223,9 +222,11 @@ func goBuild(repo, dir, version string, pkgs []string) error {
 	return nil
 }
 
+// goTool is the go command: $GO, else "go" from PATH (go run and go test put
+// their own toolchain first on the PATH of what they start).
 func goTool() string {
-	if p := filepath.Join(runtime.GOROOT(), "bin", "go"); fileExists(p) {
-		return p
+	if g := os.Getenv("GO"); g != "" {
+		return g
 	}
 	return "go"
 }

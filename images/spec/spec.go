@@ -176,8 +176,12 @@ func (img *Image) Validate() error {
 		bad("kernel.sha256", "%q is not 64 hex digits", k.SHA256)
 	}
 	seen := map[string]bool{}
-	for key, list := range map[string][]string{"kernel.modules": k.Modules, "kernel.late_modules": k.LateModules} {
-		for i, m := range list {
+	for _, l := range []struct {
+		key  string
+		list []string
+	}{{"kernel.modules", k.Modules}, {"kernel.late_modules", k.LateModules}} {
+		key := l.key
+		for i, m := range l.list {
 			switch {
 			case !moduleRE.MatchString(m):
 				bad(fmt.Sprintf("%s[%d]", key, i), "%q is not a module name", m)
