@@ -43,12 +43,12 @@ type Disk struct {
 
 // Partition is one partition of a Disk.
 type Partition struct {
-	Name    string // sda1
-	Number  int
-	Start   int64 // bytes from the start of the disk
-	Size    int64
+	Name      string // sda1
+	Number    int
+	Start     int64 // bytes from the start of the disk
+	Size      int64
 	PartLabel string // the GPT partition name
-	FS      *FSInfo
+	FS        *FSInfo
 }
 
 // FSInfo is a recognised filesystem.

@@ -22,9 +22,9 @@ const (
 
 // GPT partition types.
 const (
-	TypeESP      = gpt.EFISystemPartition                     // C12A7328-F81F-11D2-BA4B-00A0C93EC93B
+	TypeESP      = gpt.EFISystemPartition                           // C12A7328-F81F-11D2-BA4B-00A0C93EC93B
 	TypeBIOSBoot = gpt.Type("21686148-6449-6E6F-744E-656564454649") // GRUB's BIOS boot partition
-	TypeLinux    = gpt.LinuxFilesystem                         // 0FC63DAF-8483-4772-8E79-3D69D8477DE4
+	TypeLinux    = gpt.LinuxFilesystem                              // 0FC63DAF-8483-4772-8E79-3D69D8477DE4
 )
 
 // Filesystem kinds in a plan.

@@ -192,7 +192,9 @@ func readFS(fsys filesystem.FileSystem, name string) ([]byte, error) {
 }
 
 func statFS(fsys filesystem.FileSystem, name string) (os.FileInfo, error) {
-	if s, ok := fsys.(interface{ Stat(string) (os.FileInfo, error) }); ok {
+	if s, ok := fsys.(interface {
+		Stat(string) (os.FileInfo, error)
+	}); ok {
 		return s.Stat(name)
 	}
 	dir, base := "", name
