@@ -140,6 +140,7 @@ func TestConfigDiskHostname(t *testing.T) {
 			t.Errorf("unexpected warning with a config disk: %s", l)
 		}
 	}
+	m.Expect(t, "power button ready", 60*time.Second) // its drivers load after boot-complete
 	m.PowerDown(t)
 	m.ExpectAll(t, 60*time.Second, vm.Contains("power button pressed"), vm.Contains("stopping services"),
 		vm.Contains("msg=unmounted component=init dir=/quantix"), vm.Contains("action=poweroff"))

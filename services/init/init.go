@@ -40,6 +40,7 @@ type Init struct {
 	// Paths, overridable so parts can be tested outside a VM.
 	sysBlock, devDir string
 	mods             *Modules
+	pb               *powerButton
 	// DeviceWait bounds the wait for block devices (the boot medium, QUANTIX-CFG/DATA).
 	DeviceWait time.Duration
 }
@@ -92,13 +93,13 @@ func (in *Init) Run(ctx context.Context) (Action, error) {
 	} else {
 		defer ln.Close()
 	}
-	pb := &powerButton{log: in.log, watched: map[string]bool{}, press: func() {
+	in.pb = &powerButton{log: in.log, watched: map[string]bool{}, press: func() {
 		select {
 		case actions <- ActionPoweroff:
 		default:
 		}
 	}}
-	pb.scan()
+	in.pb.scan()
 	sigs := make(chan os.Signal, 2)
 	signal.Notify(sigs, syscall.SIGTERM, syscall.SIGUSR2, syscall.SIGINT)
 	defer signal.Stop(sigs)
@@ -119,7 +120,6 @@ func (in *Init) Run(ctx context.Context) (Action, error) {
 		case <-sup.AllReady():
 			in.say(quantix.BootCompleteMarker(Uptime().Seconds()))
 			in.loadRest()
-			pb.scan()
 		case <-supCtx.Done():
 		}
 	}()
@@ -286,6 +286,9 @@ func (in *Init) loadRest() {
 	}
 	all := append(append([]string(nil), in.cfg.Modules...), in.cfg.LateModules...)
 	for i := 0; i < 8 && in.mods.Coldplug(all) > 0; i++ {
+	}
+	if in.pb != nil && in.pb.scan() > 0 {
+		in.log.Info("power button ready")
 	}
 	drivers := in.mods.aliases.DeviceDrivers(all)
 	var rest []string

@@ -28,15 +28,14 @@ type powerButton struct {
 	watched map[string]bool
 }
 
-// scan starts watching event devices not watched yet.
-func (p *powerButton) scan() {
+// scan starts watching event devices not watched yet and returns how many are
+// watched in all.
+func (p *powerButton) scan() int {
 	devs, _ := filepath.Glob("/dev/input/event*")
+	p.mu.Lock()
+	defer p.mu.Unlock()
 	for _, d := range devs {
-		p.mu.Lock()
-		seen := p.watched[d]
-		p.watched[d] = true
-		p.mu.Unlock()
-		if seen {
+		if p.watched[d] {
 			continue
 		}
 		f, err := os.Open(d)
@@ -44,8 +43,10 @@ func (p *powerButton) scan() {
 			p.log.Warn("input device", "dev", d, "err", err)
 			continue
 		}
+		p.watched[d] = true
 		go p.watch(f)
 	}
+	return len(p.watched)
 }
 
 func (p *powerButton) watch(r io.ReadCloser) {
