@@ -437,6 +437,7 @@ func heartbeats(ctx context.Context, c *http.Client, base, token string, o optio
 		mu.Unlock()
 	}
 	vdcCPU0, pgCPU0 := cpu()
+	selfCPU0 := cpuTime(os.Getpid(), false)
 	start := time.Now()
 	end := start.Add(o.duration)
 	if o.rate > 0 {
@@ -494,6 +495,7 @@ func heartbeats(ctx context.Context, c *http.Client, base, token string, o optio
 	}
 	elapsed := time.Since(start)
 	vdcCPU1, pgCPU1 := cpu()
+	selfCPU1 := cpuTime(os.Getpid(), false)
 	slices.Sort(lat)
 	pct := func(p float64) time.Duration {
 		if len(lat) == 0 {
@@ -506,9 +508,11 @@ func heartbeats(ctx context.Context, c *http.Client, base, token string, o optio
 	fmt.Fprintf(out, "  latency p50 %.2f ms, p99 %.2f ms, max %.2f ms\n",
 		ms(pct(0.50)), ms(pct(0.99)), ms(pct(1)))
 	if n := float64(len(lat)); n > 0 {
-		fmt.Fprintf(out, "  CPU per heartbeat: qx-vdc %.0f µs, postgres %.0f µs (%.2f and %.2f cores busy)\n",
-			float64((vdcCPU1-vdcCPU0).Microseconds())/n, float64((pgCPU1-pgCPU0).Microseconds())/n,
-			(vdcCPU1-vdcCPU0).Seconds()/elapsed.Seconds(), (pgCPU1-pgCPU0).Seconds()/elapsed.Seconds())
+		per := func(d time.Duration) float64 { return float64(d.Microseconds()) / n }
+		cores := func(d time.Duration) float64 { return d.Seconds() / elapsed.Seconds() }
+		fmt.Fprintf(out, "  CPU per heartbeat: qx-vdc %.0f µs, postgres %.0f µs, this load generator %.0f µs (%.2f, %.2f and %.2f cores busy)\n",
+			per(vdcCPU1-vdcCPU0), per(pgCPU1-pgCPU0), per(selfCPU1-selfCPU0),
+			cores(vdcCPU1-vdcCPU0), cores(pgCPU1-pgCPU0), cores(selfCPU1-selfCPU0))
 	}
 	if e := firstErr.Load(); e != nil {
 		fmt.Fprintf(out, "  first error: %s\n", e)
