@@ -184,7 +184,7 @@ func StaleWarnings(disks []*Disk, target *Disk) []string {
 		}
 		var ls []string
 		for _, l := range d.QuantixLabels() {
-			if l != quantix.LabelInstall {
+			if isQuantixLabel(l) {
 				ls = append(ls, l)
 			}
 		}
