@@ -47,7 +47,7 @@ func (d Duration) MarshalText() ([]byte, error) { return []byte(d.String()), nil
 // Config is vdc.toml; flags override it.
 //
 //	listen = ":8080"
-//	database_url = "postgres://quantix@127.0.0.1:5432/quantix"  # password from secrets.toml
+//	database_url = "postgres://quantix@127.0.0.1:5432/quantix_vdc"  # password from secrets.toml
 //	heartbeat_interval = "30s"
 //	join_tokens = ["lab-token"]   # static tokens, labs and tests only
 //	admin_token = ""              # else secrets.toml's admin_token_hash, else generated
@@ -74,7 +74,7 @@ type Config struct {
 const (
 	DefaultHeartbeatWriters = 2
 	DefaultListen           = ":8080"
-	DefaultDatabaseURL      = "postgres://quantix@127.0.0.1:5432/quantix?sslmode=disable"
+	DefaultDatabaseURL      = "postgres://quantix@127.0.0.1:5432/quantix_vdc?sslmode=disable"
 )
 
 // DefaultConfig is the configuration without vdc.toml or flags.
