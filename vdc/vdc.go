@@ -244,6 +244,9 @@ func (s *Service) Run(ctx context.Context) error {
 	}
 	defer st.Close()
 	n, err := st.Migrate(ctx)
+	if ctx.Err() != nil {
+		return nil // SIGTERM while starting: a clean stop
+	}
 	if errors.Is(err, migrations.ErrSchemaNewer) {
 		return fmt.Errorf("%w: %w", ErrConfig, err) // restarting cannot help: wrong binary
 	}
