@@ -116,6 +116,10 @@ type DiskConfig struct {
 	DevDir   string `toml:"-"`
 	// Mkfs is the mkfs.ext4 program (default: found in PATH, /sbin, /usr/sbin).
 	Mkfs string `toml:"mkfs"`
+	// Mount lets the service mount QUANTIX-DATA at data_root itself when init has
+	// not (the appliance case: a blank disk is formatted on first boot, after init
+	// scanned for labels). Off, an unmounted QUANTIX-DATA is a configuration error.
+	Mount bool `toml:"mount_data"`
 }
 
 // DefaultConfig returns the appliance defaults.

@@ -305,10 +305,21 @@ func (s *Service) checkStorage() error {
 	switch {
 	case err != nil:
 		return err
-	case action == DiskUse:
+	case action == DiskUse && !s.cfg.Mount:
 		return configErrorf("QUANTIX-DATA is on %s but %s is not mounted: init mounts it by label before starting postgres", dev, s.cfg.DataRoot)
-	case action == DiskFormat:
+	case action == DiskFormat && !s.cfg.Mount:
 		return configErrorf("data_device %s is blank and may be formatted, but %s is not mounted: run `qx-postgres prepare-disk` before init mounts QUANTIX-DATA", dev, s.cfg.DataRoot)
+	case action == DiskFormat || action == DiskUse:
+		if action == DiskFormat {
+			if err := FormatDataDevice(context.Background(), dev, s.cfg.Mkfs, s.log); err != nil {
+				return err
+			}
+		}
+		if err := mountData(dev, s.cfg.DataRoot); err != nil {
+			return err
+		}
+		s.log.Info("mounted QUANTIX-DATA", "dev", dev, "dir", s.cfg.DataRoot, "formatted", action == DiskFormat)
+		return nil
 	}
 	s.log.Warn("no QUANTIX-DATA: the database lives in RAM", "root", s.cfg.DataRoot, "mounted", m.Mounted, "fstype", m.FSType)
 	fmt.Fprintln(s.cfg.Stdout, quantix.WarningMarker(Name, RAMWarning))
@@ -337,4 +348,16 @@ func (s *Service) checkOwner() error {
 func exists(path string) bool {
 	_, err := os.Lstat(path)
 	return err == nil
+}
+
+// mountData mounts the ext4 QUANTIX-DATA device dev at dir. The kernel asks init's
+// modprobe helper for the ext4 module when it is not loaded yet.
+func mountData(dev, dir string) error {
+	if err := os.MkdirAll(dir, 0o755); err != nil {
+		return fmt.Errorf("mount %s: %w", dev, err)
+	}
+	if err := syscall.Mount(dev, dir, "ext4", syscall.MS_NOATIME|syscall.MS_NODEV, ""); err != nil {
+		return fmt.Errorf("mount %s on %s: %w", dev, dir, err)
+	}
+	return nil
 }

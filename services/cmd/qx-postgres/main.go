@@ -94,7 +94,7 @@ func parseFlags(name string, args []string, stderr io.Writer, serve bool) (postg
 	var (
 		binDir, dataRoot, dataDir, socketDir, secrets, superPW, device string
 		port                                                           int
-		formatBlank                                                    bool
+		formatBlank, mountData                                         bool
 	)
 	if serve {
 		fs.StringVar(&binDir, "bin-dir", "", "PostgreSQL binaries (default "+postgres.DefaultBinDir+")")
@@ -107,6 +107,9 @@ func parseFlags(name string, args []string, stderr io.Writer, serve bool) (postg
 	}
 	fs.StringVar(&device, "data-device", "", "blank block device that may become QUANTIX-DATA")
 	fs.BoolVar(&formatBlank, "format-blank-data", false, "allow formatting data-device when it is blank")
+	if serve {
+		fs.BoolVar(&mountData, "mount-data", false, "mount QUANTIX-DATA (formatting a blank data-device first, if allowed) when init has not")
+	}
 	if err := fs.Parse(args); err != nil {
 		if errors.Is(err, flag.ErrHelp) {
 			return postgres.Config{}, err
@@ -132,6 +135,7 @@ func parseFlags(name string, args []string, stderr io.Writer, serve bool) (postg
 		"superuser-password-file": func() { cfg.SuperuserPasswordFile = superPW },
 		"data-device":             func() { cfg.Device = device },
 		"format-blank-data":       func() { cfg.FormatBlank = formatBlank },
+		"mount-data":              func() { cfg.Mount = mountData },
 	} {
 		if set[name] {
 			apply()
