@@ -197,10 +197,10 @@ func TestInterview(t *testing.T) {
 		mkDisk("sdb", nil),
 	}
 	input := strings.Join([]string{
-		"1",           // the boot medium: refused
-		"2",           // data disk
-		"no",          // not confirmed: choose again
-		"2", "sda",    // confirmed by typing its name
+		"1",        // the boot medium: refused
+		"2",        // data disk
+		"no",       // not confirmed: choose again
+		"2", "sda", // confirmed by typing its name
 		"bad_name",    // invalid hostname: asked again
 		"node9",       // hostname
 		"static",      // network mode
