@@ -199,7 +199,7 @@ func (b *Builder) Build(ctx context.Context) (*Result, error) {
 		return nil, err
 	}
 	defer os.RemoveAll(work)
-	initrdPath := filepath.Join(work, "initrd.gz")
+	initrdPath := filepath.Join(work, "initrd")
 	m := &Manifest{Image: img.Name, Version: img.Version, VolumeLabel: img.VolumeLabel, SourceDateEpoch: epoch, Go: runtime.Version()}
 	t := newTree()
 
@@ -282,14 +282,18 @@ func (b *Builder) Build(ctx context.Context) (*Result, error) {
 	}); err != nil {
 		return nil, err
 	}
-	if err := step("initramfs (cpio.gz)", func() error {
+	if err := step("initramfs (cpio, compressed)", func() error {
 		p := initrdPath
 		f, err := os.Create(p)
 		if err != nil {
 			return err
 		}
 		h := sha256.New()
-		n, raw, err := t.write(io.MultiWriter(f, h), epoch)
+		comp := img.Initramfs.Compression
+		if comp == "" {
+			comp = spec.CompressionZstd
+		}
+		n, raw, err := t.write(io.MultiWriter(f, h), epoch, comp)
 		if cerr := f.Close(); err == nil {
 			err = cerr
 		}

@@ -13,9 +13,11 @@ import (
 
 	"github.com/google/go-cmp/cmp"
 	"github.com/klauspost/compress/gzip"
+	"github.com/klauspost/compress/zstd"
 	"github.com/u-root/mkuimage/cpio"
 
 	"github.com/quantix/quantix"
+	"github.com/quantix/quantix/images/spec"
 )
 
 func TestConfigDiskRoundTrip(t *testing.T) {
@@ -80,7 +82,7 @@ func TestTreeWrite(t *testing.T) {
 		tr.file("etc/passwd", []byte("old"), 0o644)
 		tr.file("etc/passwd", []byte("new"), 0o600) // an overlay replaces the base
 		var buf bytes.Buffer
-		if _, _, err := tr.write(&buf, 1700000000); err != nil {
+		if _, _, err := tr.write(&buf, 1700000000, spec.CompressionGzip); err != nil {
 			t.Fatal(err)
 		}
 		return buf.Bytes()
@@ -198,7 +200,7 @@ func checkInitramfs(t *testing.T, iso, release string) {
 		t.Fatal(err)
 	}
 	defer f.Close()
-	zr, err := gzip.NewReader(bytes.NewReader(isoFile(t, f, "boot/initrd.gz")))
+	zr, err := zstd.NewReader(bytes.NewReader(isoFile(t, f, "boot/initrd.img")))
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -117,13 +117,13 @@ func TestHybridLayout(t *testing.T) {
 		t.Errorf("volume label = %q, want QXTEST (space padded)", got)
 	}
 	cfg := isoFile(t, f, "isolinux/isolinux.cfg")
-	for _, want := range []string{"DEFAULT normal", "LABEL install", "APPEND panic=10 quantix.install=interactive", "INITRD /boot/initrd.gz", "TIMEOUT 20", "SERIAL 0 115200"} {
+	for _, want := range []string{"DEFAULT normal", "LABEL install", "APPEND panic=10 quantix.install=interactive", "INITRD /boot/initrd.img", "TIMEOUT 20", "SERIAL 0 115200"} {
 		if !strings.Contains(string(cfg), want) {
 			t.Errorf("isolinux.cfg lacks %q:\n%s", want, cfg)
 		}
 	}
-	if got := isoFile(t, f, "boot/initrd.gz"); !bytes.Equal(got, bytes.Repeat([]byte("initrd"), 50000)) {
-		t.Errorf("boot/initrd.gz: %d bytes, not the initramfs given", len(got))
+	if got := isoFile(t, f, "boot/initrd.img"); !bytes.Equal(got, bytes.Repeat([]byte("initrd"), 50000)) {
+		t.Errorf("boot/initrd.img: %d bytes, not the initramfs given", len(got))
 	}
 	for _, p := range []string{"boot/vmlinuz", "isolinux/ldlinux.c32", "isolinux/menu.c32", "isolinux/isolinux.bin"} {
 		if len(isoFile(t, f, p)) == 0 {
@@ -187,7 +187,7 @@ func TestGrubCfg(t *testing.T) {
 	for _, want := range []string{
 		"search --no-floppy --set=root --label QXTEST",
 		"set default=normal", "set timeout=2",
-		"menuentry 'Install Test OS' --id install {\n  linux /boot/vmlinuz panic=10 quantix.install=interactive\n  initrd /boot/initrd.gz\n}",
+		"menuentry 'Install Test OS' --id install {\n  linux /boot/vmlinuz panic=10 quantix.install=interactive\n  initrd /boot/initrd.img\n}",
 		"menuentry 'Test OS (serial console)' --id serial",
 		"terminal_output console serial",
 	} {

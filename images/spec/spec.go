@@ -75,7 +75,15 @@ type Initramfs struct {
 	Files []string `toml:"files"`
 	// Symlinks maps a path in the initramfs to its target ("bin/sh" = "/usr/bin/dash").
 	Symlinks map[string]string `toml:"symlinks"`
+	// Compression is "zstd" (default: unpacks fastest at boot) or "gzip".
+	Compression string `toml:"compression"`
 }
+
+// Initramfs compressions.
+const (
+	CompressionZstd = "zstd"
+	CompressionGzip = "gzip"
+)
 
 // Boot is the boot menu, shared by ISOLINUX (BIOS) and GRUB (UEFI).
 type Boot struct {
@@ -239,6 +247,11 @@ func (img *Image) Validate() error {
 		if dst != "" && !relClean(dst) {
 			bad(fmt.Sprintf("initramfs.files[%d]", i), "%q: the destination must be relative to the initramfs root", f)
 		}
+	}
+	switch ir.Compression {
+	case "", CompressionZstd, CompressionGzip:
+	default:
+		bad("initramfs.compression", "%q must be %q or %q", ir.Compression, CompressionZstd, CompressionGzip)
 	}
 	for p, target := range ir.Symlinks {
 		if !relClean(p) || target == "" {
