@@ -29,14 +29,17 @@ type netEnv struct {
 func openNetEnv(path string) (*netEnv, error) {
 	e := &netEnv{path: path, ns: netns.None()}
 	var err error
+	// Only NETLINK_ROUTE: a handle with no families also opens XFRM and NETFILTER
+	// sockets, which fail with "protocol not supported" on kernels where xfrm_user
+	// and nfnetlink are modules (Debian's, in our images).
 	if path == "" {
-		e.h, err = netlink.NewHandle()
+		e.h, err = netlink.NewHandle(unix.NETLINK_ROUTE)
 	} else {
 		e.ns, err = netns.GetFromPath(path)
 		if err != nil {
 			return nil, fmt.Errorf("open network namespace %s: %w", path, err)
 		}
-		e.h, err = netlink.NewHandleAt(e.ns)
+		e.h, err = netlink.NewHandleAt(e.ns, unix.NETLINK_ROUTE)
 	}
 	if err != nil {
 		e.close()
