@@ -105,6 +105,15 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	if err != nil {
 		return err
 	}
+	if cfg.ControlPlane == "" && !cfg.Once {
+		// A live-booted node nobody configured yet: not a crash-looping error, but a
+		// visible state. init counts the service as done; the operator configures the
+		// vDC (console, agent.toml) and restarts the agent.
+		msg := fmt.Sprintf("no vDC configured: set control_plane in %s or %s= on the kernel command line, then restart the agent", *configPath, quantix.ParamVDC)
+		log.Warn("not starting", "reason", msg)
+		fmt.Fprintln(stdout, quantix.WarningMarker("agent", msg))
+		return nil
+	}
 	svc, err := agent.New(cfg, log)
 	if err != nil {
 		return err

@@ -40,7 +40,7 @@ func TestRunConfigErrors(t *testing.T) {
 		{"unknown flag", []string{"--controlplane", "http://x"}, "flag provided but not defined"},
 		{"extra argument", []string{"serve"}, "unexpected arguments"},
 		{"bad agent.toml", []string{"--config", write(t, filepath.Join(dir, "bad.toml"), "control_plane = 'http://v'\nhostname = 'n1'\n")}, `bad.toml:2: unknown key "hostname"`},
-		{"no vdc", []string{"--config", filepath.Join(dir, "none.toml"), "--hostname", "n1", "--state-dir", dir}, "no vDC URL"},
+		{"no vdc, register once", []string{"--register", "--config", filepath.Join(dir, "none.toml"), "--hostname", "n1", "--state-dir", dir}, "no vDC URL"},
 		{"bad flag url", []string{"--config", filepath.Join(dir, "none.toml"), "--control-plane", "vdc:8080"}, "control_plane"},
 		{"bad hostname", []string{"--config", filepath.Join(dir, "none.toml"), "--control-plane", "http://v", "--hostname", "no_underscores"}, "invalid hostname"},
 		{"remote libvirt", []string{"--config", filepath.Join(dir, "none.toml"), "--control-plane", "http://v", "--hostname", "n1", "--libvirt-uri", "qemu+tcp://h/system"}, "only local unix-socket URIs"},
@@ -59,6 +59,25 @@ func TestRunConfigErrors(t *testing.T) {
 	// The corrupt identity was left alone.
 	if b, _ := os.ReadFile(filepath.Join(corrupt, "identity.toml")); string(b) != "machine_id = \"x\"\n" {
 		t.Errorf("corrupt identity.toml was rewritten: %q", b)
+	}
+}
+
+// TestRunUnconfigured: a live-booted node with no vDC anywhere says so on the console
+// and ends cleanly (init counts it done) instead of crash-looping, and creates no
+// identity.
+func TestRunUnconfigured(t *testing.T) {
+	dir := t.TempDir()
+	var stdout bytes.Buffer
+	args := []string{"--cmdline", filepath.Join(dir, "no-cmdline"), "--config", filepath.Join(dir, "none.toml"), "--hostname", "n1", "--state-dir", dir}
+	if err := run(context.Background(), args, &stdout, io.Discard); err != nil {
+		t.Fatalf("run(%q) = %v, want nil", args, err)
+	}
+	m, ok := quantix.ParseMarker(stdout.String())
+	if !ok || m.Kind != quantix.MarkerWarning || m.Get("service") != "agent" || !strings.Contains(m.Get("msg"), "no vDC configured") {
+		t.Errorf("stdout = %q, want an agent warning marker saying no vDC is configured", stdout.String())
+	}
+	if _, err := os.Stat(filepath.Join(dir, "identity.toml")); !errors.Is(err, os.ErrNotExist) {
+		t.Errorf("identity.toml: %v, want none created", err)
 	}
 }
 
