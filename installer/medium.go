@@ -5,7 +5,6 @@ import (
 	"encoding/hex"
 	"errors"
 	"fmt"
-	"io"
 	"os"
 	"path/filepath"
 	"strings"
@@ -77,6 +76,7 @@ func (m *isoMedium) Close() error   { return m.d.Close() }
 // version suffixes.
 func (m *isoMedium) ReadFile(name string) ([]byte, error) {
 	dir := ""
+	size := int64(-1)
 	parts := strings.Split(strings.Trim(name, "/"), "/")
 	for i, want := range parts {
 		list := dir
@@ -92,6 +92,9 @@ func (m *isoMedium) ReadFile(name string) ([]byte, error) {
 			n := strings.TrimSuffix(strings.SplitN(e.Name(), ";", 2)[0], ".")
 			if strings.EqualFold(n, want) && e.IsDir() == (i < len(parts)-1) {
 				found = e.Name()
+				if info, err := e.Info(); err == nil {
+					size = info.Size()
+				}
 				break
 			}
 		}
@@ -109,9 +112,12 @@ func (m *isoMedium) ReadFile(name string) ([]byte, error) {
 		return nil, fmt.Errorf("boot medium %s: open %s: %w", m.path, name, err)
 	}
 	defer f.Close()
-	b, err := io.ReadAll(f)
+	if size < 0 {
+		return nil, fmt.Errorf("boot medium %s: %s: no size in its directory entry", m.path, name)
+	}
+	b, err := readSized(f, size, name)
 	if err != nil {
-		return nil, fmt.Errorf("boot medium %s: read %s: %w", m.path, name, err)
+		return nil, fmt.Errorf("boot medium %s: %w", m.path, err)
 	}
 	return b, nil
 }

@@ -178,20 +178,44 @@ func Verify(job Job, marker bool) (*Verified, error) {
 	return v, nil
 }
 
+// readFS reads a whole file from a go-diskfs filesystem. It reads with one buffer
+// of the file's size: go-diskfs v1.9.4's FAT File.Read returns wrong bytes when a
+// file is read in several small pieces (io.ReadAll does that).
 func readFS(fsys filesystem.FileSystem, name string) ([]byte, error) {
+	st, err := statFS(fsys, name)
+	if err != nil {
+		return nil, err
+	}
 	fl, err := fsys.OpenFile(name, os.O_RDONLY)
 	if err != nil {
 		return nil, fmt.Errorf("open %s: %w", name, err)
 	}
 	defer fl.Close()
-	b, err := io.ReadAll(fl)
-	if err != nil {
-		return nil, fmt.Errorf("read %s: %w", name, err)
+	return readSized(fl, st.Size(), name)
+}
+
+// readSized reads exactly size bytes and checks that the file ends there.
+func readSized(r io.Reader, size int64, name string) ([]byte, error) {
+	buf := make([]byte, size+1)
+	n := 0
+	for n < len(buf) {
+		k, err := r.Read(buf[n:])
+		n += k
+		if err == io.EOF || k == 0 {
+			break
+		}
+		if err != nil {
+			return nil, fmt.Errorf("read %s: %w", name, err)
+		}
 	}
-	return b, nil
+	if int64(n) != size {
+		return nil, fmt.Errorf("read %s: got %d bytes, the directory says %d", name, n, size)
+	}
+	return buf[:n], nil
 }
 
 func statFS(fsys filesystem.FileSystem, name string) (os.FileInfo, error) {
+	name = strings.TrimPrefix(name, "/")
 	if s, ok := fsys.(interface {
 		Stat(string) (os.FileInfo, error)
 	}); ok {

@@ -140,7 +140,7 @@ func failure(in *installer.Installer, err error) error {
 	if in.Disk != nil {
 		return fmt.Errorf("%w (disk %s is %s)", err, in.Disk.Path, in.State)
 	}
-	return err
+	return fmt.Errorf("%w (no disk was written)", err)
 }
 
 // imageDefaults fills the image, version and volume label from the image config.
