@@ -67,6 +67,10 @@ type Config struct {
 	Refresh        time.Duration
 	ConfirmTimeout time.Duration
 	IdleLock       time.Duration
+	// Repaint, when set, redraws the whole screen that often: on a VGA console the
+	// kernel and init print over the screen (console=tty0), which only a full
+	// redraw repairs. Ctrl-L does it on demand.
+	Repaint time.Duration
 
 	// SetHostname applies a hostname to the running system (sethostname(2)).
 	SetHostname func(string) error
@@ -74,6 +78,9 @@ type Config struct {
 	Init Init
 	// Stdout receives the ready marker once the terminal is open; nil discards it.
 	Stdout io.Writer
+	// Name is the service name in the ready marker: init matches it against its
+	// own name for the service (one console per terminal: "console-tty1", ...).
+	Name string
 }
 
 func (c *Config) fill() {
@@ -98,6 +105,9 @@ func (c *Config) fill() {
 	}
 	if c.ConfirmTimeout <= 0 {
 		c.ConfirmTimeout = 60 * time.Second
+	}
+	if c.Name == "" {
+		c.Name = "console"
 	}
 	if c.IdleLock <= 0 {
 		c.IdleLock = 5 * time.Minute
@@ -171,7 +181,7 @@ func (s *Service) Run(ctx context.Context) error {
 		if tty == "" {
 			tty = "stdio"
 		}
-		fmt.Fprintln(s.cfg.Stdout, quantix.ReadyMarker("console", "tty", tty))
+		fmt.Fprintln(s.cfg.Stdout, quantix.ReadyMarker(s.cfg.Name, "tty", tty))
 	}
 	m := NewModel(&s.cfg)
 	p := tea.NewProgram(m, tea.WithInput(in), tea.WithOutput(out), tea.WithAltScreen(),

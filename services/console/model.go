@@ -183,6 +183,9 @@ func (m Model) Update(msg tea.Msg) (tea.Model, tea.Cmd) {
 				cmds = append(cmds, m.logCmd())
 			}
 		}
+		if r := int(m.cfg.Repaint / time.Second); r > 0 && m.ticks%r == 0 {
+			cmds = append(cmds, tea.ClearScreen)
+		}
 		if m.unlocked && m.now.Sub(m.lastKey) > m.cfg.IdleLock {
 			m.lock("locked after inactivity")
 		}

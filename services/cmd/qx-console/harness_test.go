@@ -138,6 +138,7 @@ func (e *env) args(extra ...string) []string {
 type startOpts struct {
 	netns string // run inside this named network namespace (ip netns exec)
 	uts   bool   // a new UTS namespace, so setting the hostname is safe
+	term  string // TERM; default vt100
 }
 
 func startConsole(t testing.TB, o startOpts, args ...string) *terminal {
@@ -181,7 +182,11 @@ func (tm *terminal) start(o startOpts, args ...string) {
 	}
 	tm.done = make(chan error, 1)
 	tm.cmd = exec.Command(argv[0], argv[1:]...)
-	tm.cmd.Env = append(os.Environ(), mainEnv+"=1", "TERM=vt100")
+	term := o.term
+	if term == "" {
+		term = "vt100"
+	}
+	tm.cmd.Env = append(os.Environ(), mainEnv+"=1", "TERM="+term)
 	tm.cmd.Stdout, tm.cmd.Stderr = &tm.stdout, &tm.stderr
 	if o.uts {
 		tm.cmd.SysProcAttr = &syscall.SysProcAttr{Cloneflags: syscall.CLONE_NEWUTS}

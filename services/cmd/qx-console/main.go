@@ -54,6 +54,7 @@ func run(ctx context.Context, args []string, stdin io.Reader, stdout, stderr io.
 	fl.SetOutput(stderr)
 	var c console.Config
 	fl.StringVar(&c.TTY, "tty", "", "terminal `device` to run on (/dev/tty1, /dev/ttyS1); empty: stdin/stdout")
+	fl.StringVar(&c.Name, "name", "console", "service `name` in the ready marker (init's name for this console)")
 	fl.IntVar(&c.Baud, "baud", 0, "serial line speed (0: leave as it is)")
 	fl.StringVar(&c.Image, "image", "", "image name (default: from the image config)")
 	fl.StringVar(&c.Version, "image-version", "", "image version (default: from the image config)")
@@ -71,6 +72,7 @@ func run(ctx context.Context, args []string, stdin io.Reader, stdout, stderr io.
 	fl.StringVar(&c.VDCURL, "vdc-url", "", "local vDC base URL on QvDC (default http://127.0.0.1:8080)")
 	fl.DurationVar(&c.Refresh, "refresh", 0, "status refresh period (default 2s)")
 	fl.DurationVar(&c.ConfirmTimeout, "confirm-timeout", 0, "time to confirm a network change before it rolls back (default 60s)")
+	fl.DurationVar(&c.Repaint, "repaint", 0, "redraw the whole screen this often (VGA consoles that others print on); 0: only on Ctrl-L")
 	fl.DurationVar(&c.IdleLock, "idle-lock", 0, "lock the console after this long without a key (default 5m)")
 	if err := fl.Parse(args); err != nil {
 		if errors.Is(err, flag.ErrHelp) {

@@ -201,3 +201,24 @@ func TestRestartCleanly(t *testing.T) {
 		t.Fatalf("screen not redrawn after restart:\n%s", framed(text))
 	}
 }
+
+// TestTerminalTypes: whatever TERM says (a VGA console, a serial vt100, an xterm,
+// nothing), the console draws with VT100 sequences and ASCII only (checked when
+// the test ends) and reads the keys; --baud sets the line speed of the terminal.
+func TestTerminalTypes(t *testing.T) {
+	skipShort(t)
+	for _, term := range []string{"vt100", "linux", "xterm-256color", "dumb", ""} {
+		t.Run("TERM="+term, func(t *testing.T) {
+			e := newEnv(t)
+			writeFile(t, e.logDir+"/agent.log", "agent log line\n")
+			tm := startConsole(t, startOpts{term: term}, e.args("--baud", "115200")...)
+			tm.waitFor(5*time.Second, "Uptime", "n Network")
+			tm.send("s", keyDown)
+			tm.waitFor(3*time.Second, "> agent", "agent log line")
+			tm.send(keyEsc)
+			tm.waitFor(3*time.Second, "n Network")
+			tm.send("t")
+			tm.waitFor(5*time.Second, "FAIL  network service", "r Run again")
+		})
+	}
+}
