@@ -514,11 +514,31 @@ func heartbeats(ctx context.Context, c *http.Client, base, token string, o optio
 			per(vdcCPU1-vdcCPU0), per(pgCPU1-pgCPU0), per(selfCPU1-selfCPU0),
 			cores(vdcCPU1-vdcCPU0), cores(pgCPU1-pgCPU0), cores(selfCPU1-selfCPU0))
 	}
+	if hb, st := metric(c, base, "qx_vdc_heartbeats_total"), metric(c, base, "qx_vdc_heartbeat_batches_total"); st > 0 {
+		fmt.Fprintf(out, "  heartbeats per SQL statement (whole run, warm-up included): %.1f\n", hb/st)
+	}
 	if e := firstErr.Load(); e != nil {
 		fmt.Fprintf(out, "  first error: %s\n", e)
 	}
 	fmt.Fprintln(out)
 	return nil
+}
+
+// metric reads one unlabelled sample from the vDC's /metrics (0 if absent).
+func metric(c *http.Client, base, name string) float64 {
+	resp, err := c.Get(base + quantix.PathMetrics)
+	if err != nil {
+		return 0
+	}
+	defer resp.Body.Close()
+	sc := bufio.NewScanner(resp.Body)
+	for sc.Scan() {
+		if v, ok := strings.CutPrefix(sc.Text(), name+" "); ok {
+			f, _ := strconv.ParseFloat(v, 64)
+			return f
+		}
+	}
+	return 0
 }
 
 // cpuTime is the user+system CPU time of pid, plus its children's when withChildren
