@@ -13,7 +13,7 @@ import (
 // ISO; matched case-insensitively, as go-diskfs shows ISO9660 names upper case).
 const (
 	MediumKernel = "boot/vmlinuz"
-	MediumInitrd = "boot/initrd.gz"
+	MediumInitrd = "boot/initrd.img" // gzip or zstd; the kernel tells by the magic
 	// MediumBootDir holds the bootloader files BuildBootFiles makes at image build time.
 	MediumBootDir = "boot/install"
 	MediumEFI     = MediumBootDir + "/bootx64.efi" // GRUB x86_64-efi, prefix /EFI/BOOT
@@ -26,7 +26,7 @@ const (
 	ESPEFI        = "EFI/BOOT/BOOTX64.EFI"
 	ESPGrubCfg    = "EFI/BOOT/grub.cfg"
 	ESPKernel     = "boot/vmlinuz"
-	ESPInitrd     = "boot/initrd.gz"
+	ESPInitrd     = "boot/initrd.img"
 	ESPIncomplete = "INSTALL-INCOMPLETE"
 	ESPInstalled  = "INSTALLED" // the marker's name once the install is verified
 )

@@ -127,7 +127,7 @@ func TestInstalledCmdline(t *testing.T) {
 		}
 	}
 	g := GrubConfig("QvDC", "console=ttyS0 quantix.disk=x")
-	for _, want := range []string{"menuentry 'QvDC' --id quantix", "linux /boot/vmlinuz console=ttyS0 quantix.disk=x", "initrd /boot/initrd.gz", "if [ -f /INSTALL-INCOMPLETE ]"} {
+	for _, want := range []string{"menuentry 'QvDC' --id quantix", "linux /boot/vmlinuz console=ttyS0 quantix.disk=x", "initrd /boot/initrd.img", "if [ -f /INSTALL-INCOMPLETE ]"} {
 		if !strings.Contains(g, want) {
 			t.Errorf("grub.cfg lacks %q:\n%s", want, g)
 		}

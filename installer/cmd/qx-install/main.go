@@ -325,13 +325,11 @@ func halt(after string, log *slog.Logger) error {
 	if after == installer.AfterReboot {
 		a = initd.ActionReboot
 	}
-	if err := initd.Request(initd.ControlSocket, a); err == nil {
-		// init stops us with SIGTERM; wait for it.
-		time.Sleep(time.Minute)
-		return nil
-	} else {
-		log.Warn("qx-init did not take the request; halting directly", "action", after, "err", err)
+	err := initd.Request(initd.ControlSocket, a)
+	if err == nil {
+		return nil // init stops the services and halts; exit 0 = done
 	}
+	log.Warn("qx-init did not take the request; halting directly", "action", after, "err", err)
 	return initd.Halt(a)
 }
 
