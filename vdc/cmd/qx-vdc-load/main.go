@@ -442,9 +442,25 @@ func heartbeats(ctx context.Context, c *http.Client, base, token string, o optio
 	end := start.Add(o.duration)
 	if o.rate > 0 {
 		mode = fmt.Sprintf("open loop at %d/s target, at most %d in flight", o.rate, o.inflight)
-		sem := make(chan struct{}, o.inflight)
+		// A fixed set of senders, one per connection, takes heartbeats as they
+		// fall due: no goroutine per heartbeat, so the generator stays cheap.
+		type job struct {
+			due time.Time
+			n   *simNode
+		}
+		jobs := make(chan job, o.inflight)
+		for range o.conns {
+			wg.Add(1)
+			go func() {
+				defer wg.Done()
+				for j := range jobs {
+					err := send(j.n)
+					// Latency from the due time: a late start counts against the vDC.
+					record(time.Since(j.due), err)
+				}
+			}()
+		}
 		period := time.Second / time.Duration(o.rate)
-		var dropped int64
 		for k := 0; ; k++ {
 			due := start.Add(time.Duration(k) * period)
 			if due.After(end) || ctx.Err() != nil {
@@ -456,24 +472,15 @@ func heartbeats(ctx context.Context, c *http.Client, base, token string, o optio
 				time.Sleep(d)
 			}
 			select {
-			case sem <- struct{}{}:
+			case jobs <- job{due, nodes[k%len(nodes)]}:
+				sent.Add(1)
 			default:
-				dropped++ // the vDC cannot keep up: count it as an error, do not wait
+				// The vDC cannot keep up: count it as an error, do not wait.
 				errs.Add(1)
 				firstErr.CompareAndSwap(nil, "more than --inflight heartbeats outstanding")
-				continue
 			}
-			n := nodes[k%len(nodes)]
-			wg.Add(1)
-			sent.Add(1)
-			go func() {
-				defer wg.Done()
-				err := send(n)
-				// Latency from the due time: a late start counts against the vDC.
-				record(time.Since(due), err)
-				<-sem
-			}()
 		}
+		close(jobs)
 		wg.Wait()
 	} else {
 		mode = fmt.Sprintf("closed loop, %d workers", o.conns)
