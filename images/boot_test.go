@@ -107,6 +107,7 @@ func TestBoot(t *testing.T) {
 				t.Parallel() // the lab's slots keep it to two VMs machine-wide
 				cfg := way.cfg(iso)
 				cfg.Name = name + "-" + way.name
+				cfg.NICs = []vm.NIC{{Hub: vm.NewHub(t, vm.HubConfig{})}} // the network service needs a NIC
 				m := vm.Start(t, cfg)
 				m.WaitMarker(t, quantix.MarkerBoot, bootTimeout, "image", img.Name, "version", img.Version)
 				m.WaitMarker(t, quantix.MarkerWarning, bootTimeout, "service", "init")
@@ -132,7 +133,8 @@ func TestConfigDiskHostname(t *testing.T) {
 	}); err != nil {
 		t.Fatal(err)
 	}
-	m := vm.Start(t, vm.Config{Name: "cfg-hostname", ISO: iso, Disks: []vm.Disk{{Path: cfgDisk}}})
+	m := vm.Start(t, vm.Config{Name: "cfg-hostname", ISO: iso, Disks: []vm.Disk{{Path: cfgDisk}},
+		NICs: []vm.NIC{{Hub: vm.NewHub(t, vm.HubConfig{})}}})
 	m.Expect(t, "init: hostname lab-node-7 (from /quantix/hostname)", bootTimeout)
 	m.WaitMarker(t, quantix.MarkerBootComplete, bootTimeout)
 	for _, l := range m.Lines() {
@@ -169,6 +171,7 @@ func BenchmarkBoot(b *testing.B) {
 				for i := 0; i < b.N; i++ {
 					cfg := way.cfg(img.iso)
 					cfg.Name = fmt.Sprintf("bench-%s-%s-%d", img.name, way.name, i)
+					cfg.NICs = []vm.NIC{{Hub: vm.NewHub(b, vm.HubConfig{})}}
 					m := vm.Start(b, cfg)
 					t0 := time.Now()
 					mk := m.WaitMarker(b, quantix.MarkerBootComplete, bootTimeout)

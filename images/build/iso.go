@@ -75,7 +75,9 @@ func entryCmdline(img *spec.Image, e spec.BootEntry) string {
 func isolinuxCfg(img *spec.Image) string {
 	d, _ := img.Boot.TimeoutDuration()
 	var b strings.Builder
-	fmt.Fprintf(&b, "SERIAL 0 115200\nUI menu.c32\nPROMPT 0\nTIMEOUT %d\n", max(1, int(d/(100*time.Millisecond))))
+	// ALLOWOPTIONS 0 and NOESCAPE 1: nobody edits the kernel command line at the
+	// boot menu (init=/bin/sh would be a shell without a password).
+	fmt.Fprintf(&b, "SERIAL 0 115200\nUI menu.c32\nPROMPT 0\nALLOWOPTIONS 0\nNOESCAPE 1\nTIMEOUT %d\n", max(1, int(d/(100*time.Millisecond))))
 	fmt.Fprintf(&b, "MENU TITLE %s %s\nDEFAULT %s\n", img.Name, img.Version, img.Boot.DefaultEntry().ID)
 	for _, e := range img.Boot.Entries {
 		fmt.Fprintf(&b, "\nLABEL %s\n  MENU LABEL %s\n  LINUX %s\n  INITRD %s\n  APPEND %s\n", e.ID, e.Title, isoKernel, isoInitrd, entryCmdline(img, e))
@@ -89,10 +91,13 @@ func grubCfg(img *spec.Image) string {
 	d, _ := img.Boot.TimeoutDuration()
 	var b strings.Builder
 	b.WriteString("serial --unit=0 --speed=115200\nterminal_input console serial\nterminal_output console serial\n")
+	// A superuser without a password: nobody can edit entries or reach GRUB's
+	// command line; the entries themselves boot unrestricted.
+	b.WriteString("set superusers=\"root\"\n")
 	fmt.Fprintf(&b, "set timeout=%d\nset default=%s\n", max(1, int(d.Round(time.Second)/time.Second)), img.Boot.DefaultEntry().ID)
 	fmt.Fprintf(&b, "search --no-floppy --set=root --label %s\n", img.VolumeLabel)
 	for _, e := range img.Boot.Entries {
-		fmt.Fprintf(&b, "\nmenuentry '%s' --id %s {\n  linux %s %s\n  initrd %s\n}\n", e.Title, e.ID, isoKernel, entryCmdline(img, e), isoInitrd)
+		fmt.Fprintf(&b, "\nmenuentry '%s' --id %s --unrestricted {\n  linux %s %s\n  initrd %s\n}\n", e.Title, e.ID, isoKernel, entryCmdline(img, e), isoInitrd)
 	}
 	return b.String()
 }

@@ -117,7 +117,7 @@ func TestHybridLayout(t *testing.T) {
 		t.Errorf("volume label = %q, want QXTEST (space padded)", got)
 	}
 	cfg := isoFile(t, f, "isolinux/isolinux.cfg")
-	for _, want := range []string{"DEFAULT normal", "LABEL install", "APPEND panic=10 quantix.install=interactive", "INITRD /boot/initrd.img", "TIMEOUT 20", "SERIAL 0 115200"} {
+	for _, want := range []string{"DEFAULT normal", "LABEL install", "APPEND panic=10 quantix.install=interactive", "INITRD /boot/initrd.img", "TIMEOUT 20", "SERIAL 0 115200", "ALLOWOPTIONS 0", "NOESCAPE 1"} {
 		if !strings.Contains(string(cfg), want) {
 			t.Errorf("isolinux.cfg lacks %q:\n%s", want, cfg)
 		}
@@ -187,7 +187,8 @@ func TestGrubCfg(t *testing.T) {
 	for _, want := range []string{
 		"search --no-floppy --set=root --label QXTEST",
 		"set default=normal", "set timeout=2",
-		"menuentry 'Install Test OS' --id install {\n  linux /boot/vmlinuz panic=10 quantix.install=interactive\n  initrd /boot/initrd.img\n}",
+		"set superusers=\"root\"",
+		"menuentry 'Install Test OS' --id install --unrestricted {\n  linux /boot/vmlinuz panic=10 quantix.install=interactive\n  initrd /boot/initrd.img\n}",
 		"menuentry 'Test OS (serial console)' --id serial",
 		"terminal_output console serial",
 	} {
