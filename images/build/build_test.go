@@ -239,3 +239,28 @@ func checkInitramfs(t *testing.T, iso, release string) {
 		}
 	}
 }
+
+// TestKernelErrors: a kernel apt cannot deliver, or a cached .deb with another
+// hash, is an error naming the package, version and hash wanted.
+func TestKernelErrors(t *testing.T) {
+	k := spec.Kernel{Package: "linux-image-6.1.0-56-amd64", Version: "0.0.0-quantix-missing", SHA256: strings.Repeat("ab", 32)}
+	cache := t.TempDir()
+	_, err := fetchKernelDeb(k, cache, t.Logf)
+	if err == nil || !strings.Contains(err.Error(), "linux-image-6.1.0-56-amd64=0.0.0-quantix-missing (sha256 abab") || !strings.Contains(err.Error(), "cannot be had") {
+		t.Errorf("fetchKernelDeb(missing version) = %v", err)
+	}
+	os.MkdirAll(filepath.Join(cache, "debs"), 0o755)
+	os.WriteFile(filepath.Join(cache, "debs", "linux-image-6.1.0-56-amd64_0.0.0-quantix-missing_amd64.deb"), []byte("not it"), 0o644)
+	_, err = fetchKernelDeb(k, cache, t.Logf)
+	if err == nil || !strings.Contains(err.Error(), "the image file pins "+k.SHA256) {
+		t.Errorf("fetchKernelDeb(wrong hash) = %v", err)
+	}
+}
+
+func TestExtractDebRejects(t *testing.T) {
+	p := filepath.Join(t.TempDir(), "x.deb")
+	os.WriteFile(p, []byte("garbage"), 0o644)
+	if err := extractDeb(p, t.TempDir(), func(string) bool { return true }); err == nil || !strings.Contains(err.Error(), "not a Debian package") {
+		t.Errorf("extractDeb(garbage) = %v", err)
+	}
+}
