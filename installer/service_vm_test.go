@@ -109,6 +109,8 @@ func TestServiceModeInVM(t *testing.T) {
 	}
 	bt := vm.Start(t, vm.Config{Name: "service-installed", MemoryMB: 1536, BootDisk: &vm.Disk{Path: target}})
 	bt.Expect(t, "init: hostname service-node (from /quantix/hostname)", 3*time.Minute)
+	bc := bt.WaitMarker(t, quantix.MarkerBootComplete, 3*time.Minute)
+	t.Logf("installed disk (SeaBIOS, GRUB): boot-complete at %s s guest uptime (%s)", bc.Get("seconds"), bt.Accel())
 }
 
 // makeISO writes folder root as a plain ISO9660 image labelled label.
