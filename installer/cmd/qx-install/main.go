@@ -268,6 +268,9 @@ func runService(ctx context.Context, o options, stdout, stderr io.Writer) error 
 		if cfg.Terminal, err = installer.OpenConsoles(); err != nil {
 			return fail(nil, err)
 		}
+		// The terminal shows the plan and summary; stdout (the console again, via
+		// init) gets only the markers.
+		cfg.Console = io.MultiWriter(markerWriter{stdout}, fileWriter{logw})
 	} else {
 		if instFS == nil {
 			return fail(nil, fmt.Errorf("%s=%s: no filesystem labelled %s (plug in the answer-file stick)", quantix.ParamInstall, want, quantix.LabelInstall))
@@ -370,6 +373,16 @@ func (t *teeWriter) Write(p []byte) (int, error) {
 	}
 	for _, f := range t.files {
 		_ = f.Sync()
+	}
+	return len(p), nil
+}
+
+// markerWriter passes only console marker lines (each Write is one line here).
+type markerWriter struct{ w io.Writer }
+
+func (m markerWriter) Write(p []byte) (int, error) {
+	if strings.HasPrefix(string(p), quantix.MarkerPrefix) {
+		return m.w.Write(p)
 	}
 	return len(p), nil
 }
