@@ -190,6 +190,26 @@ func TestInstallOntoImageFile(t *testing.T) {
 			t.Errorf("%s %s on %s: %v\n%s", c.tool, c.args, q.Name, err, out)
 		}
 	}
+	// util-linux reads the same GPT: the disk GUID (what quantix.disk= names, and
+	// what init compares), partition names and types.
+	bl, err := exec.Command("blkid", "-p", "-o", "export", img).Output()
+	if err != nil {
+		t.Fatalf("blkid (util-linux): %v", err)
+	}
+	if !strings.Contains(string(bl), "PTUUID="+strings.ToLower(res.Plan.DiskGUID)) || !strings.Contains(string(bl), "PTTYPE=gpt") {
+		t.Errorf("blkid -p %s:\n%s\nwant PTUUID=%s PTTYPE=gpt", img, bl, res.Plan.DiskGUID)
+	}
+	px, err := exec.Command("partx", "--show", "-g", "-o", "NR,START,NAME,TYPE", img).Output()
+	if err != nil {
+		t.Fatalf("partx (util-linux): %v", err)
+	}
+	wantPX := "1 2048 QUANTIX-EFI c12a7328-f81f-11d2-ba4b-00a0c93ec93b\n" +
+		"2 1050624 QUANTIX-BIOS 21686148-6449-6e6f-744e-656564454649\n" +
+		"3 1052672 QUANTIX-CFG 0fc63daf-8483-4772-8e79-3d69d8477de4\n" +
+		"4 1576960 QUANTIX-DATA 0fc63daf-8483-4772-8e79-3d69d8477de4\n"
+	if got := strings.Join(strings.Fields(string(px)), " "); got != strings.Join(strings.Fields(wantPX), " ") {
+		t.Errorf("partx --show:\n%s\nwant\n%s", px, wantPX)
+	}
 	// The other disk was not touched.
 	if fileSHA(t, filepath.Join(s.DevDir, "vdb")) != zeroSHA(t, 3<<30) {
 		t.Errorf("vdb was written")
