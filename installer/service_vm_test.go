@@ -40,8 +40,14 @@ func TestServiceModeInVM(t *testing.T) {
 	if testing.Short() {
 		t.Skip("builds an image and boots it in QEMU: skipped with -short")
 	}
+	for _, image := range []string{quantix.ImageQuantixOS, quantix.ImageQvDC} {
+		t.Run(image, func(t *testing.T) { serviceMode(t, image) })
+	}
+}
+
+func serviceMode(t *testing.T, image string) {
 	dir := t.TempDir()
-	img, err := spec.Load(filepath.Join("..", "images", "quantix-os.toml"))
+	img, err := spec.Load(filepath.Join("..", "images", image+".toml"))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -83,10 +89,10 @@ func TestServiceModeInVM(t *testing.T) {
 	makeISO(t, root, mediumISO, testVolume)
 
 	target := blankDisk(t, 3<<30)
-	answer := isoAnswer(quantix.ImageQuantixOS, "service-node", "only_empty = true", false)
+	answer := isoAnswer(image, "service-node", "only_empty = true", false)
 	ans := answerDisk(t, answer)
 	m := vm.Start(t, vm.Config{
-		Name: "service-mode", Kernel: kernel, Initrd: initrd, MemoryMB: 1536,
+		Name: "service-mode-" + image, Kernel: kernel, Initrd: initrd, MemoryMB: 1536,
 		Append: "console=ttyS0,115200 panic=-1 scsi_mod.scan=sync quantix.install=install.toml",
 		Disks:  []vm.Disk{{Path: target}, {Path: ans}},
 		ExtraArgs: []string{"-drive", "file=" + mediumISO + ",format=raw,if=none,id=cd0,media=cdrom,readonly=on",
@@ -94,7 +100,7 @@ func TestServiceModeInVM(t *testing.T) {
 	})
 	mk := m.WaitMarker(t, MarkerInstallComplete, 10*time.Minute, "hostname", "service-node")
 	m.WaitExit(t, 2*time.Minute)
-	t.Logf("install in the guest: %s s (%s)", mk.Get("seconds"), m.Accel())
+	t.Logf("%s: install in the guest: %s s (%s)", image, mk.Get("seconds"), m.Accel())
 	// The guest kernel wrote the answer disk: read it with e2fsprogs (go-diskfs
 	// rejects the inode checksums of kernel-written ext4).
 	if out, err := exec.Command("e2fsck", "-fn", ans).CombinedOutput(); err != nil {
@@ -107,10 +113,10 @@ func TestServiceModeInVM(t *testing.T) {
 	if !strings.Contains(string(log), "Install complete") || !strings.Contains(string(log), "quantix.install=install.toml") {
 		t.Errorf("qx-install.log on the answer disk lacks the run:\n%s", log)
 	}
-	bt := vm.Start(t, vm.Config{Name: "service-installed", MemoryMB: 1536, BootDisk: &vm.Disk{Path: target}})
+	bt := vm.Start(t, vm.Config{Name: "service-installed-" + image, MemoryMB: 1536, BootDisk: &vm.Disk{Path: target}})
 	bt.Expect(t, "init: hostname service-node (from /quantix/hostname)", 3*time.Minute)
 	bc := bt.WaitMarker(t, quantix.MarkerBootComplete, 3*time.Minute)
-	t.Logf("installed disk (SeaBIOS, GRUB): boot-complete at %s s guest uptime (%s)", bc.Get("seconds"), bt.Accel())
+	t.Logf("%s: installed disk (SeaBIOS, GRUB): boot-complete at %s s guest uptime (%s)", image, bc.Get("seconds"), bt.Accel())
 }
 
 // makeISO writes folder root as a plain ISO9660 image labelled label.
