@@ -138,9 +138,14 @@ func TestISOInstall(t *testing.T) {
 				b0 := time.Now()
 				b := vm.Start(t, vm.Config{Name: fmt.Sprintf("installed-%s-%d-%s", image, i, fw), Firmware: fw, MemoryMB: 2048,
 					BootDisk: &vm.Disk{Path: target}})
+				// The hostname line proves init mounted this disk's QUANTIX-CFG.
 				b.Expect(t, "init: hostname "+hostname+" (from /quantix/hostname)", 3*time.Minute)
-				mk := b.WaitMarker(t, quantix.MarkerBootComplete, 5*time.Minute)
-				t.Logf("%s boot %d (%s): boot-complete at %s s guest uptime, %.1fs wall", image, i, fw, mk.Get("seconds"), time.Since(b0).Seconds())
+				if image == quantix.ImageQvDC {
+					// Quantix OS's agent waits for a vDC this VM has no network to, so
+					// only QvDC is expected to reach boot-complete alone.
+					mk := b.WaitMarker(t, quantix.MarkerBootComplete, 5*time.Minute)
+					t.Logf("%s boot %d (%s): boot-complete at %s s guest uptime, %.1fs wall", image, i, fw, mk.Get("seconds"), time.Since(b0).Seconds())
+				}
 				b.PowerDown(t)
 				b.WaitExit(t, time.Minute)
 			}
