@@ -53,7 +53,13 @@ func serviceMode(t *testing.T, image string) {
 	}
 	img.VolumeLabel = testVolume
 	img.Initramfs.Commands = append(img.Initramfs.Commands, "./installer/cmd/qx-install")
-	img.Initramfs.Files = append(img.Initramfs.Files, "/usr/sbin/mke2fs:usr/sbin/mkfs.ext4")
+	hasMkfs := false
+	for _, f := range img.Initramfs.Files {
+		hasMkfs = hasMkfs || strings.HasSuffix(f, ":usr/sbin/mkfs.ext4")
+	}
+	if !hasMkfs {
+		img.Initramfs.Files = append(img.Initramfs.Files, "/usr/sbin/mke2fs:usr/sbin/mkfs.ext4")
+	}
 	img.Services = []spec.Service{{Name: ServiceName, Command: "/bbin/qx-install", Args: []string{"--mkfs", "/usr/sbin/mkfs.ext4"}, Ready: spec.ReadyStart}}
 	var sb bytes.Buffer
 	if err := toml.NewEncoder(&sb).Encode(img); err != nil {
