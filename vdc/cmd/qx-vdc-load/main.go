@@ -126,7 +126,11 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 		cpu := func() (time.Duration, time.Duration) {
 			return cpuTime(v.cmd.Process.Pid, false), cpuTime(pg.Pid(), true)
 		}
-		if err := heartbeats(ctx, client, v.url, joinToken, o, cpu, stdout); err != nil {
+		// Like pgbench, start the measured phase from a settled database: vacuumed
+		// and checkpointed after the bulk inserts, so autovacuum and a checkpoint do
+		// not land in the middle of it by chance.
+		settle := func() error { return settleDB(ctx, pg.AdminURL(), dbURL) }
+		if err := heartbeats(ctx, client, v.url, joinToken, o, cpu, settle, stdout); err != nil {
 			return err
 		}
 	}
@@ -378,7 +382,8 @@ func storm(ctx context.Context, c *http.Client, base, token, dbURL string, o opt
 	return nil
 }
 
-func heartbeats(ctx context.Context, c *http.Client, base, token string, o options, cpu func() (time.Duration, time.Duration), out io.Writer) error {
+func heartbeats(ctx context.Context, c *http.Client, base, token string, o options,
+	cpu func() (time.Duration, time.Duration), settle func() error, out io.Writer) error {
 	nodes := make([]*simNode, o.nodes)
 	for i := range nodes {
 		nodes[i] = newSimNode("hb", i)
@@ -416,6 +421,9 @@ func heartbeats(ctx context.Context, c *http.Client, base, token string, o optio
 	}
 	// Warm up connections and the vDC's secret cache: one heartbeat per node.
 	parallel(len(nodes), o.conns, func(i int) { send(nodes[i]) })
+	if err := settle(); err != nil {
+		return err
+	}
 
 	var (
 		mu       sync.Mutex
@@ -528,6 +536,27 @@ func heartbeats(ctx context.Context, c *http.Client, base, token string, o optio
 		fmt.Fprintf(out, "  first error: %s\n", e)
 	}
 	fmt.Fprintln(out)
+	return nil
+}
+
+// settleDB vacuums and analyzes the vDC's database and forces a checkpoint.
+func settleDB(ctx context.Context, adminURL, dbURL string) error {
+	conn, err := pgx.Connect(ctx, dbURL)
+	if err != nil {
+		return err
+	}
+	defer conn.Close(context.Background())
+	if _, err := conn.Exec(ctx, "VACUUM ANALYZE"); err != nil {
+		return fmt.Errorf("vacuum: %w", err)
+	}
+	admin, err := pgx.Connect(ctx, adminURL)
+	if err != nil {
+		return err
+	}
+	defer admin.Close(context.Background())
+	if _, err := admin.Exec(ctx, "CHECKPOINT"); err != nil {
+		return fmt.Errorf("checkpoint: %w", err)
+	}
 	return nil
 }
 
