@@ -55,7 +55,9 @@ var (
 // Lab settings written to the config disks.
 const (
 	VDCPort   = 8080
-	AgentPort = 9101 // the agents' status endpoint (http_listen)
+	// AgentPort is the agents' status endpoint: the Quantix-OS image starts qx-node
+	// with --http-listen 0.0.0.0:9100.
+	AgentPort = 9100
 	// HeartbeatInterval is short so that liveness scenarios are quick: ready while
 	// the last heartbeat is at most 10 s old, disconnected beyond 15 s.
 	HeartbeatInterval = 5 * time.Second
@@ -81,6 +83,8 @@ type Lab struct {
 	// Node is the node machine, started by StartNode; NodeDisk is its config disk.
 	Node     *vm.Machine
 	NodeDisk string
+	// QvDCFirstBoot is how long the QvDC took from QEMU start to an answering API.
+	QvDCFirstBoot time.Duration
 
 	dir   string
 	osISO string
@@ -159,7 +163,9 @@ func NewLab(t *testing.T) *Lab {
 		NICs:     []vm.NIC{{Hub: l.Hub, MAC: QvDCMAC}},
 		MemoryMB: 1536,
 	})
+	start := time.Now()
 	l.WaitVDC(t, QvDCBootTimeout)
+	l.QvDCFirstBoot = time.Since(start)
 	return l
 }
 
@@ -266,7 +272,7 @@ gateway = %q
 }
 
 // nodeFiles is a node's config disk: hostname, network.toml and agent.toml (vDC
-// URL, join token, status endpoint on all addresses so the workstation reaches it).
+// URL and join token).
 func nodeFiles(t testing.TB, c NodeConfig) map[string][]byte {
 	t.Helper()
 	if _, err := network.Parse(c.Hostname+" network.toml", []byte(c.Network)); err != nil {
@@ -275,7 +281,6 @@ func nodeFiles(t testing.TB, c NodeConfig) map[string][]byte {
 	ac := agent.FileConfig{
 		ControlPlane: fmt.Sprintf("http://%s:%d", QvDCAddr.Addr(), VDCPort),
 		JoinToken:    JoinToken,
-		HTTPListen:   fmt.Sprintf(":%d", AgentPort),
 	}
 	if err := ac.Validate(); err != nil {
 		t.Fatalf("%s agent.toml: %v", c.Hostname, err)
@@ -318,21 +323,31 @@ func (l *Lab) StartNode(t *testing.T, c NodeConfig) {
 }
 
 // StopNode powers the node machine off cleanly (ACPI power button: init stops the
-// agent and unmounts QUANTIX-CFG) and waits for QEMU to exit. A node that does not
-// power off is an error; it is then killed so the lab can go on.
+// agent and unmounts QUANTIX-CFG) and waits for QEMU to exit. Init loads the power
+// button driver only after boot-complete, so a press right after a boot can go
+// unheard; like an operator, StopNode presses again every few seconds. A node that
+// does not power off is an error; it is then killed so the lab can go on.
 func (l *Lab) StopNode(t testing.TB) {
 	t.Helper()
-	if exited, _ := l.Node.Exited(); exited {
-		return
-	}
-	l.Node.PowerDown(t)
-	if _, err := l.Node.AwaitMarker("never", PowerOffTimeout); err != nil {
-		var ce *vm.ConsoleError
-		if errors.As(err, &ce) && errors.Is(ce.Reason, vm.ErrExited) {
+	deadline := time.Now().Add(vm.ScaleTimeout(PowerOffTimeout))
+	for presses := 1; ; presses++ {
+		if exited, _ := l.Node.Exited(); exited {
+			if presses > 2 {
+				t.Logf("node powered off after %d presses of the power button", presses-1)
+			}
 			return
 		}
-		t.Errorf("node did not power off after the ACPI power button: %v", err)
-		l.Node.Kill(t)
+		if time.Now().After(deadline) {
+			t.Errorf("node did not power off within %v of pressing the ACPI power button (%d presses)", vm.ScaleTimeout(PowerOffTimeout), presses-1)
+			l.Node.Kill(t)
+			return
+		}
+		l.Node.PowerDown(t)
+		for end := time.Now().Add(5 * time.Second); time.Now().Before(end); time.Sleep(100 * time.Millisecond) {
+			if exited, _ := l.Node.Exited(); exited {
+				break
+			}
+		}
 	}
 }
 
