@@ -54,7 +54,7 @@ var (
 
 // Lab settings written to the config disks.
 const (
-	VDCPort   = 8080
+	VDCPort = 8080
 	// AgentPort is the agents' status endpoint: the Quantix-OS image starts qx-node
 	// with --http-listen 0.0.0.0:9100.
 	AgentPort = 9100
