@@ -174,7 +174,14 @@ func (s *Service) Run(ctx context.Context) error {
 			return err
 		}
 		defer f.Close()
-		in, out = f, f
+		restore, err := makeRaw(int(f.Fd()))
+		if err != nil {
+			return fmt.Errorf("console on %s: %w", s.cfg.TTY, err)
+		}
+		defer restore()
+		// The UI reads through seqReader (escape sequences kept whole), so it does
+		// not see a terminal on its input and leaves raw mode to us.
+		in, out = newSeqReader(f), f
 	}
 	if s.cfg.Stdout != nil {
 		tty := s.cfg.TTY
@@ -258,4 +265,24 @@ func setBaud(fd, baud int) error {
 		return fmt.Errorf("baud %d: %w", baud, err)
 	}
 	return nil
+}
+
+// makeRaw puts the terminal in raw mode (cfmakeraw: no echo, no line editing, no
+// signals from keys, 8 bit) and returns the function that restores it.
+func makeRaw(fd int) (func(), error) {
+	old, err := unix.IoctlGetTermios(fd, unix.TCGETS)
+	if err != nil {
+		return nil, fmt.Errorf("raw mode: %w", err)
+	}
+	t := *old
+	t.Iflag &^= unix.IGNBRK | unix.BRKINT | unix.PARMRK | unix.ISTRIP | unix.INLCR | unix.IGNCR | unix.ICRNL | unix.IXON
+	t.Oflag &^= unix.OPOST
+	t.Lflag &^= unix.ECHO | unix.ECHONL | unix.ICANON | unix.ISIG | unix.IEXTEN
+	t.Cflag &^= unix.CSIZE | unix.PARENB
+	t.Cflag |= unix.CS8
+	t.Cc[unix.VMIN], t.Cc[unix.VTIME] = 1, 0
+	if err := unix.IoctlSetTermios(fd, unix.TCSETS, &t); err != nil {
+		return nil, fmt.Errorf("raw mode: %w", err)
+	}
+	return func() { _ = unix.IoctlSetTermios(fd, unix.TCSETS, old) }, nil
 }

@@ -108,6 +108,7 @@ func (m Model) viewStatus() ([]string, string) {
 	if m.unlocked {
 		keys += "  l Lock"
 	}
+	keys += "  ^L Redraw"
 	s := m.snap
 	if s == nil {
 		return []string{"Reading the system state..."}, keys
@@ -275,7 +276,7 @@ func (m Model) viewNetwork() ([]string, string) {
 	if m.formNote != "" {
 		b = append(b, "", m.formNote)
 	}
-	keys := "Up/Down move  Enter next/apply  Space toggle mode  Esc Back"
+	keys := "Tab/Down next  Up prev  Enter next/apply  Space mode  Esc Back"
 	return b, keys
 }
 

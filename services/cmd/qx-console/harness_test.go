@@ -233,7 +233,7 @@ func (tm *terminal) send(keys ...string) {
 		}
 		if k == "\x1b" {
 			// A lone Esc must arrive on its own to be read as the Esc key.
-			time.Sleep(50 * time.Millisecond)
+			time.Sleep(150 * time.Millisecond)
 		}
 	}
 }
