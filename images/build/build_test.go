@@ -60,8 +60,8 @@ func TestConfigDiskRejects(t *testing.T) {
 		{"QUANTIX-DATA", 0, nil, `label "QUANTIX-DATA" must be QUANTIX-CFG or QUANTIX-INSTALL`},
 		{quantix.LabelConfig, 0, map[string][]byte{"/hostname": nil}, `file path "/hostname" must be relative`},
 		{quantix.LabelConfig, 0, map[string][]byte{"a/../../b": nil}, `must be relative and clean`},
-		{quantix.LabelConfig, 1 << 20, nil, "below 4 MiB"},
-		{quantix.LabelConfig, 4 << 20, map[string][]byte{"big": make([]byte, 3<<20)}, "do not fit"},
+		{quantix.LabelConfig, 8 << 20, nil, "below 9 MiB"},
+		{quantix.LabelConfig, 10 << 20, map[string][]byte{"big": make([]byte, 6<<20)}, "do not fit"},
 	}
 	for _, tt := range tests {
 		err := ConfigDisk(filepath.Join(dir, "x.img"), tt.label, tt.size, tt.files)

@@ -29,8 +29,9 @@ func ConfigDisk(out, label string, size int64, files map[string][]byte) error {
 	if size == 0 {
 		size = DefaultConfigDiskSize
 	}
-	if size < 4<<20 {
-		return fmt.Errorf("config disk %s: size %d is below 4 MiB", out, size)
+	// go-diskfs's ext4 writer needs more than one block group (8 MiB).
+	if size < 9<<20 {
+		return fmt.Errorf("config disk %s: size %d is below 9 MiB", out, size)
 	}
 	names := make([]string, 0, len(files))
 	var total int64

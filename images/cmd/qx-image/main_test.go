@@ -34,7 +34,7 @@ func TestConfigDiskCommand(t *testing.T) {
 	os.WriteFile(src, []byte("mode = \"dhcp\"\n"), 0o644)
 	out := filepath.Join(dir, "cfg.img")
 	var stdout, stderr bytes.Buffer
-	if err := run(context.Background(), []string{"config-disk", "--out", out, "--label", "QUANTIX-INSTALL", "--size", "8M", "network/network.toml=" + src}, &stdout, &stderr); err != nil {
+	if err := run(context.Background(), []string{"config-disk", "--out", out, "--label", "QUANTIX-INSTALL", "--size", "12M", "network/network.toml=" + src}, &stdout, &stderr); err != nil {
 		t.Fatalf("config-disk: %v (%s)", err, stderr.String())
 	}
 	label, files, err := build.ReadConfigDisk(out)
