@@ -15,6 +15,10 @@ const (
 	ParamHostname = "quantix.hostname"
 	ParamInstall  = "quantix.install"
 	ParamConsole  = "quantix.console"
+	// ParamDisk pins an installed system to its own disk: the GPT disk GUID (blkid's
+	// PTUUID) of the disk it was installed on. init mounts QUANTIX-CFG and
+	// QUANTIX-DATA only from that disk, so a stale disk can never hijack the boot.
+	ParamDisk = "quantix.disk"
 )
 
 // Cmdline is a parsed kernel command line: key=value parameters (the last one wins)

@@ -18,6 +18,7 @@ import (
 
 	"github.com/quantix/quantix"
 	"github.com/quantix/quantix/images/kmod"
+	"github.com/quantix/quantix/images/spec"
 )
 
 // ControlSocket is where qx-init takes poweroff and reboot requests (root only).
@@ -80,7 +81,19 @@ func (in *Init) Run(ctx context.Context) (Action, error) {
 		}
 		in.log.Info("drivers loaded", "took", time.Since(t0).Round(time.Millisecond), "modules", strings.Join(mods.Loaded(), ","))
 	}
-	in.mountByLabel()
+	cmdline, err := quantix.ReadCmdline()
+	if err != nil {
+		in.log.Warn("no kernel command line", "err", err)
+	}
+	services := in.cfg.Services
+	if answer := cmdline.Value(quantix.ParamInstall); answer != "" {
+		// The install entry: no persistent filesystem is mounted (the installer is
+		// about to write them) and the installer is the only service.
+		in.say(fmt.Sprintf("init: install mode (%s=%s): starting the installer instead of the image's services", quantix.ParamInstall, answer))
+		services = InstallServices()
+	} else {
+		in.mountByLabel(cmdline.Value(quantix.ParamDisk))
+	}
 	if in.mods != nil {
 		in.log.Info("devices ready", "took", time.Since(t0).Round(time.Millisecond), "slow_modules", strings.Join(in.mods.Slow, ","))
 	}
@@ -105,7 +118,7 @@ func (in *Init) Run(ctx context.Context) (Action, error) {
 	defer signal.Stop(sigs)
 
 	sup, err := NewSupervisor(SupervisorConfig{
-		Services: in.cfg.Services,
+		Services: services,
 		Console:  in.console,
 		LogDir:   quantix.LogDir,
 	}, in.log)
@@ -236,10 +249,37 @@ func (in *Init) waitFilesystems() []Filesystem {
 	}
 }
 
-func (in *Init) mountByLabel() {
+// InstallServices is what runs when the kernel command line holds quantix.install:
+// the installer alone. It ends by asking init to power off or reboot.
+func InstallServices() []spec.Service {
+	return []spec.Service{{Name: "install", Command: "/bbin/qx-install", Ready: spec.ReadyStart}}
+}
+
+// mountByLabel mounts QUANTIX-CFG and QUANTIX-DATA. diskGUID (quantix.disk=) pins
+// an installed system to its own disk: only filesystems on the disk with that GPT
+// GUID are considered, never a same-labelled one elsewhere.
+func (in *Init) mountByLabel(diskGUID string) {
 	t0 := time.Now()
 	fss := in.waitFilesystems()
 	boot := BootDisks(fss, in.cfg.VolumeLabel, quantix.LabelEFI)
+	if diskGUID != "" {
+		disk, ok := DiskByGUID(in.sysBlock, in.devDir, diskGUID)
+		for deadline := time.Now().Add(in.DeviceWait); !ok && time.Now().Before(deadline); {
+			time.Sleep(100 * time.Millisecond)
+			if in.mods != nil {
+				in.mods.Coldplug(in.cfg.Modules)
+			}
+			disk, ok = DiskByGUID(in.sysBlock, in.devDir, diskGUID)
+		}
+		if !ok {
+			in.say(quantix.WarningMarker("init", fmt.Sprintf("the installed disk (%s=%s) was not found: /quantix is in RAM and nothing will persist", quantix.ParamDisk, diskGUID)))
+			return
+		}
+		fss, _ = ScanFilesystems(in.sysBlock, in.devDir)
+		fss = OnDisk(fss, disk)
+		boot = map[string]bool{disk: true}
+		in.log.Info("installed system: using its own disk only", "disk", disk, "guid", diskGUID)
+	}
 	for _, m := range []struct{ label, dir string }{
 		{quantix.LabelConfig, quantix.ConfigDir},
 		{quantix.LabelData, quantix.DataDir},

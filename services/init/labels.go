@@ -143,3 +143,57 @@ func BootDisks(fss []Filesystem, volumeLabel, efiLabel string) map[string]bool {
 	}
 	return disks
 }
+
+// GPTDiskGUID reads the disk GUID from the primary GPT header of r (LBA 1, 512-byte
+// sectors), formatted as blkid's PTUUID: lower case, the first three fields
+// little-endian. ok is false when r holds no GPT.
+func GPTDiskGUID(r io.ReaderAt) (guid string, ok bool) {
+	var h [92]byte
+	if _, err := r.ReadAt(h[:], 512); err != nil {
+		return "", false
+	}
+	if string(h[:8]) != "EFI PART" {
+		return "", false
+	}
+	g := h[56:72]
+	return fmt.Sprintf("%08x-%04x-%04x-%x-%x",
+		binary.LittleEndian.Uint32(g[0:4]), binary.LittleEndian.Uint16(g[4:6]), binary.LittleEndian.Uint16(g[6:8]),
+		g[8:10], g[10:16]), true
+}
+
+// DiskByGUID finds the whole disk under sysBlock whose GPT disk GUID is guid
+// (compared in lower case) and returns its name (e.g. "vda").
+func DiskByGUID(sysBlock, devDir, guid string) (string, bool) {
+	entries, err := os.ReadDir(sysBlock)
+	if err != nil {
+		return "", false
+	}
+	guid = strings.ToLower(guid)
+	for _, e := range entries {
+		name := e.Name()
+		if _, err := os.Stat(filepath.Join(sysBlock, name, "partition")); err == nil {
+			continue
+		}
+		f, err := os.Open(filepath.Join(devDir, name))
+		if err != nil {
+			continue
+		}
+		g, ok := GPTDiskGUID(f)
+		f.Close()
+		if ok && g == guid {
+			return name, true
+		}
+	}
+	return "", false
+}
+
+// OnDisk keeps the filesystems that live on disk.
+func OnDisk(fss []Filesystem, disk string) []Filesystem {
+	var out []Filesystem
+	for _, f := range fss {
+		if f.Disk == disk {
+			out = append(out, f)
+		}
+	}
+	return out
+}
