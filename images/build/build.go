@@ -25,6 +25,7 @@ import (
 	"path"
 	"path/filepath"
 	"runtime"
+	"slices"
 	"sort"
 	"strconv"
 	"strings"
@@ -307,12 +308,23 @@ func (b *Builder) Build(ctx context.Context) (*Result, error) {
 	}); err != nil {
 		return nil, err
 	}
+	// An image that carries the installer also carries the bootloader files it puts
+	// on a disk (GRUB for UEFI and BIOS), made by the installer's own code.
+	var installBoot map[string]string
+	if err := step("installer boot files", func() error {
+		var err error
+		installBoot, err = installerBootFiles(filepath.Join(work, "bin"), filepath.Join(work, "install-boot"), img.Initramfs.Commands)
+		return err
+	}); err != nil {
+		return nil, err
+	}
 	iso := filepath.Join(b.cfg.OutDir, img.Name+".iso")
 	if err := step("iso (go-diskfs + hybrid)", func() error {
 		tmp := iso + ".tmp"
 		efiSum, err := MakeISO(ISOConfig{
 			Out: tmp, Name: img.Name, Version: img.Version, VolumeLabel: img.VolumeLabel, Boot: img.Boot,
 			Kernel: k.Vmlinuz, Initrd: initrdPath, WorkDir: filepath.Join(work, "iso"), SourceDateEpoch: epoch,
+			Extra: installBoot,
 		})
 		if err != nil {
 			os.Remove(tmp)
@@ -622,4 +634,33 @@ func updateSums(sumsPath, file, sum string) error {
 		return err
 	}
 	return os.Rename(tmp, sumsPath)
+}
+
+// installerCommand is the installer's main package; an image listing it gets the
+// installer's bootloader files on its ISO.
+const installerCommand = "./installer/cmd/qx-install"
+
+// installerBootFiles runs the freshly built qx-install build-boot-files (binDir holds
+// our built commands) when cmds include the installer, and returns the ISO paths
+// (boot/install/...) mapped to the files it made in dir.
+func installerBootFiles(binDir, dir string, cmds []string) (map[string]string, error) {
+	if !slices.Contains(cmds, installerCommand) {
+		return nil, nil
+	}
+	if err := os.RemoveAll(dir); err != nil {
+		return nil, err
+	}
+	bin := filepath.Join(binDir, path.Base(installerCommand))
+	if out, err := exec.Command(bin, "build-boot-files", dir).CombinedOutput(); err != nil {
+		return nil, fmt.Errorf("qx-install build-boot-files: %w: %s", err, strings.TrimSpace(string(out)))
+	}
+	files := map[string]string{}
+	for _, name := range []string{"bootx64.efi", "core.img", "boot.img"} {
+		p := filepath.Join(dir, name)
+		if _, err := os.Stat(p); err != nil {
+			return nil, fmt.Errorf("qx-install build-boot-files made no %s: %w", name, err)
+		}
+		files["boot/install/"+name] = p
+	}
+	return files, nil
 }

@@ -8,6 +8,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"sort"
 	"strings"
 	"time"
 
@@ -184,6 +185,9 @@ type ISOConfig struct {
 	Kernel, Initrd             string // host files
 	WorkDir                    string // an empty scratch folder (created if missing)
 	SourceDateEpoch            int64
+	// Extra maps ISO paths ("boot/install/core.img") to host files to add, e.g. the
+	// bootloader files the installer copies to a disk.
+	Extra map[string]string
 }
 
 // MakeISO writes a hybrid ISO (BIOS and UEFI; CD and raw disk) that boots c.Kernel
@@ -216,6 +220,16 @@ func MakeISO(c ISOConfig) (string, error) {
 	}
 	if err := copyIn(c.Initrd, strings.TrimPrefix(isoInitrd, "/")); err != nil {
 		return "", fmt.Errorf("iso: initramfs: %w", err)
+	}
+	extra := make([]string, 0, len(c.Extra))
+	for dst := range c.Extra {
+		extra = append(extra, dst)
+	}
+	sort.Strings(extra)
+	for _, dst := range extra {
+		if err := copyIn(c.Extra[dst], strings.TrimPrefix(dst, "/")); err != nil {
+			return "", fmt.Errorf("iso: %s: %w", dst, err)
+		}
 	}
 	if err := copyIn(filepath.Join(isolinuxDir, "isolinux.bin"), "isolinux/isolinux.bin"); err != nil {
 		return "", err
