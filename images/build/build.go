@@ -202,6 +202,9 @@ func (b *Builder) Build(ctx context.Context) (*Result, error) {
 	defer os.RemoveAll(work)
 	initrdPath := filepath.Join(work, "initrd")
 	m := &Manifest{Image: img.Name, Version: img.Version, VolumeLabel: img.VolumeLabel, SourceDateEpoch: epoch, Go: runtime.Version()}
+	if m.GoModules, err = repoModules(b.cfg.Repo); err != nil {
+		return nil, err
+	}
 	t := newTree()
 
 	if err := step("check bootloader files", checkBootFiles); err != nil {

@@ -169,7 +169,7 @@ func TestBuildReproducible(t *testing.T) {
 			t.Fatal(err)
 		}
 		if m.ISO.SHA256 != res.SHA256 || m.Kernel.SHA256 != b.Image().Kernel.SHA256 || len(m.Modules) == 0 ||
-			len(m.Commands) == 0 || len(m.Commands[0].GoModules) == 0 || len(m.URoot.GoModules) == 0 || len(m.Overlay) == 0 || len(m.Boot) == 0 {
+			len(m.Commands) == 0 || len(m.Commands[0].GoModules) == 0 || len(m.GoModules) < 10 || m.GoModules[0].Sum == "" || len(m.URoot.GoModules) == 0 || len(m.Overlay) == 0 || len(m.Boot) == 0 {
 			t.Errorf("manifest lacks inputs: %s", data)
 		}
 		checkInitramfs(t, res.ISO, m.Kernel.Release)

@@ -4,26 +4,34 @@ import (
 	"bytes"
 	"debug/buildinfo"
 	"encoding/json"
+	"fmt"
 	"os"
+	"path/filepath"
+	"strings"
+
+	"golang.org/x/mod/modfile"
 )
 
 // Manifest lists every input of an image with its version and hash
 // (out/<image>.manifest.json).
 type Manifest struct {
-	Image           string          `json:"image"`
-	Version         string          `json:"version"`
-	VolumeLabel     string          `json:"volume_label"`
-	SourceDateEpoch int64           `json:"source_date_epoch"`
-	ISO             FileInput       `json:"iso"`
-	Go              string          `json:"go"`
-	Kernel          KernelInput     `json:"kernel"`
-	Modules         []FileInput     `json:"modules"`
-	URoot           URootInput      `json:"uroot"`
-	Commands        []CommandInput  `json:"commands"`
-	Overlay         []FileInput     `json:"overlay"`
-	HostFiles       []HostFileInput `json:"host_files"`
-	Boot            []FileInput     `json:"boot"`
-	Initramfs       InitramfsInfo   `json:"initramfs"`
+	Image           string    `json:"image"`
+	Version         string    `json:"version"`
+	VolumeLabel     string    `json:"volume_label"`
+	SourceDateEpoch int64     `json:"source_date_epoch"`
+	ISO             FileInput `json:"iso"`
+	Go              string    `json:"go"`
+	// GoModules are the module requirements of the repository (go.mod) with their
+	// go.sum hashes: everything a Go binary in the image may be built from.
+	GoModules []GoModule      `json:"go_modules"`
+	Kernel    KernelInput     `json:"kernel"`
+	Modules   []FileInput     `json:"modules"`
+	URoot     URootInput      `json:"uroot"`
+	Commands  []CommandInput  `json:"commands"`
+	Overlay   []FileInput     `json:"overlay"`
+	HostFiles []HostFileInput `json:"host_files"`
+	Boot      []FileInput     `json:"boot"`
+	Initramfs InitramfsInfo   `json:"initramfs"`
 }
 
 // KernelInput is the pinned kernel package.
@@ -111,4 +119,29 @@ func binaryModules(bin []byte) ([]GoModule, error) {
 		mods = append(mods, GoModule{Path: d.Path, Version: d.Version, Sum: d.Sum})
 	}
 	return mods, nil
+}
+
+// repoModules reads go.mod's requirements and their hashes from go.sum.
+func repoModules(repo string) ([]GoModule, error) {
+	data, err := os.ReadFile(filepath.Join(repo, "go.mod"))
+	if err != nil {
+		return nil, err
+	}
+	f, err := modfile.Parse("go.mod", data, nil)
+	if err != nil {
+		return nil, fmt.Errorf("go.mod: %w", err)
+	}
+	sums := map[string]string{}
+	if sum, err := os.ReadFile(filepath.Join(repo, "go.sum")); err == nil {
+		for _, l := range strings.Split(string(sum), "\n") {
+			if fs := strings.Fields(l); len(fs) == 3 && !strings.HasSuffix(fs[1], "/go.mod") {
+				sums[fs[0]+"@"+fs[1]] = fs[2]
+			}
+		}
+	}
+	var out []GoModule
+	for _, r := range f.Require {
+		out = append(out, GoModule{Path: r.Mod.Path, Version: r.Mod.Version, Sum: sums[r.Mod.Path+"@"+r.Mod.Version]})
+	}
+	return out, nil
 }
