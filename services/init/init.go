@@ -21,6 +21,9 @@ import (
 	"github.com/quantix/quantix/images/spec"
 )
 
+// lateModulesWait bounds how long the remaining modules wait for boot-complete.
+const lateModulesWait = 20 * time.Second
+
 // ControlSocket is where qx-init takes poweroff and reboot requests (root only).
 const ControlSocket = quantix.RunDir + "/init.sock"
 
@@ -129,11 +132,28 @@ func (in *Init) Run(ctx context.Context) (Action, error) {
 	supDone := make(chan error, 1)
 	go func() { supDone <- sup.Run(supCtx) }()
 	go func() {
-		select {
-		case <-sup.AllReady():
-			in.say(quantix.BootCompleteMarker(Uptime().Seconds()))
-			in.loadRest()
-		case <-supCtx.Done():
+		// The remaining modules (the power button among them) wait for boot-complete
+		// to stay off the boot's critical path, but no longer than lateModulesWait: a
+		// machine whose services never all get ready (no vDC reachable, no NIC) must
+		// still power off when its button is pressed.
+		late := time.NewTimer(lateModulesWait)
+		defer late.Stop()
+		loaded := false
+		for {
+			select {
+			case <-sup.AllReady():
+				in.say(quantix.BootCompleteMarker(Uptime().Seconds()))
+				if !loaded {
+					in.loadRest()
+				}
+				return
+			case <-late.C:
+				in.log.Info("not every service is ready yet; loading the remaining modules now", "after", lateModulesWait)
+				in.loadRest()
+				loaded = true
+			case <-supCtx.Done():
+				return
+			}
 		}
 	}()
 
