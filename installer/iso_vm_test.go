@@ -137,7 +137,7 @@ func TestISOInstall(t *testing.T) {
 			for i, fw := range []vm.Firmware{vm.BIOS, vm.UEFI, vm.UEFI} {
 				b0 := time.Now()
 				b := vm.Start(t, vm.Config{Name: fmt.Sprintf("installed-%s-%d-%s", image, i, fw), Firmware: fw, MemoryMB: 2048,
-					BootDisk: &vm.Disk{Path: target}})
+					BootDisk: &vm.Disk{Path: target}, NICs: []vm.NIC{{Hub: vm.NewHub(t, vm.HubConfig{})}}})
 				// The hostname line proves init mounted this disk's QUANTIX-CFG.
 				b.Expect(t, "init: hostname "+hostname+" (from /quantix/hostname)", 3*time.Minute)
 				if image == quantix.ImageQvDC {
