@@ -70,37 +70,59 @@ func HashPassword(pw string) (string, error) {
 		enc.EncodeToString(salt), enc.EncodeToString(key)), nil
 }
 
-// VerifyPassword checks pw against a PHC string made by HashPassword (any argon2id
-// parameters within sane bounds). It returns ErrWrongPassword on a mismatch.
-func VerifyPassword(phc, pw string) error {
+// argonHash is a parsed argon2id PHC string.
+type argonHash struct {
+	m, t       uint32
+	p          uint8
+	salt, hash []byte
+}
+
+// parseHash parses a PHC string as HashPassword makes it, with any argon2id
+// parameters within sane bounds.
+func parseHash(phc string) (argonHash, error) {
+	var h argonHash
 	parts := strings.Split(strings.TrimSpace(phc), "$")
 	// "", "argon2id", "v=19", "m=..,t=..,p=..", salt, hash
 	if len(parts) != 6 || parts[0] != "" || parts[1] != "argon2id" {
-		return errors.New("password hash: not an argon2id PHC string")
+		return h, errors.New("password hash: not an argon2id PHC string")
 	}
 	var v int
 	if _, err := fmt.Sscanf(parts[2], "v=%d", &v); err != nil || v != argon2.Version {
-		return fmt.Errorf("password hash: unsupported version %q", parts[2])
+		return h, fmt.Errorf("password hash: unsupported version %q", parts[2])
 	}
-	var m, t uint32
-	var p uint8
-	if _, err := fmt.Sscanf(parts[3], "m=%d,t=%d,p=%d", &m, &t, &p); err != nil {
-		return fmt.Errorf("password hash: bad parameters %q", parts[3])
+	if _, err := fmt.Sscanf(parts[3], "m=%d,t=%d,p=%d", &h.m, &h.t, &h.p); err != nil {
+		return h, fmt.Errorf("password hash: bad parameters %q", parts[3])
 	}
-	if m < 8*1024 || m > 1<<20 || t < 1 || t > 16 || p < 1 || p > 16 {
-		return fmt.Errorf("password hash: parameters %q out of range", parts[3])
+	if h.m < 8*1024 || h.m > 1<<20 || h.t < 1 || h.t > 16 || h.p < 1 || h.p > 16 {
+		return h, fmt.Errorf("password hash: parameters %q out of range", parts[3])
 	}
 	enc := base64.RawStdEncoding
-	salt, err := enc.DecodeString(parts[4])
-	if err != nil || len(salt) < 8 {
-		return errors.New("password hash: bad salt")
+	var err error
+	if h.salt, err = enc.DecodeString(parts[4]); err != nil || len(h.salt) < 8 {
+		return h, errors.New("password hash: bad salt")
 	}
-	want, err := enc.DecodeString(parts[5])
-	if err != nil || len(want) < 16 {
-		return errors.New("password hash: bad hash")
+	if h.hash, err = enc.DecodeString(parts[5]); err != nil || len(h.hash) < 16 {
+		return h, errors.New("password hash: bad hash")
 	}
-	got := argon2.IDKey([]byte(pw), salt, t, m, p, uint32(len(want)))
-	if subtle.ConstantTimeCompare(got, want) != 1 {
+	return h, nil
+}
+
+// ValidHash reports whether phc is a PHC string VerifyPassword accepts, without
+// the cost of hashing a password; the installer checks a given hash with it.
+func ValidHash(phc string) error {
+	_, err := parseHash(phc)
+	return err
+}
+
+// VerifyPassword checks pw against a PHC string made by HashPassword (any argon2id
+// parameters within sane bounds). It returns ErrWrongPassword on a mismatch.
+func VerifyPassword(phc, pw string) error {
+	h, err := parseHash(phc)
+	if err != nil {
+		return err
+	}
+	got := argon2.IDKey([]byte(pw), h.salt, h.t, h.m, h.p, uint32(len(h.hash)))
+	if subtle.ConstantTimeCompare(got, h.hash) != 1 {
 		return ErrWrongPassword
 	}
 	return nil

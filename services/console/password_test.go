@@ -48,6 +48,27 @@ func TestVerifyPasswordBadHashes(t *testing.T) {
 		if err == nil || errors.Is(err, ErrWrongPassword) || !strings.Contains(err.Error(), tt.want) {
 			t.Errorf("%s: VerifyPassword = %v, want an error containing %q", tt.name, err, tt.want)
 		}
+		if err := ValidHash(tt.phc); err == nil || !strings.Contains(err.Error(), tt.want) {
+			t.Errorf("%s: ValidHash = %v, want an error containing %q", tt.name, err, tt.want)
+		}
+	}
+}
+
+// ValidHash accepts exactly the strings VerifyPassword can check, whatever the
+// password: HashPassword's own and other argon2id parameters within bounds.
+func TestValidHash(t *testing.T) {
+	good, _ := HashPassword("correct horse")
+	for _, phc := range []string{
+		good,
+		good + "\n",
+		strings.Replace(good, "m=19456,t=2,p=1", "m=65536,t=3,p=4", 1),
+	} {
+		if err := ValidHash(phc); err != nil {
+			t.Errorf("ValidHash(%q) = %v", phc, err)
+		}
+		if err := VerifyPassword(phc, "not the password"); !errors.Is(err, ErrWrongPassword) {
+			t.Errorf("VerifyPassword(%q, wrong) = %v, want ErrWrongPassword", phc, err)
+		}
 	}
 }
 
