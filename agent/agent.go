@@ -226,6 +226,9 @@ func (s *Service) management() (Management, error) {
 	if s.lastMgmt.IP.IsValid() && (m.IP != s.lastMgmt.IP || m.Interface != s.lastMgmt.Interface) {
 		s.log.Info("management address changed", "old", s.lastMgmt.IP, "old_interface", s.lastMgmt.Interface, "new", m.IP, "interface", m.Interface, "source", m.Source)
 		s.st.update(func(st *Status) { st.Counts.ManagementChanges++ })
+		// A kept-alive connection is bound to the old address, which may be gone:
+		// requests on it would wait out their timeout. Dial afresh from the new one.
+		s.api.http.CloseIdleConnections()
 	} else if !s.lastMgmt.IP.IsValid() {
 		s.log.Info("management address", "ip", m.IP, "interface", m.Interface, "source", m.Source)
 	}
