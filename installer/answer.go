@@ -6,10 +6,9 @@ import (
 	"os"
 	"strings"
 
-	"golang.org/x/crypto/bcrypt"
-
 	"github.com/quantix/quantix"
 	"github.com/quantix/quantix/agent"
+	"github.com/quantix/quantix/services/console"
 	"github.com/quantix/quantix/services/network"
 	"github.com/quantix/quantix/vdc"
 )
@@ -30,8 +29,8 @@ const (
 //	hostname = "node1"
 //	wipe = false                 # true: the target may hold partitions or data
 //	after = "poweroff"           # or "reboot" (default "poweroff")
-//	console_password = "..."     # optional; stored as a bcrypt hash only
-//	console_password_hash = ""   # or give the bcrypt hash yourself
+//	console_password = "..."     # optional; stored as an argon2id hash only
+//	console_password_hash = ""   # or the hash itself: "$argon2id$v=19$m=...,t=...,p=...$salt$hash"
 //
 //	[target]                     # exactly one key
 //	path = "/dev/sda"            # or serial = "...", wwn = "...", only_empty = true
@@ -177,17 +176,16 @@ func (a *Answer) Validate(image string) error {
 	if a.ConsolePassword != "" && a.ConsolePasswordHash != "" {
 		return bad("console_password", "set console_password or console_password_hash, not both")
 	}
+	// Both go to the console's own password file (console.DefaultPasswordFile), so
+	// the console's own rules apply.
 	if p := a.ConsolePassword; p != "" {
-		if len(p) < 8 {
-			return bad("console_password", "is %d characters; use at least 8", len(p))
-		}
-		if len(p) > 72 {
-			return bad("console_password", "is %d bytes; at most 72 are allowed (bcrypt)", len(p))
+		if err := console.CheckNewPassword(p); err != nil {
+			return bad("console_password", "%s", strings.TrimPrefix(err.Error(), "password: "))
 		}
 	}
 	if hsh := a.ConsolePasswordHash; hsh != "" {
-		if _, err := bcrypt.Cost([]byte(hsh)); err != nil {
-			return bad("console_password_hash", "not a bcrypt hash ($2a$/$2b$/$2y$...): %v", err)
+		if err := console.ValidHash(hsh); err != nil {
+			return bad("console_password_hash", "%s (want an argon2id PHC string \"$argon2id$v=19$m=...,t=...,p=...$salt$hash\")", strings.TrimPrefix(err.Error(), "password hash: "))
 		}
 	}
 	if a.Network != nil {

@@ -6,6 +6,7 @@ import (
 	"testing"
 
 	"github.com/quantix/quantix"
+	"github.com/quantix/quantix/services/console"
 )
 
 const goodOS = `
@@ -31,6 +32,11 @@ join_tokens = ["static-join-token-123"]
 heartbeat_interval = "5s"
 `
 
+// testHash is "correct horse" hashed with console.HashPassword's parameters and a
+// fixed salt ("saltsaltsaltsalt"), so the tables are constant;
+// TestParseAnswerConsoleHash checks it with the console's VerifyPassword.
+const testHash = "$argon2id$v=19$m=19456,t=2,p=1$c2FsdHNhbHRzYWx0c2FsdA$AdweBLwcflnNX2HVW8i1Mtu7frrn4Ki7h/rYSGuU7Is"
+
 func TestParseAnswerGood(t *testing.T) {
 	a, err := ParseAnswer("install.toml", []byte(goodOS), quantix.ImageQuantixOS)
 	if err != nil {
@@ -49,6 +55,34 @@ func TestParseAnswerGood(t *testing.T) {
 	c, err := ParseAnswer("install.toml", []byte(strings.Replace(goodOS, `"node1"`, `"Node1.Example"`, 1)), quantix.ImageQuantixOS)
 	if err != nil || c.Hostname != "node1.example" {
 		t.Errorf("hostname not normalized: %v %v", c, err)
+	}
+}
+
+// The console password keys take what the console takes: its password rules and
+// any argon2id PHC string its VerifyPassword can check.
+func TestParseAnswerConsolePassword(t *testing.T) {
+	if err := console.VerifyPassword(testHash, "correct horse"); err != nil {
+		t.Fatalf("test bug: testHash does not verify: %v", err)
+	}
+	fresh, err := console.HashPassword("correct horse")
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, c := range []struct{ key, value string }{
+		{"console_password", "12345678"},
+		{"console_password", "pässwörter mit Leerzeichen"},
+		{"console_password_hash", testHash},
+		{"console_password_hash", fresh},
+		{"console_password_hash", strings.Replace(testHash, "m=19456,t=2,p=1", "m=65536,t=3,p=4", 1)},
+	} {
+		a, err := ParseAnswer("install.toml", []byte(c.key+" = '"+c.value+"'\n"+goodOS), quantix.ImageQuantixOS)
+		if err != nil {
+			t.Errorf("%s = %q: %v", c.key, c.value, err)
+			continue
+		}
+		if got := a.ConsolePassword + a.ConsolePasswordHash; got != c.value {
+			t.Errorf("%s = %q read as %q", c.key, c.value, got)
+		}
 	}
 }
 
@@ -75,9 +109,16 @@ func TestParseAnswerBad(t *testing.T) {
 		{"target missing", "quantix-os", rep(goodOS, `path = "/dev/vda"`, ""), "target: missing"},
 		{"target two keys", "quantix-os", rep(goodOS, `path = "/dev/vda"`, `path = "/dev/vda"`+"\nserial = \"X\""), "target: set exactly one"},
 		{"target path outside dev", "quantix-os", rep(goodOS, `"/dev/vda"`, `"vda"`), "target.path: \"vda\" is not a device under /dev"},
-		{"password short", "quantix-os", "console_password = \"short\"\n" + goodOS, "console_password: is 5 characters"},
-		{"password and hash", "quantix-os", "console_password = \"longenough\"\nconsole_password_hash = \"$2a$10$abc\"\n" + goodOS, "console_password: set console_password or console_password_hash"},
-		{"hash bad", "quantix-os", "console_password_hash = \"plain\"\n" + goodOS, "console_password_hash: not a bcrypt hash"},
+		{"password short", "quantix-os", "console_password = \"short\"\n" + goodOS, "console_password: at least 8 characters needed, got 5"},
+		{"password spaces", "quantix-os", "console_password = \"          \"\n" + goodOS, "console_password: must not be only spaces"},
+		{"password control", "quantix-os", "console_password = \"longenough\\u0007\"\n" + goodOS, "console_password: control characters are not allowed"},
+		{"password long", "quantix-os", "console_password = \"" + strings.Repeat("p", 257) + "\"\n" + goodOS, "console_password: at most 256 characters"},
+		{"password and hash", "quantix-os", "console_password = \"longenough\"\nconsole_password_hash = '" + testHash + "'\n" + goodOS, "console_password: set console_password or console_password_hash"},
+		{"hash plain", "quantix-os", "console_password_hash = \"plain\"\n" + goodOS, "console_password_hash: not an argon2id PHC string"},
+		{"hash bcrypt", "quantix-os", "console_password_hash = '$2a$12$R9h/cIPz0gi.URNNX3kh2OPST9/PgBkqquzi.Ss7KIUgO2t0jWMUW'\n" + goodOS, "console_password_hash: not an argon2id PHC string"},
+		{"hash argon2i", "quantix-os", "console_password_hash = '" + strings.Replace(testHash, "argon2id", "argon2i", 1) + "'\n" + goodOS, "console_password_hash: not an argon2id PHC string"},
+		{"hash parameters", "quantix-os", "console_password_hash = '" + strings.Replace(testHash, "m=19456", "m=8", 1) + "'\n" + goodOS, "console_password_hash: parameters \"m=8,t=2,p=1\" out of range"},
+		{"hash truncated", "quantix-os", "console_password_hash = '" + testHash[:len(testHash)-30] + "'\n" + goodOS, "console_password_hash: bad hash"},
 		{"network mode", "quantix-os", goodOS + "[network]\nmode = \"ppp\"\n", "install.toml [network]"},
 		{"network static address", "quantix-os", goodOS + "[network]\nmode = \"static\"\n[network.static]\naddress = \"10.0.0.300/24\"\n", "static.address"},
 		{"network unknown key", "quantix-os", goodOS + "[network]\nmtu = 9000\n", `unknown key "network.mtu"`},

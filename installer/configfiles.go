@@ -12,26 +12,13 @@ import (
 	"strings"
 
 	"github.com/BurntSushi/toml"
-	"golang.org/x/crypto/bcrypt"
 
 	"github.com/quantix/quantix"
 	"github.com/quantix/quantix/agent"
+	"github.com/quantix/quantix/services/console"
 	"github.com/quantix/quantix/services/network"
 	"github.com/quantix/quantix/vdc"
 )
-
-// ConsoleConfig is where the console password hash goes on QUANTIX-CFG. DESIGN.md
-// does not name it yet; qx-console reads it when it comes.
-const ConsoleConfig = "/quantix/console/console.toml"
-
-// ConsoleFile is console.toml.
-type ConsoleFile struct {
-	// PasswordHash is the bcrypt hash of the console password.
-	PasswordHash string `toml:"password_hash"`
-}
-
-// BcryptCost is the cost of the console password hash.
-const BcryptCost = 12
 
 // File is one file for QUANTIX-CFG.
 type File struct {
@@ -57,7 +44,8 @@ func rel(p string) string { return strings.TrimPrefix(strings.TrimPrefix(p, quan
 
 // BuildConfig renders the initial configuration from a validated answer: the
 // hostname, network.toml, and per image agent.toml plus a fresh identity.toml
-// (Quantix OS) or vdc.toml plus secrets.toml (QvDC), and console.toml. Every file
+// (Quantix OS) or vdc.toml plus secrets.toml (QvDC), and the console password file
+// (console.DefaultPasswordFile, the argon2id hash only). Every file
 // is written through its owner's own encoder into a scratch folder and loaded back
 // with its owner's strict loader, so what goes on the disk is what the services
 // accept. productUUID is the SMBIOS product UUID file for the machine_id.
@@ -158,21 +146,32 @@ func BuildConfig(a *Answer, image, productUUID string) (ConfigFiles, error) {
 			}
 		}
 	}
-	hash := a.ConsolePasswordHash
-	if a.ConsolePassword != "" {
-		b, err := bcrypt.GenerateFromPassword([]byte(a.ConsolePassword), BcryptCost)
-		if err != nil {
-			return nil, fmt.Errorf("hash console password: %w", err)
+	if a.ConsolePassword != "" || a.ConsolePasswordHash != "" {
+		// The console's own store writes the file (one PHC string and a newline,
+		// mode 0600) and reads it back; a given hash is written the same way.
+		ps := console.PasswordStore{Path: at(console.DefaultPasswordFile)}
+		if a.ConsolePassword != "" {
+			if err := ps.Set(a.ConsolePassword); err != nil {
+				return nil, fmt.Errorf("console password: %w", err)
+			}
+			if err := ps.Verify(a.ConsolePassword); err != nil {
+				return nil, fmt.Errorf("console password file as written does not verify: %w", err)
+			}
+		} else {
+			if err := quantix.WriteFileAtomic(ps.Path, []byte(strings.TrimSpace(a.ConsolePasswordHash)+"\n"), 0o600); err != nil {
+				return nil, err
+			}
+			h, err := ps.Get()
+			if err != nil {
+				return nil, fmt.Errorf("console password file as written does not load: %w", err)
+			}
+			if err := console.ValidHash(h); err != nil {
+				return nil, fmt.Errorf("console password file as written: %w", err)
+			}
 		}
-		hash = string(b)
-	}
-	if hash != "" {
-		var b bytes.Buffer
-		b.WriteString("# Console login. Written by qx-install; only the bcrypt hash is stored.\n")
-		if err := toml.NewEncoder(&b).Encode(ConsoleFile{PasswordHash: hash}); err != nil {
+		if err := add(console.DefaultPasswordFile, 0o600); err != nil {
 			return nil, err
 		}
-		files[rel(ConsoleConfig)] = File{Data: b.Bytes(), Mode: 0o600}
 	}
 	for name := range files {
 		if path.Clean(name) != name || strings.HasPrefix(name, "../") {

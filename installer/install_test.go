@@ -15,6 +15,7 @@ import (
 
 	"github.com/quantix/quantix"
 	"github.com/quantix/quantix/agent"
+	"github.com/quantix/quantix/services/console"
 	"github.com/quantix/quantix/services/network"
 )
 
@@ -70,7 +71,7 @@ func install(t *testing.T, s Scanner, image, answer string) (*Result, *Installer
 func TestInstallOntoImageFile(t *testing.T) {
 	s := fakeSystem(t, fakeDisk{name: "vda", size: 3 << 30, serial: "QX-SERIAL-1"},
 		fakeDisk{name: "vdb", size: 3 << 30, serial: "OTHER"})
-	res, _, console, err := install(t, s, quantix.ImageQuantixOS, testAnswerOS)
+	res, _, consoleOut, err := install(t, s, quantix.ImageQuantixOS, testAnswerOS)
 	if err != nil {
 		t.Fatalf("install: %v", err)
 	}
@@ -78,7 +79,7 @@ func TestInstallOntoImageFile(t *testing.T) {
 	if res.Target.Path != img {
 		t.Fatalf("target %s, want %s", res.Target.Path, img)
 	}
-	if m, ok := quantix.ParseMarker(lastLineWith(console, quantix.MarkerPrefix+MarkerInstallComplete)); !ok || m.Get("hostname") != "node-7" || m.Get("after") != "poweroff" {
+	if m, ok := quantix.ParseMarker(lastLineWith(consoleOut, quantix.MarkerPrefix+MarkerInstallComplete)); !ok || m.Get("hostname") != "node-7" || m.Get("after") != "poweroff" {
 		t.Errorf("install-complete marker = %+v, want hostname node-7 after poweroff", m)
 	}
 
@@ -143,7 +144,7 @@ func TestInstallOntoImageFile(t *testing.T) {
 		t.Fatal(err)
 	}
 	dir := t.TempDir()
-	for _, name := range []string{"hostname", "network/network.toml", "node/agent.toml", "node/identity.toml", "console/console.toml"} {
+	for _, name := range []string{"hostname", "network/network.toml", "node/agent.toml", "node/identity.toml", "console/password"} {
 		b, err := readFS(cfg, name)
 		if err != nil {
 			t.Fatalf("QUANTIX-CFG %s: %v", name, err)
@@ -169,9 +170,25 @@ func TestInstallOntoImageFile(t *testing.T) {
 	if st, err := statFS(cfg, "node/identity.toml"); err != nil || st.Mode().Perm() != 0o600 {
 		t.Errorf("identity.toml mode: %v %v, want 0600", st, err)
 	}
-	cb, _ := os.ReadFile(filepath.Join(dir, "console/console.toml"))
-	if bytes.Contains(cb, []byte("correct horse")) || !bytes.Contains(cb, []byte("$2a$12$")) {
-		t.Errorf("console.toml must hold a bcrypt hash only:\n%s", cb)
+	// The console password: where and as the console reads it, and the console's
+	// own store accepts the answer file's password and nothing else.
+	cb, _ := os.ReadFile(filepath.Join(dir, "console/password"))
+	if bytes.Contains(cb, []byte("correct horse")) || !bytes.HasPrefix(cb, []byte("$argon2id$v=19$")) ||
+		bytes.Count(cb, []byte("\n")) != 1 || !bytes.HasSuffix(cb, []byte("\n")) {
+		t.Errorf("console/password must hold one argon2id PHC string and a newline:\n%q", cb)
+	}
+	if st, err := statFS(cfg, "console/password"); err != nil || st.Mode().Perm() != 0o600 {
+		t.Errorf("console/password mode: %v %v, want 0600", st, err)
+	}
+	ps := console.PasswordStore{Path: filepath.Join(dir, "console/password")}
+	if err := ps.Verify("correct horse"); err != nil {
+		t.Errorf("the console rejects the installed password: %v", err)
+	}
+	if err := ps.Verify("correct horsE"); !errors.Is(err, console.ErrWrongPassword) {
+		t.Errorf("the console's Verify(wrong password) = %v, want ErrWrongPassword", err)
+	}
+	if _, err := statFS(cfg, "console/console.toml"); err == nil {
+		t.Errorf("console/console.toml is on QUANTIX-CFG; the console reads console/password only")
 	}
 
 	// The real filesystem checkers agree.

@@ -15,6 +15,7 @@ import (
 
 	"github.com/quantix/quantix"
 	"github.com/quantix/quantix/agent"
+	"github.com/quantix/quantix/services/console"
 	"github.com/quantix/quantix/services/network"
 )
 
@@ -248,6 +249,10 @@ func Interview(ctx context.Context, t *Terminal, disks []*Disk, image string, p 
 		}
 		if pw == "" {
 			break
+		}
+		if err := console.CheckNewPassword(pw); err != nil {
+			t.Printf("  %v\n", err)
+			continue
 		}
 		again, err := t.AskSecret(ctx, "Console password again")
 		if err != nil {

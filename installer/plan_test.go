@@ -209,6 +209,7 @@ func TestInterview(t *testing.T) {
 		"10.0.0.1",    // gateway
 		"10.0.0.1",    // dns
 		"http://10.0.0.2:8080", "join-token-0123456789",
+		"short",                  // the console's rules: asked again
 		"password1", "password2", // differ: asked again
 		"password1", "password1",
 	}, "\n") + "\n"
@@ -222,7 +223,7 @@ func TestInterview(t *testing.T) {
 		a.Agent.JoinToken != "join-token-0123456789" || a.ConsolePassword != "password1" {
 		t.Errorf("Interview = %+v on %s", a, d.Name)
 	}
-	for _, want := range []string{"not selectable: it holds the running boot medium", "EVERYTHING ON IT WILL BE ERASED", "the passwords differ", "invalid hostname"} {
+	for _, want := range []string{"not selectable: it holds the running boot medium", "EVERYTHING ON IT WILL BE ERASED", "the passwords differ", "password: at least 8 characters needed, got 5", "invalid hostname"} {
 		if !strings.Contains(out.String(), want) {
 			t.Errorf("the interview never said %q:\n%s", want, out.String())
 		}
