@@ -8,6 +8,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"slices"
 	"strings"
 	"testing"
 	"time"
@@ -52,7 +53,10 @@ func serviceMode(t *testing.T, image string) {
 		t.Fatal(err)
 	}
 	img.VolumeLabel = testVolume
-	img.Initramfs.Commands = append(img.Initramfs.Commands, "./installer/cmd/qx-install")
+	// The images ship qx-install now; older specs get it added.
+	if !slices.Contains(img.Initramfs.Commands, "./installer/cmd/qx-install") {
+		img.Initramfs.Commands = append(img.Initramfs.Commands, "./installer/cmd/qx-install")
+	}
 	hasMkfs := false
 	for _, f := range img.Initramfs.Files {
 		hasMkfs = hasMkfs || strings.HasSuffix(f, ":usr/sbin/mkfs.ext4")
