@@ -34,6 +34,7 @@ import (
 	"github.com/quantix/quantix"
 	"github.com/quantix/quantix/agent"
 	"github.com/quantix/quantix/images/build"
+	"github.com/quantix/quantix/images/spec"
 	"github.com/quantix/quantix/services/network"
 	"github.com/quantix/quantix/services/postgres"
 	"github.com/quantix/quantix/tests/vm"
@@ -55,9 +56,6 @@ var (
 // Lab settings written to the config disks.
 const (
 	VDCPort = 8080
-	// AgentPort is the agents' status endpoint: the Quantix-OS image starts qx-node
-	// with --http-listen 0.0.0.0:9100.
-	AgentPort = 9100
 	// HeartbeatInterval is short so that liveness scenarios are quick: ready while
 	// the last heartbeat is at most 10 s old, disconnected beyond 15 s.
 	HeartbeatInterval = 5 * time.Second
@@ -410,4 +408,45 @@ func poll(t testing.TB, what string, timeout time.Duration, f func(ctx context.C
 		}
 		time.Sleep(250 * time.Millisecond)
 	}
+}
+
+// AgentPort returns the port of the agents' status endpoint as the Quantix-OS image
+// definition starts qx-node (--http-listen host:port), so the lab follows the image.
+func AgentPort() (int, error) {
+	root, err := RepoRoot()
+	if err != nil {
+		return 0, err
+	}
+	file := filepath.Join(root, "images", quantix.ImageQuantixOS+".toml")
+	img, err := spec.Load(file)
+	if err != nil {
+		return 0, err
+	}
+	for _, svc := range img.Services {
+		if svc.Name != "agent" {
+			continue
+		}
+		for i, a := range svc.Args {
+			var listen string
+			switch {
+			case a == "--http-listen" && i+1 < len(svc.Args):
+				listen = svc.Args[i+1]
+			case strings.HasPrefix(a, "--http-listen="):
+				listen = strings.TrimPrefix(a, "--http-listen=")
+			default:
+				continue
+			}
+			_, port, err := net.SplitHostPort(listen)
+			if err != nil {
+				return 0, fmt.Errorf("%s: agent --http-listen %q: %w", file, listen, err)
+			}
+			var p int
+			if _, err := fmt.Sscanf(port, "%d", &p); err != nil {
+				return 0, fmt.Errorf("%s: agent --http-listen %q: bad port", file, listen)
+			}
+			return p, nil
+		}
+		return 0, fmt.Errorf("%s: the agent service has no --http-listen: the lab cannot read its status", file)
+	}
+	return 0, fmt.Errorf("%s: no service named agent", file)
 }

@@ -175,10 +175,14 @@ func (s *suite) waitNode(t *testing.T, what, hostname string, timeout time.Durat
 
 func (s *suite) agentStatus(t *testing.T, addr netip.Addr) agent.Status {
 	t.Helper()
+	port, err := AgentPort()
+	if err != nil {
+		t.Fatal(err)
+	}
 	var st agent.Status
 	poll(t, "agent status at "+addr.String(), APITimeout, func(ctx context.Context) (bool, string, error) {
 		var err error
-		st, err = AgentStatus(ctx, s.lab.WS.HTTPClient(5*time.Second), fmt.Sprintf("%s:%d", addr, AgentPort))
+		st, err = AgentStatus(ctx, s.lab.WS.HTTPClient(5*time.Second), fmt.Sprintf("%s:%d", addr, port))
 		return err == nil, "", err
 	})
 	return st
