@@ -438,6 +438,13 @@ func (m *Machine) launch(qemu string) error {
 		m.console.flush()
 		m.mu.Lock()
 		m.exitErr = err
+		// A VM that is off holds no CPU: give its slot back at once (unless the test
+		// reserved it), so a test that powers one VM off and boots the next does not
+		// wait on itself. Restart takes a slot again.
+		if m.slot != nil && !m.slot.reserved {
+			m.slot.release()
+			m.slot = nil
+		}
 		m.mu.Unlock()
 		close(exited)
 	}()
@@ -489,6 +496,18 @@ func (m *Machine) Restart(t testing.TB) {
 	}
 	if q != nil {
 		q.Close()
+	}
+	m.mu.Lock()
+	needSlot := m.slot == nil
+	m.mu.Unlock()
+	if needSlot {
+		s, err := takeSlot(t)
+		if err != nil {
+			m.fail(t, fmt.Errorf("restart VM %s: %w", m.name, err))
+		}
+		m.mu.Lock()
+		m.slot = s
+		m.mu.Unlock()
 	}
 	m.console.Write([]byte("--- vmtest: starting " + m.name + " again ---\n"))
 	if err := m.launch(m.cmd.Path); err != nil {
@@ -671,7 +690,10 @@ func (m *Machine) stop() {
 	if q != nil {
 		q.Close()
 	}
+	m.mu.Lock()
 	m.slot.release()
+	m.slot = nil
+	m.mu.Unlock()
 	for _, f := range []*os.File{m.serialLog, m.stderrLog} {
 		if f != nil {
 			f.Close()

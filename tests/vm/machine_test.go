@@ -2,6 +2,7 @@ package vm
 
 import (
 	"errors"
+	"fmt"
 	"io"
 	"net/http"
 	"os"
@@ -316,5 +317,21 @@ func TestISOBoot(t *testing.T) {
 			m := Start(t, tc.cfg)
 			m.WaitMarker(t, quantix.MarkerBootComplete, 2*bootTimeout)
 		})
+	}
+}
+
+// TestSequentialVMsFreeSlots boots more VMs one after another in one test than the
+// machine has slots, each killed before the next: a VM that is off must give its
+// slot back, or the last Start waits on the test itself until go test's timeout.
+func TestSequentialVMsFreeSlots(t *testing.T) {
+	needVM(t)
+	n, err := Slots()
+	if err != nil {
+		t.Fatal(err)
+	}
+	for i := 0; i <= n; i++ {
+		m := testMachine(t, Config{Name: fmt.Sprintf("seq-%d", i)})
+		m.WaitMarker(t, quantix.MarkerBoot, 2*bootTimeout)
+		m.Kill(t)
 	}
 }

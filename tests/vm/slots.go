@@ -41,6 +41,9 @@ func Slots() (int, error) {
 type slot struct {
 	f   *os.File
 	idx int
+	// reserved: taken from a Reserve; kept while its VM is off (the test reserved
+	// it for a restart), released with the reservation.
+	reserved bool
 }
 
 func (s *slot) release() {
@@ -161,6 +164,7 @@ func takeSlot(t testing.TB) (*slot, error) {
 		if len(r.slots) > 0 {
 			s := r.slots[0]
 			r.slots = r.slots[1:]
+			s.reserved = true
 			return s, nil
 		}
 	}
