@@ -602,6 +602,31 @@ func (m *Machine) PowerDown(t testing.TB) {
 	}
 }
 
+// PowerOff presses the ACPI power button every 5 s until QEMU exits, failing t
+// if it has not within timeout. A single press can be lost while the guest has not
+// loaded its power button driver yet; a real operator presses again too.
+func (m *Machine) PowerOff(t testing.TB, timeout time.Duration) {
+	t.Helper()
+	deadline := time.Now().Add(ScaleTimeout(timeout))
+	for presses := 0; ; presses++ {
+		if exited, _ := m.Exited(); exited {
+			if presses > 1 {
+				t.Logf("VM %s powered off after %d presses of the power button", m.name, presses)
+			}
+			return
+		}
+		if time.Now().After(deadline) {
+			m.fail(t, fmt.Errorf("VM %s did not power off within %v (%d presses of the power button)", m.name, ScaleTimeout(timeout), presses))
+		}
+		m.PowerDown(t)
+		for end := time.Now().Add(5 * time.Second); time.Now().Before(end); time.Sleep(100 * time.Millisecond) {
+			if exited, _ := m.Exited(); exited {
+				break
+			}
+		}
+	}
+}
+
 // SetLink sets the carrier of NIC i through QMP set_link (the guest sees link down).
 func (m *Machine) SetLink(t testing.TB, i int, up bool) {
 	t.Helper()
