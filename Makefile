@@ -14,6 +14,7 @@ APT_PACKAGES := \
 	mtools dosfstools e2fsprogs kmod cpio xorriso \
 	iproute2 dnsmasq-base \
 	libvirt-daemon libvirt-daemon-system libvirt-clients \
+	chromium fonts-liberation \
 	ca-certificates
 
 export GOFLAGS := -buildvcs=false
