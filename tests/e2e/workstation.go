@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"io"
 	"net"
 	"net/http"
 	"net/netip"
@@ -172,6 +173,60 @@ func (w *Workstation) Listen(port uint16) (net.Listener, error) {
 		return nil, fmt.Errorf("workstation listen %s:%d: %w", w.Addr.Addr(), port, err)
 	}
 	return l, nil
+}
+
+// Forward serves port on the workstation's address by relaying every connection
+// to target, a TCP address on the host (e.g. an in-process vDC on 127.0.0.1): VMs
+// on the segment reach a host service as if it ran on the workstation. It stops
+// when t ends.
+func (w *Workstation) Forward(t testing.TB, port uint16, target string) {
+	t.Helper()
+	l, err := w.Listen(port)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var wg sync.WaitGroup
+	t.Cleanup(func() {
+		l.Close()
+		wg.Wait()
+	})
+	wg.Add(1)
+	go func() {
+		defer wg.Done()
+		for {
+			c, err := l.Accept()
+			if err != nil {
+				return
+			}
+			wg.Add(1)
+			go func() {
+				defer wg.Done()
+				relay(c, target)
+			}()
+		}
+	}()
+}
+
+// relay copies c to a new connection to target and back until either side ends.
+func relay(c net.Conn, target string) {
+	defer c.Close()
+	u, err := net.DialTimeout("tcp", target, 5*time.Second)
+	if err != nil {
+		return // the VM sees the connection reset, as with a stopped server
+	}
+	defer u.Close()
+	done := make(chan struct{}, 2)
+	cp := func(dst, src net.Conn) {
+		io.Copy(dst, src)
+		if tc, ok := dst.(interface{ CloseWrite() error }); ok {
+			tc.CloseWrite()
+		}
+		done <- struct{}{}
+	}
+	go cp(u, c)
+	go cp(c, u)
+	<-done
+	<-done
 }
 
 // HTTPClient returns an HTTP client that connects through the workstation. Each

@@ -5,6 +5,7 @@ import (
 	"io"
 	"net"
 	"net/http"
+	"net/http/httptest"
 	"net/netip"
 	"strings"
 	"testing"
@@ -56,5 +57,43 @@ func TestWorkstation(t *testing.T) {
 	}
 	if _, err := hc.Get("http://10.77.0.99:8080/"); err == nil {
 		t.Error("a request to an address nobody holds succeeded")
+	}
+}
+
+// Forward makes a service on the host's loopback reachable on the segment at the
+// workstation's address, both ways and for many requests.
+func TestWorkstationForward(t *testing.T) {
+	if testing.Short() {
+		t.Skip("the e2e package is skipped with -short")
+	}
+	hub := vm.NewHub(t, vm.HubConfig{DHCPOff: true})
+	srvAddr := netip.MustParsePrefix("10.77.0.3/24")
+	srv := NewWorkstation(t, hub, net.HardwareAddr{0x52, 0x54, 0x00, 0x77, 0x00, 0x03}, srvAddr)
+	cli := NewWorkstation(t, hub, WorkstationMAC, WorkstationAddr)
+
+	host := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		b, _ := io.ReadAll(r.Body)
+		fmt.Fprintf(w, "%s %s %d", r.Method, r.URL.Path, len(b))
+	}))
+	t.Cleanup(host.Close)
+	srv.Forward(t, 8080, host.Listener.Addr().String())
+
+	hc := cli.HTTPClient(10 * time.Second)
+	post := strings.Repeat("x", 100<<10)
+	for i := range 3 {
+		resp, err := hc.Post(fmt.Sprintf("http://%s:8080/fwd%d", srvAddr.Addr(), i), "text/plain", strings.NewReader(post))
+		if err != nil {
+			t.Fatal(err)
+		}
+		got, _ := io.ReadAll(resp.Body)
+		resp.Body.Close()
+		if want := fmt.Sprintf("POST /fwd%d %d", i, len(post)); string(got) != want {
+			t.Fatalf("forwarded answer %q, want %q", got, want)
+		}
+	}
+	// With the host service gone, the segment sees a failed request, not a hang.
+	host.Close()
+	if _, err := hc.Get(fmt.Sprintf("http://%s:8080/gone", srvAddr.Addr())); err == nil {
+		t.Error("a request forwarded to a stopped host service succeeded")
 	}
 }
