@@ -2,8 +2,11 @@ package console
 
 import (
 	"io"
+	"slices"
 	"testing"
 	"time"
+
+	initd "github.com/quantix/quantix/services/init"
 )
 
 func TestIncompleteSeq(t *testing.T) {
@@ -63,5 +66,18 @@ func TestSeqReaderJoinsSplitSequences(t *testing.T) {
 		if reads[i] != want[i] {
 			t.Fatalf("reads = %q, want %q", reads, want)
 		}
+	}
+}
+
+// TestBaudRatesMatchInit: init accepts exactly the serial speeds the console can
+// set, so a console.toml init accepted never makes the console fail.
+func TestBaudRatesMatchInit(t *testing.T) {
+	var got []int
+	for b := range baudRates {
+		got = append(got, b)
+	}
+	slices.Sort(got)
+	if !slices.Equal(got, initd.SerialBaudRates) {
+		t.Errorf("console speeds %v, init accepts %v", got, initd.SerialBaudRates)
 	}
 }

@@ -10,6 +10,7 @@ import (
 	"net"
 	"os"
 	"os/signal"
+	"path/filepath"
 	"strings"
 	"syscall"
 	"time"
@@ -43,6 +44,7 @@ type Init struct {
 	console io.Writer
 	// Paths, overridable so parts can be tested outside a VM.
 	sysBlock, devDir string
+	consoleConfig    string
 	mods             *Modules
 	pb               *powerButton
 	// DeviceWait bounds the wait for block devices (the boot medium, QUANTIX-CFG/DATA).
@@ -55,7 +57,7 @@ func New(cfg Config, console io.Writer, log *slog.Logger) (*Init, error) {
 	if cfg.Image == "" {
 		return nil, errors.New("init: image config has no image name")
 	}
-	return &Init{cfg: cfg, log: log, console: console, sysBlock: "/sys/class/block", devDir: "/dev", DeviceWait: 3 * time.Second}, nil
+	return &Init{cfg: cfg, log: log, console: console, sysBlock: "/sys/class/block", devDir: "/dev", consoleConfig: ConsoleConfig, DeviceWait: 3 * time.Second}, nil
 }
 
 func (in *Init) say(line string) { fmt.Fprintln(in.console, line) }
@@ -96,6 +98,7 @@ func (in *Init) Run(ctx context.Context) (Action, error) {
 		services = InstallServices()
 	} else {
 		in.mountByLabel(cmdline.Value(quantix.ParamDisk))
+		services = in.withSerialConsole(services, cmdline)
 	}
 	if in.mods != nil {
 		in.log.Info("devices ready", "took", time.Since(t0).Round(time.Millisecond), "slow_modules", strings.Join(in.mods.Slow, ","))
@@ -173,6 +176,25 @@ func (in *Init) Run(ctx context.Context) (Action, error) {
 	<-supDone
 	in.Quiesce()
 	return action, nil
+}
+
+// withSerialConsole adds the serial console service when one is configured
+// (QUANTIX-CFG is mounted by now). A bad setting is said on the console and only
+// costs the serial console: the image's services, tty1's console among them, run.
+func (in *Init) withSerialConsole(services []spec.Service, cmdline quantix.Cmdline) []spec.Service {
+	sc, err := ChooseSerialConsole(in.consoleConfig, cmdline)
+	var out []spec.Service
+	if err == nil {
+		out, err = WithSerialConsole(services, sc, in.devDir)
+	}
+	if err != nil {
+		in.say(quantix.WarningMarker(SerialConsoleService, "no serial console: "+err.Error()))
+		return services
+	}
+	if sc.TTY != "" {
+		in.say(fmt.Sprintf("init: serial console on %s at %d baud (from %s)", filepath.Join(in.devDir, sc.TTY), sc.Baud, sc.Source))
+	}
+	return out
 }
 
 // Quiesce syncs and unmounts the persistent filesystems (read-only when busy).

@@ -26,7 +26,9 @@ import (
 // The test binary doubles as the services: QX_HELPER selects what it does, and it
 // appends "<name> start|ready|stop" to QX_EVENTS so tests can check the order.
 func TestMain(m *testing.M) {
-	if mode := os.Getenv("QX_HELPER"); mode != "" {
+	if mode := os.Getenv("QX_HELPER"); mode == "console" {
+		os.Exit(consoleHelper(os.Args[1:]))
+	} else if mode != "" {
 		os.Exit(helper(mode, os.Getenv("QX_NAME"), os.Getenv("QX_EVENTS")))
 	}
 	os.Exit(m.Run())
@@ -69,6 +71,24 @@ func helper(mode, name, events string) int {
 		return 0
 	}
 	return 2
+}
+
+// consoleHelper stands in for qx-console: it opens its --tty, writes its
+// arguments there, prints its ready marker and waits for SIGTERM.
+func consoleHelper(args []string) int {
+	term := make(chan os.Signal, 1)
+	signal.Notify(term, syscall.SIGTERM)
+	name, tty := flagValue(args, "name"), flagValue(args, "tty")
+	f, err := os.OpenFile(tty, os.O_RDWR, 0)
+	if err != nil {
+		fmt.Fprintln(os.Stderr, "open tty:", err)
+		return 1
+	}
+	defer f.Close()
+	fmt.Fprintf(f, "%s args: %s\r\n", name, strings.Join(args, " "))
+	fmt.Println(quantix.ReadyMarker(name, "tty", tty))
+	<-term
+	return 0
 }
 
 // lockedBuffer is a console the test can read while services write to it.
