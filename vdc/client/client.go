@@ -150,6 +150,9 @@ func ParseURL(s string) (string, error) {
 	if s == "" {
 		return "", fmt.Errorf("vDC URL is empty")
 	}
+	if !strings.Contains(s, "://") {
+		return "", fmt.Errorf("vDC URL %q: want an http:// or https:// URL", s)
+	}
 	u, err := url.Parse(s)
 	if err != nil {
 		return "", fmt.Errorf("vDC URL %q: %w", s, err)
