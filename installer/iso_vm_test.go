@@ -12,7 +12,9 @@ import (
 
 	"github.com/quantix/quantix"
 	"github.com/quantix/quantix/images/build"
+	"github.com/quantix/quantix/tests/e2e"
 	"github.com/quantix/quantix/tests/vm"
+	"github.com/quantix/quantix/vdc/vdctest"
 )
 
 // The ISO tests boot the real images (out/*.iso, made by `make iso`) in the lab:
@@ -113,7 +115,7 @@ func runInstaller(t *testing.T, name, iso string, disks []string, answer string)
 func isoAnswer(image, hostname, target string, wipe bool) string {
 	s := fmt.Sprintf("hostname = %q\nwipe = %v\nafter = \"poweroff\"\n[target]\n%s\n[network]\nmode = \"dhcp\"\n[network.dhcp]\ntimeout = \"3s\"\nfallback = \"link-local\"\n", hostname, wipe, target)
 	if image == quantix.ImageQuantixOS {
-		s += "[agent]\ncontrol_plane = \"http://10.0.2.2:8080\"\njoin_token = \"join-token-0123456789\"\n"
+		s += fmt.Sprintf("[agent]\ncontrol_plane = %q\njoin_token = %q\n", labVDCURL, labJoinToken)
 	} else {
 		s += "[vdc]\nadmin_token = \"admin-token-0123456789\"\n"
 	}
@@ -134,17 +136,31 @@ func TestISOInstall(t *testing.T) {
 			if log, err := exec.Command("debugfs", "-R", "cat /qx-install.log", ans).Output(); err != nil || !strings.Contains(string(log), "Install complete") {
 				t.Errorf("qx-install.log on the answer disk: %v\n%s", err, log)
 			}
+			// The installed node joins a real vDC on the lab segment: the one
+			// node_id it gets on its first boot must come back on every later boot.
+			hub := vm.NewHub(t, vm.HubConfig{Name: "hub-" + image})
+			var vdc *vdctest.VDC
+			if image == quantix.ImageQuantixOS {
+				vdc = labVDC(t, hub)
+			}
+			nodeID := ""
 			for i, fw := range []vm.Firmware{vm.BIOS, vm.UEFI, vm.UEFI} {
 				b0 := time.Now()
 				b := vm.Start(t, vm.Config{Name: fmt.Sprintf("installed-%s-%d-%s", image, i, fw), Firmware: fw, MemoryMB: 2048,
-					BootDisk: &vm.Disk{Path: target}, NICs: []vm.NIC{{Hub: vm.NewHub(t, vm.HubConfig{})}}})
+					BootDisk: &vm.Disk{Path: target}, NICs: []vm.NIC{{Hub: hub}}})
 				// The hostname line proves init mounted this disk's QUANTIX-CFG.
 				b.Expect(t, "init: hostname "+hostname+" (from /quantix/hostname)", 3*time.Minute)
-				if image == quantix.ImageQvDC {
-					// Quantix OS's agent waits for a vDC this VM has no network to, so
-					// only QvDC is expected to reach boot-complete alone.
-					mk := b.WaitMarker(t, quantix.MarkerBootComplete, 5*time.Minute)
-					t.Logf("%s boot %d (%s): boot-complete at %s s guest uptime, %.1fs wall", image, i, fw, mk.Get("seconds"), time.Since(b0).Seconds())
+				// Markers of services that start in parallel come in any order.
+				matchers := []vm.Matcher{vm.MatchMarker(quantix.MarkerBootComplete)}
+				if vdc != nil {
+					matchers = append(matchers, vm.MatchMarker(quantix.MarkerReady, "service", "agent"))
+				}
+				lines := b.ExpectAll(t, 5*time.Minute, matchers...)
+				mk, _ := quantix.ParseMarker(lines[0])
+				t.Logf("%s boot %d (%s): boot-complete at %s s guest uptime, %.1fs wall", image, i, fw, mk.Get("seconds"), time.Since(b0).Seconds())
+				if vdc != nil {
+					agent, _ := quantix.ParseMarker(lines[1])
+					nodeID = checkRegistered(t, agent, vdc, hostname, nodeID, i)
 				}
 				b.PowerOff(t, 2*time.Minute)
 			}
@@ -195,4 +211,45 @@ func TestISOInstallIgnoresStaleDisk(t *testing.T) {
 	b := vm.Start(t, vm.Config{Name: "installed-with-stale", MemoryMB: 2048,
 		BootDisk: &vm.Disk{Path: target}, Disks: []vm.Disk{{Path: stale, Snapshot: true}}})
 	b.Expect(t, "init: hostname fresh-node (from /quantix/hostname)", 3*time.Minute)
+}
+
+// The lab vDC: a real vDC (real PostgreSQL) on the host, served on the lab
+// segment at the workstation's address, as the installed nodes' answer file says.
+const (
+	labJoinToken = "installer-lab-join-token-5d2e"
+	labVDCPort   = 8080
+)
+
+var labVDCURL = fmt.Sprintf("http://%s:%d", e2e.WorkstationAddr.Addr(), labVDCPort)
+
+func labVDC(t *testing.T, hub *vm.Hub) *vdctest.VDC {
+	v := vdctest.Start(t, vdctest.Options{JoinTokens: []string{labJoinToken}})
+	ws := e2e.NewWorkstation(t, hub, e2e.WorkstationMAC, e2e.WorkstationAddr)
+	ws.Forward(t, labVDCPort, strings.TrimPrefix(v.URL, "http://"))
+	return v
+}
+
+// checkRegistered takes the agent's ready marker of boot i and checks that
+// the vDC holds exactly one node of that hostname, with the same node_id on every
+// boot, and that only the first boot registered it anew. It returns the node_id.
+func checkRegistered(t *testing.T, mk quantix.Marker, v *vdctest.VDC, hostname, want string, i int) string {
+	t.Helper()
+	id, reg := mk.Get("node_id"), mk.Get("registration")
+	if i == 0 && reg != quantix.RegistrationRegistered {
+		t.Errorf("boot %d: first registration is %q, want %q", i, reg, quantix.RegistrationRegistered)
+	}
+	if want != "" && (id != want || reg == quantix.RegistrationRegistered) {
+		t.Errorf("boot %d: agent is node %s (%s), want the first boot's node %s again", i, id, reg, want)
+	}
+	var mine []quantix.Node
+	for _, n := range v.Nodes(t) {
+		if n.Hostname == hostname {
+			mine = append(mine, n)
+		}
+	}
+	if len(mine) != 1 || mine[0].ID != id {
+		t.Errorf("boot %d: the vDC lists %+v for %s, want one node %s", i, mine, hostname, id)
+	}
+	t.Logf("boot %d: node %s %s at the vDC", i, id, reg)
+	return id
 }
