@@ -202,9 +202,17 @@ type Node struct {
 	HeartbeatInterval int               `json:"heartbeat_interval_seconds"`
 }
 
-// NodeList is the body of GET /api/v1/nodes.
+// NodeList is the body of GET /api/v1/nodes. Without query parameters it holds
+// every node. With any of phase, q (hostname substring), limit or offset it is one
+// page in hostname order, and Total, Counts, Limit and Offset are set.
 type NodeList struct {
 	Nodes []Node `json:"nodes"`
+	// Total counts the nodes matching phase and q in all pages.
+	Total *int `json:"total,omitempty"`
+	// Counts is the number of nodes matching q per phase (every phase present).
+	Counts map[string]int `json:"counts,omitempty"`
+	Limit  int            `json:"limit,omitempty"`
+	Offset int            `json:"offset,omitempty"`
 }
 
 // NodeEvent is one entry of a node's history (registrations, re-enrolments,

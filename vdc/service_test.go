@@ -83,7 +83,7 @@ func TestAdminTokenAndSecrets(t *testing.T) {
 	}
 	out := &vdctest.SyncBuffer{}
 	cfg := vdc.DefaultConfig()
-	cfg.Listen = "127.0.0.1:0"
+	cfg.Listen, cfg.UIListen = "127.0.0.1:0", "127.0.0.1:0"
 	cfg.DatabaseURL = withoutPassword(t, dbURL)
 	cfg.SecretsFile = secrets
 	cfg.Stdout = out
@@ -144,6 +144,11 @@ func TestConfigErrors(t *testing.T) {
 		{"short join token", "join_tokens = [\"abc\"]\n", "join_tokens[0]"},
 		{"too many heartbeat writers", "heartbeat_writers = 16\n", "heartbeat_writers"},
 		{"bad listen", "listen = \"nope\"\n", "listen"},
+		{"bad ui_listen", "ui_listen = \"8443\"\n", "ui_listen"},
+		{"empty ui_listen", "ui_listen = \"\"\n", "ui_listen is empty"},
+		{"ui port taken by listen", "listen = \":9000\"\nui_listen = \":9000\"\n", "same port"},
+		{"tls_cert without tls_key", "tls_cert = \"/etc/ssl/x.pem\"\n", "tls_cert and tls_key go together"},
+		{"missing tls files", "tls_cert = \"/nonexistent/c.pem\"\ntls_key = \"/nonexistent/k.pem\"\n", "tls_cert: stat /nonexistent/c.pem"},
 	}
 	for _, tc := range cases {
 		p := filepath.Join(dir, "vdc.toml")
@@ -231,6 +236,7 @@ func TestHealthReadyMetrics(t *testing.T) {
 func TestTwoServicesStartTogether(t *testing.T) {
 	skipShort(t)
 	dbURL := vdctest.Shared(t).NewDatabase(t)
+	dir := t.TempDir()
 	var wg sync.WaitGroup
 	urls := make([]string, 2)
 	stops := make([]func() error, 2)
@@ -241,6 +247,7 @@ func TestTwoServicesStartTogether(t *testing.T) {
 			defer wg.Done()
 			cfg := vdc.DefaultConfig()
 			cfg.Listen, cfg.DatabaseURL, cfg.AdminToken, cfg.Stdout = "127.0.0.1:0", dbURL, "admin-0123456789abcdef", io.Discard
+			cfg.UIListen, cfg.SecretsFile = "127.0.0.1:0", filepath.Join(dir, "secrets.toml")
 			urls[i], stops[i], errs[i] = startService(cfg)
 		}()
 	}

@@ -6,6 +6,7 @@ package vdc
 
 import (
 	"context"
+	"crypto/tls"
 	"encoding/hex"
 	"errors"
 	"fmt"
@@ -15,6 +16,7 @@ import (
 	"net/http"
 	"net/url"
 	"os"
+	"strconv"
 	"strings"
 	"sync"
 	"time"
@@ -23,6 +25,7 @@ import (
 	"github.com/quantix/quantix/vdc/api"
 	"github.com/quantix/quantix/vdc/migrations"
 	"github.com/quantix/quantix/vdc/store"
+	"github.com/quantix/quantix/vdc/web"
 )
 
 // ErrConfig is wrapped by every configuration error (qx-vdc exits 78 on it).
@@ -54,6 +57,9 @@ func (d Duration) MarshalText() ([]byte, error) { return []byte(d.String()), nil
 //	secrets_file = "/quantix/vdc/secrets.toml"
 //	database_max_conns = 16
 //	heartbeat_writers = 2
+//	ui_listen = ":8443"           # HTTPS: the web UI and the whole API
+//	tls_cert = ""                 # with tls_key; else a generated self-signed pair
+//	tls_key = ""
 type Config struct {
 	Listen            string   `toml:"listen"`
 	DatabaseURL       string   `toml:"database_url"`
@@ -65,6 +71,12 @@ type Config struct {
 	// HeartbeatWriters is how many heartbeat statements may run at once; heartbeats
 	// arriving meanwhile are coalesced into the next one (see store.Batcher).
 	HeartbeatWriters int `toml:"heartbeat_writers"`
+	// UIListen is the HTTPS address of the web UI, which serves the whole API too.
+	UIListen string `toml:"ui_listen"`
+	// TLSCert and TLSKey are PEM files for UIListen. Without them the vDC generates
+	// a self-signed ECDSA P-256 certificate once and keeps it in TLSDir().
+	TLSCert string `toml:"tls_cert"`
+	TLSKey  string `toml:"tls_key"`
 
 	// Stdout receives the ready marker and the one-time admin token line.
 	Stdout io.Writer `toml:"-"`
@@ -74,6 +86,7 @@ type Config struct {
 const (
 	DefaultHeartbeatWriters = 2
 	DefaultListen           = ":8080"
+	DefaultUIListen         = ":8443"
 	DefaultDatabaseURL      = "postgres://quantix@127.0.0.1:5432/quantix_vdc?sslmode=disable"
 )
 
@@ -81,6 +94,7 @@ const (
 func DefaultConfig() Config {
 	return Config{
 		Listen:            DefaultListen,
+		UIListen:          DefaultUIListen,
 		DatabaseURL:       DefaultDatabaseURL,
 		DatabaseMaxConns:  16,
 		HeartbeatWriters:  DefaultHeartbeatWriters,
@@ -116,6 +130,9 @@ func (c *Config) Validate() error {
 	}
 	if _, _, err := net.SplitHostPort(c.Listen); err != nil {
 		return fmt.Errorf("%w: listen %q: %v", ErrConfig, c.Listen, err)
+	}
+	if err := c.validateUI(); err != nil {
+		return err
 	}
 	for i, t := range c.JoinTokens {
 		if len(t) < 16 {
@@ -158,6 +175,34 @@ func DatabaseURLWithPassword(dbURL, secretsFile string) (string, error) {
 	return u.String(), nil
 }
 
+func (c *Config) validateUI() error {
+	if c.UIListen == "" {
+		return fmt.Errorf("%w: ui_listen is empty (the web UI's HTTPS address, default %s)", ErrConfig, DefaultUIListen)
+	}
+	uh, up, err := net.SplitHostPort(c.UIListen)
+	if err != nil {
+		return fmt.Errorf("%w: ui_listen %q: %v", ErrConfig, c.UIListen, err)
+	}
+	if n, err := strconv.Atoi(up); err != nil || n < 0 || n > 65535 {
+		return fmt.Errorf("%w: ui_listen %q: port %q is not a number 0..65535", ErrConfig, c.UIListen, up)
+	}
+	if lh, lp, _ := net.SplitHostPort(c.Listen); lp == up && up != "0" && (lh == uh || lh == "" || uh == "") {
+		return fmt.Errorf("%w: ui_listen %q and listen %q use the same port; the UI needs its own (HTTPS) port", ErrConfig, c.UIListen, c.Listen)
+	}
+	if (c.TLSCert == "") != (c.TLSKey == "") {
+		return fmt.Errorf("%w: tls_cert and tls_key go together: set both (PEM files) or neither (a self-signed certificate is generated)", ErrConfig)
+	}
+	for _, f := range []struct{ key, path string }{{"tls_cert", c.TLSCert}, {"tls_key", c.TLSKey}} {
+		if f.path == "" {
+			continue
+		}
+		if _, err := os.Stat(f.path); err != nil {
+			return fmt.Errorf("%w: %s: %v", ErrConfig, f.key, err)
+		}
+	}
+	return nil
+}
+
 func redactURL(s string) string {
 	u, err := url.Parse(s)
 	if err != nil {
@@ -172,8 +217,9 @@ type Service struct {
 	log   *slog.Logger
 	ready chan struct{}
 
-	mu   sync.Mutex
-	addr net.Addr
+	mu     sync.Mutex
+	addr   net.Addr
+	uiAddr net.Addr
 }
 
 // New checks cfg and returns a service to Run.
@@ -195,6 +241,13 @@ func (s *Service) Addr() net.Addr {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	return s.addr
+}
+
+// UIAddr is the web UI's (HTTPS) listening address once Ready.
+func (s *Service) UIAddr() net.Addr {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.uiAddr
 }
 
 // adminTokenHash returns the admin token digest: the configured token, else the
@@ -267,18 +320,43 @@ func (s *Service) Run(ctx context.Context) error {
 	a := api.New(api.Config{Store: st, Heartbeats: hb, HeartbeatInterval: interval,
 		AdminTokenHash: adminHash, GraceUntil: grace}, s.log)
 
+	cert, err := s.loadTLS()
+	if err != nil {
+		return err
+	}
 	l, err := net.Listen("tcp", s.cfg.Listen)
 	if err != nil {
 		return fmt.Errorf("listen %s: %w", s.cfg.Listen, err)
 	}
+	defer l.Close()
+	uiL, err := net.Listen("tcp", s.cfg.UIListen)
+	if err != nil {
+		return fmt.Errorf("listen %s (ui_listen): %w", s.cfg.UIListen, err)
+	}
+	defer uiL.Close()
 	s.mu.Lock()
-	s.addr = l.Addr()
+	s.addr, s.uiAddr = l.Addr(), uiL.Addr()
 	s.mu.Unlock()
-	srv := &http.Server{Handler: a, ReadHeaderTimeout: 10 * time.Second, ReadTimeout: 30 * time.Second,
-		WriteTimeout: 30 * time.Second, IdleTimeout: 120 * time.Second,
-		ErrorLog: slog.NewLogLogger(s.log.Handler(), slog.LevelWarn)}
-	serveErr := make(chan error, 1)
+	ui, err := web.New(web.Config{Store: st, API: a, AdminTokenHash: adminHash,
+		AgentPort: l.Addr().(*net.TCPAddr).Port}, s.log)
+	if err != nil {
+		return err
+	}
+	errLog := slog.NewLogLogger(s.log.Handler(), slog.LevelWarn)
+	// The plain listener serves agents and qx-ctl; browsers are sent to HTTPS.
+	srv := &http.Server{Handler: web.RedirectBrowsers(a, uiL.Addr().(*net.TCPAddr).Port),
+		ReadHeaderTimeout: 10 * time.Second, ReadTimeout: 30 * time.Second,
+		WriteTimeout: 30 * time.Second, IdleTimeout: 120 * time.Second, ErrorLog: errLog}
+	uiSrv := &http.Server{Handler: ui, ReadHeaderTimeout: 10 * time.Second, ReadTimeout: 30 * time.Second,
+		WriteTimeout: 30 * time.Second, IdleTimeout: 120 * time.Second, ErrorLog: errLog,
+		TLSConfig: &tls.Config{Certificates: []tls.Certificate{cert}, MinVersion: tls.VersionTLS12}}
+	serveErr := make(chan error, 2)
 	go func() { serveErr <- srv.Serve(l) }()
+	go func() {
+		if err := uiSrv.ServeTLS(uiL, "", ""); err != nil {
+			serveErr <- fmt.Errorf("ui: %w", err)
+		}
+	}()
 
 	sweepCtx, stopSweep := context.WithCancel(ctx)
 	sweepDone := make(chan struct{})
@@ -287,8 +365,10 @@ func (s *Service) Run(ctx context.Context) error {
 		s.sweep(sweepCtx, st, interval, grace)
 	}()
 
-	fmt.Fprintln(s.cfg.Stdout, quantix.ReadyMarker("vdc", "url", "http://"+l.Addr().String(), "epoch", st.Epoch()))
-	s.log.Info("serving", "addr", l.Addr().String(), "heartbeat_interval", interval, "grace_until", grace)
+	fmt.Fprintln(s.cfg.Stdout, quantix.ReadyMarker("vdc", "url", "http://"+l.Addr().String(),
+		"ui", "https://"+uiL.Addr().String(), "epoch", st.Epoch()))
+	s.log.Info("serving", "addr", l.Addr().String(), "ui", "https://"+uiL.Addr().String(),
+		"heartbeat_interval", interval, "grace_until", grace)
 	close(s.ready)
 
 	select {
@@ -297,11 +377,16 @@ func (s *Service) Run(ctx context.Context) error {
 	case <-ctx.Done():
 		s.log.Info("shutting down")
 		sctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
-		err = srv.Shutdown(sctx)
+		err = errors.Join(srv.Shutdown(sctx), uiSrv.Shutdown(sctx))
 		cancel()
 		if err != nil {
 			err = fmt.Errorf("shutdown: %w", err)
 		}
+	}
+	if err != nil {
+		// Serve failed on one listener: stop the other too.
+		srv.Close()
+		uiSrv.Close()
 	}
 	stopSweep()
 	<-sweepDone

@@ -206,9 +206,29 @@ func bearer(r *http.Request) string {
 	return ""
 }
 
-// admin guards an admin handler with the admin bearer token.
+// adminKey marks a request context as admin-authorized by an in-process layer.
+type adminKey struct{}
+
+// WithAdmin returns ctx marked as admin-authorized. Only in-process callers that
+// authenticated the admin another way use it: the web UI after checking its session
+// cookie and, for state-changing requests, its CSRF token. Nothing a client sends
+// can set it, and the API itself never looks at cookies, so a cookie alone never
+// authorizes anything.
+func WithAdmin(ctx context.Context) context.Context { return context.WithValue(ctx, adminKey{}, true) }
+
+// IsAdmin says whether ctx was marked by WithAdmin.
+func IsAdmin(ctx context.Context) bool {
+	ok, _ := ctx.Value(adminKey{}).(bool)
+	return ok
+}
+
+// admin guards an admin handler with the admin bearer token (or WithAdmin).
 func (a *API) admin(h http.HandlerFunc) http.HandlerFunc {
 	return func(w http.ResponseWriter, r *http.Request) {
+		if IsAdmin(r.Context()) {
+			h(w, r)
+			return
+		}
 		tok := bearer(r)
 		if tok == "" {
 			writeError(w, http.StatusUnauthorized, "missing admin token (Authorization: Bearer <admin token>)")

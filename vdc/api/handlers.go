@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"net/http"
+	"strconv"
 	"time"
 
 	"github.com/quantix/quantix"
@@ -170,15 +171,33 @@ func (a *API) withInterval(n quantix.Node) quantix.Node {
 }
 
 func (a *API) listNodes(w http.ResponseWriter, r *http.Request) {
-	nodes, err := a.cfg.Store.ListNodes(r.Context())
+	f, paged, err := nodeFilter(r)
 	if err != nil {
 		a.fail(w, r, err)
 		return
 	}
-	for i := range nodes {
-		nodes[i] = a.withInterval(nodes[i])
+	if !paged {
+		nodes, err := a.cfg.Store.ListNodes(r.Context())
+		if err != nil {
+			a.fail(w, r, err)
+			return
+		}
+		for i := range nodes {
+			nodes[i] = a.withInterval(nodes[i])
+		}
+		writeJSON(w, http.StatusOK, quantix.NodeList{Nodes: nodes})
+		return
 	}
-	writeJSON(w, http.StatusOK, quantix.NodeList{Nodes: nodes})
+	page, err := a.cfg.Store.ListNodesPage(r.Context(), f)
+	if err != nil {
+		a.fail(w, r, err)
+		return
+	}
+	for i := range page.Nodes {
+		page.Nodes[i] = a.withInterval(page.Nodes[i])
+	}
+	writeJSON(w, http.StatusOK, quantix.NodeList{Nodes: page.Nodes, Total: &page.Total, Counts: page.Counts,
+		Limit: f.Limit, Offset: f.Offset})
 }
 
 func (a *API) getNode(w http.ResponseWriter, r *http.Request) {
@@ -257,20 +276,32 @@ func (a *API) maintenance(w http.ResponseWriter, r *http.Request) {
 }
 
 func (a *API) listVMs(w http.ResponseWriter, r *http.Request) {
-	vms, err := a.cfg.Store.ListVMs(r.Context())
+	f, err := inventoryFilter(r)
 	if err != nil {
 		a.fail(w, r, err)
 		return
 	}
+	vms, total, err := a.cfg.Store.FindVMs(r.Context(), f)
+	if err != nil {
+		a.fail(w, r, err)
+		return
+	}
+	w.Header().Set(HeaderTotalCount, strconv.Itoa(total))
 	writeJSON(w, http.StatusOK, quantix.VMList{VMs: vms})
 }
 
 func (a *API) listPools(w http.ResponseWriter, r *http.Request) {
-	pools, err := a.cfg.Store.ListPools(r.Context())
+	f, err := inventoryFilter(r)
 	if err != nil {
 		a.fail(w, r, err)
 		return
 	}
+	pools, total, err := a.cfg.Store.FindPools(r.Context(), f)
+	if err != nil {
+		a.fail(w, r, err)
+		return
+	}
+	w.Header().Set(HeaderTotalCount, strconv.Itoa(total))
 	writeJSON(w, http.StatusOK, quantix.PoolList{StoragePools: pools})
 }
 

@@ -265,11 +265,20 @@ func currentState(ctx context.Context, tx pgx.Tx, nodeID string) ([]quantix.VM, 
 
 // ListVMs is the VM inventory of every node, lost VMs included.
 func (s *Store) ListVMs(ctx context.Context) ([]quantix.InventoryVM, error) {
+	vms, _, err := s.FindVMs(ctx, InventoryFilter{})
+	return vms, err
+}
+
+// FindVMs returns the VMs f selects, ordered by hostname, name and UUID, and how
+// many there are in all pages.
+func (s *Store) FindVMs(ctx context.Context, f InventoryFilter) ([]quantix.InventoryVM, int, error) {
+	w, args := f.sql("v")
+	lim, args := f.page(args)
 	rows, err := s.pool.Query(ctx, `SELECT v.uuid, v.name, v.power_state, v.vcpus, v.memory_bytes, v.node_id::text,
 		    n.hostname, v.origin, v.is_managed, v.last_seen, coalesce(v.lost_reason, ''), v.lost_at
-		FROM virtual_machines v JOIN nodes n ON n.id = v.node_id ORDER BY n.hostname, v.name, v.uuid`)
+		FROM virtual_machines v JOIN nodes n ON n.id = v.node_id`+w+` ORDER BY n.hostname, v.name, v.uuid`+lim, args...)
 	if err != nil {
-		return nil, fmt.Errorf("list vms: %w", err)
+		return nil, 0, fmt.Errorf("list vms: %w", err)
 	}
 	vms, err := pgx.CollectRows(rows, func(r pgx.CollectableRow) (quantix.InventoryVM, error) {
 		var v quantix.InventoryVM
@@ -279,21 +288,36 @@ func (s *Store) ListVMs(ctx context.Context) ([]quantix.InventoryVM, error) {
 		return v, err
 	})
 	if err != nil {
-		return nil, fmt.Errorf("list vms: %w", err)
+		return nil, 0, fmt.Errorf("list vms: %w", err)
 	}
 	if vms == nil {
 		vms = []quantix.InventoryVM{}
 	}
-	return vms, nil
+	total := len(vms)
+	if f.Limit > 0 && (total == f.Limit || f.Offset > 0) {
+		if total, err = s.count(ctx, "virtual_machines", "v", f); err != nil {
+			return nil, 0, fmt.Errorf("count vms: %w", err)
+		}
+	}
+	return vms, total, nil
 }
 
 // ListPools is the storage pool inventory of every node, lost pools included.
 func (s *Store) ListPools(ctx context.Context) ([]quantix.InventoryPool, error) {
+	pools, _, err := s.FindPools(ctx, InventoryFilter{})
+	return pools, err
+}
+
+// FindPools returns the storage pools f selects, ordered by hostname and name, and
+// how many there are in all pages.
+func (s *Store) FindPools(ctx context.Context, f InventoryFilter) ([]quantix.InventoryPool, int, error) {
+	w, args := f.sql("p")
+	lim, args := f.page(args)
 	rows, err := s.pool.Query(ctx, `SELECT p.uuid, p.name, p.type, p.path, p.state, p.capacity_bytes, p.available_bytes,
 		    p.node_id::text, n.hostname, p.origin, p.is_managed, p.last_seen, p.lost_at
-		FROM storage_pools p JOIN nodes n ON n.id = p.node_id ORDER BY n.hostname, p.name`)
+		FROM storage_pools p JOIN nodes n ON n.id = p.node_id`+w+` ORDER BY n.hostname, p.name`+lim, args...)
 	if err != nil {
-		return nil, fmt.Errorf("list storage pools: %w", err)
+		return nil, 0, fmt.Errorf("list storage pools: %w", err)
 	}
 	pools, err := pgx.CollectRows(rows, func(r pgx.CollectableRow) (quantix.InventoryPool, error) {
 		var p quantix.InventoryPool
@@ -303,12 +327,18 @@ func (s *Store) ListPools(ctx context.Context) ([]quantix.InventoryPool, error) 
 		return p, err
 	})
 	if err != nil {
-		return nil, fmt.Errorf("list storage pools: %w", err)
+		return nil, 0, fmt.Errorf("list storage pools: %w", err)
 	}
 	if pools == nil {
 		pools = []quantix.InventoryPool{}
 	}
-	return pools, nil
+	total := len(pools)
+	if f.Limit > 0 && (total == f.Limit || f.Offset > 0) {
+		if total, err = s.count(ctx, "storage_pools", "p", f); err != nil {
+			return nil, 0, fmt.Errorf("count storage pools: %w", err)
+		}
+	}
+	return pools, total, nil
 }
 
 // CreateJoinToken stores a new join token's digest and returns the token (shown

@@ -6,12 +6,15 @@ package vdctest
 import (
 	"bytes"
 	"context"
+	"crypto/tls"
+	"crypto/x509"
 	"encoding/json"
 	"fmt"
 	"io"
 	"log/slog"
 	"net"
 	"net/http"
+	"os"
 	"path/filepath"
 	"sync"
 	"testing"
@@ -34,7 +37,10 @@ type Options struct {
 
 // VDC is a running vDC.
 type VDC struct {
-	URL         string // http://127.0.0.1:port
+	URL   string // http://127.0.0.1:port
+	UIURL string // https://127.0.0.1:port: the web UI and the API over TLS
+	// CertFile is the UI's generated self-signed certificate (PEM).
+	CertFile    string
 	AdminToken  string
 	JoinToken   string // a valid static join token
 	DatabaseURL string
@@ -80,13 +86,17 @@ func Start(t testing.TB, opts Options) *VDC {
 	cfg.HeartbeatInterval = vdc.Duration{Duration: opts.HeartbeatInterval}
 	cfg.JoinTokens = opts.JoinTokens
 	cfg.AdminToken = opts.AdminToken
+	cfg.UIListen = "127.0.0.1:0"
 	cfg.SecretsFile = filepath.Join(t.TempDir(), "secrets.toml")
 	cfg.Stdout = v.Stdout
 	v.cfg = cfg
+	v.CertFile = filepath.Join(cfg.TLSDir(), vdc.TLSCertName)
 	if err := v.start(); err != nil {
 		t.Fatalf("start vdc: %v", err)
 	}
-	v.cfg.Listen = v.URL[len("http://"):] // restarts keep the address agents know
+	// Restarts keep the addresses agents and browsers know.
+	v.cfg.Listen = v.URL[len("http://"):]
+	v.cfg.UIListen = v.UIURL[len("https://"):]
 	t.Cleanup(func() { v.Stop(t) })
 	return v
 }
@@ -110,6 +120,7 @@ func (v *VDC) start() error {
 	}
 	v.mu.Lock()
 	v.URL = "http://" + svc.Addr().String()
+	v.UIURL = "https://" + svc.UIAddr().String()
 	v.cancel, v.done = cancel, done
 	v.mu.Unlock()
 	return nil
@@ -272,6 +283,25 @@ func (v *VDC) WaitPhase(t testing.TB, id, phase string, timeout time.Duration) q
 			t.Fatalf("node %s (%s) is %s after %s, want %s", id, n.Hostname, n.Phase, timeout, phase)
 		}
 		time.Sleep(50 * time.Millisecond)
+	}
+}
+
+// HTTPSClient returns a client that trusts exactly the UI's certificate and does
+// not follow redirects (tests look at them).
+func (v *VDC) HTTPSClient(t testing.TB) *http.Client {
+	t.Helper()
+	pem, err := os.ReadFile(v.CertFile)
+	if err != nil {
+		t.Fatalf("read the UI certificate: %v", err)
+	}
+	pool := x509.NewCertPool()
+	if !pool.AppendCertsFromPEM(pem) {
+		t.Fatalf("%s holds no certificate", v.CertFile)
+	}
+	return &http.Client{
+		Transport:     &http.Transport{TLSClientConfig: &tls.Config{RootCAs: pool}},
+		CheckRedirect: func(*http.Request, []*http.Request) error { return http.ErrUseLastResponse },
+		Timeout:       30 * time.Second,
 	}
 }
 

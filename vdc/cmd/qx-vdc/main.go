@@ -41,6 +41,7 @@ func main() {
 const usage = `usage:
   qx-vdc serve [--config FILE] [--listen ADDR] [--database-url URL] [--join-token TOKEN]...
                [--admin-token TOKEN] [--heartbeat-interval DURATION]
+               [--ui-listen ADDR] [--tls-cert FILE --tls-key FILE]
   qx-vdc migrate up|status [--config FILE] [--database-url URL]`
 
 type multiFlag []string
@@ -94,7 +95,11 @@ func loadConfig(name string, args []string, stderr io.Writer, serve bool) (vdc.C
 	var joinTokens multiFlag
 	var adminToken *string
 	var interval *time.Duration
+	var uiListen, tlsCert, tlsKey *string
 	if serve {
+		uiListen = fs.String("ui-listen", "", "HTTPS `address` of the web UI and the API (default "+vdc.DefaultUIListen+")")
+		tlsCert = fs.String("tls-cert", "", "PEM certificate `file` for --ui-listen (default: a generated self-signed one)")
+		tlsKey = fs.String("tls-key", "", "PEM private key `file` for --tls-cert")
 		fs.Var(&joinTokens, "join-token", "static join `token` (repeatable; labs and tests)")
 		adminToken = fs.String("admin-token", "", "admin bearer `token` (default: secrets.toml's hash, else generated and printed once)")
 		interval = fs.Duration("heartbeat-interval", 0, "heartbeat `interval` (default 30s)")
@@ -126,6 +131,15 @@ func loadConfig(name string, args []string, stderr io.Writer, serve bool) (vdc.C
 		}
 		if set["heartbeat-interval"] {
 			cfg.HeartbeatInterval = vdc.Duration{Duration: *interval}
+		}
+		if set["ui-listen"] {
+			cfg.UIListen = *uiListen
+		}
+		if set["tls-cert"] {
+			cfg.TLSCert = *tlsCert
+		}
+		if set["tls-key"] {
+			cfg.TLSKey = *tlsKey
 		}
 	}
 	return cfg, cfg.Validate()

@@ -42,6 +42,8 @@ func TestUsageErrors(t *testing.T) {
 		{[]string{"serve", "--heartbeat-interval", "1ms"}, "heartbeat_interval"},
 		{[]string{"serve", "--config", "/nonexistent/vdc.toml"}, "/nonexistent/vdc.toml"},
 		{[]string{"serve", "extra"}, `unexpected argument "extra"`},
+		{[]string{"serve", "--ui-listen", "nope"}, "ui_listen"},
+		{[]string{"serve", "--tls-key", "/k.pem"}, "tls_cert and tls_key go together"},
 	}
 	for _, tc := range cases {
 		var out, errb bytes.Buffer
@@ -62,10 +64,10 @@ func TestMigrateCommands(t *testing.T) {
 		args []string
 		want string
 	}{
-		{[]string{"migrate", "status", "--database-url", dbURL}, "schema version 0 of 2 (2 pending)"},
-		{[]string{"migrate", "up", "--database-url", dbURL}, "applied 2 migration(s)\nschema version 2 of 2 (0 pending)"},
+		{[]string{"migrate", "status", "--database-url", dbURL}, "schema version 0 of 3 (3 pending)"},
+		{[]string{"migrate", "up", "--database-url", dbURL}, "applied 3 migration(s)\nschema version 3 of 3 (0 pending)"},
 		{[]string{"migrate", "up", "--database-url", dbURL}, "applied 0 migration(s)"},
-		{[]string{"migrate", "status", "--database-url", dbURL}, "schema version 2 of 2 (0 pending)"},
+		{[]string{"migrate", "status", "--database-url", dbURL}, "schema version 3 of 3 (0 pending)"},
 	}
 	for _, s := range steps {
 		var out, errb bytes.Buffer
@@ -89,7 +91,7 @@ func TestServeProcess(t *testing.T) {
 	dbURL := pg.NewDatabase(t)
 	dir := t.TempDir()
 	conf := filepath.Join(dir, "vdc.toml")
-	os.WriteFile(conf, []byte("listen = \"127.0.0.1:0\"\nheartbeat_interval = \"3s\"\nsecrets_file = \""+filepath.Join(dir, "secrets.toml")+"\"\n"), 0o644)
+	os.WriteFile(conf, []byte("listen = \"127.0.0.1:0\"\nui_listen = \"127.0.0.1:0\"\nheartbeat_interval = \"3s\"\nsecrets_file = \""+filepath.Join(dir, "secrets.toml")+"\"\n"), 0o644)
 	cmd := exec.Command(os.Args[0], "-test.run=^$")
 	cmd.Env = append(os.Environ(), "QX_VDC_RUN_MAIN=1",
 		"QX_VDC_ARGS=serve --config "+conf+" --database-url "+dbURL+" --join-token 0123456789abcdef0123")
@@ -130,7 +132,8 @@ func TestServeProcess(t *testing.T) {
 			t.Fatalf("no ready marker in 30s:\n%s", stderr.String())
 		}
 	}
-	if ready.Get("service") != "vdc" || !strings.HasPrefix(ready.Get("url"), "http://127.0.0.1:") {
+	if ready.Get("service") != "vdc" || !strings.HasPrefix(ready.Get("url"), "http://127.0.0.1:") ||
+		!strings.HasPrefix(ready.Get("ui"), "https://127.0.0.1:") {
 		t.Errorf("ready marker = %v", ready)
 	}
 	if !sawToken {

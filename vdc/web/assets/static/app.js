@@ -1,0 +1,639 @@
+// Quantix vDC web UI. Plain JavaScript, no dependencies. Every page talks to the
+// vDC's API v1 with the session cookie; state-changing requests carry the
+// session's CSRF token in the X-CSRF-Token header. Data reaches the DOM only as
+// text (textContent), never as HTML.
+'use strict';
+
+(function () {
+  const HOSTS_POLL_MS = 3000;
+  const DETAIL_POLL_MS = 3000;
+  const INVENTORY_POLL_MS = 5000;
+  const PAGE_SIZE = 100;
+
+  const $ = (sel, root) => (root || document).querySelector(sel);
+  const $$ = (sel, root) => Array.from((root || document).querySelectorAll(sel));
+
+  // ---- API ----------------------------------------------------------------
+
+  let clockSkew = 0; // server clock minus browser clock, in ms (from Date headers)
+
+  class APIError extends Error {
+    constructor(status, message) { super(message); this.status = status; }
+  }
+
+  function csrfToken() {
+    const m = $('meta[name="csrf-token"]');
+    return m ? m.content : '';
+  }
+
+  async function api(method, path, body) {
+    const opts = { method, headers: { Accept: 'application/json' }, credentials: 'same-origin', cache: 'no-store' };
+    if (method !== 'GET') opts.headers['X-CSRF-Token'] = csrfToken();
+    if (body !== undefined) {
+      opts.headers['Content-Type'] = 'application/json';
+      opts.body = JSON.stringify(body);
+    }
+    let resp;
+    try {
+      resp = await fetch(path, opts);
+    } catch (e) {
+      throw new APIError(0, 'the vDC is not reachable');
+    }
+    const date = resp.headers.get('Date');
+    if (date) clockSkew = Date.parse(date) + 500 - Date.now();
+    if (resp.status === 401) {
+      location.assign('/ui/login?next=' + encodeURIComponent(location.pathname + location.search));
+      throw new APIError(401, 'the session has expired');
+    }
+    let data = null;
+    if (resp.status !== 204) {
+      try { data = await resp.json(); } catch (e) { data = null; }
+    }
+    if (!resp.ok) throw new APIError(resp.status, (data && data.error) || resp.statusText);
+    return { data, resp };
+  }
+
+  // ---- small helpers ------------------------------------------------------
+
+  function el(tag, cls, text) {
+    const e = document.createElement(tag);
+    if (cls) e.className = cls;
+    if (text !== undefined) e.textContent = text;
+    return e;
+  }
+  function setText(node, text) {
+    text = String(text);
+    if (node.textContent !== text) node.textContent = text;
+  }
+  function setClass(node, cls) {
+    if (node.className !== cls) node.className = cls;
+  }
+  function setTitle(node, t) {
+    if (node.title !== t) node.title = t;
+  }
+
+  const PHASES = { ready: 'Ready', not_ready: 'Not ready', disconnected: 'Disconnected', maintenance: 'Maintenance' };
+  function setBadge(node, phase) {
+    setClass(node, 'badge phase-' + phase);
+    setText(node, PHASES[phase] || phase);
+  }
+
+  function fmtBytes(n) {
+    if (n === undefined || n === null) return '—';
+    const units = ['B', 'KiB', 'MiB', 'GiB', 'TiB', 'PiB'];
+    let i = 0;
+    let v = n;
+    while (v >= 1024 && i < units.length - 1) { v /= 1024; i++; }
+    return (i === 0 ? v : v.toFixed(v < 10 ? 1 : 0)) + ' ' + units[i];
+  }
+  function fmtNumber(n) { return Number(n).toLocaleString('en-US'); }
+  function serverNow() { return Date.now() + clockSkew; }
+  function fmtAge(iso) {
+    if (!iso) return '—';
+    const s = Math.max(0, Math.floor((serverNow() - Date.parse(iso)) / 1000));
+    if (s < 60) return s + ' s ago';
+    if (s < 3600) return Math.floor(s / 60) + ' min ago';
+    if (s < 86400) return Math.floor(s / 3600) + ' h ago';
+    return Math.floor(s / 86400) + ' d ago';
+  }
+  function fmtTime(iso) {
+    if (!iso) return '—';
+    const d = new Date(iso);
+    return d.toLocaleString(undefined, { year: 'numeric', month: 'short', day: 'numeric', hour: '2-digit', minute: '2-digit', second: '2-digit' });
+  }
+  function cpuText(n) {
+    const c = n.cpu || {};
+    const parts = [];
+    if (c.cores) parts.push(c.cores + (c.cores === 1 ? ' core' : ' cores'));
+    if (c.threads && c.threads !== c.cores) parts.push(c.threads + ' threads');
+    if (c.model) parts.push(c.model);
+    return parts.join(' · ') || '—';
+  }
+  function pct(n) { return (n === undefined || n === null) ? '—' : n.toFixed(n < 10 ? 1 : 0) + ' %'; }
+
+  let bannerTimer = null;
+  function showError(msg) {
+    const b = $('#banner');
+    setText(b, msg);
+    b.hidden = false;
+    const live = $('.live');
+    if (live) { live.classList.add('stale'); setText(live, 'stale'); }
+  }
+  function clearError() {
+    const b = $('#banner');
+    if (b && !b.hidden) b.hidden = true;
+    const live = $('.live');
+    if (live && live.classList.contains('stale')) { live.classList.remove('stale'); setText(live, 'live'); }
+  }
+  function toast(msg) {
+    const t = $('#toast');
+    setText(t, msg);
+    t.hidden = false;
+    clearTimeout(bannerTimer);
+    bannerTimer = setTimeout(() => { t.hidden = true; }, 4000);
+  }
+
+  // A poller runs fn every ms, one run at a time; poke() runs it now. Results of
+  // a run that a newer one overtook are dropped by the caller via the sequence.
+  function poller(fn, ms) {
+    let timer = null;
+    let running = false;
+    let again = false;
+    async function run() {
+      clearTimeout(timer);
+      if (running) { again = true; return; }
+      running = true;
+      try { await fn(); } finally {
+        running = false;
+        if (again) { again = false; run(); } else { timer = setTimeout(run, ms); }
+      }
+    }
+    return { poke: run };
+  }
+
+  // keyedRows keeps one <tr> per key in tbody and updates rows in place, so a
+  // refresh never rebuilds the table (no flicker, selection and scroll kept).
+  function keyedRows(tbody, make, update) {
+    const rows = new Map();
+    return function render(items, keyOf) {
+      const keep = new Set();
+      const order = [];
+      for (const it of items) {
+        const k = keyOf(it);
+        keep.add(k);
+        let r = rows.get(k);
+        if (!r) { r = make(it); r.tr.dataset.key = k; rows.set(k, r); }
+        update(r, it);
+        order.push(r.tr);
+      }
+      for (const [k, r] of rows) {
+        if (!keep.has(k)) { r.tr.remove(); rows.delete(k); }
+      }
+      let cur = tbody.firstElementChild;
+      for (const tr of order) {
+        if (tr === cur) { cur = cur.nextElementSibling; } else { tbody.insertBefore(tr, cur); }
+      }
+      return rows;
+    };
+  }
+
+  function readParams(defaults) {
+    const p = new URLSearchParams(location.search);
+    const s = {};
+    for (const k of Object.keys(defaults)) s[k] = p.has(k) ? p.get(k) : defaults[k];
+    return s;
+  }
+  function writeParams(state, defaults) {
+    const p = new URLSearchParams();
+    for (const k of Object.keys(defaults)) if (String(state[k]) !== String(defaults[k])) p.set(k, state[k]);
+    const q = p.toString();
+    history.replaceState(null, '', location.pathname + (q ? '?' + q : ''));
+  }
+
+  function setupPager(state, onChange) {
+    $('#prev').addEventListener('click', () => { if (state.page > 0) { state.page--; onChange(); } });
+    $('#next').addEventListener('click', () => { state.page++; onChange(); });
+  }
+  function updatePager(page, shown, total) {
+    const from = total === 0 ? 0 : page * PAGE_SIZE + 1;
+    const to = page * PAGE_SIZE + shown;
+    setText($('#range'), total === 0 ? '0 of 0' : fmtNumber(from) + '–' + fmtNumber(to) + ' of ' + fmtNumber(total));
+    $('#prev').disabled = page === 0;
+    $('#next').disabled = to >= total;
+  }
+
+  // ---- Hosts --------------------------------------------------------------
+
+  function hostsPage() {
+    const defaults = { phase: '', q: '', page: '0' };
+    const state = readParams(defaults);
+    state.page = Math.max(0, parseInt(state.page, 10) || 0);
+    const search = $('#search');
+    search.value = state.q;
+    const tbody = $('#hosts tbody');
+    let seq = 0;
+
+    const deleted = new URLSearchParams(location.search).get('deleted');
+    if (deleted) { toast('Deleted host ' + deleted); }
+
+    const render = keyedRows(tbody, (n) => {
+      const tr = el('tr');
+      const r = { tr, cells: {} };
+      const name = el('td');
+      r.link = el('a', 'host-link');
+      name.append(r.link);
+      r.ip = el('td', 'mono');
+      const phase = el('td');
+      r.badge = el('span', 'badge');
+      phase.append(r.badge);
+      r.age = el('td');
+      const cpu = el('td');
+      r.cpuPct = el('span');
+      r.cpuInfo = el('span', 'sub');
+      cpu.append(r.cpuPct, r.cpuInfo);
+      const mem = el('td');
+      r.memText = el('span');
+      r.memBar = el('meter');
+      r.memBar.min = 0; r.memBar.low = 0.75; r.memBar.high = 0.9; r.memBar.optimum = 0;
+      mem.append(r.memText, r.memBar);
+      r.vms = el('td', 'num');
+      r.agent = el('td');
+      const hv = el('td');
+      r.hv = el('span');
+      hv.append(r.hv);
+      tr.append(name, r.ip, phase, r.age, cpu, mem, r.vms, r.agent, hv);
+      return r;
+    }, (r, n) => {
+      r.node = n;
+      setText(r.link, n.hostname);
+      const href = '/ui/hosts/' + n.id;
+      if (r.link.getAttribute('href') !== href) r.link.setAttribute('href', href);
+      setText(r.ip, n.management_ip);
+      setBadge(r.badge, n.phase);
+      setText(r.age, fmtAge(n.last_heartbeat));
+      setTitle(r.age, fmtTime(n.last_heartbeat));
+      setText(r.cpuPct, pct(n.cpu_percent));
+      setText(r.cpuInfo, cpuText(n));
+      const used = n.memory_used_bytes;
+      setText(r.memText, (used === undefined || used === null ? '—' : fmtBytes(used)) + ' / ' + fmtBytes(n.memory_bytes || 0));
+      r.memBar.hidden = !(n.memory_bytes > 0 && used !== undefined && used !== null);
+      if (!r.memBar.hidden) { r.memBar.max = n.memory_bytes; r.memBar.low = n.memory_bytes * 0.75; r.memBar.high = n.memory_bytes * 0.9; r.memBar.value = used; }
+      setText(r.vms, n.vm_count);
+      setText(r.agent, n.agent_version || '—');
+      const hs = (n.hypervisor && n.hypervisor.state) || 'unknown';
+      setClass(r.hv, 'hv-' + hs);
+      setText(r.hv, hs + (n.hypervisor && n.hypervisor.version ? ' (' + n.hypervisor.version + ')' : ''));
+      setTitle(r.hv, (n.hypervisor && n.hypervisor.reason) || '');
+    });
+    let rows = new Map();
+
+    function paintTabs(counts) {
+      let all = 0;
+      for (const k of Object.keys(counts || {})) all += counts[k];
+      for (const span of $$('#phase-tabs [data-count]')) {
+        const p = span.dataset.count;
+        setText(span, fmtNumber(p === '' ? all : ((counts || {})[p] || 0)));
+      }
+      for (const b of $$('#phase-tabs button')) {
+        const on = b.dataset.phase === state.phase;
+        b.classList.toggle('active', on);
+        b.setAttribute('aria-selected', on ? 'true' : 'false');
+      }
+    }
+    paintTabs(null);
+
+    async function refresh() {
+      const my = ++seq;
+      const p = new URLSearchParams({ limit: PAGE_SIZE, offset: state.page * PAGE_SIZE });
+      if (state.phase) p.set('phase', state.phase);
+      if (state.q) p.set('q', state.q);
+      try {
+        const { data } = await api('GET', '/api/v1/nodes?' + p.toString());
+        if (my !== seq) return;
+        if (data.nodes.length === 0 && state.page > 0 && data.total > 0) {
+          // The page emptied (hosts deleted): show the last one that has rows.
+          state.page = Math.floor((data.total - 1) / PAGE_SIZE);
+          writeParams(state, defaults);
+          seq++;
+          return refresh();
+        }
+        rows = render(data.nodes, (n) => n.id);
+        paintTabs(data.counts);
+        updatePager(state.page, data.nodes.length, data.total);
+        $('#empty').hidden = data.nodes.length > 0;
+        document.body.dataset.loaded = 'true';
+        clearError();
+      } catch (e) {
+        if (my === seq && e.status !== 401) showError('Could not refresh the hosts: ' + e.message);
+      }
+    }
+    const poll = poller(refresh, HOSTS_POLL_MS);
+
+    function changed() {
+      writeParams(state, defaults);
+      paintTabs(null);
+      poll.poke();
+    }
+    for (const b of $$('#phase-tabs button')) {
+      b.addEventListener('click', () => { state.phase = b.dataset.phase; state.page = 0; changed(); });
+    }
+    let debounce = null;
+    search.addEventListener('input', () => {
+      clearTimeout(debounce);
+      debounce = setTimeout(() => {
+        const q = search.value.trim();
+        if (q === state.q) return;
+        state.q = q; state.page = 0; changed();
+      }, 250);
+    });
+    setupPager(state, changed);
+    // Ages move between refreshes.
+    setInterval(() => {
+      for (const r of rows.values()) setText(r.age, fmtAge(r.node.last_heartbeat));
+    }, 1000);
+    poll.poke();
+  }
+
+  // ---- Host detail ----------------------------------------------------------
+
+  function hostPage() {
+    const id = document.body.dataset.nodeId;
+    let node = null;
+    let gone = false;
+    const maint = $('#maint-btn');
+    const del = $('#delete-btn');
+    const dialog = $('#delete-dialog');
+
+    const fieldDefs = [
+      ['Hostname', (n) => n.hostname], ['Node ID', (n) => n.id],
+      ['Management IP', (n) => n.management_ip], ['Phase', (n) => PHASES[n.phase] || n.phase],
+      ['Last heartbeat', (n) => fmtAge(n.last_heartbeat) + ' (' + fmtTime(n.last_heartbeat) + ')'],
+      ['Heartbeat interval', (n) => n.heartbeat_interval_seconds + ' s'],
+      ['Registered', (n) => fmtTime(n.registered_at)], ['Updated', (n) => fmtTime(n.updated_at)],
+      ['Machine ID', (n) => n.machine_id], ['Agent version', (n) => n.agent_version || '—'],
+      ['CPU', (n) => cpuText(n) + (n.cpu && n.cpu.sockets ? ' · ' + n.cpu.sockets + ' socket(s)' : '')],
+      ['CPU usage', (n) => pct(n.cpu_percent)],
+      ['Memory', (n) => (n.memory_used_bytes === undefined || n.memory_used_bytes === null ? '—' : fmtBytes(n.memory_used_bytes)) + ' used of ' + fmtBytes(n.memory_bytes || 0)],
+      ['VMs', (n) => String(n.vm_count)],
+      ['Hypervisor', (n) => (n.hypervisor.state || 'unknown') + (n.hypervisor.version ? ' · libvirt ' + n.hypervisor.version : '') + (n.hypervisor.reason ? ' · ' + n.hypervisor.reason : '')],
+      ['Hypervisor URI', (n) => n.hypervisor.uri || '—'],
+      ['Labels', (n) => Object.entries(n.labels || {}).map(([k, v]) => k + '=' + v).join(', ') || '—'],
+    ];
+    const dl = $('#h-fields');
+    const dds = fieldDefs.map(([label]) => {
+      const dd = el('dd');
+      dl.append(el('dt', '', label), dd);
+      return dd;
+    });
+
+    function paintNode(n) {
+      node = n;
+      setText($('#h-title'), n.hostname);
+      setText($('#crumb'), n.hostname);
+      document.title = n.hostname + ' · Quantix vDC';
+      setBadge($('#h-phase'), n.phase);
+      fieldDefs.forEach(([, f], i) => setText(dds[i], f(n)));
+      const inMaint = n.phase === 'maintenance';
+      setText(maint, inMaint ? 'Exit maintenance' : 'Enter maintenance');
+      maint.dataset.on = inMaint ? 'true' : 'false';
+      maint.disabled = false;
+      del.disabled = false;
+    }
+
+    const renderVMs = keyedRows($('#h-vms tbody'), () => {
+      const tr = el('tr');
+      const r = { tr, c: [] };
+      for (let i = 0; i < 7; i++) { const td = el('td', i === 3 ? 'num' : (i === 1 ? 'mono' : '')); r.c.push(td); tr.append(td); }
+      r.status = el('span');
+      r.c[6].append(r.status);
+      return r;
+    }, (r, v) => {
+      setText(r.c[0], v.name); setText(r.c[1], v.uuid); setText(r.c[2], v.power_state);
+      setText(r.c[3], v.vcpus); setText(r.c[4], fmtBytes(v.memory_bytes)); setText(r.c[5], fmtTime(v.last_seen));
+      r.tr.classList.toggle('is-lost', v.lost);
+      setClass(r.status, v.lost ? 'badge lost' : 'badge present');
+      setText(r.status, v.lost ? 'Lost' : 'Present');
+      setTitle(r.status, v.lost ? (v.lost_reason || '') + ' (' + fmtTime(v.lost_at) + ')' : '');
+    });
+    const renderPools = keyedRows($('#h-pools tbody'), () => {
+      const tr = el('tr');
+      const r = { tr, c: [] };
+      for (let i = 0; i < 7; i++) { const td = el('td', i === 5 ? 'mono' : ''); r.c.push(td); tr.append(td); }
+      r.status = el('span');
+      r.c[6].append(r.status);
+      return r;
+    }, (r, p) => {
+      setText(r.c[0], p.name); setText(r.c[1], p.type || '—'); setText(r.c[2], p.state || '—');
+      setText(r.c[3], fmtBytes(p.capacity_bytes)); setText(r.c[4], fmtBytes(p.available_bytes)); setText(r.c[5], p.path || '—');
+      r.tr.classList.toggle('is-lost', p.lost);
+      setClass(r.status, p.lost ? 'badge lost' : 'badge present');
+      setText(r.status, p.lost ? 'Lost' : 'Present');
+    });
+    const MAX_EVENTS = 200;
+    const renderEvents = keyedRows($('#h-events tbody'), () => {
+      const tr = el('tr');
+      const r = { tr, t: el('td'), k: el('td'), m: el('td', 'wrap') };
+      tr.append(r.t, r.k, r.m);
+      return r;
+    }, (r, e) => { setText(r.t, fmtTime(e.at)); setText(r.k, e.kind); setText(r.m, e.message); });
+
+    async function refresh() {
+      try {
+        const [n, ev, vms, pools] = await Promise.allSettled([
+          api('GET', '/api/v1/nodes/' + id),
+          api('GET', '/api/v1/nodes/' + id + '/events'),
+          api('GET', '/api/v1/vms?node_id=' + id + '&limit=1000'),
+          api('GET', '/api/v1/storage-pools?node_id=' + id + '&limit=1000'),
+        ]);
+        if (n.status === 'rejected') {
+          if (n.reason.status !== 404) throw n.reason;
+          gone = true;
+          $('#gone').hidden = false;
+          maint.disabled = true;
+          del.disabled = true;
+          setClass($('#h-phase'), 'badge');
+          setText($('#h-phase'), 'Not registered');
+          if (!node) { setText($('#h-title'), 'Host ' + id); setText($('#crumb'), id); }
+        } else {
+          gone = false;
+          $('#gone').hidden = true;
+          paintNode(n.value.data);
+        }
+        if (ev.status === 'fulfilled') {
+          const all = ev.value.data.events.slice().reverse();
+          renderEvents(all.slice(0, MAX_EVENTS), (e) => String(e.id));
+          const more = $('#events-more');
+          more.hidden = all.length <= MAX_EVENTS;
+          setText(more, 'Showing the latest ' + MAX_EVENTS + ' of ' + all.length + ' events.');
+        }
+        if (vms.status === 'fulfilled') {
+          const list = vms.value.data.vms;
+          renderVMs(list, (v) => v.uuid);
+          $('#vms-empty').hidden = list.length > 0;
+          setText($('#vm-count'), vms.value.resp.headers.get('X-Total-Count') || list.length);
+        }
+        if (pools.status === 'fulfilled') {
+          const list = pools.value.data.storage_pools;
+          renderPools(list, (p) => p.name);
+          $('#pools-empty').hidden = list.length > 0;
+          setText($('#pool-count'), pools.value.resp.headers.get('X-Total-Count') || list.length);
+        }
+        document.body.dataset.loaded = 'true';
+        clearError();
+      } catch (e) {
+        if (e.status !== 401) showError('Could not refresh the host: ' + e.message);
+      }
+    }
+    const poll = poller(refresh, DETAIL_POLL_MS);
+
+    maint.addEventListener('click', async () => {
+      const on = maint.dataset.on !== 'true';
+      maint.disabled = true;
+      try {
+        const { data } = await api('PUT', '/api/v1/nodes/' + id + '/maintenance', { maintenance: on });
+        paintNode(data);
+        toast(on ? data.hostname + ' is in maintenance' : data.hostname + ' left maintenance');
+        poll.poke();
+      } catch (e) {
+        if (e.status !== 401) showError('Could not change maintenance: ' + e.message);
+        maint.disabled = false;
+      }
+    });
+    del.addEventListener('click', () => {
+      if (!node || gone) return;
+      setText($('#dlg-name'), node.hostname);
+      dialog.returnValue = '';
+      dialog.showModal();
+    });
+    dialog.addEventListener('close', async () => {
+      if (dialog.returnValue !== 'delete' || !node) return;
+      del.disabled = true;
+      try {
+        await api('DELETE', '/api/v1/nodes/' + id);
+        location.assign('/ui/hosts?deleted=' + encodeURIComponent(node.hostname));
+      } catch (e) {
+        if (e.status !== 401) showError('Could not delete the host: ' + e.message);
+        del.disabled = false;
+      }
+    });
+    poll.poke();
+  }
+
+  // ---- VMs and storage pools ---------------------------------------------
+
+  function inventoryPage(kind) {
+    const defaults = { lost: '', page: '0' };
+    const state = readParams(defaults);
+    state.page = Math.max(0, parseInt(state.page, 10) || 0);
+    const isVM = kind === 'vms';
+    const ncols = 8;
+    const render = keyedRows($('#inventory tbody'), () => {
+      const tr = el('tr');
+      const r = { tr, c: [] };
+      for (let i = 0; i < ncols; i++) {
+        const td = el('td', isVM ? (i === 1 ? 'mono' : (i === 4 ? 'num' : '')) : (i === 6 ? 'mono' : ''));
+        r.c.push(td); tr.append(td);
+      }
+      r.host = el('a');
+      r.c[isVM ? 2 : 1].append(r.host);
+      r.status = el('span');
+      r.c[ncols - 1].append(r.status);
+      return r;
+    }, (r, x) => {
+      setText(r.host, x.hostname);
+      const href = '/ui/hosts/' + x.node_id;
+      if (r.host.getAttribute('href') !== href) r.host.setAttribute('href', href);
+      if (isVM) {
+        setText(r.c[0], x.name); setText(r.c[1], x.uuid); setText(r.c[3], x.power_state);
+        setText(r.c[4], x.vcpus); setText(r.c[5], fmtBytes(x.memory_bytes)); setText(r.c[6], fmtTime(x.last_seen));
+      } else {
+        setText(r.c[0], x.name); setText(r.c[2], x.type || '—'); setText(r.c[3], x.state || '—');
+        setText(r.c[4], fmtBytes(x.capacity_bytes)); setText(r.c[5], fmtBytes(x.available_bytes)); setText(r.c[6], x.path || '—');
+      }
+      r.tr.classList.toggle('is-lost', x.lost);
+      setClass(r.status, x.lost ? 'badge lost' : 'badge present');
+      setText(r.status, x.lost ? 'Lost' : 'Present');
+      setTitle(r.status, x.lost ? ((x.lost_reason || 'lost') + ' since ' + fmtTime(x.lost_at)) : '');
+    });
+    function paintTabs() {
+      for (const b of $$('#lost-tabs button')) {
+        const on = b.dataset.lost === state.lost;
+        b.classList.toggle('active', on);
+        b.setAttribute('aria-selected', on ? 'true' : 'false');
+      }
+    }
+    let seq = 0;
+    async function refresh() {
+      const my = ++seq;
+      const p = new URLSearchParams({ limit: PAGE_SIZE, offset: state.page * PAGE_SIZE });
+      if (state.lost) p.set('lost', state.lost);
+      try {
+        const { data, resp } = await api('GET', (isVM ? '/api/v1/vms?' : '/api/v1/storage-pools?') + p.toString());
+        if (my !== seq) return;
+        const list = isVM ? data.vms : data.storage_pools;
+        const total = parseInt(resp.headers.get('X-Total-Count') || String(list.length), 10);
+        render(list, (x) => x.node_id + '/' + (isVM ? x.uuid : x.name));
+        updatePager(state.page, list.length, total);
+        $('#empty').hidden = list.length > 0;
+        document.body.dataset.loaded = 'true';
+        clearError();
+      } catch (e) {
+        if (my === seq && e.status !== 401) showError('Could not refresh: ' + e.message);
+      }
+    }
+    const poll = poller(refresh, INVENTORY_POLL_MS);
+    function changed() { writeParams(state, defaults); paintTabs(); poll.poke(); }
+    for (const b of $$('#lost-tabs button')) {
+      b.addEventListener('click', () => { state.lost = b.dataset.lost; state.page = 0; changed(); });
+    }
+    setupPager(state, changed);
+    paintTabs();
+    poll.poke();
+  }
+
+  // ---- Join tokens -----------------------------------------------------------
+
+  function tokensPage() {
+    const form = $('#token-form');
+    const result = $('#token-result');
+    const urlInput = $('#vdc-url');
+    let token = '';
+    urlInput.value = document.body.dataset.agentUrl || '';
+
+    function tomlString(s) { return JSON.stringify(s); }
+    function paint() {
+      const url = urlInput.value.trim();
+      setText($('#token-value'), token);
+      setText($('#cmdline'), 'quantix.vdc=' + url + ' quantix.token=' + token);
+      setText($('#agent-toml'), 'control_plane = ' + tomlString(url) + '\njoin_token = ' + tomlString(token) + '\n');
+    }
+    urlInput.addEventListener('input', paint);
+
+    form.addEventListener('submit', async (ev) => {
+      ev.preventDefault();
+      const btn = $('#create-token');
+      btn.disabled = true;
+      try {
+        const body = {
+          ttl_seconds: parseInt($('#ttl').value, 10),
+          uses: parseInt($('#uses').value, 10),
+          description: $('#description').value.trim(),
+        };
+        const { data } = await api('POST', '/api/v1/join-tokens', body);
+        token = data.token;
+        setText($('#token-meta'), 'Expires ' + fmtTime(data.expires_at) + ' · ' + data.uses_left + (data.uses_left === 1 ? ' use' : ' uses') + (data.description ? ' · ' + data.description : ''));
+        paint();
+        result.hidden = false;
+        form.reset();
+        clearError();
+        document.body.dataset.created = 'true';
+      } catch (e) {
+        if (e.status !== 401) showError('Could not create the token: ' + e.message);
+      } finally {
+        btn.disabled = false;
+      }
+    });
+
+    for (const b of $$('[data-copy]')) {
+      b.addEventListener('click', async () => {
+        const text = $(b.dataset.copy).textContent;
+        try {
+          await navigator.clipboard.writeText(text);
+        } catch (e) {
+          const r = document.createRange();
+          r.selectNodeContents($(b.dataset.copy));
+          const s = getSelection();
+          s.removeAllRanges();
+          s.addRange(r);
+          document.execCommand('copy');
+        }
+        setText(b, 'Copied');
+        setTimeout(() => setText(b, 'Copy'), 1500);
+      });
+    }
+  }
+
+  const pages = { hosts: hostsPage, host: hostPage, vms: () => inventoryPage('vms'), pools: () => inventoryPage('pools'), tokens: tokensPage };
+  const start = pages[document.body.dataset.page];
+  if (start) start();
+})();

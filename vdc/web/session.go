@@ -1,0 +1,269 @@
+package web
+
+import (
+	"context"
+	"crypto/hmac"
+	"crypto/rand"
+	"crypto/sha256"
+	"encoding/base64"
+	"encoding/hex"
+	"encoding/json"
+	"errors"
+	"math"
+	"net"
+	"net/http"
+	"net/url"
+	"strconv"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/quantix/quantix"
+	"github.com/quantix/quantix/vdc/api"
+	"github.com/quantix/quantix/vdc/store"
+)
+
+// A session id is 32 random bytes (256 bits), base64url in the cookie. The database
+// holds only its SHA-256 digest. The CSRF token is derived from the id (an HMAC
+// keyed with it), so it needs no storage and reveals nothing about the id.
+
+func newSessionID() string {
+	var b [32]byte
+	rand.Read(b[:])
+	return base64.RawURLEncoding.EncodeToString(b[:])
+}
+
+func sessionHash(sid string) [32]byte { return sha256.Sum256([]byte("quantix-ui-session:" + sid)) }
+
+func derive(key, label string) string {
+	m := hmac.New(sha256.New, []byte(key))
+	m.Write([]byte(label))
+	return hex.EncodeToString(m.Sum(nil))
+}
+
+func csrfToken(sid string) string { return derive(sid, "quantix-ui-csrf") }
+
+// loginFormToken is the login form's hidden field for a login nonce cookie.
+func loginFormToken(nonce string) string { return derive(nonce, "quantix-ui-login") }
+
+func sameToken(got, want string) bool {
+	return got != "" && hmac.Equal([]byte(got), []byte(want))
+}
+
+func (u *UI) session(ctx context.Context, sid string) (store.UISession, error) {
+	if len(sid) != 43 { // base64url of 32 bytes: refuse junk without a query
+		return store.UISession{}, store.ErrNotFound
+	}
+	return u.cfg.Store.Session(ctx, sessionHash(sid), u.cfg.Now(), u.cfg.IdleTimeout)
+}
+
+func isNotFound(err error) bool { return errors.Is(err, store.ErrNotFound) }
+
+func apiWithAdmin(ctx context.Context) context.Context { return api.WithAdmin(ctx) }
+
+func writeJSONError(w http.ResponseWriter, code int, msg string) {
+	w.Header().Set("Content-Type", "application/json")
+	w.Header().Set("Cache-Control", "no-store")
+	w.WriteHeader(code)
+	json.NewEncoder(w).Encode(quantix.Error{Error: msg})
+}
+
+func urlQueryEscape(s string) string { return url.QueryEscape(s) }
+
+// safeNext keeps the login redirect on this UI: a path under /ui/, nothing that a
+// browser could read as another host.
+func safeNext(next string) string {
+	if !strings.HasPrefix(next, "/ui/") || strings.HasPrefix(next, "/ui/login") ||
+		strings.ContainsAny(next, "\\\r\n") || strings.Contains(next, "//") {
+		return "/ui/hosts"
+	}
+	return next
+}
+
+func (u *UI) setCookie(w http.ResponseWriter, name, value string, maxAge time.Duration) {
+	c := &http.Cookie{Name: name, Value: value, Path: "/", Secure: true, HttpOnly: true,
+		SameSite: http.SameSiteStrictMode, MaxAge: int(maxAge / time.Second)}
+	if maxAge < 0 {
+		c.MaxAge = -1
+	}
+	http.SetCookie(w, c)
+}
+
+// loginPage shows the login form, or sends a logged-in admin on.
+func (u *UI) loginPage(w http.ResponseWriter, r *http.Request) {
+	w.Header().Set("Cache-Control", "no-store")
+	next := safeNext(r.URL.Query().Get("next"))
+	if c, err := r.Cookie(SessionCookie); err == nil {
+		if _, err := u.session(r.Context(), c.Value); err == nil {
+			http.Redirect(w, r, next, http.StatusSeeOther)
+			return
+		}
+	}
+	u.renderLogin(w, r, http.StatusOK, next, "")
+}
+
+// renderLogin renders the form with a fresh login nonce: a cookie, and its HMAC as
+// a hidden field. A cross-site page can neither read the field nor (SameSite=Strict)
+// send the cookie, so it cannot log a victim into the attacker's session.
+func (u *UI) renderLogin(w http.ResponseWriter, r *http.Request, code int, next, msg string) {
+	nonce := newSessionID()
+	u.setCookie(w, LoginCookie, nonce, time.Hour)
+	d := u.baseData(r, "login", "Log in")
+	d.Nav = nil
+	d.LoginNonce, d.Next, d.Error = loginFormToken(nonce), next, msg
+	u.render(w, code, "login", d)
+}
+
+func clientIP(r *http.Request) string {
+	h, _, err := net.SplitHostPort(r.RemoteAddr)
+	if err != nil {
+		return r.RemoteAddr
+	}
+	return h
+}
+
+func (u *UI) login(w http.ResponseWriter, r *http.Request) {
+	w.Header().Set("Cache-Control", "no-store")
+	r.Body = http.MaxBytesReader(w, r.Body, 16<<10)
+	if err := r.ParseForm(); err != nil {
+		u.renderLogin(w, r, http.StatusBadRequest, "/ui/hosts", "The form could not be read; try again.")
+		return
+	}
+	next := safeNext(r.PostFormValue("next"))
+	if err := u.origin.Check(r); err != nil {
+		u.renderLogin(w, r, http.StatusForbidden, next, "Cross-site login refused.")
+		return
+	}
+	c, err := r.Cookie(LoginCookie)
+	if err != nil || !sameToken(r.PostFormValue("login_csrf"), loginFormToken(c.Value)) {
+		u.renderLogin(w, r, http.StatusForbidden, next, "The login form expired; enter the token again.")
+		return
+	}
+	ip := clientIP(r)
+	now := u.cfg.Now()
+	if wait := u.throttle.wait(ip, now); wait > 0 {
+		secs := int(math.Ceil(wait.Seconds()))
+		w.Header().Set("Retry-After", strconv.Itoa(secs))
+		u.renderLogin(w, r, http.StatusTooManyRequests, next,
+			"Too many failed logins from your address; try again in "+strconv.Itoa(secs)+" s.")
+		return
+	}
+	tok := strings.TrimSpace(r.PostFormValue("token"))
+	got := store.HashSecret(tok)
+	if tok == "" || !store.SameDigest(got[:], u.cfg.AdminTokenHash[:]) {
+		n := u.throttle.fail(ip, now)
+		u.log.Warn("ui login failed", "remote", ip, "failures", n)
+		u.renderLogin(w, r, http.StatusUnauthorized, next, "Wrong admin token.")
+		return
+	}
+	u.throttle.succeed(ip)
+	sid := newSessionID()
+	if err := u.cfg.Store.CreateSession(r.Context(), sessionHash(sid), now, now.Add(u.cfg.SessionLifetime),
+		ip, r.UserAgent()); err != nil {
+		u.log.Error("create ui session", "err", err)
+		u.renderLogin(w, r, http.StatusServiceUnavailable, next, "Cannot create a session: the database is not answering.")
+		return
+	}
+	if n, err := u.cfg.Store.DeleteExpiredSessions(r.Context(), now, u.cfg.IdleTimeout); err != nil {
+		u.log.Warn("delete expired ui sessions", "err", err)
+	} else if n > 0 {
+		u.log.Info("deleted expired ui sessions", "count", n)
+	}
+	u.log.Info("ui login", "remote", ip)
+	u.setCookie(w, LoginCookie, "", -1)
+	u.setCookie(w, SessionCookie, sid, u.cfg.SessionLifetime)
+	http.Redirect(w, r, next, http.StatusSeeOther)
+}
+
+func (u *UI) logout(w http.ResponseWriter, r *http.Request) {
+	w.Header().Set("Cache-Control", "no-store")
+	r.Body = http.MaxBytesReader(w, r.Body, 16<<10)
+	c, err := r.Cookie(SessionCookie)
+	if err != nil {
+		http.Redirect(w, r, "/ui/login", http.StatusSeeOther)
+		return
+	}
+	if err := u.origin.Check(r); err != nil {
+		u.plainError(w, http.StatusForbidden, "Cross-origin request refused.")
+		return
+	}
+	if !sameToken(r.PostFormValue("csrf"), csrfToken(c.Value)) {
+		u.plainError(w, http.StatusForbidden, "Missing or wrong CSRF token; reload the page and log out again.")
+		return
+	}
+	if err := u.cfg.Store.DeleteSession(r.Context(), sessionHash(c.Value)); err != nil {
+		u.log.Error("delete ui session", "err", err)
+		u.plainError(w, http.StatusServiceUnavailable, "Cannot end the session: the database is not answering.")
+		return
+	}
+	u.log.Info("ui logout", "remote", clientIP(r))
+	u.setCookie(w, SessionCookie, "", -1)
+	http.Redirect(w, r, "/ui/login", http.StatusSeeOther)
+}
+
+// throttle slows down guessing the admin token from one address: 5 failures are
+// free, then each further failure locks the address out for 1 s, 2 s, 4 s ... up to
+// 5 minutes. A success clears the address; 15 quiet minutes forget it. There is no
+// global lock: it would let anyone lock the admin out. (The admin token is 256
+// random bits when generated, so the throttle is about noise, not feasibility.)
+type throttle struct {
+	mu   sync.Mutex
+	byIP map[string]*failures
+}
+
+type failures struct {
+	n     int
+	last  time.Time
+	until time.Time
+}
+
+const (
+	throttleFree    = 5
+	throttleMaxWait = 5 * time.Minute
+	throttleForget  = 15 * time.Minute
+	throttleMaxIPs  = 10000
+)
+
+func newThrottle() *throttle { return &throttle{byIP: map[string]*failures{}} }
+
+// wait is how long ip must wait before its next attempt.
+func (t *throttle) wait(ip string, now time.Time) time.Duration {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	f := t.byIP[ip]
+	if f == nil || now.After(f.until) {
+		return 0
+	}
+	return f.until.Sub(now)
+}
+
+// fail records a failure and returns the address's count.
+func (t *throttle) fail(ip string, now time.Time) int {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	if len(t.byIP) >= throttleMaxIPs {
+		for k, f := range t.byIP {
+			if now.Sub(f.last) > throttleForget {
+				delete(t.byIP, k)
+			}
+		}
+	}
+	f := t.byIP[ip]
+	if f == nil || now.Sub(f.last) > throttleForget {
+		f = &failures{}
+		t.byIP[ip] = f
+	}
+	f.n++
+	f.last = now
+	if f.n > throttleFree {
+		d := time.Second << min(f.n-throttleFree-1, 20)
+		f.until = now.Add(min(d, throttleMaxWait))
+	}
+	return f.n
+}
+
+func (t *throttle) succeed(ip string) {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	delete(t.byIP, ip)
+}
