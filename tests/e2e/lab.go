@@ -321,31 +321,14 @@ func (l *Lab) StartNode(t *testing.T, c NodeConfig) {
 }
 
 // StopNode powers the node machine off cleanly (ACPI power button: init stops the
-// agent and unmounts QUANTIX-CFG) and waits for QEMU to exit. Init loads the power
-// button driver only after boot-complete, so a press right after a boot can go
-// unheard; like an operator, StopNode presses again every few seconds. A node that
-// does not power off is an error; it is then killed so the lab can go on.
+// agent and unmounts QUANTIX-CFG, pressed again until QEMU exits, see
+// vm.Machine.PowerOff). A node that does not power off is an error; it is then
+// killed so the lab can go on.
 func (l *Lab) StopNode(t testing.TB) {
 	t.Helper()
-	deadline := time.Now().Add(vm.ScaleTimeout(PowerOffTimeout))
-	for presses := 1; ; presses++ {
-		if exited, _ := l.Node.Exited(); exited {
-			if presses > 2 {
-				t.Logf("node powered off after %d presses of the power button", presses-1)
-			}
-			return
-		}
-		if time.Now().After(deadline) {
-			t.Errorf("node did not power off within %v of pressing the ACPI power button (%d presses)", vm.ScaleTimeout(PowerOffTimeout), presses-1)
-			l.Node.Kill(t)
-			return
-		}
-		l.Node.PowerDown(t)
-		for end := time.Now().Add(5 * time.Second); time.Now().Before(end); time.Sleep(100 * time.Millisecond) {
-			if exited, _ := l.Node.Exited(); exited {
-				break
-			}
-		}
+	if err := l.Node.AwaitPowerOff(t, PowerOffTimeout); err != nil {
+		t.Error(err)
+		l.Node.Kill(t)
 	}
 }
 

@@ -607,16 +607,25 @@ func (m *Machine) PowerDown(t testing.TB) {
 // loaded its power button driver yet; a real operator presses again too.
 func (m *Machine) PowerOff(t testing.TB, timeout time.Duration) {
 	t.Helper()
+	if err := m.AwaitPowerOff(t, timeout); err != nil {
+		m.fail(t, err)
+	}
+}
+
+// AwaitPowerOff is PowerOff returning the error instead of failing t, for callers
+// that carry on (and Kill the VM) after a guest that would not power off.
+func (m *Machine) AwaitPowerOff(t testing.TB, timeout time.Duration) error {
+	t.Helper()
 	deadline := time.Now().Add(ScaleTimeout(timeout))
 	for presses := 0; ; presses++ {
 		if exited, _ := m.Exited(); exited {
 			if presses > 1 {
 				t.Logf("VM %s powered off after %d presses of the power button", m.name, presses)
 			}
-			return
+			return nil
 		}
 		if time.Now().After(deadline) {
-			m.fail(t, fmt.Errorf("VM %s did not power off within %v (%d presses of the power button)", m.name, ScaleTimeout(timeout), presses))
+			return fmt.Errorf("VM %s did not power off within %v (%d presses of the power button)", m.name, ScaleTimeout(timeout), presses)
 		}
 		m.PowerDown(t)
 		for end := time.Now().Add(5 * time.Second); time.Now().Before(end); time.Sleep(100 * time.Millisecond) {
