@@ -26,7 +26,7 @@ const (
 // ServiceState is one supervised service as the console shows it.
 type ServiceState struct {
 	Name  string `json:"name"`
-	State string `json:"state"` // running, ready, restarting, failed, stopped, not running
+	State string `json:"state"` // initd.State*, or "not running" (the /proc fallback)
 	PID   int    `json:"pid,omitempty"`
 	// Since is when the current state began, when known.
 	Since     time.Time `json:"since,omitzero"`
@@ -48,15 +48,16 @@ type Init interface {
 var ErrInitUnsupported = errors.New("qx-init does not support this request")
 
 // InitClient talks to qx-init over its control socket (initd.ControlSocket), one
-// line per request and one line per answer:
+// line per request and one line per answer (initd.Control serves it):
 //
-//	poweroff | reboot          -> "ok" | "error: ..."       (qx-init has these)
+//	poweroff | reboot          -> "ok" | "error: ..."
 //	services                   -> {"services":[ServiceState...]} | "error: ..."
-//	restart <name>             -> "ok" | "error: ..."
+//	restart <name>             -> "ok" (stopped and started again) | "error: ..."
 //
-// services and restart are what the console needs from init; until qx-init answers
-// them, Services falls back to reading /proc and the logs, and Restart reports
-// ErrInitUnsupported.
+// State words are initd's: waiting, running, ready, restarting, failed, done,
+// stopping, stopped. Against an init that does not answer services and restart,
+// Services falls back to reading /proc and the logs ("running", "ready", "not
+// running"), and Restart reports ErrInitUnsupported.
 type InitClient struct {
 	Socket string
 	// Known lists the image's services (from the image config) for the fallback.
@@ -79,8 +80,10 @@ func (c InitClient) request(ctx context.Context, line string) (string, error) {
 		return "", fmt.Errorf("connect to qx-init at %s: %w", c.Socket, err)
 	}
 	defer conn.Close()
+	// A restart may take qx-init's grace period: the caller's deadline rules when
+	// it has one.
 	dl := time.Now().Add(5 * time.Second)
-	if d, ok := ctx.Deadline(); ok && d.Before(dl) {
+	if d, ok := ctx.Deadline(); ok {
 		dl = d
 	}
 	conn.SetDeadline(dl)

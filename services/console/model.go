@@ -12,6 +12,7 @@ import (
 	tea "github.com/charmbracelet/bubbletea"
 
 	"github.com/quantix/quantix"
+	initd "github.com/quantix/quantix/services/init"
 	"github.com/quantix/quantix/services/network"
 )
 
@@ -152,6 +153,8 @@ type logMsg struct {
 type doneMsg struct {
 	what string
 	err  error
+	// ok is the message on success ("requested", "done").
+	ok string
 }
 
 func tick() tea.Cmd { return tea.Tick(time.Second, func(t time.Time) tea.Msg { return tickMsg(t) }) }
@@ -277,7 +280,7 @@ func (m Model) Update(msg tea.Msg) (tea.Model, tea.Cmd) {
 		if msg.err != nil {
 			m.msg = msg.what + " failed: " + msg.err.Error()
 		} else {
-			m.msg = msg.what + ": requested."
+			m.msg = msg.what + ": " + msg.ok + "."
 		}
 		return m, m.gatherCmd()
 	}
@@ -661,9 +664,10 @@ func (m Model) keyServices(k tea.KeyMsg) (tea.Model, tea.Cmd) {
 			name, in := names[m.svcSel], m.cfg.Init
 			m.busy = "Restarting " + name + "..."
 			return m, func() tea.Msg {
-				ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+				// init stops it (SIGTERM, SIGKILL after its grace period) and starts it.
+				ctx, cancel := context.WithTimeout(context.Background(), initd.DefaultGrace+15*time.Second)
 				defer cancel()
-				return doneMsg{"Restart " + name, in.Restart(ctx, name)}
+				return doneMsg{"Restart " + name, in.Restart(ctx, name), "done"}
 			}
 		}
 		m.msg = "Restart cancelled."
@@ -703,7 +707,7 @@ func (m Model) keyPower(k tea.KeyMsg) (tea.Model, tea.Cmd) {
 			return m, func() tea.Msg {
 				ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 				defer cancel()
-				return doneMsg{strings.ToUpper(a[:1]) + a[1:], in.Power(ctx, a)}
+				return doneMsg{strings.ToUpper(a[:1]) + a[1:], in.Power(ctx, a), "requested"}
 			}
 		}
 		m.msg = "Cancelled."

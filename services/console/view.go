@@ -6,6 +6,7 @@ import (
 	"time"
 
 	"github.com/quantix/quantix"
+	initd "github.com/quantix/quantix/services/init"
 	"github.com/quantix/quantix/services/network"
 )
 
@@ -367,6 +368,9 @@ func (m Model) viewServices() ([]string, string) {
 		}
 		if sv.Restarts > 0 {
 			st += fmt.Sprintf(" restarts %d", sv.Restarts)
+		}
+		if sv.LastError != "" && (sv.State == initd.StateFailed || sv.State == initd.StateRestarting) {
+			st += ": " + sv.LastError
 		}
 		b = append(b, fmt.Sprintf("%s%-12s %s", mark, sv.Name, st))
 	}

@@ -1,13 +1,11 @@
 package initd
 
 import (
-	"bufio"
 	"context"
 	"errors"
 	"fmt"
 	"io"
 	"log/slog"
-	"net"
 	"os"
 	"os/signal"
 	"path/filepath"
@@ -105,8 +103,17 @@ func (in *Init) Run(ctx context.Context) (Action, error) {
 	}
 	in.setHostname()
 
+	sup, err := NewSupervisor(SupervisorConfig{
+		Services: services,
+		Console:  in.console,
+		LogDir:   quantix.LogDir,
+	}, in.log)
+	if err != nil {
+		return "", err
+	}
 	actions := make(chan Action, 1)
-	ln, err := in.listenControl(actions)
+	ctl := NewControl(sup, actions, in.log)
+	ln, err := ctl.Listen(ControlSocket)
 	if err != nil {
 		in.log.Error("no control socket", "path", ControlSocket, "err", err)
 	} else {
@@ -123,14 +130,6 @@ func (in *Init) Run(ctx context.Context) (Action, error) {
 	signal.Notify(sigs, syscall.SIGTERM, syscall.SIGUSR2, syscall.SIGINT)
 	defer signal.Stop(sigs)
 
-	sup, err := NewSupervisor(SupervisorConfig{
-		Services: services,
-		Console:  in.console,
-		LogDir:   quantix.LogDir,
-	}, in.log)
-	if err != nil {
-		return "", err
-	}
 	supCtx, stop := context.WithCancel(context.Background())
 	supDone := make(chan error, 1)
 	go func() { supDone <- sup.Run(supCtx) }()
@@ -171,6 +170,7 @@ func (in *Init) Run(ctx context.Context) (Action, error) {
 	case <-ctx.Done():
 		action = ActionPoweroff
 	}
+	ctl.ShuttingDown(action) // restarts are refused from now on
 	in.log.Info("stopping services", "then", string(action))
 	stop()
 	<-supDone
@@ -399,64 +399,6 @@ func (in *Init) setHostname() {
 	}
 	_ = os.WriteFile("/etc/hostname", []byte(name+"\n"), 0o644)
 	in.say(fmt.Sprintf("init: hostname %s (from %s)", name, source))
-}
-
-// listenControl serves poweroff/reboot requests on ControlSocket.
-func (in *Init) listenControl(actions chan<- Action) (net.Listener, error) {
-	_ = os.Remove(ControlSocket)
-	ln, err := net.Listen("unix", ControlSocket)
-	if err != nil {
-		return nil, err
-	}
-	if err := os.Chmod(ControlSocket, 0o600); err != nil {
-		ln.Close()
-		return nil, err
-	}
-	go func() {
-		for {
-			c, err := ln.Accept()
-			if err != nil {
-				return
-			}
-			go func() {
-				defer c.Close()
-				_ = c.SetDeadline(time.Now().Add(5 * time.Second))
-				line, _ := bufio.NewReader(c).ReadString('\n')
-				switch a := Action(strings.TrimSpace(line)); a {
-				case ActionPoweroff, ActionReboot:
-					fmt.Fprintln(c, "ok")
-					select {
-					case actions <- a:
-					default:
-					}
-				default:
-					fmt.Fprintf(c, "error: unknown request %q (poweroff or reboot)\n", a)
-				}
-			}()
-		}
-	}()
-	return ln, nil
-}
-
-// Request asks a running qx-init to power off or reboot.
-func Request(socket string, a Action) error {
-	c, err := net.DialTimeout("unix", socket, 2*time.Second)
-	if err != nil {
-		return fmt.Errorf("%s: %w", a, err)
-	}
-	defer c.Close()
-	_ = c.SetDeadline(time.Now().Add(5 * time.Second))
-	if _, err := fmt.Fprintln(c, string(a)); err != nil {
-		return fmt.Errorf("%s: %w", a, err)
-	}
-	resp, err := bufio.NewReader(c).ReadString('\n')
-	if err != nil {
-		return fmt.Errorf("%s: no answer: %w", a, err)
-	}
-	if strings.TrimSpace(resp) != "ok" {
-		return fmt.Errorf("%s: %s", a, strings.TrimSpace(resp))
-	}
-	return nil
 }
 
 // Halt ends the machine: reboot(2) with a restart or power-off.

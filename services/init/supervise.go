@@ -56,29 +56,79 @@ type SupervisorConfig struct {
 	Env []string
 }
 
+// Service states, as Services reports them (and the console shows them).
+const (
+	StateWaiting    = "waiting"    // not started: a dependency is not ready yet
+	StateRunning    = "running"    // the process runs; its ready marker has not come yet
+	StateReady      = "ready"      // the process runs and said it is ready
+	StateRestarting = "restarting" // exited with an error (or a restart was asked): starts again soon
+	StateFailed     = "failed"     // configuration error (exit 78) or could not start: retried slowly
+	StateDone       = "done"       // exited 0: finished, not restarted
+	StateStopping   = "stopping"   // being stopped for poweroff/reboot
+	StateStopped    = "stopped"    // stopped for poweroff/reboot
+)
+
+// Errors Restart returns that callers may branch on.
+var (
+	ErrUnknownService = errors.New("unknown service")
+	ErrShuttingDown   = errors.New("the system is shutting down")
+)
+
+// ServiceStatus is one supervised service as the control socket reports it
+// (`services`); the JSON names are what the console's InitClient reads.
+type ServiceStatus struct {
+	Name  string `json:"name"`
+	State string `json:"state"`
+	PID   int    `json:"pid,omitempty"`
+	// Since is when the service entered its state.
+	Since     time.Time `json:"since,omitzero"`
+	Restarts  int       `json:"restarts,omitempty"`
+	LastError string    `json:"last_error,omitempty"`
+}
+
 // Supervisor runs services as child processes: in dependency order, each started
-// once the services it depends on are ready, restarted with backoff, stopped in
-// reverse order.
+// once the services it depends on are ready, restarted with backoff (or at once on
+// request), stopped in reverse order.
 type Supervisor struct {
 	cfg      SupervisorConfig
 	log      *slog.Logger
 	order    []string
 	svcs     map[string]*service
 	allReady chan struct{}
+	// shutdown is closed when Run begins to stop the services.
+	shutdown     chan struct{}
+	shutdownOnce sync.Once
 
 	consoleMu sync.Mutex
 }
 
 type service struct {
 	spec   spec.Service
-	ready  chan struct{}
+	ready  chan struct{} // closed once the service has been ready once
 	once   sync.Once
-	mu     sync.Mutex
-	cmd    *exec.Cmd // running process, nil between runs
-	done   chan struct{}
-	stopMu sync.Mutex
-	stop   bool
 	exited chan struct{} // closed when the service's loop has returned
+
+	// restartMu serializes restart requests of this service.
+	restartMu sync.Mutex
+	// kick wakes the loop out of a backoff wait or the done state (buffered 1).
+	kick chan struct{}
+
+	mu   sync.Mutex
+	cmd  *exec.Cmd     // running process, nil between runs
+	done chan struct{} // closed when cmd has been waited for
+	stop bool          // the supervisor is stopping this service for good
+	// restartReq says that the process's next exit (or the wait the loop is in)
+	// was asked for by Restart: start again at once, backoff reset.
+	restartReq bool
+	// started is closed after the next start attempt (successful or not).
+	started chan struct{}
+	// What Services reports.
+	state    string
+	since    time.Time
+	pid      int
+	starts   int
+	lastErr  string
+	startErr error // the last start attempt's error, nil if it started
 }
 
 // NewSupervisor checks the service list (names, dependencies, no cycles).
@@ -102,9 +152,11 @@ func NewSupervisor(cfg SupervisorConfig, log *slog.Logger) (*Supervisor, error) 
 	if cfg.Console == nil {
 		cfg.Console = io.Discard
 	}
-	s := &Supervisor{cfg: cfg, log: log, order: order, svcs: map[string]*service{}, allReady: make(chan struct{})}
+	s := &Supervisor{cfg: cfg, log: log, order: order, svcs: map[string]*service{}, allReady: make(chan struct{}), shutdown: make(chan struct{})}
+	now := cfg.Clock.Now()
 	for _, sp := range cfg.Services {
-		s.svcs[sp.Name] = &service{spec: sp, ready: make(chan struct{}), exited: make(chan struct{})}
+		s.svcs[sp.Name] = &service{spec: sp, ready: make(chan struct{}), exited: make(chan struct{}),
+			kick: make(chan struct{}, 1), started: make(chan struct{}), state: StateWaiting, since: now}
 	}
 	return s, nil
 }
@@ -132,6 +184,38 @@ func (s *Supervisor) AllReady() <-chan struct{} { return s.allReady }
 // Ready is closed once service name has been ready once.
 func (s *Supervisor) Ready(name string) <-chan struct{} { return s.svcs[name].ready }
 
+// Grace is how long a service has to exit after SIGTERM before it is killed.
+func (s *Supervisor) Grace() time.Duration { return s.cfg.Grace }
+
+// Services reports every service's state, in start order.
+func (s *Supervisor) Services() []ServiceStatus {
+	out := make([]ServiceStatus, 0, len(s.order))
+	for _, name := range s.order {
+		svc := s.svcs[name]
+		svc.mu.Lock()
+		out = append(out, ServiceStatus{Name: name, State: svc.state, PID: svc.pid, Since: svc.since,
+			Restarts: max(0, svc.starts-1), LastError: svc.lastErr})
+		svc.mu.Unlock()
+	}
+	return out
+}
+
+// setState records a new state; svc.mu must be held.
+func (s *Supervisor) setState(svc *service, state string) {
+	if svc.state != state {
+		svc.state, svc.since = state, s.cfg.Clock.Now()
+	}
+}
+
+func (s *Supervisor) shuttingDown() bool {
+	select {
+	case <-s.shutdown:
+		return true
+	default:
+		return false
+	}
+}
+
 // Run starts the services and supervises them until ctx is done; then it stops them
 // in reverse start order (SIGTERM, then SIGKILL after Grace) and returns.
 func (s *Supervisor) Run(ctx context.Context) error {
@@ -151,6 +235,7 @@ func (s *Supervisor) Run(ctx context.Context) error {
 		close(s.allReady)
 	}()
 	<-ctx.Done()
+	s.shutdownOnce.Do(func() { close(s.shutdown) })
 	for i := len(s.order) - 1; i >= 0; i-- {
 		s.stopService(s.svcs[s.order[i]])
 	}
@@ -161,17 +246,28 @@ func (s *Supervisor) Run(ctx context.Context) error {
 	return nil
 }
 
-// stopService stops one service and waits for its process to end.
+// stopService stops one service for good and waits for its process to end.
 func (s *Supervisor) stopService(svc *service) {
-	svc.stopMu.Lock()
-	svc.stop = true
-	svc.stopMu.Unlock()
 	svc.mu.Lock()
+	svc.stop = true
 	cmd, done := svc.cmd, svc.done
+	if cmd != nil {
+		s.setState(svc, StateStopping)
+	} else {
+		s.setState(svc, StateStopped)
+	}
 	svc.mu.Unlock()
 	if cmd == nil {
 		return
 	}
+	s.terminate(svc, cmd, done)
+	svc.mu.Lock()
+	s.setState(svc, StateStopped)
+	svc.mu.Unlock()
+}
+
+// terminate sends cmd SIGTERM, kills it after Grace, and waits until it is gone.
+func (s *Supervisor) terminate(svc *service, cmd *exec.Cmd, done chan struct{}) {
 	s.log.Info("stopping service", "service", svc.spec.Name, "pid", cmd.Process.Pid)
 	_ = cmd.Process.Signal(syscall.SIGTERM)
 	select {
@@ -183,10 +279,75 @@ func (s *Supervisor) stopService(svc *service) {
 	}
 }
 
+// Restart stops service name cleanly (SIGTERM, SIGKILL after Grace) and starts it
+// again at once, its backoff reset; a service waiting for its backoff delay, or
+// done, starts at once. It returns once the new process has started (or failed to
+// start). Services depending on it keep running. Restarts of one service are
+// serialized; during a poweroff or reboot they are refused (ErrShuttingDown), as
+// is a service still waiting for its dependencies.
+func (s *Supervisor) Restart(ctx context.Context, name string) error {
+	svc, ok := s.svcs[name]
+	if !ok {
+		return fmt.Errorf("restart %s: %w (services: %s)", name, ErrUnknownService, strings.Join(s.order, ", "))
+	}
+	svc.restartMu.Lock()
+	defer svc.restartMu.Unlock()
+	if s.shuttingDown() {
+		return fmt.Errorf("restart %s: %w", name, ErrShuttingDown)
+	}
+	svc.mu.Lock()
+	if svc.stop {
+		svc.mu.Unlock()
+		return fmt.Errorf("restart %s: %w", name, ErrShuttingDown)
+	}
+	if svc.state == StateWaiting {
+		svc.mu.Unlock()
+		return fmt.Errorf("restart %s: not started yet: it waits for %s to be ready", name, strings.Join(svc.spec.DependsOn, ", "))
+	}
+	svc.restartReq = true
+	started := svc.started
+	cmd, done := svc.cmd, svc.done
+	s.setState(svc, StateRestarting)
+	svc.mu.Unlock()
+	s.log.Info("restart requested", "service", name)
+	if cmd != nil {
+		s.terminate(svc, cmd, done)
+	} else {
+		select {
+		case svc.kick <- struct{}{}:
+		default:
+		}
+	}
+	select {
+	case <-started:
+	case <-s.shutdown:
+		return fmt.Errorf("restart %s: %w", name, ErrShuttingDown)
+	case <-svc.exited:
+		return fmt.Errorf("restart %s: %w", name, ErrShuttingDown)
+	case <-ctx.Done():
+		return fmt.Errorf("restart %s: stopped, not started again yet: %w", name, ctx.Err())
+	}
+	svc.mu.Lock()
+	defer svc.mu.Unlock()
+	if svc.startErr != nil {
+		return fmt.Errorf("restart %s: %w", name, svc.startErr)
+	}
+	return nil
+}
+
 func (svc *service) stopping() bool {
-	svc.stopMu.Lock()
-	defer svc.stopMu.Unlock()
+	svc.mu.Lock()
+	defer svc.mu.Unlock()
 	return svc.stop
+}
+
+// takeRestart reports and clears a pending restart request.
+func (svc *service) takeRestart() bool {
+	svc.mu.Lock()
+	defer svc.mu.Unlock()
+	r := svc.restartReq
+	svc.restartReq = false
+	return r
 }
 
 func (svc *service) markReady() { svc.once.Do(func() { close(svc.ready) }) }
@@ -208,33 +369,67 @@ func (s *Supervisor) loop(ctx context.Context, svc *service) {
 		if svc.stopping() || ctx.Err() != nil {
 			return
 		}
+		if svc.takeRestart() {
+			s.log.Info("service restarting on request", "service", svc.spec.Name)
+			backoff = 0
+			continue
+		}
 		ran := s.cfg.Clock.Now().Sub(start)
 		var delay time.Duration
+		state := StateRestarting
 		switch {
 		case err != nil: // could not start at all: the image is wrong, like exit 78
 			s.console(quantix.FatalMarker(svc.spec.Name, err))
-			delay = ConfigRetry
+			lastErr, state, delay = err.Error(), StateFailed, ConfigRetry
 		case code == 0:
 			s.log.Info("service finished", "service", svc.spec.Name)
+			s.setDown(svc, StateDone, "")
 			svc.markReady() // done: dependants may go on
-			return
+			select {
+			case <-svc.kick: // restart asked: run it again
+				svc.takeRestart()
+				backoff = 0
+				continue
+			case <-ctx.Done():
+				return
+			}
 		case code == ExitConfig:
 			msg := lastErr
 			if msg == "" {
 				msg = "exit status 78 (configuration error)"
 			}
 			s.console(quantix.FatalMarker(svc.spec.Name, errors.New(msg)))
-			delay = ConfigRetry
+			lastErr, state, delay = msg, StateFailed, ConfigRetry
 		default:
 			backoff = NextBackoff(backoff, ran)
 			delay = backoff
+			if lastErr == "" {
+				lastErr = fmt.Sprintf("exit status %d", code)
+			}
 			s.log.Warn("service exited, restarting", "service", svc.spec.Name, "code", code, "ran", ran.Round(time.Millisecond), "delay", delay, "last_err", lastErr)
 		}
+		s.setDown(svc, state, lastErr)
 		select {
 		case <-s.cfg.Clock.After(delay):
+		case <-svc.kick:
+			svc.takeRestart()
+			backoff = 0
 		case <-ctx.Done():
 			return
 		}
+	}
+}
+
+// setDown records that the service's process is gone.
+func (s *Supervisor) setDown(svc *service, state, lastErr string) {
+	svc.mu.Lock()
+	defer svc.mu.Unlock()
+	if svc.stop {
+		return
+	}
+	s.setState(svc, state)
+	if lastErr != "" {
+		svc.lastErr = lastErr
 	}
 }
 
@@ -266,16 +461,37 @@ func (s *Supervisor) runOnce(svc *service) (code int, lastErr string, err error)
 	defer logw.Close()
 
 	svc.mu.Lock()
-	if svc.stopping() {
+	if svc.stop {
 		svc.mu.Unlock()
 		return 0, "", nil
 	}
+	// This start answers any restart asked until now.
+	svc.restartReq = false
+	select {
+	case <-svc.kick:
+	default:
+	}
+	svc.starts++
+	var startErr error
 	if err := cmd.Start(); err != nil {
+		startErr = fmt.Errorf("start %s: %w", svc.spec.Command, err)
+	}
+	svc.startErr = startErr
+	close(svc.started)
+	svc.started = make(chan struct{})
+	if startErr != nil {
+		svc.pid = 0
+		s.setState(svc, StateFailed)
+		svc.lastErr = startErr.Error()
 		svc.mu.Unlock()
-		return 0, "", fmt.Errorf("start %s: %w", svc.spec.Command, err)
+		return 0, "", startErr
 	}
 	done := make(chan struct{})
-	svc.cmd, svc.done = cmd, done
+	svc.cmd, svc.done, svc.pid = cmd, done, cmd.Process.Pid
+	s.setState(svc, StateRunning)
+	if svc.spec.Ready == spec.ReadyStart {
+		s.setState(svc, StateReady)
+	}
 	svc.mu.Unlock()
 	s.log.Info("service started", "service", name, "pid", cmd.Process.Pid)
 	if svc.spec.Ready == spec.ReadyStart {
@@ -289,6 +505,11 @@ func (s *Supervisor) runOnce(svc *service) (code int, lastErr string, err error)
 		defer wg.Done()
 		s.forward(name, stdout, logw, func(line string) {
 			if m, ok := quantix.ParseMarker(line); ok && m.Kind == quantix.MarkerReady && m.Get("service") == name {
+				svc.mu.Lock()
+				if svc.cmd == cmd && svc.state == StateRunning {
+					s.setState(svc, StateReady)
+				}
+				svc.mu.Unlock()
 				svc.markReady()
 			}
 		})
@@ -304,7 +525,7 @@ func (s *Supervisor) runOnce(svc *service) (code int, lastErr string, err error)
 	wg.Wait()
 	werr := cmd.Wait()
 	svc.mu.Lock()
-	svc.cmd, svc.done = nil, nil
+	svc.cmd, svc.done, svc.pid = nil, nil, 0
 	svc.mu.Unlock()
 	close(done)
 	code = cmd.ProcessState.ExitCode()

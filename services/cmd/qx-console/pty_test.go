@@ -1,18 +1,18 @@
 package main
 
 import (
-	"bufio"
 	"bytes"
 	"context"
 	"fmt"
-	"net"
+	"io"
+	"log/slog"
 	"os"
 	"strings"
-	"sync"
 	"testing"
 	"time"
 
-	"github.com/quantix/quantix"
+	"github.com/quantix/quantix/images/spec"
+	initd "github.com/quantix/quantix/services/init"
 )
 
 const (
@@ -88,58 +88,60 @@ func TestFirstBootPasswordAndHostname(t *testing.T) {
 	tm.waitFor(3*time.Second, "n Network")
 }
 
-// fakeInit answers qx-init's control protocol as qx-init does today (poweroff and
-// reboot; anything else is an unknown request). Power is faked: it is a reboot.
-type fakeInit struct {
-	mu   sync.Mutex
-	reqs []string
+// realInit is qx-init's control socket and supervisor (services/init) running the
+// image's services as /bin/sh stand-ins that log and say they are ready. Power
+// requests are not carried out: they arrive on actions.
+type realInit struct {
+	sup     *initd.Supervisor
+	actions chan initd.Action
 }
 
-func startFakeInit(t *testing.T, path string) *fakeInit {
-	ln, err := net.Listen("unix", path)
+func startInit(t *testing.T, e *env) *realInit {
+	t.Helper()
+	sh := func(name string, deps ...string) spec.Service {
+		return spec.Service{Name: name, Command: "/bin/sh", DependsOn: deps, Args: []string{"-c",
+			"echo line one; echo 'QUANTIX: ready service=" + name + " addr=10.0.0.5/24'; echo the last line; trap 'exit 0' TERM; while :; do sleep 0.05; done"}}
+	}
+	log := slog.New(slog.NewTextHandler(io.Discard, nil))
+	sup, err := initd.NewSupervisor(initd.SupervisorConfig{
+		Services: []spec.Service{sh("network"), sh("agent", "network")}, LogDir: e.logDir, Grace: 2 * time.Second,
+	}, log)
 	if err != nil {
 		t.Fatal(err)
 	}
-	t.Cleanup(func() { ln.Close() })
-	f := &fakeInit{}
-	go func() {
-		for {
-			c, err := ln.Accept()
-			if err != nil {
-				return
-			}
-			line, _ := bufio.NewReader(c).ReadString('\n')
-			line = strings.TrimSpace(line)
-			f.mu.Lock()
-			f.reqs = append(f.reqs, line)
-			f.mu.Unlock()
-			switch line {
-			case "poweroff", "reboot":
-				fmt.Fprintln(c, "ok")
-			default:
-				fmt.Fprintf(c, "error: unknown request %q (poweroff or reboot)\n", line)
-			}
-			c.Close()
-		}
-	}()
-	return f
+	ri := &realInit{sup: sup, actions: make(chan initd.Action, 1)}
+	ln, err := initd.NewControl(sup, ri.actions, log).Listen(e.initSocket)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- sup.Run(ctx) }()
+	t.Cleanup(func() {
+		ln.Close()
+		cancel()
+		<-done
+	})
+	select {
+	case <-sup.AllReady():
+	case <-time.After(20 * time.Second):
+		t.Fatal("init's services not ready")
+	}
+	return ri
 }
 
-func (f *fakeInit) requests() []string {
-	f.mu.Lock()
-	defer f.mu.Unlock()
-	var out []string
-	for _, r := range f.reqs {
-		if r != "services" {
-			out = append(out, r)
+func (ri *realInit) service(name string) initd.ServiceStatus {
+	for _, s := range ri.sup.Services() {
+		if s.Name == name {
+			return s
 		}
 	}
-	return out
+	return initd.ServiceStatus{}
 }
 
 // TestPowerNeedsPassword: power needs the password; wrong ones are refused and
-// slowed down; reboot asks for confirmation and then goes to init. Restart shows
-// that init does not support it yet, and the logs of a service are shown.
+// slowed down; reboot asks for confirmation and then goes to init. The services
+// screen shows init's states and a service's log, and restarts it through init.
 func TestPowerNeedsPassword(t *testing.T) {
 	skipShort(t)
 	e := newEnv(t)
@@ -148,8 +150,7 @@ func TestPowerNeedsPassword(t *testing.T) {
 		strings.NewReader("s3cret-console\n"), &out, &out); err != nil {
 		t.Fatalf("set-password: %v: %s", err, out.String())
 	}
-	writeFile(t, e.logDir+"/network.log", "line one\n"+quantix.ReadyMarker("network", "addr", "10.0.0.5/24")+"\nthe last line\n")
-	fi := startFakeInit(t, e.initSocket)
+	ri := startInit(t, e)
 	tm := startConsole(t, startOpts{}, e.args()...)
 	tm.waitFor(5*time.Second, "Uptime")
 
@@ -168,19 +169,39 @@ func TestPowerNeedsPassword(t *testing.T) {
 	tm.waitFor(3*time.Second, "Really reboot this machine now?")
 	tm.send("x")
 	tm.waitFor(3*time.Second, "Cancelled.")
-	if r := fi.requests(); len(r) != 0 {
-		t.Fatalf("init got %q before any confirmation", r)
-	}
-	tm.send("r", "y")
-	tm.waitFor(3*time.Second, "Reboot: requested.")
-	if r := fi.requests(); len(r) != 1 || r[0] != "reboot" {
-		t.Fatalf("init got %q, want [reboot]", r)
+	select {
+	case a := <-ri.actions:
+		t.Fatalf("init got %q before any confirmation", a)
+	default:
 	}
 
+	// Services: init's states and pids, a service's log, a restart through init.
+	old := ri.service("network")
 	tm.send(keyEsc, "s")
-	tm.waitFor(3*time.Second, "> network", "the last line", "network.log")
+	tm.waitFor(3*time.Second, fmt.Sprintf("> network      ready pid %d", old.PID), "agent        ready pid", "the last line", "network.log")
 	tm.send("r", "y")
-	tm.waitFor(5*time.Second, "Restart network failed", "does not support")
+	tm.waitFor(10*time.Second, "Restart network: done.")
+	now := ri.service("network")
+	if now.PID == old.PID || now.Restarts != 1 {
+		t.Fatalf("network after the console's restart = %+v, before %+v: want a new process", now, old)
+	}
+	tm.waitFor(5*time.Second, fmt.Sprintf("> network      ready pid %d restarts 1", now.PID))
+
+	tm.send(keyEsc, "p", "r", "y")
+	tm.waitFor(3*time.Second, "Reboot: requested.")
+	select {
+	case a := <-ri.actions:
+		if a != initd.ActionReboot {
+			t.Fatalf("init got %q, want reboot", a)
+		}
+	case <-time.After(5 * time.Second):
+		t.Fatal("init got no reboot request")
+	}
+	// A reboot is under way: init refuses restarts.
+	tm.send(keyEsc, "s", keyDown)
+	tm.waitFor(3*time.Second, "> agent")
+	tm.send("r", "y")
+	tm.waitFor(5*time.Second, "Restart agent failed", "shutting down (reboot)")
 }
 
 // TestRestartCleanly: the console survives a kill and comes back on the same

@@ -6,17 +6,22 @@
 //	qx-init             run as the init companion (only inside an image)
 //	qx-init poweroff    ask the running qx-init to stop the services and power off
 //	qx-init reboot      ... and reboot
+//	qx-init services [--json]   the supervised services and their states
+//	qx-init restart NAME        stop a service cleanly and start it again
 package main
 
 import (
 	"context"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
 	"log/slog"
 	"os"
 	"path/filepath"
+	"strconv"
 	"strings"
+	"text/tabwriter"
 	"time"
 
 	"golang.org/x/sys/unix"
@@ -45,15 +50,64 @@ func main() {
 
 // run handles the client subcommands.
 func run(_ context.Context, args []string, stdout, _ io.Writer) error {
+	return runClient(initd.ControlSocket, args, stdout)
+}
+
+func runClient(socket string, args []string, stdout io.Writer) error {
 	switch args[0] {
 	case "poweroff", "reboot":
-		if err := initd.Request(initd.ControlSocket, initd.Action(args[0])); err != nil {
+		if len(args) != 1 {
+			return fmt.Errorf("%s takes no arguments", args[0])
+		}
+		if err := initd.Request(socket, initd.Action(args[0])); err != nil {
 			return err
 		}
 		fmt.Fprintf(stdout, "%s requested\n", args[0])
 		return nil
+	case initd.RequestServices:
+		asJSON := len(args) == 2 && args[1] == "--json"
+		if len(args) > 1 && !asJSON {
+			return fmt.Errorf("services: unexpected argument %q (only --json)", args[1])
+		}
+		resp, err := initd.Ask(socket, initd.RequestServices, 5*time.Second)
+		if err != nil {
+			return err
+		}
+		if asJSON {
+			fmt.Fprintln(stdout, resp)
+			return nil
+		}
+		var out struct {
+			Services []initd.ServiceStatus `json:"services"`
+		}
+		if err := json.Unmarshal([]byte(resp), &out); err != nil {
+			return fmt.Errorf("services: bad answer from qx-init: %w", err)
+		}
+		tw := tabwriter.NewWriter(stdout, 0, 4, 2, ' ', 0)
+		fmt.Fprintln(tw, "SERVICE\tSTATE\tPID\tSINCE\tRESTARTS\tLAST ERROR")
+		for _, s := range out.Services {
+			pid, since := "-", "-"
+			if s.PID > 0 {
+				pid = strconv.Itoa(s.PID)
+			}
+			if !s.Since.IsZero() {
+				since = s.Since.Local().Format("15:04:05")
+			}
+			fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%d\t%s\n", s.Name, s.State, pid, since, s.Restarts, s.LastError)
+		}
+		return tw.Flush()
+	case initd.RequestRestart:
+		if len(args) != 2 {
+			return errors.New("usage: qx-init restart NAME")
+		}
+		// Stopping may take the grace period (SIGTERM, then SIGKILL).
+		if _, err := initd.Ask(socket, initd.RequestRestart+" "+args[1], initd.DefaultGrace+10*time.Second); err != nil {
+			return err
+		}
+		fmt.Fprintf(stdout, "%s restarted\n", args[1])
+		return nil
 	default:
-		return fmt.Errorf("unknown command %q (poweroff, reboot, or none to run as init)", args[0])
+		return fmt.Errorf("unknown command %q (poweroff, reboot, services, restart NAME, or none to run as init)", args[0])
 	}
 }
 

@@ -1,0 +1,183 @@
+package initd
+
+import (
+	"bufio"
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"os"
+	"strings"
+	"sync"
+	"time"
+)
+
+// Control requests, one line each on ControlSocket; each gets one line back:
+//
+//	poweroff | reboot  -> "ok" | "error: ..."
+//	services           -> {"services":[ServiceStatus...]}
+//	restart <name>     -> "ok" (stopped and started again) | "error: <reason>"
+const (
+	RequestServices = "services"
+	RequestRestart  = "restart"
+)
+
+// controlTimeout bounds a request's read and a quick answer; a restart may take
+// the supervisor's grace period and a start on top of it.
+const controlTimeout = 5 * time.Second
+
+// Control answers qx-init's control socket: power requests go to actions (init's
+// main loop), service requests to the supervisor.
+type Control struct {
+	sup     *Supervisor
+	actions chan<- Action
+	log     *slog.Logger
+
+	mu       sync.Mutex
+	shutdown Action // set once a poweroff or reboot is under way
+}
+
+// NewControl returns the control socket's handler for sup; accepted poweroff and
+// reboot requests are sent to actions (buffered; a second one is dropped).
+func NewControl(sup *Supervisor, actions chan<- Action, log *slog.Logger) *Control {
+	return &Control{sup: sup, actions: actions, log: log}
+}
+
+// ShuttingDown records that action is under way: restarts are refused from now on.
+func (c *Control) ShuttingDown(a Action) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if c.shutdown == "" {
+		c.shutdown = a
+	}
+}
+
+func (c *Control) shuttingDown() Action {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return c.shutdown
+}
+
+// Listen serves the control socket at path (mode 0600: root only) until the
+// returned listener is closed.
+func (c *Control) Listen(path string) (net.Listener, error) {
+	_ = os.Remove(path)
+	ln, err := net.Listen("unix", path)
+	if err != nil {
+		return nil, fmt.Errorf("control socket %s: %w", path, err)
+	}
+	if err := os.Chmod(path, 0o600); err != nil {
+		ln.Close()
+		return nil, fmt.Errorf("control socket %s: %w", path, err)
+	}
+	go func() {
+		for {
+			conn, err := ln.Accept()
+			if err != nil {
+				return
+			}
+			go c.serveConn(conn)
+		}
+	}()
+	return ln, nil
+}
+
+func (c *Control) serveConn(conn net.Conn) {
+	defer conn.Close()
+	_ = conn.SetDeadline(time.Now().Add(controlTimeout))
+	line, err := bufio.NewReader(conn).ReadString('\n')
+	if err != nil && line == "" {
+		return
+	}
+	req := strings.TrimSpace(line)
+	if strings.HasPrefix(req, RequestRestart+" ") {
+		// Stopping may take the grace period, starting a moment more.
+		_ = conn.SetDeadline(time.Now().Add(c.sup.Grace() + controlTimeout))
+	}
+	fmt.Fprintln(conn, c.Answer(context.Background(), req))
+}
+
+// Answer handles one request line and returns the answer line.
+func (c *Control) Answer(ctx context.Context, req string) string {
+	verb, arg, _ := strings.Cut(req, " ")
+	switch verb {
+	case string(ActionPoweroff), string(ActionReboot):
+		if arg != "" {
+			break
+		}
+		c.ShuttingDown(Action(verb))
+		select {
+		case c.actions <- Action(verb):
+		default: // one is already on its way
+		}
+		return "ok"
+	case RequestServices:
+		if arg != "" {
+			break
+		}
+		b, err := json.Marshal(struct {
+			Services []ServiceStatus `json:"services"`
+		}{c.sup.Services()})
+		if err != nil {
+			return "error: " + err.Error()
+		}
+		return string(b)
+	case RequestRestart:
+		name := strings.TrimSpace(arg)
+		if name == "" || strings.ContainsAny(name, " \t") {
+			return fmt.Sprintf("error: restart needs one service name (services: %s)", strings.Join(c.sup.Order(), ", "))
+		}
+		if a := c.shuttingDown(); a != "" {
+			return fmt.Sprintf("error: %v (%s)", ErrShuttingDown, a)
+		}
+		ctx, cancel := context.WithTimeout(ctx, c.sup.Grace()+controlTimeout)
+		defer cancel()
+		if err := c.sup.Restart(ctx, name); err != nil {
+			if !errors.Is(err, ErrUnknownService) {
+				c.log.Warn("restart failed", "service", name, "err", err)
+			}
+			// The client names the request; the answer says what went wrong.
+			return "error: " + strings.TrimPrefix(err.Error(), "restart "+name+": ")
+		}
+		c.log.Info("service restarted on request", "service", name)
+		return "ok"
+	}
+	return fmt.Sprintf("error: unknown request %q (poweroff, reboot, services, restart <name>)", req)
+}
+
+// Request asks a running qx-init to power off or reboot.
+func Request(socket string, a Action) error {
+	resp, err := Ask(socket, string(a), controlTimeout)
+	if err != nil {
+		return err
+	}
+	if resp != "ok" {
+		return fmt.Errorf("%s: qx-init answered %q", a, resp)
+	}
+	return nil
+}
+
+// Ask sends one request line to a running qx-init and returns its answer line; an
+// "error: ..." answer is returned as an error.
+func Ask(socket, req string, timeout time.Duration) (string, error) {
+	c, err := net.DialTimeout("unix", socket, 2*time.Second)
+	if err != nil {
+		return "", fmt.Errorf("%s: %w", req, err)
+	}
+	defer c.Close()
+	_ = c.SetDeadline(time.Now().Add(timeout))
+	if _, err := fmt.Fprintln(c, req); err != nil {
+		return "", fmt.Errorf("%s: %w", req, err)
+	}
+	resp, err := bufio.NewReader(c).ReadString('\n')
+	if err != nil {
+		return "", fmt.Errorf("%s: no answer: %w", req, err)
+	}
+	resp = strings.TrimSpace(resp)
+	if e, ok := strings.CutPrefix(resp, "error: "); ok {
+		return "", fmt.Errorf("%s: %s", req, e)
+	}
+	return resp, nil
+}
