@@ -285,10 +285,10 @@ func (c *cli) nodesDelete(ctx context.Context, args []string) error {
 		if !isTerminal(c.stdin) {
 			return usagef("nodes delete: refusing to delete node %s (%s) without --yes: stdin is not a terminal to ask on", n.Hostname, n.ID)
 		}
-		ok, err := c.confirm(fmt.Sprintf("Delete node %s (%s, %s, %d VMs)? Its agent must register again with a join token to come back. [y/N] ",
+		ok, err := c.confirm(ctx, fmt.Sprintf("Delete node %s (%s, %s, %d VMs)? Its agent must register again with a join token to come back. [y/N] ",
 			n.Hostname, n.ID, phaseWord(n.Phase), n.VMCount))
 		if err != nil {
-			return fmt.Errorf("nodes delete: read answer: %w", err)
+			return fmt.Errorf("nodes delete: interrupted; node %s kept: %w", n.Hostname, err)
 		}
 		if !ok {
 			return fmt.Errorf("nodes delete: not confirmed; node %s kept", n.Hostname)
@@ -307,19 +307,29 @@ func (c *cli) nodesDelete(ctx context.Context, args []string) error {
 }
 
 // confirm asks a yes/no question on stderr and reads the answer from stdin; only
-// "y" or "yes" is yes.
-func (c *cli) confirm(question string) (bool, error) {
+// "y" or "yes" is yes, end of input is no. An interrupt (ctx) ends the wait: the
+// signal handler keeps Ctrl-C from killing the process by itself.
+func (c *cli) confirm(ctx context.Context, question string) (bool, error) {
 	fmt.Fprint(c.stderr, question)
-	line, err := bufio.NewReader(c.stdin).ReadString('\n')
-	if err != nil && line == "" {
+	answer := make(chan string, 1)
+	go func() {
+		line, _ := bufio.NewReader(c.stdin).ReadString('\n')
+		answer <- line
+	}()
+	select {
+	case line := <-answer:
+		if !strings.HasSuffix(line, "\n") {
+			fmt.Fprintln(c.stderr)
+		}
+		switch strings.ToLower(strings.TrimSpace(line)) {
+		case "y", "yes":
+			return true, nil
+		}
+		return false, nil
+	case <-ctx.Done():
 		fmt.Fprintln(c.stderr)
-		return false, nil // end of input: no
+		return false, ctx.Err()
 	}
-	switch strings.ToLower(strings.TrimSpace(line)) {
-	case "y", "yes":
-		return true, nil
-	}
-	return false, nil
 }
 
 func (c *cli) nodesMaintenance(ctx context.Context, args []string) error {
@@ -345,18 +355,18 @@ func (c *cli) nodesMaintenance(ctx context.Context, args []string) error {
 	}
 	cctx, cancel := c.call(ctx)
 	defer cancel()
-	n, err = c.client.SetMaintenance(cctx, n.ID, on)
+	after, err := c.client.SetMaintenance(cctx, n.ID, on)
 	if err != nil {
 		return fmt.Errorf("set maintenance of node %s: %w", n.Hostname, err)
 	}
 	if c.opts.output == "json" {
-		return writeJSON(c.stdout, n)
+		return writeJSON(c.stdout, after)
 	}
 	state := "off"
 	if on {
 		state = "on"
 	}
-	fmt.Fprintf(c.stdout, "node %s (%s): maintenance %s, phase %s\n", n.Hostname, n.ID, state, phaseWord(n.Phase))
+	fmt.Fprintf(c.stdout, "node %s (%s): maintenance %s, phase %s\n", after.Hostname, after.ID, state, phaseWord(after.Phase))
 	return nil
 }
 

@@ -1,6 +1,8 @@
 package main
 
 import (
+	"bytes"
+	"context"
 	"encoding/json"
 	"fmt"
 	"net/http"
@@ -385,6 +387,18 @@ func TestDelete(t *testing.T) {
 		if tc.deleted && r.stdout != fmt.Sprintf("deleted node hv-c (%s)\n", f.c.ID) {
 			t.Errorf("answer %q: stdout = %q", tc.answer, r.stdout)
 		}
+	}
+
+	// Ctrl-C at the question (the signal context ends): nothing deleted.
+	_, tty := openPty(t)
+	ctx, cancel := context.WithCancel(context.Background())
+	time.AfterFunc(300*time.Millisecond, cancel) // as signal.NotifyContext does on SIGINT
+	var out, errb bytes.Buffer
+	code := run(ctx, []string{"nodes", "delete", "hv-a"}, tty, &out, &errb)
+	cancel()
+	l.record(out.String(), errb.String())
+	if code != exitFailure || !strings.Contains(errb.String(), "interrupted; node hv-a kept") || !exists(f.a) {
+		t.Errorf("interrupted question: exit %d, stderr %q, hv-a exists %v", code, errb.String(), exists(f.a))
 	}
 
 	// --yes with JSON: the deleted node; it is gone from the registry and its
