@@ -140,6 +140,11 @@ type applyMsg struct {
 	err error
 }
 type confirmMsg struct{ err error }
+type rollbackMsg struct {
+	st       network.Status
+	err      error
+	deadline string // when the service rolls back by itself, "" if unknown
+}
 type hostMsg struct {
 	name string
 	err  error
@@ -244,6 +249,8 @@ func (m Model) Update(msg tea.Msg) (tea.Model, tea.Cmd) {
 	case applyMsg:
 		m.busy = ""
 		return m.applied(msg)
+	case rollbackMsg:
+		return m.rolledBack(msg)
 	case confirmMsg:
 		m.busy = ""
 		if msg.err != nil {
@@ -570,14 +577,42 @@ func (m Model) keyConfirm(k tea.KeyMsg) (tea.Model, tea.Cmd) {
 			return confirmMsg{err}
 		}
 	case "n", "N", "esc":
+		// Rejected: the network service restores the last good settings now (and
+		// verifies them) rather than at the deadline.
 		dl := ""
 		if m.applyRes != nil && !m.applyRes.Deadline.IsZero() {
-			dl = " at " + m.applyRes.Deadline.Format("15:04:05")
+			dl = m.applyRes.Deadline.Format("15:04:05")
 		}
-		m.scr, m.applyRes = scrStatus, nil
-		m.msg = "Not kept: the previous settings come back automatically" + dl + "."
+		m.busy = "Not kept: restoring the previous settings..."
+		sock := m.cfg.NetworkSocket
+		return m, func() tea.Msg {
+			// A DHCP configuration is verified once its lease is back.
+			ctx, cancel := context.WithTimeout(context.Background(), 90*time.Second)
+			defer cancel()
+			st, err := network.Client{Socket: sock}.Rollback(ctx, "the console")
+			return rollbackMsg{st, err, dl}
+		}
 	}
 	return m, nil
+}
+
+func (m Model) rolledBack(msg rollbackMsg) (tea.Model, tea.Cmd) {
+	m.busy = ""
+	m.scr, m.applyRes = scrStatus, nil
+	switch {
+	case msg.err == nil:
+		addr := msg.st.Address
+		if addr == "" {
+			addr = "no address"
+		}
+		m.msg = "Not kept: the previous settings are back (" + addr + ", " + msg.st.Source + ")."
+	case msg.deadline != "" && msg.st.LastRollback == nil:
+		// The request itself failed: the service still rolls back at the deadline.
+		m.msg = "Roll back failed: " + msg.err.Error() + "; the previous settings come back at " + msg.deadline + "."
+	default:
+		m.msg = "Roll back: " + msg.err.Error()
+	}
+	return m, m.gatherCmd()
 }
 
 func (m Model) keyHostname(k tea.KeyMsg) (tea.Model, tea.Cmd) {

@@ -289,3 +289,35 @@ func TestNetworkFormErrorsNextToFields(t *testing.T) {
 		t.Fatalf("an invalid form was sent: %s", m.busy)
 	}
 }
+
+// TestRollbackMessages: what the operator reads after saying No to a pending
+// network change, by what the network service answered.
+func TestRollbackMessages(t *testing.T) {
+	tests := []struct {
+		name string
+		msg  rollbackMsg
+		want string
+	}{
+		{"restored", rollbackMsg{st: network.Status{Address: "10.0.0.5/24", Source: "static",
+			LastRollback: &network.RollbackStatus{Done: true, Verified: true}}, deadline: "12:00:00"},
+			"Not kept: the previous settings are back (10.0.0.5/24, static)."},
+		{"service unreachable", rollbackMsg{err: errors.New("connect to the network service at /run/quantix/network.sock: no such file"), deadline: "12:00:00"},
+			"Roll back failed: connect to the network service at /run/quantix/network.sock: no such file; the previous settings come back at 12:00:00."},
+		{"verification failed", rollbackMsg{st: network.Status{LastRollback: &network.RollbackStatus{Done: true}},
+			err: errors.New("rolled back, but the restored configuration failed verification: gateway 10.0.0.1 unreachable"), deadline: "12:00:00"},
+			"Roll back: rolled back, but the restored configuration failed verification: gateway 10.0.0.1 unreachable"},
+		{"nothing pending", rollbackMsg{err: errors.New("nothing to roll back: no applied configuration is pending")},
+			"Roll back: nothing to roll back: no applied configuration is pending"},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			m := NewModel(testConfig(t, quantix.ImageQuantixOS))
+			m.snap, m.scr, m.busy = snapshot(), scrConfirm, "Not kept: restoring the previous settings..."
+			mm, _ := m.Update(tt.msg)
+			m = mm.(Model)
+			if m.msg != tt.want || m.scr != scrStatus || m.busy != "" {
+				t.Errorf("after %+v: screen %d, busy %q, footer %q; want the status screen with %q", tt.msg, m.scr, m.busy, m.msg, tt.want)
+			}
+		})
+	}
+}

@@ -311,7 +311,7 @@ func (m Model) viewConfirm() ([]string, string) {
 		"Keep them and save them to " + quantix.LabelConfig + "?",
 		"If you do nothing they roll back in " + left + ".",
 	}
-	return b, "y Keep and save   n Roll back"
+	return b, "y Keep and save   n/Esc Roll back now"
 }
 
 func (m Model) viewHostname() ([]string, string) {

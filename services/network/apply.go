@@ -36,6 +36,8 @@ type ApplyResult struct {
 type checkJob struct {
 	rollback bool
 	probeURL string
+	// reply, for a rollback asked on the socket, answers once it is verified.
+	reply chan response
 }
 
 type checkResult struct {
@@ -87,10 +89,26 @@ func (s *Service) handle(ctx context.Context, req request) {
 		}
 		st := s.Status()
 		req.reply <- response{OK: true, Status: &st}
+	case opRollback:
+		if s.pending == nil {
+			req.reply <- response{Error: "nothing to roll back: no applied configuration is pending"}
+			return
+		}
+		by := req.Name
+		if by == "" {
+			by = "request"
+		}
+		s.rollback(ctx, "rejected by "+by, req.reply)
 	}
 }
 
 func (s *Service) apply(ctx context.Context, req request) {
+	if job := s.awaiting; job != nil && job.reply != nil {
+		// A rollback asked on the socket still waits for its address: the new
+		// settings replace it before it could be verified.
+		job.reply <- response{Error: "rolled back, but new settings were applied before the rollback was verified"}
+		job.reply = nil
+	}
 	if p := s.pending; p != nil {
 		req.reply <- response{Error: fmt.Sprintf("%s is applied and waits for confirmation until %s: run qx-net confirm, or wait for the rollback",
 			p.plan.source, p.deadline.Format(time.RFC3339))}
@@ -113,7 +131,7 @@ func (s *Service) apply(ctx context.Context, req request) {
 	s.log.Info("applying", "config", req.plan.describe(), "confirm_timeout", pd.timeout)
 	s.updatePending()
 	if err := s.activate(ctx, req.plan); err != nil {
-		s.rollback(ctx, fmt.Sprintf("applying %s failed: %v", req.plan.source, err))
+		s.rollback(ctx, fmt.Sprintf("applying %s failed: %v", req.plan.source, err), nil)
 	}
 }
 
@@ -147,6 +165,15 @@ func (s *Service) onCheck(ctx context.Context, r checkResult) {
 		} else {
 			s.log.Info("rollback verified", "config", s.cur.describe())
 		}
+		if r.job.reply != nil {
+			st := s.Status()
+			resp := response{OK: true, Status: &st}
+			if r.err != nil {
+				resp = response{Error: "rolled back, but the restored configuration failed verification: " + r.err.Error(), Status: &st}
+			}
+			r.job.reply <- resp
+			r.job.reply = nil
+		}
 		return
 	}
 	p := s.pending
@@ -161,10 +188,10 @@ func (s *Service) onCheck(ctx context.Context, r checkResult) {
 	switch {
 	case p.timeout == 0 && r.err == nil:
 		if err := s.commit(); err != nil {
-			s.rollback(ctx, err.Error())
+			s.rollback(ctx, err.Error(), nil)
 		}
 	case p.timeout == 0:
-		s.rollback(ctx, r.err.Error())
+		s.rollback(ctx, r.err.Error(), nil)
 	default:
 		s.answer(p, nil)
 	}
@@ -232,8 +259,9 @@ func removeStaleTemp(path string) {
 }
 
 // rollback restores the last good settings and verifies them (kernel read-back now,
-// reachability once the address is in place).
-func (s *Service) rollback(ctx context.Context, reason string) {
+// reachability once the address is in place). reply, when set, gets the outcome
+// of the verification (a rollback asked on the socket).
+func (s *Service) rollback(ctx context.Context, reason string, reply chan response) {
 	p := s.pending
 	s.pending, s.confirmC = nil, nil
 	s.origin = p.origin
@@ -242,7 +270,7 @@ func (s *Service) rollback(ctx context.Context, reason string) {
 		st.Pending = nil
 		st.LastRollback = &RollbackStatus{At: time.Now(), Reason: reason, To: p.prev.describe()}
 	})
-	job := &checkJob{rollback: true, probeURL: s.cfg.ProbeURL}
+	job := &checkJob{rollback: true, probeURL: s.cfg.ProbeURL, reply: reply}
 	s.awaiting = job
 	if err := s.activate(ctx, p.prev); err != nil {
 		s.awaiting = nil

@@ -280,3 +280,79 @@ func TestApplyProbeURL(t *testing.T) {
 		return st.LastRollback != nil && st.LastRollback.Done && st.LastRollback.Verified && st.Address == "10.77.0.6/24"
 	})
 }
+
+// TestApplyRejectedRollsBackNow: the operator rejects a pending change (the
+// console's "No", qx-net rollback): the last good settings come back at once, long
+// before the confirm deadline, verified like the automatic rollback; nothing is
+// persisted. Rejecting with nothing pending changes nothing. A DHCP configuration
+// comes back with its lease, and the answer waits for that verification.
+func TestApplyRejectedRollsBackNow(t *testing.T) {
+	l := newLab(t)
+	l.startDHCP(time.Hour)
+	r, cfg, c := serveLab(t, l, staticToml)
+	r.waitMarker(t, SourceStatic, 5*time.Second)
+	before := l.kernelState()
+	resolvBefore, _ := os.ReadFile(cfg.ResolvConf)
+
+	if _, err := c.Rollback(ctxT(t, 5*time.Second), "the test"); err == nil || !strings.Contains(err.Error(), "nothing to roll back") {
+		t.Fatalf("Rollback with nothing pending = %v, want refused", err)
+	}
+	if after := l.kernelState(); after != before {
+		t.Fatalf("a refused rollback changed the kernel:\n%s\nwant:\n%s", after, before)
+	}
+
+	moved := strings.Replace(staticToml, "10.77.0.5/24", "10.77.0.9/24", 1)
+	res, err := c.Apply(ctxT(t, 20*time.Second), "moved.toml", []byte(moved), 5*time.Minute, "")
+	if err != nil || !res.Applied || res.Committed {
+		t.Fatalf("Apply(moved) = %+v, %v; want applied and pending", res, err)
+	}
+	if got := l.addrs("eth0"); !slices.Equal(got, []string{"10.77.0.9/24"}) {
+		t.Fatalf("while pending: eth0 = %q", got)
+	}
+	start := time.Now()
+	st, err := c.Rollback(ctxT(t, 20*time.Second), "the test")
+	if err != nil {
+		t.Fatalf("Rollback: %v", err)
+	}
+	if took := time.Since(start); took > 15*time.Second {
+		t.Errorf("rollback took %s", took)
+	}
+	if rb := st.LastRollback; rb == nil || !rb.Done || !rb.Verified || rb.Reason != "rejected by the test" {
+		t.Errorf("rollback status = %+v, want done, verified, rejected by the test", rb)
+	}
+	if st.Pending != nil || st.Address != "10.77.0.5/24" || st.Source != SourceStatic {
+		t.Errorf("status after rollback = %+v", st)
+	}
+	if after := l.kernelState(); after != before {
+		t.Errorf("kernel state after rollback:\n%s\nwant as before:\n%s", after, before)
+	}
+	if b, _ := os.ReadFile(cfg.ResolvConf); string(b) != string(resolvBefore) {
+		t.Errorf("resolv.conf after rollback = %q, want %q", b, resolvBefore)
+	}
+	if b, _ := os.ReadFile(cfg.PersistentPath); string(b) != staticToml {
+		t.Errorf("persistent file changed by a rejected apply: %q", b)
+	}
+	if _, err := c.Confirm(ctxT(t, 5*time.Second)); err == nil {
+		t.Errorf("Confirm after the rollback succeeded: nothing should be pending")
+	}
+
+	// DHCP as the last good settings: the answer comes once the lease is back and
+	// the gateway checked.
+	if res, err := c.Apply(ctxT(t, 20*time.Second), "dhcp.toml", []byte(dhcpToml), 0, ""); err != nil || !res.Committed {
+		t.Fatalf("Apply(dhcp) = %+v, %v", res, err)
+	}
+	lease := r.s.Status().Address
+	if _, err := c.Apply(ctxT(t, 20*time.Second), "moved.toml", []byte(moved), 5*time.Minute, ""); err != nil {
+		t.Fatalf("Apply(moved) over dhcp: %v", err)
+	}
+	st, err = c.Rollback(ctxT(t, 30*time.Second), "the test")
+	if err != nil {
+		t.Fatalf("Rollback to dhcp: %v", err)
+	}
+	if rb := st.LastRollback; rb == nil || !rb.Verified || st.Source != SourceDHCP || st.Address != lease {
+		t.Errorf("after rollback to dhcp: source %s address %s rollback %+v; want the lease %s back, verified", st.Source, st.Address, rb, lease)
+	}
+	if got := l.addrs("eth0"); !slices.Equal(got, []string{lease}) {
+		t.Errorf("eth0 = %q, want only the lease %s", got, lease)
+	}
+}

@@ -293,7 +293,7 @@ func (s *Service) Run(ctx context.Context) error {
 		case <-s.confirmC:
 			s.confirmC = nil
 			if s.pending != nil {
-				s.rollback(ctx, fmt.Sprintf("not confirmed within %s", s.pending.timeout))
+				s.rollback(ctx, fmt.Sprintf("not confirmed within %s", s.pending.timeout), nil)
 			}
 		case r := <-s.checks:
 			s.onCheck(ctx, r)

@@ -17,6 +17,9 @@ const (
 	opStatus  = "status"
 	opApply   = "apply"
 	opConfirm = "confirm"
+	// opRollback restores the last good settings now instead of at the deadline
+	// (the operator rejected the pending change); Name says who asked.
+	opRollback = "rollback"
 )
 
 // request is one line of JSON on the socket; the connection carries one request
@@ -122,9 +125,9 @@ func (s *Service) answerRequest(ctx context.Context, req *request, readErr error
 			return response{Error: err.Error()}
 		}
 		req.plan = p
-	case opConfirm:
+	case opConfirm, opRollback:
 	default:
-		return response{Error: fmt.Sprintf("unknown op %q (status, apply, confirm)", req.Op)}
+		return response{Error: fmt.Sprintf("unknown op %q (status, apply, confirm, rollback)", req.Op)}
 	}
 	req.reply = make(chan response, 1)
 	select {
@@ -206,6 +209,27 @@ func (c Client) Apply(ctx context.Context, name string, data []byte, confirmTime
 		return res, errors.New(resp.Error)
 	}
 	return res, nil
+}
+
+// Rollback rejects the pending (applied, unconfirmed) settings: the service
+// restores the last good ones at once and verifies them as the automatic rollback
+// does (kernel read-back, then the gateway and probe check); it returns once that
+// verification is done, with the status. by says who rejected them (for the
+// rollback's reason, e.g. "the console"). With nothing pending it is an error and
+// nothing changes.
+func (c Client) Rollback(ctx context.Context, by string) (Status, error) {
+	resp, err := c.do(ctx, request{Op: opRollback, Name: by})
+	if err != nil {
+		return Status{}, err
+	}
+	var st Status
+	if resp.Status != nil {
+		st = *resp.Status
+	}
+	if !resp.OK {
+		return st, errors.New(resp.Error)
+	}
+	return st, nil
 }
 
 // Confirm makes the pending settings permanent: persisted atomically.

@@ -360,15 +360,38 @@ func TestNetworkDHCPToStatic(t *testing.T) {
 	tm.waitFor(5*time.Second, "10.77.0.50/24  source static  (mode static)", "Open          http://10.77.0.50:9101/status")
 
 	// A gateway nobody answers for: the check says so, the operator does not keep
-	// it, and the service rolls back by itself.
+	// it, and the service restores the previous settings at once (not at the
+	// deadline), verified.
 	tm.send("n")
 	tm.waitFor(5*time.Second, "Address/prefix  [10.77.0.50/24]")
 	tm.send(keyDown, keyDown, keyClear, "10.77.0.254", keyDown, keyDown, keyEnter)
 	tm.waitFor(15*time.Second, "The new settings are active.", "Reachable     NO: ")
+	st, err := network.Client{Socket: e.netSocket}.Status(context.Background())
+	if err != nil || st.Pending == nil || st.Gateway != "10.77.0.254" {
+		t.Fatalf("before the answer: %+v, %v; want the new gateway pending", st, err)
+	}
+	deadline := st.Pending.Deadline
 	tm.send("n")
-	tm.waitFor(3*time.Second, "Not kept: the previous settings come back automatically at")
-	tm.waitFor(40*time.Second, "Rolled back")
-	l.waitAddrs("10.77.0.50/24", 5*time.Second)
+	tm.waitFor(10*time.Second, "Not kept: the previous settings are back (10.77.0.50/24, static).")
+	if time.Now().After(deadline) {
+		t.Fatalf("the rollback came after the deadline %s: it was not the operator's", deadline.Format(time.RFC3339))
+	}
+	l.waitAddrs("10.77.0.50/24", time.Second)
+	st, err = network.Client{Socket: e.netSocket}.Status(context.Background())
+	if err != nil || st.Pending != nil || st.Gateway != labGateway || st.LastRollback == nil || !st.LastRollback.Verified ||
+		st.LastRollback.Reason != "rejected by the console" {
+		t.Fatalf("after No: %+v (rollback %+v), %v; want the previous gateway back, verified, rejected by the console", st, st.LastRollback, err)
+	}
+	tm.waitFor(5*time.Second, ": rejected by the console", "Gateway       10.77.0.1")
+
+	// Esc rejects as well.
+	tm.send("n")
+	tm.waitFor(5*time.Second, "Address/prefix  [10.77.0.50/24]")
+	tm.send(keyDown, keyClear, "10.77.0.51/24", keyDown, keyDown, keyDown, keyEnter)
+	tm.waitFor(15*time.Second, "The new settings are active.", "10.77.0.51/24  source static")
+	tm.send(keyEsc)
+	tm.waitFor(10*time.Second, "Not kept: the previous settings are back (10.77.0.50/24, static).")
+	l.waitAddrs("10.77.0.50/24", time.Second)
 	if s, err := network.Load(e.netConfig); err != nil || s.Static.Gateway != labGateway {
 		t.Fatalf("network.toml after the rollback: %+v, %v", s, err)
 	}

@@ -4,6 +4,7 @@
 //	qx-net apply --config FILE        hand settings to the running service (safe apply)
 //	qx-net apply --once --config FILE apply in the foreground and exit
 //	qx-net confirm                    keep the applied settings (persist them)
+//	qx-net rollback                   reject them: the last good settings come back now
 //	qx-net status [--json]            show the state
 package main
 
@@ -54,6 +55,7 @@ const usage = `usage: qx-net serve [flags]
        qx-net apply --config FILE [--confirm-timeout 60s] [--probe-url URL]
        qx-net apply --once --config FILE
        qx-net confirm
+       qx-net rollback
        qx-net status [--json]
 run "qx-net <command> -h" for the flags of a command`
 
@@ -69,6 +71,8 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 		return apply(ctx, args, stdout, stderr)
 	case "confirm":
 		return confirm(ctx, args, stdout, stderr)
+	case "rollback":
+		return rollback(ctx, args, stdout, stderr)
 	case "status":
 		return status(ctx, args, stdout, stderr)
 	case "-h", "--help", "help":
@@ -232,6 +236,29 @@ func confirm(ctx context.Context, args []string, stdout, stderr io.Writer) error
 	}
 	printStatus(stdout, st)
 	fmt.Fprintln(stdout, "confirmed")
+	return nil
+}
+
+// rollback rejects the pending settings: the service restores the last good ones
+// at once and answers when they are verified.
+func rollback(ctx context.Context, args []string, stdout, stderr io.Writer) error {
+	fs := newFlags("rollback", stderr)
+	socket := fs.String("socket", quantix.NetworkSocket, "unix socket of the service")
+	if err := parse(fs, args); err != nil {
+		return err
+	}
+	// A DHCP configuration is verified once its lease is back: up to its timeout.
+	ctx, cancel := context.WithTimeout(ctx, 2*time.Minute)
+	defer cancel()
+	st, err := network.Client{Socket: *socket}.Rollback(ctx, "qx-net rollback")
+	if err != nil {
+		if st.LastRollback != nil {
+			printStatus(stdout, st)
+		}
+		return err
+	}
+	printStatus(stdout, st)
+	fmt.Fprintln(stdout, "rolled back")
 	return nil
 }
 

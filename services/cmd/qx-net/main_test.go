@@ -211,6 +211,27 @@ func TestServeStatusApply(t *testing.T) {
 	if b, _ := os.ReadFile(filepath.Join(dir, "quantix/network.toml")); !strings.Contains(string(b), "10.78.0.6/24") {
 		t.Errorf("persistent file after confirm = %q", b)
 	}
+	// Rejected: the confirmed settings come back at once, verified.
+	moved7 := filepath.Join(dir, "moved7.toml")
+	os.WriteFile(moved7, []byte(strings.Replace(static, "10.78.0.5/24", "10.78.0.7/24", 1)), 0o644)
+	if err := run(context.Background(), []string{"apply", "--config", moved7, "--socket", sock}, io.Discard, io.Discard); err != nil {
+		t.Fatalf("apply moved7: %v", err)
+	}
+	out.Reset()
+	if err := run(context.Background(), []string{"rollback", "--socket", sock}, &out, io.Discard); err != nil {
+		t.Fatalf("rollback: %v\n%s", err, out.String())
+	}
+	for _, want := range []string{"address:         10.78.0.6/24", "pending:         none", "(verified): rejected by qx-net rollback", "rolled back\n"} {
+		if !strings.Contains(out.String(), want) {
+			t.Errorf("rollback output lacks %q:\n%s", want, out.String())
+		}
+	}
+	if b, _ := os.ReadFile(filepath.Join(dir, "quantix/network.toml")); !strings.Contains(string(b), "10.78.0.6/24") {
+		t.Errorf("persistent file after rollback = %q", b)
+	}
+	if err := run(context.Background(), []string{"rollback", "--socket", sock}, io.Discard, io.Discard); err == nil || !strings.Contains(err.Error(), "nothing to roll back") {
+		t.Errorf("rollback with nothing pending = %v", err)
+	}
 	bad := filepath.Join(dir, "bad.toml")
 	os.WriteFile(bad, []byte(strings.Replace(static, "10.78.0.1", "10.79.0.1", 1)), 0o644)
 	err := run(context.Background(), []string{"apply", "--config", bad, "--socket", sock}, io.Discard, io.Discard)
