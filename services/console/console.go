@@ -60,6 +60,10 @@ type Config struct {
 	AgentURL string
 	// VDCURL is the local vDC (QvDC), e.g. http://127.0.0.1:8080.
 	VDCURL string
+	// VDCUIURL is the vDC web UI's base URL (QvDC), e.g. https://127.0.0.1:8443;
+	// empty means the ui= address of the vDC's ready marker in its log. Only its
+	// scheme and port are used: the URL shown is on the management address.
+	VDCUIURL string
 
 	// Refresh is the status refresh period (2s); ConfirmTimeout how long a network
 	// change waits for confirmation before it rolls back (60s); IdleLock how long

@@ -134,6 +134,9 @@ func TestStatusScreen(t *testing.T) {
 			s.Agent, s.Phases = nil, map[string]int{"ready": 4, "disconnected": 1}
 		}, []string{"Quantix vDC 0.1.0 (qvdc)", "Open          http://10.0.0.100:8080/",
 			"Nodes         ready 4, not_ready 0, disconnected 1, maintenance 0"}, []string{"Registration"}},
+		{"qvdc web ui", quantix.ImageQvDC, func(s *Snapshot) {
+			s.Agent, s.Phases, s.VDCUI = nil, map[string]int{"ready": 1}, "https://[::]:8443"
+		}, []string{"Open          https://10.0.0.100:8443/"}, []string{":8080"}},
 		{"qvdc without vdc", quantix.ImageQvDC, func(s *Snapshot) {
 			s.Agent, s.VDCErr = nil, errors.New("vdc metrics: connection refused")
 		}, []string{"Nodes         unknown: vdc metrics: connection refused"}, nil},

@@ -11,6 +11,7 @@ import (
 	"net/http"
 	"net/url"
 	"os"
+	"path/filepath"
 	"sort"
 	"strconv"
 	"strings"
@@ -38,6 +39,9 @@ type Snapshot struct {
 	// Phases is the vDC's node count by phase (QvDC), from its /metrics.
 	Phases map[string]int
 	VDCErr error
+	// VDCUI is the web UI address the vDC announced in its ready marker (ui=),
+	// e.g. https://[::]:8443, from its log; "" when not known (yet).
+	VDCUI string
 
 	Services    []ServiceState
 	ServicesErr error
@@ -72,7 +76,15 @@ func (s *Snapshot) URL(c *Config) string {
 	local := c.AgentURL
 	path := "/status"
 	if c.Image == quantix.ImageQvDC {
-		local, path = c.VDCURL, "/"
+		// The web UI (HTTPS, its own port): as configured, else as the vDC said
+		// when it got ready, else the API's address (which redirects browsers).
+		local, path = c.VDCUIURL, "/"
+		if local == "" {
+			local = s.VDCUI
+		}
+		if local == "" {
+			local = c.VDCURL
+		}
 	}
 	u, err := url.Parse(local)
 	if err != nil || u.Host == "" {
@@ -103,6 +115,9 @@ func gather(ctx context.Context, c *Config) *Snapshot {
 	})
 	if c.Image == quantix.ImageQvDC {
 		wg.Go(func() { s.Phases, s.VDCErr = vdcPhases(ctx, c.VDCURL) })
+		if c.VDCUIURL == "" {
+			s.VDCUI = readyField(filepath.Join(c.LogDir, "vdc.log"), "vdc", "ui")
+		}
 	} else if c.AgentURL != "" {
 		wg.Go(func() { s.Agent, s.AgentErr = agentStatus(ctx, c.AgentURL) })
 	}
@@ -214,6 +229,21 @@ func FormatPhases(p map[string]int) string {
 		parts = append(parts, fmt.Sprintf("%s %d", k, p[k]))
 	}
 	return strings.Join(parts, ", ")
+}
+
+// readyField returns field of the last ready marker service printed in its log,
+// or "" when there is none (the service is not ready yet, or has no such field).
+func readyField(logPath, service, field string) string {
+	lines, err := TailLines(logPath, 200)
+	if err != nil {
+		return ""
+	}
+	for i := len(lines) - 1; i >= 0; i-- {
+		if m, ok := quantix.ParseMarker(lines[i]); ok && m.Kind == quantix.MarkerReady && m.Get("service") == service {
+			return m.Get(field)
+		}
+	}
+	return ""
 }
 
 func readUptime(path string) (time.Duration, error) {

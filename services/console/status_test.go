@@ -16,6 +16,7 @@ import (
 	"time"
 
 	"github.com/quantix/quantix"
+	"github.com/quantix/quantix/services/network"
 	"github.com/quantix/quantix/vdc/api"
 )
 
@@ -232,11 +233,28 @@ func TestGatherAgentAndVDC(t *testing.T) {
 	if s.Uptime != 3723500*time.Millisecond || !s.Persistent || s.PasswordSet || s.NetErr == nil {
 		t.Fatalf("snapshot: uptime %v persistent %v password %v net error %v", s.Uptime, s.Persistent, s.PasswordSet, s.NetErr)
 	}
-	cfg.Image, cfg.VDCURL = quantix.ImageQvDC, vdc.URL
+	cfg.Image, cfg.VDCURL, cfg.LogDir = quantix.ImageQvDC, vdc.URL, dir
 	s = gather(context.Background(), &cfg)
 	if s.Phases["ready"] != 5 || s.Phases["maintenance"] != 1 || s.VDCErr != nil {
 		t.Fatalf("phases: %v, %v", s.Phases, s.VDCErr)
 	}
+	if s.VDCUI != "" {
+		t.Errorf("web UI %q before the vDC said where", s.VDCUI)
+	}
+	// The web UI's address comes from the vDC's last ready marker in its log.
+	os.WriteFile(filepath.Join(dir, "vdc.log"), []byte("level=INFO msg=starting\n"+
+		quantix.ReadyMarker("vdc", "url", "http://[::]:8080", "ui", "https://[::]:9443", "epoch", "1")+"\n"+
+		quantix.ReadyMarker("vdc", "url", "http://[::]:8080", "ui", "https://[::]:8443", "epoch", "2")+"\nlevel=INFO msg=serving\n"), 0o644)
+	s = gather(context.Background(), &cfg)
+	s.Net = &network.Status{Address: "10.0.0.2/24"}
+	if got := s.URL(&cfg); s.VDCUI != "https://[::]:8443" || got != "https://10.0.0.2:8443/" {
+		t.Errorf("web UI %q, URL %q; want https://[::]:8443 from the last marker, shown as https://10.0.0.2:8443/", s.VDCUI, got)
+	}
+	cfg.VDCUIURL = "https://127.0.0.1:10443"
+	if got := s.URL(&cfg); got != "https://10.0.0.2:10443/" {
+		t.Errorf("URL with --vdc-ui-url = %q, want https://10.0.0.2:10443/", got)
+	}
+	cfg.VDCUIURL = ""
 	cfg.VDCURL = agent.URL // no /metrics there
 	s = gather(context.Background(), &cfg)
 	if s.VDCErr == nil || !strings.Contains(s.VDCErr.Error(), "404") {

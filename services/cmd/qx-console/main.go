@@ -70,6 +70,7 @@ func run(ctx context.Context, args []string, stdin io.Reader, stdout, stderr io.
 	fl.StringVar(&c.MountInfo, "mountinfo", "", "mount table (default /proc/self/mountinfo)")
 	fl.StringVar(&c.AgentURL, "agent-url", "", "local agent status base URL on Quantix-OS, e.g. http://127.0.0.1:9101")
 	fl.StringVar(&c.VDCURL, "vdc-url", "", "local vDC base URL on QvDC (default http://127.0.0.1:8080)")
+	fl.StringVar(&c.VDCUIURL, "vdc-ui-url", "", "vDC web UI base URL on QvDC, for its scheme and port (default: as the vDC's ready marker says)")
 	fl.DurationVar(&c.Refresh, "refresh", 0, "status refresh period (default 2s)")
 	fl.DurationVar(&c.ConfirmTimeout, "confirm-timeout", 0, "time to confirm a network change before it rolls back (default 60s)")
 	fl.DurationVar(&c.Repaint, "repaint", 0, "redraw the whole screen this often (VGA consoles that others print on); 0: only on Ctrl-L")
