@@ -2,8 +2,10 @@
 // runs qx-init as its uinit, and this package does the rest of the boot (DESIGN §8):
 // load the image's kernel modules, mount QUANTIX-CFG and QUANTIX-DATA by label, set
 // the hostname, supervise the image's services (dependency order, readiness, restart
-// backoff, logs to the console and /var/log/quantix), print the console markers, and
-// stop everything cleanly on poweroff or reboot. PID 1 never exits: on a fatal error
+// backoff, logs to the console and /var/log/quantix) plus a console on a serial port
+// when one is configured, print the console markers, answer the control socket
+// (service states, restart one, poweroff, reboot), and stop everything cleanly on
+// poweroff or reboot. PID 1 never exits: on a fatal error
 // init logs, syncs and reboots after a delay, so nothing ever drops to a shell.
 //
 // The package is named initd because a Go package cannot be imported as "init".

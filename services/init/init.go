@@ -23,7 +23,8 @@ import (
 // lateModulesWait bounds how long the remaining modules wait for boot-complete.
 const lateModulesWait = 20 * time.Second
 
-// ControlSocket is where qx-init takes poweroff and reboot requests (root only).
+// ControlSocket is where qx-init takes requests (root only): poweroff, reboot,
+// services and restart <name> (see Control).
 const ControlSocket = quantix.RunDir + "/init.sock"
 
 // Action is what happens when the services have stopped.
