@@ -246,3 +246,29 @@ func TestInitStartsSerialConsole(t *testing.T) {
 		t.Errorf("serial port shows %q, want %q", got, want)
 	}
 }
+
+// TestSerialConsoleOnTheImages: on the real image definitions the serial console
+// runs qx-console as tty1's console does, pointed at the same agent or vDC.
+func TestSerialConsoleOnTheImages(t *testing.T) {
+	for _, tc := range []struct{ image, extra string }{
+		{"quantix-os", "--agent-url http://127.0.0.1:9101"},
+		{"qvdc", "--vdc-url http://127.0.0.1:8080"},
+	} {
+		img, err := spec.Load(filepath.Join("..", "..", "images", tc.image+".toml"))
+		if err != nil {
+			t.Fatal(err)
+		}
+		got, err := WithSerialConsole(img.Services, SerialConsole{TTY: "ttyS1", Baud: 115200}, "/dev")
+		if err != nil {
+			t.Fatalf("%s: %v", tc.image, err)
+		}
+		last := got[len(got)-1]
+		want := "/bbin/qx-console --name console-serial --tty /dev/ttyS1 --baud 115200 " + tc.extra
+		if cmd := last.Command + " " + strings.Join(last.Args, " "); last.Name != "console-serial" || cmd != want {
+			t.Errorf("%s: serial console %s runs %q, want %q", tc.image, last.Name, cmd, want)
+		}
+		if len(got) != len(img.Services)+1 {
+			t.Errorf("%s: %d services, want the image's %d and the serial console", tc.image, len(got), len(img.Services))
+		}
+	}
+}
