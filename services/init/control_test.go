@@ -295,10 +295,11 @@ func (c *stuckClock) After(d time.Duration) <-chan time.Time {
 }
 
 // TestRestartResetsBackoff: a crashing service waiting out its backoff starts at
-// once on a restart request, and its backoff starts again from the minimum.
+// once on a restart request, and its backoff starts again from the minimum; its
+// dependant, still waiting for it, cannot be restarted.
 func TestRestartResetsBackoff(t *testing.T) {
 	clock := &stuckClock{fakeClock{now: time.Unix(1700000000, 0)}}
-	s, _, events, _ := newSup(t, map[string]string{"crash": "fail"}, nil, []string{"crash"}, clock)
+	s, _, events, _ := newSup(t, map[string]string{"crash": "fail", "dep": "ready"}, map[string][]string{"dep": {"crash"}}, []string{"crash", "dep"}, clock)
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan error, 1)
 	go func() { done <- s.Run(ctx) }()
@@ -321,5 +322,12 @@ func TestRestartResetsBackoff(t *testing.T) {
 	}
 	if st := s.Services()[0]; st.Restarts != 2 {
 		t.Errorf("restarts = %d, want 2", st.Restarts)
+	}
+	// Its dependant never started: nothing to restart yet.
+	if err := s.Restart(context.Background(), "dep"); err == nil || err.Error() != "restart dep: not started yet: it waits for crash to be ready" {
+		t.Errorf("Restart(dep) = %v, want refused: it waits for crash", err)
+	}
+	if st := s.Services()[1]; st.State != StateWaiting || st.PID != 0 || st.Restarts != 0 {
+		t.Errorf("dep = %+v, want waiting", st)
 	}
 }

@@ -302,6 +302,9 @@ func (s *Supervisor) Restart(ctx context.Context, name string) error {
 	}
 	if svc.state == StateWaiting {
 		svc.mu.Unlock()
+		if len(svc.spec.DependsOn) == 0 {
+			return fmt.Errorf("restart %s: not started yet", name)
+		}
 		return fmt.Errorf("restart %s: not started yet: it waits for %s to be ready", name, strings.Join(svc.spec.DependsOn, ", "))
 	}
 	svc.restartReq = true
