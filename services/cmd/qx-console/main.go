@@ -1,7 +1,10 @@
 // Command qx-console is the Quantix console UI (DCUI). init starts one per terminal:
+// the image's on tty1, and one named console-serial on a serial port when
+// /quantix/console/console.toml (serial = "ttyS1", baud = 115200) or the kernel
+// parameter quantix.console=ttyS1,115200 asks for it:
 //
-//	qx-console --tty /dev/tty1
-//	qx-console --tty /dev/ttyS1 --baud 115200
+//	qx-console --name console-tty1 --tty /dev/tty1
+//	qx-console --name console-serial --tty /dev/ttyS1 --baud 115200
 //
 // It opens the terminal itself, makes it its controlling terminal and draws the
 // console screens on it; logs go to stderr. Helper commands for the installer and
