@@ -331,3 +331,38 @@ func TestRestartResetsBackoff(t *testing.T) {
 		t.Errorf("dep = %+v, want waiting", st)
 	}
 }
+
+// BenchmarkRestart is `qx-init restart` of a /bin/sh service over the control
+// socket: SIGTERM, the process gone, a new one started.
+//
+//	go test -run '^$' -bench Restart -benchtime 20x ./services/init/
+func BenchmarkRestart(b *testing.B) {
+	dir, err := os.MkdirTemp("", "qxinit")
+	if err != nil {
+		b.Fatal(err)
+	}
+	defer os.RemoveAll(dir)
+	log := slog.New(slog.NewTextHandler(io.Discard, nil))
+	sup, err := NewSupervisor(SupervisorConfig{Services: []spec.Service{{Name: "svc", Command: "/bin/sh",
+		Args: []string{"-c", "echo 'QUANTIX: ready service=svc'; trap 'exit 0' TERM; while :; do sleep 0.01; done"}}}, Grace: 5 * time.Second}, log)
+	if err != nil {
+		b.Fatal(err)
+	}
+	sock := filepath.Join(dir, "init.sock")
+	ln, err := NewControl(sup, make(chan Action, 1), log).Listen(sock)
+	if err != nil {
+		b.Fatal(err)
+	}
+	defer ln.Close()
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- sup.Run(ctx) }()
+	defer func() { cancel(); <-done }()
+	<-sup.Ready("svc")
+	for b.Loop() {
+		if _, err := Ask(sock, "restart svc", 10*time.Second); err != nil {
+			b.Fatal(err)
+		}
+	}
+	b.ReportMetric(float64(b.Elapsed().Microseconds())/float64(b.N)/1000, "ms/op")
+}

@@ -130,3 +130,29 @@ func BenchmarkFallback(b *testing.B) {
 		})
 	}
 }
+
+// BenchmarkRejectRollback is the operator saying No to a pending static change:
+// `qx-net rollback` until the last good static address is back in the kernel and
+// its gateway answered ARP (the apply before it is not timed).
+func BenchmarkRejectRollback(b *testing.B) {
+	l := newLab(b)
+	cfg := l.config()
+	writeFile(b, cfg.PersistentPath, staticToml)
+	r := l.run(cfg)
+	r.waitMarker(b, SourceStatic, 5*time.Second)
+	c := Client{Socket: cfg.Socket}
+	moved := []byte(strings.Replace(staticToml, "10.77.0.5/24", "10.77.0.6/24", 1))
+	var total time.Duration
+	for b.Loop() {
+		if _, err := c.Apply(context.Background(), "moved.toml", moved, time.Hour, ""); err != nil {
+			b.Fatal(err)
+		}
+		t0 := time.Now()
+		st, err := c.Rollback(context.Background(), "the benchmark")
+		total += time.Since(t0)
+		if err != nil || !st.LastRollback.Verified || st.Address != "10.77.0.5/24" {
+			b.Fatalf("Rollback = %+v, %v", st, err)
+		}
+	}
+	b.ReportMetric(float64(total.Microseconds())/float64(b.N)/1000, "ms/op")
+}
