@@ -109,7 +109,7 @@
     if (c.model) parts.push(c.model);
     return parts.join(' · ') || '—';
   }
-  function pct(n) { return (n === undefined || n === null) ? '—' : n.toFixed(n < 10 ? 1 : 0) + ' %'; }
+  function pct(n) { return (n === undefined || n === null) ? '—' : n.toFixed(1) + ' %'; }
 
   let bannerTimer = null;
   function showError(msg) {
