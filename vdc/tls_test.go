@@ -142,4 +142,6 @@ func TestConfiguredCertificate(t *testing.T) {
 	}
 }
 
-func newCtx() (context.Context, context.CancelFunc) { return context.WithTimeout(context.Background(), time.Minute) }
+func newCtx() (context.Context, context.CancelFunc) {
+	return context.WithTimeout(context.Background(), time.Minute)
+}

@@ -26,7 +26,7 @@ func registerAgent(t testing.TB, v *vdctest.VDC, client *http.Client, hostname s
 	a := agent{Hostname: hostname, Secret: randHex(32)}
 	req := quantix.RegisterRequest{Hostname: hostname, MachineID: randHex(8), NodeSecret: a.Secret,
 		ManagementIP: "10.1.2.3", AgentVersion: "0.9.1", MemoryBytes: 64 << 30,
-		CPU: &quantix.CPUInfo{Model: "AMD EPYC 7302P", Sockets: 1, Cores: 16, Threads: 32},
+		CPU:        &quantix.CPUInfo{Model: "AMD EPYC 7302P", Sockets: 1, Cores: 16, Threads: 32},
 		Hypervisor: &quantix.Hypervisor{State: quantix.HypervisorAvailable, Version: "9.0.0", URI: "qemu:///system"}}
 	var res quantix.RegisterResponse
 	agentCall(t, client, http.MethodPost, v.URL+quantix.PathRegister, v.JoinToken, req, &res, http.StatusCreated)

@@ -259,4 +259,3 @@ func safeName(s string) string {
 
 // js quotes s as a JavaScript string literal.
 func js(s string) string { return fmt.Sprintf("%q", s) }
-
