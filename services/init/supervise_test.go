@@ -55,7 +55,11 @@ func helper(mode, name, events string) int {
 		fmt.Println(quantix.ReadyMarker(name, "addr", "10.0.0.5/24"))
 		if mode == "ignore-term" {
 			signal.Ignore(syscall.SIGTERM)
-			select {}
+			for {
+				// Not select{}: with nothing left to wake it, the runtime may call
+				// that a deadlock and end the process.
+				time.Sleep(time.Hour)
+			}
 		}
 		<-term
 		event(events, name, "stop")
