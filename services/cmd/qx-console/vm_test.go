@@ -1,15 +1,10 @@
 package main
 
 import (
-	"bytes"
-	"context"
 	"fmt"
-	"io"
-	"log/slog"
-	"net"
+	"net/netip"
 	"os"
 	"path/filepath"
-	"sort"
 	"strings"
 	"testing"
 	"time"
@@ -17,241 +12,308 @@ import (
 	"github.com/BurntSushi/toml"
 
 	"github.com/quantix/quantix"
+	"github.com/quantix/quantix/agent"
 	"github.com/quantix/quantix/images/build"
-	"github.com/quantix/quantix/images/spec"
 	"github.com/quantix/quantix/services/console"
-	"github.com/quantix/quantix/services/console/vt"
+	initd "github.com/quantix/quantix/services/init"
+	"github.com/quantix/quantix/services/network"
+	"github.com/quantix/quantix/tests/e2e"
 	"github.com/quantix/quantix/tests/vm"
+	"github.com/quantix/quantix/vdc/vdctest"
 )
 
-// The VM test boots Quantix OS (images/quantix-os.toml, with the network service
-// and the console added as services, as the image will have them) under QEMU with
-// the console on a second serial port, and drives it like an operator at a serial
-// terminal: DHCP -> static through the screens, then a reboot through the power
-// screen (init stops everything and reboots), and the static address is back from
-// QUANTIX-CFG. The vDC part of the issue's VM test (the new address seen at the
-// vDC) needs the agent in the image too; see the report.
+// The VM test of issue 10 boots the real Quantix-OS ISO (out/quantix-os.iso, as
+// `make iso` builds it) with the console on a second serial port, enabled the
+// product's way: console.toml on the QUANTIX-CFG config disk. A real vDC (in this
+// process, on a real PostgreSQL) answers on the lab segment at the workstation's
+// address. An operator at the serial terminal unlocks the console, switches the
+// management network from DHCP to static, keeps it, and the vDC sees the node's
+// new address; then the operator reboots through the power screen, and the static
+// address is back: on the console, in the network marker, and at the vDC under
+// the same node_id.
 
-const vmBootTimeout = 4 * time.Minute
+// Lab settings.
+const (
+	vmHostname        = "console-vm"
+	vmPassword        = "s3cret-console"
+	vmVDCPort         = 8080
+	vmHeartbeat       = 2 * time.Second
+	vmBootTimeout     = 3 * time.Minute
+	vmLatencyPresses  = 30
+	vmSerialPort      = "ttyS1"
+	vmSerialBaud      = 115200
+	vmSerialService   = "console-serial"
+	vmStaticHostIndex = 50 // the static address: .50, outside the hub's DHCP pool
+)
 
-// consoleImage writes an image definition: quantix-os.toml plus qx-net and
-// qx-console, run by init as services.
-func consoleImage(t *testing.T, repo, dir string) string {
-	img, err := spec.Load(filepath.Join(repo, "images", quantix.ImageQuantixOS+".toml"))
+// nodeConfigDisk writes the node's QUANTIX-CFG disk: hostname, network.toml
+// (DHCP), agent.toml (the lab vDC and its join token), the console password as
+// the installer stores it, and console.toml (the console on the second serial
+// port). Each file is checked with the decoder of the service that reads it, so a
+// mistake here fails with the service's own message.
+func nodeConfigDisk(t *testing.T, path, vdcURL, joinToken string) {
+	t.Helper()
+	netToml := e2e.DHCPNetwork(10*time.Second, netip.Prefix{})
+	if _, err := network.Parse("network.toml", []byte(netToml)); err != nil {
+		t.Fatal(err)
+	}
+	ac := agent.FileConfig{ControlPlane: vdcURL, JoinToken: joinToken}
+	if err := ac.Validate(); err != nil {
+		t.Fatalf("agent.toml: %v", err)
+	}
+	var agentToml strings.Builder
+	if err := toml.NewEncoder(&agentToml).Encode(ac); err != nil {
+		t.Fatal(err)
+	}
+	hash, err := console.HashPassword(vmPassword)
 	if err != nil {
 		t.Fatal(err)
 	}
-	// qx-net's netlink library opens XFRM and NETFILTER sockets besides ROUTE, and
-	// the Debian kernel has those as modules: without them in the image it fails
-	// with "open netlink: protocol not supported". The kernel loads them on demand
-	// through init's modprobe when they are in the image.
-	img.Kernel.LateModules = appendMissing(img.Kernel.LateModules, "xfrm_user", "nfnetlink")
-	img.Initramfs.Commands = appendMissing(img.Initramfs.Commands, "./services/cmd/qx-net", "./services/cmd/qx-console")
-	img.Services = []spec.Service{
-		{Name: "network", Command: "/bbin/qx-net", Args: []string{"serve"}},
-		{Name: "console-serial", Command: "/bbin/qx-console", Args: []string{"--name", "console-serial", "--tty", "/dev/ttyS1", "--baud", "115200"}, Ready: spec.ReadyMarker},
+	if err := build.ConfigDisk(path, quantix.LabelConfig, 0, map[string][]byte{
+		"hostname":             []byte(vmHostname + "\n"),
+		"network/network.toml": []byte(netToml),
+		"node/agent.toml":      []byte(agentToml.String()),
+		"console/password":     []byte(hash + "\n"),
+		"console/console.toml": []byte(serialConsoleToml(t)),
+	}); err != nil {
+		t.Fatalf("config disk: %v", err)
 	}
-	var b bytes.Buffer
-	if err := toml.NewEncoder(&b).Encode(img); err != nil {
+}
+
+// serialConsoleToml is /quantix/console/console.toml asking for the console on the
+// second serial port, checked by qx-init's own reader (with an empty kernel
+// command line: the ISO's boot entry sets no quantix.console).
+func serialConsoleToml(t *testing.T) string {
+	t.Helper()
+	data := fmt.Sprintf("# The console UI on the second serial port too.\nserial = %q\nbaud = %d\n", vmSerialPort, vmSerialBaud)
+	path := filepath.Join(t.TempDir(), "console.toml")
+	if err := os.WriteFile(path, []byte(data), 0o644); err != nil {
 		t.Fatal(err)
 	}
-	path := filepath.Join(dir, quantix.ImageQuantixOS+".toml")
-	if err := os.WriteFile(path, b.Bytes(), 0o644); err != nil {
-		t.Fatal(err)
+	sc, err := initd.ChooseSerialConsole(path, quantix.ParseCmdline(""))
+	if err != nil || sc.TTY != vmSerialPort || sc.Baud != vmSerialBaud {
+		t.Fatalf("console.toml: init reads %+v, %v; want %s at %d baud", sc, err, vmSerialPort, vmSerialBaud)
 	}
-	return path
+	return data
 }
 
-func appendMissing(list []string, add ...string) []string {
-	for _, a := range add {
-		found := false
-		for _, l := range list {
-			found = found || l == a
-		}
-		if !found {
-			list = append(list, a)
-		}
-	}
-	return list
-}
-
-// serialTerm is the console's second serial port, as a VT100 on a unix socket.
-type serialTerm struct {
-	conn net.Conn
-	scr  *vt.Screen
-}
-
-func dialSerial(t *testing.T, path string) *serialTerm {
-	deadline := time.Now().Add(30 * time.Second)
-	for {
-		c, err := net.Dial("unix", path)
-		if err == nil {
-			st := &serialTerm{conn: c, scr: vt.New(24, 80)}
-			go io.Copy(st.scr, c)
-			t.Cleanup(func() { c.Close() })
-			return st
-		}
-		if time.Now().After(deadline) {
-			t.Fatalf("serial socket %s: %v", path, err)
-		}
-		time.Sleep(100 * time.Millisecond)
-	}
-}
-
-func (s *serialTerm) send(t *testing.T, keys ...string) {
+// vdcNode polls the vDC until node id has the management address want, and
+// returns the row. Exactly one node may carry the lab hostname.
+func vdcNode(t *testing.T, v *vdctest.VDC, id, want string, timeout time.Duration) quantix.Node {
 	t.Helper()
-	for _, k := range keys {
-		if _, err := s.conn.Write([]byte(k)); err != nil {
-			t.Fatalf("serial write: %v", err)
-		}
-		time.Sleep(5 * time.Millisecond)
-		if k == keyEsc || k == "\x0c" {
-			time.Sleep(300 * time.Millisecond)
-		}
-	}
-}
-
-func (s *serialTerm) waitFor(t *testing.T, m *vm.Machine, timeout time.Duration, want ...string) string {
-	t.Helper()
-	deadline := time.Now().Add(timeout)
+	deadline := time.Now().Add(vm.ScaleTimeout(timeout))
 	for {
-		text := s.scr.Text()
-		missing := ""
-		for _, w := range want {
-			if !strings.Contains(text, w) {
-				missing = w
-				break
+		var mine []quantix.Node
+		for _, n := range v.Nodes(t) {
+			if n.Hostname == vmHostname {
+				mine = append(mine, n)
 			}
 		}
-		if missing == "" {
-			return text
+		if len(mine) > 1 {
+			t.Fatalf("the vDC lists %d nodes named %s, want one: %+v", len(mine), vmHostname, mine)
+		}
+		if len(mine) == 1 && mine[0].ID != id {
+			t.Fatalf("the vDC lists %s as node_id %s, want %s (the node must keep its identity)", vmHostname, mine[0].ID, id)
+		}
+		if len(mine) == 1 && mine[0].ManagementIP == want {
+			return mine[0]
 		}
 		if time.Now().After(deadline) {
-			t.Fatalf("serial console does not show %q after %s:\n%s\nlast console lines:\n%s", missing, timeout, framed(text), strings.Join(m.Tail(30), "\n"))
+			t.Fatalf("the vDC does not see node %s at %s after %v; it lists %+v", id, want, vm.ScaleTimeout(timeout), mine)
 		}
-		time.Sleep(20 * time.Millisecond)
+		time.Sleep(250 * time.Millisecond)
 	}
 }
 
-// readyNetwork waits for the ready markers of the network and the console, in
-// either order, and returns the network's.
-func readyNetwork(t *testing.T, m *vm.Machine) quantix.Marker {
+// row is a status screen row, as the console draws it.
+func statusRow(label, value string) string { return fmt.Sprintf("%-13s %s", label, value) }
+
+// awaitBoot waits for init to take the serial console from console.toml and for
+// the ready markers of the network, the agent and the serial console, in any
+// order, and returns the network's and the agent's. A warning marker of the serial
+// console (init refused console.toml) fails at once.
+func awaitBoot(t *testing.T, m *vm.Machine) (netMk, agentMk quantix.Marker) {
 	t.Helper()
-	lines := m.ExpectAll(t, vmBootTimeout, vm.Contains("QUANTIX: ready service=network "), vm.Contains("QUANTIX: ready service=console-serial "))
-	mk, ok := quantix.ParseMarker(lines[0])
-	if !ok {
-		t.Fatalf("bad marker %q", lines[0])
+	lines := m.ExpectAll(t, vmBootTimeout,
+		vm.Contains(fmt.Sprintf("init: serial console on /dev/%s at %d baud (from %s)", vmSerialPort, vmSerialBaud, initd.ConsoleConfig)),
+		vm.MatchMarker(quantix.MarkerReady, "service", "network"),
+		vm.MatchMarker(quantix.MarkerReady, "service", "agent"),
+		vm.MatchRegexp(`QUANTIX: (ready|warning) service=`+vmSerialService+` `))
+	if mk, _ := quantix.ParseMarker(lines[3]); mk.Kind != quantix.MarkerReady || mk.Get("tty") != "/dev/"+vmSerialPort {
+		t.Fatalf("no console on %s: %s", vmSerialPort, lines[3])
 	}
-	return mk
+	netMk, _ = quantix.ParseMarker(lines[1])
+	agentMk, _ = quantix.ParseMarker(lines[2])
+	return netMk, agentMk
 }
 
-// redraw presses Ctrl-L until the screen shows want, as an operator who plugs in
-// a serial cable while the console runs does: what was drawn before is lost.
-func (s *serialTerm) redraw(t *testing.T, m *vm.Machine, timeout time.Duration, want ...string) {
-	t.Helper()
-	deadline := time.Now().Add(timeout)
-	for {
-		s.send(t, "\x0c")
-		text := s.scr.Text()
-		ok := true
-		for _, w := range want {
-			ok = ok && strings.Contains(text, w)
-		}
-		if ok {
-			return
-		}
-		if time.Now().After(deadline) {
-			s.waitFor(t, m, 0, want...)
-		}
-		time.Sleep(2 * time.Second)
-	}
-}
-
-func TestVMSerialConsoleStaticPersists(t *testing.T) {
+func TestVMSerialConsoleStaticAtVDC(t *testing.T) {
 	if testing.Short() {
 		t.Skip("boots QEMU; skipped with -short")
 	}
-	repo, err := filepath.Abs("../../..")
-	if err != nil {
-		t.Fatal(err)
-	}
-	dir := t.TempDir()
-	specPath := consoleImage(t, repo, dir)
-	b, err := build.New(build.Config{Spec: specPath, Repo: repo, OutDir: filepath.Join(dir, "out")}, slog.New(slog.NewTextHandler(io.Discard, nil)))
-	if err != nil {
-		t.Fatalf("build: %v", err)
-	}
-	t0 := time.Now()
-	res, err := b.Build(context.Background())
-	if err != nil {
-		t.Fatalf("build the image: %v", err)
-	}
-	t.Logf("image built in %s", time.Since(t0).Round(time.Second))
+	start := time.Now()
+	iso := e2e.ISO(t, quantix.ImageQuantixOS)
+	arts := vm.ArtifactDir(t)
 
-	hash, err := console.HashPassword("s3cret-console")
+	// The vDC: real PostgreSQL, the service qx-vdc runs, its log an artifact.
+	vdcLog, err := os.Create(filepath.Join(arts, "vdc.log"))
 	if err != nil {
 		t.Fatal(err)
 	}
-	cfgDisk := filepath.Join(dir, "cfg.img")
-	if err := build.ConfigDisk(cfgDisk, quantix.LabelConfig, 0, map[string][]byte{
-		"console/password": []byte(hash + "\n"), // as the installer sets it
-	}); err != nil {
-		t.Fatal(err)
-	}
+	t.Cleanup(func() { vdcLog.Close() })
+	v := vdctest.Start(t, vdctest.Options{HeartbeatInterval: vmHeartbeat, Log: vdcLog})
+
+	// The lab segment: the hub (gateway, DHCP) and the workstation carrying the vDC.
 	hub := vm.NewHub(t, vm.HubConfig{})
-	serial := filepath.Join(dir, "ttyS1.sock")
+	ws := e2e.NewWorkstation(t, hub, e2e.WorkstationMAC, e2e.WorkstationAddr)
+	vdcURL := serveOnWorkstation(t, ws, vmVDCPort, v.URL)
+
+	subnet, gw := hub.Config().Subnet, hub.Gateway()
+	staticIP := subnet.Addr()
+	for range vmStaticHostIndex {
+		staticIP = staticIP.Next()
+	}
+	static := netip.PrefixFrom(staticIP, subnet.Bits())
+
+	dir := t.TempDir()
+	cfgDisk := filepath.Join(dir, "cfg.img")
+	nodeConfigDisk(t, cfgDisk, vdcURL, v.JoinToken)
+
+	serial := filepath.Join(shortDir(t), "ttyS1.sock")
+	// One VM: Start takes one of the machine-wide slots (no Reserve needed) and,
+	// as the VM never powers off, keeps it until the test ends.
 	m := vm.Start(t, vm.Config{
-		Name: "console", ISO: res.ISO, Disks: []vm.Disk{{Path: cfgDisk}}, NICs: []vm.NIC{{Hub: hub}},
+		Name:  "node",
+		ISO:   iso,
+		Disks: []vm.Disk{{Path: cfgDisk}},
+		NICs:  []vm.NIC{{Hub: hub, MAC: e2e.NodeMAC}},
+		// The reboot through the power screen restarts the guest inside the same
+		// QEMU: the serial socket stays connected and the VM keeps its slot.
 		AllowReboot: true,
 		ExtraArgs:   []string{"-chardev", "socket,id=ttyS1,path=" + serial + ",server=on,wait=off", "-serial", "chardev:ttyS1"},
 	})
-	mk := readyNetwork(t, m)
-	if mk.Get("source") != "dhcp" {
-		t.Fatalf("network ready with %s, want a DHCP lease", mk)
+	st := dialSerial(t, m, serial, filepath.Join(arts, "node.ttyS1.log"))
+
+	// First boot: DHCP, registered at the vDC with the lease's address.
+	netMk, agentMk := awaitBoot(t, m)
+	booted := time.Since(start)
+	lease, err := netip.ParsePrefix(netMk.Get("addr"))
+	if netMk.Get("source") != "dhcp" || err != nil || !subnet.Contains(lease.Addr()) {
+		t.Fatalf("network ready with %s, want a DHCP lease in %s", netMk, subnet)
 	}
-	lease := mk.Get("addr")
-	st := dialSerial(t, serial)
-	st.redraw(t, m, time.Minute, lease+"  source dhcp", "[locked]")
+	nodeID := agentMk.Get("node_id")
+	if agentMk.Get("registration") != quantix.RegistrationRegistered || nodeID == "" {
+		t.Fatalf("agent ready with %s, want a new registration", agentMk)
+	}
+	n := vdcNode(t, v, nodeID, lease.Addr().String(), time.Minute)
+	t.Logf("booted and registered as %s at %s (DHCP) after %s", n.ID, n.ManagementIP, booted.Round(time.Second))
 
-	subnet := hub.Config().Subnet
-	gw := hub.Gateway().String()
-	static := subnet.Addr().Next().Next().Next().Next().String() // .4
-	prefix := fmt.Sprintf("%s/%d", static, subnet.Bits())
+	st.redraw(t, time.Minute,
+		statusRow("Address", lease.String()+"  source dhcp  (mode dhcp)"),
+		statusRow("Node ID", nodeID), "[locked]")
 
+	// Unlock with the console password; the network screen opens.
 	st.send(t, "n")
-	st.waitFor(t, m, 30*time.Second, "This needs the console password.")
-	st.send(t, "s3cret-console", keyEnter)
-	st.waitFor(t, m, time.Minute, "Management network on interface", "> Mode            (*) DHCP")
+	st.waitFor(t, 30*time.Second, "This needs the console password.")
+	st.send(t, vmPassword, keyEnter)
+	st.waitFor(t, time.Minute, "[unlocked]", "Management network on interface", "> Mode            (*) DHCP")
 
-	// Key press to screen update over the serial line under emulation.
+	// Key press to screen update over the serial line: Tab moves the focus through
+	// the five fields of the form and changes nothing.
+	focus := []string{"> Mode            ", "> Address/prefix  ", "> Gateway         ", "> DNS servers     ", "> < Apply >"}
 	var lat []time.Duration
-	for i := 0; i < 20; i++ {
-		t1 := time.Now()
-		st.send(t, " ")
-		st.waitFor(t, m, 30*time.Second, "> Mode            "+map[bool]string{true: "( ) DHCP   (*) Static", false: "(*) DHCP   ( ) Static"}[i%2 == 0])
-		lat = append(lat, time.Since(t1))
+	for i := 1; i <= vmLatencyPresses; i++ {
+		lat = append(lat, st.timedKey(t, "\t", focus[i%len(focus)], 30*time.Second))
 	}
-	sort.Slice(lat, func(i, j int) bool { return lat[i] < lat[j] })
-	t.Logf("key press to screen update over ttyS1 under %s: p50 %s, max %s (20 presses)", m.Accel(), lat[len(lat)/2].Round(time.Millisecond), lat[len(lat)-1].Round(time.Millisecond))
-
-	st.send(t, " ") // static
-	// Arrow keys: escape sequences that a slow serial line splits across reads
-	// must still be recognised (seqReader).
-	st.send(t, keyDown, keyClear, prefix, keyDown, keyClear, gw, keyDown, keyClear, keyDown, keyEnter)
-	st.waitFor(t, m, 2*time.Minute, "The new settings are active.", prefix+"  source static", "Reachable     yes")
-	st.send(t, "y")
-	st.waitFor(t, m, time.Minute, "Network settings kept and saved to network.toml.")
-	st.waitFor(t, m, 30*time.Second, prefix+"  source static  (mode static)")
-
-	// Reboot through the power screen: init stops the services and reboots.
-	st.send(t, "p", "r")
-	st.waitFor(t, m, 30*time.Second, "Really reboot this machine now?")
-	st.send(t, "y")
-	m.ExpectAll(t, 2*time.Minute, vm.Contains("stopping services"), vm.Contains("action=reboot"))
-	m.Expect(t, "QUANTIX: boot image=", vmBootTimeout)
-	mk = readyNetwork(t, m)
-	if mk.Get("addr") != prefix || mk.Get("source") != "static" {
-		t.Fatalf("after reboot the network is %s, want %s static", mk, prefix)
+	t.Logf("key press to screen update over %s at %d baud under %s: %s", vmSerialPort, vmSerialBaud, m.Accel(), latencySummary(lat))
+	if vmLatencyPresses%len(focus) != 0 {
+		t.Fatal("the latency loop must end on the mode field")
 	}
-	st.redraw(t, m, time.Minute, prefix+"  source static  (mode static)", "[locked]")
+
+	// DHCP -> static. Arrow keys are escape sequences a slow serial line may split
+	// across reads; the console must still see them as keys.
+	st.send(t, " ")
+	st.waitFor(t, 10*time.Second, "> Mode            ( ) DHCP   (*) Static")
+	st.send(t, keyDown, keyClear, static.String(), keyDown, keyClear, gw.String(), keyDown, keyClear, keyDown)
+	st.waitFor(t, 10*time.Second, "> < Apply >", "Address/prefix  ["+static.String()+"]", "Gateway         ["+gw.String()+"]")
+	applied := time.Now()
+	st.send(t, keyEnter)
+	st.waitFor(t, 2*time.Minute, "The new settings are active.",
+		statusRow("Address", static.String()+"  source static"), statusRow("Reachable", "yes"))
+	st.send(t, "y")
+	st.waitFor(t, time.Minute, "Network settings kept and saved to network.toml.",
+		statusRow("Address", static.String()+"  source static  (mode static)"))
+
+	// The vDC sees the node at its new address: same node, one row.
+	n = vdcNode(t, v, nodeID, staticIP.String(), time.Minute)
+	t.Logf("the vDC listed %s at %s %s after the apply key (the confirmation included)", n.ID, n.ManagementIP, time.Since(applied).Round(100*time.Millisecond))
+	wantMove := fmt.Sprintf("management_ip %s -> %s", lease.Addr(), staticIP)
+	if !hasEvent(v.NodeEvents(t, nodeID), "management_ip", wantMove, time.Time{}) {
+		t.Errorf("the vDC recorded no event %q for %s: %+v", wantMove, nodeID, v.NodeEvents(t, nodeID))
+	}
+
+	// Reboot through the power screen (still unlocked): init stops the services and
+	// reboots; QUANTIX-CFG brings the static address back.
+	st.send(t, "p")
+	st.waitFor(t, 30*time.Second, "r  Reboot: stop every service cleanly")
+	st.send(t, "r")
+	st.waitFor(t, 30*time.Second, "Really reboot this machine now?")
+	rebooted := time.Now()
+	st.send(t, "y")
+	// init's own log lines: the services stop, QUANTIX-CFG is unmounted, then the
+	// reboot; a crash or a reset would not say this.
+	m.ExpectAll(t, time.Minute,
+		vm.MatchRegexp(`msg="stopping services" .*then=reboot`),
+		vm.MatchRegexp(`msg=unmounted .*dir=`+quantix.ConfigDir+`( |$)`),
+		vm.MatchRegexp(`msg=halting .*action=reboot`))
+	m.WaitMarker(t, quantix.MarkerBoot, 2*time.Minute, "image", quantix.ImageQuantixOS)
+	netMk, agentMk = awaitBoot(t, m)
+	if netMk.Get("addr") != static.String() || netMk.Get("source") != "static" {
+		t.Fatalf("after the reboot the network is %s, want %s source=static", netMk, static)
+	}
+	if agentMk.Get("node_id") != nodeID || agentMk.Get("registration") != quantix.RegistrationReregistered {
+		t.Fatalf("after the reboot the agent is %s, want node_id=%s registration=%s", agentMk, nodeID, quantix.RegistrationReregistered)
+	}
+	st.redraw(t, time.Minute,
+		statusRow("Address", static.String()+"  source static  (mode static)"),
+		statusRow("Node ID", nodeID), "[locked]")
+
+	// At the vDC: the same node, at the static address, re-registered from it after
+	// the reboot and heartbeating again.
+	n = vdcNode(t, v, nodeID, staticIP.String(), time.Minute)
+	if !hasEvent(v.NodeEvents(t, nodeID), quantix.RegistrationReregistered, "from "+staticIP.String(), rebooted) {
+		t.Errorf("the vDC recorded no re-registration from %s after the reboot: %+v", staticIP, v.NodeEvents(t, nodeID))
+	}
+	// Two heartbeats after the reboot, both from the static address.
+	var beats []time.Time
+	hbDeadline := time.Now().Add(vm.ScaleTimeout(6 * vmHeartbeat))
+	for len(beats) < 2 {
+		n = v.Node(t, nodeID)
+		if n.ManagementIP != staticIP.String() {
+			t.Fatalf("after the reboot the vDC lists %s at %s, want %s", nodeID, n.ManagementIP, staticIP)
+		}
+		if hb := n.LastHeartbeat; hb != nil && hb.After(rebooted) && (len(beats) == 0 || hb.After(beats[len(beats)-1])) {
+			beats = append(beats, *hb)
+		}
+		if time.Now().After(hbDeadline) {
+			t.Fatalf("the vDC got %d heartbeats from %s after the reboot, want 2 within %v: %+v", len(beats), nodeID, vm.ScaleTimeout(6*vmHeartbeat), n)
+		}
+		time.Sleep(vmHeartbeat / 4)
+	}
+	if n.Phase != quantix.PhaseReady {
+		t.Errorf("after the reboot node %s is %s at the vDC, want ready", nodeID, n.Phase)
+	}
+	t.Logf("rebooted and back at the vDC as %s at %s (%s), %s after the reboot key; whole test %s",
+		n.ID, n.ManagementIP, n.Phase, time.Since(rebooted).Round(time.Second), time.Since(start).Round(time.Second))
+}
+
+// hasEvent reports whether events hold one of kind whose message contains msg, at
+// or after since.
+func hasEvent(events []quantix.NodeEvent, kind, msg string, since time.Time) bool {
+	for _, e := range events {
+		if e.Kind == kind && strings.Contains(e.Message, msg) && !e.At.Before(since) {
+			return true
+		}
+	}
+	return false
 }
