@@ -56,12 +56,16 @@ func (s *Store) ListNodesPage(ctx context.Context, f NodeFilter) (NodePage, erro
 		args = append(args, f.Phase)
 		where = append(where, "n.phase = $"+strconv.Itoa(len(args)))
 	}
-	q := `SELECT ` + nodeColumns + ` FROM nodes n`
+	// The page is cut in a subquery and only its rows get the per-node columns
+	// (the VM count): with the count in the same SELECT, OFFSET 9900 would count
+	// the VMs of 10,000 nodes to throw 9,900 counts away (28 ms instead of 4).
+	q := `SELECT * FROM nodes n`
 	if len(where) > 0 {
 		q += " WHERE " + strings.Join(where, " AND ")
 	}
 	args = append(args, f.Limit, f.Offset)
 	q += fmt.Sprintf(" ORDER BY n.hostname LIMIT $%d OFFSET $%d", len(args)-1, len(args))
+	q = `SELECT ` + nodeColumns + ` FROM (` + q + `) n ORDER BY n.hostname`
 
 	b := &pgx.Batch{}
 	page := NodePage{Nodes: []quantix.Node{}, Counts: map[string]int{

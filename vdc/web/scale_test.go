@@ -185,7 +185,7 @@ func explain(t testing.TB, v *vdctest.VDC) {
 		`SELECT ` + cols + ` FROM nodes n ORDER BY n.hostname LIMIT 100 OFFSET 0`,
 		`SELECT ` + cols + ` FROM nodes n WHERE n.phase = 'disconnected' ORDER BY n.hostname LIMIT 100 OFFSET 0`,
 		`SELECT ` + cols + ` FROM nodes n WHERE n.hostname LIKE '%rack07%' ORDER BY n.hostname LIMIT 100 OFFSET 0`,
-		`SELECT ` + cols + ` FROM nodes n ORDER BY n.hostname LIMIT 100 OFFSET 9900`,
+		`SELECT ` + cols + ` FROM (SELECT * FROM nodes n ORDER BY n.hostname LIMIT 100 OFFSET 9900) n ORDER BY n.hostname`,
 		`SELECT n.phase, count(*) FROM nodes n GROUP BY n.phase`,
 		`SELECT n.phase, count(*) FROM nodes n WHERE n.hostname LIKE '%rack07%' GROUP BY n.phase`,
 	} {
