@@ -125,7 +125,7 @@ func vdcNode(t *testing.T, v *vdctest.VDC, id, want string, timeout time.Duratio
 	}
 }
 
-// row is a status screen row, as the console draws it.
+// statusRow is a row of the status and confirm screens, as the console draws it.
 func statusRow(label, value string) string { return fmt.Sprintf("%-13s %s", label, value) }
 
 // awaitBoot waits for init to take the serial console from console.toml and for
