@@ -51,13 +51,15 @@ func helper(mode, name, events string) int {
 	case "ready", "ignore-term":
 		fmt.Fprintln(os.Stderr, "level=INFO msg=starting")
 		time.Sleep(50 * time.Millisecond)
+		if mode == "ignore-term" {
+			// Before the ready marker: a SIGTERM that came while Go swaps its
+			// handler for SIG_IGN would still end the process.
+			signal.Ignore(syscall.SIGTERM)
+		}
 		event(events, name, "ready")
 		fmt.Println(quantix.ReadyMarker(name, "addr", "10.0.0.5/24"))
 		if mode == "ignore-term" {
-			signal.Ignore(syscall.SIGTERM)
 			for {
-				// Not select{}: with nothing left to wake it, the runtime may call
-				// that a deadlock and end the process.
 				time.Sleep(time.Hour)
 			}
 		}
