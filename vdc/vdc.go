@@ -1,7 +1,8 @@
 // Package vdc is the Quantix control plane service (qx-vdc serve): it loads
 // vdc.toml and secrets.toml, connects to PostgreSQL with a password, applies the
-// schema migrations, serves the HTTP API and keeps node phases current from their
-// heartbeats on the database clock.
+// schema migrations, serves the HTTP API on its plain listener (agents, qx-ctl) and
+// the web UI with the whole API on its HTTPS listener, and keeps node phases current
+// from their heartbeats on the database clock.
 package vdc
 
 import (
