@@ -100,9 +100,11 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	}
 	joinToken, adminToken := "load-join-"+secret(), "load-admin-"+secret()
 	conf := filepath.Join(pg.Dir, "vdc.toml")
-	toml := ""
+	// The UI's HTTPS listener and its generated certificate stay on loopback and in
+	// the throwaway folder, never on the host's :8443 and /quantix.
+	toml := fmt.Sprintf("ui_listen = \"127.0.0.1:0\"\nsecrets_file = %q\n", filepath.Join(pg.Dir, "secrets.toml"))
 	if o.writers > 0 {
-		toml = fmt.Sprintf("heartbeat_writers = %d\ndatabase_max_conns = %d\n", o.writers, max(16, o.writers+4))
+		toml += fmt.Sprintf("heartbeat_writers = %d\ndatabase_max_conns = %d\n", o.writers, max(16, o.writers+4))
 	}
 	if err := os.WriteFile(conf, []byte(toml), 0o644); err != nil {
 		return err
