@@ -239,7 +239,17 @@ func (a *API) nodeEvents(w http.ResponseWriter, r *http.Request) {
 		a.fail(w, r, err)
 		return
 	}
-	evs, err := a.cfg.Store.NodeEvents(r.Context(), id)
+	q := r.URL.Query()
+	if err := checkParams(q, "limit"); err != nil {
+		a.fail(w, r, err)
+		return
+	}
+	limit, err := intParam(q, "limit", 0, 1, 100000)
+	if err != nil {
+		a.fail(w, r, err)
+		return
+	}
+	evs, err := a.cfg.Store.NodeEventsTail(r.Context(), id, limit)
 	if err != nil {
 		a.fail(w, r, err)
 		return

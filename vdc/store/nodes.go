@@ -356,7 +356,20 @@ func (s *Store) DeleteNode(ctx context.Context, id string) error {
 // NodeEvents returns a node's history, oldest first. A node never seen is
 // ErrNotFound; a deleted node keeps its history.
 func (s *Store) NodeEvents(ctx context.Context, id string) ([]quantix.NodeEvent, error) {
-	rows, err := s.pool.Query(ctx, `SELECT id, node_id, kind, message, at FROM node_events WHERE node_id = $1 ORDER BY id`, id)
+	return s.NodeEventsTail(ctx, id, 0)
+}
+
+// NodeEventsTail is NodeEvents limited to the newest limit entries (0: all), still
+// oldest first. The node_events_node_id index gives them without reading the rest.
+func (s *Store) NodeEventsTail(ctx context.Context, id string, limit int) ([]quantix.NodeEvent, error) {
+	q := `SELECT id, node_id, kind, message, at FROM node_events WHERE node_id = $1 ORDER BY id`
+	args := []any{id}
+	if limit > 0 {
+		q = `SELECT * FROM (SELECT id, node_id, kind, message, at FROM node_events WHERE node_id = $1
+			ORDER BY id DESC LIMIT $2) e ORDER BY id`
+		args = append(args, limit)
+	}
+	rows, err := s.pool.Query(ctx, q, args...)
 	if err != nil {
 		return nil, fmt.Errorf("node %s events: %w", id, err)
 	}

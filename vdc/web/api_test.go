@@ -228,6 +228,18 @@ func TestInventoryFilters(t *testing.T) {
 			t.Errorf("GET storage-pools?%s = %v (total %s), want %v (%s)", tc.query, names, resp.Get("X-Total-Count"), tc.pools, tc.poolTotal)
 		}
 	}
+	// The newest events of a node, oldest first.
+	all := v.NodeEvents(t, a.ID)
+	var tail struct {
+		Events []quantix.NodeEvent `json:"events"`
+	}
+	agentCall(t, c, http.MethodGet, v.URL+quantix.PathNode(a.ID)+"/events?limit=2", v.AdminToken, nil, &tail, http.StatusOK)
+	if len(all) < 3 || len(tail.Events) != 2 || tail.Events[0].ID != all[len(all)-2].ID || tail.Events[1].ID != all[len(all)-1].ID {
+		t.Errorf("events?limit=2 = %+v, want the last 2 of %+v", tail.Events, all)
+	}
+	if code, body := rawCall(t, c, http.MethodGet, v.URL+quantix.PathNode(a.ID)+"/events?limit=0", v.AdminToken, nil); code != http.StatusBadRequest {
+		t.Errorf("events?limit=0: %d %s, want 400", code, body)
+	}
 	for _, bad := range []string{"node_id=nope", "lost=maybe", "limit=0", "host=a"} {
 		if code, body := rawCall(t, c, http.MethodGet, v.URL+quantix.PathVMs+"?"+bad, v.AdminToken, nil); code != http.StatusBadRequest {
 			t.Errorf("GET vms?%s: %d %s, want 400", bad, code, body)

@@ -421,7 +421,7 @@
       try {
         const [n, ev, vms, pools] = await Promise.allSettled([
           api('GET', '/api/v1/nodes/' + id),
-          api('GET', '/api/v1/nodes/' + id + '/events'),
+          api('GET', '/api/v1/nodes/' + id + '/events?limit=' + (MAX_EVENTS + 1)),
           api('GET', '/api/v1/vms?node_id=' + id + '&limit=1000'),
           api('GET', '/api/v1/storage-pools?node_id=' + id + '&limit=1000'),
         ]);
@@ -444,7 +444,7 @@
           renderEvents(all.slice(0, MAX_EVENTS), (e) => String(e.id));
           const more = $('#events-more');
           more.hidden = all.length <= MAX_EVENTS;
-          setText(more, 'Showing the latest ' + MAX_EVENTS + ' of ' + all.length + ' events.');
+          setText(more, 'Showing the latest ' + MAX_EVENTS + ' events; qx-ctl or the API (GET /api/v1/nodes/{id}/events) has them all.');
         }
         if (vms.status === 'fulfilled') {
           const list = vms.value.data.vms;
