@@ -177,17 +177,45 @@ func (w *Workstation) Listen(port uint16) (net.Listener, error) {
 
 // Forward serves port on the workstation's address by relaying every connection
 // to target, a TCP address on the host (e.g. an in-process vDC on 127.0.0.1): VMs
-// on the segment reach a host service as if it ran on the workstation. It stops
-// when t ends.
+// on the segment reach a host service as if it ran on the workstation. When t
+// ends it stops listening and cuts the connections still open (a VM that was
+// switched off never closes its own).
 func (w *Workstation) Forward(t testing.TB, port uint16, target string) {
 	t.Helper()
 	l, err := w.Listen(port)
 	if err != nil {
 		t.Fatal(err)
 	}
-	var wg sync.WaitGroup
+	var (
+		wg    sync.WaitGroup
+		mu    sync.Mutex
+		open  = map[net.Conn]struct{}{}
+		ended bool
+	)
+	track := func(c net.Conn) bool {
+		mu.Lock()
+		defer mu.Unlock()
+		if ended {
+			c.Close()
+			return false
+		}
+		open[c] = struct{}{}
+		return true
+	}
+	untrack := func(c net.Conn) {
+		mu.Lock()
+		delete(open, c)
+		mu.Unlock()
+		c.Close()
+	}
 	t.Cleanup(func() {
 		l.Close()
+		mu.Lock()
+		ended = true
+		for c := range open {
+			c.Close()
+		}
+		mu.Unlock()
 		wg.Wait()
 	})
 	wg.Add(1)
@@ -201,20 +229,26 @@ func (w *Workstation) Forward(t testing.TB, port uint16, target string) {
 			wg.Add(1)
 			go func() {
 				defer wg.Done()
-				relay(c, target)
+				if !track(c) {
+					return
+				}
+				defer untrack(c)
+				u, err := net.DialTimeout("tcp", target, 5*time.Second)
+				if err != nil {
+					return // the VM sees the connection reset, as with a stopped server
+				}
+				if !track(u) {
+					return
+				}
+				defer untrack(u)
+				relay(c, u)
 			}()
 		}
 	}()
 }
 
-// relay copies c to a new connection to target and back until either side ends.
-func relay(c net.Conn, target string) {
-	defer c.Close()
-	u, err := net.DialTimeout("tcp", target, 5*time.Second)
-	if err != nil {
-		return // the VM sees the connection reset, as with a stopped server
-	}
-	defer u.Close()
+// relay copies a to b and back until both directions end.
+func relay(a, b net.Conn) {
 	done := make(chan struct{}, 2)
 	cp := func(dst, src net.Conn) {
 		io.Copy(dst, src)
@@ -223,8 +257,8 @@ func relay(c net.Conn, target string) {
 		}
 		done <- struct{}{}
 	}
-	go cp(u, c)
-	go cp(c, u)
+	go cp(a, b)
+	go cp(b, a)
 	<-done
 	<-done
 }

@@ -1,6 +1,7 @@
 package e2e
 
 import (
+	"context"
 	"fmt"
 	"io"
 	"net"
@@ -91,6 +92,28 @@ func TestWorkstationForward(t *testing.T) {
 			t.Fatalf("forwarded answer %q, want %q", got, want)
 		}
 	}
+	// A client that never closes its connection (a VM switched off mid keep-alive)
+	// does not hold up the end of the test: Forward cuts it.
+	t.Run("cleanup cuts idle connections", func(t *testing.T) {
+		var c net.Conn
+		t.Cleanup(func() { // registered first, so it runs after Forward's cleanup
+			if c != nil {
+				c.Close()
+			}
+		})
+		srv.Forward(t, 8081, host.Listener.Addr().String())
+		var err error
+		c, err = cli.DialContext(context.Background(), "tcp", fmt.Sprintf("%s:8081", srvAddr.Addr()))
+		if err != nil {
+			t.Fatal(err)
+		}
+		fmt.Fprintf(c, "GET /held HTTP/1.1\r\nHost: x\r\n\r\n")
+		buf := make([]byte, 512)
+		if n, err := c.Read(buf); err != nil || !strings.Contains(string(buf[:n]), "GET /held 0") {
+			t.Fatalf("held connection answer %q, %v", buf[:n], err)
+		}
+	})
+
 	// With the host service gone, the segment sees a failed request, not a hang.
 	host.Close()
 	if _, err := hc.Get(fmt.Sprintf("http://%s:8080/gone", srvAddr.Addr())); err == nil {
