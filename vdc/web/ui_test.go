@@ -222,6 +222,9 @@ func TestBrowser(t *testing.T) {
 	if got := b.text(`#inventory tbody tr.is-lost .badge.lost`); got != "Lost" {
 		t.Errorf("lost VM badge = %q, want Lost", got)
 	}
+	if got := b.text(`#inventory tbody tr.is-lost .sub`); !strings.HasPrefix(got, "not reported in the node's full state · since ") {
+		t.Errorf("lost VM note = %q, want the reason and the time", got)
+	}
 	grab("vms")
 	b.do("lost tab", chromedp.Click(chromedp.CSS(`#lost-tabs [data-lost="true"]`)))
 	b.wait("lost VMs only", `location.search === '?lost=true' && document.querySelectorAll('#inventory tbody tr').length === 1 && document.querySelector('#inventory tbody td').textContent === 'old-1'`, 10*time.Second)

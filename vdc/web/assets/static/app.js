@@ -109,6 +109,11 @@
     if (c.model) parts.push(c.model);
     return parts.join(' · ') || '—';
   }
+  // lostNote says why and since when an inventory row is lost.
+  function lostNote(x) {
+    if (!x.lost) return '';
+    return (x.lost_reason ? x.lost_reason + ' · ' : '') + 'since ' + fmtTime(x.lost_at);
+  }
   function pct(n) { return (n === undefined || n === null) ? '—' : n.toFixed(1) + ' %'; }
 
   let bannerTimer = null;
@@ -385,7 +390,8 @@
       const r = { tr, c: [] };
       for (let i = 0; i < 7; i++) { const td = el('td', i === 3 ? 'num' : (i === 1 ? 'mono' : '')); r.c.push(td); tr.append(td); }
       r.status = el('span');
-      r.c[6].append(r.status);
+      r.note = el('span', 'sub');
+      r.c[6].append(r.status, r.note);
       return r;
     }, (r, v) => {
       setText(r.c[0], v.name); setText(r.c[1], v.uuid); setText(r.c[2], v.power_state);
@@ -393,14 +399,15 @@
       r.tr.classList.toggle('is-lost', v.lost);
       setClass(r.status, v.lost ? 'badge lost' : 'badge present');
       setText(r.status, v.lost ? 'Lost' : 'Present');
-      setTitle(r.status, v.lost ? (v.lost_reason || '') + ' (' + fmtTime(v.lost_at) + ')' : '');
+      setText(r.note, lostNote(v));
     });
     const renderPools = keyedRows($('#h-pools tbody'), () => {
       const tr = el('tr');
       const r = { tr, c: [] };
       for (let i = 0; i < 7; i++) { const td = el('td', i === 5 ? 'mono' : ''); r.c.push(td); tr.append(td); }
       r.status = el('span');
-      r.c[6].append(r.status);
+      r.note = el('span', 'sub');
+      r.c[6].append(r.status, r.note);
       return r;
     }, (r, p) => {
       setText(r.c[0], p.name); setText(r.c[1], p.type || '—'); setText(r.c[2], p.state || '—');
@@ -408,6 +415,7 @@
       r.tr.classList.toggle('is-lost', p.lost);
       setClass(r.status, p.lost ? 'badge lost' : 'badge present');
       setText(r.status, p.lost ? 'Lost' : 'Present');
+      setText(r.note, lostNote(p));
     });
     const MAX_EVENTS = 200;
     const renderEvents = keyedRows($('#h-events tbody'), () => {
@@ -517,7 +525,8 @@
       r.host = el('a');
       r.c[isVM ? 2 : 1].append(r.host);
       r.status = el('span');
-      r.c[ncols - 1].append(r.status);
+      r.note = el('span', 'sub');
+      r.c[ncols - 1].append(r.status, r.note);
       return r;
     }, (r, x) => {
       setText(r.host, x.hostname);
@@ -533,7 +542,7 @@
       r.tr.classList.toggle('is-lost', x.lost);
       setClass(r.status, x.lost ? 'badge lost' : 'badge present');
       setText(r.status, x.lost ? 'Lost' : 'Present');
-      setTitle(r.status, x.lost ? ((x.lost_reason || 'lost') + ' since ' + fmtTime(x.lost_at)) : '');
+      setText(r.note, lostNote(x));
     });
     function paintTabs() {
       for (const b of $$('#lost-tabs button')) {
