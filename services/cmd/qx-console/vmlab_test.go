@@ -1,7 +1,6 @@
 package main
 
 import (
-	"context"
 	"errors"
 	"fmt"
 	"io"
@@ -216,91 +215,15 @@ func latencySummary(ds []time.Duration) string {
 }
 
 // serveOnWorkstation makes the in-process vDC at target (http://127.0.0.1:port)
-// answer at the workstation's address on the lab segment: every TCP connection
-// the workstation accepts on port is relayed to target, byte for byte, so the
-// guest talks HTTP to the real vDC over the hub. It stops when t ends.
+// answer at the workstation's address on the lab segment (e2e.Workstation.Forward),
+// so the guest talks HTTP to the real vDC over the hub. It stops when t ends.
 func serveOnWorkstation(t *testing.T, ws *e2e.Workstation, port uint16, target string) string {
 	t.Helper()
 	u, err := url.Parse(target)
 	if err != nil {
 		t.Fatalf("vDC URL %q: %v", target, err)
 	}
-	l, err := ws.Listen(port)
-	if err != nil {
-		t.Fatal(err)
-	}
-	var (
-		mu     sync.Mutex
-		conns  = map[net.Conn]bool{}
-		closed bool
-		wg     sync.WaitGroup
-	)
-	// track registers c to be closed when the test ends; false: it already ended.
-	track := func(c net.Conn) bool {
-		mu.Lock()
-		defer mu.Unlock()
-		if closed {
-			c.Close()
-			return false
-		}
-		conns[c] = true
-		return true
-	}
-	untrack := func(c net.Conn) {
-		mu.Lock()
-		delete(conns, c)
-		mu.Unlock()
-		c.Close()
-	}
-	relay := func(in net.Conn) {
-		defer wg.Done()
-		defer untrack(in)
-		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
-		out, err := (&net.Dialer{}).DialContext(ctx, "tcp", u.Host)
-		cancel()
-		if err != nil {
-			t.Logf("vDC relay: %v", err)
-			return
-		}
-		if !track(out) {
-			return
-		}
-		defer untrack(out)
-		done := make(chan struct{})
-		go func() {
-			io.Copy(out, in)
-			out.(*net.TCPConn).CloseWrite()
-			close(done)
-		}()
-		io.Copy(in, out)
-		in.Close() // ends the other direction when the guest went away without closing
-		<-done
-	}
-	wg.Add(1)
-	go func() {
-		defer wg.Done()
-		for {
-			c, err := l.Accept()
-			if err != nil {
-				return // listener closed at the end of the test
-			}
-			if !track(c) {
-				return
-			}
-			wg.Add(1)
-			go relay(c)
-		}
-	}()
-	t.Cleanup(func() {
-		l.Close()
-		mu.Lock()
-		closed = true
-		for c := range conns {
-			c.Close()
-		}
-		mu.Unlock()
-		wg.Wait()
-	})
+	ws.Forward(t, port, u.Host)
 	return fmt.Sprintf("http://%s:%d", ws.Addr.Addr(), port)
 }
 
