@@ -27,8 +27,8 @@ func TestUISessions(t *testing.T) {
 	}{
 		{30 * time.Second, true, 0},                  // not touched within the first minute
 		{50 * time.Minute, true, 50 * time.Minute},   // touched
-		{110 * time.Minute, true, 110 * time.Minute}, // 60 min after the touch: still within idle
-		{171 * time.Minute, false, 0},                // 61 min idle
+		{109 * time.Minute, true, 109 * time.Minute}, // 59 min after the touch: still within idle
+		{169 * time.Minute, false, 0},                // 60 min idle: over
 	}
 	for _, st := range steps {
 		u, err := s.Session(ctx, id, t0.Add(st.at), idle)
