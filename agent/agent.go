@@ -396,7 +396,13 @@ func (s *Service) heartbeat(ctx context.Context) error {
 		}
 	})
 	if resp.FullSync {
-		s.log.Info("the vDC asked for the full state")
+		// With libvirt unavailable there is no inventory to send, and the vDC asks on
+		// every heartbeat until there is: not worth a line each time.
+		lvl := slog.LevelInfo
+		if hv.State != quantix.HypervisorAvailable {
+			lvl = slog.LevelDebug
+		}
+		s.log.Log(ctx, lvl, "the vDC asked for the full state", "hypervisor", hv.State)
 		s.sync(ctx, true)
 	}
 	return nil
