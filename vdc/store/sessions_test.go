@@ -59,15 +59,18 @@ func TestUISessions(t *testing.T) {
 	}
 
 	c := store.HashSecret("session-c")
-	s.CreateSession(ctx, c, t0.Add(2*time.Hour), t0.Add(14*time.Hour), "", "")
-	n, err := s.DeleteExpiredSessions(ctx, t0.Add(2*time.Hour), idle)
+	s.CreateSession(ctx, c, t0.Add(150*time.Minute), t0.Add(14*time.Hour), "", "")
+	n, err := s.DeleteExpiredSessions(ctx, t0.Add(3*time.Hour), idle)
 	if err != nil || n != 2 {
 		t.Errorf("DeleteExpiredSessions = %d, %v; want the 2 expired ones", n, err)
+	}
+	if _, err := s.Session(ctx, c, t0.Add(3*time.Hour), idle); err != nil {
+		t.Errorf("a live session was deleted with the expired ones: %v", err)
 	}
 	if err := s.DeleteSession(ctx, c); err != nil {
 		t.Fatal(err)
 	}
-	if _, err := s.Session(ctx, c, t0.Add(2*time.Hour), idle); !errors.Is(err, store.ErrNotFound) {
+	if _, err := s.Session(ctx, c, t0.Add(3*time.Hour), idle); !errors.Is(err, store.ErrNotFound) {
 		t.Errorf("deleted session: %v, want ErrNotFound", err)
 	}
 	if err := s.CreateSession(ctx, c, t0, t0.Add(time.Hour), "", ""); err != nil {
