@@ -1,6 +1,8 @@
 // Package vdctest runs real vDCs for tests: a throwaway PostgreSQL 15 server
 // (initdb into a temp folder, password authentication) and the same service code
-// `qx-vdc serve` runs, in-process, on 127.0.0.1 against a fresh database.
+// `qx-vdc serve` runs, in-process, on 127.0.0.1 against a fresh database: the plain
+// API (VDC.URL) and the HTTPS web UI with its generated certificate (VDC.UIURL,
+// VDC.CertFile, VDC.HTTPSClient).
 package vdctest
 
 import (
