@@ -1,9 +1,11 @@
 package web_test
 
 import (
+	"context"
 	"fmt"
 	"io"
 	"net/http"
+	"net/http/httptest"
 	"strings"
 	"sync"
 	"testing"
@@ -76,6 +78,16 @@ func TestBrowser(t *testing.T) {
 		b.noErrors(name)
 		pages[name] = b.html()
 		b.screenshot(name)
+	}
+
+	// The browser trusts this vDC's key only: another self-signed server is refused.
+	other := httptest.NewTLSServer(http.NotFoundHandler())
+	defer other.Close()
+	ctx, cancel := context.WithTimeout(b.ctx, 30*time.Second)
+	err := chromedp.Do(ctx, chromedp.Navigate(other.URL))
+	cancel()
+	if err == nil || !strings.Contains(err.Error(), "ERR_CERT") {
+		t.Errorf("navigating to another self-signed server: %v, want a certificate error", err)
 	}
 
 	// --- Login required ---
