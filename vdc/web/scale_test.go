@@ -20,6 +20,7 @@ import (
 	"github.com/quantix/quantix"
 	"github.com/quantix/quantix/vdc/vdctest"
 	"github.com/quantix/quantix/vdc/web"
+	"github.com/quantix/quantix/vdc/web/webtest"
 )
 
 // Registry shape of the 10,000-host measurements.
@@ -235,16 +236,16 @@ const renderTimingJS = `(() => {
 func TestHostsPage10k(t *testing.T) {
 	skipShort(t)
 	v := tenThousandHosts(t)
-	b := newBrowser(t, v)
-	b.do("open the login page", chromedp.Navigate(v.UIURL+"/ui/login"))
-	b.do("log in", chromedp.SendKeys(chromedp.CSS("#token"), v.AdminToken), chromedp.Click(chromedp.CSS("#login-submit")))
-	b.wait("hosts page", `location.pathname === '/ui/hosts' && window.__rowsPaintedAt`, 30*time.Second)
+	b := webtest.New(t, webtest.SPKIHashFile(t, v.CertFile))
+	b.Do("open the login page", chromedp.Navigate(v.UIURL+"/ui/login"))
+	b.Do("log in", chromedp.SendKeys(chromedp.CSS("#token"), v.AdminToken), chromedp.Click(chromedp.CSS("#login-submit")))
+	b.Wait("hosts page", `location.pathname === '/ui/hosts' && window.__rowsPaintedAt`, 30*time.Second)
 
 	var runs []renderTiming
 	for i := range 5 {
-		b.do("reload the hosts page", chromedp.Navigate(v.UIURL+"/ui/hosts"))
-		b.wait("rows painted", `window.__rowsPaintedAt && document.body.dataset.loaded === 'true'`, 30*time.Second)
-		r := eval[renderTiming](b, renderTimingJS)
+		b.Do("reload the hosts page", chromedp.Navigate(v.UIURL+"/ui/hosts"))
+		b.Wait("rows painted", `window.__rowsPaintedAt && document.body.dataset.loaded === 'true'`, 30*time.Second)
+		r := webtest.Eval[renderTiming](b, renderTimingJS)
 		t.Logf("load %d: TTFB %.1f ms, DOMContentLoaded %.1f ms, first contentful paint %.1f ms, nodes API server %.1f ms (done at %.1f ms), rows in DOM %.1f ms, rows painted %.1f ms",
 			i+1, r.TTFB, r.DOMLoaded, r.FCP, r.APIServer, r.APIDone, r.Rows, r.RowsPaint)
 		runs = append(runs, r)
@@ -265,25 +266,25 @@ func TestHostsPage10k(t *testing.T) {
 	if last.RowsInDOM != 100 || last.RangeLabel != "1–100 of 10,000" {
 		t.Errorf("hosts page shows %d rows, %q; want 100 rows, 1–100 of 10,000", last.RowsInDOM, last.RangeLabel)
 	}
-	if got := b.text(`#phase-tabs [data-count=""]`); got != "10,000" {
+	if got := b.Text(`#phase-tabs [data-count=""]`); got != "10,000" {
 		t.Errorf("All tab = %q, want 10,000", got)
 	}
-	if got := b.text(`#phase-tabs [data-count="disconnected"]`); got != fmt.Sprint(scaleDisconnected) {
+	if got := b.Text(`#phase-tabs [data-count="disconnected"]`); got != fmt.Sprint(scaleDisconnected) {
 		t.Errorf("Disconnected tab = %q, want %d", got, scaleDisconnected)
 	}
-	b.screenshot("hosts-10k")
-	b.do("next page", chromedp.Click(chromedp.CSS("#next")))
-	b.wait("page 2", `document.querySelector('#range').textContent === '101–200 of 10,000' && document.querySelector('#hosts tbody tr a').textContent === 'host-00100.rack20.dc1'`, 10*time.Second)
-	b.do("disconnected tab", chromedp.Click(chromedp.CSS(`#phase-tabs [data-phase="disconnected"]`)))
-	b.wait("disconnected page", `document.querySelector('#range').textContent === '1–100 of 200' && document.querySelectorAll('#hosts tbody .badge.phase-disconnected').length === 100`, 10*time.Second)
-	b.do("last disconnected page", chromedp.Click(chromedp.CSS("#next")))
-	b.wait("disconnected page 2", `document.querySelector('#range').textContent === '101–200 of 200' && document.querySelector('#next').disabled`, 10*time.Second)
-	b.do("all tab", chromedp.Click(chromedp.CSS(`#phase-tabs [data-phase=""]`)))
-	b.do("search", chromedp.SendKeys(chromedp.CSS("#search"), "host-0999"))
-	b.wait("search result", `document.querySelector('#range').textContent === '1–10 of 10' && document.querySelector('#phase-tabs [data-count=""]').textContent === '10'`, 10*time.Second)
-	if loc := b.location(); loc != "/ui/hosts?q=host-0999" {
+	b.Screenshot("hosts-10k")
+	b.Do("next page", chromedp.Click(chromedp.CSS("#next")))
+	b.Wait("page 2", `document.querySelector('#range').textContent === '101–200 of 10,000' && document.querySelector('#hosts tbody tr a').textContent === 'host-00100.rack20.dc1'`, 10*time.Second)
+	b.Do("disconnected tab", chromedp.Click(chromedp.CSS(`#phase-tabs [data-phase="disconnected"]`)))
+	b.Wait("disconnected page", `document.querySelector('#range').textContent === '1–100 of 200' && document.querySelectorAll('#hosts tbody .badge.phase-disconnected').length === 100`, 10*time.Second)
+	b.Do("last disconnected page", chromedp.Click(chromedp.CSS("#next")))
+	b.Wait("disconnected page 2", `document.querySelector('#range').textContent === '101–200 of 200' && document.querySelector('#next').disabled`, 10*time.Second)
+	b.Do("all tab", chromedp.Click(chromedp.CSS(`#phase-tabs [data-phase=""]`)))
+	b.Do("search", chromedp.SendKeys(chromedp.CSS("#search"), "host-0999"))
+	b.Wait("search result", `document.querySelector('#range').textContent === '1–10 of 10' && document.querySelector('#phase-tabs [data-count=""]').textContent === '10'`, 10*time.Second)
+	if loc := b.Location(); loc != "/ui/hosts?q=host-0999" {
 		t.Errorf("location = %s", loc)
 	}
-	b.screenshot("hosts-10k-search")
-	b.noErrors("hosts page with 10,000 hosts")
+	b.Screenshot("hosts-10k-search")
+	b.NoErrors("hosts page with 10,000 hosts")
 }

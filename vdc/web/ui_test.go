@@ -17,6 +17,7 @@ import (
 	qxagent "github.com/quantix/quantix/agent"
 	"github.com/quantix/quantix/vdc/vdctest"
 	"github.com/quantix/quantix/vdc/web"
+	"github.com/quantix/quantix/vdc/web/webtest"
 )
 
 // logTee keeps the vDC's log for the secret checks and passes it to t.Log.
@@ -67,7 +68,7 @@ func TestBrowser(t *testing.T) {
 	skipShort(t)
 	logs := &logTee{t: t}
 	v := vdctest.Start(t, vdctest.Options{HeartbeatInterval: time.Second, Log: logs})
-	b := newBrowser(t, v)
+	b := webtest.New(t, webtest.SPKIHashFile(t, v.CertFile))
 	c := http.DefaultClient
 	var secrets []string // must never appear in a page or the log
 	secrets = append(secrets, v.AdminToken, v.JoinToken, vdctest.Shared(t).Password)
@@ -75,15 +76,15 @@ func TestBrowser(t *testing.T) {
 
 	grab := func(name string) {
 		t.Helper()
-		b.noErrors(name)
-		pages[name] = b.html()
-		b.screenshot(name)
+		b.NoErrors(name)
+		pages[name] = b.HTML()
+		b.Screenshot(name)
 	}
 
 	// The browser trusts this vDC's key only: another self-signed server is refused.
 	other := httptest.NewTLSServer(http.NotFoundHandler())
 	defer other.Close()
-	ctx, cancel := context.WithTimeout(b.ctx, 30*time.Second)
+	ctx, cancel := context.WithTimeout(b.Ctx, 30*time.Second)
 	err := chromedp.Do(ctx, chromedp.Navigate(other.URL))
 	cancel()
 	if err == nil || !strings.Contains(err.Error(), "ERR_CERT") {
@@ -91,28 +92,28 @@ func TestBrowser(t *testing.T) {
 	}
 
 	// --- Login required ---
-	b.do("open the hosts page", chromedp.Navigate(v.UIURL+"/ui/hosts"))
-	if loc := b.location(); loc != "/ui/login?next=%2Fui%2Fhosts" {
+	b.Do("open the hosts page", chromedp.Navigate(v.UIURL+"/ui/hosts"))
+	if loc := b.Location(); loc != "/ui/login?next=%2Fui%2Fhosts" {
 		t.Fatalf("without a session /ui/hosts shows %s, want the login page", loc)
 	}
-	b.wait("login form", `document.querySelector('#token')`, 10*time.Second)
+	b.Wait("login form", `document.querySelector('#token')`, 10*time.Second)
 	grab("login")
-	b.do("log in with a wrong token",
+	b.Do("log in with a wrong token",
 		chromedp.SendKeys(chromedp.CSS("#token"), "not-the-admin-token-0123456789"),
 		chromedp.Click(chromedp.CSS("#login-submit")))
-	b.wait("wrong-token error", `(document.querySelector('#login-error') || {}).textContent === 'Wrong admin token.'`, 10*time.Second)
-	if loc := b.location(); !strings.HasPrefix(loc, "/ui/login") {
+	b.Wait("wrong-token error", `(document.querySelector('#login-error') || {}).textContent === 'Wrong admin token.'`, 10*time.Second)
+	if loc := b.Location(); !strings.HasPrefix(loc, "/ui/login") {
 		t.Errorf("after a wrong token the browser is on %s", loc)
 	}
 	grab("login-error")
-	b.do("log in with the admin token",
+	b.Do("log in with the admin token",
 		chromedp.SendKeys(chromedp.CSS("#token"), v.AdminToken),
 		chromedp.Click(chromedp.CSS("#login-submit")))
-	b.wait("hosts page after login", `location.pathname === '/ui/hosts' && document.body.dataset.loaded === 'true'`, 15*time.Second)
+	b.Wait("hosts page after login", `location.pathname === '/ui/hosts' && document.body.dataset.loaded === 'true'`, 15*time.Second)
 
 	// The session cookie as the browser holds it.
 	var session string
-	for _, ck := range b.cookies(v.UIURL) {
+	for _, ck := range b.Cookies(v.UIURL) {
 		if ck.Name == web.SessionCookie {
 			session = ck.Value
 			if !ck.Secure || !ck.HTTPOnly || ck.SameSite != "Strict" || ck.Path != "/" {
@@ -124,20 +125,20 @@ func TestBrowser(t *testing.T) {
 		t.Fatalf("no %s cookie after login", web.SessionCookie)
 	}
 	secrets = append(secrets, session)
-	csrf := eval[string](b, `document.querySelector('meta[name="csrf-token"]').content`)
+	csrf := webtest.Eval[string](b, `document.querySelector('meta[name="csrf-token"]').content`)
 
 	// --- A node registered while the page is open appears without a reload ---
-	eval[bool](b, "window.__qxMark = true")
+	webtest.Eval[bool](b, "window.__qxMark = true")
 	a := registerAgent(t, v, c, "web-node-1.lab")
 	secrets = append(secrets, a.Secret)
 	hb := startHeartbeats(t, v, a)
 	row := fmt.Sprintf(`document.querySelector('#hosts tbody tr[data-key="%s"]')`, a.ID)
-	b.wait("the new node's row", row, 15*time.Second)
-	if !eval[bool](b, "window.__qxMark === true") {
+	b.Wait("the new node's row", row, 15*time.Second)
+	if !webtest.Eval[bool](b, "window.__qxMark === true") {
 		t.Errorf("the page reloaded to show the new node")
 	}
-	b.wait("ready badge", row+`.querySelector('.badge.phase-ready').textContent === 'Ready'`, 15*time.Second)
-	cells := eval[[]string](b, `Array.from(`+row+`.cells).map(c => c.textContent)`)
+	b.Wait("ready badge", row+`.querySelector('.badge.phase-ready').textContent === 'Ready'`, 15*time.Second)
+	cells := webtest.Eval[[]string](b, `Array.from(`+row+`.cells).map(c => c.textContent)`)
 	for i, want := range []string{"web-node-1.lab", "10.1.2.3", "Ready", "", "23.5 %16 cores · 32 threads · AMD EPYC 7302P", "20 GiB / 64 GiB", "0", "0.9.1", "available (9.0.0)"} {
 		if want != "" && (i >= len(cells) || cells[i] != want) {
 			t.Errorf("hosts row cell %d = %q, want %q (row %q)", i, cells[min(i, len(cells)-1)], want, cells)
@@ -146,30 +147,30 @@ func TestBrowser(t *testing.T) {
 	if !strings.HasSuffix(cells[3], "s ago") {
 		t.Errorf("last heartbeat cell = %q, want an age", cells[3])
 	}
-	if got := b.text(`#phase-tabs [data-count="ready"]`); got != "1" {
+	if got := b.Text(`#phase-tabs [data-count="ready"]`); got != "1" {
 		t.Errorf("ready tab count = %q, want 1", got)
 	}
 	grab("hosts")
 
 	// Search and phase filters keep working while the list refreshes.
-	b.do("search", chromedp.SendKeys(chromedp.CSS("#search"), "nomatch"))
-	b.wait("empty search result", `!document.querySelector('#empty').hidden`, 10*time.Second)
-	if loc := b.location(); loc != "/ui/hosts?q=nomatch" {
+	b.Do("search", chromedp.SendKeys(chromedp.CSS("#search"), "nomatch"))
+	b.Wait("empty search result", `!document.querySelector('#empty').hidden`, 10*time.Second)
+	if loc := b.Location(); loc != "/ui/hosts?q=nomatch" {
 		t.Errorf("search is not kept in the URL: %s", loc)
 	}
-	eval[bool](b, `(document.querySelector('#search').value = '') === ''`)
-	b.do("search again", chromedp.SendKeys(chromedp.CSS("#search"), "web-node"))
-	b.wait("search result", row, 10*time.Second)
+	webtest.Eval[bool](b, `(document.querySelector('#search').value = '') === ''`)
+	b.Do("search again", chromedp.SendKeys(chromedp.CSS("#search"), "web-node"))
+	b.Wait("search result", row, 10*time.Second)
 
 	// --- The phase badge follows the heartbeats ---
 	hb.Stop()
-	b.wait("not ready or disconnected badge", row+`.querySelector('.badge.phase-not_ready, .badge.phase-disconnected')`, 20*time.Second)
-	b.wait("disconnected badge", row+`.querySelector('.badge.phase-disconnected').textContent === 'Disconnected'`, 20*time.Second)
-	if !eval[bool](b, "window.__qxMark === true") {
+	b.Wait("not ready or disconnected badge", row+`.querySelector('.badge.phase-not_ready, .badge.phase-disconnected')`, 20*time.Second)
+	b.Wait("disconnected badge", row+`.querySelector('.badge.phase-disconnected').textContent === 'Disconnected'`, 20*time.Second)
+	if !webtest.Eval[bool](b, "window.__qxMark === true") {
 		t.Errorf("the page reloaded while the phase changed")
 	}
-	b.do("disconnected tab", chromedp.Click(chromedp.CSS(`#phase-tabs [data-phase="disconnected"]`)))
-	b.wait("disconnected filter", `location.search === '?phase=disconnected&q=web-node' && `+row, 10*time.Second)
+	b.Do("disconnected tab", chromedp.Click(chromedp.CSS(`#phase-tabs [data-phase="disconnected"]`)))
+	b.Wait("disconnected filter", `location.search === '?phase=disconnected&q=web-node' && `+row, 10*time.Second)
 	grab("hosts-disconnected")
 
 	// --- Inventory ---
@@ -184,97 +185,97 @@ func TestBrowser(t *testing.T) {
 	a.putState(t, v, c, vms[:2], pools[:1]) // old-1 and scratch are lost
 
 	// --- Host detail: maintenance on and off ---
-	b.do("open the host", chromedp.Click(chromedp.CSS(`#hosts tbody tr[data-key="`+a.ID+`"] a`)))
-	b.wait("host page", `location.pathname === '/ui/hosts/`+a.ID+`' && document.body.dataset.loaded === 'true'`, 15*time.Second)
-	b.wait("host VMs", `document.querySelectorAll('#h-vms tbody tr').length === 3 && document.querySelectorAll('#h-pools tbody tr').length === 2`, 10*time.Second)
-	if got := b.text("#h-title"); got != "web-node-1.lab" {
+	b.Do("open the host", chromedp.Click(chromedp.CSS(`#hosts tbody tr[data-key="`+a.ID+`"] a`)))
+	b.Wait("host page", `location.pathname === '/ui/hosts/`+a.ID+`' && document.body.dataset.loaded === 'true'`, 15*time.Second)
+	b.Wait("host VMs", `document.querySelectorAll('#h-vms tbody tr').length === 3 && document.querySelectorAll('#h-pools tbody tr').length === 2`, 10*time.Second)
+	if got := b.Text("#h-title"); got != "web-node-1.lab" {
 		t.Errorf("host title = %q", got)
 	}
-	lost := eval[[]string](b, `Array.from(document.querySelectorAll('#h-vms tr.is-lost td:first-child')).map(td => td.textContent)`)
+	lost := webtest.Eval[[]string](b, `Array.from(document.querySelectorAll('#h-vms tr.is-lost td:first-child')).map(td => td.textContent)`)
 	if strings.Join(lost, ",") != "old-1" {
 		t.Errorf("lost VMs on the host page = %q, want old-1", lost)
 	}
-	events := b.text("#h-events tbody")
+	events := b.Text("#h-events tbody")
 	for _, want := range []string{"registered", "ready -> not_ready", "disconnected", "vm old-1"} {
 		if !strings.Contains(events, want) {
 			t.Errorf("host events lack %q:\n%s", want, events)
 		}
 	}
-	b.do("enter maintenance", chromedp.Click(chromedp.CSS("#maint-btn")))
-	b.wait("maintenance badge", `document.querySelector('#h-phase').textContent === 'Maintenance' && document.querySelector('#h-phase').classList.contains('phase-maintenance')`, 10*time.Second)
+	b.Do("enter maintenance", chromedp.Click(chromedp.CSS("#maint-btn")))
+	b.Wait("maintenance badge", `document.querySelector('#h-phase').textContent === 'Maintenance' && document.querySelector('#h-phase').classList.contains('phase-maintenance')`, 10*time.Second)
 	if n := v.Node(t, a.ID); n.Phase != quantix.PhaseMaintenance {
 		t.Errorf("after Enter maintenance the API says %s", n.Phase)
 	}
-	b.wait("exit button", `document.querySelector('#maint-btn').textContent === 'Exit maintenance'`, 5*time.Second)
+	b.Wait("exit button", `document.querySelector('#maint-btn').textContent === 'Exit maintenance'`, 5*time.Second)
 	grab("host-maintenance")
-	b.do("exit maintenance", chromedp.Click(chromedp.CSS("#maint-btn")))
-	b.wait("left maintenance", `document.querySelector('#h-phase').textContent === 'Disconnected'`, 10*time.Second)
+	b.Do("exit maintenance", chromedp.Click(chromedp.CSS("#maint-btn")))
+	b.Wait("left maintenance", `document.querySelector('#h-phase').textContent === 'Disconnected'`, 10*time.Second)
 	if n := v.Node(t, a.ID); n.Phase != quantix.PhaseDisconnected {
 		t.Errorf("after Exit maintenance the API says %s, want disconnected (no heartbeats)", n.Phase)
 	}
-	b.wait("maintenance events", `document.querySelector('#h-events tbody').textContent.includes('maintenance -> disconnected (set by an admin)')`, 10*time.Second)
+	b.Wait("maintenance events", `document.querySelector('#h-events tbody').textContent.includes('maintenance -> disconnected (set by an admin)')`, 10*time.Second)
 	grab("host")
 
 	// --- A state-changing request without the CSRF token is refused ---
-	noCSRF := evalAsync[int](b, `fetch('/api/v1/nodes/`+a.ID+`/maintenance', {method: 'PUT', headers: {'Content-Type': 'application/json'}, body: '{"maintenance": true}'}).then(r => r.status)`)
+	noCSRF := webtest.EvalAsync[int](b, `fetch('/api/v1/nodes/`+a.ID+`/maintenance', {method: 'PUT', headers: {'Content-Type': 'application/json'}, body: '{"maintenance": true}'}).then(r => r.status)`)
 	if noCSRF != http.StatusForbidden {
 		t.Errorf("PUT maintenance from the page without X-CSRF-Token: %d, want 403", noCSRF)
 	}
 	if n := v.Node(t, a.ID); n.Phase == quantix.PhaseMaintenance {
 		t.Errorf("the CSRF-less request changed the node")
 	}
-	withCSRF := evalAsync[int](b, `fetch('/api/v1/join-tokens', {method: 'POST', headers: {'Content-Type': 'application/json', 'X-CSRF-Token': `+js(csrf)+`}, body: '{"ttl_seconds": 60}'}).then(r => r.status)`)
+	withCSRF := webtest.EvalAsync[int](b, `fetch('/api/v1/join-tokens', {method: 'POST', headers: {'Content-Type': 'application/json', 'X-CSRF-Token': `+webtest.JS(csrf)+`}, body: '{"ttl_seconds": 60}'}).then(r => r.status)`)
 	if withCSRF != http.StatusCreated {
 		t.Errorf("POST join-tokens from the page with the CSRF token: %d, want 201", withCSRF)
 	}
 
 	// --- VMs and storage pools pages ---
-	b.do("vms page", chromedp.Navigate(v.UIURL+"/ui/vms"))
-	b.wait("vms", `document.body.dataset.loaded === 'true' && document.querySelectorAll('#inventory tbody tr').length === 3`, 15*time.Second)
-	if got := b.text(`#inventory tbody tr.is-lost .badge.lost`); got != "Lost" {
+	b.Do("vms page", chromedp.Navigate(v.UIURL+"/ui/vms"))
+	b.Wait("vms", `document.body.dataset.loaded === 'true' && document.querySelectorAll('#inventory tbody tr').length === 3`, 15*time.Second)
+	if got := b.Text(`#inventory tbody tr.is-lost .badge.lost`); got != "Lost" {
 		t.Errorf("lost VM badge = %q, want Lost", got)
 	}
-	if got := b.text(`#inventory tbody tr.is-lost .sub`); !strings.HasPrefix(got, "not reported in the node's full state · since ") {
+	if got := b.Text(`#inventory tbody tr.is-lost .sub`); !strings.HasPrefix(got, "not reported in the node's full state · since ") {
 		t.Errorf("lost VM note = %q, want the reason and the time", got)
 	}
 	grab("vms")
-	b.do("lost tab", chromedp.Click(chromedp.CSS(`#lost-tabs [data-lost="true"]`)))
-	b.wait("lost VMs only", `location.search === '?lost=true' && document.querySelectorAll('#inventory tbody tr').length === 1 && document.querySelector('#inventory tbody td').textContent === 'old-1'`, 10*time.Second)
-	b.do("pools page", chromedp.Navigate(v.UIURL+"/ui/pools"))
-	b.wait("pools", `document.body.dataset.loaded === 'true' && document.querySelectorAll('#inventory tbody tr').length === 2`, 15*time.Second)
-	if got := b.text(`#inventory tbody tr.is-lost td`); got != "scratch" {
+	b.Do("lost tab", chromedp.Click(chromedp.CSS(`#lost-tabs [data-lost="true"]`)))
+	b.Wait("lost VMs only", `location.search === '?lost=true' && document.querySelectorAll('#inventory tbody tr').length === 1 && document.querySelector('#inventory tbody td').textContent === 'old-1'`, 10*time.Second)
+	b.Do("pools page", chromedp.Navigate(v.UIURL+"/ui/pools"))
+	b.Wait("pools", `document.body.dataset.loaded === 'true' && document.querySelectorAll('#inventory tbody tr').length === 2`, 15*time.Second)
+	if got := b.Text(`#inventory tbody tr.is-lost td`); got != "scratch" {
 		t.Errorf("lost pool = %q, want scratch", got)
 	}
 	grab("pools")
 
 	// --- Join tokens: created once, shown with the kernel command line and agent.toml ---
-	b.do("tokens page", chromedp.Navigate(v.UIURL+"/ui/tokens"))
+	b.Do("tokens page", chromedp.Navigate(v.UIURL+"/ui/tokens"))
 	grab("tokens")
-	b.do("create a token",
+	b.Do("create a token",
 		chromedp.Click(chromedp.CSS("#uses")),
 		chromedp.KeyEvent("\b"),
 		chromedp.SendKeys(chromedp.CSS("#uses"), "2"),
 		chromedp.SendKeys(chromedp.CSS("#description"), "rack 4"),
 		chromedp.Click(chromedp.CSS("#create-token")))
-	b.wait("the new token", `document.body.dataset.created === 'true'`, 10*time.Second)
-	token := b.text("#token-value")
+	b.Wait("the new token", `document.body.dataset.created === 'true'`, 10*time.Second)
+	token := b.Text("#token-value")
 	if len(token) != 64 {
 		t.Fatalf("token shown = %q, want 64 hex characters", token)
 	}
 	secrets = append(secrets, token)
 	wantCmdline := quantix.ParamVDC + "=" + v.URL + " " + quantix.ParamToken + "=" + token
-	if got := b.text("#cmdline"); got != wantCmdline {
+	if got := b.Text("#cmdline"); got != wantCmdline {
 		t.Errorf("kernel command line = %q, want %q", got, wantCmdline)
 	}
-	cl := quantix.ParseCmdline(b.text("#cmdline"))
+	cl := quantix.ParseCmdline(b.Text("#cmdline"))
 	if cl.Value(quantix.ParamVDC) != v.URL || cl.Value(quantix.ParamToken) != token {
 		t.Errorf("the command line parses to vdc %q token %q", cl.Value(quantix.ParamVDC), cl.Value(quantix.ParamToken))
 	}
 	var fc qxagent.FileConfig
-	if err := quantix.DecodeTOML("agent.toml", []byte(b.text("#agent-toml")), &fc); err != nil || fc.ControlPlane != v.URL || fc.JoinToken != token || fc.Validate() != nil {
-		t.Errorf("agent.toml lines %q decode to %+v, %v; want control_plane %s and the token", b.text("#agent-toml"), fc, err, v.URL)
+	if err := quantix.DecodeTOML("agent.toml", []byte(b.Text("#agent-toml")), &fc); err != nil || fc.ControlPlane != v.URL || fc.JoinToken != token || fc.Validate() != nil {
+		t.Errorf("agent.toml lines %q decode to %+v, %v; want control_plane %s and the token", b.Text("#agent-toml"), fc, err, v.URL)
 	}
-	if meta := b.text("#token-meta"); !strings.Contains(meta, "2 uses") || !strings.Contains(meta, "rack 4") {
+	if meta := b.Text("#token-meta"); !strings.Contains(meta, "2 uses") || !strings.Contains(meta, "rack 4") {
 		t.Errorf("token details = %q", meta)
 	}
 	grab("tokens-created")
@@ -285,25 +286,25 @@ func TestBrowser(t *testing.T) {
 	secrets = append(secrets, req.NodeSecret)
 
 	// --- Delete with confirmation ---
-	b.do("host page again", chromedp.Navigate(v.UIURL+"/ui/hosts/"+a.ID))
-	b.wait("host page loaded", `document.body.dataset.loaded === 'true' && !document.querySelector('#delete-btn').disabled`, 15*time.Second)
-	b.do("delete, then cancel", chromedp.Click(chromedp.CSS("#delete-btn")))
-	b.wait("confirmation dialog", `document.querySelector('#delete-dialog').open`, 5*time.Second)
-	if got := b.text("#dlg-name"); got != "web-node-1.lab" {
+	b.Do("host page again", chromedp.Navigate(v.UIURL+"/ui/hosts/"+a.ID))
+	b.Wait("host page loaded", `document.body.dataset.loaded === 'true' && !document.querySelector('#delete-btn').disabled`, 15*time.Second)
+	b.Do("delete, then cancel", chromedp.Click(chromedp.CSS("#delete-btn")))
+	b.Wait("confirmation dialog", `document.querySelector('#delete-dialog').open`, 5*time.Second)
+	if got := b.Text("#dlg-name"); got != "web-node-1.lab" {
 		t.Errorf("the dialog names %q", got)
 	}
 	grab("host-delete-dialog")
-	b.do("cancel", chromedp.Click(chromedp.CSS("#cancel-delete")))
-	b.wait("dialog closed", `!document.querySelector('#delete-dialog').open`, 5*time.Second)
+	b.Do("cancel", chromedp.Click(chromedp.CSS("#cancel-delete")))
+	b.Wait("dialog closed", `!document.querySelector('#delete-dialog').open`, 5*time.Second)
 	time.Sleep(500 * time.Millisecond)
 	v.Node(t, a.ID) // still there
-	b.do("delete, then confirm", chromedp.Click(chromedp.CSS("#delete-btn")))
-	b.wait("confirmation dialog", `document.querySelector('#delete-dialog').open`, 5*time.Second)
-	b.do("confirm", chromedp.Click(chromedp.CSS("#confirm-delete")))
-	b.wait("back on the hosts page", `location.pathname === '/ui/hosts' && document.body.dataset.loaded === 'true'`, 15*time.Second)
-	b.wait("deleted toast", `document.querySelector('#toast').textContent === 'Deleted host web-node-1.lab'`, 5*time.Second)
-	b.wait("the row is gone", `!`+row, 10*time.Second)
-	if eval[bool](b, "!!"+row) {
+	b.Do("delete, then confirm", chromedp.Click(chromedp.CSS("#delete-btn")))
+	b.Wait("confirmation dialog", `document.querySelector('#delete-dialog').open`, 5*time.Second)
+	b.Do("confirm", chromedp.Click(chromedp.CSS("#confirm-delete")))
+	b.Wait("back on the hosts page", `location.pathname === '/ui/hosts' && document.body.dataset.loaded === 'true'`, 15*time.Second)
+	b.Wait("deleted toast", `document.querySelector('#toast').textContent === 'Deleted host web-node-1.lab'`, 5*time.Second)
+	b.Wait("the row is gone", `!`+row, 10*time.Second)
+	if webtest.Eval[bool](b, "!!"+row) {
 		t.Errorf("the deleted host is still listed")
 	}
 	if code, body := rawCall(t, c, http.MethodGet, v.URL+quantix.PathNode(a.ID), v.AdminToken, nil); code != http.StatusNotFound {
@@ -325,16 +326,16 @@ func TestBrowser(t *testing.T) {
 			t.Errorf("page %s shows the join token", name)
 		}
 	}
-	visible := eval[string](b, "document.body.innerText")
+	visible := webtest.Eval[string](b, "document.body.innerText")
 	if strings.Contains(visible, csrf) {
 		t.Errorf("the page text shows the CSRF token")
 	}
 
 	// --- Logout ends the session ---
-	b.do("log out", chromedp.Click(chromedp.CSS(".logout button")))
-	b.wait("login page", `location.pathname === '/ui/login'`, 10*time.Second)
-	b.do("hosts after logout", chromedp.Navigate(v.UIURL+"/ui/vms"))
-	if loc := b.location(); !strings.HasPrefix(loc, "/ui/login") {
+	b.Do("log out", chromedp.Click(chromedp.CSS(".logout button")))
+	b.Wait("login page", `location.pathname === '/ui/login'`, 10*time.Second)
+	b.Do("hosts after logout", chromedp.Navigate(v.UIURL+"/ui/vms"))
+	if loc := b.Location(); !strings.HasPrefix(loc, "/ui/login") {
 		t.Errorf("after logout /ui/vms shows %s, want the login page", loc)
 	}
 	// The old session id no longer works, even with its CSRF token.

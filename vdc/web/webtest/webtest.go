@@ -1,4 +1,8 @@
-package web_test
+// Package webtest drives the vDC web UI in a real browser for tests: Debian's
+// headless Chromium through chromedp, trusting exactly one vDC certificate (by its
+// public key), with a probe that records CSP violations, script errors and render
+// timing, and full-page screenshots kept as test artifacts.
+package webtest
 
 import (
 	"context"
@@ -18,23 +22,20 @@ import (
 	"github.com/chromedp/cdproto/network"
 	"github.com/chromedp/cdproto/page"
 	"github.com/chromedp/chromedp"
-
-	"github.com/quantix/quantix/vdc/vdctest"
 )
 
 // ChromiumPath is Debian's chromium package's binary.
 const ChromiumPath = "/usr/bin/chromium"
 
-// browser is a headless Chromium tab that trusts exactly one vDC's certificate.
-type browser struct {
-	t         testing.TB
-	ctx       context.Context
-	artifacts string
+// Browser is a headless Chromium tab that trusts exactly one vDC's certificate.
+type Browser struct {
+	T         testing.TB
+	Ctx       context.Context
+	Artifacts string // where Screenshot writes
 }
 
-// spkiHash is the base64 SHA-256 of the certificate's public key info, the form
-// --ignore-certificate-errors-spki-list takes.
-func spkiHash(t testing.TB, certFile string) string {
+// SPKIHashFile is SPKIHash of the PEM certificate in certFile.
+func SPKIHashFile(t testing.TB, certFile string) string {
 	t.Helper()
 	b, err := os.ReadFile(certFile)
 	if err != nil {
@@ -48,6 +49,12 @@ func spkiHash(t testing.TB, certFile string) string {
 	if err != nil {
 		t.Fatal(err)
 	}
+	return SPKIHash(c)
+}
+
+// SPKIHash is the base64 SHA-256 of the certificate's public key info, the form
+// Chromium's --ignore-certificate-errors-spki-list takes.
+func SPKIHash(c *x509.Certificate) string {
 	sum := sha256.Sum256(c.RawSubjectPublicKeyInfo)
 	return base64.StdEncoding.EncodeToString(sum[:])
 }
@@ -69,9 +76,10 @@ new MutationObserver(() => {
 }).observe(document, { childList: true, subtree: true });
 `
 
-// newBrowser starts Chromium for v. A missing Chromium fails the test with the
-// install command.
-func newBrowser(t *testing.T, v *vdctest.VDC) *browser {
+// New starts Chromium for t, trusting the certificate whose public key has the
+// SPKI hash spki (SPKIHash) and no other. A missing Chromium fails the test with
+// the install command.
+func New(t testing.TB, spki string) *Browser {
 	t.Helper()
 	if _, err := os.Stat(ChromiumPath); err != nil {
 		t.Fatalf("%s: %v: run make deps (apt-get install chromium)", ChromiumPath, err)
@@ -82,7 +90,7 @@ func newBrowser(t *testing.T, v *vdctest.VDC) *browser {
 		chromedp.WindowSize(1440, 900),
 		// Trust the vDC's self-signed certificate and nothing else: Chromium
 		// accepts a certificate error only for this public key.
-		chromedp.Flag("ignore-certificate-errors-spki-list", spkiHash(t, v.CertFile)),
+		chromedp.Flag("ignore-certificate-errors-spki-list", spki),
 		chromedp.Flag("disable-gpu", true),
 		chromedp.Flag("lang", "en-US"),
 	)
@@ -98,109 +106,109 @@ func newBrowser(t *testing.T, v *vdctest.VDC) *browser {
 	if _, err := chromedp.Call(ctx, page.AddScriptToEvaluateOnNewDocument, page.AddScriptToEvaluateOnNewDocumentParams{Source: pageProbe}); err != nil {
 		t.Fatalf("start chromium: %v", err)
 	}
-	return &browser{t: t, ctx: ctx, artifacts: artifactDir(t)}
+	return &Browser{T: t, Ctx: ctx, Artifacts: ArtifactDir(t)}
 }
 
-// do runs actions, each step limited to a minute.
-func (b *browser) do(what string, actions ...chromedp.Action[chromedp.Void]) {
-	b.t.Helper()
-	ctx, cancel := context.WithTimeout(b.ctx, time.Minute)
+// Do runs actions, each step limited to a minute.
+func (b *Browser) Do(what string, actions ...chromedp.Action[chromedp.Void]) {
+	b.T.Helper()
+	ctx, cancel := context.WithTimeout(b.Ctx, time.Minute)
 	defer cancel()
 	if err := chromedp.Do(ctx, actions...); err != nil {
-		b.t.Fatalf("%s: %v (page %s)", what, err, b.location())
+		b.T.Fatalf("%s: %v (page %s)", what, err, b.Location())
 	}
 }
 
-func eval[T any](b *browser, expr string) T {
-	b.t.Helper()
-	ctx, cancel := context.WithTimeout(b.ctx, 30*time.Second)
+func Eval[T any](b *Browser, expr string) T {
+	b.T.Helper()
+	ctx, cancel := context.WithTimeout(b.Ctx, 30*time.Second)
 	defer cancel()
 	v, err := chromedp.Run(ctx, chromedp.Evaluate[T](expr))
 	if err != nil {
-		b.t.Fatalf("evaluate %s: %v", expr, err)
+		b.T.Fatalf("evaluate %s: %v", expr, err)
 	}
 	return v
 }
 
-// evalAsync evaluates an expression that returns a promise.
-func evalAsync[T any](b *browser, expr string) T {
-	b.t.Helper()
-	ctx, cancel := context.WithTimeout(b.ctx, 30*time.Second)
+// EvalAsync evaluates an expression that returns a promise.
+func EvalAsync[T any](b *Browser, expr string) T {
+	b.T.Helper()
+	ctx, cancel := context.WithTimeout(b.Ctx, 30*time.Second)
 	defer cancel()
 	v, err := chromedp.Run(ctx, chromedp.Evaluate[T](expr, chromedp.EvalAwaitPromise))
 	if err != nil {
-		b.t.Fatalf("evaluate %s: %v", expr, err)
+		b.T.Fatalf("evaluate %s: %v", expr, err)
 	}
 	return v
 }
 
-// wait polls a JavaScript condition from Go (the page's CSP forbids the eval that
+// Wait polls a JavaScript condition from Go (the page's CSP forbids the eval that
 // chromedp.Poll uses in the page).
-func (b *browser) wait(what, cond string, timeout time.Duration) {
-	b.t.Helper()
+func (b *Browser) Wait(what, cond string, timeout time.Duration) {
+	b.T.Helper()
 	deadline := time.Now().Add(timeout)
 	for {
-		ctx, cancel := context.WithTimeout(b.ctx, 10*time.Second)
+		ctx, cancel := context.WithTimeout(b.Ctx, 10*time.Second)
 		ok, err := chromedp.Run(ctx, chromedp.Evaluate[bool]("!!("+cond+")"))
 		cancel()
 		if err == nil && ok {
 			return
 		}
 		if time.Now().After(deadline) {
-			b.screenshot("failed-" + safeName(what))
-			b.t.Fatalf("%s: not within %s (%s; last error %v; page %s)", what, timeout, cond, err, b.location())
+			b.Screenshot("failed-" + safeName(what))
+			b.T.Fatalf("%s: not within %s (%s; last error %v; page %s)", what, timeout, cond, err, b.Location())
 		}
 		time.Sleep(100 * time.Millisecond)
 	}
 }
 
-func (b *browser) location() string {
-	ctx, cancel := context.WithTimeout(b.ctx, 5*time.Second)
+func (b *Browser) Location() string {
+	ctx, cancel := context.WithTimeout(b.Ctx, 5*time.Second)
 	defer cancel()
 	l, _ := chromedp.Run(ctx, chromedp.Evaluate[string]("location.pathname + location.search"))
 	return l
 }
 
-func (b *browser) text(sel string) string {
-	b.t.Helper()
-	return eval[string](b, fmt.Sprintf(`(document.querySelector(%q) || {textContent: ''}).textContent`, sel))
+func (b *Browser) Text(sel string) string {
+	b.T.Helper()
+	return Eval[string](b, fmt.Sprintf(`(document.querySelector(%q) || {textContent: ''}).textContent`, sel))
 }
 
-func (b *browser) html() string {
-	b.t.Helper()
-	return eval[string](b, "document.documentElement.outerHTML")
+func (b *Browser) HTML() string {
+	b.T.Helper()
+	return Eval[string](b, "document.documentElement.outerHTML")
 }
 
-// noErrors fails the test on any CSP violation or script error the page had.
-func (b *browser) noErrors(where string) {
-	b.t.Helper()
-	errs := eval[[]string](b, "window.__qxErrors || []")
+// NoErrors fails the test on any CSP violation or script error the page had.
+func (b *Browser) NoErrors(where string) {
+	b.T.Helper()
+	errs := Eval[[]string](b, "window.__qxErrors || []")
 	if len(errs) > 0 {
-		b.t.Errorf("%s: the page reported %q", where, errs)
+		b.T.Errorf("%s: the page reported %q", where, errs)
 	}
 }
 
-// screenshot saves a full-page PNG as a test artifact.
-func (b *browser) screenshot(name string) {
-	b.t.Helper()
-	ctx, cancel := context.WithTimeout(b.ctx, 30*time.Second)
+// Screenshot saves a full-page PNG as a test artifact.
+func (b *Browser) Screenshot(name string) {
+	b.T.Helper()
+	ctx, cancel := context.WithTimeout(b.Ctx, 30*time.Second)
 	defer cancel()
 	png, err := chromedp.Run(ctx, chromedp.FullScreenshot(100))
 	if err != nil {
-		b.t.Errorf("screenshot %s: %v", name, err)
+		b.T.Errorf("screenshot %s: %v", name, err)
 		return
 	}
-	p := filepath.Join(b.artifacts, name+".png")
+	p := filepath.Join(b.Artifacts, name+".png")
 	if err := os.WriteFile(p, png, 0o644); err != nil {
-		b.t.Errorf("screenshot %s: %v", name, err)
+		b.T.Errorf("screenshot %s: %v", name, err)
 	}
 }
 
-func (b *browser) cookies(url string) []*network.Cookie {
-	b.t.Helper()
-	res, err := chromedp.Call(b.ctx, network.GetCookies, network.GetCookiesParams{URLs: []string{url}})
+func (b *Browser) Cookies(url string) []*network.Cookie {
+	b.T.Helper()
+	res, err := chromedp.Call(b.Ctx, network.GetCookies, network.GetCookiesParams{URLs: []string{url}})
 	if err != nil {
-		b.t.Fatalf("read cookies: %v", err)
+		b.T.Fatalf("read cookies: %v", err)
 	}
 	return res.Cookies
 }
@@ -210,11 +218,11 @@ var (
 	artifactDirs = map[testing.TB]string{}
 )
 
-// artifactDir is where test t keeps its artifacts (screenshots), as tests/vm does:
+// ArtifactDir is where test t keeps its artifacts (screenshots), as tests/vm does:
 // with `go test -artifacts -outputdir=DIR` it is t.ArtifactDir() under
 // DIR/_artifacts; otherwise a temporary folder removed when t passes and kept, with
 // its path logged, when t fails.
-func artifactDir(t testing.TB) string {
+func ArtifactDir(t testing.TB) string {
 	t.Helper()
 	artifactMu.Lock()
 	defer artifactMu.Unlock()
@@ -257,5 +265,18 @@ func safeName(s string) string {
 	return s
 }
 
-// js quotes s as a JavaScript string literal.
-func js(s string) string { return fmt.Sprintf("%q", s) }
+// JS quotes s as a JavaScript string literal.
+func JS(s string) string { return fmt.Sprintf("%q", s) }
+
+// Login opens base (the UI's https:// root) at the Hosts page, which sends a
+// browser without a session to the login form, logs in with the admin token and
+// waits for the Hosts page to have loaded its data.
+func (b *Browser) Login(base, token string) {
+	b.T.Helper()
+	b.Do("open the hosts page", chromedp.Navigate(base+"/ui/hosts"))
+	b.Wait("login form", `document.querySelector('#token')`, 30*time.Second)
+	b.Do("log in with the admin token",
+		chromedp.SendKeys(chromedp.CSS("#token"), token),
+		chromedp.Click(chromedp.CSS("#login-submit")))
+	b.Wait("hosts page after login", `location.pathname === '/ui/hosts' && document.body.dataset.loaded === 'true'`, 30*time.Second)
+}
