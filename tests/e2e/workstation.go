@@ -186,6 +186,14 @@ func (w *Workstation) Forward(t testing.TB, port uint16, target string) {
 	if err != nil {
 		t.Fatal(err)
 	}
+	w.serveRelay(t, l, func() (net.Conn, error) {
+		return net.DialTimeout("tcp", target, 5*time.Second)
+	})
+}
+
+// serveRelay accepts on l and relays each connection to one that dial opens,
+// until t ends: then it stops listening and cuts the connections still open.
+func (w *Workstation) serveRelay(t testing.TB, l net.Listener, dial func() (net.Conn, error)) {
 	var (
 		wg    sync.WaitGroup
 		mu    sync.Mutex
@@ -233,9 +241,9 @@ func (w *Workstation) Forward(t testing.TB, port uint16, target string) {
 					return
 				}
 				defer untrack(c)
-				u, err := net.DialTimeout("tcp", target, 5*time.Second)
+				u, err := dial()
 				if err != nil {
-					return // the VM sees the connection reset, as with a stopped server
+					return // the client sees the connection reset, as with a stopped server
 				}
 				if !track(u) {
 					return
@@ -245,6 +253,24 @@ func (w *Workstation) Forward(t testing.TB, port uint16, target string) {
 			}()
 		}
 	}()
+}
+
+// Proxy is Forward the other way round: it listens on a free 127.0.0.1 port of
+// the host and relays every connection through the workstation to target
+// ("ip:port" on the segment), so host programs that know nothing of the lab (a
+// browser) reach a VM. It returns the host address and stops when t ends.
+func (w *Workstation) Proxy(t testing.TB, target string) string {
+	t.Helper()
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatalf("proxy to %s: %v", target, err)
+	}
+	w.serveRelay(t, l, func() (net.Conn, error) {
+		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+		defer cancel()
+		return w.DialContext(ctx, "tcp", target)
+	})
+	return l.Addr().String()
 }
 
 // relay copies a to b and back until both directions end.

@@ -120,3 +120,46 @@ func TestWorkstationForward(t *testing.T) {
 		t.Error("a request forwarded to a stopped host service succeeded")
 	}
 }
+
+// Proxy makes a service on the segment reachable from the host's loopback.
+func TestWorkstationProxy(t *testing.T) {
+	if testing.Short() {
+		t.Skip("the e2e package is skipped with -short")
+	}
+	hub := vm.NewHub(t, vm.HubConfig{DHCPOff: true})
+	srvAddr := netip.MustParsePrefix("10.77.0.3/24")
+	srv := NewWorkstation(t, hub, net.HardwareAddr{0x52, 0x54, 0x00, 0x77, 0x00, 0x03}, srvAddr)
+	cli := NewWorkstation(t, hub, WorkstationMAC, WorkstationAddr)
+	ln, err := srv.Listen(8443)
+	if err != nil {
+		t.Fatal(err)
+	}
+	hs := &http.Server{Handler: http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		fmt.Fprintf(w, "%s from %s", r.URL.Path, r.RemoteAddr)
+	})}
+	go hs.Serve(ln)
+	t.Cleanup(func() { hs.Close() })
+
+	host := cli.Proxy(t, fmt.Sprintf("%s:8443", srvAddr.Addr()))
+	if !strings.HasPrefix(host, "127.0.0.1:") {
+		t.Fatalf("proxy listens on %s, want loopback", host)
+	}
+	for i := range 3 {
+		resp, err := http.Get(fmt.Sprintf("http://%s/via%d", host, i))
+		if err != nil {
+			t.Fatal(err)
+		}
+		got, _ := io.ReadAll(resp.Body)
+		resp.Body.Close()
+		// The segment sees the workstation as the client.
+		if want := fmt.Sprintf("/via%d from %s:", i, WorkstationAddr.Addr()); !strings.HasPrefix(string(got), want) {
+			t.Fatalf("proxied answer %q, want %q...", got, want)
+		}
+	}
+	// A target nobody holds: the host client gets an error, not a hang.
+	bad := cli.Proxy(t, "10.77.0.99:8443")
+	c := &http.Client{Timeout: 30 * time.Second}
+	if _, err := c.Get("http://" + bad + "/"); err == nil {
+		t.Error("a request proxied to an address nobody holds succeeded")
+	}
+}
