@@ -56,6 +56,7 @@ var (
 // Lab settings written to the config disks.
 const (
 	VDCPort = 8080
+	UIPort  = 8443 // the vDC's HTTPS web UI (vdc.toml's default ui_listen)
 	// HeartbeatInterval is short so that liveness scenarios are quick: ready while
 	// the last heartbeat is at most 10 s old, disconnected beyond 15 s.
 	HeartbeatInterval = 5 * time.Second

@@ -79,6 +79,7 @@ func TestScenarios(t *testing.T) {
 		f    func(t *testing.T)
 	}{
 		{"1-registered", s.registered},
+		{"1b-hosts-page", s.hostsPage},
 		{"2-static-ip", s.staticIP},
 		{"5-reregistration", s.reregistration},
 		{"7-qvdc-reboot", s.qvdcReboot},
