@@ -10,18 +10,17 @@ import (
 	"crypto/x509"
 	"encoding/base64"
 	"encoding/pem"
-	"flag"
 	"fmt"
 	"os"
 	"path/filepath"
-	"regexp"
-	"sync"
 	"testing"
 	"time"
 
 	"github.com/chromedp/cdproto/network"
 	"github.com/chromedp/cdproto/page"
 	"github.com/chromedp/chromedp"
+
+	"github.com/quantix/quantix/tests/artifacts"
 )
 
 // ChromiumPath is Debian's chromium package's binary.
@@ -155,7 +154,7 @@ func (b *Browser) Wait(what, cond string, timeout time.Duration) {
 			return
 		}
 		if time.Now().After(deadline) {
-			b.Screenshot("failed-" + safeName(what))
+			b.Screenshot("failed-" + artifacts.SafeName(what))
 			b.T.Fatalf("%s: not within %s (%s; last error %v; page %s)", what, timeout, cond, err, b.Location())
 		}
 		time.Sleep(100 * time.Millisecond)
@@ -213,57 +212,9 @@ func (b *Browser) Cookies(url string) []*network.Cookie {
 	return res.Cookies
 }
 
-var (
-	artifactMu   sync.Mutex
-	artifactDirs = map[testing.TB]string{}
-)
-
-// ArtifactDir is where test t keeps its artifacts (screenshots), as tests/vm does:
-// with `go test -artifacts -outputdir=DIR` it is t.ArtifactDir() under
-// DIR/_artifacts; otherwise a temporary folder removed when t passes and kept, with
-// its path logged, when t fails.
-func ArtifactDir(t testing.TB) string {
-	t.Helper()
-	artifactMu.Lock()
-	defer artifactMu.Unlock()
-	if d, ok := artifactDirs[t]; ok {
-		return d
-	}
-	var dir string
-	if f := flag.Lookup("test.artifacts"); f != nil && f.Value.String() == "true" {
-		dir = t.ArtifactDir()
-	} else {
-		d, err := os.MkdirTemp("", "quantix-web-"+safeName(t.Name())+"-")
-		if err != nil {
-			t.Fatalf("artifact folder: %v", err)
-		}
-		dir = d
-		t.Cleanup(func() {
-			if t.Failed() {
-				t.Logf("screenshots kept in %s (go test -artifacts keeps them under -outputdir)", dir)
-				return
-			}
-			os.RemoveAll(dir)
-		})
-	}
-	artifactDirs[t] = dir
-	t.Cleanup(func() {
-		artifactMu.Lock()
-		delete(artifactDirs, t)
-		artifactMu.Unlock()
-	})
-	return dir
-}
-
-var unsafeChars = regexp.MustCompile(`[^A-Za-z0-9._-]+`)
-
-func safeName(s string) string {
-	s = unsafeChars.ReplaceAllString(s, "_")
-	if len(s) > 48 {
-		s = s[:48]
-	}
-	return s
-}
+// ArtifactDir is where test t keeps its artifacts (screenshots), shared with the
+// test's VM artifacts: see artifacts.Dir.
+func ArtifactDir(t testing.TB) string { return artifacts.Dir(t) }
 
 // JS quotes s as a JavaScript string literal.
 func JS(s string) string { return fmt.Sprintf("%q", s) }
