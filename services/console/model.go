@@ -444,7 +444,7 @@ func (m Model) keyPassword(k tea.KeyMsg) (tea.Model, tea.Cmd) {
 		return m, nil
 	}
 	if m.scr == scrPassword {
-		if wait := m.lockedUntil.Sub(time.Now()); wait > 0 {
+		if wait := time.Until(m.lockedUntil); wait > 0 {
 			m.pwErr = fmt.Sprintf("Too many wrong passwords: wait %ds.", int(wait.Seconds())+1)
 			return m, nil
 		}

@@ -80,9 +80,9 @@ func (f NetForm) Settings() network.Settings {
 	s := f.Base
 	s.Source = "console"
 	s.Mode = strings.TrimSpace(f.Mode)
-	s.DNS = nil
-	for _, d := range strings.FieldsFunc(f.DNS, func(r rune) bool { return r == ',' || r == ' ' || r == ';' }) {
-		s.DNS = append(s.DNS, d)
+	s.DNS = nil // no DNS servers: nil, not empty (network.toml leaves dns out)
+	if dns := strings.FieldsFunc(f.DNS, func(r rune) bool { return r == ',' || r == ' ' || r == ';' }); len(dns) > 0 {
+		s.DNS = dns
 	}
 	s.Static = nil
 	addr, gw := strings.TrimSpace(f.Address), strings.TrimSpace(f.Gateway)

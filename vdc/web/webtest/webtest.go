@@ -43,6 +43,7 @@ func SPKIHashFile(t testing.TB, certFile string) string {
 	blk, _ := pem.Decode(b)
 	if blk == nil {
 		t.Fatalf("%s is not PEM", certFile)
+		return ""
 	}
 	c, err := x509.ParseCertificate(blk.Bytes)
 	if err != nil {
