@@ -360,10 +360,23 @@ func (s *Service) Run(ctx context.Context) error {
 	}()
 
 	sweepCtx, stopSweep := context.WithCancel(ctx)
-	sweepDone := make(chan struct{})
+	sweepDone := make(chan struct{}, 2)
 	go func() {
-		defer close(sweepDone)
+		defer func() { sweepDone <- struct{}{} }()
 		s.sweep(sweepCtx, st, interval, grace)
+	}()
+	go func() {
+		defer func() { sweepDone <- struct{}{} }()
+		t := time.NewTicker(web.PruneEvery)
+		defer t.Stop()
+		for {
+			select {
+			case <-sweepCtx.Done():
+				return
+			case <-t.C:
+				ui.PruneSessions(sweepCtx)
+			}
+		}
 	}()
 
 	fmt.Fprintln(s.cfg.Stdout, quantix.ReadyMarker("vdc", "url", "http://"+l.Addr().String(),
@@ -390,6 +403,7 @@ func (s *Service) Run(ctx context.Context) error {
 		uiSrv.Close()
 	}
 	stopSweep()
+	<-sweepDone
 	<-sweepDone
 	return err
 }

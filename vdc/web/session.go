@@ -164,11 +164,7 @@ func (u *UI) login(w http.ResponseWriter, r *http.Request) {
 		u.renderLogin(w, r, http.StatusServiceUnavailable, next, "Cannot create a session: the database is not answering.")
 		return
 	}
-	if n, err := u.cfg.Store.DeleteExpiredSessions(r.Context(), now, u.cfg.IdleTimeout); err != nil {
-		u.log.Warn("delete expired ui sessions", "err", err)
-	} else if n > 0 {
-		u.log.Info("deleted expired ui sessions", "count", n)
-	}
+	u.PruneSessions(r.Context())
 	u.log.Info("ui login", "remote", ip)
 	u.setCookie(w, LoginCookie, "", -1)
 	u.setCookie(w, SessionCookie, sid, u.cfg.SessionLifetime)
@@ -267,3 +263,18 @@ func (t *throttle) succeed(ip string) {
 	defer t.mu.Unlock()
 	delete(t.byIP, ip)
 }
+
+// PruneSessions deletes the sessions past their lifetime or idle timeout, logging
+// how many. The vDC calls it every PruneEvery, and each login does too.
+func (u *UI) PruneSessions(ctx context.Context) {
+	n, err := u.cfg.Store.DeleteExpiredSessions(ctx, u.cfg.Now(), u.cfg.IdleTimeout)
+	switch {
+	case err != nil && ctx.Err() == nil:
+		u.log.Warn("delete expired ui sessions", "err", err)
+	case n > 0:
+		u.log.Info("deleted expired ui sessions", "count", n)
+	}
+}
+
+// PruneEvery is how often the vDC deletes expired UI sessions.
+const PruneEvery = 10 * time.Minute

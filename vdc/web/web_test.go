@@ -229,6 +229,18 @@ func TestSessionExpiry(t *testing.T) {
 	if n != 1 {
 		t.Errorf("ui_sessions has %d rows, want 1 (the two expired ones deleted at the last login)", n)
 	}
+	// Without any login, the vDC's periodic prune removes it once it has expired.
+	rg.ui.PruneSessions(context.Background())
+	rg.store.Pool().QueryRow(context.Background(), `SELECT count(*) FROM ui_sessions`).Scan(&n)
+	if n != 1 {
+		t.Errorf("prune deleted a live session: %d rows, want 1", n)
+	}
+	rg.clock.Add(web.DefaultIdleTimeout + time.Second)
+	rg.ui.PruneSessions(context.Background())
+	rg.store.Pool().QueryRow(context.Background(), `SELECT count(*) FROM ui_sessions`).Scan(&n)
+	if n != 0 {
+		t.Errorf("after the idle timeout and a prune, ui_sessions has %d rows, want 0", n)
+	}
 }
 
 // TestCSRF: state-changing requests need the session's token and a same-origin
