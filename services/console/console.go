@@ -12,6 +12,7 @@ package console
 
 import (
 	"context"
+	"encoding/binary"
 	"errors"
 	"fmt"
 	"io"
@@ -19,6 +20,7 @@ import (
 	"os"
 	"path/filepath"
 	"time"
+	"unsafe"
 
 	tea "github.com/charmbracelet/bubbletea"
 	"golang.org/x/sys/unix"
@@ -211,6 +213,10 @@ func (s *Service) Run(ctx context.Context) error {
 // Config returns the configuration in use, defaults filled in.
 func (s *Service) Config() Config { return s.cfg }
 
+// ErrNoTTY is wrapped by OpenTTY's error when the terminal device does not exist
+// on this machine (qx-console exits 78: a configuration error).
+var ErrNoTTY = errors.New("no such terminal on this machine")
+
 // OpenTTY opens a terminal device for the console: it makes this process a session
 // leader, opens the device as its controlling terminal (taking it over from any
 // other session), sets a serial line's speed, and gives a terminal without a size
@@ -220,7 +226,16 @@ func OpenTTY(path string, baud int) (*os.File, error) {
 	// so a wrong path changes nothing about this process.
 	f, err := os.OpenFile(filepath.Clean(path), os.O_RDWR|unix.O_NOCTTY, 0)
 	if err != nil {
+		if errors.Is(err, unix.ENOENT) || errors.Is(err, unix.ENXIO) || errors.Is(err, unix.ENODEV) || errors.Is(err, unix.EIO) {
+			// No such port on this machine (a serial UART that is not there answers
+			// EIO): restarting cannot help, the configuration names a wrong port.
+			return nil, fmt.Errorf("open tty %s: %w: %w", path, ErrNoTTY, err)
+		}
 		return nil, fmt.Errorf("open tty %s: %w", path, err)
+	}
+	if serialPortMissing(int(f.Fd())) {
+		f.Close()
+		return nil, fmt.Errorf("open tty %s: %w: the kernel found no UART at this port", path, ErrNoTTY)
 	}
 	if _, err := unix.Setsid(); err != nil {
 		// EPERM: already a process group leader; fine if we lead the session.
@@ -289,4 +304,19 @@ func makeRaw(fd int) (func(), error) {
 		return nil, fmt.Errorf("raw mode: %w", err)
 	}
 	return func() { _ = unix.IoctlSetTermios(fd, unix.TCSETS, old) }, nil
+}
+
+// serialPortMissing reports whether fd is a serial port the kernel knows of but
+// found no UART for (type PORT_UNKNOWN): Linux creates /dev/ttyS0-3 whether the
+// ports exist or not, and opening a missing one succeeds; only its I/O fails. A
+// terminal that is no serial port (a VT, a pty) is not missing.
+func serialPortMissing(fd int) bool {
+	// struct serial_struct begins with int type; the buffer covers the whole
+	// struct (72 bytes on amd64) with room to spare.
+	var ss [128]byte
+	if _, _, errno := unix.Syscall(unix.SYS_IOCTL, uintptr(fd), unix.TIOCGSERIAL, uintptr(unsafe.Pointer(&ss[0]))); errno != 0 {
+		return false
+	}
+	const portUnknown = 0
+	return int32(binary.NativeEndian.Uint32(ss[:4])) == portUnknown
 }

@@ -42,8 +42,8 @@ func main() {
 	if err != nil {
 		fmt.Fprintln(os.Stderr, "qx-console:", err)
 		var ue usageError
-		if errors.As(err, &ue) {
-			os.Exit(exitConfig)
+		if errors.As(err, &ue) || errors.Is(err, console.ErrNoTTY) {
+			os.Exit(exitConfig) // init shows a fatal marker and retries slowly
 		}
 		os.Exit(1)
 	}

@@ -4,6 +4,8 @@ import (
 	"bytes"
 	"context"
 	"errors"
+	"os"
+	"os/exec"
 	"path/filepath"
 	"strings"
 	"testing"
@@ -53,5 +55,20 @@ func TestHashPasswordCommand(t *testing.T) {
 	}
 	if err := (console.PasswordStore{Path: path}).Verify("correct horse"); err != nil {
 		t.Fatalf("set-password: %v", err)
+	}
+}
+
+// A console configured on a terminal this machine lacks exits 78 (EX_CONFIG), so
+// init shows a fatal marker naming it and retries slowly instead of crash-looping.
+func TestMissingTTYExitsConfig(t *testing.T) {
+	cmd := exec.Command(os.Args[0], "--name", "console-serial", "--tty", "/nonexistent/ttyS9", "--image", "quantix-os")
+	cmd.Env = append(os.Environ(), mainEnv+"=1")
+	out, err := cmd.CombinedOutput()
+	var ee *exec.ExitError
+	if !errors.As(err, &ee) || ee.ExitCode() != exitConfig {
+		t.Fatalf("qx-console on a missing tty: %v, want exit status %d\n%s", err, exitConfig, out)
+	}
+	if !strings.Contains(string(out), "open tty /nonexistent/ttyS9: no such terminal on this machine") {
+		t.Errorf("qx-console's error does not name the missing terminal:\n%s", out)
 	}
 }
