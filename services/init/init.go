@@ -9,6 +9,7 @@ import (
 	"os"
 	"os/signal"
 	"path/filepath"
+	"slices"
 	"strings"
 	"syscall"
 	"time"
@@ -184,6 +185,7 @@ func (in *Init) Run(ctx context.Context) (Action, error) {
 // costs the serial console: the image's services, tty1's console among them, run.
 func (in *Init) withSerialConsole(services []spec.Service, cmdline quantix.Cmdline) []spec.Service {
 	sc, err := ChooseSerialConsole(in.consoleConfig, cmdline)
+	sc.KernelConsole = sc.TTY != "" && slices.Contains(KernelConsoles("/proc/consoles"), sc.TTY)
 	var out []spec.Service
 	if err == nil {
 		out, err = WithSerialConsole(services, sc, in.devDir)

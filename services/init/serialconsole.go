@@ -47,6 +47,30 @@ type SerialConsole struct {
 	Baud int
 	// Source says where the port came from (the file, or the kernel parameter).
 	Source string
+	// KernelConsole is set when the kernel prints its messages on this port too
+	// (it is in /proc/consoles): the console then repaints its screen regularly,
+	// as the one on tty1 does.
+	KernelConsole bool
+}
+
+// DefaultRepaint is how often a console that shares its terminal with the kernel's
+// messages redraws, unless the image's console says otherwise.
+const DefaultRepaint = "10s"
+
+// KernelConsoles lists the terminals the kernel prints its messages on, from
+// /proc/consoles ("ttyS0", "tty0").
+func KernelConsoles(procConsoles string) []string {
+	b, err := os.ReadFile(procConsoles)
+	if err != nil {
+		return nil
+	}
+	var out []string
+	for _, l := range strings.Split(string(b), "\n") {
+		if f := strings.Fields(l); len(f) > 0 {
+			out = append(out, f[0])
+		}
+	}
+	return out
 }
 
 // consoleFile is ConsoleConfig's schema. Pointers tell "absent" from "empty".
@@ -194,6 +218,13 @@ func WithSerialConsole(services []spec.Service, sc SerialConsole, devDir string)
 		Name: SerialConsoleService, Command: ConsoleCommand,
 		Args:  []string{"--name", SerialConsoleService, "--tty", dev, "--baud", strconv.Itoa(sc.Baud)},
 		Ready: spec.ReadyMarker,
+	}
+	if sc.KernelConsole {
+		repaint := DefaultRepaint
+		if base != nil && flagValue(base.Args, "repaint") != "" {
+			repaint = flagValue(base.Args, "repaint")
+		}
+		svc.Args = append(svc.Args, "--repaint", repaint)
 	}
 	if base != nil {
 		svc.Command = base.Command

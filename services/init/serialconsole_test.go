@@ -6,6 +6,7 @@ import (
 	"log/slog"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 	"testing"
 	"time"
@@ -118,6 +119,14 @@ func TestWithSerialConsole(t *testing.T) {
 			sc:       SerialConsole{TTY: "ttyS1", Baud: 115200},
 			want: []spec.Service{tty1, {Name: "console-serial", Command: "/bbin/qx-console", Ready: spec.ReadyMarker,
 				Args: []string{"--name", "console-serial", "--tty", "/dev/ttyS1", "--baud", "115200", "--agent-url", "http://127.0.0.1:9101"}}}},
+		{name: "kernel messages on the port: repaint as the image console does",
+			services: []spec.Service{network, tty1}, sc: SerialConsole{TTY: "ttyS0", Baud: 115200, KernelConsole: true},
+			want: []spec.Service{network, tty1, {Name: "console-serial", Command: "/bbin/qx-console", Ready: spec.ReadyMarker,
+				Args: []string{"--name", "console-serial", "--tty", "/dev/ttyS0", "--baud", "115200", "--repaint", "10s", "--agent-url", "http://127.0.0.1:9101"}}}},
+		{name: "kernel messages on the port, no image console: default repaint",
+			services: []spec.Service{network}, sc: SerialConsole{TTY: "ttyS0", Baud: 115200, KernelConsole: true},
+			want: []spec.Service{network, {Name: "console-serial", Command: ConsoleCommand, Ready: spec.ReadyMarker,
+				Args: []string{"--name", "console-serial", "--tty", "/dev/ttyS0", "--baud", "115200", "--repaint", DefaultRepaint}}}},
 		{name: "tty taken by another console",
 			services: []spec.Service{network, tty1, {Name: "console-ttyS1", Command: "/bbin/qx-console", Args: []string{"--tty=/dev/ttyS1"}}}, sc: sc,
 			wantErr: "serial console on /dev/ttyS1: service console-ttyS1 already runs a console there"},
@@ -270,5 +279,20 @@ func TestSerialConsoleOnTheImages(t *testing.T) {
 		if len(got) != len(img.Services)+1 {
 			t.Errorf("%s: %d services, want the image's %d and the serial console", tc.image, len(got), len(img.Services))
 		}
+	}
+}
+
+func TestKernelConsoles(t *testing.T) {
+	path := filepath.Join(t.TempDir(), "consoles")
+	// /proc/consoles as the images' boot entries make it.
+	data := "ttyS0                -W- (EC p a)    4:64\ntty0                 -WU (E  p  )    4:1\n"
+	if err := os.WriteFile(path, []byte(data), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	if got, want := KernelConsoles(path), []string{"ttyS0", "tty0"}; !slices.Equal(got, want) {
+		t.Errorf("KernelConsoles = %q, want %q", got, want)
+	}
+	if got := KernelConsoles(filepath.Join(t.TempDir(), "missing")); got != nil {
+		t.Errorf("KernelConsoles of a missing file = %q, want none", got)
 	}
 }
