@@ -138,6 +138,13 @@ func runInit(console, logw io.Writer) {
 		action = initd.ActionReboot
 	}
 	log.Info("halting", "action", string(action))
+	var ttys []*os.File
+	for _, w := range []io.Writer{console, logw} {
+		if f, ok := w.(*os.File); ok {
+			ttys = append(ttys, f)
+		}
+	}
+	initd.DrainConsole(2*time.Second, ttys...)
 	for {
 		if err := initd.Halt(action); err != nil {
 			log.Error("reboot(2) failed; retrying", "err", errors.Unwrap(err))
