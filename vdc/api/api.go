@@ -246,13 +246,14 @@ func (a *API) admin(h http.HandlerFunc) http.HandlerFunc {
 // nodeID returns the {id} path value if it is a UUID.
 func nodeID(r *http.Request) (string, error) {
 	id := r.PathValue("id")
-	if !isUUID(id) {
+	if !IsUUID(id) {
 		return "", badRequest("node id %q in the path is not a UUID", id)
 	}
 	return strings.ToLower(id), nil
 }
 
-func isUUID(s string) bool {
+// IsUUID reports whether s is a UUID in its 36-character text form (either case).
+func IsUUID(s string) bool {
 	if len(s) != 36 {
 		return false
 	}

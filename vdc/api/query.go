@@ -89,7 +89,7 @@ func inventoryFilter(r *http.Request) (f store.InventoryFilter, err error) {
 		return f, err
 	}
 	if id := q.Get("node_id"); id != "" {
-		if !isUUID(id) {
+		if !IsUUID(id) {
 			return f, badRequest("query parameter node_id=%q is not a UUID", id)
 		}
 		f.NodeID = strings.ToLower(id)

@@ -132,7 +132,7 @@ var powerStates = map[string]bool{
 }
 
 func checkVM(field string, v *quantix.VM) error {
-	if !isUUID(v.UUID) {
+	if !IsUUID(v.UUID) {
 		return badRequest("%s.uuid %q is not a UUID", field, v.UUID)
 	}
 	if err := checkText(field+".name", v.Name, 1024, true); err != nil {
@@ -212,7 +212,7 @@ func checkEvents(evs *quantix.NodeEvents) error {
 				return badRequest("%s: kind vm needs vm and no storage_pool", f)
 			}
 			if e.Action == quantix.EventActionRemoved {
-				if !isUUID(e.VM.UUID) {
+				if !IsUUID(e.VM.UUID) {
 					return badRequest("%s.vm.uuid %q is not a UUID", f, e.VM.UUID)
 				}
 			} else if err := checkVM(f+".vm", e.VM); err != nil {

@@ -25,6 +25,7 @@ import (
 	"time"
 
 	"github.com/quantix/quantix"
+	"github.com/quantix/quantix/vdc/api"
 	"github.com/quantix/quantix/vdc/store"
 )
 
@@ -271,7 +272,7 @@ func (u *UI) page(name, title string) http.HandlerFunc {
 		d.CSRF = csrfToken(sid)
 		if name == "host" {
 			id := strings.ToLower(r.PathValue("id"))
-			if !isUUID(id) {
+			if !api.IsUUID(id) {
 				u.plainError(w, http.StatusNotFound, "No such host: "+r.PathValue("id"))
 				return
 			}
@@ -385,23 +386,4 @@ func RedirectBrowsers(api http.Handler, uiPort int) http.Handler {
 		}
 		api.ServeHTTP(w, r)
 	})
-}
-
-func isUUID(s string) bool {
-	if len(s) != 36 {
-		return false
-	}
-	for i, c := range s {
-		switch i {
-		case 8, 13, 18, 23:
-			if c != '-' {
-				return false
-			}
-		default:
-			if !(c >= '0' && c <= '9' || c >= 'a' && c <= 'f') {
-				return false
-			}
-		}
-	}
-	return true
 }
