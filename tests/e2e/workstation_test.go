@@ -18,13 +18,8 @@ import (
 // TestWorkstation joins two workstations on a hub and runs HTTP between them: the
 // path the scenarios use to reach the vDC, without a VM.
 func TestWorkstation(t *testing.T) {
-	if testing.Short() {
-		t.Skip("the e2e package is skipped with -short")
-	}
-	hub := vm.NewHub(t, vm.HubConfig{DHCPOff: true})
-	srvAddr := netip.MustParsePrefix("10.77.0.3/24")
-	srv := NewWorkstation(t, hub, net.HardwareAddr{0x52, 0x54, 0x00, 0x77, 0x00, 0x03}, srvAddr)
-	cli := NewWorkstation(t, hub, WorkstationMAC, WorkstationAddr)
+	srv, cli := workstationPair(t)
+	srvAddr := srv.Addr
 	ln, err := srv.Listen(8080)
 	if err != nil {
 		t.Fatal(err)
@@ -64,13 +59,8 @@ func TestWorkstation(t *testing.T) {
 // Forward makes a service on the host's loopback reachable on the segment at the
 // workstation's address, both ways and for many requests.
 func TestWorkstationForward(t *testing.T) {
-	if testing.Short() {
-		t.Skip("the e2e package is skipped with -short")
-	}
-	hub := vm.NewHub(t, vm.HubConfig{DHCPOff: true})
-	srvAddr := netip.MustParsePrefix("10.77.0.3/24")
-	srv := NewWorkstation(t, hub, net.HardwareAddr{0x52, 0x54, 0x00, 0x77, 0x00, 0x03}, srvAddr)
-	cli := NewWorkstation(t, hub, WorkstationMAC, WorkstationAddr)
+	srv, cli := workstationPair(t)
+	srvAddr := srv.Addr
 
 	host := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		b, _ := io.ReadAll(r.Body)
@@ -123,13 +113,8 @@ func TestWorkstationForward(t *testing.T) {
 
 // Proxy makes a service on the segment reachable from the host's loopback.
 func TestWorkstationProxy(t *testing.T) {
-	if testing.Short() {
-		t.Skip("the e2e package is skipped with -short")
-	}
-	hub := vm.NewHub(t, vm.HubConfig{DHCPOff: true})
-	srvAddr := netip.MustParsePrefix("10.77.0.3/24")
-	srv := NewWorkstation(t, hub, net.HardwareAddr{0x52, 0x54, 0x00, 0x77, 0x00, 0x03}, srvAddr)
-	cli := NewWorkstation(t, hub, WorkstationMAC, WorkstationAddr)
+	srv, cli := workstationPair(t)
+	srvAddr := srv.Addr
 	ln, err := srv.Listen(8443)
 	if err != nil {
 		t.Fatal(err)
@@ -162,4 +147,17 @@ func TestWorkstationProxy(t *testing.T) {
 	if _, err := c.Get("http://" + bad + "/"); err == nil {
 		t.Error("a request proxied to an address nobody holds succeeded")
 	}
+}
+
+// workstationPair plugs two workstations into a new hub without DHCP: a server at
+// 10.77.0.3 and the lab's usual one (WorkstationAddr) as its client.
+func workstationPair(t *testing.T) (srv, cli *Workstation) {
+	t.Helper()
+	if testing.Short() {
+		t.Skip("the e2e package is skipped with -short")
+	}
+	hub := vm.NewHub(t, vm.HubConfig{DHCPOff: true})
+	srv = NewWorkstation(t, hub, net.HardwareAddr{0x52, 0x54, 0x00, 0x77, 0x00, 0x03}, netip.MustParsePrefix("10.77.0.3/24"))
+	cli = NewWorkstation(t, hub, WorkstationMAC, WorkstationAddr)
+	return srv, cli
 }
