@@ -11,7 +11,7 @@ APT_PACKAGES := \
 	postgresql-15 postgresql-client-15 \
 	qemu-system-x86 qemu-utils ovmf \
 	isolinux syslinux-common grub-efi-amd64-bin grub-pc-bin grub-common \
-	mtools dosfstools e2fsprogs kmod cpio xorriso \
+	mtools dosfstools e2fsprogs kmod cpio xorriso squashfs-tools \
 	iproute2 dnsmasq-base \
 	libvirt-daemon libvirt-daemon-system libvirt-clients \
 	chromium fonts-liberation \

@@ -53,7 +53,7 @@ type Config struct {
 	// SourceDateEpoch is every timestamp written; default $SOURCE_DATE_EPOCH, else the
 	// time of the last git commit, else 0.
 	SourceDateEpoch *int64
-	// Rebuild ignores the cached u-root build.
+	// Rebuild ignores the cached u-root build and extension images.
 	Rebuild bool
 	// Progress receives one line per step with its duration (nil: none).
 	Progress io.Writer
@@ -285,6 +285,11 @@ func (b *Builder) Build(ctx context.Context) (*Result, error) {
 		return nil
 	}); err != nil {
 		return nil, err
+	}
+	if len(img.Extensions) > 0 {
+		if err := step("extensions (mksquashfs)", func() error { return b.extensionStep(t, work, m) }); err != nil {
+			return nil, err
+		}
 	}
 	if err := step("initramfs (cpio, compressed)", func() error {
 		p := initrdPath

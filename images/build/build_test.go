@@ -4,9 +4,11 @@ import (
 	"bytes"
 	"context"
 	"encoding/json"
+	"fmt"
 	"io"
 	"log/slog"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"strings"
 	"testing"
@@ -138,48 +140,90 @@ func TestUpdateSums(t *testing.T) {
 	}
 }
 
-// TestBuildReproducible builds Quantix OS twice from scratch (the u-root busybox
-// rebuilt each time) with one SOURCE_DATE_EPOCH and wants identical ISOs, and checks
-// the manifest. It needs the kernel package (downloaded into the cache on first use)
-// and a minute or two; -short skips it.
+// TestBuildReproducible builds Quantix OS twice from scratch (the u-root busybox and
+// the extension images rebuilt each time) with one SOURCE_DATE_EPOCH and wants
+// identical ISOs: once in this process, once as a release engineer elsewhere would,
+// with qx-image in a copy of the repository in another folder, another time zone
+// (UTC+14), another locale and umask 077. It checks the manifest too. It needs the
+// kernel package (downloaded into the cache on first use) and a minute or two; -short
+// skips it.
 func TestBuildReproducible(t *testing.T) {
 	if testing.Short() {
 		t.Skip("builds two ISOs; skipped with -short")
 	}
 	epoch := int64(1700000000)
-	var sums []string
-	for i := 0; i < 2; i++ {
-		b, err := New(Config{
-			Spec: "../quantix-os.toml", OutDir: t.TempDir(), SourceDateEpoch: &epoch, Rebuild: true,
-		}, slog.New(slog.NewTextHandler(io.Discard, nil)))
+	b, err := New(Config{
+		Spec: "../quantix-os.toml", OutDir: t.TempDir(), SourceDateEpoch: &epoch, Rebuild: true,
+	}, slog.New(slog.NewTextHandler(io.Discard, nil)))
+	if err != nil {
+		t.Fatal(err)
+	}
+	res, err := b.Build(context.Background())
+	if err != nil {
+		t.Fatalf("build here: %v", err)
+	}
+	var m Manifest
+	data, err := os.ReadFile(res.Manifest)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := json.Unmarshal(data, &m); err != nil {
+		t.Fatal(err)
+	}
+	if m.ISO.SHA256 != res.SHA256 || m.Kernel.SHA256 != b.Image().Kernel.SHA256 || len(m.Modules) == 0 ||
+		len(m.Commands) == 0 || len(m.Commands[0].GoModules) == 0 || len(m.GoModules) < 10 || m.GoModules[0].Sum == "" || len(m.URoot.GoModules) == 0 || len(m.Overlay) == 0 || len(m.Boot) == 0 {
+		t.Errorf("manifest lacks inputs: %s", data)
+	}
+	if len(m.Extensions) != 1 || m.Extensions[0].Name != quantix.HypervisorExtension || m.Extensions[0].Files < 50 || m.Extensions[0].Size < 1<<20 {
+		t.Errorf("manifest extensions = %+v, want the hypervisor extension with its files", m.Extensions)
+	}
+	checkInitramfs(t, res.ISO, m.Kernel.Release)
+	sumsFile, _ := os.ReadFile(filepath.Join(filepath.Dir(res.ISO), "SHA256SUMS"))
+	if want := res.SHA256 + "  quantix-os.iso\n"; string(sumsFile) != want {
+		t.Errorf("SHA256SUMS = %q, want %q", sumsFile, want)
+	}
+
+	// The same commit elsewhere: a copy of the tracked files in another folder.
+	repo, err := findRepo(".")
+	if err != nil {
+		t.Fatal(err)
+	}
+	elsewhere := filepath.Join(t.TempDir(), "somebody else's checkout")
+	files, err := exec.Command("git", "-C", repo, "ls-files", "-co", "--exclude-standard").Output()
+	if err != nil {
+		t.Fatalf("git ls-files: %v", err)
+	}
+	for _, f := range strings.Split(strings.TrimSpace(string(files)), "\n") {
+		src, dst := filepath.Join(repo, f), filepath.Join(elsewhere, f)
+		st, err := os.Lstat(src)
+		if err != nil || !st.Mode().IsRegular() {
+			continue // deleted in the work tree, or a symlink (out/)
+		}
+		data, err := os.ReadFile(src)
 		if err != nil {
 			t.Fatal(err)
 		}
-		res, err := b.Build(context.Background())
-		if err != nil {
-			t.Fatalf("build %d: %v", i+1, err)
-		}
-		sums = append(sums, res.SHA256)
-		var m Manifest
-		data, err := os.ReadFile(res.Manifest)
-		if err != nil {
+		if err := os.MkdirAll(filepath.Dir(dst), 0o755); err != nil {
 			t.Fatal(err)
 		}
-		if err := json.Unmarshal(data, &m); err != nil {
+		if err := os.WriteFile(dst, data, st.Mode().Perm()); err != nil {
 			t.Fatal(err)
-		}
-		if m.ISO.SHA256 != res.SHA256 || m.Kernel.SHA256 != b.Image().Kernel.SHA256 || len(m.Modules) == 0 ||
-			len(m.Commands) == 0 || len(m.Commands[0].GoModules) == 0 || len(m.GoModules) < 10 || m.GoModules[0].Sum == "" || len(m.URoot.GoModules) == 0 || len(m.Overlay) == 0 || len(m.Boot) == 0 {
-			t.Errorf("manifest lacks inputs: %s", data)
-		}
-		checkInitramfs(t, res.ISO, m.Kernel.Release)
-		sumsFile, _ := os.ReadFile(filepath.Join(filepath.Dir(res.ISO), "SHA256SUMS"))
-		if want := res.SHA256 + "  quantix-os.iso\n"; string(sumsFile) != want {
-			t.Errorf("SHA256SUMS = %q, want %q", sumsFile, want)
 		}
 	}
-	if sums[0] != sums[1] {
-		t.Errorf("two builds differ: %s vs %s", sums[0], sums[1])
+	out := t.TempDir()
+	cmd := exec.Command("sh", "-c", `umask 077 && exec "$GO" run ./images/cmd/qx-image build --rebuild --out "$OUT" images/quantix-os.toml`)
+	cmd.Dir = elsewhere
+	cmd.Env = append(os.Environ(), "GO="+goTool(), "OUT="+out, fmt.Sprintf("SOURCE_DATE_EPOCH=%d", epoch),
+		"TZ=Pacific/Kiritimati", "LANG=de_DE.UTF-8", "LC_ALL=de_DE.UTF-8")
+	if outb, err := cmd.CombinedOutput(); err != nil {
+		t.Fatalf("build elsewhere: %v\n%s", err, outb)
+	}
+	other, err := os.ReadFile(filepath.Join(out, "SHA256SUMS"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if want := res.SHA256 + "  quantix-os.iso\n"; string(other) != want {
+		t.Errorf("the build in another folder, time zone, locale and umask differs:\n got %s want %s", other, want)
 	}
 }
 

@@ -10,6 +10,7 @@ import (
 	"path/filepath"
 	"sort"
 	"strings"
+	"sync"
 	"time"
 
 	diskfs "github.com/diskfs/go-diskfs"
@@ -266,6 +267,13 @@ func MakeISO(c ISOConfig) (string, error) {
 // entries for BIOS (isolinux) and UEFI (the EFI image), trims the file to the volume
 // size, fixes the volume timestamps to mtime, and makes it hybrid.
 func writeISO(root, out, label string, efiSize int64, mtime time.Time) error {
+	// go-diskfs writes each directory record's date in time.Local, with the zone's
+	// offset: the same commit built in another time zone gave other bytes. It has
+	// no option for the zone, so the ISO is written with Local set to UTC.
+	localMu.Lock()
+	defer localMu.Unlock()
+	defer func(l *time.Location) { time.Local = l }(time.Local)
+	time.Local = time.UTC
 	var total int64
 	if err := filepath.Walk(root, func(p string, info os.FileInfo, err error) error {
 		if err != nil {
@@ -322,6 +330,9 @@ func writeISO(root, out, label string, efiSize int64, mtime time.Time) error {
 	}
 	return MakeHybrid(out, mbr, efiSize, label)
 }
+
+// localMu serialises writeISO's swap of time.Local.
+var localMu sync.Mutex
 
 // trimToVolume cuts the file to the volume size recorded in the primary volume
 // descriptor and sets the four PVD dates (go-diskfs writes time.Now()) to mtime.

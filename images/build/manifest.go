@@ -31,7 +31,10 @@ type Manifest struct {
 	Overlay   []FileInput     `json:"overlay"`
 	HostFiles []HostFileInput `json:"host_files"`
 	Boot      []FileInput     `json:"boot"`
-	Initramfs InitramfsInfo   `json:"initramfs"`
+	// Extensions are the squashfs images inside the initramfs; their files are
+	// listed in HostFiles under the extension's mount point.
+	Extensions []ExtensionInput `json:"extensions,omitempty"`
+	Initramfs  InitramfsInfo    `json:"initramfs"`
 }
 
 // KernelInput is the pinned kernel package.

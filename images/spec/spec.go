@@ -33,6 +33,21 @@ type Image struct {
 	Initramfs Initramfs `toml:"initramfs"`
 	Boot      Boot      `toml:"boot"`
 	Services  []Service `toml:"service"`
+	// Extensions are read-only squashfs images inside the initramfs, mounted by a
+	// service after boot (Quantix-OS: libvirt and QEMU).
+	Extensions []Extension `toml:"extension"`
+}
+
+// Extension is a set of host files (ELF files bring their shared libraries, as in
+// Initramfs.Files) packed as one compressed read-only squashfs image at
+// quantix.ExtensionImage(Name) inside the initramfs. The kernel copies it into RAM
+// with the initramfs but nothing unpacks it before init runs: the service that needs
+// it mounts it (quantix.ExtensionMount(Name)) after boot-complete, and symlinks in the
+// initramfs point every path the extension adds into that mount point. Files the
+// initramfs already holds (libc, say) stay out of the extension.
+type Extension struct {
+	Name  string   `toml:"name"`
+	Files []string `toml:"files"`
 }
 
 // Kernel pins the Debian kernel package and the modules the image loads at boot.
@@ -118,6 +133,10 @@ type Service struct {
 	DependsOn []string `toml:"depends_on"`
 	// Ready is "marker" (default) or "start".
 	Ready string `toml:"ready"`
+	// AfterBoot services start once the boot is complete (every other service
+	// ready, the remaining kernel modules loaded), or after a bounded wait when it
+	// is not; boot-complete does not wait for them (Quantix-OS: libvirtd).
+	AfterBoot bool `toml:"after_boot"`
 }
 
 // Load reads and validates an image definition.
@@ -248,6 +267,29 @@ func (img *Image) Validate() error {
 			bad(fmt.Sprintf("initramfs.files[%d]", i), "%q: the destination must be relative to the initramfs root", f)
 		}
 	}
+	extNames := map[string]bool{}
+	for i, e := range img.Extensions {
+		key := fmt.Sprintf("extension[%d]", i)
+		if !nameRE.MatchString(e.Name) {
+			bad(key+".name", "%q must be lower-case letters, digits and hyphens, starting with a letter", e.Name)
+		}
+		if extNames[e.Name] {
+			bad(key+".name", "%q is used twice", e.Name)
+		}
+		extNames[e.Name] = true
+		if len(e.Files) == 0 {
+			bad(key+".files", "empty; an extension needs at least one file")
+		}
+		for j, f := range e.Files {
+			src, dst, _ := strings.Cut(f, ":")
+			if !filepath.IsAbs(src) {
+				bad(fmt.Sprintf("%s.files[%d]", key, j), "%q: the host path must be absolute", f)
+			}
+			if dst != "" && !relClean(dst) {
+				bad(fmt.Sprintf("%s.files[%d]", key, j), "%q: the destination must be relative to the root", f)
+			}
+		}
+	}
 	switch ir.Compression {
 	case "", CompressionZstd, CompressionGzip:
 	default:
@@ -345,8 +387,11 @@ func validateServices(svcs []Service) []error {
 	}
 	for i, s := range svcs {
 		for _, d := range s.DependsOn {
-			if _, ok := names[d]; !ok {
+			j, ok := names[d]
+			if !ok {
 				errs = append(errs, fmt.Errorf("service[%d].depends_on: %q (of %s) is not a service of this image", i, d, s.Name))
+			} else if svcs[j].AfterBoot && !s.AfterBoot {
+				errs = append(errs, fmt.Errorf("service[%d].depends_on: %s would wait for %q, which starts after boot-complete: make %s after_boot too", i, s.Name, d, s.Name))
 			}
 		}
 	}

@@ -8,8 +8,10 @@ import (
 	"log/slog"
 	"os"
 	"os/signal"
+	"os/user"
 	"path/filepath"
 	"slices"
+	"strconv"
 	"strings"
 	"syscall"
 	"time"
@@ -149,11 +151,17 @@ func (in *Init) Run(ctx context.Context) (Action, error) {
 				in.say(quantix.BootCompleteMarker(Uptime().Seconds()))
 				if !loaded {
 					in.loadRest()
+					in.devicePermissions()
+					sup.StartAfterBoot()
 				}
 				return
 			case <-late.C:
-				in.log.Info("not every service is ready yet; loading the remaining modules now", "after", lateModulesWait)
+				// The services that wait for boot-complete start now too: a node
+				// must run its VMs even when its vDC cannot be reached.
+				in.log.Info("not every service is ready yet; loading the remaining modules and starting the after-boot services now", "after", lateModulesWait)
 				in.loadRest()
+				in.devicePermissions()
+				sup.StartAfterBoot()
 				loaded = true
 			case <-supCtx.Done():
 				return
@@ -232,6 +240,8 @@ func (in *Init) mountBase() error {
 	mounts := []struct{ src, dir, typ, opts string }{
 		{"proc", "/proc", "proc", ""},
 		{"sysfs", "/sys", "sysfs", ""},
+		// libvirt puts its guests into cgroups of its own (no systemd-machined here).
+		{"cgroup2", "/sys/fs/cgroup", "cgroup2", "nsdelegate"},
 		{"devtmpfs", "/dev", "devtmpfs", "mode=0755"},
 		{"tmpfs", "/run", "tmpfs", "mode=0755"},
 		{"tmpfs", "/tmp", "tmpfs", "mode=1777"},
@@ -384,6 +394,33 @@ func (in *Init) loadRest() {
 	}
 	if err := in.mods.Load(rest...); err != nil {
 		in.log.Warn("kernel modules not loaded", "err", err)
+	}
+}
+
+// devicePermissions gives the device nodes that devtmpfs makes root-only the
+// owners a hypervisor host expects: /dev/kvm root:kvm 0660. With 0600 root:root,
+// libvirt re-probes KVM on every call (one define took 72 s; docs/platform.md).
+func (in *Init) devicePermissions() {
+	for _, d := range []struct {
+		path, group string
+		mode        os.FileMode
+	}{{filepath.Join(in.devDir, "kvm"), "kvm", 0o660}} {
+		if _, err := os.Stat(d.path); err != nil {
+			continue // no such device on this machine
+		}
+		g, err := user.LookupGroup(d.group)
+		if err != nil {
+			in.log.Warn("device permissions", "device", d.path, "err", err)
+			continue
+		}
+		gid, _ := strconv.Atoi(g.Gid)
+		if err := os.Chown(d.path, 0, gid); err != nil {
+			in.log.Warn("device permissions", "device", d.path, "err", err)
+			continue
+		}
+		if err := os.Chmod(d.path, d.mode); err != nil {
+			in.log.Warn("device permissions", "device", d.path, "err", err)
+		}
 	}
 }
 

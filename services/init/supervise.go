@@ -95,6 +95,9 @@ type Supervisor struct {
 	order    []string
 	svcs     map[string]*service
 	allReady chan struct{}
+	// afterBoot is closed by StartAfterBoot: the after_boot services start then.
+	afterBoot     chan struct{}
+	afterBootOnce sync.Once
 	// shutdown is closed when Run begins to stop the services.
 	shutdown     chan struct{}
 	shutdownOnce sync.Once
@@ -152,7 +155,7 @@ func NewSupervisor(cfg SupervisorConfig, log *slog.Logger) (*Supervisor, error) 
 	if cfg.Console == nil {
 		cfg.Console = io.Discard
 	}
-	s := &Supervisor{cfg: cfg, log: log, order: order, svcs: map[string]*service{}, allReady: make(chan struct{}), shutdown: make(chan struct{})}
+	s := &Supervisor{cfg: cfg, log: log, order: order, svcs: map[string]*service{}, allReady: make(chan struct{}), afterBoot: make(chan struct{}), shutdown: make(chan struct{})}
 	now := cfg.Clock.Now()
 	for _, sp := range cfg.Services {
 		s.svcs[sp.Name] = &service{spec: sp, ready: make(chan struct{}), exited: make(chan struct{}),
@@ -178,8 +181,13 @@ func validateServicesOnly(svcs []spec.Service) error {
 // Order returns the start order.
 func (s *Supervisor) Order() []string { return append([]string(nil), s.order...) }
 
-// AllReady is closed once every service has been ready once.
+// AllReady is closed once every service but the after_boot ones has been ready
+// once: the boot is complete then.
 func (s *Supervisor) AllReady() <-chan struct{} { return s.allReady }
+
+// StartAfterBoot lets the after_boot services start (once their dependencies are
+// ready). Init calls it after boot-complete, or when the boot takes too long.
+func (s *Supervisor) StartAfterBoot() { s.afterBootOnce.Do(func() { close(s.afterBoot) }) }
 
 // Ready is closed once service name has been ready once.
 func (s *Supervisor) Ready(name string) <-chan struct{} { return s.svcs[name].ready }
@@ -226,6 +234,9 @@ func (s *Supervisor) Run(ctx context.Context) error {
 	}
 	go func() {
 		for _, name := range s.order {
+			if s.svcs[name].spec.AfterBoot {
+				continue
+			}
 			select {
 			case <-s.svcs[name].ready:
 			case <-runCtx.Done():
@@ -358,6 +369,13 @@ func (svc *service) markReady() { svc.once.Do(func() { close(svc.ready) }) }
 // loop runs one service until the supervisor stops.
 func (s *Supervisor) loop(ctx context.Context, svc *service) {
 	defer close(svc.exited)
+	if svc.spec.AfterBoot {
+		select {
+		case <-s.afterBoot:
+		case <-ctx.Done():
+			return
+		}
+	}
 	for _, d := range svc.spec.DependsOn {
 		select {
 		case <-s.svcs[d].ready:
