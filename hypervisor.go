@@ -1,6 +1,9 @@
 package quantix
 
-import "path"
+import (
+	"fmt"
+	"path"
+)
 
 // ExtensionDir holds an image's extensions (docs/design.md §13): read-only squashfs
 // images carried inside the initramfs and mounted after boot by the service that
@@ -27,3 +30,9 @@ const (
 	DefaultPoolDir  = DataDir + "/pools/" + DefaultPool // VM disks
 	ImageCacheDir   = DataDir + "/images"               // cached copies of vDC images
 )
+
+// LibvirtVersion turns libvirt's version numbers (major*1e6 + minor*1e3 + micro,
+// for libvirt itself and for the hypervisor it drives) into "major.minor.micro".
+func LibvirtVersion(v uint64) string {
+	return fmt.Sprintf("%d.%d.%d", v/1000000, v/1000%1000, v%1000)
+}

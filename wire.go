@@ -52,6 +52,12 @@ const (
 	HypervisorUnknown     = "unknown" // the agent has not said yet
 )
 
+// Accelerators a node's guests run with (Hypervisor.Accelerator).
+const (
+	AccelKVM = "kvm"
+	AccelTCG = "tcg"
+)
+
 // DefaultHeartbeatInterval is the vDC's default (DESIGN §6).
 const DefaultHeartbeatInterval = 30 * time.Second
 
@@ -69,6 +75,15 @@ type Hypervisor struct {
 	Reason  string `json:"reason,omitempty"` // why it is unavailable
 	URI     string `json:"uri,omitempty"`
 	Version string `json:"version,omitempty"` // libvirt version when available
+	// QEMUVersion is the hypervisor's version as libvirt reports it.
+	QEMUVersion string `json:"qemu_version,omitempty"`
+	// Accelerator is what guests run with: "kvm" when a probe showed that KVM runs
+	// a guest, else "tcg" (docs/design.md §13); AcceleratorReason says why not kvm.
+	Accelerator       string `json:"accelerator,omitempty"`
+	AcceleratorReason string `json:"accelerator_reason,omitempty"`
+	// Persistent says whether VM definitions and disks are on QUANTIX-DATA (true)
+	// or in RAM on a live boot without one (false); nil when the agent did not say.
+	Persistent *bool `json:"persistent,omitempty"`
 }
 
 // RegisterRequest is the body of POST /api/v1/nodes/register. A new hostname needs a

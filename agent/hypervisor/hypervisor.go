@@ -46,6 +46,13 @@ type Config struct {
 	ScanTimeout time.Duration
 	// MinBackoff and MaxBackoff bound the reconnect delay (default 1 s .. 30 s).
 	MinBackoff, MaxBackoff time.Duration
+	// DataDir is QUANTIX-DATA's mount point (default quantix.DataDir): whether it
+	// is a persistent filesystem is reported as Hypervisor.Persistent. MountInfo is
+	// the mount table (default quantix.MountInfo).
+	DataDir, MountInfo string
+	// SysModule and KVMDevice are where the accelerator probe looks (default
+	// /sys/module and /dev/kvm).
+	SysModule, KVMDevice string
 }
 
 // Snapshot is the hypervisor's state at one moment.
@@ -77,6 +84,8 @@ type Monitor struct {
 	state   string
 	reason  string
 	version string
+	// Facts learnt at connect: the QEMU version, the accelerator and why.
+	qemu, accel, accelReason string
 }
 
 // ParseURI checks that uri is a local (unix socket) libvirt URI and returns the URI
@@ -127,6 +136,15 @@ func New(cfg Config, log *slog.Logger) (*Monitor, error) {
 	if cfg.MaxBackoff < cfg.MinBackoff {
 		cfg.MaxBackoff = 30 * time.Second
 	}
+	for _, d := range []struct {
+		v   *string
+		def string
+	}{{&cfg.DataDir, quantix.DataDir}, {&cfg.MountInfo, quantix.MountInfo},
+		{&cfg.SysModule, "/sys/module"}, {&cfg.KVMDevice, "/dev/kvm"}} {
+		if *d.v == "" {
+			*d.v = d.def
+		}
+	}
 	return &Monitor{
 		cfg:     cfg,
 		log:     log,
@@ -157,9 +175,14 @@ func (m *Monitor) notify() {
 func (m *Monitor) Status() quantix.Hypervisor {
 	m.mu.Lock()
 	defer m.mu.Unlock()
-	h := quantix.Hypervisor{State: m.state, URI: m.cfg.URI, Version: m.version}
+	h := quantix.Hypervisor{State: m.state, URI: m.cfg.URI, Version: m.version, QEMUVersion: m.qemu,
+		Accelerator: m.accel, AcceleratorReason: m.accelReason}
 	if m.state != quantix.HypervisorAvailable {
 		h.Reason = m.reason
+	}
+	if facts, err := quantix.ReadMountFacts(m.cfg.MountInfo, m.cfg.DataDir); err == nil {
+		p := facts.Persistent()
+		h.Persistent = &p
 	}
 	return h
 }
@@ -249,11 +272,20 @@ func (m *Monitor) connect(ctx context.Context) (*libvirt.Libvirt, error) {
 		lv.Disconnect()
 		return nil, fmt.Errorf("subscribe to storage pool lifecycle events: %w", err)
 	}
+	var qemu, accel, accelReason string
+	if hv, err := lv.ConnectGetVersion(); err == nil && hv > 0 {
+		qemu = quantix.LibvirtVersion(hv)
+	}
+	if strings.HasPrefix(string(m.remote), "qemu") {
+		// Probed at every connect: a libvirtd restart may follow a module load.
+		accel, accelReason = Accelerator(m.cfg.SysModule, m.cfg.KVMDevice)
+	}
 	m.mu.Lock()
 	m.lv = lv
 	m.state = quantix.HypervisorAvailable
 	m.reason = ""
-	m.version = fmt.Sprintf("%d.%d.%d", ver/1000000, ver/1000%1000, ver%1000)
+	m.version = quantix.LibvirtVersion(ver)
+	m.qemu, m.accel, m.accelReason = qemu, accel, accelReason
 	m.mu.Unlock()
 	return lv, nil
 }

@@ -228,16 +228,11 @@ func (s *Service) probe() (info daemonInfo, answered bool, err error) {
 	if err := EnsurePool(lv, quantix.DefaultPool, filepath.Join(s.cfg.DataDir, "pools", quantix.DefaultPool), s.log); err != nil {
 		return info, true, err
 	}
-	info.version = FormatVersion(lib)
+	info.version = quantix.LibvirtVersion(lib)
 	if hv, err := lv.ConnectGetVersion(); err == nil {
-		info.qemu = FormatVersion(hv)
+		info.qemu = quantix.LibvirtVersion(hv)
 	}
 	return info, true, nil
-}
-
-// FormatVersion turns libvirt's major*1e6+minor*1e3+micro into "major.minor.micro".
-func FormatVersion(v uint64) string {
-	return fmt.Sprintf("%d.%d.%d", v/1000000, v/1000%1000, v%1000)
 }
 
 type connDialer struct{ c net.Conn }

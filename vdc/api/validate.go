@@ -77,7 +77,13 @@ func checkHypervisor(h *quantix.Hypervisor) error {
 	default:
 		return badRequest("hypervisor.state %q is not one of available, unavailable, unknown", h.State)
 	}
-	for _, f := range []struct{ name, v string }{{"hypervisor.reason", h.Reason}, {"hypervisor.uri", h.URI}, {"hypervisor.version", h.Version}} {
+	switch h.Accelerator {
+	case "", quantix.AccelKVM, quantix.AccelTCG:
+	default:
+		return badRequest("hypervisor.accelerator %q is not one of kvm, tcg", h.Accelerator)
+	}
+	for _, f := range []struct{ name, v string }{{"hypervisor.reason", h.Reason}, {"hypervisor.uri", h.URI}, {"hypervisor.version", h.Version},
+		{"hypervisor.qemu_version", h.QEMUVersion}, {"hypervisor.accelerator_reason", h.AcceleratorReason}} {
 		if err := checkText(f.name, f.v, 1024, false); err != nil {
 			return err
 		}

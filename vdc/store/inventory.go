@@ -174,8 +174,9 @@ func (s *Store) setNodeState(ctx context.Context, tx pgx.Tx, nodeID, hash string
 	_, err := tx.Exec(ctx, `UPDATE nodes SET state_hash = $2, state_epoch = coalesce($3::uuid, state_epoch),
 		    hypervisor_state = coalesce($4, hypervisor_state), hypervisor_reason = coalesce($5, hypervisor_reason),
 		    hypervisor_uri = coalesce($6, hypervisor_uri), hypervisor_version = coalesce($7, hypervisor_version),
+		    hypervisor_facts = coalesce($8::jsonb, hypervisor_facts),
 		    updated_at = now()
-		WHERE id = $1`, nodeID, hash, epoch, hs, hr, hu, hv)
+		WHERE id = $1`, nodeID, hash, epoch, hs, hr, hu, hv, hypervisorFactsJSON(h))
 	if err != nil {
 		return fmt.Errorf("store state hash: %w", err)
 	}

@@ -45,8 +45,8 @@ type HeartbeatResult struct {
 const heartbeatSQL = `
 WITH hb AS (
     SELECT * FROM unnest($1::uuid[], $2::bytea[], $3::inet[], $4::float8[], $5::int8[],
-                         $6::text[], $7::text[], $8::text[], $9::text[])
-        AS hb(id, secret_hash, ip, cpu, mem, hs, hr, hu, hv)
+                         $6::text[], $7::text[], $8::text[], $9::text[], $10::jsonb[])
+        AS hb(id, secret_hash, ip, cpu, mem, hs, hr, hu, hv, hf)
 ), prev AS (
     SELECT n.id, n.phase, n.management_ip FROM nodes n
     JOIN hb ON hb.id = n.id AND hb.secret_hash = n.secret_hash
@@ -61,6 +61,7 @@ WITH hb AS (
         hypervisor_reason = coalesce(hb.hr, n.hypervisor_reason),
         hypervisor_uri = coalesce(hb.hu, n.hypervisor_uri),
         hypervisor_version = coalesce(hb.hv, n.hypervisor_version),
+        hypervisor_facts = coalesce(hb.hf, n.hypervisor_facts),
         phase = CASE WHEN n.phase = 'maintenance' THEN n.phase ELSE 'ready' END
     FROM hb JOIN prev ON prev.id = hb.id
     WHERE n.id = hb.id AND n.secret_hash = hb.secret_hash
@@ -91,6 +92,7 @@ func (s *Store) Heartbeats(ctx context.Context, hbs []Heartbeat) ([]HeartbeatRes
 		cpus           []*float64
 		mems           []*int64
 		hs, hr, hu, hv []*string
+		hf             [][]byte
 	)
 	for _, h := range hbs {
 		k := key(h.NodeID, h.SecretHash[:])
@@ -107,14 +109,16 @@ func (s *Store) Heartbeats(ctx context.Context, hbs []Heartbeat) ([]HeartbeatRes
 			ids = append(ids, u)
 			secrets, ips, cpus, mems = append(secrets, nil), append(ips, netip.Addr{}), append(cpus, nil), append(mems, nil)
 			hs, hr, hu, hv = append(hs, nil), append(hr, nil), append(hu, nil), append(hv, nil)
+			hf = append(hf, nil)
 		}
 		sh := h.SecretHash
 		secrets[j], ips[j], cpus[j], mems[j] = sh[:], h.ManagementIP, h.CPUPercent, h.MemoryUsedBytes
 		if hy := h.Hypervisor; hy != nil {
 			hs[j], hr[j], hu[j], hv[j] = &hy.State, &hy.Reason, &hy.URI, &hy.Version
+			hf[j] = hypervisorFactsJSON(hy)
 		}
 	}
-	rows, err := s.pool.Query(ctx, heartbeatSQL, ids, secrets, ips, cpus, mems, hs, hr, hu, hv)
+	rows, err := s.pool.Query(ctx, heartbeatSQL, ids, secrets, ips, cpus, mems, hs, hr, hu, hv, hf)
 	if err != nil {
 		return nil, fmt.Errorf("record %d heartbeats: %w", len(hbs), err)
 	}

@@ -90,10 +90,10 @@ WITH prev AS (
 ), up AS (
     INSERT INTO nodes AS n (hostname, machine_id, secret_hash, management_ip, agent_version,
         cpu_model, cpu_sockets, cpu_cores, cpu_threads, memory_bytes, labels,
-        hypervisor_state, hypervisor_reason, hypervisor_uri, hypervisor_version,
+        hypervisor_state, hypervisor_reason, hypervisor_uri, hypervisor_version, hypervisor_facts,
         last_registration)
     SELECT $1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11,
-        coalesce($12, 'unknown'), coalesce($13, ''), coalesce($14, ''), coalesce($15, ''),
+        coalesce($12, 'unknown'), coalesce($13, ''), coalesce($14, ''), coalesce($15, ''), coalesce($17::jsonb, '{}'),
         'registered'
     -- Without a valid token only an existing hostname may be updated.
     WHERE $16::boolean OR EXISTS (SELECT FROM prev)
@@ -112,6 +112,7 @@ WITH prev AS (
         hypervisor_reason = coalesce($13, n.hypervisor_reason),
         hypervisor_uri = coalesce($14, n.hypervisor_uri),
         hypervisor_version = coalesce($15, n.hypervisor_version),
+        hypervisor_facts = coalesce($17::jsonb, n.hypervisor_facts),
         phase = CASE WHEN n.phase = 'maintenance' THEN n.phase ELSE 'ready' END,
         last_heartbeat = now(),
         updated_at = now()
@@ -144,7 +145,7 @@ func (s *Store) Register(ctx context.Context, r Registration) (RegisterResult, e
 	var res RegisterResult
 	var refusal error
 	for attempt := 0; ; attempt++ {
-		res, refusal, err = s.register(ctx, r, tok, secret, labelsJSON, hs, hr, hu, hv)
+		res, refusal, err = s.register(ctx, r, tok, secret, labelsJSON, hs, hr, hu, hv, hypervisorFactsJSON(r.Hypervisor))
 		// The conflicting row was deleted between the upsert and the read that
 		// explains it: the hostname is free now, try again.
 		if !errors.Is(refusal, errRowVanished) || attempt == 2 {
@@ -164,14 +165,14 @@ func (s *Store) Register(ctx context.Context, r Registration) (RegisterResult, e
 var errRowVanished = errors.New("the registered node was deleted concurrently; try again")
 
 func (s *Store) register(ctx context.Context, r Registration, tok tokenCheck, secret [32]byte, labelsJSON []byte,
-	hs, hr, hu, hv *string) (res RegisterResult, refusal, err error) {
+	hs, hr, hu, hv *string, facts []byte) (res RegisterResult, refusal, err error) {
 	err = pgx.BeginFunc(ctx, s.pool, func(tx pgx.Tx) error {
 		refusal = nil
 		var phase string
 		var oldPhase *string
 		err := tx.QueryRow(ctx, registerSQL, r.Hostname, r.MachineID, secret[:], r.ManagementIP,
 			r.AgentVersion, r.CPU.Model, r.CPU.Sockets, r.CPU.Cores, r.CPU.Threads, r.MemoryBytes,
-			labelsJSON, hs, hr, hu, hv, tok.ok).Scan(&res.NodeID, &res.Kind, &phase, &oldPhase)
+			labelsJSON, hs, hr, hu, hv, tok.ok, facts).Scan(&res.NodeID, &res.Kind, &phase, &oldPhase)
 		if isNoRows(err) {
 			refusal, err = s.refusal(ctx, tx, r, tok)
 			return err
@@ -277,7 +278,7 @@ func (s *Store) forget(nodeID string) { s.secrets.Delete(nodeID) }
 
 const nodeColumns = `n.id, n.hostname, n.machine_id, host(n.management_ip), n.phase, n.last_heartbeat,
     n.registered_at, n.updated_at, n.agent_version,
-    n.hypervisor_state, n.hypervisor_reason, n.hypervisor_uri, n.hypervisor_version,
+    n.hypervisor_state, n.hypervisor_reason, n.hypervisor_uri, n.hypervisor_version, n.hypervisor_facts,
     n.cpu_model, n.cpu_sockets, n.cpu_cores, n.cpu_threads, n.memory_bytes,
     n.cpu_percent, n.memory_used_bytes, n.labels,
     (SELECT count(*) FROM virtual_machines v WHERE v.node_id = n.id AND v.lost_at IS NULL)`
@@ -287,15 +288,17 @@ func scanNode(row pgx.Row) (quantix.Node, error) {
 	var hb time.Time
 	var cpu quantix.CPUInfo
 	var labels map[string]string
+	var facts hypervisorFacts
 	err := row.Scan(&n.ID, &n.Hostname, &n.MachineID, &n.ManagementIP, &n.Phase, &hb,
 		&n.RegisteredAt, &n.UpdatedAt, &n.AgentVersion,
-		&n.Hypervisor.State, &n.Hypervisor.Reason, &n.Hypervisor.URI, &n.Hypervisor.Version,
+		&n.Hypervisor.State, &n.Hypervisor.Reason, &n.Hypervisor.URI, &n.Hypervisor.Version, &facts,
 		&cpu.Model, &cpu.Sockets, &cpu.Cores, &cpu.Threads, &n.MemoryBytes,
 		&n.CPUPercent, &n.MemoryUsedBytes, &labels, &n.VMCount)
 	if err != nil {
 		return n, err
 	}
 	n.LastHeartbeat = &hb
+	facts.apply(&n.Hypervisor)
 	if cpu != (quantix.CPUInfo{}) {
 		n.CPU = &cpu
 	}
@@ -438,4 +441,28 @@ func (s *Store) CountByPhase(ctx context.Context) (map[string]int, error) {
 		out[p] = c
 	}
 	return out, rows.Err()
+}
+
+// hypervisorFacts is the nodes.hypervisor_facts column: what the agent says of its
+// hypervisor besides state, reason, URI and libvirt version.
+type hypervisorFacts struct {
+	QEMUVersion       string `json:"qemu_version,omitempty"`
+	Accelerator       string `json:"accelerator,omitempty"`
+	AcceleratorReason string `json:"accelerator_reason,omitempty"`
+	Persistent        *bool  `json:"persistent,omitempty"`
+}
+
+// hypervisorFactsJSON is the column value for h, nil (keep what is stored) when
+// the agent sent no hypervisor.
+func hypervisorFactsJSON(h *quantix.Hypervisor) []byte {
+	if h == nil {
+		return nil
+	}
+	b, _ := json.Marshal(hypervisorFacts{QEMUVersion: h.QEMUVersion, Accelerator: h.Accelerator,
+		AcceleratorReason: h.AcceleratorReason, Persistent: h.Persistent})
+	return b
+}
+
+func (f hypervisorFacts) apply(h *quantix.Hypervisor) {
+	h.QEMUVersion, h.Accelerator, h.AcceleratorReason, h.Persistent = f.QEMUVersion, f.Accelerator, f.AcceleratorReason, f.Persistent
 }

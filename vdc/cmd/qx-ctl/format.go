@@ -82,6 +82,15 @@ func hypervisorDetail(h quantix.Hypervisor) string {
 	if h.Version != "" {
 		extra = append(extra, "libvirt "+h.Version)
 	}
+	if h.QEMUVersion != "" {
+		extra = append(extra, "QEMU "+h.QEMUVersion)
+	}
+	if h.Accelerator != "" {
+		extra = append(extra, h.Accelerator)
+	}
+	if h.Persistent != nil && !*h.Persistent {
+		extra = append(extra, "VMs in RAM (no QUANTIX-DATA)")
+	}
 	if h.URI != "" {
 		extra = append(extra, h.URI)
 	}

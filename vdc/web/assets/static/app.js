@@ -361,6 +361,9 @@
       ['Memory', (n) => (n.memory_used_bytes === undefined || n.memory_used_bytes === null ? '—' : fmtBytes(n.memory_used_bytes)) + ' used of ' + fmtBytes(n.memory_bytes || 0)],
       ['VMs', (n) => String(n.vm_count)],
       ['Hypervisor', (n) => (n.hypervisor.state || 'unknown') + (n.hypervisor.version ? ' · libvirt ' + n.hypervisor.version : '') + (n.hypervisor.reason ? ' · ' + n.hypervisor.reason : '')],
+      ['QEMU', (n) => n.hypervisor.qemu_version || '—'],
+      ['Accelerator', (n) => (n.hypervisor.accelerator || '—') + (n.hypervisor.accelerator_reason ? ' · ' + n.hypervisor.accelerator_reason : '')],
+      ['VM storage', (n) => n.hypervisor.persistent === undefined ? '—' : (n.hypervisor.persistent ? 'QUANTIX-DATA (persistent)' : 'RAM: nothing survives a reboot (no QUANTIX-DATA)')],
       ['Hypervisor URI', (n) => n.hypervisor.uri || '—'],
       ['Labels', (n) => Object.entries(n.labels || {}).map(([k, v]) => k + '=' + v).join(', ') || '—'],
     ];
