@@ -149,8 +149,8 @@ func (s *Service) Run(ctx context.Context) error {
 		}
 		return err
 	}
-	fmt.Fprintln(s.cfg.Stdout, quantix.ReadyMarker(Name, "version="+info.version, "qemu="+info.qemu,
-		"persistent="+fmt.Sprint(persistent), "seconds="+fmt.Sprintf("%.2f", time.Since(t0).Seconds())))
+	fmt.Fprintln(s.cfg.Stdout, quantix.ReadyMarker(Name, "version", info.version, "qemu", info.qemu,
+		"persistent", fmt.Sprint(persistent), "seconds", fmt.Sprintf("%.2f", time.Since(t0).Seconds())))
 	select {
 	case err := <-exited:
 		return fmt.Errorf("libvirtd exited: %v", err)

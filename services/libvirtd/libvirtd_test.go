@@ -162,7 +162,7 @@ func TestServiceKeepsGuestsAcrossRestarts(t *testing.T) {
 	}
 	s := newSession(t)
 	out, stop, done := s.run(t)
-	if !strings.Contains(out.String(), "persistent=false") || !strings.Contains(out.String(), "no QUANTIX-DATA") {
+	if m := readyMarker(out.String()); m.Get("persistent") != "false" || m.Get("version") == "" || m.Get("qemu") == "" || !strings.Contains(out.String(), "no QUANTIX-DATA") {
 		t.Errorf("a data folder that is not a mount must be reported as RAM:\n%s", out)
 	}
 	lv := s.connect(t)
@@ -309,4 +309,13 @@ func daemonPID(t *testing.T, socket string) int {
 		t.Fatal(err)
 	}
 	return int(cred.Pid)
+}
+
+func readyMarker(out string) quantix.Marker {
+	for _, l := range strings.Split(out, "\n") {
+		if m, ok := quantix.ParseMarker(l); ok && m.Kind == quantix.MarkerReady {
+			return m
+		}
+	}
+	return quantix.Marker{}
 }
