@@ -114,6 +114,18 @@ func TestBoot(t *testing.T) {
 				m.Expect(t, "init: hostname "+img.Hostname+" (from image default)", bootTimeout)
 				mk := m.WaitMarker(t, quantix.MarkerBootComplete, bootTimeout)
 				t.Logf("%s %s: boot-complete seconds=%s", name, way.name, mk.Get("seconds"))
+				if name == quantix.ImageQuantixOS && way.name == "bios-cd" {
+					// The hypervisor comes up after boot-complete: the extension
+					// mounted, libvirtd answering, the default pool running.
+					lv := m.WaitMarker(t, quantix.MarkerReady, bootTimeout, "service", "libvirtd")
+					if lv.Get("persistent") != "false" || lv.Get("version") == "" || lv.Get("qemu") == "" {
+						t.Errorf("libvirtd ready marker %q: want libvirt and QEMU versions and persistent=false (no QUANTIX-DATA)", lv)
+					}
+					bc, _ := strconv.ParseFloat(mk.Get("seconds"), 64)
+					up, _ := strconv.ParseFloat(lv.Get("uptime"), 64)
+					t.Logf("%s %s: hypervisor ready at uptime %.1f s, %.1f s after boot-complete (libvirtd service start to ready %s s)",
+						name, way.name, up, up-bc, lv.Get("seconds"))
+				}
 			})
 		}
 	}

@@ -19,6 +19,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"strings"
 	"syscall"
 	"time"
 
@@ -150,7 +151,7 @@ func (s *Service) Run(ctx context.Context) error {
 		return err
 	}
 	fmt.Fprintln(s.cfg.Stdout, quantix.ReadyMarker(Name, "version", info.version, "qemu", info.qemu,
-		"persistent", fmt.Sprint(persistent), "seconds", fmt.Sprintf("%.2f", time.Since(t0).Seconds())))
+		"persistent", fmt.Sprint(persistent), "seconds", fmt.Sprintf("%.2f", time.Since(t0).Seconds()), "uptime", uptime()))
 	select {
 	case err := <-exited:
 		return fmt.Errorf("libvirtd exited: %v", err)
@@ -339,4 +340,15 @@ func MountExtension(image, dir, mountinfo string) error {
 		return fmt.Errorf("mount %s (%s) on %s: %w", image, dev.Name(), dir, err)
 	}
 	return nil
+}
+
+// uptime is the kernel's uptime in seconds as text ("?" when unknown), so a boot's
+// markers can be compared in guest time.
+func uptime() string {
+	b, err := os.ReadFile("/proc/uptime")
+	if err != nil {
+		return "?"
+	}
+	f, _, _ := strings.Cut(string(b), " ")
+	return f
 }
