@@ -123,8 +123,8 @@ func TestBoot(t *testing.T) {
 					}
 					bc, _ := strconv.ParseFloat(mk.Get("seconds"), 64)
 					up, _ := strconv.ParseFloat(lv.Get("uptime"), 64)
-					t.Logf("%s %s: hypervisor ready at uptime %.1f s, %.1f s after boot-complete (libvirtd service start to ready %s s)",
-						name, way.name, up, up-bc, lv.Get("seconds"))
+					t.Logf("%s %s: hypervisor ready at uptime %.1f s, %.1f s after boot-complete (libvirtd service start to ready %s s, first API call %s s)",
+						name, way.name, up, up-bc, lv.Get("seconds"), lv.Get("first_call_seconds"))
 				}
 			})
 		}

@@ -151,7 +151,8 @@ func (s *Service) Run(ctx context.Context) error {
 		return err
 	}
 	fmt.Fprintln(s.cfg.Stdout, quantix.ReadyMarker(Name, "version", info.version, "qemu", info.qemu,
-		"persistent", fmt.Sprint(persistent), "seconds", fmt.Sprintf("%.2f", time.Since(t0).Seconds()), "uptime", uptime()))
+		"persistent", fmt.Sprint(persistent), "seconds", fmt.Sprintf("%.2f", time.Since(t0).Seconds()),
+		"first_call_seconds", fmt.Sprintf("%.2f", info.firstCall.Seconds()), "uptime", uptime()))
 	select {
 	case err := <-exited:
 		return fmt.Errorf("libvirtd exited: %v", err)
@@ -180,7 +181,12 @@ func (s *Service) prepareDirs() (bool, error) {
 	return facts.Persistent(), nil
 }
 
-type daemonInfo struct{ version, qemu string }
+type daemonInfo struct {
+	version, qemu string
+	// firstCall is how long the first answered call took: libvirt probes QEMU's
+	// capabilities then (every boot: its cache is keyed on the binary's ctime).
+	firstCall time.Duration
+}
 
 // awaitReady dials the socket until libvirt answers, then makes sure the default
 // pool exists and runs: that call is libvirt's first real work (it probes QEMU).
@@ -222,6 +228,7 @@ func (s *Service) probe() (info daemonInfo, answered bool, err error) {
 		return info, false, fmt.Errorf("connect %s: %w", s.cfg.URI, err)
 	}
 	defer lv.Disconnect()
+	t0 := time.Now()
 	lib, err := lv.ConnectGetLibVersion()
 	if err != nil {
 		return info, false, err
@@ -229,6 +236,7 @@ func (s *Service) probe() (info daemonInfo, answered bool, err error) {
 	if err := EnsurePool(lv, quantix.DefaultPool, filepath.Join(s.cfg.DataDir, "pools", quantix.DefaultPool), s.log); err != nil {
 		return info, true, err
 	}
+	info.firstCall = time.Since(t0)
 	info.version = quantix.LibvirtVersion(lib)
 	if hv, err := lv.ConnectGetVersion(); err == nil {
 		info.qemu = quantix.LibvirtVersion(hv)
