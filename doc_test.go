@@ -7,8 +7,11 @@ import (
 	"go/parser"
 	"go/token"
 	"io"
+	"io/fs"
+	"os"
 	"os/exec"
 	"path/filepath"
+	"regexp"
 	"strings"
 	"testing"
 )
@@ -63,5 +66,52 @@ func TestPackageDocs(t *testing.T) {
 	}
 	if n < 30 {
 		t.Errorf("go list ./... found only %d packages", n)
+	}
+}
+
+// TestDesignCitations checks that every "docs/design.md §N" in the repository's Go
+// and Markdown files names a section docs/design.md has: the sections keep their
+// numbers, and a citation cannot point at nothing.
+func TestDesignCitations(t *testing.T) {
+	design, err := os.ReadFile(filepath.Join("docs", "design.md"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	sections := map[string]bool{}
+	for _, m := range regexp.MustCompile(`(?m)^## ([0-9]+)\. `).FindAllSubmatch(design, -1) {
+		sections[string(m[1])] = true
+	}
+	if len(sections) < 17 {
+		t.Fatalf("docs/design.md has %d numbered sections, want at least 17", len(sections))
+	}
+	cite := regexp.MustCompile(`docs/design\.md §([0-9]+)`)
+	n := 0
+	err = filepath.WalkDir(".", func(path string, d fs.DirEntry, err error) error {
+		if err != nil {
+			return err
+		}
+		if d.IsDir() && path != "." && (strings.HasPrefix(d.Name(), ".") || d.Name() == "out" || d.Name() == "testdata") {
+			return filepath.SkipDir
+		}
+		if d.IsDir() || !(strings.HasSuffix(path, ".go") || strings.HasSuffix(path, ".md")) {
+			return nil
+		}
+		data, err := os.ReadFile(path)
+		if err != nil {
+			return err
+		}
+		for _, m := range cite.FindAllSubmatch(data, -1) {
+			n++
+			if !sections[string(m[1])] {
+				t.Errorf("%s cites docs/design.md §%s, which does not exist", path, m[1])
+			}
+		}
+		return nil
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if n == 0 {
+		t.Error("no file cites docs/design.md: is the pattern right?")
 	}
 }
