@@ -46,7 +46,7 @@ func TestRegisterAndHeartbeatSmoke(t *testing.T) {
 	}
 }
 
-// TestRegistrationRules walks every rule of DESIGN §4 in order on one vDC.
+// TestRegistrationRules walks every rule of docs/design.md §4 in order on one vDC.
 func TestRegistrationRules(t *testing.T) {
 	skipShort(t)
 	v := vdctest.Start(t, vdctest.Options{})

@@ -7,7 +7,11 @@
 // reboot or power off (through qx-init). It never offers a shell.
 //
 // The screens are plain ASCII drawn for 80x24 with no colour, mouse or wide glyph,
-// so they work on a VGA console and on a vt100 serial terminal alike.
+// so they work on a VGA console and on a vt100 serial terminal alike. Each screen is
+// its own model (screen_*.go: its state, keys, results and drawing); Model
+// (model.go) holds what they share, routes every message to the screen it belongs
+// to and draws the frame around them (view.go). testdata/screens.golden holds every
+// screen as drawn, so a change to what the operator sees shows in review.
 package console
 
 import (

@@ -165,7 +165,7 @@ func (e *netEnv) addrs(l netlink.Link) ([]netlink.Addr, error) {
 	return as, nil
 }
 
-// program puts t on link in the exact order DESIGN §7 gives for static addresses
+// program puts t on link in the exact order docs/design.md §7 gives for static addresses
 // (the caller has stopped DHCP and link-local on the link): link up, flush its IPv4
 // addresses, add the address, delete every default route on every interface, add
 // `default via gw dev link`. It then reads the kernel back. resolv.conf is the

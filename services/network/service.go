@@ -2,7 +2,7 @@
 // one interface (static, or DHCP with a bounded first-lease timeout and a static or
 // IPv4 link-local fallback), keeps exactly one default route, writes resolv.conf,
 // applies new settings safely (rolled back unless confirmed) and reports its state
-// on a unix socket. Settings are network.toml (DESIGN §7); Parse, Load and Validate
+// on a unix socket. Settings are network.toml (docs/design.md §7); Parse, Load and Validate
 // are shared with the installer and the console.
 package network
 
@@ -307,7 +307,7 @@ func (s *Service) Run(ctx context.Context) error {
 	}
 }
 
-// startSettings applies the precedence of DESIGN §3 and makes the session copy.
+// startSettings applies the precedence of docs/design.md §3 and makes the session copy.
 func (s *Service) startSettings() (Settings, Origin, error) {
 	if s.cfg.Settings != nil {
 		return *s.cfg.Settings, OriginApply, nil

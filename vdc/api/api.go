@@ -1,4 +1,4 @@
-// Package api is the vDC's HTTP API v1 (DESIGN §5): registration, heartbeats and
+// Package api is the vDC's HTTP API v1 (docs/design.md §5): registration, heartbeats and
 // node state from the agents, the admin registry and inventory, join tokens, and
 // /healthz, /readyz, /metrics. It validates every input and maps each problem to a
 // 4xx naming the field; 5xx only ever means the vDC itself failed.

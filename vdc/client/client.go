@@ -1,4 +1,4 @@
-// Package client is a typed Go client of the vDC's admin HTTP API v1 (DESIGN §5 and
+// Package client is a typed Go client of the vDC's admin HTTP API v1 (docs/design.md §5 and
 // vdc/README.md): the node registry, node history, maintenance, the VM and storage
 // pool inventory and join tokens. It speaks the wire types of package quantix, and
 // every error says what failed: a non-2xx answer is an *Error carrying the HTTP status

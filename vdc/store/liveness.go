@@ -14,7 +14,7 @@ import (
 )
 
 // phaseByAge is the phase a node's last heartbeat earns on the database clock
-// (DESIGN §6): ready up to 2 intervals, not_ready up to 3, disconnected beyond.
+// (docs/design.md §6): ready up to 2 intervals, not_ready up to 3, disconnected beyond.
 // iv is the query parameter holding the heartbeat interval, e.g. "$3".
 func phaseByAge(iv string) string {
 	return `(CASE WHEN n.last_heartbeat >= now() - 2 * ` + iv + `::interval THEN 'ready'

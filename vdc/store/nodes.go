@@ -72,7 +72,7 @@ func (s *Store) checkToken(ctx context.Context, token string) (tokenCheck, error
 	return tokenCheck{ok: true, dbID: id}, nil
 }
 
-// registerSQL is the registration: one upsert decides every rule of DESIGN §4.
+// registerSQL is the registration: one upsert decides every rule of docs/design.md §4.
 //   - no row for the hostname and a valid join token: insert ("registered");
 //   - a row with the same secret digest: update it ("reregistered");
 //   - a row with another secret, the same machine_id and a valid join token:
@@ -122,7 +122,7 @@ WITH prev AS (
 )
 SELECT up.id, up.last_registration, up.phase, (SELECT phase FROM prev) FROM up`
 
-// Register applies DESIGN §4. It returns a *TakeoverError for rule 4 and an error
+// Register applies docs/design.md §4. It returns a *TakeoverError for rule 4 and an error
 // wrapping ErrUnauthorized when a join token was needed and not valid.
 func (s *Store) Register(ctx context.Context, r Registration) (RegisterResult, error) {
 	tok, err := s.checkToken(ctx, r.JoinToken)

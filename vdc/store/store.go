@@ -33,7 +33,7 @@ var (
 )
 
 // TakeoverError refuses a registration that would take over another machine's
-// hostname (DESIGN §4 rule 4).
+// hostname (docs/design.md §4 rule 4).
 type TakeoverError struct {
 	NodeID   string
 	Hostname string

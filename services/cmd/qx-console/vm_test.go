@@ -22,7 +22,7 @@ import (
 	"github.com/quantix/quantix/vdc/vdctest"
 )
 
-// The VM test of issue 10 boots the real Quantix-OS ISO (out/quantix-os.iso, as
+// The VM test boots the real Quantix-OS ISO (out/quantix-os.iso, as
 // `make iso` builds it) with the console on a second serial port, enabled the
 // product's way: console.toml on the QUANTIX-CFG config disk. A real vDC (in this
 // process, on a real PostgreSQL) answers on the lab segment at the workstation's
