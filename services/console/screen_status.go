@@ -117,6 +117,9 @@ func (statusScreen) view(u *ui) ([]string, string) {
 		if a.Error != "" {
 			b = append(b, row("Agent error", a.Error))
 		}
+		if h := a.Hypervisor; h.State != "" {
+			b = append(b, row("Hypervisor", HypervisorText(h)))
+		}
 	} else if s.AgentErr != nil {
 		b = append(b, row("Registration", "unknown: "+s.AgentErr.Error()))
 	}
@@ -131,4 +134,31 @@ func (statusScreen) view(u *ui) ([]string, string) {
 	}
 	b = append(b, row("Uptime", fmtDuration(s.Uptime)))
 	return b, keys
+}
+
+// HypervisorText is the status screen's hypervisor line: state, libvirt, QEMU and
+// accelerator, the reason when it is unavailable, and a warning when VM definitions
+// and disks are kept in RAM.
+func HypervisorText(h quantix.Hypervisor) string {
+	var parts []string
+	if h.Version != "" {
+		parts = append(parts, "libvirt "+h.Version)
+	}
+	if h.QEMUVersion != "" {
+		parts = append(parts, "QEMU "+h.QEMUVersion)
+	}
+	if h.Accelerator != "" {
+		parts = append(parts, h.Accelerator)
+	}
+	s := h.State
+	if len(parts) > 0 {
+		s += " (" + strings.Join(parts, ", ") + ")"
+	}
+	if h.State != quantix.HypervisorAvailable && h.Reason != "" {
+		s += ": " + h.Reason
+	}
+	if h.Persistent != nil && !*h.Persistent {
+		s += "; no QUANTIX-DATA: VMs are kept in RAM and lost at reboot"
+	}
+	return s
 }

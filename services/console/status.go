@@ -64,6 +64,7 @@ type AgentStatus struct {
 		Result string `json:"result"`
 		OK     bool   `json:"ok"`
 	} `json:"registration"`
+	Hypervisor quantix.Hypervisor `json:"hypervisor"`
 }
 
 // URL returns the address an operator should open: the vDC UI on QvDC, the node
