@@ -207,6 +207,26 @@ func TestPhysical(t *testing.T) {
 	}
 }
 
+func TestManagementBridge(t *testing.T) {
+	ether := func(name string, index, master int) netlink.LinkAttrs {
+		return netlink.LinkAttrs{Name: name, Index: index, MasterIndex: master, EncapType: "ether"}
+	}
+	br0 := &netlink.Bridge{LinkAttrs: ether("br0", 3, 0)}
+	virbr0 := &netlink.Bridge{LinkAttrs: ether("virbr0", 4, 0)}
+	links := []netlink.Link{
+		&netlink.Device{LinkAttrs: ether("eth0", 2, 3)}, br0,
+		virbr0, &netlink.Tuntap{LinkAttrs: ether("vnet0", 5, 4)}, &netlink.Veth{LinkAttrs: ether("veth0", 6, 4)},
+		&netlink.Bridge{LinkAttrs: ether("empty0", 7, 0)},
+		&netlink.Device{LinkAttrs: ether("eth1", 8, 0)},
+	}
+	want := map[string]bool{"br0": true}
+	for _, l := range links {
+		if got := managementBridge(l, links); got != want[l.Attrs().Name] {
+			t.Errorf("managementBridge(%s) = %v, want %v", l.Attrs().Name, got, want[l.Attrs().Name])
+		}
+	}
+}
+
 // TestDetectManagementOwnNamespace uses the agent's own namespace (nil handle):
 // loopback exists everywhere and never counts as a management address.
 func TestDetectManagementOwnNamespace(t *testing.T) {

@@ -16,6 +16,7 @@ import (
 	"net"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -72,6 +73,9 @@ type Config struct {
 	LinkLocal LinkLocalTiming
 	// Hostname is sent in DHCP option 12 when set.
 	Hostname string
+	// Bridge is the image's default for network.toml's bridge key (docs/design.md
+	// §13): "br0" on Quantix-OS, "" (the address on the NIC) on QvDC.
+	Bridge string
 	// Stdout receives the ready markers; nil discards them.
 	Stdout io.Writer
 }
@@ -123,7 +127,10 @@ type Service struct {
 	cur         plan
 	origin      Origin
 	good        plan
-	link        netlink.Link
+	link        netlink.Link // holds the address: the NIC, or the bridge over it
+	port        netlink.Link // the NIC under link when that is a bridge, else nil
+	bridge      string       // the bridge in use ("" none); at start, the previous run's
+	leftBridge  string       // a bridge an unconfirmed apply stopped using
 	programmed  target
 	dhcp        *worker
 	dhcpStarted time.Time
@@ -148,8 +155,13 @@ type Service struct {
 // New checks cfg and returns a service; nothing is touched until Run.
 func New(cfg Config, log *slog.Logger) (*Service, error) {
 	cfg.fill()
+	if cfg.Bridge != "" {
+		if err := validIfaceName(cfg.Bridge); err != nil {
+			return nil, fmt.Errorf("%w: default bridge %q %v", ErrConfig, cfg.Bridge, err)
+		}
+	}
 	if cfg.Settings != nil {
-		if err := cfg.Settings.Validate(); err != nil {
+		if _, err := cfg.Settings.compile(cfg.Bridge); err != nil {
 			return nil, fmt.Errorf("%w: %w", ErrConfig, err)
 		}
 	}
@@ -216,11 +228,11 @@ func (s *Service) Run(ctx context.Context) error {
 	if err != nil {
 		return fmt.Errorf("%w: %w", ErrConfig, err)
 	}
-	p, err := settings.compile()
+	p, err := settings.compile(s.cfg.Bridge)
 	if err != nil {
 		return fmt.Errorf("%w: %w", ErrConfig, err)
 	}
-	s.requested = s.previousLease()
+	s.requested, s.bridge = s.previous()
 
 	var ln net.Listener
 	if !s.cfg.Once {
@@ -333,22 +345,28 @@ func (s *Service) startSettings() (Settings, Origin, error) {
 	return st, origin, nil
 }
 
-// previousLease reads the last leased address from the state file, to ask for it
-// again.
-func (s *Service) previousLease() net.IP {
+// previous reads the last run's state file: the leased address, to ask for it
+// again, and the bridge the address was on, to reuse or remove it.
+func (s *Service) previous() (leased net.IP, bridge string) {
 	b, err := os.ReadFile(s.cfg.StateFile)
 	if err != nil {
-		return nil
+		return nil, ""
 	}
 	var st Status
-	if json.Unmarshal(b, &st) != nil || st.DHCP == nil || st.DHCP.Address == "" {
-		return nil
+	if json.Unmarshal(b, &st) != nil {
+		return nil, ""
+	}
+	if st.Port != "" {
+		bridge = st.Interface
+	}
+	if st.DHCP == nil || st.DHCP.Address == "" {
+		return nil, bridge
 	}
 	ip, _, err := net.ParseCIDR(st.DHCP.Address)
 	if err != nil {
-		return nil
+		return nil, bridge
 	}
-	return ip.To4()
+	return ip.To4(), bridge
 }
 
 // activate makes p the running configuration on its interface. For static settings
@@ -370,29 +388,40 @@ func (s *Service) activate(ctx context.Context, p plan) error {
 		// are in the log.
 		st.LastError, st.LastErrorAt = "", time.Time{}
 	})
-	l, err := s.env.findLink(p.iface, s.cfg.SysfsRoot)
+	nic, err := s.env.findLink(p.iface, s.ourBridges(p), s.cfg.SysfsRoot)
 	if err != nil {
 		if s.link != nil {
 			s.programTarget(target{source: SourceNone})
 		}
-		s.link = nil
+		s.link, s.port = nil, nil
 		return err
 	}
-	if s.link != nil && s.link.Attrs().Index != l.Attrs().Index {
-		// Switching interfaces: leave nothing behind on the old one.
-		if err := s.env.program(s.link, target{source: SourceNone}); err != nil {
-			s.log.Warn("clean previous interface", "iface", s.link.Attrs().Name, "err", err)
+	prevLink, prevPort, prevBridge := s.link, s.port, s.bridge
+	l, port, err := s.layout(p, nic)
+	if err != nil {
+		if s.link != nil {
+			s.programTarget(target{source: SourceNone})
 		}
-	}
-	s.link = l
-	s.update(func(st *Status) {
-		st.Interface, st.MAC = l.Attrs().Name, l.Attrs().HardwareAddr.String()
-	})
-	if p.mode == ModeStatic {
-		return s.programTarget(staticTarget(p, SourceStatic))
-	}
-	if err := s.programTarget(target{source: SourceNone, dns: p.dns}); err != nil {
+		s.link, s.port = nil, nil
 		return err
+	}
+	s.link, s.port, s.bridge = l, port, p.bridge
+	s.update(func(st *Status) {
+		st.Interface, st.MAC, st.Port = l.Attrs().Name, l.Attrs().HardwareAddr.String(), ""
+		if port != nil {
+			st.Port = port.Attrs().Name
+		}
+	})
+	first := target{source: SourceNone, dns: p.dns}
+	if p.mode == ModeStatic {
+		first = staticTarget(p, SourceStatic)
+	}
+	if err := s.programTarget(first); err != nil {
+		return err
+	}
+	s.leave(prevLink, prevPort, prevBridge)
+	if p.mode == ModeStatic {
+		return nil
 	}
 	s.update(func(st *Status) {
 		st.DHCP = &DHCPStatus{State: DHCPInit, Timeout: p.timeout.String(), Fallback: p.fallback}
@@ -403,6 +432,106 @@ func (s *Service) activate(ctx context.Context, p plan) error {
 		s.startLinkLocal(ctx)
 	}
 	return nil
+}
+
+// ourBridges names the bridges the service manages while it activates p: p's, the
+// one in use and the one a pending change left.
+func (s *Service) ourBridges(p plan) []string {
+	var out []string
+	for _, b := range []string{p.bridge, s.bridge, s.leftBridge} {
+		if b != "" {
+			out = append(out, b)
+		}
+	}
+	return out
+}
+
+// layout puts nic where p wants it and returns the link that is to hold the
+// address, with nic as its port when that is a bridge. Nothing else is touched:
+// the addresses move in programTarget, and the previous layout is left in leave.
+func (s *Service) layout(p plan, nic netlink.Link) (l, port netlink.Link, err error) {
+	name := nic.Attrs().Name
+	if p.bridge == "" {
+		if m := nic.Attrs().MasterIndex; m != 0 {
+			master := "another interface"
+			if ml, err := s.env.linkByIndex(m); err == nil {
+				master = ml.Attrs().Name
+			}
+			if !slices.Contains(s.ourBridges(p), master) {
+				return nil, nil, fmt.Errorf("interface %s is a port of %s, which the network service does not manage: take it out, or set bridge = %q", name, master, master)
+			}
+			if err := s.env.releasePort(nic); err != nil {
+				return nil, nil, err
+			}
+			if nic, err = s.env.linkByName(name); err != nil {
+				return nil, nil, err
+			}
+		}
+		return nic, nil, nil
+	}
+	if nic.Type() == "bridge" {
+		return nil, nil, fmt.Errorf("interface %s is itself a bridge: name the NIC that goes under bridge %s", name, p.bridge)
+	}
+	if s.leftBridge == p.bridge {
+		s.leftBridge = "" // back in use: a rollback restores the previous layout
+	}
+	br, err := s.env.ensureBridge(p.bridge, nic)
+	if err != nil {
+		return nil, nil, fmt.Errorf("bridge %s over %s: %w", p.bridge, name, err)
+	}
+	if nic, err = s.env.linkByName(name); err != nil {
+		return nil, nil, err
+	}
+	return br, nic, nil
+}
+
+// leave cleans up the previous layout once the new one holds its first target: a
+// previous NIC that is no longer used loses its addresses (and its bridge), a
+// bridge no longer used goes. During an unconfirmed apply that bridge is kept
+// without addresses, so a rollback finds it (and the VM taps on it) as it was; the
+// commit removes it.
+func (s *Service) leave(prevLink, prevPort netlink.Link, prevBridge string) {
+	used := func(l netlink.Link) bool {
+		i := l.Attrs().Index
+		return i == s.link.Attrs().Index || (s.port != nil && i == s.port.Attrs().Index)
+	}
+	if prevPort != nil && !used(prevPort) {
+		if err := s.env.releasePort(prevPort); err != nil {
+			s.log.Warn("release previous port", "iface", prevPort.Attrs().Name, "err", err)
+		}
+		prevLink = prevPort
+	}
+	if prevLink != nil && !used(prevLink) && prevLink.Attrs().Name != prevBridge {
+		if err := s.env.flushAddrs(prevLink); err != nil {
+			s.log.Warn("clean previous interface", "iface", prevLink.Attrs().Name, "err", err)
+		}
+	}
+	if prevBridge == "" || prevBridge == s.bridge {
+		return
+	}
+	if s.pending != nil {
+		if br, err := s.env.linkByName(prevBridge); err == nil {
+			if err := s.env.flushAddrs(br); err != nil {
+				s.log.Warn("clean previous bridge", "bridge", prevBridge, "err", err)
+			}
+		}
+		s.leftBridge = prevBridge
+		return
+	}
+	s.dropBridge(prevBridge)
+}
+
+// dropBridge removes a bridge the service no longer uses.
+func (s *Service) dropBridge(name string) {
+	note, err := s.env.removeBridge(name)
+	switch {
+	case err != nil:
+		s.setError(fmt.Errorf("remove bridge %s: %w", name, err))
+	case note != "":
+		s.log.Warn(note)
+	default:
+		s.log.Info("bridge removed", "bridge", name)
+	}
 }
 
 func (s *Service) drainEvents() {
@@ -436,7 +565,7 @@ func (s *Service) programTarget(t target) error {
 	if s.link == nil {
 		return errors.New("no interface")
 	}
-	if err := s.env.program(s.link, t); err != nil {
+	if err := s.env.program(s.link, s.port, t); err != nil {
 		return err
 	}
 	s.programmed = t
@@ -466,7 +595,11 @@ func (s *Service) programTarget(t target) error {
 }
 
 func (s *Service) addressInPlace(t target) {
-	m := quantix.ReadyMarker("network", "iface", s.link.Attrs().Name, "addr", t.addr.String(), "source", t.source)
+	kv := []string{"iface", s.link.Attrs().Name, "addr", t.addr.String(), "source", t.source}
+	if s.port != nil {
+		kv = append(kv, "port", s.port.Attrs().Name)
+	}
+	m := quantix.ReadyMarker("network", kv...)
 	if m != s.marker {
 		s.marker = m
 		fmt.Fprintln(s.cfg.Stdout, m)
@@ -507,7 +640,7 @@ func (s *Service) onDHCP(ctx context.Context, ev dhcpEvent) {
 			s.programmed.addr.String() == t.addr.String() && s.programmed.gw.Equal(t.gw) {
 			// The same address again (renewal, or re-discovery after a carrier
 			// blip): extend it in place, connections stay up.
-			err = s.env.refresh(s.link, t)
+			err = s.env.refresh(s.link, s.port, t)
 			if err == nil {
 				s.programmed = t
 			}

@@ -46,7 +46,7 @@ fallback = "static"
 			if err != nil {
 				t.Fatalf("Parse = %v", err)
 			}
-			got, err := s.compile()
+			got, err := s.compile("")
 			if err != nil {
 				t.Fatal(err)
 			}
@@ -298,7 +298,7 @@ func TestAutoInterface(t *testing.T) {
 	}
 	var e netEnv
 	for _, tc := range tests {
-		if got, why := e.linkRank(tc.link, sys); got != tc.wantRank {
+		if got, why := e.linkRank(tc.link, nil, sys); got != tc.wantRank {
 			t.Errorf("linkRank(%s) = %d (%s), want %d", tc.link.Attrs().Name, got, why, tc.wantRank)
 		}
 	}
@@ -313,16 +313,16 @@ func TestAutoInterfaceInNamespace(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer env.close()
-	if _, err := env.findLink("auto", l.config().SysfsRoot); !errors.Is(err, ErrNoInterface) || !strings.Contains(err.Error(), "lo: loopback") || !strings.Contains(err.Error(), "eth0: veth") {
+	if _, err := env.findLink("auto", nil, l.config().SysfsRoot); !errors.Is(err, ErrNoInterface) || !strings.Contains(err.Error(), "lo: loopback") || !strings.Contains(err.Error(), "eth0: veth") {
 		t.Errorf("findLink(auto) = %v, want ErrNoInterface naming lo and eth0", err)
 	}
 	for _, sel := range []string{"eth0", "52:54:00:77:00:10"} {
-		k, err := env.findLink(sel, "/nonexistent")
+		k, err := env.findLink(sel, nil, "/nonexistent")
 		if err != nil || k.Attrs().Name != "eth0" {
 			t.Errorf("findLink(%s) = %v, %v; want eth0", sel, k, err)
 		}
 	}
-	if _, err := env.findLink("eth9", "/sys"); !errors.Is(err, ErrNoInterface) {
+	if _, err := env.findLink("eth9", nil, "/sys"); !errors.Is(err, ErrNoInterface) {
 		t.Errorf("findLink(eth9) = %v, want ErrNoInterface", err)
 	}
 }
