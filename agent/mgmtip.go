@@ -11,7 +11,7 @@ import (
 	"golang.org/x/sys/unix"
 )
 
-// How the management interface was chosen (DESIGN §4).
+// How the management interface was chosen (docs/design.md §4).
 const (
 	SourceConfigured    = "configured"
 	SourceDefaultRoute  = "default-route"

@@ -258,7 +258,7 @@ func (s *Service) commit() error {
 }
 
 // persist saves a confirmed network.toml: a crash at any moment leaves the old
-// file or the new one (DESIGN §2).
+// file or the new one (docs/design.md §2).
 func persist(path string, data []byte) error {
 	if err := quantix.WriteFileAtomic(path, data, 0o644); err != nil {
 		return fmt.Errorf("persist: %w", err)

@@ -10,6 +10,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/quantix/quantix"
 	"github.com/vishvananda/netlink"
 	"github.com/vishvananda/netns"
 )
@@ -408,5 +409,123 @@ func TestBridgeRefusesBadConfig(t *testing.T) {
 	}
 	if st := r.s.Status(); st.Pending != nil || st.LastRollback != nil || st.Interface != "eth0" {
 		t.Errorf("status after refused configs = %+v", st)
+	}
+}
+
+// TestBridgeMovesLease: switching a DHCP host between NIC and bridge keeps its
+// lease in place (the bridge has the NIC's MAC): the address is added on the new
+// link before it leaves the old one, even with the DHCP server gone for the
+// moment, and the client renews it from the new link once the server is back.
+func TestBridgeMovesLease(t *testing.T) {
+	l := newLab(t)
+	srv := l.startDHCP(time.Minute)
+	r, _, c := serveLab(t, l, dhcpToml)
+	lease := r.waitMarker(t, SourceDHCP, 5*time.Second).Get("addr")
+	for _, to := range []struct{ bridge, link string }{{"br0", "br0"}, {"", "eth0"}} {
+		srv.set(func(d *dhcpServer) { d.on = false })
+		events := l.addrEvents(t)
+		settings := strings.Replace(dhcpToml, "mode =", "bridge = \""+to.bridge+"\"\nmode =", 1)
+		res, err := c.Apply(ctxT(t, 20*time.Second), "switch.toml", []byte(settings), 0, "")
+		if err != nil || !res.Committed || res.Status.Interface != to.link || res.Status.Address != lease || res.Status.Source != SourceDHCP {
+			t.Fatalf("Apply(bridge %q) = %+v, %v; want the lease %s committed on %s", to.bridge, res, err, lease, to.link)
+		}
+		if got := l.addrs(to.link); !slices.Equal(got, []string{lease}) {
+			t.Errorf("%s addresses = %q, want the lease %s", to.link, got, lease)
+		}
+		if got := events(); len(got) == 0 || !strings.HasPrefix(got[0], "add "+lease+" "+to.link) {
+			t.Errorf("address events %q, want the lease added on %s first (never without it)", got, to.link)
+		}
+		srv.set(func(d *dhcpServer) { d.on = true })
+		st := waitStatus(t, r.s, 10*time.Second, "lease renewed on "+to.link, func(st Status) bool {
+			return st.DHCP != nil && st.DHCP.State == DHCPBound && st.DHCP.Server == labGateway
+		})
+		if st.Address != lease || st.Interface != to.link {
+			t.Errorf("after renewal: %s on %s, want %s on %s", st.Address, st.Interface, lease, to.link)
+		}
+	}
+	if l.linkExists("br0") {
+		t.Errorf("br0 left behind after switching back to no bridge")
+	}
+}
+
+// addrEvents records IPv4 address messages from now until the returned function
+// is called, as "add|del ADDR LINK".
+func (l *lab) addrEvents(t *testing.T) func() []string {
+	t.Helper()
+	ns, err := netns.GetFromName(l.client)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { ns.Close() })
+	ch := make(chan netlink.AddrUpdate, 64)
+	done := make(chan struct{})
+	if err := netlink.AddrSubscribeWithOptions(ch, done, netlink.AddrSubscribeOptions{Namespace: &ns}); err != nil {
+		t.Fatal(err)
+	}
+	return func() []string {
+		time.Sleep(200 * time.Millisecond)
+		close(done)
+		var out []string
+		for {
+			select {
+			case u, ok := <-ch:
+				if !ok {
+					return out
+				}
+				if u.LinkAddress.IP.To4() == nil {
+					continue
+				}
+				op := "del"
+				if u.NewAddr {
+					op = "add"
+				}
+				name := "?"
+				if k, err := l.h.LinkByIndex(u.LinkIndex); err == nil {
+					name = k.Attrs().Name
+				}
+				out = append(out, op+" "+u.LinkAddress.String()+" "+name)
+			default:
+				return out
+			}
+		}
+	}
+}
+
+// TestBridgeUnavailableAtStart: when the bridge cannot be made at start (here a
+// non-bridge link already has its name), the host still gets on the network: the
+// address goes on the NIC, with a warning on the console and in the status.
+func TestBridgeUnavailableAtStart(t *testing.T) {
+	l := newLab(t)
+	ipCmd(t, "-n", l.client, "link", "add", "br0", "type", "veth", "peer", "name", "br0p")
+	cfg := bridgedConfig(l)
+	writeFile(t, cfg.PersistentPath, staticToml)
+	r := l.run(cfg)
+	deadline := time.After(5 * time.Second)
+	var warning string
+	for warning == "" {
+		select {
+		case m := <-r.markers.ch:
+			if m.Kind == quantix.MarkerWarning {
+				warning = m.Get("msg")
+			}
+		case <-deadline:
+			t.Fatal("no warning marker within 5s")
+		}
+	}
+	if !strings.Contains(warning, "br0 exists and is a veth") || !strings.Contains(warning, "the address is on eth0 instead") {
+		t.Errorf("warning = %q, want the bridge problem and where the address is", warning)
+	}
+	m := r.waitMarker(t, SourceStatic, 5*time.Second)
+	if m.Get("iface") != "eth0" {
+		t.Errorf("marker = %s, want iface=eth0", m)
+	}
+	if got := l.addrs("eth0"); !slices.Equal(got, []string{"10.77.0.5/24"}) {
+		t.Errorf("eth0 addresses = %q", got)
+	}
+	if got, want := l.defaults(), []string{"via 10.77.0.1 dev eth0"}; !slices.Equal(got, want) {
+		t.Errorf("default routes = %q, want %q", got, want)
+	}
+	if st := r.s.Status(); st.Interface != "eth0" || st.Port != "" || !strings.Contains(st.LastError, "br0 exists and is a veth") {
+		t.Errorf("status = %+v, want eth0 and the bridge problem as last error", st)
 	}
 }

@@ -133,7 +133,7 @@ func classfulPrefix(ip net.IP) int {
 // Origin says which layer the settings in effect came from.
 type Origin string
 
-// Layers of configuration, lowest precedence first (DESIGN §3).
+// Layers of configuration, lowest precedence first (docs/design.md §3).
 const (
 	OriginDefault = Origin("image default")
 	OriginCmdline = Origin("kernel command line")

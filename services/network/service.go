@@ -1,12 +1,14 @@
 // Package network is the Quantix network service: it puts the management address on
-// one interface (static, or DHCP with a bounded first-lease timeout and a static or
-// IPv4 link-local fallback), keeps exactly one default route, writes resolv.conf,
+// one interface, or on a bridge over it (br0 on Quantix-OS, docs/design.md §13),
+// static or by DHCP with a bounded first-lease timeout and a static or IPv4
+// link-local fallback; it keeps exactly one default route, writes resolv.conf,
 // applies new settings safely (rolled back unless confirmed) and reports its state
-// on a unix socket. Settings are network.toml (DESIGN §7); Parse, Load and Validate
-// are shared with the installer and the console.
+// on a unix socket. Settings are network.toml (docs/design.md §7); Parse, Load and
+// Validate are shared with the installer and the console.
 package network
 
 import (
+	"bytes"
 	"context"
 	"encoding/json"
 	"errors"
@@ -319,7 +321,7 @@ func (s *Service) Run(ctx context.Context) error {
 	}
 }
 
-// startSettings applies the precedence of DESIGN §3 and makes the session copy.
+// startSettings applies the precedence of docs/design.md §3 and makes the session copy.
 func (s *Service) startSettings() (Settings, Origin, error) {
 	if s.cfg.Settings != nil {
 		return *s.cfg.Settings, OriginApply, nil
@@ -373,6 +375,11 @@ func (s *Service) previous() (leased net.IP, bridge string) {
 // the address is in place (and verified) when it returns; for DHCP the client and
 // the fallback timer are started.
 func (s *Service) activate(ctx context.Context, p plan) error {
+	// A lease in place may move with the layout (below): same MAC, same lease.
+	var carried *lease
+	if s.programmed.source == SourceDHCP && s.lease != nil && time.Until(s.lease.expiry()) > 0 {
+		carried = s.lease
+	}
 	s.dhcp.stop()
 	s.ll.stop()
 	s.dhcp, s.ll = nil, nil
@@ -398,6 +405,16 @@ func (s *Service) activate(ctx context.Context, p plan) error {
 	}
 	prevLink, prevPort, prevBridge := s.link, s.port, s.bridge
 	l, port, err := s.layout(p, nic)
+	var bridgeErr error
+	if err != nil && p.bridge != "" && s.pending == nil {
+		// Not an apply (that would roll back): the host must not stay off the
+		// network because its bridge cannot be made. The address goes on the NIC,
+		// and the console and the status say why.
+		bridgeErr = err
+		nb := p
+		nb.bridge = ""
+		l, port, err = s.layout(nb, nic)
+	}
 	if err != nil {
 		if s.link != nil {
 			s.programTarget(target{source: SourceNone})
@@ -406,6 +423,12 @@ func (s *Service) activate(ctx context.Context, p plan) error {
 		return err
 	}
 	s.link, s.port, s.bridge = l, port, p.bridge
+	if bridgeErr != nil {
+		s.bridge = ""
+		msg := fmt.Sprintf("%v; the address is on %s instead", bridgeErr, l.Attrs().Name)
+		fmt.Fprintln(s.cfg.Stdout, quantix.WarningMarker("network", msg))
+		s.setError(errors.New(msg))
+	}
 	s.update(func(st *Status) {
 		st.Interface, st.MAC, st.Port = l.Attrs().Name, l.Attrs().HardwareAddr.String(), ""
 		if port != nil {
@@ -413,8 +436,18 @@ func (s *Service) activate(ctx context.Context, p plan) error {
 		}
 	})
 	first := target{source: SourceNone, dns: p.dns}
-	if p.mode == ModeStatic {
+	moved := prevLink != nil && prevLink.Attrs().Index != l.Attrs().Index &&
+		bytes.Equal(prevLink.Attrs().HardwareAddr, l.Attrs().HardwareAddr)
+	switch {
+	case p.mode == ModeStatic:
 		first = staticTarget(p, SourceStatic)
+	case carried != nil && moved:
+		// The NIC went under a bridge or came out of one: the bridge has the
+		// NIC's MAC, so the lease is still this host's. It moves with the layout
+		// (no gap) and the client below renews it from the new link.
+		first = carried.target(p.dns)
+	default:
+		carried = nil
 	}
 	if err := s.programTarget(first); err != nil {
 		return err
@@ -427,6 +460,11 @@ func (s *Service) activate(ctx context.Context, p plan) error {
 		st.DHCP = &DHCPStatus{State: DHCPInit, Timeout: p.timeout.String(), Fallback: p.fallback}
 	})
 	s.startDHCP(ctx)
+	if carried != nil {
+		s.lease = carried
+		s.leaseC = time.After(time.Until(carried.expiry()))
+		return nil
+	}
 	s.fallbackC = time.After(p.timeout)
 	if p.fallback == FallbackLinkLocal {
 		s.startLinkLocal(ctx)

@@ -13,7 +13,7 @@ import (
 	"github.com/quantix/quantix"
 )
 
-// Modes and fallbacks of network.toml (DESIGN §7).
+// Modes and fallbacks of network.toml (docs/design.md §7).
 const (
 	ModeDHCP   = "dhcp"
 	ModeStatic = "static"
@@ -44,7 +44,7 @@ const (
 // ErrInvalidSettings is wrapped by every error Validate returns.
 var ErrInvalidSettings = errors.New("invalid network settings")
 
-// Settings is network.toml (DESIGN §7). The installer embeds it in its answer file and
+// Settings is network.toml (docs/design.md §7). The installer embeds it in its answer file and
 // the console edits it, so both use Parse/Load and Validate from here.
 type Settings struct {
 	// Interface is an interface name, a MAC address, or "auto" (the default).
