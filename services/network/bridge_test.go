@@ -148,14 +148,50 @@ func TestBridgeStatic(t *testing.T) {
 // function is called.
 func (l *lab) linkEvents(t *testing.T) func() []string {
 	t.Helper()
+	ch := make(chan netlink.LinkUpdate, 64)
+	return record(t, l, ch, func(done chan struct{}, ns *netns.NsHandle) error {
+		return netlink.LinkSubscribeWithOptions(ch, done, netlink.LinkSubscribeOptions{Namespace: ns})
+	}, func(u netlink.LinkUpdate) string {
+		if n := u.Attrs().Name; n == "br0" || n == "eth0" {
+			return n + " " + u.Attrs().OperState.String() + " " + u.Attrs().Flags.String() + " type " + typeName(u.Header.Type)
+		}
+		return ""
+	})
+}
+
+// addrEvents records IPv4 address messages from now until the returned function
+// is called, as "add|del ADDR LINK".
+func (l *lab) addrEvents(t *testing.T) func() []string {
+	t.Helper()
+	ch := make(chan netlink.AddrUpdate, 64)
+	return record(t, l, ch, func(done chan struct{}, ns *netns.NsHandle) error {
+		return netlink.AddrSubscribeWithOptions(ch, done, netlink.AddrSubscribeOptions{Namespace: ns})
+	}, func(u netlink.AddrUpdate) string {
+		if u.LinkAddress.IP.To4() == nil {
+			return ""
+		}
+		op, name := "del", "?"
+		if u.NewAddr {
+			op = "add"
+		}
+		if k, err := l.h.LinkByIndex(u.LinkIndex); err == nil {
+			name = k.Attrs().Name
+		}
+		return op + " " + u.LinkAddress.String() + " " + name
+	})
+}
+
+// record subscribes to netlink messages in the client namespace and returns a
+// function that stops and returns them as describe puts them ("" skips one).
+func record[T any](t *testing.T, l *lab, ch chan T, subscribe func(done chan struct{}, ns *netns.NsHandle) error, describe func(T) string) func() []string {
+	t.Helper()
 	ns, err := netns.GetFromName(l.client)
 	if err != nil {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { ns.Close() })
-	ch := make(chan netlink.LinkUpdate, 64)
 	done := make(chan struct{})
-	if err := netlink.LinkSubscribeWithOptions(ch, done, netlink.LinkSubscribeOptions{Namespace: &ns}); err != nil {
+	if err := subscribe(done, &ns); err != nil {
 		t.Fatal(err)
 	}
 	return func() []string {
@@ -168,8 +204,8 @@ func (l *lab) linkEvents(t *testing.T) func() []string {
 				if !ok {
 					return out
 				}
-				if n := u.Attrs().Name; n == "br0" || n == "eth0" {
-					out = append(out, n+" "+u.Attrs().OperState.String()+" "+u.Attrs().Flags.String()+" type "+typeName(u.Header.Type))
+				if d := describe(u); d != "" {
+					out = append(out, d)
 				}
 			default:
 				return out
@@ -250,11 +286,10 @@ func TestBridgeFallback(t *testing.T) {
 // bridge: the same br0, its port and the kernel state as before.
 func TestBridgeRollback(t *testing.T) {
 	l := newLab(t)
-	r, _, c := serveLab(t, l, strings.Replace(staticToml, "mode =", "bridge = \"br0\"\nmode =", 1))
+	r, _, c := serveLab(t, l, withBridge("br0"))
 	r.waitMarker(t, SourceStatic, 5*time.Second)
 	before, bridgeBefore := l.kernelState(), l.expectBridge(t)
-	broken := strings.Replace(staticToml, `gateway = "10.77.0.1"`, `gateway = "10.77.0.254"`, 1)
-	broken = strings.Replace(broken, "mode =", "bridge = \"br0\"\nmode =", 1)
+	broken := strings.Replace(withBridge("br0"), `gateway = "10.77.0.1"`, `gateway = "10.77.0.254"`, 1)
 	res, err := c.Apply(ctxT(t, 20*time.Second), "broken.toml", []byte(broken), 0, "")
 	if err == nil || !res.RolledBack || !strings.Contains(err.Error(), "10.77.0.254 unreachable") {
 		t.Fatalf("Apply(broken) = %+v, %v; want rolled back naming the gateway", res, err)
@@ -279,10 +314,10 @@ func TestBridgeSwitch(t *testing.T) {
 	r, cfg, c := serveLab(t, l, staticToml) // image default: no bridge
 	r.waitMarker(t, SourceStatic, 5*time.Second)
 	onNIC := l.kernelState()
-	withBridge := strings.Replace(staticToml, "mode =", "bridge = \"br0\"\nmode =", 1)
+	bridgeToml := withBridge("br0")
 
 	// NIC -> bridge, broken gateway: rolled back, no bridge left.
-	broken := strings.Replace(withBridge, `gateway = "10.77.0.1"`, `gateway = "10.77.0.254"`, 1)
+	broken := strings.Replace(bridgeToml, `gateway = "10.77.0.1"`, `gateway = "10.77.0.254"`, 1)
 	if res, err := c.Apply(ctxT(t, 20*time.Second), "broken.toml", []byte(broken), 0, ""); err == nil || !res.RolledBack {
 		t.Fatalf("Apply(bridge, broken gateway) = %+v, %v; want rolled back", res, err)
 	}
@@ -297,7 +332,7 @@ func TestBridgeSwitch(t *testing.T) {
 	}
 
 	// NIC -> bridge, committed.
-	res, err := c.Apply(ctxT(t, 20*time.Second), "bridge.toml", []byte(withBridge), 0, "")
+	res, err := c.Apply(ctxT(t, 20*time.Second), "bridge.toml", []byte(bridgeToml), 0, "")
 	if err != nil || !res.Committed || res.Status.Interface != "br0" || res.Status.Port != "eth0" {
 		t.Fatalf("Apply(bridge) = %+v, %v; want committed on br0 over eth0", res, err)
 	}
@@ -311,7 +346,7 @@ func TestBridgeSwitch(t *testing.T) {
 	onBridge := l.kernelState()
 
 	// bridge -> NIC, rejected while pending: the same br0 comes back.
-	noBridge := strings.Replace(staticToml, "mode =", "bridge = \"\"\nmode =", 1)
+	noBridge := withBridge("")
 	res, err = c.Apply(ctxT(t, 20*time.Second), "nobridge.toml", []byte(noBridge), time.Minute, "")
 	if err != nil || !res.Applied || res.Status.Interface != "eth0" || res.Status.Port != "" {
 		t.Fatalf("Apply(no bridge, pending) = %+v, %v", res, err)
@@ -367,49 +402,9 @@ func TestBridgeSwitch(t *testing.T) {
 	})
 }
 
-// TestBridgeRefusesBadConfig: a bad bridge key is refused before anything is
-// touched, naming the key.
-func TestBridgeRefusesBadConfig(t *testing.T) {
-	l := newLab(t)
-	ipCmd(t, "-n", l.client, "link", "add", "side0", "type", "veth", "peer", "name", "side1")
-	r, _, c := serveLab(t, l, staticToml)
-	r.waitMarker(t, SourceStatic, 5*time.Second)
-	before := l.kernelState()
-	with := func(bridge string) string {
-		return strings.Replace(staticToml, "mode =", "bridge = \""+bridge+"\"\nmode =", 1)
-	}
-	tests := []struct {
-		name, toml string
-		want       []string
-	}{
-		{"invalid-name", with("br/0"), []string{"invalid-name.toml:2", "bridge", `"br/0"`}},
-		{"too-long", with("bridge-too-long0"), []string{"too-long.toml:2", "bridge", "longer than 15"}},
-		{"the-nic", with("eth0"), []string{"the-nic.toml:2", "bridge", "is the interface itself"}},
-		{"the-nic-by-mac", strings.Replace(with("eth0"), `"eth0"`, `"`+labMAC+`"`, 1), []string{"the-nic-by-mac.toml:2", "bridge", "is the interface itself"}},
-		{"not-a-bridge", with("side0"), []string{"not-a-bridge.toml:2", "bridge", "side0 exists and is a veth"}},
-	}
-	for _, tc := range tests {
-		t.Run(tc.name, func(t *testing.T) {
-			_, err := c.Apply(ctxT(t, 10*time.Second), tc.name+".toml", []byte(tc.toml), 0, "")
-			if err == nil {
-				t.Fatalf("Apply(%s) succeeded, want refused", tc.name)
-			}
-			for _, w := range tc.want {
-				if !strings.Contains(err.Error(), w) {
-					t.Errorf("Apply(%s) = %q, want it to name %q", tc.name, err, w)
-				}
-			}
-			if after := l.kernelState(); after != before {
-				t.Errorf("kernel state changed by a refused config:\n%s\nwant:\n%s", after, before)
-			}
-		})
-	}
-	if l.linkExists("br0") {
-		t.Errorf("a refused config made a bridge")
-	}
-	if st := r.s.Status(); st.Pending != nil || st.LastRollback != nil || st.Interface != "eth0" {
-		t.Errorf("status after refused configs = %+v", st)
-	}
+// withBridge is staticToml with a bridge key (on line 2).
+func withBridge(name string) string {
+	return strings.Replace(staticToml, "mode =", "bridge = \""+name+"\"\nmode =", 1)
 }
 
 // TestBridgeMovesLease: switching a DHCP host between NIC and bridge keeps its
@@ -445,49 +440,6 @@ func TestBridgeMovesLease(t *testing.T) {
 	}
 	if l.linkExists("br0") {
 		t.Errorf("br0 left behind after switching back to no bridge")
-	}
-}
-
-// addrEvents records IPv4 address messages from now until the returned function
-// is called, as "add|del ADDR LINK".
-func (l *lab) addrEvents(t *testing.T) func() []string {
-	t.Helper()
-	ns, err := netns.GetFromName(l.client)
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { ns.Close() })
-	ch := make(chan netlink.AddrUpdate, 64)
-	done := make(chan struct{})
-	if err := netlink.AddrSubscribeWithOptions(ch, done, netlink.AddrSubscribeOptions{Namespace: &ns}); err != nil {
-		t.Fatal(err)
-	}
-	return func() []string {
-		time.Sleep(200 * time.Millisecond)
-		close(done)
-		var out []string
-		for {
-			select {
-			case u, ok := <-ch:
-				if !ok {
-					return out
-				}
-				if u.LinkAddress.IP.To4() == nil {
-					continue
-				}
-				op := "del"
-				if u.NewAddr {
-					op = "add"
-				}
-				name := "?"
-				if k, err := l.h.LinkByIndex(u.LinkIndex); err == nil {
-					name = k.Attrs().Name
-				}
-				out = append(out, op+" "+u.LinkAddress.String()+" "+name)
-			default:
-				return out
-			}
-		}
 	}
 }
 
