@@ -458,6 +458,9 @@ func (s *Service) activate(ctx context.Context, p plan) error {
 	}
 	s.update(func(st *Status) {
 		st.DHCP = &DHCPStatus{State: DHCPInit, Timeout: p.timeout.String(), Fallback: p.fallback}
+		if carried != nil {
+			st.DHCP.setLease(carried) // still this host's until renewed or expired
+		}
 	})
 	s.startDHCP(ctx)
 	if carried != nil {
@@ -570,6 +573,16 @@ func (s *Service) dropBridge(name string) {
 	default:
 		s.log.Info("bridge removed", "bridge", name)
 	}
+}
+
+// setLease shows l in the status.
+func (d *DHCPStatus) setLease(l *lease) {
+	d.Server, d.Address = l.server.String(), l.addr.String()
+	d.Router = ""
+	if l.router != nil {
+		d.Router = l.router.String()
+	}
+	d.Obtained, d.T1, d.T2, d.Expiry = l.obtained, l.obtained.Add(l.t1), l.obtained.Add(l.t2), l.expiry()
 }
 
 func (s *Service) drainEvents() {
@@ -702,12 +715,7 @@ func (s *Service) onDHCP(ctx context.Context, ev dhcpEvent) {
 			}
 			d := st.DHCP
 			d.State = DHCPBound
-			d.Server, d.Address = l.server.String(), l.addr.String()
-			d.Router = ""
-			if l.router != nil {
-				d.Router = l.router.String()
-			}
-			d.Obtained, d.T1, d.T2, d.Expiry = l.obtained, l.obtained.Add(l.t1), l.obtained.Add(l.t2), l.expiry()
+			d.setLease(l)
 			if renewals == 0 {
 				d.Renewals = 0
 			}
