@@ -26,7 +26,8 @@ type Management struct {
 }
 
 // DetectManagement finds the management address with netlink, fresh on every call:
-// the configured interface (a name or MAC address) when iface is set, else the
+// the configured interface (a name or MAC address; a bridge port stands for its
+// bridge) when iface is set, else the
 // interface holding the default route (lowest metric, IPv4 before IPv6), else the
 // first physical Ethernet or Wi-Fi interface with an address. Loopback and
 // link-local addresses (169.254/16, fe80::/10) never count; bridges, taps, veths
@@ -48,6 +49,9 @@ func DetectManagement(h *netlink.Handle, iface string) (Management, error) {
 		l := findLink(links, iface)
 		if l == nil {
 			return Management{}, fmt.Errorf("management interface %q not found (have %s)", iface, linkNames(links))
+		}
+		if m := linkByIndex(links, l.Attrs().MasterIndex); m != nil && m.Type() == "bridge" {
+			l = m // the NIC under the management bridge: the address is on the bridge
 		}
 		ip, err := usableAddr(h, l)
 		if err != nil {

@@ -97,6 +97,18 @@ func TestDetectManagement(t *testing.T) {
 			wantIP: "10.6.0.5", wantIface: "br0", wantSrc: SourceDefaultRoute,
 		},
 		{
+			name: "configured port of the management bridge",
+			setup: func(s *netnstest.NS) {
+				br := s.Bridge("br0")
+				nic := s.Veth("mgmt0")
+				if err := s.Handle.LinkSetMaster(nic, br); err != nil {
+					t.Fatal(err)
+				}
+				s.Addr(br, "10.7.0.5/24")
+			},
+			iface: "mgmt0", wantIP: "10.7.0.5", wantIface: "br0", wantSrc: SourceConfigured,
+		},
+		{
 			name: "ipv6 only",
 			setup: func(s *netnstest.NS) {
 				a := s.Veth("v6net")
