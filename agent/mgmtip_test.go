@@ -97,6 +97,18 @@ func TestDetectManagement(t *testing.T) {
 			wantIP: "10.6.0.5", wantIface: "br0", wantSrc: SourceDefaultRoute,
 		},
 		{
+			name: "configured port of the management bridge",
+			setup: func(s *netnstest.NS) {
+				br := s.Bridge("br0")
+				nic := s.Veth("mgmt0")
+				if err := s.Handle.LinkSetMaster(nic, br); err != nil {
+					t.Fatal(err)
+				}
+				s.Addr(br, "10.7.0.5/24")
+			},
+			iface: "mgmt0", wantIP: "10.7.0.5", wantIface: "br0", wantSrc: SourceConfigured,
+		},
+		{
 			name: "ipv6 only",
 			setup: func(s *netnstest.NS) {
 				a := s.Veth("v6net")
@@ -203,6 +215,26 @@ func TestPhysical(t *testing.T) {
 	for _, tt := range tests {
 		if got := physical(tt.link); got != tt.want {
 			t.Errorf("physical(%s %s) = %v, want %v", tt.link.Type(), tt.link.Attrs().EncapType, got, tt.want)
+		}
+	}
+}
+
+func TestManagementBridge(t *testing.T) {
+	ether := func(name string, index, master int) netlink.LinkAttrs {
+		return netlink.LinkAttrs{Name: name, Index: index, MasterIndex: master, EncapType: "ether"}
+	}
+	br0 := &netlink.Bridge{LinkAttrs: ether("br0", 3, 0)}
+	virbr0 := &netlink.Bridge{LinkAttrs: ether("virbr0", 4, 0)}
+	links := []netlink.Link{
+		&netlink.Device{LinkAttrs: ether("eth0", 2, 3)}, br0,
+		virbr0, &netlink.Tuntap{LinkAttrs: ether("vnet0", 5, 4)}, &netlink.Veth{LinkAttrs: ether("veth0", 6, 4)},
+		&netlink.Bridge{LinkAttrs: ether("empty0", 7, 0)},
+		&netlink.Device{LinkAttrs: ether("eth1", 8, 0)},
+	}
+	want := map[string]bool{"br0": true}
+	for _, l := range links {
+		if got := managementBridge(l, links); got != want[l.Attrs().Name] {
+			t.Errorf("managementBridge(%s) = %v, want %v", l.Attrs().Name, got, want[l.Attrs().Name])
 		}
 	}
 }

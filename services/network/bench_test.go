@@ -8,7 +8,7 @@ import (
 	"time"
 )
 
-// The measurements of DESIGN §12 for the network service. Run as root:
+// The measurements of docs/design.md §12 for the network service. Run as root:
 //
 //	go test -run '^$' -bench . -benchtime 5x ./services/network/
 //
@@ -24,7 +24,7 @@ func BenchmarkStaticApply(b *testing.B) {
 		b.Fatal(err)
 	}
 	defer env.close()
-	k, err := env.findLink("eth0", "")
+	k, err := env.findLink("eth0", nil, "")
 	if err != nil {
 		b.Fatal(err)
 	}
@@ -37,7 +37,7 @@ func BenchmarkStaticApply(b *testing.B) {
 	b.ResetTimer()
 	for i := 0; b.Loop(); i++ {
 		t := targets[i%2]
-		if err := env.program(k, t); err != nil {
+		if err := env.program(k, nil, t); err != nil {
 			b.Fatal(err)
 		}
 		if err := writeResolv(cfg.ResolvConf, t.source, t.dns, nil); err != nil {

@@ -108,7 +108,7 @@ func ifaceOfName(t testing.TB, l *lab, name string) *net.Interface {
 
 func mustPlan(t testing.TB, s *Settings) plan {
 	t.Helper()
-	p, err := s.compile()
+	p, err := s.compile("")
 	if err != nil {
 		t.Fatal(err)
 	}
