@@ -24,7 +24,7 @@ import (
 	"github.com/quantix/quantix"
 	"github.com/quantix/quantix/agent"
 	"github.com/quantix/quantix/agent/internal/libvirtdtest"
-	"github.com/quantix/quantix/agent/internal/netnstest"
+	"github.com/quantix/quantix/tests/netlab"
 	"github.com/quantix/quantix/vdc/vdctest"
 )
 
@@ -64,7 +64,7 @@ type runningAgent struct {
 
 // testConfig is a Config for one agent against v, finding its management address
 // in ns, with quick retries.
-func testConfig(t testing.TB, v *vdctest.VDC, ns *netnstest.NS, hostname string) agent.Config {
+func testConfig(t testing.TB, v *vdctest.VDC, ns *netlab.NS, hostname string) agent.Config {
 	return agent.Config{
 		FileConfig: agent.FileConfig{
 			ControlPlane: v.URL,
@@ -155,8 +155,8 @@ func eventually(t testing.TB, timeout time.Duration, what string, cond func() (b
 }
 
 // mgmtNS is a namespace with one uplink holding addr (a /24) and the default route.
-func mgmtNS(t testing.TB, cidr, gw string) *netnstest.NS {
-	ns := netnstest.New(t)
+func mgmtNS(t testing.TB, cidr, gw string) *netlab.NS {
+	ns := netlab.New(t)
 	l := ns.Veth("uplink0")
 	ns.Addr(l, cidr)
 	ns.DefaultRoute(l, gw, 0, "")
