@@ -18,6 +18,7 @@ import (
 
 	"github.com/quantix/quantix/services/network"
 	"github.com/quantix/quantix/tests/netlab"
+	"github.com/quantix/quantix/tests/syncbuf"
 )
 
 // The lab, as the network service's own tests build it: a client namespace whose
@@ -148,7 +149,7 @@ func TestNetworkDHCPToStatic(t *testing.T) {
 		Stdout:         io.Discard,
 	}
 	writeFile(t, cfg.CmdlinePath, "console=ttyS0\n")
-	var logBuf syncBuf
+	var logBuf syncbuf.Buffer
 	svc, err := network.New(cfg, slog.New(slog.NewTextHandler(&logBuf, nil)))
 	if err != nil {
 		t.Fatalf("network.New: %v", err)
