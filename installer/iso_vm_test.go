@@ -104,10 +104,9 @@ func runInstaller(t *testing.T, name, iso string, disks []string, answer string)
 	ds = append(ds, vm.Disk{Path: ans})
 	m := vm.Start(t, vm.Config{
 		Name: name, Kernel: kernel, Initrd: initrd, MemoryMB: 2048,
-		Append: "console=ttyS0,115200 panic=-1 scsi_mod.scan=sync quantix.install=install.toml",
-		Disks:  ds,
-		ExtraArgs: []string{"-drive", "file=" + iso + ",format=raw,if=none,id=cd0,media=cdrom,readonly=on",
-			"-device", "ide-cd,drive=cd0"},
+		Append:  "console=ttyS0,115200 panic=-1 scsi_mod.scan=sync quantix.install=install.toml",
+		Disks:   ds,
+		Devices: []vm.Device{vm.CD{Path: iso}},
 	})
 	return m, ans
 }

@@ -82,7 +82,7 @@ func probeAccel(t testing.TB) (accel, reason string, err error) {
 		return AccelTCG, fmt.Sprintf("kvm probe boot: %v", err), nil
 	}
 	defer m.stop()
-	if _, err := m.await(MatchMarker("boot"), 20*time.Second); err != nil {
+	if _, err := m.Await(MatchMarker("boot"), 20*time.Second); err != nil {
 		return AccelTCG, fmt.Sprintf("kvm probe boot under %s: %v", mod, err), nil
 	}
 	return AccelKVM, fmt.Sprintf("kvm probe boot under %s reached its first marker", mod), nil

@@ -190,7 +190,7 @@ func TestVMSerialConsoleStaticAtVDC(t *testing.T) {
 		// The reboot through the power screen restarts the guest inside the same
 		// QEMU: the serial socket stays connected and the VM keeps its slot.
 		AllowReboot: true,
-		ExtraArgs:   []string{"-chardev", "socket,id=ttyS1,path=" + serial + ",server=on,wait=off", "-serial", "chardev:ttyS1"},
+		Devices:     []vm.Device{vm.SerialSocket{ID: "ttyS1", Path: serial}},
 	})
 	st := dialSerial(t, m, serial, filepath.Join(arts, "node.ttyS1.log"))
 
