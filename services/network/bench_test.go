@@ -9,7 +9,7 @@ import (
 	"time"
 )
 
-// The measurements of DESIGN §12 for the network service. Run as root:
+// The measurements of docs/design.md §12 for the network service. Run as root:
 //
 //	go test -run '^$' -bench . -benchtime 5x ./services/network/
 //

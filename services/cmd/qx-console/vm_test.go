@@ -16,7 +16,7 @@ import (
 	"github.com/quantix/quantix/vdc/vdctest"
 )
 
-// The VM test boots the real Quantix-OS ISO (out/quantix-os.iso, as
+// The serial console VM test boots the real Quantix-OS ISO (out/quantix-os.iso, as
 // `make iso` builds it) with the console on a second serial port, enabled the
 // product's way: console.toml on the QUANTIX-CFG config disk. A real vDC (in this
 // process, on a real PostgreSQL) answers on the lab segment at the workstation's
