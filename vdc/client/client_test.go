@@ -50,18 +50,10 @@ func newUUID() string {
 func register(t *testing.T, v *vdctest.VDC, hostname string) (string, string) {
 	t.Helper()
 	secret := randHex(32)
-	body, _ := json.Marshal(quantix.RegisterRequest{Hostname: hostname, MachineID: newUUID(), NodeSecret: secret,
-		ManagementIP: "10.0.0.7", AgentVersion: "test-1"})
-	req, _ := http.NewRequest(http.MethodPost, v.URL+quantix.PathRegister, bytes.NewReader(body))
-	req.Header.Set("Authorization", "Bearer "+v.JoinToken)
-	resp, err := http.DefaultClient.Do(req)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer resp.Body.Close()
-	var r quantix.RegisterResponse
-	if resp.StatusCode != http.StatusCreated || json.NewDecoder(resp.Body).Decode(&r) != nil {
-		t.Fatalf("register %s: %s", hostname, resp.Status)
+	r, err := newClient(t, v.URL, "").Register(context.Background(), v.JoinToken, quantix.RegisterRequest{Hostname: hostname,
+		MachineID: newUUID(), NodeSecret: secret, ManagementIP: "10.0.0.7", AgentVersion: "test-1"})
+	if err != nil || r.Registration != quantix.RegistrationRegistered {
+		t.Fatalf("register %s: %+v, %v", hostname, r, err)
 	}
 	return r.NodeID, secret
 }
