@@ -68,9 +68,9 @@ func TestStaticDHCPStatic(t *testing.T) {
 		t.Errorf("default routes = %q, want %q", got, want)
 	}
 	// DHCP is stopped: the server hears nothing more from us.
-	n := len(srv.requests())
+	n := len(srv.Requests())
 	time.Sleep(2500 * time.Millisecond)
-	if got := srv.requests(); len(got) != n {
+	if got := srv.Requests(); len(got) != n {
 		t.Errorf("DHCP still talking after switching to static: %q", got[n:])
 	}
 	if st := r.s.Status(); st.DHCP != nil || st.Source != SourceStatic {

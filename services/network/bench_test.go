@@ -2,6 +2,7 @@ package network
 
 import (
 	"context"
+	"github.com/quantix/quantix/tests/netlab"
 	"net"
 	"strings"
 	"testing"
@@ -75,8 +76,8 @@ func BenchmarkLinkUpToLease(b *testing.B) {
 	l.startDHCP(time.Minute)
 	var total time.Duration
 	for b.Loop() {
-		ipCmd(b, "-n", l.client, "link", "set", "eth0", "down")
-		ipCmd(b, "-n", l.client, "addr", "flush", "dev", "eth0")
+		netlab.IP(b, "-n", l.client, "link", "set", "eth0", "down")
+		netlab.IP(b, "-n", l.client, "addr", "flush", "dev", "eth0")
 		cfg := l.config()
 		cfg.Settings = mustParse(b, "dhcp.toml", dhcpToml)
 		r := l.run(cfg)
