@@ -98,7 +98,7 @@ func TestDetectManagement(t *testing.T) {
 		},
 		{
 			name: "configured port of the management bridge",
-			setup: func(s *netnstest.NS) {
+			setup: func(s *netlab.NS) {
 				br := s.Bridge("br0")
 				nic := s.Veth("mgmt0")
 				if err := s.Handle.LinkSetMaster(nic, br); err != nil {

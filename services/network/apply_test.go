@@ -2,6 +2,7 @@ package network
 
 import (
 	"context"
+	"github.com/quantix/quantix/tests/netlab"
 	"net"
 	"net/http"
 	"os"
@@ -175,7 +176,7 @@ func TestApplyImmediateRollback(t *testing.T) {
 // touched, with a message naming the file, the key and the problem.
 func TestApplyRefusesBadConfig(t *testing.T) {
 	l := newLab(t)
-	ipCmd(t, "-n", l.client, "link", "add", "side0", "type", "veth", "peer", "name", "side1")
+	netlab.IP(t, "-n", l.client, "link", "add", "side0", "type", "veth", "peer", "name", "side1")
 	r, cfg, c := serveLab(t, l, staticToml)
 	r.waitMarker(t, SourceStatic, 5*time.Second)
 	before := l.kernelState()

@@ -3,6 +3,7 @@ package network
 import (
 	"context"
 	"encoding/json"
+	"github.com/quantix/quantix/tests/netlab"
 	"os"
 	"os/exec"
 	"slices"
@@ -93,9 +94,9 @@ func TestBridgeStatic(t *testing.T) {
 	l := newLab(t)
 	// eth0 holds an address and the default route before the service starts, as
 	// after a kernel ip= or an older layout: it moves to the bridge.
-	ipCmd(t, "-n", l.client, "link", "set", "eth0", "up")
-	ipCmd(t, "-n", l.client, "addr", "add", "10.77.0.5/24", "dev", "eth0")
-	ipCmd(t, "-n", l.client, "route", "add", "default", "via", labGateway, "dev", "eth0")
+	netlab.IP(t, "-n", l.client, "link", "set", "eth0", "up")
+	netlab.IP(t, "-n", l.client, "addr", "add", "10.77.0.5/24", "dev", "eth0")
+	netlab.IP(t, "-n", l.client, "route", "add", "default", "via", labGateway, "dev", "eth0")
 	cfg := bridgedConfig(l)
 	writeFile(t, cfg.PersistentPath, staticToml)
 	r := l.run(cfg)
@@ -238,11 +239,9 @@ func TestBridgeDHCP(t *testing.T) {
 		t.Errorf("marker = %s, want iface=br0", m)
 	}
 	var leased []string
-	srv.set(func(d *dhcpServer) {
-		for mac, ip := range d.leases {
-			leased = append(leased, mac+"="+ip.String())
-		}
-	})
+	for mac, ip := range srv.Leases() {
+		leased = append(leased, mac+"="+ip.String())
+	}
 	if want := labMAC + "=" + strings.TrimSuffix(lease, "/24"); !slices.Equal(leased, []string{want}) {
 		t.Errorf("server leases = %q, want only %s (the NIC's MAC)", leased, want)
 	}
@@ -263,7 +262,7 @@ func TestBridgeDHCP(t *testing.T) {
 func TestBridgeFallback(t *testing.T) {
 	l := newLab(t)
 	srv := l.startDHCP(30 * time.Second)
-	srv.set(func(d *dhcpServer) { d.on = false })
+	srv.Set(func(d *netlab.DHCPSettings) { d.Off = true })
 	cfg := bridgedConfig(l)
 	cfg.Settings = mustParse(t, "fallback.toml", "interface = \"eth0\"\n[static]\naddress = \"10.77.0.9/24\"\ngateway = \"10.77.0.1\"\n[dhcp]\ntimeout = \"2s\"\nfallback = \"static\"\n")
 	r := l.run(cfg)
@@ -275,7 +274,7 @@ func TestBridgeFallback(t *testing.T) {
 		t.Errorf("default routes = %q, want %q", got, want)
 	}
 	l.expectBridge(t)
-	srv.set(func(d *dhcpServer) { d.on = true })
+	srv.Set(func(d *netlab.DHCPSettings) { d.Off = false })
 	m = r.waitMarker(t, SourceDHCP, 5*time.Second)
 	if got := l.addrs("br0"); !slices.Equal(got, []string{m.Get("addr")}) {
 		t.Errorf("br0 addresses = %q, want only the lease %s", got, m.Get("addr"))
@@ -395,11 +394,9 @@ func TestBridgeSwitch(t *testing.T) {
 		t.Fatalf("Apply(dhcp on bridge) = %+v, %v", res, err)
 	}
 	l.expectBridge(t)
-	srv.set(func(d *dhcpServer) {
-		if _, ok := d.leases[labMAC]; !ok {
-			t.Errorf("DHCP server leases %v, want one for the NIC's MAC %s", d.leases, labMAC)
-		}
-	})
+	if leases := srv.Leases(); leases[labMAC] == nil {
+		t.Errorf("DHCP server leases %v, want one for the NIC's MAC %s", leases, labMAC)
+	}
 }
 
 // withBridge is staticToml with a bridge key (on line 2).
@@ -417,7 +414,7 @@ func TestBridgeMovesLease(t *testing.T) {
 	r, _, c := serveLab(t, l, dhcpToml)
 	lease := r.waitMarker(t, SourceDHCP, 5*time.Second).Get("addr")
 	for _, to := range []struct{ bridge, link string }{{"br0", "br0"}, {"", "eth0"}} {
-		srv.set(func(d *dhcpServer) { d.on = false })
+		srv.Set(func(d *netlab.DHCPSettings) { d.Off = true })
 		events := l.addrEvents(t)
 		settings := strings.Replace(dhcpToml, "mode =", "bridge = \""+to.bridge+"\"\nmode =", 1)
 		res, err := c.Apply(ctxT(t, 20*time.Second), "switch.toml", []byte(settings), 0, "")
@@ -430,7 +427,7 @@ func TestBridgeMovesLease(t *testing.T) {
 		if got := events(); len(got) == 0 || !strings.HasPrefix(got[0], "add "+lease+" "+to.link) {
 			t.Errorf("address events %q, want the lease added on %s first (never without it)", got, to.link)
 		}
-		srv.set(func(d *dhcpServer) { d.on = true })
+		srv.Set(func(d *netlab.DHCPSettings) { d.Off = false })
 		st := waitStatus(t, r.s, 10*time.Second, "lease renewed on "+to.link, func(st Status) bool {
 			return st.DHCP != nil && st.DHCP.State == DHCPBound && st.DHCP.Server == labGateway
 		})
@@ -448,7 +445,7 @@ func TestBridgeMovesLease(t *testing.T) {
 // address goes on the NIC, with a warning on the console and in the status.
 func TestBridgeUnavailableAtStart(t *testing.T) {
 	l := newLab(t)
-	ipCmd(t, "-n", l.client, "link", "add", "br0", "type", "veth", "peer", "name", "br0p")
+	netlab.IP(t, "-n", l.client, "link", "add", "br0", "type", "veth", "peer", "name", "br0p")
 	cfg := bridgedConfig(l)
 	writeFile(t, cfg.PersistentPath, staticToml)
 	r := l.run(cfg)

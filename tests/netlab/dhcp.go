@@ -146,3 +146,14 @@ func (d *DHCPServer) handle(conn net.PacketConn, peer net.Addr, m *dhcpv4.DHCPv4
 	}
 	conn.WriteTo(resp.ToBytes(), peer)
 }
+
+// Leases returns the addresses handed out, by client MAC.
+func (d *DHCPServer) Leases() map[string]net.IP {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	out := make(map[string]net.IP, len(d.leases))
+	for mac, ip := range d.leases {
+		out[mac] = ip
+	}
+	return out
+}
