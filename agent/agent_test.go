@@ -14,7 +14,6 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
-	"sync"
 	"testing"
 	"time"
 
@@ -24,29 +23,17 @@ import (
 	"github.com/quantix/quantix"
 	"github.com/quantix/quantix/agent"
 	"github.com/quantix/quantix/agent/internal/libvirtdtest"
-	"github.com/quantix/quantix/agent/internal/netnstest"
+	"github.com/quantix/quantix/tests/netlab"
+	"github.com/quantix/quantix/tests/syncbuf"
 	"github.com/quantix/quantix/vdc/vdctest"
 )
 
 func TestMain(m *testing.M) { vdctest.Main(m) }
 
-// syncBuffer collects an agent's standard output.
-type syncBuffer struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (s *syncBuffer) Write(p []byte) (int, error) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.Write(p)
-}
-
-func (s *syncBuffer) markers() []quantix.Marker {
-	s.mu.Lock()
-	defer s.mu.Unlock()
+// markers parses the markers an agent printed.
+func markers(out *syncbuf.Buffer) []quantix.Marker {
 	var ms []quantix.Marker
-	sc := bufio.NewScanner(bytes.NewReader(s.b.Bytes()))
+	sc := bufio.NewScanner(strings.NewReader(out.String()))
 	for sc.Scan() {
 		if m, ok := quantix.ParseMarker(sc.Text()); ok {
 			ms = append(ms, m)
@@ -57,14 +44,14 @@ func (s *syncBuffer) markers() []quantix.Marker {
 
 type runningAgent struct {
 	svc    *agent.Service
-	out    *syncBuffer
+	out    *syncbuf.Buffer
 	cancel context.CancelFunc
 	done   chan error
 }
 
 // testConfig is a Config for one agent against v, finding its management address
 // in ns, with quick retries.
-func testConfig(t testing.TB, v *vdctest.VDC, ns *netnstest.NS, hostname string) agent.Config {
+func testConfig(t testing.TB, v *vdctest.VDC, ns *netlab.NS, hostname string) agent.Config {
 	return agent.Config{
 		FileConfig: agent.FileConfig{
 			ControlPlane: v.URL,
@@ -93,7 +80,7 @@ func logger(t testing.TB, name string) *slog.Logger {
 
 func startAgent(t testing.TB, cfg agent.Config) *runningAgent {
 	t.Helper()
-	out := &syncBuffer{}
+	out := &syncbuf.Buffer{}
 	cfg.Stdout = out
 	svc, err := agent.New(cfg, logger(t, cfg.Hostname))
 	if err != nil {
@@ -128,7 +115,7 @@ func (a *runningAgent) waitMarker(t testing.TB, n int) quantix.Marker {
 	t.Helper()
 	var ms []quantix.Marker
 	eventually(t, 20*time.Second, fmt.Sprintf("ready marker #%d", n), func() (bool, string) {
-		ms = a.out.markers()
+		ms = markers(a.out)
 		return len(ms) >= n, fmt.Sprintf("markers so far: %v; status %+v", ms, a.svc.Status())
 	})
 	m := ms[n-1]
@@ -155,8 +142,8 @@ func eventually(t testing.TB, timeout time.Duration, what string, cond func() (b
 }
 
 // mgmtNS is a namespace with one uplink holding addr (a /24) and the default route.
-func mgmtNS(t testing.TB, cidr, gw string) *netnstest.NS {
-	ns := netnstest.New(t)
+func mgmtNS(t testing.TB, cidr, gw string) *netlab.NS {
+	ns := netlab.New(t)
 	l := ns.Veth("uplink0")
 	ns.Addr(l, cidr)
 	ns.DefaultRoute(l, gw, 0, "")
@@ -288,8 +275,8 @@ func TestTakeoverRefused(t *testing.T) {
 	if st.NodeID != "" || st.Registration.OK {
 		t.Errorf("/status = %+v, want no node id and a failed registration", st)
 	}
-	if len(b.out.markers()) != 0 {
-		t.Errorf("refused agent printed markers: %v", b.out.markers())
+	if len(markers(b.out)) != 0 {
+		t.Errorf("refused agent printed markers: %v", markers(b.out))
 	}
 	select {
 	case err := <-b.done:
@@ -323,7 +310,7 @@ func TestRegisterOnce(t *testing.T) {
 	ns := mgmtNS(t, "10.52.0.5/24", "10.52.0.1")
 	cfg := testConfig(t, v, ns, "node-once")
 	cfg.Once = true
-	out := &syncBuffer{}
+	out := &syncbuf.Buffer{}
 	cfg.Stdout = out
 	svc, err := agent.New(cfg, logger(t, "once"))
 	if err != nil {
@@ -334,7 +321,7 @@ func TestRegisterOnce(t *testing.T) {
 	if err := svc.Run(ctx); err != nil {
 		t.Fatalf("Run() in --register mode = %v", err)
 	}
-	ms := out.markers()
+	ms := markers(out)
 	if len(ms) != 1 || ms[0].Get("registration") != quantix.RegistrationRegistered {
 		t.Fatalf("markers %v, want one registered marker", ms)
 	}
@@ -376,8 +363,8 @@ func TestManagementAddressChange(t *testing.T) {
 	if st.Management.IP != "10.53.7.9" || st.Management.Interface != "uplink0" || st.Management.Source != agent.SourceDefaultRoute || st.Counts.ManagementChanges != 1 {
 		t.Errorf("status management %+v, changes %d; want 10.53.7.9 on uplink0 by default route, 1 change", st.Management, st.Counts.ManagementChanges)
 	}
-	if len(a.out.markers()) != 1 {
-		t.Errorf("an address change must not re-register: markers %v", a.out.markers())
+	if len(markers(a.out)) != 1 {
+		t.Errorf("an address change must not re-register: markers %v", markers(a.out))
 	}
 }
 
@@ -550,7 +537,7 @@ func TestVDCOutageAndRestart(t *testing.T) {
 		st := a.svc.Status()
 		return st.Counts.StatePuts >= 2 && st.Heartbeat.OK, fmt.Sprintf("counts %+v heartbeat %+v", st.Counts, st.Heartbeat)
 	})
-	if ms := a.out.markers(); len(ms) != 1 {
+	if ms := markers(a.out); len(ms) != 1 {
 		t.Errorf("the vDC restart caused re-registration: markers %v", ms)
 	}
 	if st := a.svc.Status(); st.Error != "" {

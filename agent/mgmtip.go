@@ -26,12 +26,15 @@ type Management struct {
 }
 
 // DetectManagement finds the management address with netlink, fresh on every call:
-// the configured interface (a name or MAC address) when iface is set, else the
+// the configured interface (a name or MAC address; a bridge port stands for its
+// bridge) when iface is set, else the
 // interface holding the default route (lowest metric, IPv4 before IPv6), else the
 // first physical Ethernet or Wi-Fi interface with an address. Loopback and
 // link-local addresses (169.254/16, fe80::/10) never count; bridges, taps, veths
-// and other virtual interfaces are skipped by the last rule only. h nil means the
-// agent's own network namespace.
+// and other virtual interfaces are skipped by the last rule only, except a bridge
+// over a physical NIC: that is the management bridge (br0 on Quantix-OS,
+// docs/design.md §4 and §13), which holds the address its port does not. h nil
+// means the agent's own network namespace.
 func DetectManagement(h *netlink.Handle, iface string) (Management, error) {
 	if h == nil {
 		h = &netlink.Handle{}
@@ -46,6 +49,9 @@ func DetectManagement(h *netlink.Handle, iface string) (Management, error) {
 		l := findLink(links, iface)
 		if l == nil {
 			return Management{}, fmt.Errorf("management interface %q not found (have %s)", iface, linkNames(links))
+		}
+		if m := linkByIndex(links, l.Attrs().MasterIndex); m != nil && m.Type() == "bridge" {
+			l = m // the NIC under the management bridge: the address is on the bridge
 		}
 		ip, err := usableAddr(h, l)
 		if err != nil {
@@ -83,7 +89,7 @@ func DetectManagement(h *netlink.Handle, iface string) (Management, error) {
 		skipped = append(skipped, l.Attrs().Name+" (default route, no usable address)")
 	}
 	for _, l := range links {
-		if !physical(l) {
+		if !physical(l) && !managementBridge(l, links) {
 			if l.Attrs().Flags&net.FlagLoopback == 0 {
 				skipped = append(skipped, fmt.Sprintf("%s (%s)", l.Attrs().Name, l.Type()))
 			}
@@ -109,6 +115,21 @@ func DetectManagement(h *netlink.Handle, iface string) (Management, error) {
 func physical(l netlink.Link) bool {
 	a := l.Attrs()
 	return l.Type() == "device" && a.EncapType == "ether" && a.Flags&net.FlagLoopback == 0
+}
+
+// managementBridge reports whether l is a bridge with a physical NIC as a port: the
+// network service's management bridge. A bridge of virtual ports only (libvirt's
+// virbr0, a container bridge) is not.
+func managementBridge(l netlink.Link, links []netlink.Link) bool {
+	if l.Type() != "bridge" {
+		return false
+	}
+	for _, p := range links {
+		if p.Attrs().MasterIndex == l.Attrs().Index && physical(p) {
+			return true
+		}
+	}
+	return false
 }
 
 func findLink(links []netlink.Link, want string) netlink.Link {

@@ -7,7 +7,7 @@ import (
 
 	"github.com/vishvananda/netlink"
 
-	"github.com/quantix/quantix/agent/internal/netnstest"
+	"github.com/quantix/quantix/tests/netlab"
 )
 
 func TestDetectManagement(t *testing.T) {
@@ -16,7 +16,7 @@ func TestDetectManagement(t *testing.T) {
 	}
 	tests := []struct {
 		name      string
-		setup     func(s *netnstest.NS)
+		setup     func(s *netlab.NS)
 		iface     string // configured; "mac:<link>" uses that link's MAC
 		wantIP    string
 		wantIface string
@@ -25,7 +25,7 @@ func TestDetectManagement(t *testing.T) {
 	}{
 		{
 			name: "configured by name",
-			setup: func(s *netnstest.NS) {
+			setup: func(s *netlab.NS) {
 				s.Addr(s.Veth("mgmt0"), "10.1.0.5/24")
 				s.Addr(s.Veth("mgmt1"), "10.2.0.5/24")
 				s.DefaultRoute(s.Link("mgmt0"), "10.1.0.1", 0, "")
@@ -34,7 +34,7 @@ func TestDetectManagement(t *testing.T) {
 		},
 		{
 			name: "configured by mac",
-			setup: func(s *netnstest.NS) {
+			setup: func(s *netlab.NS) {
 				s.Addr(s.Veth("mgmt0"), "10.1.0.5/24")
 				s.Addr(s.Veth("mgmt1"), "10.2.0.5/24")
 			},
@@ -42,13 +42,13 @@ func TestDetectManagement(t *testing.T) {
 		},
 		{
 			name:    "configured missing",
-			setup:   func(s *netnstest.NS) { s.Addr(s.Veth("mgmt0"), "10.1.0.5/24") },
+			setup:   func(s *netlab.NS) { s.Addr(s.Veth("mgmt0"), "10.1.0.5/24") },
 			iface:   "eth7",
 			wantErr: `management interface "eth7" not found (have lo, mgmt0p, mgmt0)`,
 		},
 		{
 			name: "configured with only link-local",
-			setup: func(s *netnstest.NS) {
+			setup: func(s *netlab.NS) {
 				s.Addr(s.Veth("mgmt0"), "169.254.10.20/16")
 				s.Addr(s.Link("mgmt0"), "fe80::1234/64")
 			},
@@ -57,7 +57,7 @@ func TestDetectManagement(t *testing.T) {
 		},
 		{
 			name: "default route wins over lower index",
-			setup: func(s *netnstest.NS) {
+			setup: func(s *netlab.NS) {
 				s.Addr(s.Veth("aaa0"), "10.1.0.5/24")
 				v := s.Veth("uplink0")
 				s.Addr(v, "10.3.0.2/24")
@@ -67,7 +67,7 @@ func TestDetectManagement(t *testing.T) {
 		},
 		{
 			name: "lowest metric default route",
-			setup: func(s *netnstest.NS) {
+			setup: func(s *netlab.NS) {
 				a := s.Veth("wan0")
 				s.Addr(a, "10.1.0.5/24")
 				s.DefaultRoute(a, "10.1.0.1", 200, "")
@@ -79,7 +79,7 @@ func TestDetectManagement(t *testing.T) {
 		},
 		{
 			name: "default route source address",
-			setup: func(s *netnstest.NS) {
+			setup: func(s *netlab.NS) {
 				a := s.Veth("br-mgmt")
 				s.Addr(a, "10.5.0.5/24")
 				s.Addr(a, "10.5.0.77/24")
@@ -89,7 +89,7 @@ func TestDetectManagement(t *testing.T) {
 		},
 		{
 			name: "bridge holding the default route",
-			setup: func(s *netnstest.NS) {
+			setup: func(s *netlab.NS) {
 				br := s.Bridge("br0")
 				s.Addr(br, "10.6.0.5/24")
 				s.DefaultRoute(br, "10.6.0.1", 0, "")
@@ -97,8 +97,20 @@ func TestDetectManagement(t *testing.T) {
 			wantIP: "10.6.0.5", wantIface: "br0", wantSrc: SourceDefaultRoute,
 		},
 		{
+			name: "configured port of the management bridge",
+			setup: func(s *netlab.NS) {
+				br := s.Bridge("br0")
+				nic := s.Veth("mgmt0")
+				if err := s.Handle.LinkSetMaster(nic, br); err != nil {
+					t.Fatal(err)
+				}
+				s.Addr(br, "10.7.0.5/24")
+			},
+			iface: "mgmt0", wantIP: "10.7.0.5", wantIface: "br0", wantSrc: SourceConfigured,
+		},
+		{
 			name: "ipv6 only",
-			setup: func(s *netnstest.NS) {
+			setup: func(s *netlab.NS) {
 				a := s.Veth("v6net")
 				s.Addr(a, "fe80::5/64")
 				s.Addr(a, "2001:db8::5/64")
@@ -108,7 +120,7 @@ func TestDetectManagement(t *testing.T) {
 		},
 		{
 			name: "only virtual interfaces",
-			setup: func(s *netnstest.NS) {
+			setup: func(s *netlab.NS) {
 				s.Addr(s.Bridge("virbr0"), "192.168.122.1/24")
 				s.Addr(s.Veth("veth0"), "10.9.0.1/24")
 			},
@@ -116,7 +128,7 @@ func TestDetectManagement(t *testing.T) {
 		},
 		{
 			name: "default route interface with only link-local",
-			setup: func(s *netnstest.NS) {
+			setup: func(s *netlab.NS) {
 				a := s.Veth("ll0")
 				s.Addr(a, "169.254.3.3/16")
 				s.DefaultRoute(a, "169.254.0.1", 0, "")
@@ -126,7 +138,7 @@ func TestDetectManagement(t *testing.T) {
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
-			s := netnstest.New(t)
+			s := netlab.New(t)
 			h := s.Handle
 			tt.setup(s)
 			iface := tt.iface
@@ -156,7 +168,7 @@ func TestDetectManagementFollowsChanges(t *testing.T) {
 	if testing.Short() {
 		t.Skip("creates network namespaces")
 	}
-	s := netnstest.New(t)
+	s := netlab.New(t)
 	h := s.Handle
 	a := s.Veth("mgmt0")
 	s.Addr(a, "10.10.0.5/24")
@@ -203,6 +215,26 @@ func TestPhysical(t *testing.T) {
 	for _, tt := range tests {
 		if got := physical(tt.link); got != tt.want {
 			t.Errorf("physical(%s %s) = %v, want %v", tt.link.Type(), tt.link.Attrs().EncapType, got, tt.want)
+		}
+	}
+}
+
+func TestManagementBridge(t *testing.T) {
+	ether := func(name string, index, master int) netlink.LinkAttrs {
+		return netlink.LinkAttrs{Name: name, Index: index, MasterIndex: master, EncapType: "ether"}
+	}
+	br0 := &netlink.Bridge{LinkAttrs: ether("br0", 3, 0)}
+	virbr0 := &netlink.Bridge{LinkAttrs: ether("virbr0", 4, 0)}
+	links := []netlink.Link{
+		&netlink.Device{LinkAttrs: ether("eth0", 2, 3)}, br0,
+		virbr0, &netlink.Tuntap{LinkAttrs: ether("vnet0", 5, 4)}, &netlink.Veth{LinkAttrs: ether("veth0", 6, 4)},
+		&netlink.Bridge{LinkAttrs: ether("empty0", 7, 0)},
+		&netlink.Device{LinkAttrs: ether("eth1", 8, 0)},
+	}
+	want := map[string]bool{"br0": true}
+	for _, l := range links {
+		if got := managementBridge(l, links); got != want[l.Attrs().Name] {
+			t.Errorf("managementBridge(%s) = %v, want %v", l.Attrs().Name, got, want[l.Attrs().Name])
 		}
 	}
 }

@@ -11,8 +11,6 @@ import (
 	"time"
 
 	"github.com/quantix/quantix"
-	"github.com/quantix/quantix/images/build"
-	"github.com/quantix/quantix/tests/e2e"
 	"github.com/quantix/quantix/tests/vm"
 	"github.com/quantix/quantix/vdc/vdctest"
 )
@@ -25,20 +23,14 @@ import (
 // from); the kernel is started directly so the command line can carry
 // quantix.install=install.toml (the ISO menu's install entry is interactive).
 
-// testISO returns out/<image>.iso, failing with the build command when it is
-// missing or predates the installer.
+// testISO returns out/<image>.iso (vm.ISO), failing when it is missing or predates
+// the installer.
 func testISO(t *testing.T, image string) string {
 	t.Helper()
 	if testing.Short() {
 		t.Skip("boots the ISOs in QEMU: skipped with -short")
 	}
-	iso, err := filepath.Abs(filepath.Join("..", "out", image+".iso"))
-	if err != nil {
-		t.Fatal(err)
-	}
-	if _, err := os.Stat(iso); err != nil {
-		t.Fatalf("%s missing: run make iso (qx-image build images/%s.toml)", iso, map[string]string{quantix.ImageQuantixOS: "quantix-os", quantix.ImageQvDC: "qvdc"}[image])
-	}
+	iso := vm.ISO(t, image)
 	med, err := OpenMedium(iso)
 	if err != nil {
 		t.Fatal(err)
@@ -86,9 +78,7 @@ func blankDisk(t *testing.T, size int64) string {
 
 func answerDisk(t *testing.T, answer string) string {
 	p := filepath.Join(t.TempDir(), "answer.img")
-	if err := build.ConfigDisk(p, quantix.LabelInstall, 0, map[string][]byte{"install.toml": []byte(answer)}); err != nil {
-		t.Fatal(err)
-	}
+	vm.ConfigDisk(t, p, quantix.LabelInstall, map[string][]byte{"install.toml": []byte(answer)})
 	return p
 }
 
@@ -104,10 +94,9 @@ func runInstaller(t *testing.T, name, iso string, disks []string, answer string)
 	ds = append(ds, vm.Disk{Path: ans})
 	m := vm.Start(t, vm.Config{
 		Name: name, Kernel: kernel, Initrd: initrd, MemoryMB: 2048,
-		Append: "console=ttyS0,115200 panic=-1 scsi_mod.scan=sync quantix.install=install.toml",
-		Disks:  ds,
-		ExtraArgs: []string{"-drive", "file=" + iso + ",format=raw,if=none,id=cd0,media=cdrom,readonly=on",
-			"-device", "ide-cd,drive=cd0"},
+		Append:  "console=ttyS0,115200 panic=-1 scsi_mod.scan=sync quantix.install=install.toml",
+		Disks:   ds,
+		Devices: []vm.Device{vm.CD{Path: iso}},
 	})
 	return m, ans
 }
@@ -220,11 +209,11 @@ const (
 	labVDCPort   = 8080
 )
 
-var labVDCURL = fmt.Sprintf("http://%s:%d", e2e.WorkstationAddr.Addr(), labVDCPort)
+var labVDCURL = fmt.Sprintf("http://%s:%d", vm.WorkstationAddr.Addr(), labVDCPort)
 
 func labVDC(t *testing.T, hub *vm.Hub) *vdctest.VDC {
 	v := vdctest.Start(t, vdctest.Options{JoinTokens: []string{labJoinToken}})
-	ws := e2e.NewWorkstation(t, hub, e2e.WorkstationMAC, e2e.WorkstationAddr)
+	ws := vm.NewWorkstation(t, hub, vm.WorkstationMAC, vm.WorkstationAddr)
 	ws.Forward(t, labVDCPort, strings.TrimPrefix(v.URL, "http://"))
 	return v
 }

@@ -103,10 +103,9 @@ func serviceMode(t *testing.T, image string) {
 	ans := answerDisk(t, answer)
 	m := vm.Start(t, vm.Config{
 		Name: "service-mode-" + image, Kernel: kernel, Initrd: initrd, MemoryMB: 1536,
-		Append: "console=ttyS0,115200 panic=-1 scsi_mod.scan=sync quantix.install=install.toml",
-		Disks:  []vm.Disk{{Path: target}, {Path: ans}},
-		ExtraArgs: []string{"-drive", "file=" + mediumISO + ",format=raw,if=none,id=cd0,media=cdrom,readonly=on",
-			"-device", "ide-cd,drive=cd0"},
+		Append:  "console=ttyS0,115200 panic=-1 scsi_mod.scan=sync quantix.install=install.toml",
+		Disks:   []vm.Disk{{Path: target}, {Path: ans}},
+		Devices: []vm.Device{vm.CD{Path: mediumISO}},
 	})
 	mk := m.WaitMarker(t, MarkerInstallComplete, 10*time.Minute, "hostname", "service-node")
 	m.WaitExit(t, 2*time.Minute)

@@ -9,6 +9,7 @@ import (
 	"time"
 
 	"github.com/quantix/quantix"
+	"github.com/quantix/quantix/tests/syncbuf"
 	"github.com/quantix/quantix/vdc/vdctest"
 )
 
@@ -18,7 +19,7 @@ import (
 // vDC must log no error (a deadlock would abort a whole heartbeat batch).
 func TestChurnNoDeadlocks(t *testing.T) {
 	skipShort(t)
-	log := &vdctest.SyncBuffer{}
+	log := &syncbuf.Buffer{}
 	v := vdctest.Start(t, vdctest.Options{HeartbeatInterval: 200 * time.Millisecond, Log: log})
 	const nodes = 40
 	ns := make([]*node, nodes)

@@ -17,6 +17,7 @@ import (
 	"github.com/jackc/pgx/v5"
 
 	"github.com/quantix/quantix"
+	"github.com/quantix/quantix/tests/syncbuf"
 	"github.com/quantix/quantix/vdc"
 	"github.com/quantix/quantix/vdc/migrations"
 	"github.com/quantix/quantix/vdc/vdctest"
@@ -81,7 +82,7 @@ func TestAdminTokenAndSecrets(t *testing.T) {
 	if err := quantix.SaveVDCSecrets(secrets, quantix.VDCSecretsFile{DatabasePassword: pg.Password}); err != nil {
 		t.Fatal(err)
 	}
-	out := &vdctest.SyncBuffer{}
+	out := &syncbuf.Buffer{}
 	cfg := vdc.DefaultConfig()
 	cfg.Listen, cfg.UIListen = "127.0.0.1:0", "127.0.0.1:0"
 	cfg.DatabaseURL = withoutPassword(t, dbURL)
@@ -118,7 +119,7 @@ func TestAdminTokenAndSecrets(t *testing.T) {
 	stop()
 
 	// Second start: the stored hash is used, nothing is printed.
-	out2 := &vdctest.SyncBuffer{}
+	out2 := &syncbuf.Buffer{}
 	cfg.Stdout = out2
 	base, stop = runService(t, cfg)
 	defer stop()

@@ -59,6 +59,9 @@ func LoadForm(path string, st *network.Status) (NetForm, error) {
 		if st.Interface != "" {
 			f.Base.Interface = st.Interface
 		}
+		if st.Port != "" {
+			f.Base.Interface = st.Port // the NIC under the bridge, not the bridge
+		}
 		if st.Mode != "" {
 			f.Mode = st.Mode
 		}
@@ -167,6 +170,9 @@ func (f NetForm) TOML() ([]byte, error) {
 		iface = network.InterfaceAuto
 	}
 	fmt.Fprintf(&b, "interface = %s\n", strconv.Quote(iface))
+	if s.Bridge != nil {
+		fmt.Fprintf(&b, "bridge = %s\n", strconv.Quote(strings.TrimSpace(*s.Bridge)))
+	}
 	fmt.Fprintf(&b, "mode = %s\n", strconv.Quote(s.Mode))
 	if len(s.DNS) > 0 {
 		q := make([]string, len(s.DNS))

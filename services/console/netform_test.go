@@ -103,4 +103,32 @@ func TestLoadForm(t *testing.T) {
 	if err == nil || !strings.Contains(err.Error(), `unknown key "bogus"`) || f.Base.Interface != "eth0" {
 		t.Fatalf("LoadForm of a bad file = %+v, %v; want the error and the form from the status", f, err)
 	}
+	// On the management bridge the form names the NIC, not the bridge.
+	os.Remove(path)
+	bridged := *st
+	bridged.Interface, bridged.Port = "br0", "eth0"
+	if f, err = LoadForm(path, &bridged); err != nil || f.Base.Interface != "eth0" {
+		t.Fatalf("LoadForm on br0 over eth0 = %+v, %v; want interface eth0", f, err)
+	}
+}
+
+// TestNetFormKeepsBridge: a bridge key in the file survives an edit, "" included
+// (absent means the image default, a different layout).
+func TestNetFormKeepsBridge(t *testing.T) {
+	for _, bridge := range []string{"", "br1"} {
+		base, err := network.Parse("network.toml", []byte("interface = \"eth0\"\nbridge = \""+bridge+"\"\n"))
+		if err != nil {
+			t.Fatal(err)
+		}
+		f := FormFromSettings(base)
+		f.Mode, f.Address, f.Gateway = "static", "10.0.0.5/24", "10.0.0.1"
+		data, err := f.TOML()
+		if err != nil {
+			t.Fatal(err)
+		}
+		s, err := network.Parse("console", data)
+		if err != nil || s.Bridge == nil || *s.Bridge != bridge {
+			t.Errorf("bridge %q after a console edit: %v\n%s", bridge, err, data)
+		}
+	}
 }

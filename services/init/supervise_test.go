@@ -2,7 +2,6 @@ package initd
 
 import (
 	"bufio"
-	"bytes"
 	"context"
 	"encoding/binary"
 	"fmt"
@@ -21,6 +20,7 @@ import (
 
 	"github.com/quantix/quantix"
 	"github.com/quantix/quantix/images/spec"
+	"github.com/quantix/quantix/tests/syncbuf"
 )
 
 // The test binary doubles as the services: QX_HELPER selects what it does, and it
@@ -98,22 +98,7 @@ func consoleHelper(args []string) int {
 }
 
 // lockedBuffer is a console the test can read while services write to it.
-type lockedBuffer struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (l *lockedBuffer) Write(p []byte) (int, error) {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return l.b.Write(p)
-}
-
-func (l *lockedBuffer) String() string {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return l.b.String()
-}
+type lockedBuffer = syncbuf.Buffer
 
 // newSup builds a supervisor whose services are this test binary in the given modes.
 func newSup(t *testing.T, modes map[string]string, deps map[string][]string, order []string, clock Clock) (*Supervisor, *lockedBuffer, string, string) {

@@ -64,12 +64,25 @@ func (s *Service) validateApply(name string, data []byte) (plan, error) {
 	if err != nil {
 		return plan{}, err
 	}
-	p, err := st.compile()
+	p, err := st.compile(s.cfg.Bridge)
 	if err != nil {
 		return plan{}, err
 	}
-	if _, err := s.env.findLink(p.iface, s.cfg.SysfsRoot); err != nil {
+	nic, err := s.env.findLink(p.iface, s.ourBridges(p), s.cfg.SysfsRoot)
+	if err != nil {
 		return plan{}, st.fieldErr("interface", "%v", err)
+	}
+	if p.bridge == "" {
+		return p, nil
+	}
+	if nic.Attrs().Name == p.bridge {
+		return plan{}, st.fieldErr("bridge", "%q is the interface itself: the bridge needs a name of its own (e.g. br0), or set bridge = \"\"", p.bridge)
+	}
+	if nic.Type() == "bridge" {
+		return plan{}, st.fieldErr("interface", "%s is itself a bridge: name the NIC that goes under bridge %s", nic.Attrs().Name, p.bridge)
+	}
+	if br, err := s.env.linkByName(p.bridge); err == nil && br.Type() != "bridge" {
+		return plan{}, st.fieldErr("bridge", "%s exists and is a %s, not a bridge: choose another name", p.bridge, br.Type())
 	}
 	return p, nil
 }
@@ -234,6 +247,10 @@ func (s *Service) commit() error {
 	}
 	s.pending, s.confirmC = nil, nil
 	s.good = p.plan
+	if b := s.leftBridge; b != "" && b != s.bridge {
+		s.leftBridge = ""
+		s.dropBridge(b)
+	}
 	s.log.Info("configuration committed", "config", p.plan.source, "persistent", s.cfg.PersistentPath)
 	s.updatePending()
 	s.answer(p, nil)

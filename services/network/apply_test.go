@@ -2,6 +2,7 @@ package network
 
 import (
 	"context"
+	"github.com/quantix/quantix/tests/netlab"
 	"net"
 	"net/http"
 	"os"
@@ -68,9 +69,9 @@ func TestStaticDHCPStatic(t *testing.T) {
 		t.Errorf("default routes = %q, want %q", got, want)
 	}
 	// DHCP is stopped: the server hears nothing more from us.
-	n := len(srv.requests())
+	n := len(srv.Requests())
 	time.Sleep(2500 * time.Millisecond)
-	if got := srv.requests(); len(got) != n {
+	if got := srv.Requests(); len(got) != n {
 		t.Errorf("DHCP still talking after switching to static: %q", got[n:])
 	}
 	if st := r.s.Status(); st.DHCP != nil || st.Source != SourceStatic {
@@ -175,6 +176,7 @@ func TestApplyImmediateRollback(t *testing.T) {
 // touched, with a message naming the file, the key and the problem.
 func TestApplyRefusesBadConfig(t *testing.T) {
 	l := newLab(t)
+	netlab.IP(t, "-n", l.client, "link", "add", "side0", "type", "veth", "peer", "name", "side1")
 	r, cfg, c := serveLab(t, l, staticToml)
 	r.waitMarker(t, SourceStatic, 5*time.Second)
 	before := l.kernelState()
@@ -190,6 +192,11 @@ func TestApplyRefusesBadConfig(t *testing.T) {
 		{"bad-timeout", dhcpToml + "", []string{}},
 		{"fallback-static-without-static", "interface = \"eth0\"\n[dhcp]\nfallback = \"static\"\n", []string{"fallback-static-without-static.toml:3", "dhcp.fallback", "[static]"}},
 		{"bad-mode", strings.Replace(staticToml, `"static"`, `"manual"`, 1), []string{"bad-mode.toml:2", "mode", "manual"}},
+		{"bridge-invalid-name", withBridge("br/0"), []string{"bridge-invalid-name.toml:2", "bridge", `"br/0"`}},
+		{"bridge-too-long", withBridge("bridge-too-long0"), []string{"bridge-too-long.toml:2", "bridge", "longer than 15"}},
+		{"bridge-is-the-nic", withBridge("eth0"), []string{"bridge-is-the-nic.toml:2", "bridge", "is the interface itself"}},
+		{"bridge-is-the-nic-by-mac", strings.Replace(withBridge("eth0"), `"eth0"`, `"`+labMAC+`"`, 1), []string{"bridge-is-the-nic-by-mac.toml:2", "bridge", "is the interface itself"}},
+		{"bridge-not-a-bridge", withBridge("side0"), []string{"bridge-not-a-bridge.toml:2", "bridge", "side0 exists and is a veth"}},
 	}
 	tests[4].toml = strings.Replace(dhcpToml, `"3s"`, `"ten seconds"`, 1)
 	tests[4].want = []string{"bad-timeout.toml:5", "dhcp.timeout", "ten seconds"}
@@ -211,6 +218,9 @@ func TestApplyRefusesBadConfig(t *testing.T) {
 	}
 	if b, _ := os.ReadFile(cfg.ResolvConf); string(b) != string(resolvBefore) {
 		t.Errorf("resolv.conf changed by refused configs")
+	}
+	if l.linkExists("br0") {
+		t.Errorf("a refused config made a bridge")
 	}
 	if b, _ := os.ReadFile(cfg.PersistentPath); string(b) != staticToml {
 		t.Errorf("persistent file changed by refused configs: %q", b)

@@ -2,13 +2,14 @@ package network
 
 import (
 	"context"
+	"github.com/quantix/quantix/tests/netlab"
 	"net"
 	"strings"
 	"testing"
 	"time"
 )
 
-// The measurements of DESIGN §12 for the network service. Run as root:
+// The measurements of docs/design.md §12 for the network service. Run as root:
 //
 //	go test -run '^$' -bench . -benchtime 5x ./services/network/
 //
@@ -24,7 +25,7 @@ func BenchmarkStaticApply(b *testing.B) {
 		b.Fatal(err)
 	}
 	defer env.close()
-	k, err := env.findLink("eth0", "")
+	k, err := env.findLink("eth0", nil, "")
 	if err != nil {
 		b.Fatal(err)
 	}
@@ -37,7 +38,7 @@ func BenchmarkStaticApply(b *testing.B) {
 	b.ResetTimer()
 	for i := 0; b.Loop(); i++ {
 		t := targets[i%2]
-		if err := env.program(k, t); err != nil {
+		if err := env.program(k, nil, t); err != nil {
 			b.Fatal(err)
 		}
 		if err := writeResolv(cfg.ResolvConf, t.source, t.dns, nil); err != nil {
@@ -75,8 +76,8 @@ func BenchmarkLinkUpToLease(b *testing.B) {
 	l.startDHCP(time.Minute)
 	var total time.Duration
 	for b.Loop() {
-		ipCmd(b, "-n", l.client, "link", "set", "eth0", "down")
-		ipCmd(b, "-n", l.client, "addr", "flush", "dev", "eth0")
+		netlab.IP(b, "-n", l.client, "link", "set", "eth0", "down")
+		netlab.IP(b, "-n", l.client, "addr", "flush", "dev", "eth0")
 		cfg := l.config()
 		cfg.Settings = mustParse(b, "dhcp.toml", dhcpToml)
 		r := l.run(cfg)

@@ -6,6 +6,7 @@ import (
 	"net"
 	"os"
 	"path/filepath"
+	"slices"
 	"sort"
 	"strings"
 
@@ -23,8 +24,9 @@ var virtualTypes = map[string]bool{
 	"ifb": true, "vrf": true, "geneve": true, "nlmon": true, "team": true,
 }
 
-// kind ranks automatic candidates: lower is better; -1 is not a candidate.
-func (e *netEnv) linkRank(l netlink.Link, sysfs string) (rank int, why string) {
+// kind ranks automatic candidates: lower is better; -1 is not a candidate. ours
+// holds the indexes of the bridges the service manages: their ports are candidates.
+func (e *netEnv) linkRank(l netlink.Link, ours map[int]bool, sysfs string) (rank int, why string) {
 	a := l.Attrs()
 	dir := filepath.Join(sysfs, "class", "net", a.Name)
 	switch {
@@ -32,7 +34,7 @@ func (e *netEnv) linkRank(l netlink.Link, sysfs string) (rank int, why string) {
 		return -1, "loopback"
 	case virtualTypes[l.Type()]:
 		return -1, l.Type()
-	case a.MasterIndex != 0:
+	case a.MasterIndex != 0 && !ours[a.MasterIndex]:
 		return -1, "enslaved to another interface"
 	case len(a.HardwareAddr) != 6:
 		return -1, "not ethernet"
@@ -57,8 +59,10 @@ func (e *netEnv) linkRank(l netlink.Link, sysfs string) (rank int, why string) {
 // findLink resolves an interface selector (name, MAC, "auto") to a link. Automatic
 // choice takes physical ethernet before wifi, then an interface with carrier, then the
 // lowest index; it skips loopback, bridges, tun/tap, veth, dummy, bonds and their
-// slaves and anything without a device in sysfs.
-func (e *netEnv) findLink(sel, sysfs string) (netlink.Link, error) {
+// slaves and anything without a device in sysfs. bridges names the bridges the
+// service manages: a port of one is still a candidate, and one of them, carrying
+// its port's MAC, never matches a MAC selector.
+func (e *netEnv) findLink(sel string, bridges []string, sysfs string) (netlink.Link, error) {
 	if sel != InterfaceAuto && !strings.Contains(sel, ":") {
 		var l netlink.Link
 		err := e.nl(func(h *netlink.Handle) (err error) {
@@ -78,9 +82,18 @@ func (e *netEnv) findLink(sel, sysfs string) (netlink.Link, error) {
 	if err != nil {
 		return nil, fmt.Errorf("list interfaces: %w", err)
 	}
+	ours := map[int]bool{}
+	for _, l := range links {
+		if l.Type() == "bridge" && slices.Contains(bridges, l.Attrs().Name) {
+			ours[l.Attrs().Index] = true
+		}
+	}
 	if sel != InterfaceAuto {
 		var match []netlink.Link
 		for _, l := range links {
+			if ours[l.Attrs().Index] {
+				continue
+			}
 			if strings.EqualFold(l.Attrs().HardwareAddr.String(), sel) {
 				match = append(match, l)
 			}
@@ -102,7 +115,7 @@ func (e *netEnv) findLink(sel, sysfs string) (netlink.Link, error) {
 	var cs []cand
 	var skipped []string
 	for _, l := range links {
-		r, why := e.linkRank(l, sysfs)
+		r, why := e.linkRank(l, ours, sysfs)
 		if r < 0 {
 			skipped = append(skipped, l.Attrs().Name+": "+why)
 			continue

@@ -168,21 +168,16 @@ func (e *netEnv) addrs(l netlink.Link) ([]netlink.Addr, error) {
 // program puts t on link in the exact order docs/design.md §7 gives for static addresses
 // (the caller has stopped DHCP and link-local on the link): link up, flush its IPv4
 // addresses, add the address, delete every default route on every interface, add
-// `default via gw dev link`. It then reads the kernel back. resolv.conf is the
-// caller's.
-func (e *netEnv) program(l netlink.Link, t target) error {
+// `default via gw dev link`. port, when set, is the NIC under the bridge link: its
+// addresses go once the bridge holds the new one (a NIC turned into a port keeps
+// working until then). It then reads the kernel back. resolv.conf is the caller's.
+func (e *netEnv) program(l, port netlink.Link, t target) error {
 	name := l.Attrs().Name
 	if err := e.nl(func(h *netlink.Handle) error { return h.LinkSetUp(l) }); err != nil {
 		return fmt.Errorf("set %s up: %w", name, err)
 	}
-	as, err := e.addrs(l)
-	if err != nil {
+	if err := e.flushAddrs(l); err != nil {
 		return err
-	}
-	for _, a := range as {
-		if err := e.nl(func(h *netlink.Handle) error { return h.AddrDel(l, &a) }); err != nil && !errors.Is(err, unix.EADDRNOTAVAIL) {
-			return fmt.Errorf("flush %s from %s: %w", a.IPNet, name, err)
-		}
 	}
 	if t.addr != nil {
 		a := &netlink.Addr{IPNet: t.addr, Broadcast: broadcastOf(t.addr)}
@@ -209,18 +204,23 @@ func (e *netEnv) program(l netlink.Link, t target) error {
 			return fmt.Errorf("add default via %s dev %s: %w", t.gw, name, err)
 		}
 	}
-	return e.verify(l, t)
+	if port != nil {
+		if err := e.flushAddrs(port); err != nil {
+			return err
+		}
+	}
+	return e.verify(l, port, t)
 }
 
 // refresh extends the lifetime of an address already in place (a DHCP renewal)
 // without flushing anything, then verifies.
-func (e *netEnv) refresh(l netlink.Link, t target) error {
+func (e *netEnv) refresh(l, port netlink.Link, t target) error {
 	a := &netlink.Addr{IPNet: t.addr, Broadcast: broadcastOf(t.addr)}
 	setLifetime(a, t.lifetime)
 	if err := e.nl(func(h *netlink.Handle) error { return h.AddrReplace(l, a) }); err != nil {
 		return fmt.Errorf("renew %s on %s: %w", t.addr, l.Attrs().Name, err)
 	}
-	return e.verify(l, t)
+	return e.verify(l, port, t)
 }
 
 func (e *netEnv) deleteDefaultRoutes() error {
@@ -250,8 +250,9 @@ func (e *netEnv) nl(f func(h *netlink.Handle) error) error {
 	return f(e.h)
 }
 
-// verify reads the kernel back and reports every difference from t.
-func (e *netEnv) verify(l netlink.Link, t target) error {
+// verify reads the kernel back and reports every difference from t, and from the
+// bridge layout when port is set.
+func (e *netEnv) verify(l, port netlink.Link, t target) error {
 	name := l.Attrs().Name
 	var bad []string
 	var cur netlink.Link
@@ -298,6 +299,9 @@ func (e *netEnv) verify(l netlink.Link, t target) error {
 			w = fmt.Sprintf("exactly default via %s dev %s", t.gw, name)
 		}
 		bad = append(bad, fmt.Sprintf("default routes are [%s], want %s", strings.Join(routes, "; "), w))
+	}
+	if port != nil {
+		bad = append(bad, e.verifyBridge(l, port)...)
 	}
 	if len(bad) > 0 {
 		return fmt.Errorf("kernel state after applying %s differs: %s", t, strings.Join(bad, "; "))

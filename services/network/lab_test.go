@@ -8,9 +8,7 @@ import (
 	"log/slog"
 	"net"
 	"os"
-	"os/exec"
 	"path/filepath"
-	"runtime"
 	"slices"
 	"strings"
 	"sync"
@@ -18,89 +16,34 @@ import (
 	"testing"
 	"time"
 
-	"github.com/insomniacslk/dhcp/dhcpv4"
-	"github.com/insomniacslk/dhcp/dhcpv4/server4"
 	"github.com/quantix/quantix"
+	"github.com/quantix/quantix/tests/netlab"
 	"github.com/vishvananda/netlink"
-	"github.com/vishvananda/netns"
 )
 
 // The lab: two network namespaces joined by a veth pair. The service manages
 // "eth0" in the client namespace; the far namespace holds "gw0" with the gateway
 // address and, when a test wants one, a DHCP server written with server4.
 
-const (
-	labSubnet  = "10.77.0.0/24"
-	labGateway = "10.77.0.1"
-)
-
-var labSeq atomic.Int32
+const labGateway = netlab.Gateway
 
 type lab struct {
 	t          testing.TB
+	pair       *netlab.Pair
 	client     string // namespace names
 	far        string
 	clientPath string
-	farNS      netns.NsHandle
 	dir        string
 	h          *netlink.Handle // client namespace
-}
-
-func requireRoot(t testing.TB) {
-	t.Helper()
-	if testing.Short() {
-		t.Skip("network namespace test: skipped with -short")
-	}
-	if os.Geteuid() != 0 {
-		t.Fatalf("network namespace tests need root (run as root, or go test -short)")
-	}
-	if _, err := exec.LookPath("ip"); err != nil {
-		t.Fatalf("ip not found: run make deps (apt-get install iproute2)")
-	}
-}
-
-func ipCmd(t testing.TB, args ...string) {
-	t.Helper()
-	out, err := exec.Command("ip", args...).CombinedOutput()
-	if err != nil {
-		t.Fatalf("ip %s: %v: %s", strings.Join(args, " "), err, out)
-	}
 }
 
 // newLab makes the namespaces and the veth pair, with the gateway address on the
 // far end; everything is removed when the test ends.
 func newLab(t testing.TB) *lab {
 	t.Helper()
-	requireRoot(t)
-	base := fmt.Sprintf("qxnet%d-%d", os.Getpid(), labSeq.Add(1))
-	l := &lab{t: t, client: base + "c", far: base + "f", dir: t.TempDir()}
-	ipCmd(t, "netns", "add", l.client)
-	t.Cleanup(func() { exec.Command("ip", "netns", "del", l.client).Run() })
-	ipCmd(t, "netns", "add", l.far)
-	t.Cleanup(func() { exec.Command("ip", "netns", "del", l.far).Run() })
-	l.clientPath = "/var/run/netns/" + l.client
-	ipCmd(t, "-n", l.client, "link", "set", "lo", "up")
-	ipCmd(t, "-n", l.far, "link", "set", "lo", "up")
-	ipCmd(t, "-n", l.client, "link", "add", "eth0", "address", "52:54:00:77:00:10", "type", "veth", "peer", "name", "gw0", "netns", l.far)
-	ipCmd(t, "-n", l.far, "addr", "add", labGateway+"/24", "dev", "gw0")
-	ipCmd(t, "-n", l.far, "link", "set", "gw0", "up")
-	var err error
-	l.farNS, err = netns.GetFromName(l.far)
-	if err != nil {
-		t.Fatalf("open namespace %s: %v", l.far, err)
-	}
-	t.Cleanup(func() { l.farNS.Close() })
-	cns, err := netns.GetFromName(l.client)
-	if err != nil {
-		t.Fatalf("open namespace %s: %v", l.client, err)
-	}
-	defer cns.Close()
-	l.h, err = netlink.NewHandleAt(cns)
-	if err != nil {
-		t.Fatalf("netlink in %s: %v", l.client, err)
-	}
-	t.Cleanup(l.h.Close)
-	return l
+	p := netlab.NewPair(t, "qxnet")
+	return &lab{t: t, pair: p, client: p.Client.Name, far: p.Far.Name, clientPath: p.Client.Path(),
+		dir: t.TempDir(), h: p.Client.Handle}
 }
 
 // config returns a service Config whose every path is inside the test's folder.
@@ -180,162 +123,15 @@ func (l *lab) defaults() []string {
 	return out
 }
 
-func (l *lab) addrs(dev string) []string {
-	l.t.Helper()
-	k, err := l.h.LinkByName(dev)
-	if err != nil {
-		l.t.Fatalf("link %s: %v", dev, err)
-	}
-	as, err := l.h.AddrList(k, netlink.FAMILY_V4)
-	if err != nil {
-		l.t.Fatalf("addresses of %s: %v", dev, err)
-	}
-	out := []string{}
-	for _, a := range as {
-		out = append(out, a.IPNet.String())
-	}
-	return out
-}
+func (l *lab) addrs(dev string) []string { return l.pair.Client.Addrs(dev) }
 
 // inFar runs f on a thread inside the far namespace (for sockets created there).
-func (l *lab) inFar(f func() error) error {
-	errc := make(chan error, 1)
-	go func() {
-		runtime.LockOSThread()
-		orig, err := netns.Get()
-		if err != nil {
-			errc <- err
-			return
-		}
-		defer orig.Close()
-		if err := netns.Set(l.farNS); err != nil {
-			errc <- err
-			return
-		}
-		ferr := f()
-		if err := netns.Set(orig); err != nil {
-			errc <- err // the thread stays locked and is discarded
-			return
-		}
-		runtime.UnlockOSThread()
-		errc <- ferr
-	}()
-	return <-errc
-}
+func (l *lab) inFar(f func() error) error { return l.pair.Far.Do(f) }
 
-// dhcpServer is the far end's DHCP server. Tests switch it on and off, and set the
-// lease times.
-type dhcpServer struct {
-	t        testing.TB
-	srv      *server4.Server
-	serverIP net.IP
-	mu       sync.Mutex
-	on       bool
-	nakAll   bool // refuse every REQUEST
-	delay    time.Duration
-	lease    time.Duration
-	t1, t2   time.Duration
-	next     byte
-	leases   map[string]net.IP
-	log      []string // "DISCOVER from 0.0.0.0", "REQUEST from 10.77.0.100 ciaddr=..."
-	changed  chan struct{}
-}
-
-func (l *lab) startDHCP(lease time.Duration) *dhcpServer {
+// startDHCP starts the far end's DHCP server with the given lease time.
+func (l *lab) startDHCP(lease time.Duration) *netlab.DHCPServer {
 	l.t.Helper()
-	d := &dhcpServer{t: l.t, serverIP: net.ParseIP(labGateway).To4(), on: true, lease: lease,
-		next: 100, leases: map[string]net.IP{}, changed: make(chan struct{}, 1)}
-	err := l.inFar(func() error {
-		var err error
-		d.srv, err = server4.NewServer("gw0", &net.UDPAddr{Port: dhcpv4.ServerPort}, d.handle)
-		return err
-	})
-	if err != nil {
-		l.t.Fatalf("start DHCP server in %s: %v", l.far, err)
-	}
-	go d.srv.Serve()
-	l.t.Cleanup(func() { d.srv.Close() })
-	return d
-}
-
-func (d *dhcpServer) set(f func(d *dhcpServer)) {
-	d.mu.Lock()
-	defer d.mu.Unlock()
-	f(d)
-}
-
-func (d *dhcpServer) requests() []string {
-	d.mu.Lock()
-	defer d.mu.Unlock()
-	return append([]string(nil), d.log...)
-}
-
-func (d *dhcpServer) handle(conn net.PacketConn, peer net.Addr, m *dhcpv4.DHCPv4) {
-	if m.OpCode != dhcpv4.OpcodeBootRequest {
-		return
-	}
-	d.mu.Lock()
-	mac := m.ClientHWAddr.String()
-	d.log = append(d.log, fmt.Sprintf("%s from %s ciaddr=%s req=%v", m.MessageType(), peer.(*net.UDPAddr).IP, m.ClientIPAddr, m.RequestedIPAddress()))
-	select {
-	case d.changed <- struct{}{}:
-	default:
-	}
-	on, nakAll, delay, lease, t1, t2 := d.on, d.nakAll, d.delay, d.lease, d.t1, d.t2
-	ip := d.leases[mac]
-	if ip == nil {
-		if req := m.RequestedIPAddress(); req != nil && req.To4() != nil && net.IP(req).Mask(net.CIDRMask(24, 32)).Equal(net.IPv4(10, 77, 0, 0)) && req.To4()[3] >= 100 {
-			ip = req.To4()
-		} else {
-			ip = net.IPv4(10, 77, 0, d.next).To4()
-			d.next++
-		}
-		d.leases[mac] = ip
-	}
-	d.mu.Unlock()
-	if !on {
-		return
-	}
-	if delay > 0 {
-		time.Sleep(delay)
-	}
-	var typ dhcpv4.MessageType
-	switch m.MessageType() {
-	case dhcpv4.MessageTypeDiscover:
-		typ = dhcpv4.MessageTypeOffer
-	case dhcpv4.MessageTypeRequest:
-		want := m.RequestedIPAddress()
-		if want == nil || want.IsUnspecified() {
-			want = m.ClientIPAddr
-		}
-		typ = dhcpv4.MessageTypeAck
-		if !want.Equal(ip) || nakAll {
-			typ = dhcpv4.MessageTypeNak
-		}
-	default:
-		return
-	}
-	mods := []dhcpv4.Modifier{
-		dhcpv4.WithMessageType(typ),
-		dhcpv4.WithOption(dhcpv4.OptServerIdentifier(d.serverIP)),
-	}
-	if typ != dhcpv4.MessageTypeNak {
-		mods = append(mods,
-			dhcpv4.WithYourIP(ip),
-			dhcpv4.WithOption(dhcpv4.OptSubnetMask(net.CIDRMask(24, 32))),
-			dhcpv4.WithOption(dhcpv4.OptRouter(d.serverIP)),
-			dhcpv4.WithOption(dhcpv4.OptDNS(net.ParseIP("10.77.0.53"))),
-			dhcpv4.WithOption(dhcpv4.OptIPAddressLeaseTime(lease)))
-		if t1 > 0 {
-			mods = append(mods, dhcpv4.WithOption(dhcpv4.OptRenewTimeValue(t1)), dhcpv4.WithOption(dhcpv4.OptRebindingTimeValue(t2)))
-		}
-	}
-	resp, err := dhcpv4.NewReplyFromRequest(m, mods...)
-	if err != nil {
-		d.t.Errorf("dhcp server: %v", err)
-		return
-	}
-	conn.WriteTo(resp.ToBytes(), peer)
+	return l.pair.StartDHCP(l.t, netlab.DHCPSettings{Lease: lease, DNS: net.ParseIP("10.77.0.53")})
 }
 
 // run starts a service on the lab and returns it with its marker stream; it is

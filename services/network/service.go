@@ -1,12 +1,14 @@
 // Package network is the Quantix network service: it puts the management address on
-// one interface (static, or DHCP with a bounded first-lease timeout and a static or
-// IPv4 link-local fallback), keeps exactly one default route, writes resolv.conf,
+// one interface, or on a bridge over it (br0 on Quantix-OS, docs/design.md §13),
+// static or by DHCP with a bounded first-lease timeout and a static or IPv4
+// link-local fallback; it keeps exactly one default route, writes resolv.conf,
 // applies new settings safely (rolled back unless confirmed) and reports its state
-// on a unix socket. Settings are network.toml (docs/design.md §7); Parse, Load and Validate
-// are shared with the installer and the console.
+// on a unix socket. Settings are network.toml (docs/design.md §7); Parse, Load and
+// Validate are shared with the installer and the console.
 package network
 
 import (
+	"bytes"
 	"context"
 	"encoding/json"
 	"errors"
@@ -16,6 +18,7 @@ import (
 	"net"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -72,6 +75,9 @@ type Config struct {
 	LinkLocal LinkLocalTiming
 	// Hostname is sent in DHCP option 12 when set.
 	Hostname string
+	// Bridge is the image's default for network.toml's bridge key (docs/design.md
+	// §13): "br0" on Quantix-OS, "" (the address on the NIC) on QvDC.
+	Bridge string
 	// Stdout receives the ready markers; nil discards them.
 	Stdout io.Writer
 }
@@ -123,7 +129,10 @@ type Service struct {
 	cur         plan
 	origin      Origin
 	good        plan
-	link        netlink.Link
+	link        netlink.Link // holds the address: the NIC, or the bridge over it
+	port        netlink.Link // the NIC under link when that is a bridge, else nil
+	bridge      string       // the bridge in use ("" none); at start, the previous run's
+	leftBridge  string       // a bridge an unconfirmed apply stopped using
 	programmed  target
 	dhcp        *worker
 	dhcpStarted time.Time
@@ -148,8 +157,13 @@ type Service struct {
 // New checks cfg and returns a service; nothing is touched until Run.
 func New(cfg Config, log *slog.Logger) (*Service, error) {
 	cfg.fill()
+	if cfg.Bridge != "" {
+		if err := validIfaceName(cfg.Bridge); err != nil {
+			return nil, fmt.Errorf("%w: default bridge %q %v", ErrConfig, cfg.Bridge, err)
+		}
+	}
 	if cfg.Settings != nil {
-		if err := cfg.Settings.Validate(); err != nil {
+		if _, err := cfg.Settings.compile(cfg.Bridge); err != nil {
 			return nil, fmt.Errorf("%w: %w", ErrConfig, err)
 		}
 	}
@@ -216,11 +230,11 @@ func (s *Service) Run(ctx context.Context) error {
 	if err != nil {
 		return fmt.Errorf("%w: %w", ErrConfig, err)
 	}
-	p, err := settings.compile()
+	p, err := settings.compile(s.cfg.Bridge)
 	if err != nil {
 		return fmt.Errorf("%w: %w", ErrConfig, err)
 	}
-	s.requested = s.previousLease()
+	s.requested, s.bridge = s.previous()
 
 	var ln net.Listener
 	if !s.cfg.Once {
@@ -333,28 +347,39 @@ func (s *Service) startSettings() (Settings, Origin, error) {
 	return st, origin, nil
 }
 
-// previousLease reads the last leased address from the state file, to ask for it
-// again.
-func (s *Service) previousLease() net.IP {
+// previous reads the last run's state file: the leased address, to ask for it
+// again, and the bridge the address was on, to reuse or remove it.
+func (s *Service) previous() (leased net.IP, bridge string) {
 	b, err := os.ReadFile(s.cfg.StateFile)
 	if err != nil {
-		return nil
+		return nil, ""
 	}
 	var st Status
-	if json.Unmarshal(b, &st) != nil || st.DHCP == nil || st.DHCP.Address == "" {
-		return nil
+	if json.Unmarshal(b, &st) != nil {
+		return nil, ""
+	}
+	if st.Port != "" {
+		bridge = st.Interface
+	}
+	if st.DHCP == nil || st.DHCP.Address == "" {
+		return nil, bridge
 	}
 	ip, _, err := net.ParseCIDR(st.DHCP.Address)
 	if err != nil {
-		return nil
+		return nil, bridge
 	}
-	return ip.To4()
+	return ip.To4(), bridge
 }
 
 // activate makes p the running configuration on its interface. For static settings
 // the address is in place (and verified) when it returns; for DHCP the client and
 // the fallback timer are started.
 func (s *Service) activate(ctx context.Context, p plan) error {
+	// A lease in place may move with the layout (below): same MAC, same lease.
+	var carried *lease
+	if s.programmed.source == SourceDHCP && s.lease != nil && time.Until(s.lease.expiry()) > 0 {
+		carried = s.lease
+	}
 	s.dhcp.stop()
 	s.ll.stop()
 	s.dhcp, s.ll = nil, nil
@@ -370,39 +395,194 @@ func (s *Service) activate(ctx context.Context, p plan) error {
 		// are in the log.
 		st.LastError, st.LastErrorAt = "", time.Time{}
 	})
-	l, err := s.env.findLink(p.iface, s.cfg.SysfsRoot)
+	nic, err := s.env.findLink(p.iface, s.ourBridges(p), s.cfg.SysfsRoot)
 	if err != nil {
 		if s.link != nil {
 			s.programTarget(target{source: SourceNone})
 		}
-		s.link = nil
+		s.link, s.port = nil, nil
 		return err
 	}
-	if s.link != nil && s.link.Attrs().Index != l.Attrs().Index {
-		// Switching interfaces: leave nothing behind on the old one.
-		if err := s.env.program(s.link, target{source: SourceNone}); err != nil {
-			s.log.Warn("clean previous interface", "iface", s.link.Attrs().Name, "err", err)
+	prevLink, prevPort, prevBridge := s.link, s.port, s.bridge
+	l, port, err := s.layout(p, nic)
+	var bridgeErr error
+	if err != nil && p.bridge != "" && s.pending == nil {
+		// Not an apply (that would roll back): the host must not stay off the
+		// network because its bridge cannot be made. The address goes on the NIC,
+		// and the console and the status say why.
+		bridgeErr = err
+		nb := p
+		nb.bridge = ""
+		l, port, err = s.layout(nb, nic)
+	}
+	if err != nil {
+		if s.link != nil {
+			s.programTarget(target{source: SourceNone})
 		}
-	}
-	s.link = l
-	s.update(func(st *Status) {
-		st.Interface, st.MAC = l.Attrs().Name, l.Attrs().HardwareAddr.String()
-	})
-	if p.mode == ModeStatic {
-		return s.programTarget(staticTarget(p, SourceStatic))
-	}
-	if err := s.programTarget(target{source: SourceNone, dns: p.dns}); err != nil {
+		s.link, s.port = nil, nil
 		return err
+	}
+	s.link, s.port, s.bridge = l, port, p.bridge
+	if bridgeErr != nil {
+		s.bridge = ""
+		msg := fmt.Sprintf("%v; the address is on %s instead", bridgeErr, l.Attrs().Name)
+		fmt.Fprintln(s.cfg.Stdout, quantix.WarningMarker("network", msg))
+		s.setError(errors.New(msg))
+	}
+	s.update(func(st *Status) {
+		st.Interface, st.MAC, st.Port = l.Attrs().Name, l.Attrs().HardwareAddr.String(), ""
+		if port != nil {
+			st.Port = port.Attrs().Name
+		}
+	})
+	first := target{source: SourceNone, dns: p.dns}
+	moved := prevLink != nil && prevLink.Attrs().Index != l.Attrs().Index &&
+		bytes.Equal(prevLink.Attrs().HardwareAddr, l.Attrs().HardwareAddr)
+	switch {
+	case p.mode == ModeStatic:
+		first = staticTarget(p, SourceStatic)
+	case carried != nil && moved:
+		// The NIC went under a bridge or came out of one: the bridge has the
+		// NIC's MAC, so the lease is still this host's. It moves with the layout
+		// (no gap) and the client below renews it from the new link.
+		first = carried.target(p.dns)
+	default:
+		carried = nil
+	}
+	if err := s.programTarget(first); err != nil {
+		return err
+	}
+	s.leave(prevLink, prevPort, prevBridge)
+	if p.mode == ModeStatic {
+		return nil
 	}
 	s.update(func(st *Status) {
 		st.DHCP = &DHCPStatus{State: DHCPInit, Timeout: p.timeout.String(), Fallback: p.fallback}
+		if carried != nil {
+			st.DHCP.setLease(carried) // still this host's until renewed or expired
+		}
 	})
 	s.startDHCP(ctx)
+	if carried != nil {
+		s.lease = carried
+		s.leaseC = time.After(time.Until(carried.expiry()))
+		return nil
+	}
 	s.fallbackC = time.After(p.timeout)
 	if p.fallback == FallbackLinkLocal {
 		s.startLinkLocal(ctx)
 	}
 	return nil
+}
+
+// ourBridges names the bridges the service manages while it activates p: p's, the
+// one in use and the one a pending change left.
+func (s *Service) ourBridges(p plan) []string {
+	var out []string
+	for _, b := range []string{p.bridge, s.bridge, s.leftBridge} {
+		if b != "" {
+			out = append(out, b)
+		}
+	}
+	return out
+}
+
+// layout puts nic where p wants it and returns the link that is to hold the
+// address, with nic as its port when that is a bridge. Nothing else is touched:
+// the addresses move in programTarget, and the previous layout is left in leave.
+func (s *Service) layout(p plan, nic netlink.Link) (l, port netlink.Link, err error) {
+	name := nic.Attrs().Name
+	if p.bridge == "" {
+		if m := nic.Attrs().MasterIndex; m != 0 {
+			master := "another interface"
+			if ml, err := s.env.linkByIndex(m); err == nil {
+				master = ml.Attrs().Name
+			}
+			if !slices.Contains(s.ourBridges(p), master) {
+				return nil, nil, fmt.Errorf("interface %s is a port of %s, which the network service does not manage: take it out, or set bridge = %q", name, master, master)
+			}
+			if err := s.env.releasePort(nic); err != nil {
+				return nil, nil, err
+			}
+			if nic, err = s.env.linkByName(name); err != nil {
+				return nil, nil, err
+			}
+		}
+		return nic, nil, nil
+	}
+	if nic.Type() == "bridge" {
+		return nil, nil, fmt.Errorf("interface %s is itself a bridge: name the NIC that goes under bridge %s", name, p.bridge)
+	}
+	if s.leftBridge == p.bridge {
+		s.leftBridge = "" // back in use: a rollback restores the previous layout
+	}
+	br, err := s.env.ensureBridge(p.bridge, nic)
+	if err != nil {
+		return nil, nil, fmt.Errorf("bridge %s over %s: %w", p.bridge, name, err)
+	}
+	if nic, err = s.env.linkByName(name); err != nil {
+		return nil, nil, err
+	}
+	return br, nic, nil
+}
+
+// leave cleans up the previous layout once the new one holds its first target: a
+// previous NIC that is no longer used loses its addresses (and its bridge), a
+// bridge no longer used goes. During an unconfirmed apply that bridge is kept
+// without addresses, so a rollback finds it (and the VM taps on it) as it was; the
+// commit removes it.
+func (s *Service) leave(prevLink, prevPort netlink.Link, prevBridge string) {
+	used := func(l netlink.Link) bool {
+		i := l.Attrs().Index
+		return i == s.link.Attrs().Index || (s.port != nil && i == s.port.Attrs().Index)
+	}
+	if prevPort != nil && !used(prevPort) {
+		if err := s.env.releasePort(prevPort); err != nil {
+			s.log.Warn("release previous port", "iface", prevPort.Attrs().Name, "err", err)
+		}
+		prevLink = prevPort
+	}
+	if prevLink != nil && !used(prevLink) && prevLink.Attrs().Name != prevBridge {
+		if err := s.env.flushAddrs(prevLink); err != nil {
+			s.log.Warn("clean previous interface", "iface", prevLink.Attrs().Name, "err", err)
+		}
+	}
+	if prevBridge == "" || prevBridge == s.bridge {
+		return
+	}
+	if s.pending != nil {
+		if br, err := s.env.linkByName(prevBridge); err == nil {
+			if err := s.env.flushAddrs(br); err != nil {
+				s.log.Warn("clean previous bridge", "bridge", prevBridge, "err", err)
+			}
+		}
+		s.leftBridge = prevBridge
+		return
+	}
+	s.dropBridge(prevBridge)
+}
+
+// dropBridge removes a bridge the service no longer uses.
+func (s *Service) dropBridge(name string) {
+	note, err := s.env.removeBridge(name)
+	switch {
+	case err != nil:
+		s.setError(fmt.Errorf("remove bridge %s: %w", name, err))
+	case note != "":
+		s.log.Warn(note)
+	default:
+		s.log.Info("bridge removed", "bridge", name)
+	}
+}
+
+// setLease shows l in the status.
+func (d *DHCPStatus) setLease(l *lease) {
+	d.Server, d.Address = l.server.String(), l.addr.String()
+	d.Router = ""
+	if l.router != nil {
+		d.Router = l.router.String()
+	}
+	d.Obtained, d.T1, d.T2, d.Expiry = l.obtained, l.obtained.Add(l.t1), l.obtained.Add(l.t2), l.expiry()
 }
 
 func (s *Service) drainEvents() {
@@ -436,7 +616,7 @@ func (s *Service) programTarget(t target) error {
 	if s.link == nil {
 		return errors.New("no interface")
 	}
-	if err := s.env.program(s.link, t); err != nil {
+	if err := s.env.program(s.link, s.port, t); err != nil {
 		return err
 	}
 	s.programmed = t
@@ -466,7 +646,11 @@ func (s *Service) programTarget(t target) error {
 }
 
 func (s *Service) addressInPlace(t target) {
-	m := quantix.ReadyMarker("network", "iface", s.link.Attrs().Name, "addr", t.addr.String(), "source", t.source)
+	kv := []string{"iface", s.link.Attrs().Name, "addr", t.addr.String(), "source", t.source}
+	if s.port != nil {
+		kv = append(kv, "port", s.port.Attrs().Name)
+	}
+	m := quantix.ReadyMarker("network", kv...)
 	if m != s.marker {
 		s.marker = m
 		fmt.Fprintln(s.cfg.Stdout, m)
@@ -507,7 +691,7 @@ func (s *Service) onDHCP(ctx context.Context, ev dhcpEvent) {
 			s.programmed.addr.String() == t.addr.String() && s.programmed.gw.Equal(t.gw) {
 			// The same address again (renewal, or re-discovery after a carrier
 			// blip): extend it in place, connections stay up.
-			err = s.env.refresh(s.link, t)
+			err = s.env.refresh(s.link, s.port, t)
 			if err == nil {
 				s.programmed = t
 			}
@@ -531,12 +715,7 @@ func (s *Service) onDHCP(ctx context.Context, ev dhcpEvent) {
 			}
 			d := st.DHCP
 			d.State = DHCPBound
-			d.Server, d.Address = l.server.String(), l.addr.String()
-			d.Router = ""
-			if l.router != nil {
-				d.Router = l.router.String()
-			}
-			d.Obtained, d.T1, d.T2, d.Expiry = l.obtained, l.obtained.Add(l.t1), l.obtained.Add(l.t2), l.expiry()
+			d.setLease(l)
 			if renewals == 0 {
 				d.Renewals = 0
 			}

@@ -10,6 +10,7 @@ import (
 	"time"
 
 	"github.com/google/go-cmp/cmp"
+	"github.com/quantix/quantix/tests/netlab"
 	"github.com/vishvananda/netlink"
 )
 
@@ -46,14 +47,14 @@ func TestStaticApply(t *testing.T) {
 	l := newLab(t)
 	// A second interface with its own default route (e.g. left by an old DHCP
 	// client): it must go too. (The kernel here has no dummy module: a veth pair.)
-	ipCmd(t, "-n", l.client, "link", "add", "side0", "type", "veth", "peer", "name", "side1")
-	ipCmd(t, "-n", l.client, "link", "set", "side0", "up")
-	ipCmd(t, "-n", l.client, "link", "set", "side1", "up")
-	ipCmd(t, "-n", l.client, "addr", "add", "192.168.99.2/24", "dev", "side0")
-	ipCmd(t, "-n", l.client, "route", "add", "default", "via", "192.168.99.1", "dev", "side0", "metric", "50")
-	ipCmd(t, "-n", l.client, "link", "set", "eth0", "up")
-	ipCmd(t, "-n", l.client, "addr", "add", "10.77.0.200/24", "dev", "eth0")
-	ipCmd(t, "-n", l.client, "route", "add", "default", "via", "10.77.0.1", "dev", "eth0", "metric", "10")
+	netlab.IP(t, "-n", l.client, "link", "add", "side0", "type", "veth", "peer", "name", "side1")
+	netlab.IP(t, "-n", l.client, "link", "set", "side0", "up")
+	netlab.IP(t, "-n", l.client, "link", "set", "side1", "up")
+	netlab.IP(t, "-n", l.client, "addr", "add", "192.168.99.2/24", "dev", "side0")
+	netlab.IP(t, "-n", l.client, "route", "add", "default", "via", "192.168.99.1", "dev", "side0", "metric", "50")
+	netlab.IP(t, "-n", l.client, "link", "set", "eth0", "up")
+	netlab.IP(t, "-n", l.client, "addr", "add", "10.77.0.200/24", "dev", "eth0")
+	netlab.IP(t, "-n", l.client, "route", "add", "default", "via", "10.77.0.1", "dev", "eth0", "metric", "10")
 
 	cfg := l.config()
 	cfg.Settings = mustParse(t, "static.toml", staticToml)
@@ -108,7 +109,7 @@ func ifaceOfName(t testing.TB, l *lab, name string) *net.Interface {
 
 func mustPlan(t testing.TB, s *Settings) plan {
 	t.Helper()
-	p, err := s.compile()
+	p, err := s.compile("")
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -141,13 +142,13 @@ func TestDHCPLeaseAndRenew(t *testing.T) {
 	// Renewals are unicast from the leased address (RENEWING), not broadcast.
 	ip := strings.TrimSuffix(addr, "/24")
 	unicast := 0
-	for _, line := range srv.requests() {
+	for _, line := range srv.Requests() {
 		if strings.HasPrefix(line, "REQUEST from "+ip+" ciaddr="+ip) {
 			unicast++
 		}
 	}
 	if unicast < 2 {
-		t.Errorf("unicast renewals seen by the server = %d, want >= 2; log %q", unicast, srv.requests())
+		t.Errorf("unicast renewals seen by the server = %d, want >= 2; log %q", unicast, srv.Requests())
 	}
 	// The kernel's copy of the lease lifetime is finite and was refreshed.
 	k, _ := l.h.LinkByName("eth0")
@@ -171,7 +172,7 @@ func TestDHCPLeaseExpires(t *testing.T) {
 	r := l.run(cfg)
 	r.waitMarker(t, SourceDHCP, 5*time.Second)
 	bound := r.s.Status().DHCP
-	srv.set(func(d *dhcpServer) { d.on = false })
+	srv.Set(func(s *netlab.DHCPSettings) { s.Off = true })
 	st := waitStatus(t, r.s, 6*time.Second, "lease dropped", func(st Status) bool { return st.Source == SourceNone })
 	if late := time.Since(bound.Expiry); late > time.Second || late < -100*time.Millisecond {
 		t.Errorf("address dropped %s after the lease expiry, want within 1s after", late)
@@ -188,31 +189,31 @@ func TestDHCPLeaseExpires(t *testing.T) {
 	// RENEWING (unicast) then REBINDING (broadcast, from 0.0.0.0) were tried.
 	ip := strings.Split(bound.Address, "/")[0]
 	var renew, rebind bool
-	for _, line := range srv.requests() {
+	for _, line := range srv.Requests() {
 		renew = renew || strings.HasPrefix(line, "REQUEST from "+ip)
 		rebind = rebind || strings.HasPrefix(line, "REQUEST from 255.255.255.255 ciaddr="+ip) // server4 shows 0.0.0.0 as broadcast
 	}
 	if !renew || !rebind {
-		t.Errorf("server saw renew=%v rebind=%v, want both; log %q", renew, rebind, srv.requests())
+		t.Errorf("server saw renew=%v rebind=%v, want both; log %q", renew, rebind, srv.Requests())
 	}
 	// Back in INIT: the client asks for its previous address in DISCOVER, and a
 	// server that answers again gives it back.
-	srv.set(func(d *dhcpServer) { d.on = true })
+	srv.Set(func(s *netlab.DHCPSettings) { s.Off = false })
 	m := r.waitMarker(t, SourceDHCP, 5*time.Second)
 	if m.Get("addr") != bound.Address {
 		t.Errorf("re-discovered %s, want the previous %s", m.Get("addr"), bound.Address)
 	}
-	if !slices.ContainsFunc(srv.requests(), func(s string) bool {
+	if !slices.ContainsFunc(srv.Requests(), func(s string) bool {
 		return strings.HasPrefix(s, "DISCOVER") && strings.HasSuffix(s, "req="+ip)
 	}) {
-		t.Errorf("no DISCOVER asked for the previous address %s; log %q", ip, srv.requests())
+		t.Errorf("no DISCOVER asked for the previous address %s; log %q", ip, srv.Requests())
 	}
 
 	// A restarted service asks for the address it had (from its state file).
 	r.cancel()
 	<-r.done
 	r.done <- nil
-	srv.set(func(d *dhcpServer) { d.log = nil; d.leases = map[string]net.IP{}; d.next = 150 })
+	srv.Forget(150)
 	r = l.run(cfg)
 	m = r.waitMarker(t, SourceDHCP, 5*time.Second)
 	if m.Get("addr") != bound.Address {
@@ -225,12 +226,12 @@ func TestDHCPLeaseExpires(t *testing.T) {
 func TestDHCPNak(t *testing.T) {
 	l := newLab(t)
 	srv := l.startDHCP(20 * time.Second)
-	srv.set(func(d *dhcpServer) { d.t1, d.t2 = time.Second, 2*time.Second })
+	srv.Set(func(s *netlab.DHCPSettings) { s.T1, s.T2 = time.Second, 2*time.Second })
 	cfg := l.config()
 	cfg.Settings = mustParse(t, "dhcp.toml", dhcpToml)
 	r := l.run(cfg)
 	r.waitMarker(t, SourceDHCP, 5*time.Second)
-	srv.set(func(d *dhcpServer) { d.nakAll = true })
+	srv.Set(func(s *netlab.DHCPSettings) { s.NAKAll = true })
 	st := waitStatus(t, r.s, 4*time.Second, "address dropped on NAK", func(st Status) bool { return st.Source == SourceNone })
 	if !strings.Contains(st.LastError, "NAK") {
 		t.Errorf("last error = %q, want the NAK named", st.LastError)
@@ -238,7 +239,7 @@ func TestDHCPNak(t *testing.T) {
 	if got := l.addrs("eth0"); len(got) != 0 {
 		t.Errorf("eth0 after NAK = %q, want no address", got)
 	}
-	srv.set(func(d *dhcpServer) { d.nakAll = false })
+	srv.Set(func(s *netlab.DHCPSettings) { s.NAKAll = false })
 	r.waitMarker(t, SourceDHCP, 5*time.Second)
 }
 
@@ -247,7 +248,7 @@ func TestDHCPNak(t *testing.T) {
 func TestFallbackStaticThenLease(t *testing.T) {
 	l := newLab(t)
 	srv := l.startDHCP(30 * time.Second)
-	srv.set(func(d *dhcpServer) { d.on = false })
+	srv.Set(func(s *netlab.DHCPSettings) { s.Off = true })
 	cfg := l.config()
 	cfg.Settings = mustParse(t, "fallback.toml", `interface = "eth0"
 [static]
@@ -268,8 +269,8 @@ fallback = "static"
 	if got, want := l.defaults(), []string{"via 10.77.0.1 dev eth0"}; !slices.Equal(got, want) {
 		t.Errorf("default routes = %q, want %q", got, want)
 	}
-	n := len(srv.requests())
-	srv.set(func(d *dhcpServer) { d.on = true })
+	n := len(srv.Requests())
+	srv.Set(func(s *netlab.DHCPSettings) { s.Off = false })
 	m = r.waitMarker(t, SourceDHCP, 5*time.Second)
 	if n == 0 {
 		t.Errorf("DHCP did not keep trying while on fallback")
@@ -290,9 +291,9 @@ func TestFallbackLinkLocalConflict(t *testing.T) {
 	l := newLab(t)
 	mac, _ := net.ParseMAC("52:54:00:77:00:10")
 	first := linkLocalCandidate(mac, 0)
-	ipCmd(t, "-n", l.far, "addr", "add", first.String()+"/16", "dev", "gw0")
+	netlab.IP(t, "-n", l.far, "addr", "add", first.String()+"/16", "dev", "gw0")
 	srv := l.startDHCP(30 * time.Second)
-	srv.set(func(d *dhcpServer) { d.on = false })
+	srv.Set(func(s *netlab.DHCPSettings) { s.Off = true })
 	cfg := l.config()
 	cfg.Settings = mustParse(t, "ll.toml", "interface = \"eth0\"\n[dhcp]\ntimeout = \"2s\"\nfallback = \"link-local\"\n")
 	r := l.run(cfg)
@@ -310,7 +311,7 @@ func TestFallbackLinkLocalConflict(t *testing.T) {
 	if got := l.defaults(); len(got) != 0 {
 		t.Errorf("default routes on link-local = %q, want none", got)
 	}
-	srv.set(func(d *dhcpServer) { d.on = true })
+	srv.Set(func(s *netlab.DHCPSettings) { s.Off = false })
 	m = r.waitMarker(t, SourceDHCP, 5*time.Second)
 	if got := l.addrs("eth0"); !slices.Equal(got, []string{m.Get("addr")}) {
 		t.Errorf("eth0 addresses = %q, want only the lease (link-local removed)", got)
@@ -361,7 +362,7 @@ func TestForeignDefaultRoute(t *testing.T) {
 	cfg.Settings = mustParse(t, "static.toml", staticToml)
 	r := l.run(cfg)
 	r.waitMarker(t, SourceStatic, 5*time.Second)
-	ipCmd(t, "-n", l.client, "route", "add", "default", "via", "10.77.0.2", "dev", "eth0", "metric", "5")
+	netlab.IP(t, "-n", l.client, "route", "add", "default", "via", "10.77.0.2", "dev", "eth0", "metric", "5")
 	deadline := time.Now().Add(2 * time.Second)
 	for {
 		got := l.defaults()
@@ -387,15 +388,15 @@ func TestCarrierBlip(t *testing.T) {
 	m := r.waitMarker(t, SourceDHCP, 5*time.Second)
 	since := r.s.Status().Since
 	time.Sleep(1100 * time.Millisecond) // the client must be older than 1s to be restarted
-	n := len(srv.requests())
-	ipCmd(t, "-n", l.far, "link", "set", "gw0", "down")
+	n := len(srv.Requests())
+	netlab.IP(t, "-n", l.far, "link", "set", "gw0", "down")
 	// The kernel reports carrier changes through linkwatch, which folds a blip
 	// shorter than about a second into one event: unplug for longer.
 	time.Sleep(1500 * time.Millisecond)
-	ipCmd(t, "-n", l.far, "link", "set", "gw0", "up")
+	netlab.IP(t, "-n", l.far, "link", "set", "gw0", "up")
 	deadline := time.Now().Add(4 * time.Second)
 	for {
-		reqs := srv.requests()
+		reqs := srv.Requests()
 		if slices.ContainsFunc(reqs[n:], func(s string) bool { return strings.HasPrefix(s, "REQUEST") }) {
 			break
 		}

@@ -51,6 +51,11 @@ type Settings struct {
 	Interface string `toml:"interface"`
 	// Mode is "dhcp" (the default) or "static".
 	Mode string `toml:"mode"`
+	// Bridge is the Linux bridge the management address lives on, with the interface
+	// as its only configured port (docs/design.md §13); "" keeps the address on the
+	// interface. Absent (nil) means the image's default (Config.Bridge: "br0" on
+	// Quantix-OS, "" on QvDC).
+	Bridge *string `toml:"bridge"`
 	// DNS lists name servers; empty means the ones DHCP provides.
 	DNS []string `toml:"dns"`
 	// Static is the address for mode "static" and the DHCP fallback.
@@ -120,15 +125,17 @@ func Load(path string) (Settings, error) {
 
 // Validate checks every field without touching the system; the error names the
 // source, the line when known, the key and the problem. Whether the interface exists
-// is checked when the settings are applied, still before anything is changed.
+// is checked when the settings are applied, still before anything is changed, and
+// so is an absent bridge key against the image's default.
 func (s Settings) Validate() error {
-	_, err := s.compile()
+	_, err := s.compile("")
 	return err
 }
 
 // plan is validated settings in the types the service works with.
 type plan struct {
 	iface    string // name, MAC (lower case) or "auto"
+	bridge   string // the bridge holding the address; "" for none
 	mode     string
 	dns      []net.IP
 	static   *staticPlan
@@ -174,7 +181,9 @@ func (s Settings) fieldErrNear(key, near, format string, args ...any) error {
 	return fmt.Errorf("%w: %s: %s: %s", ErrInvalidSettings, loc, key, fmt.Sprintf(format, args...))
 }
 
-func (s Settings) compile() (plan, error) {
+// compile validates s into a plan; imageBridge is the bridge an absent bridge key
+// means.
+func (s Settings) compile(imageBridge string) (plan, error) {
 	p := plan{source: s.Source, raw: s.raw}
 	switch iface := strings.TrimSpace(s.Interface); {
 	case iface == "" || iface == InterfaceAuto:
@@ -190,6 +199,10 @@ func (s Settings) compile() (plan, error) {
 			return plan{}, s.fieldErr("interface", "%q %v (use a name like eth0, a MAC address or \"auto\")", s.Interface, err)
 		}
 		p.iface = iface
+	}
+
+	if err := s.compileBridge(&p, imageBridge); err != nil {
+		return plan{}, err
 	}
 
 	switch s.Mode {
@@ -249,6 +262,24 @@ func (s Settings) compile() (plan, error) {
 		return plan{}, s.fieldErr("dhcp.fallback", "%q is not a fallback (use \"static\", \"link-local\" or \"none\")", s.DHCP.Fallback)
 	}
 	return p, nil
+}
+
+func (s Settings) compileBridge(p *plan, imageBridge string) error {
+	from := " (the image default)"
+	p.bridge = strings.TrimSpace(imageBridge)
+	if s.Bridge != nil {
+		p.bridge, from = strings.TrimSpace(*s.Bridge), ""
+	}
+	if p.bridge == "" {
+		return nil
+	}
+	if err := validIfaceName(p.bridge); err != nil {
+		return s.fieldErr("bridge", "%q%s %v (use a name like br0, or \"\" to keep the address on the interface)", p.bridge, from, err)
+	}
+	if p.bridge == p.iface {
+		return s.fieldErr("bridge", "%q%s is the interface itself: the bridge needs a name of its own (e.g. br0), or set bridge = \"\" to keep the address on %s", p.bridge, from, p.iface)
+	}
+	return nil
 }
 
 func (s Settings) compileStatic() (*staticPlan, error) {

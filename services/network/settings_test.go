@@ -39,6 +39,7 @@ fallback = "static"
 			plan{iface: "auto", mode: "static", timeout: 10 * time.Second, fallback: "static",
 				static: &staticPlan{addr: &net.IPNet{IP: net.IPv4(10, 1, 2, 3).To4(), Mask: net.CIDRMask(32, 32)}}}},
 		{"dhcp none", "[dhcp]\ntimeout = \"1m30s\"\nfallback = \"none\"\n", plan{iface: "auto", mode: "dhcp", timeout: 90 * time.Second, fallback: "none"}},
+		{"bridge", "interface = \"eth0\"\nbridge = \"br0\"\n", plan{iface: "eth0", bridge: "br0", mode: "dhcp", timeout: 10 * time.Second, fallback: "link-local"}},
 	}
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {
@@ -46,7 +47,7 @@ fallback = "static"
 			if err != nil {
 				t.Fatalf("Parse = %v", err)
 			}
-			got, err := s.compile()
+			got, err := s.compile("")
 			if err != nil {
 				t.Fatal(err)
 			}
@@ -55,6 +56,35 @@ fallback = "static"
 				t.Errorf("Parse(%q) (-want +got):\n%s", tc.toml, diff)
 			}
 		})
+	}
+}
+
+// TestBridgeDefault: an absent bridge key means the image's default, a present one
+// (even "") overrides it; the default is checked against the interface too.
+func TestBridgeDefault(t *testing.T) {
+	tests := []struct {
+		toml, image, want, wantErr string
+	}{
+		{"interface = \"eth0\"\n", "br0", "br0", ""},
+		{"interface = \"eth0\"\n", "", "", ""},
+		{"interface = \"eth0\"\nbridge = \"\"\n", "br0", "", ""},
+		{"interface = \"eth0\"\nbridge = \"mgmt0\"\n", "br0", "mgmt0", ""},
+		{"interface = \"br0\"\n", "br0", "", `n.toml: bridge: "br0" (the image default) is the interface itself`},
+	}
+	for _, tc := range tests {
+		s, err := Parse("n.toml", []byte(tc.toml))
+		if err != nil {
+			t.Fatalf("Parse(%q) = %v", tc.toml, err)
+		}
+		p, err := s.compile(tc.image)
+		switch {
+		case tc.wantErr != "":
+			if err == nil || !strings.Contains(err.Error(), tc.wantErr) {
+				t.Errorf("compile(%q, image %q) = %v, want error %q", tc.toml, tc.image, err, tc.wantErr)
+			}
+		case err != nil || p.bridge != tc.want:
+			t.Errorf("compile(%q, image %q) = bridge %q, %v; want %q", tc.toml, tc.image, p.bridge, err, tc.want)
+		}
 	}
 }
 
@@ -82,6 +112,9 @@ func TestParseInvalid(t *testing.T) {
 		{"bad mac", "interface = \"52:54:00:zz:00:01\"\n", `n.toml:1: interface: "52:54:00:zz:00:01" is not a MAC address like 52:54:00:12:34:56`},
 		{"long name", "interface = \"averyveryverylongname\"\n", `n.toml:1: interface: "averyveryverylongname" is longer than 15 characters (use a name like eth0, a MAC address or "auto")`},
 		{"unknown key", "mode = \"dhcp\"\n[dhcp]\nretries = 3\n", `n.toml:3: unknown key "dhcp.retries"`},
+		{"bad bridge", "interface = \"eth0\"\nbridge = \"br 0\"\n", `n.toml:2: bridge: "br 0" holds a character interface names cannot hold (use a name like br0, or "" to keep the address on the interface)`},
+		{"long bridge", "bridge = \"management-bridge\"\n", `n.toml:1: bridge: "management-bridge" is longer than 15 characters (use a name like br0, or "" to keep the address on the interface)`},
+		{"bridge is the interface", "interface = \"eth0\"\nbridge = \"eth0\"\n", `n.toml:2: bridge: "eth0" is the interface itself: the bridge needs a name of its own (e.g. br0), or set bridge = "" to keep the address on eth0`},
 		{"wrong type", "dns = \"10.0.0.1\"\n", ""},
 		{"syntax", "mode = dhcp\n", ""},
 	}
@@ -298,7 +331,7 @@ func TestAutoInterface(t *testing.T) {
 	}
 	var e netEnv
 	for _, tc := range tests {
-		if got, why := e.linkRank(tc.link, sys); got != tc.wantRank {
+		if got, why := e.linkRank(tc.link, nil, sys); got != tc.wantRank {
 			t.Errorf("linkRank(%s) = %d (%s), want %d", tc.link.Attrs().Name, got, why, tc.wantRank)
 		}
 	}
@@ -313,16 +346,16 @@ func TestAutoInterfaceInNamespace(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer env.close()
-	if _, err := env.findLink("auto", l.config().SysfsRoot); !errors.Is(err, ErrNoInterface) || !strings.Contains(err.Error(), "lo: loopback") || !strings.Contains(err.Error(), "eth0: veth") {
+	if _, err := env.findLink("auto", nil, l.config().SysfsRoot); !errors.Is(err, ErrNoInterface) || !strings.Contains(err.Error(), "lo: loopback") || !strings.Contains(err.Error(), "eth0: veth") {
 		t.Errorf("findLink(auto) = %v, want ErrNoInterface naming lo and eth0", err)
 	}
 	for _, sel := range []string{"eth0", "52:54:00:77:00:10"} {
-		k, err := env.findLink(sel, "/nonexistent")
+		k, err := env.findLink(sel, nil, "/nonexistent")
 		if err != nil || k.Attrs().Name != "eth0" {
 			t.Errorf("findLink(%s) = %v, %v; want eth0", sel, k, err)
 		}
 	}
-	if _, err := env.findLink("eth9", "/sys"); !errors.Is(err, ErrNoInterface) {
+	if _, err := env.findLink("eth9", nil, "/sys"); !errors.Is(err, ErrNoInterface) {
 		t.Errorf("findLink(eth9) = %v, want ErrNoInterface", err)
 	}
 }

@@ -5,8 +5,12 @@ import "time"
 // Status is what the service reports on its socket, in its state file and through
 // `qx-net status`; the console and the test lab read it.
 type Status struct {
+	// Interface holds the management address: the bridge (br0 on Quantix-OS) or
+	// the NIC itself. MAC is its MAC, the NIC's in both cases.
 	Interface string `json:"interface"`
 	MAC       string `json:"mac,omitempty"`
+	// Port is the NIC under the bridge; empty when the address is on the NIC.
+	Port string `json:"port,omitempty"`
 	// Mode is the configured mode ("dhcp" or "static").
 	Mode string `json:"mode"`
 	// ConfigOrigin is the layer the settings came from (image default, kernel command

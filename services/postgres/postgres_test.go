@@ -1,7 +1,6 @@
 package postgres
 
 import (
-	"bytes"
 	"context"
 	"errors"
 	"fmt"
@@ -10,32 +9,14 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
-	"sync"
 	"syscall"
 	"testing"
 	"time"
 
 	"github.com/jackc/pgx/v5"
 	"github.com/quantix/quantix"
+	"github.com/quantix/quantix/tests/syncbuf"
 )
-
-// syncBuffer is a bytes.Buffer safe for the server's writer goroutines.
-type syncBuffer struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (s *syncBuffer) Write(p []byte) (int, error) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.Write(p)
-}
-
-func (s *syncBuffer) String() string {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.String()
-}
 
 // requirePostgres fails (never skips, except with -short) when PostgreSQL 15 or root
 // is missing: the service's privilege drop is what is being tested.
@@ -95,13 +76,13 @@ type running struct {
 	svc            *Service
 	cancel         context.CancelFunc
 	done           chan error
-	stdout, stderr *syncBuffer
+	stdout, stderr *syncbuf.Buffer
 }
 
 // start runs the service and waits until it is ready or Run returns.
 func start(t testing.TB, cfg Config) (*running, error) {
 	t.Helper()
-	r := &running{done: make(chan error, 1), stdout: &syncBuffer{}, stderr: &syncBuffer{}}
+	r := &running{done: make(chan error, 1), stdout: &syncbuf.Buffer{}, stderr: &syncbuf.Buffer{}}
 	cfg.Stdout, cfg.Stderr = r.stdout, r.stderr
 	log := slog.New(slog.NewTextHandler(r.stderr, nil))
 	svc, err := New(cfg, log)
@@ -530,7 +511,7 @@ func TestLeftoverPostmaster(t *testing.T) {
 	}
 	r.stop(t)
 	leftover := r.svc.command(context.Background(), "postgres", "-D", filepath.Join(cfg.DataRoot, "postgresql"))
-	var lout syncBuffer
+	var lout syncbuf.Buffer
 	leftover.Stdout, leftover.Stderr = &lout, &lout
 	if err := leftover.Start(); err != nil {
 		t.Fatal(err)

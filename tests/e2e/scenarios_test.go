@@ -42,7 +42,7 @@ type suite struct {
 	lab *Lab
 
 	aID    string
-	aCfg   NodeConfig
+	aCfg   vm.NodeConfig
 	aIface string
 	aLease netip.Addr // node-a's DHCP lease (scenario 6)
 	rows   int        // how many nodes the registry must hold now
@@ -56,7 +56,9 @@ type timing struct {
 	ok   bool
 }
 
-// TestScenarios runs the scenarios of issue 7 in order, each a named subtest:
+// TestScenarios runs the lab scenarios (node registration, static and DHCP
+// addresses, fallback, re-registration, a QvDC reboot, the identity guard, a
+// second node) in order, each a named subtest:
 //
 //	go test ./tests/e2e -run TestScenarios -v -timeout 40m
 //
@@ -71,7 +73,7 @@ func TestScenarios(t *testing.T) {
 	t.Logf("QvDC first boot (blank data disk) to an answering API: %v (guest uptime at boot-complete: %s s)",
 		lab.QvDCFirstBoot.Round(100*time.Millisecond), uptimeAt(lab.QvDC, quantix.MarkerBootComplete))
 	s := &suite{lab: lab}
-	s.aCfg = NodeConfig{Hostname: hostA, Network: StaticNetwork(nodeAStatic)}
+	s.aCfg = vm.NodeConfig{Hostname: hostA, Network: vm.StaticNetwork(nodeAStatic)}
 	lab.StartNode(t, s.aCfg)
 
 	for _, sc := range []struct {
@@ -116,7 +118,7 @@ func (s *suite) vdcAnswers() bool {
 	deadline := time.Now().Add(vm.ScaleTimeout(30 * time.Second))
 	for time.Now().Before(deadline) {
 		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
-		err := s.lab.VDC.Ready(ctx)
+		err := s.lab.VDC.Readyz(ctx)
 		cancel()
 		if err == nil {
 			return true
@@ -176,7 +178,7 @@ func (s *suite) waitNode(t *testing.T, what, hostname string, timeout time.Durat
 
 func (s *suite) agentStatus(t *testing.T, addr netip.Addr) agent.Status {
 	t.Helper()
-	port, err := AgentPort()
+	port, err := vm.AgentPort()
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -242,7 +244,7 @@ func (s *suite) registered(t *testing.T) {
 func (s *suite) staticIP(t *testing.T) {
 	s.needNodeA(t)
 	m := s.lab.Node
-	want := "static " + nodeAStatic.String() + " via " + Gateway.String()
+	want := "static " + nodeAStatic.String() + " via " + vm.LabGateway.String()
 	lines := m.Find(vm.Contains("network configured"))
 	found := false
 	for _, l := range lines {
@@ -268,7 +270,7 @@ func (s *suite) staticIP(t *testing.T) {
 	if n.ManagementIP != nodeAStatic.Addr().String() {
 		t.Errorf("vDC management_ip = %q, want exactly %s", n.ManagementIP, nodeAStatic.Addr())
 	}
-	if l, ok := s.lab.Hub.Lease(NodeMAC); ok {
+	if l, ok := s.lab.Hub.Lease(vm.NodeMAC); ok {
 		t.Errorf("a static node asked the hub for DHCP: %s", l)
 	}
 }
@@ -312,7 +314,7 @@ func (s *suite) reregistration(t *testing.T) {
 	if n.ID != s.aID {
 		t.Errorf("node id after the healed link = %s, want %s", n.ID, s.aID)
 	}
-	if ev, err := s.lab.VDC.Events(context.Background(), s.aID); err != nil {
+	if ev, err := s.lab.VDC.NodeEvents(context.Background(), s.aID); err != nil {
 		t.Errorf("node events: %v", err)
 	} else {
 		t.Logf("node-a events: %s", describeEvents(ev))
@@ -374,17 +376,17 @@ func (s *suite) staticToDHCP(t *testing.T) {
 	lab := s.lab
 	lab.Hub.SetDHCP(true)
 	lab.StopNode(t)
-	raw, id := ReadIdentity(t, lab.NodeDisk)
+	raw, id := vm.ReadIdentity(t, lab.NodeDisk)
 	row, _ := s.waitNode(t, "node-a", hostA, APITimeout, func(quantix.Node) bool { return true })
 	if id.MachineID != row.MachineID {
 		t.Errorf("identity on QUANTIX-CFG has machine_id %s, the vDC %s", id.MachineID, row.MachineID)
 	}
 	s.aCfg.Identity = raw
-	s.aCfg.Network = DHCPNetwork(60*time.Second, netip.Prefix{})
-	writeConfigDisk(t, lab.NodeDisk, nodeFiles(t, s.aCfg))
+	s.aCfg.Network = vm.DHCPNetwork(60*time.Second, netip.Prefix{})
+	lab.WriteNodeDisk(t, s.aCfg)
 	lab.BootNode(t)
 	netMk, agentMk := bootMarkers(t, lab.Node)
-	lease := lab.Hub.WaitLease(t, NodeMAC, 30*time.Second)
+	lease := lab.Hub.WaitLease(t, vm.NodeMAC, 30*time.Second)
 	s.aLease = lease.IP
 	if netMk.Get("source") != "dhcp" || netMk.Get("addr") != netip.PrefixFrom(lease.IP, 24).String() {
 		t.Errorf("network marker %s, want source=dhcp addr=%s/24", netMk, lease.IP)
@@ -409,7 +411,7 @@ func (s *suite) dhcp(t *testing.T) {
 	if !s.aLease.IsValid() {
 		t.Fatal("node-a has no lease: scenario 6 failed")
 	}
-	l, ok := s.lab.Hub.Lease(NodeMAC)
+	l, ok := s.lab.Hub.Lease(vm.NodeMAC)
 	cfg := s.lab.Hub.Config()
 	if !ok || l.State != "bound" || l.IP != s.aLease || l.IP.Less(cfg.PoolStart) || cfg.PoolEnd.Less(l.IP) {
 		t.Errorf("hub lease of node-a = %v (ok %v), want %s bound inside %s-%s", l, ok, s.aLease, cfg.PoolStart, cfg.PoolEnd)
@@ -418,7 +420,7 @@ func (s *suite) dhcp(t *testing.T) {
 	if st.Management.IP != s.aLease.String() || st.Management.Source != agent.SourceDefaultRoute {
 		t.Errorf("agent management = %+v, want %s through the default route", st.Management, s.aLease)
 	}
-	want := "dhcp " + netip.PrefixFrom(s.aLease, 24).String() + " via " + Gateway.String()
+	want := "dhcp " + netip.PrefixFrom(s.aLease, 24).String() + " via " + vm.LabGateway.String()
 	if len(s.lab.Node.Find(vm.Contains(want))) == 0 {
 		t.Errorf("no console line says the network service verified %q", want)
 	}
@@ -439,8 +441,8 @@ func (s *suite) dhcpFallback(t *testing.T) {
 	lab := s.lab
 	lab.StopNode(t)
 	lab.Hub.SetDHCP(false)
-	s.aCfg.Network = DHCPNetwork(fallbackTimeout, nodeAFallback)
-	writeConfigDisk(t, lab.NodeDisk, nodeFiles(t, s.aCfg))
+	s.aCfg.Network = vm.DHCPNetwork(fallbackTimeout, nodeAFallback)
+	lab.WriteNodeDisk(t, s.aCfg)
 	boot := time.Now()
 	lab.BootNode(t)
 
@@ -449,7 +451,7 @@ func (s *suite) dhcpFallback(t *testing.T) {
 	if netMk.Get("source") != "fallback" || netMk.Get("addr") != nodeAFallback.String() {
 		t.Fatalf("with DHCP off: %s, want source=fallback addr=%s", netMk, nodeAFallback)
 	}
-	discover, err := firstDHCP(lab.Hub.PcapPath(), NodeMAC, boot)
+	discover, err := firstDHCP(lab.Hub.PcapPath(), vm.NodeMAC, boot)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -471,7 +473,7 @@ func (s *suite) dhcpFallback(t *testing.T) {
 
 	lab.Hub.SetDHCP(true)
 	on := time.Now()
-	lease := lab.Hub.WaitLease(t, NodeMAC, 90*time.Second)
+	lease := lab.Hub.WaitLease(t, vm.NodeMAC, 90*time.Second)
 	moved := lab.Node.WaitMarker(t, quantix.MarkerReady, 30*time.Second, "service", "network")
 	changed := time.Now()
 	if moved.Get("source") != "dhcp" || moved.Get("addr") != netip.PrefixFrom(lease.IP, 24).String() {
@@ -526,7 +528,7 @@ func (s *suite) identityGuard(t *testing.T) {
 	copyFile(t, lab.NodeDisk, saved)
 	before, _ := s.waitNode(t, "node-a", hostA, APITimeout, func(quantix.Node) bool { return true })
 
-	writeConfigDisk(t, lab.NodeDisk, nodeFiles(t, NodeConfig{Hostname: hostA, Network: StaticNetwork(intruderAddr)}))
+	lab.WriteNodeDisk(t, vm.NodeConfig{Hostname: hostA, Network: vm.StaticNetwork(intruderAddr)})
 	lab.BootNode(t)
 	lab.Node.WaitMarker(t, quantix.MarkerReady, NodeBootTimeout, "service", "network", "addr", intruderAddr.String())
 	refused := lab.Node.Expect(t, "registration refused", NodeBootTimeout)
@@ -542,7 +544,7 @@ func (s *suite) identityGuard(t *testing.T) {
 	if after.ID != before.ID || after.MachineID != before.MachineID || !after.RegisteredAt.Equal(before.RegisteredAt) || after.ManagementIP != before.ManagementIP {
 		t.Errorf("node-a's row changed: before %+v, after %+v", before, after)
 	}
-	ev, err := lab.VDC.Events(context.Background(), before.ID)
+	ev, err := lab.VDC.NodeEvents(context.Background(), before.ID)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -575,7 +577,7 @@ func (s *suite) secondNode(t *testing.T) {
 	s.needNodeA(t)
 	lab := s.lab
 	s.rows = 2
-	lab.RebootNodeWith(t, NodeConfig{Hostname: hostB, Network: StaticNetwork(nodeBStatic)})
+	lab.RebootNodeWith(t, vm.NodeConfig{Hostname: hostB, Network: vm.StaticNetwork(nodeBStatic)})
 	_, agentMk := bootMarkers(t, lab.Node)
 	if agentMk.Get("registration") != quantix.RegistrationRegistered || agentMk.Get("node_id") == s.aID {
 		t.Errorf("node-b: %s, want registration=%s with a node_id of its own", agentMk, quantix.RegistrationRegistered)

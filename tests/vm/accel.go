@@ -25,7 +25,7 @@ var (
 // Accel returns the accelerator VMs use: QUANTIX_VM_ACCEL when set ("tcg" or "kvm"),
 // else "kvm" only when a probe proves it works (kvm_intel or kvm_amd loaded AND a
 // tiny boot of the test kernel under -accel kvm reaches its first marker within
-// 20 s), else "tcg". /dev/kvm existing is not enough (PLATFORM.md: a paravirtual KVM
+// 20 s), else "tcg". /dev/kvm existing is not enough (docs/platform.md: a paravirtual KVM
 // that hangs guests). The probe runs once per process.
 func Accel(t testing.TB) string {
 	t.Helper()
@@ -82,7 +82,7 @@ func probeAccel(t testing.TB) (accel, reason string, err error) {
 		return AccelTCG, fmt.Sprintf("kvm probe boot: %v", err), nil
 	}
 	defer m.stop()
-	if _, err := m.await(MatchMarker("boot"), 20*time.Second); err != nil {
+	if _, err := m.Await(MatchMarker("boot"), 20*time.Second); err != nil {
 		return AccelTCG, fmt.Sprintf("kvm probe boot under %s: %v", mod, err), nil
 	}
 	return AccelKVM, fmt.Sprintf("kvm probe boot under %s reached its first marker", mod), nil
@@ -96,7 +96,7 @@ var (
 
 // TimeoutScale multiplies every timeout the lab waits for: QUANTIX_VM_TIMEOUT_SCALE
 // (a positive number, default 1). Tests write their timeouts for TCG on the 2-core
-// reference machine (PLATFORM.md); a slower runner sets the scale, e.g. 2.
+// reference machine (docs/platform.md); a slower runner sets the scale, e.g. 2.
 func TimeoutScale() (float64, error) {
 	scaleOnce.Do(func() {
 		scaleVal = 1

@@ -7,7 +7,7 @@ import (
 	"github.com/quantix/quantix"
 )
 
-// BenchmarkBootFloor measures the floor for boot times (issue 5): QEMU start to the
+// BenchmarkBootFloor measures the floor for boot times (docs/design.md §12): QEMU start to the
 // test initramfs's boot-complete marker, for a bare kernel and for a hybrid GRUB ISO
 // booted the four ways the product ISOs are, reported as s/boot. Run it with
 //

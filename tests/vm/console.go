@@ -3,10 +3,13 @@ package vm
 import (
 	"errors"
 	"fmt"
+	"io"
 	"os"
 	"regexp"
 	"strings"
 	"sync"
+	"testing"
+	"time"
 
 	"github.com/quantix/quantix"
 )
@@ -113,21 +116,49 @@ func MatchMarker(kind string, kv ...string) Matcher {
 	}}
 }
 
-// console collects a machine's serial output as lines and wakes waiters.
-type console struct {
+// Console is a machine's serial console, line by line across the machine's
+// restarts, and the waits for its lines. The verbs: Await* returns an error,
+// Expect* and Wait* fail the test (with the console tail). A wait consumes the
+// console up to the line it returns, so waits see lines in console order; it ends
+// at once, with a *ConsoleError, when a line shows a kernel panic or a
+// `QUANTIX: fatal` marker (unless the wait accepts that line) or when QEMU exits.
+type Console struct {
+	name string
+	log  *os.File // the raw serial log
+	// diag returns more to print with the tail on a failure (QEMU's stderr).
+	diag func() string
+
 	mu      sync.Mutex
 	lines   []string
 	partial []byte
+	cursor  int           // lines consumed by waits
 	changed chan struct{} // closed and replaced on every new line and on exit
-	log     *os.File
+	exited  <-chan struct{}
+	status  func() string // the exit status once exited is closed
+	printed bool          // the tail was printed on a failure
 }
 
-func newConsole(log *os.File) *console {
-	return &console{changed: make(chan struct{}), log: log}
+func newConsole(name string, log *os.File) *Console {
+	return &Console{name: name, log: log, changed: make(chan struct{}), exited: make(chan struct{})}
 }
 
-// Write takes raw serial bytes: they go to the log as they are and become lines.
-func (c *console) Write(p []byte) (int, error) {
+// attach follows a new QEMU process: waits end with ErrExited once exited is
+// closed, with status() in the error.
+func (c *Console) attach(exited <-chan struct{}, status func() string) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	c.exited, c.status = exited, status
+}
+
+// input is where QEMU's stdout goes: the raw serial bytes.
+func (c *Console) input() io.Writer { return consoleInput{c} }
+
+type consoleInput struct{ c *Console }
+
+func (w consoleInput) Write(p []byte) (int, error) { return w.c.write(p) }
+
+// write takes raw serial bytes: they go to the log as they are and become lines.
+func (c *Console) write(p []byte) (int, error) {
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	if c.log != nil {
@@ -150,7 +181,7 @@ func (c *console) Write(p []byte) (int, error) {
 }
 
 // flush ends a last line without newline (at QEMU exit) and wakes waiters.
-func (c *console) flush() {
+func (c *Console) flush() {
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	if len(c.partial) > 0 {
@@ -160,7 +191,7 @@ func (c *console) flush() {
 	c.wakeLocked()
 }
 
-func (c *console) wakeLocked() {
+func (c *Console) wakeLocked() {
 	close(c.changed)
 	c.changed = make(chan struct{})
 }
@@ -171,11 +202,201 @@ func cleanLine(b []byte) string {
 	return strings.ReplaceAll(string(b), "\r", "")
 }
 
-func (c *console) tail(n int) []string {
+// Lines returns every console line so far.
+func (c *Console) Lines() []string {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return append([]string(nil), c.lines...)
+}
+
+// Tail returns the last n console lines.
+func (c *Console) Tail(n int) []string {
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	if n > len(c.lines) {
 		n = len(c.lines)
 	}
 	return append([]string(nil), c.lines[len(c.lines)-n:]...)
+}
+
+// Find returns every console line so far that matches, consumed or not.
+func (c *Console) Find(match Matcher) []string {
+	var out []string
+	for _, l := range c.Lines() {
+		if match.Match(l) {
+			out = append(out, l)
+		}
+	}
+	return out
+}
+
+// Await waits up to timeout (scaled by TimeoutScale) for a console line, after the
+// lines earlier waits consumed, that matches; it returns the line and consumes the
+// console up to it (AwaitAll takes any order). It returns a *ConsoleError at once
+// on a kernel panic, a `QUANTIX: fatal` marker or a QEMU exit (see Console).
+func (c *Console) Await(match Matcher, timeout time.Duration) (string, error) {
+	lines, err := c.AwaitAll(timeout, match)
+	if err != nil {
+		return "", err
+	}
+	return lines[0], nil
+}
+
+// AwaitAll waits for one line per matcher, in any order (markers of services that
+// start in parallel), and returns them in the matchers' order; the console is
+// consumed up to the last of them. Failures are those of Await.
+func (c *Console) AwaitAll(timeout time.Duration, matchers ...Matcher) ([]string, error) {
+	timeout = ScaleTimeout(timeout)
+	timer := time.NewTimer(timeout)
+	defer timer.Stop()
+	found := make([]string, len(matchers))
+	done := make([]bool, len(matchers))
+	left := len(matchers)
+	want := func() string {
+		var w []string
+		for i, mt := range matchers {
+			if !done[i] {
+				w = append(w, mt.String())
+			}
+		}
+		return strings.Join(w, " and ")
+	}
+	for {
+		c.mu.Lock()
+		for c.cursor < len(c.lines) && left > 0 {
+			line := c.lines[c.cursor]
+			c.cursor++
+			matched := false
+			for i, mt := range matchers {
+				if !done[i] && mt.Match(line) {
+					found[i], done[i], matched = line, true, true
+					left--
+					break
+				}
+			}
+			if matched {
+				continue
+			}
+			if marker, reason := checkLine(line); reason != nil {
+				c.mu.Unlock()
+				return nil, &ConsoleError{Machine: c.name, Want: want(), Reason: reason, Line: line, Marker: marker}
+			}
+		}
+		if left == 0 {
+			c.mu.Unlock()
+			return found, nil
+		}
+		changed, exited, status := c.changed, c.exited, c.status
+		c.mu.Unlock()
+
+		select {
+		case <-exited:
+			// The console was flushed before exited closed: one more pass sees
+			// everything, then report the exit.
+			c.mu.Lock()
+			drained := c.cursor >= len(c.lines)
+			c.mu.Unlock()
+			if drained {
+				return nil, &ConsoleError{Machine: c.name, Want: want(), Reason: ErrExited, Detail: status()}
+			}
+			continue
+		default:
+		}
+		select {
+		case <-changed:
+		case <-exited:
+		case <-timer.C:
+			return nil, &ConsoleError{Machine: c.name, Want: want(), Reason: ErrTimeout,
+				Detail: fmt.Sprintf("after %v", timeout)}
+		}
+	}
+}
+
+// AwaitMarker is WaitMarker returning an error instead of failing a test.
+func (c *Console) AwaitMarker(kind string, timeout time.Duration, kv ...string) (quantix.Marker, error) {
+	line, err := c.Await(MatchMarker(kind, kv...), timeout)
+	if err != nil {
+		return quantix.Marker{}, err
+	}
+	mk, _ := quantix.ParseMarker(line)
+	return mk, nil
+}
+
+// ExpectAll is AwaitAll failing t with the last console lines on error.
+func (c *Console) ExpectAll(t testing.TB, timeout time.Duration, matchers ...Matcher) []string {
+	t.Helper()
+	lines, err := c.AwaitAll(timeout, matchers...)
+	if err != nil {
+		c.fail(t, err)
+	}
+	return lines
+}
+
+// Expect waits for a console line containing substr (see Await) and returns it; it
+// fails t with the last console lines otherwise.
+func (c *Console) Expect(t testing.TB, substr string, timeout time.Duration) string {
+	t.Helper()
+	line, err := c.Await(Contains(substr), timeout)
+	if err != nil {
+		c.fail(t, err)
+	}
+	return line
+}
+
+// ExpectRegexp waits for a console line matching expr and returns its submatches
+// (index 0 is the whole match); it fails t otherwise.
+func (c *Console) ExpectRegexp(t testing.TB, expr string, timeout time.Duration) []string {
+	t.Helper()
+	mt := MatchRegexp(expr)
+	line, err := c.Await(mt, timeout)
+	if err != nil {
+		c.fail(t, err)
+	}
+	return mt.re.FindStringSubmatch(line)
+}
+
+// WaitMarker waits for a `QUANTIX: <kind>` marker whose fields hold the key/value
+// pairs kv (an empty value: the field is present) and returns it parsed; it fails t
+// otherwise. Example: m.WaitMarker(t, quantix.MarkerReady, time.Minute, "service", "network").
+func (c *Console) WaitMarker(t testing.TB, kind string, timeout time.Duration, kv ...string) quantix.Marker {
+	t.Helper()
+	mk, err := c.AwaitMarker(kind, timeout, kv...)
+	if err != nil {
+		c.fail(t, err)
+	}
+	return mk
+}
+
+// fail prints the console tail and fails t.
+func (c *Console) fail(t testing.TB, err error) {
+	t.Helper()
+	c.logTail(t)
+	t.Fatal(err)
+}
+
+// logTail prints the last 50 console lines, where the artifacts are, and diag.
+func (c *Console) logTail(t testing.TB) {
+	t.Helper()
+	c.mu.Lock()
+	c.printed = true
+	c.mu.Unlock()
+	lines := c.Tail(50)
+	logPath := "(none)"
+	if c.log != nil {
+		logPath = c.log.Name()
+	}
+	t.Logf("VM %s: last %d console lines (full log %s, command line in %s):\n%s",
+		c.name, len(lines), logPath, strings.TrimSuffix(logPath, ".serial.log")+".cmdline", strings.Join(lines, "\n"))
+	if c.diag != nil {
+		if s := c.diag(); s != "" {
+			t.Logf("VM %s: QEMU stderr:\n%s", c.name, s)
+		}
+	}
+}
+
+// tailPrinted reports whether a failure printed the tail already.
+func (c *Console) tailPrinted() bool {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return c.printed
 }

@@ -63,17 +63,21 @@ func TestMatchers(t *testing.T) {
 	}
 }
 
-// fakeMachine is a Machine without QEMU: the test writes its console.
-func fakeMachine() *Machine {
-	return &Machine{name: "fake", console: newConsole(nil), exited: make(chan struct{})}
+// fakeConsole is a console without QEMU: the test writes it and closes exited
+// for a QEMU exit.
+func fakeConsole() (c *Console, exited chan struct{}) {
+	c = newConsole("fake", nil)
+	exited = make(chan struct{})
+	c.attach(exited, func() string { return "exit status 0" })
+	return c, exited
 }
 
 func TestConsoleLines(t *testing.T) {
-	m := fakeMachine()
+	m, _ := fakeConsole()
 	for _, chunk := range []string{"SeaBIOS\r\n", "partial ", "line\r\n\x1b[2Jnext", "\n", "no newline at exit"} {
-		m.console.Write([]byte(chunk))
+		m.write([]byte(chunk))
 	}
-	m.console.flush()
+	m.flush()
 	want := []string{"SeaBIOS", "partial line", "\x1b[2Jnext", "no newline at exit"}
 	if diff := cmp.Diff(want, m.Lines()); diff != "" {
 		t.Errorf("console lines (-want +got):\n%s", diff)
@@ -111,14 +115,14 @@ func TestAwait(t *testing.T) {
 			match: Contains("never"), want: result{reason: ErrTimeout}},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
-			m := fakeMachine()
+			m, exited := fakeConsole()
 			go func() {
 				for _, l := range tc.lines {
-					m.console.Write([]byte(l + "\n"))
+					m.write([]byte(l + "\n"))
 				}
 				if tc.exit {
-					m.console.flush()
-					close(m.exited)
+					m.flush()
+					close(exited)
 				}
 			}()
 			line, err := m.Await(tc.match, 300*time.Millisecond)
@@ -143,8 +147,8 @@ func TestAwait(t *testing.T) {
 }
 
 func TestAwaitFatalMarkerError(t *testing.T) {
-	m := fakeMachine()
-	m.console.Write([]byte(quantix.FatalMarker("vdc", errors.New("database unreachable")) + "\n"))
+	m, _ := fakeConsole()
+	m.write([]byte(quantix.FatalMarker("vdc", errors.New("database unreachable")) + "\n"))
 	_, err := m.AwaitMarker(quantix.MarkerBootComplete, time.Second)
 	var me *quantix.MarkerError
 	if !errors.As(err, &me) || me.Marker.Get("service") != "vdc" || me.Marker.Get("err") != "database unreachable" {
@@ -156,9 +160,9 @@ func TestAwaitFatalMarkerError(t *testing.T) {
 }
 
 func TestAwaitAll(t *testing.T) {
-	m := fakeMachine()
+	m, _ := fakeConsole()
 	for _, l := range []string{"QUANTIX: ready service=b", "noise", "QUANTIX: ready service=a", "QUANTIX: boot-complete seconds=2"} {
-		m.console.Write([]byte(l + "\n"))
+		m.write([]byte(l + "\n"))
 	}
 	got, err := m.AwaitAll(time.Second, MatchMarker("ready", "service", "a"), MatchMarker("ready", "service", "b"))
 	if err != nil {

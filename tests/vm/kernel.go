@@ -19,7 +19,7 @@ import (
 )
 
 // The Debian kernel the lab boots for its self-tests and for the boot-time floor
-// (PLATFORM.md): pinned by package version and sha256, so a moved archive gives a
+// (docs/platform.md): pinned by package version and sha256, so a moved archive gives a
 // clear error instead of a different kernel.
 const (
 	KernelPackage    = "linux-image-6.1.0-56-amd64"

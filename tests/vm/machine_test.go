@@ -16,7 +16,7 @@ import (
 )
 
 // bootTimeout is the time a test kernel with the test initramfs needs to print its
-// markers under TCG (PLATFORM.md: 8-9 s to a console line; more when two VMs share
+// markers under TCG (docs/platform.md: 8-9 s to a console line; more when two VMs share
 // the cores).
 const bootTimeout = 60 * time.Second
 

@@ -157,9 +157,9 @@ func (q *QMP) Events() []QMPEvent {
 	return append([]QMPEvent(nil), q.events...)
 }
 
-// WaitEvent waits for the first event called name at or after index from of
+// AwaitEvent waits for the first event called name at or after index from of
 // Events() and returns it with its index.
-func (q *QMP) WaitEvent(name string, from int, timeout time.Duration) (QMPEvent, int, error) {
+func (q *QMP) AwaitEvent(name string, from int, timeout time.Duration) (QMPEvent, int, error) {
 	deadline := time.After(timeout)
 	for {
 		q.evMu.Lock()

@@ -13,7 +13,7 @@ import (
 )
 
 // DefaultSlots is how many VMs may run at once on the machine, across all test
-// processes, unless QUANTIX_VM_SLOTS says otherwise (PLATFORM.md: two cores, two VMs).
+// processes, unless QUANTIX_VM_SLOTS says otherwise (docs/platform.md: two cores, two VMs).
 const DefaultSlots = 2
 
 // SlotLockPattern names the lock files of the machine-wide VM slots; they live in /tmp

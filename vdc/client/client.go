@@ -1,8 +1,10 @@
-// Package client is a typed Go client of the vDC's admin HTTP API v1 (docs/design.md §5 and
-// vdc/README.md): the node registry, node history, maintenance, the VM and storage
-// pool inventory and join tokens. It speaks the wire types of package quantix, and
-// every error says what failed: a non-2xx answer is an *Error carrying the HTTP status
-// and the vDC's {"error": ...} message, a failed connection is a *TransportError.
+// Package client is a typed Go client of the vDC's admin HTTP API v1 (docs/design.md
+// §5 and vdc/README.md): the node registry, node history, maintenance, the VM and
+// storage pool inventory, join tokens, readiness and metrics, and a node's
+// registration for tools that act as many nodes (qx-vdc-load). It speaks the wire
+// types of package quantix, and every error says what failed: a non-2xx answer is
+// an *Error carrying the HTTP status and the vDC's {"error": ...} message, a failed
+// connection is a *TransportError.
 // Callers branch with errors.Is on ErrNotFound, ErrUnauthorized and ErrUnavailable.
 //
 // qx-ctl is built on it; tests and other tools may use it too.
@@ -20,6 +22,7 @@ import (
 	"net/http"
 	"net/url"
 	"os"
+	"strconv"
 	"strings"
 
 	"github.com/quantix/quantix"
@@ -194,27 +197,47 @@ func TLSConfig(caFile string, insecure bool) (*tls.Config, error) {
 	return cfg, nil
 }
 
-// do sends one request and decodes a 2xx JSON answer into out (unless nil).
+// do sends one request with the admin token and decodes a 2xx JSON answer into
+// out (unless nil).
 func (c *Client) do(ctx context.Context, method, path string, in, out any) error {
+	_, err := c.send(ctx, method, path, c.token, in, out)
+	return err
+}
+
+// send sends one request with bearer (none for "") and decodes a 2xx JSON answer
+// into out (unless nil); it returns the HTTP status.
+func (c *Client) send(ctx context.Context, method, path, bearer string, in, out any) (int, error) {
 	var body io.Reader
 	if in != nil {
 		b, err := json.Marshal(in)
 		if err != nil {
-			return fmt.Errorf("%s %s: encode request: %w", method, path, err)
+			return 0, fmt.Errorf("%s %s: encode request: %w", method, path, err)
 		}
 		body = bytes.NewReader(b)
 	}
+	status, data, err := c.roundTrip(ctx, method, path, bearer, body)
+	if err != nil || out == nil {
+		return status, err
+	}
+	if err := json.Unmarshal(data, out); err != nil {
+		return status, fmt.Errorf("%s %s: decode answer: %w", method, path, err)
+	}
+	return status, nil
+}
+
+// roundTrip sends one request and returns the status and body of a 2xx answer.
+func (c *Client) roundTrip(ctx context.Context, method, path, bearer string, body io.Reader) (int, []byte, error) {
 	req, err := http.NewRequestWithContext(ctx, method, c.base+path, body)
 	if err != nil {
-		return fmt.Errorf("%s %s: %w", method, path, err)
+		return 0, nil, fmt.Errorf("%s %s: %w", method, path, err)
 	}
-	if in != nil {
+	if body != nil {
 		req.Header.Set("Content-Type", "application/json")
 	}
 	req.Header.Set("Accept", "application/json")
 	req.Header.Set("User-Agent", c.ua)
-	if c.token != "" {
-		req.Header.Set("Authorization", "Bearer "+c.token)
+	if bearer != "" {
+		req.Header.Set("Authorization", "Bearer "+bearer)
 	}
 	resp, err := c.hc.Do(req)
 	if err != nil {
@@ -223,26 +246,20 @@ func (c *Client) do(ctx context.Context, method, path string, in, out any) error
 		if errors.As(err, &ue) {
 			err = ue.Err
 		}
-		return &TransportError{Method: method, URL: c.base + path, Err: err}
+		return 0, nil, &TransportError{Method: method, URL: c.base + path, Err: err}
 	}
 	defer resp.Body.Close()
 	data, err := io.ReadAll(io.LimitReader(resp.Body, MaxResponseBytes+1))
 	if err != nil {
-		return &TransportError{Method: method, URL: c.base + path, Err: fmt.Errorf("read answer: %w", err)}
+		return resp.StatusCode, nil, &TransportError{Method: method, URL: c.base + path, Err: fmt.Errorf("read answer: %w", err)}
 	}
 	if len(data) > MaxResponseBytes {
-		return fmt.Errorf("%s %s: answer is larger than %d bytes", method, path, MaxResponseBytes)
+		return resp.StatusCode, nil, fmt.Errorf("%s %s: answer is larger than %d bytes", method, path, MaxResponseBytes)
 	}
 	if resp.StatusCode < 200 || resp.StatusCode > 299 {
-		return &Error{Method: method, Path: path, Status: resp.StatusCode, Message: errorMessage(data)}
+		return resp.StatusCode, nil, &Error{Method: method, Path: path, Status: resp.StatusCode, Message: errorMessage(data)}
 	}
-	if out == nil {
-		return nil
-	}
-	if err := json.Unmarshal(data, out); err != nil {
-		return fmt.Errorf("%s %s: decode answer: %w", method, path, err)
-	}
-	return nil
+	return resp.StatusCode, data, nil
 }
 
 // errorMessage extracts {"error": ...}, else the start of the body.
@@ -264,6 +281,54 @@ func errorMessage(data []byte) string {
 // Healthz is nil when the vDC process answers /healthz.
 func (c *Client) Healthz(ctx context.Context) error {
 	return c.do(ctx, http.MethodGet, quantix.PathHealthz, nil, nil)
+}
+
+// Readyz is nil when the vDC answers /readyz: its database is reachable and its
+// schema current.
+func (c *Client) Readyz(ctx context.Context) error {
+	return c.do(ctx, http.MethodGet, quantix.PathReadyz, nil, nil)
+}
+
+// Metrics returns the unlabelled samples of the vDC's Prometheus /metrics by name.
+func (c *Client) Metrics(ctx context.Context) (map[string]float64, error) {
+	_, data, err := c.roundTrip(ctx, http.MethodGet, quantix.PathMetrics, c.token, nil)
+	if err != nil {
+		return nil, err
+	}
+	m := map[string]float64{}
+	for _, line := range strings.Split(string(data), "\n") {
+		f := strings.Fields(line)
+		if len(f) < 2 || strings.HasPrefix(f[0], "#") || strings.Contains(f[0], "{") {
+			continue
+		}
+		name := f[0]
+		v, err := strconv.ParseFloat(f[1], 64)
+		if err != nil {
+			return nil, fmt.Errorf("GET %s: sample %q: %w", quantix.PathMetrics, line, err)
+		}
+		m[name] = v
+	}
+	return m, nil
+}
+
+// Register registers a node as its agent does (docs/design.md §4), authorised by
+// joinToken instead of the admin token ("" when the body's node_secret is the
+// node's own). The answer must agree with its HTTP status: 201 Created exactly for
+// a new node ("registered").
+func (c *Client) Register(ctx context.Context, joinToken string, req quantix.RegisterRequest) (quantix.RegisterResponse, error) {
+	var r quantix.RegisterResponse
+	status, err := c.send(ctx, http.MethodPost, quantix.PathRegister, joinToken, req, &r)
+	if err != nil {
+		return r, err
+	}
+	if r.NodeID == "" {
+		return r, fmt.Errorf("POST %s: the vDC answered without a node_id", quantix.PathRegister)
+	}
+	if created := status == http.StatusCreated; created != (r.Registration == quantix.RegistrationRegistered) {
+		return r, fmt.Errorf("POST %s: HTTP %d with registration %q: 201 Created goes with %q and only with it",
+			quantix.PathRegister, status, r.Registration, quantix.RegistrationRegistered)
+	}
+	return r, nil
 }
 
 // Nodes lists the registry.

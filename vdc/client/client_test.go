@@ -8,6 +8,7 @@ import (
 	"encoding/json"
 	"encoding/pem"
 	"errors"
+	"io"
 	"net"
 	"net/http"
 	"net/http/httptest"
@@ -49,18 +50,10 @@ func newUUID() string {
 func register(t *testing.T, v *vdctest.VDC, hostname string) (string, string) {
 	t.Helper()
 	secret := randHex(32)
-	body, _ := json.Marshal(quantix.RegisterRequest{Hostname: hostname, MachineID: newUUID(), NodeSecret: secret,
-		ManagementIP: "10.0.0.7", AgentVersion: "test-1"})
-	req, _ := http.NewRequest(http.MethodPost, v.URL+quantix.PathRegister, bytes.NewReader(body))
-	req.Header.Set("Authorization", "Bearer "+v.JoinToken)
-	resp, err := http.DefaultClient.Do(req)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer resp.Body.Close()
-	var r quantix.RegisterResponse
-	if resp.StatusCode != http.StatusCreated || json.NewDecoder(resp.Body).Decode(&r) != nil {
-		t.Fatalf("register %s: %s", hostname, resp.Status)
+	r, err := newClient(t, v.URL, "").Register(context.Background(), v.JoinToken, quantix.RegisterRequest{Hostname: hostname,
+		MachineID: newUUID(), NodeSecret: secret, ManagementIP: "10.0.0.7", AgentVersion: "test-1"})
+	if err != nil || r.Registration != quantix.RegistrationRegistered {
+		t.Fatalf("register %s: %+v, %v", hostname, r, err)
 	}
 	return r.NodeID, secret
 }
@@ -365,4 +358,96 @@ func writeFile(t *testing.T, path, content string) {
 func writePEM(t *testing.T, path string, der []byte) {
 	t.Helper()
 	writeFile(t, path, string(pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: der})))
+}
+
+// TestNodeSide covers what tools acting as nodes and lab tests use: readiness,
+// registration with a join token (new, again, refused) and the metrics.
+func TestNodeSide(t *testing.T) {
+	skipShort(t)
+	v := vdctest.Start(t, vdctest.Options{HeartbeatInterval: time.Minute})
+	ctx := context.Background()
+	c := newClient(t, v.URL, "")
+	if err := c.Readyz(ctx); err != nil {
+		t.Fatalf("Readyz: %v", err)
+	}
+	req := quantix.RegisterRequest{Hostname: "hv-reg", MachineID: newUUID(), NodeSecret: randHex(32),
+		ManagementIP: "10.0.0.7:9000", AgentVersion: "test-1"}
+	r, err := c.Register(ctx, v.JoinToken, req)
+	if err != nil || r.Registration != quantix.RegistrationRegistered || r.NodeID == "" {
+		t.Fatalf("Register(new) = %+v, %v; want registered", r, err)
+	}
+	again, err := c.Register(ctx, v.JoinToken, req)
+	if err != nil || again.Registration != quantix.RegistrationReregistered || again.NodeID != r.NodeID {
+		t.Errorf("Register(same secret) = %+v, %v; want reregistered as %s", again, err, r.NodeID)
+	}
+	if n := v.Node(t, r.NodeID); n.ManagementIP != "10.0.0.7" {
+		t.Errorf("management_ip = %q, want the port stripped", n.ManagementIP)
+	}
+	other := req
+	other.MachineID, other.NodeSecret = newUUID(), randHex(32)
+	_, err = c.Register(ctx, v.JoinToken, other)
+	var ae *client.Error
+	if !errors.As(err, &ae) || ae.Status != http.StatusConflict || !strings.Contains(ae.Message, r.NodeID) {
+		t.Errorf("Register(other machine) = %v, want 409 naming node %s", err, r.NodeID)
+	}
+	if _, err := c.Register(ctx, "wrong-token", quantix.RegisterRequest{Hostname: "hv-new", MachineID: newUUID(),
+		NodeSecret: randHex(32), ManagementIP: "10.0.0.8", AgentVersion: "test-1"}); !errors.Is(err, client.ErrUnauthorized) {
+		t.Errorf("Register(wrong join token) = %v, want unauthorized", err)
+	}
+
+	m, err := c.Metrics(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(m) == 0 {
+		t.Fatalf("Metrics: no unlabelled samples")
+	}
+	for name := range m {
+		if strings.ContainsAny(name, "{# ") {
+			t.Errorf("Metrics holds %q: labelled samples and comments are not unlabelled samples", name)
+		}
+	}
+}
+
+// TestRegisterStatusMismatch: an answer whose status contradicts its registration
+// (a proxy, or a vDC bug) is an error, not a count the caller gets wrong.
+func TestRegisterStatusMismatch(t *testing.T) {
+	for _, tc := range []struct {
+		status int
+		reg    string
+		ok     bool
+	}{
+		{http.StatusCreated, quantix.RegistrationRegistered, true},
+		{http.StatusOK, quantix.RegistrationReregistered, true},
+		{http.StatusOK, quantix.RegistrationRegistered, false},
+		{http.StatusCreated, quantix.RegistrationReregistered, false},
+	} {
+		srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+			if r.URL.Path != quantix.PathRegister || r.Header.Get("Authorization") != "Bearer join" {
+				http.Error(w, "wrong request", http.StatusBadRequest)
+				return
+			}
+			w.WriteHeader(tc.status)
+			json.NewEncoder(w).Encode(quantix.RegisterResponse{NodeID: "n1", Registration: tc.reg})
+		}))
+		_, err := newClient(t, srv.URL, "admin").Register(context.Background(), "join", quantix.RegisterRequest{Hostname: "h"})
+		srv.Close()
+		if (err == nil) != tc.ok {
+			t.Errorf("HTTP %d with %q: err = %v, want ok %v", tc.status, tc.reg, err, tc.ok)
+		}
+	}
+}
+
+func TestMetricsParse(t *testing.T) {
+	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		io.WriteString(w, "# HELP a_total A.\n# TYPE a_total counter\na_total 12\nb{x=\"1\"} 3\nc 1.5e3\n\n")
+	}))
+	defer srv.Close()
+	m, err := newClient(t, srv.URL, "").Metrics(context.Background())
+	if err != nil {
+		t.Fatal(err)
+	}
+	if diff := cmp.Diff(map[string]float64{"a_total": 12, "c": 1500}, m); diff != "" {
+		t.Errorf("Metrics (-want +got):\n%s", diff)
+	}
 }

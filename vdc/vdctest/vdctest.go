@@ -23,6 +23,7 @@ import (
 	"time"
 
 	"github.com/quantix/quantix"
+	"github.com/quantix/quantix/tests/syncbuf"
 	"github.com/quantix/quantix/vdc"
 	"github.com/quantix/quantix/vdc/store"
 )
@@ -46,7 +47,7 @@ type VDC struct {
 	AdminToken  string
 	JoinToken   string // a valid static join token
 	DatabaseURL string
-	Stdout      *SyncBuffer // the service's stdout: ready marker
+	Stdout      *syncbuf.Buffer // the service's stdout: ready marker
 
 	cfg    vdc.Config
 	log    *slog.Logger
@@ -79,7 +80,7 @@ func Start(t testing.TB, opts Options) *VDC {
 		AdminToken:  opts.AdminToken,
 		JoinToken:   opts.JoinTokens[0],
 		DatabaseURL: pg.NewDatabase(t),
-		Stdout:      &SyncBuffer{},
+		Stdout:      &syncbuf.Buffer{},
 		log:         slog.New(slog.NewTextHandler(w, &slog.HandlerOptions{Level: slog.LevelInfo})),
 	}
 	cfg := vdc.DefaultConfig()
@@ -305,25 +306,6 @@ func (v *VDC) HTTPSClient(t testing.TB) *http.Client {
 		CheckRedirect: func(*http.Request, []*http.Request) error { return http.ErrUseLastResponse },
 		Timeout:       30 * time.Second,
 	}
-}
-
-// SyncBuffer is a bytes.Buffer safe for concurrent use.
-type SyncBuffer struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (s *SyncBuffer) Write(p []byte) (int, error) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.Write(p)
-}
-
-// String returns what was written.
-func (s *SyncBuffer) String() string {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.String()
 }
 
 // tWriter sends the service log to t.Log.

@@ -18,6 +18,7 @@ import (
 	"time"
 
 	"github.com/quantix/quantix"
+	"github.com/quantix/quantix/tests/syncbuf"
 	"github.com/quantix/quantix/vdc/api"
 	"github.com/quantix/quantix/vdc/store"
 	"github.com/quantix/quantix/vdc/vdctest"
@@ -60,7 +61,7 @@ type rig struct {
 	clock *clock
 	admin string
 	join  string
-	log   *bytes.Buffer
+	log   *syncbuf.Buffer
 }
 
 func newRig(t *testing.T) *rig {
@@ -68,8 +69,8 @@ func newRig(t *testing.T) *rig {
 	skipShort(t)
 	ctx := context.Background()
 	dbURL := vdctest.Shared(t).NewDatabase(t)
-	var logBuf bytes.Buffer
-	log := slog.New(slog.NewTextHandler(&lockedWriter{w: &logBuf}, nil))
+	var logBuf syncbuf.Buffer
+	log := slog.New(slog.NewTextHandler(&logBuf, nil))
 	join := "join-" + randHex(16)
 	st, err := store.Open(ctx, store.Config{DatabaseURL: dbURL, StaticJoinTokens: []string{join}}, log)
 	if err != nil {
@@ -90,17 +91,6 @@ func newRig(t *testing.T) *rig {
 		t.Fatal(err)
 	}
 	return &rig{ui: ui, api: a, store: st, clock: c, admin: admin, join: join, log: &logBuf}
-}
-
-type lockedWriter struct {
-	mu sync.Mutex
-	w  io.Writer
-}
-
-func (l *lockedWriter) Write(p []byte) (int, error) {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return l.w.Write(p)
 }
 
 func randHex(n int) string {

@@ -15,6 +15,7 @@ import (
 
 	"github.com/quantix/quantix"
 	qxagent "github.com/quantix/quantix/agent"
+	"github.com/quantix/quantix/tests/syncbuf"
 	"github.com/quantix/quantix/vdc/vdctest"
 	"github.com/quantix/quantix/vdc/web"
 	"github.com/quantix/quantix/vdc/web/webtest"
@@ -22,7 +23,7 @@ import (
 
 // logTee keeps the vDC's log for the secret checks and passes it to t.Log.
 type logTee struct {
-	buf vdctest.SyncBuffer
+	buf syncbuf.Buffer
 	t   testing.TB
 }
 

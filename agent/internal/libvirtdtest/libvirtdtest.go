@@ -6,7 +6,6 @@
 package libvirtdtest
 
 import (
-	"bytes"
 	"context"
 	"fmt"
 	"net"
@@ -20,6 +19,8 @@ import (
 	"syscall"
 	"testing"
 	"time"
+
+	"github.com/quantix/quantix/tests/syncbuf"
 )
 
 // Daemon is one private libvirtd.
@@ -29,10 +30,10 @@ type Daemon struct {
 	dir    string
 	uid    int
 	gid    int
-	mu     sync.Mutex
+	mu     sync.Mutex // guards cmd and done
 	cmd    *exec.Cmd
 	done   chan struct{}
-	out    bytes.Buffer
+	out    syncbuf.Buffer // what the daemon printed
 }
 
 // Start starts a libvirtd and stops it when the test ends. It fails the test with
@@ -103,19 +104,7 @@ func (d *Daemon) URI() string {
 }
 
 // Output returns what the daemon printed.
-func (d *Daemon) Output() string {
-	d.mu.Lock()
-	defer d.mu.Unlock()
-	return d.out.String()
-}
-
-type lockedWriter struct{ d *Daemon }
-
-func (w lockedWriter) Write(p []byte) (int, error) {
-	w.d.mu.Lock()
-	defer w.d.mu.Unlock()
-	return w.d.out.Write(p)
-}
+func (d *Daemon) Output() string { return d.out.String() }
 
 // StartDaemon starts the daemon (again) and waits until its socket answers.
 func (d *Daemon) StartDaemon() error {
@@ -134,8 +123,8 @@ func (d *Daemon) StartDaemon() error {
 		"XDG_CONFIG_HOME=" + filepath.Join(d.dir, "config"),
 		"XDG_CACHE_HOME=" + filepath.Join(d.dir, "cache"),
 	}
-	cmd.Stdout = lockedWriter{d}
-	cmd.Stderr = lockedWriter{d}
+	cmd.Stdout = &d.out
+	cmd.Stderr = &d.out
 	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
 	if os.Getuid() == 0 {
 		cmd.SysProcAttr.Credential = &syscall.Credential{Uid: uint32(d.uid), Gid: uint32(d.gid), Groups: []uint32{}}

@@ -1,14 +1,12 @@
 package main
 
 import (
-	"bytes"
 	"fmt"
 	"io"
 	"os"
 	"os/exec"
 	"path/filepath"
 	"strings"
-	"sync"
 	"syscall"
 	"testing"
 	"time"
@@ -16,6 +14,7 @@ import (
 	"github.com/creack/pty"
 
 	"github.com/quantix/quantix/services/console/vt"
+	"github.com/quantix/quantix/tests/syncbuf"
 )
 
 // mainEnv makes the test binary run main() itself: the tests drive the real
@@ -30,23 +29,6 @@ func TestMain(m *testing.M) {
 	os.Exit(m.Run())
 }
 
-type syncBuf struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (s *syncBuf) Write(p []byte) (int, error) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.Write(p)
-}
-
-func (s *syncBuf) String() string {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.String()
-}
-
 // terminal is qx-console running on the slave side of a pty, opened by the
 // program itself through --tty, with a VT100 screen on the master side.
 type terminal struct {
@@ -55,8 +37,8 @@ type terminal struct {
 	master *os.File
 	slave  *os.File
 	scr    *vt.Screen
-	stdout syncBuf
-	stderr syncBuf
+	stdout syncbuf.Buffer
+	stderr syncbuf.Buffer
 	done   chan error
 	// sent is when the last key was written (for the latency measurement).
 	sent time.Time

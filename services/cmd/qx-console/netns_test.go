@@ -9,21 +9,16 @@ import (
 	"net"
 	"net/http"
 	"os"
-	"os/exec"
 	"path/filepath"
-	"runtime"
 	"strings"
-	"sync/atomic"
 	"testing"
 	"time"
 
-	"github.com/insomniacslk/dhcp/dhcpv4"
-	"github.com/insomniacslk/dhcp/dhcpv4/server4"
-	"github.com/vishvananda/netlink"
-	"github.com/vishvananda/netns"
 	"golang.org/x/net/dns/dnsmessage"
 
 	"github.com/quantix/quantix/services/network"
+	"github.com/quantix/quantix/tests/netlab"
+	"github.com/quantix/quantix/tests/syncbuf"
 )
 
 // The lab, as the network service's own tests build it: a client namespace whose
@@ -33,109 +28,23 @@ import (
 // qx-console (ip netns exec), and a stand-in agent status on 127.0.0.1.
 
 const (
-	labGateway = "10.77.0.1"
-	labVDC     = "http://10.77.0.1:8080"
+	labGateway = netlab.Gateway
+	labVDC     = "http://" + netlab.Gateway + ":8080"
 )
 
-var labSeq atomic.Int32
-
 type lab struct {
-	t              *testing.T
-	client, far    string
-	clientNS       netns.NsHandle
-	farNS          netns.NsHandle
-	h              *netlink.Handle
-	dhcpDiscovered atomic.Int32
-}
-
-func ipCmd(t *testing.T, args ...string) {
-	t.Helper()
-	out, err := exec.Command("ip", args...).CombinedOutput()
-	if err != nil {
-		t.Fatalf("ip %s: %v: %s", strings.Join(args, " "), err, out)
-	}
+	t      *testing.T
+	pair   *netlab.Pair
+	client string // the client namespace's name
 }
 
 func newLab(t *testing.T) *lab {
 	t.Helper()
-	if testing.Short() {
-		t.Skip("network namespace test: skipped with -short")
-	}
-	if os.Geteuid() != 0 {
-		t.Fatalf("network namespace tests need root (run as root, or go test -short)")
-	}
-	if _, err := exec.LookPath("ip"); err != nil {
-		t.Fatalf("ip not found: run make deps (apt-get install iproute2)")
-	}
-	base := fmt.Sprintf("qxcon%d-%d", os.Getpid(), labSeq.Add(1))
-	l := &lab{t: t, client: base + "c", far: base + "f"}
-	ipCmd(t, "netns", "add", l.client)
-	t.Cleanup(func() { exec.Command("ip", "netns", "del", l.client).Run() })
-	ipCmd(t, "netns", "add", l.far)
-	t.Cleanup(func() { exec.Command("ip", "netns", "del", l.far).Run() })
-	ipCmd(t, "-n", l.client, "link", "set", "lo", "up")
-	ipCmd(t, "-n", l.far, "link", "set", "lo", "up")
-	ipCmd(t, "-n", l.client, "link", "add", "eth0", "address", "52:54:00:77:00:10", "type", "veth", "peer", "name", "gw0", "netns", l.far)
-	ipCmd(t, "-n", l.far, "addr", "add", labGateway+"/24", "dev", "gw0")
-	ipCmd(t, "-n", l.far, "link", "set", "gw0", "up")
-	var err error
-	if l.farNS, err = netns.GetFromName(l.far); err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { l.farNS.Close() })
-	if l.clientNS, err = netns.GetFromName(l.client); err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { l.clientNS.Close() })
-	if l.h, err = netlink.NewHandleAt(l.clientNS); err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(l.h.Close)
-	return l
+	p := netlab.NewPair(t, "qxcon")
+	return &lab{t: t, pair: p, client: p.Client.Name}
 }
 
-// in runs f on a thread inside namespace ns (for sockets made there).
-func in(ns netns.NsHandle, f func() error) error {
-	errc := make(chan error, 1)
-	go func() {
-		runtime.LockOSThread()
-		orig, err := netns.Get()
-		if err != nil {
-			errc <- err
-			return
-		}
-		defer orig.Close()
-		if err := netns.Set(ns); err != nil {
-			errc <- err
-			return
-		}
-		ferr := f()
-		if err := netns.Set(orig); err != nil {
-			errc <- err // the thread stays locked and is discarded
-			return
-		}
-		runtime.UnlockOSThread()
-		errc <- ferr
-	}()
-	return <-errc
-}
-
-func (l *lab) addrs() string {
-	l.t.Helper()
-	k, err := l.h.LinkByName("eth0")
-	if err != nil {
-		l.t.Fatal(err)
-	}
-	as, err := l.h.AddrList(k, netlink.FAMILY_V4)
-	if err != nil {
-		l.t.Fatal(err)
-	}
-	var out []string
-	for _, a := range as {
-		out = append(out, a.IPNet.String())
-	}
-	return strings.Join(out, " ")
-}
+func (l *lab) addrs() string { return strings.Join(l.pair.Client.Addrs("eth0"), " ") }
 
 func (l *lab) waitAddrs(want string, timeout time.Duration) {
 	l.t.Helper()
@@ -150,49 +59,14 @@ func (l *lab) waitAddrs(want string, timeout time.Duration) {
 
 // startDHCP serves 10.77.0.100 with router and DNS 10.77.0.1.
 func (l *lab) startDHCP() {
-	var srv *server4.Server
-	gw := net.ParseIP(labGateway).To4()
-	handler := func(conn net.PacketConn, peer net.Addr, m *dhcpv4.DHCPv4) {
-		var typ dhcpv4.MessageType
-		switch m.MessageType() {
-		case dhcpv4.MessageTypeDiscover:
-			typ = dhcpv4.MessageTypeOffer
-			l.dhcpDiscovered.Add(1)
-		case dhcpv4.MessageTypeRequest:
-			typ = dhcpv4.MessageTypeAck
-		default:
-			return
-		}
-		resp, err := dhcpv4.NewReplyFromRequest(m,
-			dhcpv4.WithMessageType(typ),
-			dhcpv4.WithOption(dhcpv4.OptServerIdentifier(gw)),
-			dhcpv4.WithYourIP(net.IPv4(10, 77, 0, 100).To4()),
-			dhcpv4.WithOption(dhcpv4.OptSubnetMask(net.CIDRMask(24, 32))),
-			dhcpv4.WithOption(dhcpv4.OptRouter(gw)),
-			dhcpv4.WithOption(dhcpv4.OptDNS(gw)),
-			dhcpv4.WithOption(dhcpv4.OptIPAddressLeaseTime(time.Hour)))
-		if err != nil {
-			return
-		}
-		conn.WriteTo(resp.ToBytes(), peer)
-	}
-	err := in(l.farNS, func() error {
-		var err error
-		srv, err = server4.NewServer("gw0", &net.UDPAddr{Port: dhcpv4.ServerPort}, handler)
-		return err
-	})
-	if err != nil {
-		l.t.Fatalf("dhcp server: %v", err)
-	}
-	go srv.Serve()
-	l.t.Cleanup(func() { srv.Close() })
+	l.pair.StartDHCP(l.t, netlab.DHCPSettings{Lease: time.Hour, DNS: net.ParseIP(labGateway)})
 }
 
 // startDNS answers every query on 10.77.0.1:53 with "no such name": enough to
 // prove the server answers.
 func (l *lab) startDNS() {
 	var pc net.PacketConn
-	if err := in(l.farNS, func() error {
+	if err := l.pair.Far.Do(func() error {
 		var err error
 		pc, err = net.ListenPacket("udp4", labGateway+":53")
 		return err
@@ -228,9 +102,9 @@ func (l *lab) startDNS() {
 }
 
 // serveHTTP serves mux on addr inside namespace ns.
-func (l *lab) serveHTTP(ns netns.NsHandle, addr string, mux http.Handler) {
+func (l *lab) serveHTTP(ns *netlab.NS, addr string, mux http.Handler) {
 	var ln net.Listener
-	if err := in(ns, func() error {
+	if err := ns.Do(func() error {
 		var err error
 		ln, err = net.Listen("tcp4", addr)
 		return err
@@ -254,12 +128,12 @@ func TestNetworkDHCPToStatic(t *testing.T) {
 	l.startDNS()
 	vdc := http.NewServeMux()
 	vdc.HandleFunc("GET /healthz", func(w http.ResponseWriter, r *http.Request) { io.WriteString(w, "ok\n") })
-	l.serveHTTP(l.farNS, "10.77.0.1:8080", vdc)
+	l.serveHTTP(l.pair.Far, "10.77.0.1:8080", vdc)
 	agent := http.NewServeMux()
 	agent.HandleFunc("GET /status", func(w http.ResponseWriter, r *http.Request) {
 		fmt.Fprintf(w, `{"node_id":"0b7c6a52-1111-4c1e-9d43-5d1f00000001","vdc_url":%q,"state":"registered","registration":{"ok":true,"result":"registered"}}`, labVDC)
 	})
-	l.serveHTTP(l.clientNS, "127.0.0.1:9101", agent)
+	l.serveHTTP(l.pair.Client, "127.0.0.1:9101", agent)
 
 	writeFile(t, e.netConfig, "interface = \"eth0\"\nmode = \"dhcp\"\n")
 	cfg := network.Config{
@@ -270,12 +144,12 @@ func TestNetworkDHCPToStatic(t *testing.T) {
 		Socket:         e.netSocket,
 		CmdlinePath:    filepath.Join(e.dir, "cmdline"),
 		SysfsRoot:      filepath.Join(e.dir, "sys"),
-		NetNS:          "/var/run/netns/" + l.client,
+		NetNS:          l.pair.Client.Path(),
 		CheckTimeout:   2 * time.Second,
 		Stdout:         io.Discard,
 	}
 	writeFile(t, cfg.CmdlinePath, "console=ttyS0\n")
-	var logBuf syncBuf
+	var logBuf syncbuf.Buffer
 	svc, err := network.New(cfg, slog.New(slog.NewTextHandler(&logBuf, nil)))
 	if err != nil {
 		t.Fatalf("network.New: %v", err)

@@ -9,20 +9,14 @@ import (
 	"testing"
 	"time"
 
-	"github.com/BurntSushi/toml"
-
 	"github.com/quantix/quantix"
-	"github.com/quantix/quantix/agent"
-	"github.com/quantix/quantix/images/build"
 	"github.com/quantix/quantix/services/console"
 	initd "github.com/quantix/quantix/services/init"
-	"github.com/quantix/quantix/services/network"
-	"github.com/quantix/quantix/tests/e2e"
 	"github.com/quantix/quantix/tests/vm"
 	"github.com/quantix/quantix/vdc/vdctest"
 )
 
-// The VM test boots the real Quantix-OS ISO (out/quantix-os.iso, as
+// The serial console VM test boots the real Quantix-OS ISO (out/quantix-os.iso, as
 // `make iso` builds it) with the console on a second serial port, enabled the
 // product's way: console.toml on the QUANTIX-CFG config disk. A real vDC (in this
 // process, on a real PostgreSQL) answers on the lab segment at the workstation's
@@ -49,35 +43,23 @@ const (
 // nodeConfigDisk writes the node's QUANTIX-CFG disk: hostname, network.toml
 // (DHCP), agent.toml (the lab vDC and its join token), the console password as
 // the installer stores it, and console.toml (the console on the second serial
-// port). Each file is checked with the decoder of the service that reads it, so a
-// mistake here fails with the service's own message.
+// port), checked with qx-init's own reader.
 func nodeConfigDisk(t *testing.T, path, vdcURL, joinToken string) {
 	t.Helper()
-	netToml := e2e.DHCPNetwork(10*time.Second, netip.Prefix{})
-	if _, err := network.Parse("network.toml", []byte(netToml)); err != nil {
-		t.Fatal(err)
-	}
-	ac := agent.FileConfig{ControlPlane: vdcURL, JoinToken: joinToken}
-	if err := ac.Validate(); err != nil {
-		t.Fatalf("agent.toml: %v", err)
-	}
-	var agentToml strings.Builder
-	if err := toml.NewEncoder(&agentToml).Encode(ac); err != nil {
-		t.Fatal(err)
-	}
 	hash, err := console.HashPassword(vmPassword)
 	if err != nil {
 		t.Fatal(err)
 	}
-	if err := build.ConfigDisk(path, quantix.LabelConfig, 0, map[string][]byte{
-		"hostname":             []byte(vmHostname + "\n"),
-		"network/network.toml": []byte(netToml),
-		"node/agent.toml":      []byte(agentToml.String()),
-		"console/password":     []byte(hash + "\n"),
-		"console/console.toml": []byte(serialConsoleToml(t)),
-	}); err != nil {
-		t.Fatalf("config disk: %v", err)
-	}
+	vm.NodeConfigDisk(t, path, vm.NodeConfig{
+		Hostname:  vmHostname,
+		Network:   vm.DHCPNetwork(10*time.Second, netip.Prefix{}),
+		VDC:       vdcURL,
+		JoinToken: joinToken,
+		Files: map[string][]byte{
+			"console/password":     []byte(hash + "\n"),
+			"console/console.toml": []byte(serialConsoleToml(t)),
+		},
+	})
 }
 
 // serialConsoleToml is /quantix/console/console.toml asking for the console on the
@@ -128,11 +110,11 @@ func vdcNode(t *testing.T, v *vdctest.VDC, id, want string, timeout time.Duratio
 // statusRow is a row of the status and confirm screens, as the console draws it.
 func statusRow(label, value string) string { return fmt.Sprintf("%-13s %s", label, value) }
 
-// awaitBoot waits for init to take the serial console from console.toml and for
+// waitBoot waits for init to take the serial console from console.toml and for
 // the ready markers of the network, the agent and the serial console, in any
 // order, and returns the network's and the agent's. A warning marker of the serial
 // console (init refused console.toml) fails at once.
-func awaitBoot(t *testing.T, m *vm.Machine) (netMk, agentMk quantix.Marker) {
+func waitBoot(t *testing.T, m *vm.Machine) (netMk, agentMk quantix.Marker) {
 	t.Helper()
 	lines := m.ExpectAll(t, vmBootTimeout,
 		vm.Contains(fmt.Sprintf("init: serial console on /dev/%s at %d baud (from %s)", vmSerialPort, vmSerialBaud, initd.ConsoleConfig)),
@@ -152,7 +134,7 @@ func TestVMSerialConsoleStaticAtVDC(t *testing.T) {
 		t.Skip("boots QEMU; skipped with -short")
 	}
 	start := time.Now()
-	iso := e2e.ISO(t, quantix.ImageQuantixOS)
+	iso := vm.ISO(t, quantix.ImageQuantixOS)
 	arts := vm.ArtifactDir(t)
 
 	// The vDC: real PostgreSQL, the service qx-vdc runs, its log an artifact.
@@ -165,7 +147,7 @@ func TestVMSerialConsoleStaticAtVDC(t *testing.T) {
 
 	// The lab segment: the hub (gateway, DHCP) and the workstation carrying the vDC.
 	hub := vm.NewHub(t, vm.HubConfig{})
-	ws := e2e.NewWorkstation(t, hub, e2e.WorkstationMAC, e2e.WorkstationAddr)
+	ws := vm.NewWorkstation(t, hub, vm.WorkstationMAC, vm.WorkstationAddr)
 	vdcURL := serveOnWorkstation(t, ws, vmVDCPort, v.URL)
 
 	subnet, gw := hub.Config().Subnet, hub.Gateway()
@@ -186,16 +168,16 @@ func TestVMSerialConsoleStaticAtVDC(t *testing.T) {
 		Name:  "node",
 		ISO:   iso,
 		Disks: []vm.Disk{{Path: cfgDisk}},
-		NICs:  []vm.NIC{{Hub: hub, MAC: e2e.NodeMAC}},
+		NICs:  []vm.NIC{{Hub: hub, MAC: vm.NodeMAC}},
 		// The reboot through the power screen restarts the guest inside the same
 		// QEMU: the serial socket stays connected and the VM keeps its slot.
 		AllowReboot: true,
-		ExtraArgs:   []string{"-chardev", "socket,id=ttyS1,path=" + serial + ",server=on,wait=off", "-serial", "chardev:ttyS1"},
+		Devices:     []vm.Device{vm.SerialSocket{ID: "ttyS1", Path: serial}},
 	})
 	st := dialSerial(t, m, serial, filepath.Join(arts, "node.ttyS1.log"))
 
 	// First boot: DHCP, registered at the vDC with the lease's address.
-	netMk, agentMk := awaitBoot(t, m)
+	netMk, agentMk := waitBoot(t, m)
 	booted := time.Since(start)
 	lease, err := netip.ParsePrefix(netMk.Get("addr"))
 	if netMk.Get("source") != "dhcp" || err != nil || !subnet.Contains(lease.Addr()) {
@@ -267,7 +249,7 @@ func TestVMSerialConsoleStaticAtVDC(t *testing.T) {
 		vm.MatchRegexp(`msg=unmounted .*dir=`+quantix.ConfigDir+`( |$)`),
 		vm.MatchRegexp(`msg=halting .*action=reboot`))
 	m.WaitMarker(t, quantix.MarkerBoot, 2*time.Minute, "image", quantix.ImageQuantixOS)
-	netMk, agentMk = awaitBoot(t, m)
+	netMk, agentMk = waitBoot(t, m)
 	if netMk.Get("addr") != static.String() || netMk.Get("source") != "static" {
 		t.Fatalf("after the reboot the network is %s, want %s source=static", netMk, static)
 	}

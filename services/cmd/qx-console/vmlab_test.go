@@ -15,7 +15,6 @@ import (
 	"time"
 
 	"github.com/quantix/quantix/services/console/vt"
-	"github.com/quantix/quantix/tests/e2e"
 	"github.com/quantix/quantix/tests/vm"
 )
 
@@ -215,9 +214,9 @@ func latencySummary(ds []time.Duration) string {
 }
 
 // serveOnWorkstation makes the in-process vDC at target (http://127.0.0.1:port)
-// answer at the workstation's address on the lab segment (e2e.Workstation.Forward),
+// answer at the workstation's address on the lab segment (vm.Workstation.Forward),
 // so the guest talks HTTP to the real vDC over the hub. It stops when t ends.
-func serveOnWorkstation(t *testing.T, ws *e2e.Workstation, port uint16, target string) string {
+func serveOnWorkstation(t *testing.T, ws *vm.Workstation, port uint16, target string) string {
 	t.Helper()
 	u, err := url.Parse(target)
 	if err != nil {

@@ -11,7 +11,6 @@ import (
 	"github.com/quantix/quantix"
 	"github.com/quantix/quantix/images/build"
 	initd "github.com/quantix/quantix/services/init"
-	"github.com/quantix/quantix/tests/e2e"
 	"github.com/quantix/quantix/tests/vm"
 )
 
@@ -23,7 +22,7 @@ func TestVMSerialConsoleMissingPort(t *testing.T) {
 	if testing.Short() {
 		t.Skip("boots QEMU; skipped with -short")
 	}
-	iso := e2e.ISO(t, quantix.ImageQuantixOS)
+	iso := vm.ISO(t, quantix.ImageQuantixOS)
 	cfgDisk := filepath.Join(t.TempDir(), "cfg.img")
 	if err := build.ConfigDisk(cfgDisk, quantix.LabelConfig, 0, map[string][]byte{
 		"hostname":             []byte(vmHostname + "\n"),

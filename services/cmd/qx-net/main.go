@@ -115,6 +115,7 @@ func serviceFlags(fs *flag.FlagSet, cfg *network.Config, level *string) {
 	fs.DurationVar(&cfg.CheckTimeout, "check-timeout", network.DefaultCheckTimeout, "gateway/probe check timeout")
 	fs.DurationVar(&cfg.DHCPRetryMax, "dhcp-retry-max", 32*time.Second, "longest wait between DHCP discovers")
 	fs.StringVar(&cfg.Hostname, "hostname", "", "host name sent to the DHCP server (default: the system's)")
+	fs.StringVar(&cfg.Bridge, "bridge", "", "the image's default for network.toml's bridge key: the bridge holding the address (\"\": on the NIC)")
 	fs.StringVar(level, "log-level", "info", "debug, info, warn or error")
 }
 
@@ -298,6 +299,9 @@ func printStatus(w io.Writer, st network.Status) {
 		return s
 	}
 	fmt.Fprintf(w, "interface:       %s (%s)\n", or(st.Interface, "-"), or(st.MAC, "-"))
+	if st.Port != "" {
+		fmt.Fprintf(w, "bridge port:     %s\n", st.Port)
+	}
 	fmt.Fprintf(w, "mode:            %s (from %s: %s)\n", st.Mode, st.ConfigOrigin, st.ConfigSource)
 	fmt.Fprintf(w, "source:          %s\n", or(st.Source, "-"))
 	fmt.Fprintf(w, "address:         %s\n", or(st.Address, "-"))

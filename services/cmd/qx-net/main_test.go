@@ -141,6 +141,16 @@ func TestApplyOnce(t *testing.T) {
 	if code != 0 || !strings.Contains(out, "address:         10.78.0.5/24") || !strings.Contains(out, "default routes:  default via 10.78.0.1 dev eth0") {
 		t.Fatalf("apply --once = exit %d:\n%s", code, out)
 	}
+	// The Quantix-OS image default: the same file lands on br0 over eth0.
+	out, code = qxnet(t, append([]string{"apply", "--once", "--config", file, "--bridge", "br0"}, pathFlags(dir, ns)...)...)
+	if code != 0 || !strings.Contains(out, "interface:       br0 (") || !strings.Contains(out, "bridge port:     eth0") ||
+		!strings.Contains(out, "default routes:  default via 10.78.0.1 dev br0") {
+		t.Fatalf("apply --once --bridge br0 = exit %d:\n%s", code, out)
+	}
+	out, code = qxnet(t, append([]string{"apply", "--once", "--config", file, "--bridge", "eth0"}, pathFlags(dir, ns)...)...)
+	if code != 78 || !strings.Contains(out, `bridge: "eth0" (the image default) is the interface itself`) {
+		t.Errorf("apply --once --bridge eth0 = exit %d, %q; want 78 naming the bridge key", code, out)
+	}
 	unknown := filepath.Join(dir, "eth9.toml")
 	os.WriteFile(unknown, []byte(strings.Replace(static, "eth0", "eth9", 1)), 0o644)
 	out, code = qxnet(t, append([]string{"apply", "--once", "--config", unknown}, pathFlags(dir, ns)...)...)

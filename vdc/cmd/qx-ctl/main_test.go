@@ -13,11 +13,11 @@ import (
 	"os"
 	"regexp"
 	"strings"
-	"sync"
 	"testing"
 	"time"
 
 	"github.com/quantix/quantix"
+	"github.com/quantix/quantix/tests/syncbuf"
 	"github.com/quantix/quantix/vdc/vdctest"
 )
 
@@ -28,10 +28,9 @@ func TestMain(m *testing.M) { vdctest.Main(m) }
 type lab struct {
 	t      *testing.T
 	v      *vdctest.VDC
-	vdcLog *vdctest.SyncBuffer
+	vdcLog *syncbuf.Buffer
 
-	mu   sync.Mutex
-	seen bytes.Buffer // everything qx-ctl printed, checked for the admin token
+	seen syncbuf.Buffer // everything qx-ctl printed, checked for the admin token
 }
 
 func newLab(t *testing.T) *lab {
@@ -39,15 +38,13 @@ func newLab(t *testing.T) *lab {
 	if testing.Short() {
 		t.Skip("-short: needs PostgreSQL and a vDC")
 	}
-	log := &vdctest.SyncBuffer{}
+	log := &syncbuf.Buffer{}
 	v := vdctest.Start(t, vdctest.Options{HeartbeatInterval: time.Minute, Log: log})
 	l := &lab{t: t, v: v, vdcLog: log}
 	t.Setenv(envURL, v.URL)
 	t.Setenv(envToken, v.AdminToken)
 	t.Setenv(envTokenFile, "")
 	t.Cleanup(func() {
-		l.mu.Lock()
-		defer l.mu.Unlock()
 		if strings.Contains(l.seen.String(), v.AdminToken) {
 			t.Errorf("qx-ctl printed the admin token")
 		}
@@ -87,8 +84,6 @@ func (l *lab) ctlIn(stdin io.Reader, args ...string) result {
 }
 
 func (l *lab) record(s ...string) {
-	l.mu.Lock()
-	defer l.mu.Unlock()
 	for _, x := range s {
 		l.seen.WriteString(x)
 	}

@@ -37,6 +37,7 @@ import (
 	"github.com/jackc/pgx/v5"
 
 	"github.com/quantix/quantix"
+	"github.com/quantix/quantix/vdc/client"
 	"github.com/quantix/quantix/vdc/vdctest"
 )
 
@@ -116,11 +117,15 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	defer v.stop()
 	fmt.Fprintf(stdout, "qx-vdc: %s (pid %d), vdc.toml: %q\n\n", v.url, v.cmd.Process.Pid, toml)
 
-	client := &http.Client{Transport: &http.Transport{MaxIdleConns: o.conns, MaxIdleConnsPerHost: o.conns,
-		MaxConnsPerHost: o.conns, IdleConnTimeout: time.Minute}, Timeout: 30 * time.Second}
+	c, err := client.New(client.Config{URL: v.url, UserAgent: "qx-vdc-load/" + quantix.Version, HTTPClient: &http.Client{
+		Transport: &http.Transport{MaxIdleConns: o.conns, MaxIdleConnsPerHost: o.conns, MaxConnsPerHost: o.conns, IdleConnTimeout: time.Minute},
+		Timeout:   30 * time.Second}})
+	if err != nil {
+		return err
+	}
 
 	if o.storm > 0 {
-		if err := storm(ctx, client, v.url, joinToken, dbURL, o, stdout); err != nil {
+		if err := storm(ctx, c, joinToken, dbURL, o, stdout); err != nil {
 			return err
 		}
 	}
@@ -132,7 +137,7 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 		// and checkpointed after the bulk inserts, so autovacuum and a checkpoint do
 		// not land in the middle of it by chance.
 		settle := func() error { return settleDB(ctx, pg.AdminURL(), dbURL) }
-		if err := heartbeats(ctx, client, v.url, joinToken, o, cpu, settle, stdout); err != nil {
+		if err := heartbeats(ctx, c, joinToken, o, cpu, settle, stdout); err != nil {
 			return err
 		}
 	}
@@ -276,36 +281,12 @@ func newSimNode(prefix string, i int) *simNode {
 	return n
 }
 
-func post(ctx context.Context, c *http.Client, url, token string, body []byte) (int, []byte, error) {
-	req, err := http.NewRequestWithContext(ctx, http.MethodPost, url, bytes.NewReader(body))
+func registerNode(ctx context.Context, c *client.Client, token string, n *simNode) (quantix.RegisterResponse, error) {
+	r, err := c.Register(ctx, token, n.req)
 	if err != nil {
-		return 0, nil, err
+		return r, fmt.Errorf("register %s: %w", n.req.Hostname, err)
 	}
-	req.Header.Set("Authorization", "Bearer "+token)
-	req.Header.Set("Content-Type", "application/json")
-	resp, err := c.Do(req)
-	if err != nil {
-		return 0, nil, err
-	}
-	defer resp.Body.Close()
-	b, err := io.ReadAll(resp.Body)
-	return resp.StatusCode, b, err
-}
-
-func registerNode(ctx context.Context, c *http.Client, base, token string, n *simNode) (int, string, error) {
-	body, _ := json.Marshal(n.req)
-	code, b, err := post(ctx, c, base+quantix.PathRegister, token, body)
-	if err != nil {
-		return 0, "", err
-	}
-	if code != http.StatusCreated && code != http.StatusOK {
-		return code, "", fmt.Errorf("register %s: %d %s", n.req.Hostname, code, b)
-	}
-	var r quantix.RegisterResponse
-	if err := json.Unmarshal(b, &r); err != nil {
-		return code, "", err
-	}
-	return code, r.NodeID, nil
+	return r, nil
 }
 
 // parallel runs f(i) for i in [0,n) on workers goroutines.
@@ -330,24 +311,24 @@ func parallel(n, workers int, f func(i int)) {
 
 // storm registers every node twice at the same moment (the agent retrying while
 // its first request is in flight) and checks one row and one node_id per hostname.
-func storm(ctx context.Context, c *http.Client, base, token, dbURL string, o options, out io.Writer) error {
+func storm(ctx context.Context, c *client.Client, token, dbURL string, o options, out io.Writer) error {
 	nodes := make([]*simNode, o.storm)
 	for i := range nodes {
 		nodes[i] = newSimNode("storm", i)
 	}
 	ids := make([][2]string, o.storm)
-	codes := make([][2]int, o.storm)
+	regs := make([][2]string, o.storm)
 	var failures atomic.Int64
 	var firstErr atomic.Value
 	start := time.Now()
 	parallel(o.storm*2, o.conns, func(k int) {
 		i, j := k/2, k%2
-		code, id, err := registerNode(ctx, c, base, token, nodes[i])
+		r, err := registerNode(ctx, c, token, nodes[i])
 		if err != nil {
 			failures.Add(1)
 			firstErr.CompareAndSwap(nil, err.Error())
 		}
-		ids[i][j], codes[i][j] = id, code
+		ids[i][j], regs[i][j] = r.NodeID, r.Registration
 	})
 	elapsed := time.Since(start)
 	mismatched, created := 0, 0
@@ -355,8 +336,9 @@ func storm(ctx context.Context, c *http.Client, base, token, dbURL string, o opt
 		if ids[i][0] != ids[i][1] {
 			mismatched++
 		}
-		for _, c := range codes[i] {
-			if c == http.StatusCreated {
+		for _, r := range regs[i] {
+			// The client checked that "registered" came with 201 Created.
+			if r == quantix.RegistrationRegistered {
 				created++
 			}
 		}
@@ -384,7 +366,7 @@ func storm(ctx context.Context, c *http.Client, base, token, dbURL string, o opt
 	return nil
 }
 
-func heartbeats(ctx context.Context, c *http.Client, base, token string, o options,
+func heartbeats(ctx context.Context, c *client.Client, token string, o options,
 	cpu func() (time.Duration, time.Duration), settle func() error, out io.Writer) error {
 	nodes := make([]*simNode, o.nodes)
 	for i := range nodes {
@@ -393,18 +375,18 @@ func heartbeats(ctx context.Context, c *http.Client, base, token string, o optio
 	regStart := time.Now()
 	var regErr atomic.Value
 	parallel(len(nodes), o.conns, func(i int) {
-		_, id, err := registerNode(ctx, c, base, token, nodes[i])
+		r, err := registerNode(ctx, c, token, nodes[i])
 		if err != nil {
 			regErr.CompareAndSwap(nil, err)
 			return
 		}
-		nodes[i].id = id
+		nodes[i].id = r.NodeID
 	})
 	if e := regErr.Load(); e != nil {
 		return e.(error)
 	}
 	fmt.Fprintf(out, "registered %d heartbeat nodes in %.1fs\n", len(nodes), time.Since(regStart).Seconds())
-	pool, err := newConnPool(base, o.conns)
+	pool, err := newConnPool(c.URL(), o.conns)
 	if err != nil {
 		return err
 	}
@@ -531,7 +513,9 @@ func heartbeats(ctx context.Context, c *http.Client, base, token string, o optio
 			per(vdcCPU1-vdcCPU0), per(pgCPU1-pgCPU0), per(selfCPU1-selfCPU0),
 			cores(vdcCPU1-vdcCPU0), cores(pgCPU1-pgCPU0), cores(selfCPU1-selfCPU0))
 	}
-	if hb, st := metric(c, base, "qx_vdc_heartbeats_total"), metric(c, base, "qx_vdc_heartbeat_batches_total"); st > 0 {
+	// Metrics are a side note: without them the line is left out.
+	m, _ := c.Metrics(ctx)
+	if hb, st := m["qx_vdc_heartbeats_total"], m["qx_vdc_heartbeat_batches_total"]; st > 0 {
 		fmt.Fprintf(out, "  heartbeats per SQL statement (whole run, warm-up included): %.1f\n", hb/st)
 	}
 	if e := firstErr.Load(); e != nil {
@@ -560,23 +544,6 @@ func settleDB(ctx context.Context, adminURL, dbURL string) error {
 		return fmt.Errorf("checkpoint: %w", err)
 	}
 	return nil
-}
-
-// metric reads one unlabelled sample from the vDC's /metrics (0 if absent).
-func metric(c *http.Client, base, name string) float64 {
-	resp, err := c.Get(base + quantix.PathMetrics)
-	if err != nil {
-		return 0
-	}
-	defer resp.Body.Close()
-	sc := bufio.NewScanner(resp.Body)
-	for sc.Scan() {
-		if v, ok := strings.CutPrefix(sc.Text(), name+" "); ok {
-			f, _ := strconv.ParseFloat(v, 64)
-			return f
-		}
-	}
-	return 0
 }
 
 // cpuTime is the user+system CPU time of pid, plus its children's when withChildren

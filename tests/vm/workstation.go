@@ -1,4 +1,4 @@
-package e2e
+package vm
 
 import (
 	"context"
@@ -23,8 +23,6 @@ import (
 	"gvisor.dev/gvisor/pkg/tcpip/network/ipv4"
 	"gvisor.dev/gvisor/pkg/tcpip/stack"
 	"gvisor.dev/gvisor/pkg/tcpip/transport/tcp"
-
-	"github.com/quantix/quantix/tests/vm"
 )
 
 // Workstation is the operator's computer on the lab segment: a user-space TCP/IP
@@ -32,9 +30,9 @@ import (
 // any VM. The test reaches the vDC API and the agents' status endpoints through it,
 // over the same L2 segment (and into the same pcap) as the nodes.
 //
-// Why not QEMU user networking on a second QvDC NIC (DESIGN §11): the network
-// service configures exactly one interface (DESIGN §7), so a second NIC has no
-// address and QEMU's port forward cannot reach the guest.
+// Why not QEMU user networking on a second NIC (docs/design.md §11): the network
+// service configures exactly one interface (docs/design.md §7), so a second NIC
+// has no address and QEMU's port forward cannot reach the guest.
 type Workstation struct {
 	Addr netip.Prefix
 	MAC  net.HardwareAddr
@@ -52,7 +50,7 @@ const nicID tcpip.NICID = 1
 
 // NewWorkstation plugs a workstation with address addr into hub; it is unplugged
 // when t ends.
-func NewWorkstation(t testing.TB, hub *vm.Hub, mac net.HardwareAddr, addr netip.Prefix) *Workstation {
+func NewWorkstation(t testing.TB, hub *Hub, mac net.HardwareAddr, addr netip.Prefix) *Workstation {
 	t.Helper()
 	w, err := newWorkstation(hub, mac, addr)
 	if err != nil {
@@ -62,7 +60,7 @@ func NewWorkstation(t testing.TB, hub *vm.Hub, mac net.HardwareAddr, addr netip.
 	return w
 }
 
-func newWorkstation(hub *vm.Hub, mac net.HardwareAddr, addr netip.Prefix) (*Workstation, error) {
+func newWorkstation(hub *Hub, mac net.HardwareAddr, addr netip.Prefix) (*Workstation, error) {
 	port, err := hub.AddPort("workstation-" + addr.Addr().String())
 	if err != nil {
 		return nil, err

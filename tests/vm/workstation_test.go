@@ -1,4 +1,4 @@
-package e2e
+package vm
 
 import (
 	"context"
@@ -11,8 +11,6 @@ import (
 	"strings"
 	"testing"
 	"time"
-
-	"github.com/quantix/quantix/tests/vm"
 )
 
 // TestWorkstation joins two workstations on a hub and runs HTTP between them: the
@@ -154,9 +152,9 @@ func TestWorkstationProxy(t *testing.T) {
 func workstationPair(t *testing.T) (srv, cli *Workstation) {
 	t.Helper()
 	if testing.Short() {
-		t.Skip("the e2e package is skipped with -short")
+		t.Skip("runs TCP over the hub: skipped with -short")
 	}
-	hub := vm.NewHub(t, vm.HubConfig{DHCPOff: true})
+	hub := NewHub(t, HubConfig{DHCPOff: true})
 	srv = NewWorkstation(t, hub, net.HardwareAddr{0x52, 0x54, 0x00, 0x77, 0x00, 0x03}, netip.MustParsePrefix("10.77.0.3/24"))
 	cli = NewWorkstation(t, hub, WorkstationMAC, WorkstationAddr)
 	return srv, cli
