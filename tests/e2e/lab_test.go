@@ -42,6 +42,8 @@ const (
 const (
 	QvDCBootTimeout = 300 * time.Second // first boot formats the data disk and runs initdb
 	NodeBootTimeout = 180 * time.Second
+	// NodeDataSize is the node's QUANTIX-DATA disk: VM disks and libvirt's state.
+	NodeDataSize    = 2 << 30
 	PowerOffTimeout = 90 * time.Second
 	APITimeout      = 60 * time.Second
 )
@@ -52,7 +54,9 @@ type Lab struct {
 	WS   *vm.Workstation
 	VDC  *client.Client
 	QvDC *vm.Machine
-	// Node is the node machine, started by StartNode; NodeDisk is its config disk.
+	// Node is the node machine, started by StartNode; NodeDisk is its config disk,
+	// NodeData its data disk (an empty QUANTIX-DATA, as the installer leaves it).
+	NodeData string
 	Node     *vm.Machine
 	NodeDisk string
 	// QvDCFirstBoot is how long the QvDC took from QEMU start to an answering API.
@@ -186,10 +190,12 @@ func (l *Lab) StartNode(t *testing.T, c vm.NodeConfig) {
 	t.Helper()
 	l.NodeDisk = filepath.Join(l.dir, "node-cfg.img")
 	l.WriteNodeDisk(t, c)
+	l.NodeData = filepath.Join(l.dir, "node-data.img")
+	dataDisk(t, l.NodeData, NodeDataSize)
 	l.Node = vm.Start(t, vm.Config{
 		Name:  "node",
 		ISO:   l.osISO,
-		Disks: []vm.Disk{{Path: l.NodeDisk}},
+		Disks: []vm.Disk{{Path: l.NodeDisk}, {Path: l.NodeData}}, // vda: QUANTIX-CFG, vdb: QUANTIX-DATA
 		NICs:  []vm.NIC{{Hub: l.Hub, MAC: vm.NodeMAC}},
 	})
 }
@@ -243,5 +249,22 @@ func poll(t testing.TB, what string, timeout time.Duration, f func(ctx context.C
 			t.Fatalf("%s: not within %v; last state: %s; last error: %v", what, vm.ScaleTimeout(timeout), state, err)
 		}
 		time.Sleep(250 * time.Millisecond)
+	}
+}
+
+// dataDisk makes a sparse disk image of size bytes holding an empty ext4 filesystem
+// labelled QUANTIX-DATA, as the installer formats it on a real disk (a live
+// Quantix-OS never formats a disk by itself).
+func dataDisk(t testing.TB, path string, size int64) {
+	t.Helper()
+	if err := os.WriteFile(path, nil, 0o644); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.Truncate(path, size); err != nil {
+		t.Fatal(err)
+	}
+	out, err := exec.Command("mkfs.ext4", "-q", "-F", "-L", quantix.LabelData, path).CombinedOutput()
+	if err != nil {
+		t.Fatalf("mkfs.ext4 %s: %v: %s (Debian package e2fsprogs: make deps)", path, err, out)
 	}
 }

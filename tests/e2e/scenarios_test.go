@@ -44,8 +44,9 @@ type suite struct {
 	aID    string
 	aCfg   vm.NodeConfig
 	aIface string
-	aLease netip.Addr // node-a's DHCP lease (scenario 6)
-	rows   int        // how many nodes the registry must hold now
+	aLease netip.Addr            // node-a's DHCP lease (scenario 6)
+	aPool  quantix.InventoryPool // node-a's default pool (scenario 1c)
+	rows   int                   // how many nodes the registry must hold now
 
 	times []timing
 }
@@ -82,6 +83,7 @@ func TestScenarios(t *testing.T) {
 	}{
 		{"1-registered", s.registered},
 		{"1b-hosts-page", s.hostsPage},
+		{"1c-hypervisor", s.hypervisor},
 		{"2-static-ip", s.staticIP},
 		{"5-reregistration", s.reregistration},
 		{"7-qvdc-reboot", s.qvdcReboot},
@@ -296,6 +298,7 @@ func (s *suite) reregistration(t *testing.T) {
 	if n.ID != s.aID || !n.RegisteredAt.Equal(before.RegisteredAt) || n.MachineID != before.MachineID {
 		t.Errorf("row changed across the reset: before %+v, after %+v", before, n)
 	}
+	s.hypervisorAfterReset(t)
 
 	m.CutLink()
 	cut := time.Now()
