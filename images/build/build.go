@@ -33,9 +33,9 @@ import (
 
 	"github.com/u-root/mkuimage/cpio"
 
+	"github.com/quantix/quantix"
 	"github.com/quantix/quantix/images/kmod"
 	"github.com/quantix/quantix/images/spec"
-	initd "github.com/quantix/quantix/services/init"
 )
 
 // Config says what to build and where.
@@ -268,7 +268,7 @@ func (b *Builder) Build(ctx context.Context) (*Result, error) {
 		return nil, err
 	}
 	if err := step("image config", func() error {
-		c := initd.Config{
+		c := quantix.ImageConfig{
 			Image: img.Name, Version: img.Version, VolumeLabel: img.VolumeLabel, Hostname: img.Hostname,
 			KernelRelease: k.Release, Modules: img.Kernel.Modules, LateModules: img.Kernel.LateModules, Services: img.Services,
 		}
@@ -276,7 +276,7 @@ func (b *Builder) Build(ctx context.Context) (*Result, error) {
 		if err != nil {
 			return err
 		}
-		t.file(strings.TrimPrefix(initd.ConfigPath, "/"), data, 0o644)
+		t.file(strings.TrimPrefix(quantix.ImageConfigPath, "/"), data, 0o644)
 		// The kernel asks /sbin/modprobe for modules (crypto-crc32c, fs-vfat).
 		t.add(cpio.Symlink("sbin/modprobe", "/bbin/"+img.Initramfs.Uinit))
 		for name, target := range img.Initramfs.Symlinks {

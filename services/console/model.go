@@ -12,7 +12,6 @@ import (
 	tea "github.com/charmbracelet/bubbletea"
 
 	"github.com/quantix/quantix"
-	initd "github.com/quantix/quantix/services/init"
 	"github.com/quantix/quantix/services/network"
 )
 
@@ -700,7 +699,7 @@ func (m Model) keyServices(k tea.KeyMsg) (tea.Model, tea.Cmd) {
 			m.busy = "Restarting " + name + "..."
 			return m, func() tea.Msg {
 				// init stops it (SIGTERM, SIGKILL after its grace period) and starts it.
-				ctx, cancel := context.WithTimeout(context.Background(), initd.DefaultGrace+15*time.Second)
+				ctx, cancel := context.WithTimeout(context.Background(), quantix.StopGrace+15*time.Second)
 				defer cancel()
 				return doneMsg{"Restart " + name, in.Restart(ctx, name), "done"}
 			}

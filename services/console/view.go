@@ -6,7 +6,6 @@ import (
 	"time"
 
 	"github.com/quantix/quantix"
-	initd "github.com/quantix/quantix/services/init"
 	"github.com/quantix/quantix/services/network"
 )
 
@@ -369,7 +368,7 @@ func (m Model) viewServices() ([]string, string) {
 		if sv.Restarts > 0 {
 			st += fmt.Sprintf(" restarts %d", sv.Restarts)
 		}
-		if sv.LastError != "" && (sv.State == initd.StateFailed || sv.State == initd.StateRestarting) {
+		if sv.LastError != "" && (sv.State == quantix.ServiceFailed || sv.State == quantix.ServiceRestarting) {
 			st += ": " + sv.LastError
 		}
 		b = append(b, fmt.Sprintf("%s%-12s %s", mark, sv.Name, st))

@@ -15,7 +15,7 @@ import (
 	"github.com/quantix/quantix/agent"
 	"github.com/quantix/quantix/images/build"
 	"github.com/quantix/quantix/services/console"
-	initd "github.com/quantix/quantix/services/init"
+	"github.com/quantix/quantix/services/initd"
 	"github.com/quantix/quantix/services/network"
 	"github.com/quantix/quantix/tests/e2e"
 	"github.com/quantix/quantix/tests/vm"

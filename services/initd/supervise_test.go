@@ -20,7 +20,6 @@ import (
 	"github.com/google/go-cmp/cmp"
 
 	"github.com/quantix/quantix"
-	"github.com/quantix/quantix/images/spec"
 )
 
 // The test binary doubles as the services: QX_HELPER selects what it does, and it
@@ -71,7 +70,7 @@ func helper(mode, name, events string) int {
 		return 1
 	case "config":
 		fmt.Fprintln(os.Stderr, "level=ERROR msg=\"network.toml: gateway 10.0.1.1 is not inside 10.0.0.0/24\"")
-		return ExitConfig
+		return quantix.ExitConfig
 	case "once":
 		fmt.Println("did the one thing")
 		return 0
@@ -124,10 +123,10 @@ func newSup(t *testing.T, modes map[string]string, deps map[string][]string, ord
 	if err != nil {
 		t.Fatal(err)
 	}
-	var svcs []spec.Service
+	var svcs []quantix.Service
 	for _, name := range order {
 		// A tiny shell-free trampoline: the same binary, mode and name in its env.
-		svcs = append(svcs, spec.Service{
+		svcs = append(svcs, quantix.Service{
 			Name: name, Command: "/usr/bin/env",
 			Args:      []string{"QX_HELPER=" + modes[name], "QX_NAME=" + name, "QX_EVENTS=" + events, exe, "-test.run=^$"},
 			DependsOn: deps[name],
@@ -352,7 +351,7 @@ func TestNextBackoff(t *testing.T) {
 
 func TestNewSupervisorRejects(t *testing.T) {
 	log := slog.New(slog.NewTextHandler(io.Discard, nil))
-	for _, svcs := range [][]spec.Service{
+	for _, svcs := range [][]quantix.Service{
 		{{Name: "a", Command: "/x", DependsOn: []string{"b"}}, {Name: "b", Command: "/x", DependsOn: []string{"a"}}},
 		{{Name: "a", Command: "/x"}, {Name: "a", Command: "/y"}},
 		{{Name: "a"}},
@@ -393,7 +392,7 @@ func TestSupervisorMissingCommand(t *testing.T) {
 	clock := &fakeClock{now: time.Unix(1700000000, 0)}
 	console := &lockedBuffer{}
 	s, err := NewSupervisor(SupervisorConfig{
-		Services: []spec.Service{{Name: "vdc", Command: "/nonexistent/qx-vdc"}},
+		Services: []quantix.Service{{Name: "vdc", Command: "/nonexistent/qx-vdc"}},
 		Console:  console, Clock: clock,
 	}, slog.New(slog.NewTextHandler(io.Discard, nil)))
 	if err != nil {
