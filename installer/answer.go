@@ -247,7 +247,7 @@ func (v *VDCAnswer) config() (vdc.Config, error) {
 	c.AdminToken = v.AdminToken
 	if err := c.Validate(); err != nil {
 		// vdc's messages name the vdc.toml key, which is the same key here.
-		return c, errors.New(strings.TrimPrefix(err.Error(), vdc.ErrConfig.Error()+": "))
+		return c, errors.New(strings.TrimPrefix(err.Error(), quantix.ErrConfig.Error()+": "))
 	}
 	c.AdminToken = ""
 	return c, nil

@@ -21,9 +21,10 @@ import (
 	"sync/atomic"
 	"time"
 
-	"github.com/quantix/quantix"
 	"github.com/vishvananda/netlink"
 	"golang.org/x/sys/unix"
+
+	"github.com/quantix/quantix"
 )
 
 // Defaults of Config.
@@ -36,10 +37,6 @@ var (
 	DefaultCheckTimeout = 5 * time.Second
 	DefaultConfirm      = 60 * time.Second
 )
-
-// ErrConfig is wrapped when the configuration the service starts with is invalid:
-// qx-net exits with EX_CONFIG (78).
-var ErrConfig = errors.New("network configuration")
 
 // Config configures the service. Every path it reads or writes is here so tests
 // never touch the host's own files; zero values take the defaults.
@@ -150,7 +147,7 @@ func New(cfg Config, log *slog.Logger) (*Service, error) {
 	cfg.fill()
 	if cfg.Settings != nil {
 		if err := cfg.Settings.Validate(); err != nil {
-			return nil, fmt.Errorf("%w: %w", ErrConfig, err)
+			return nil, quantix.ConfigError(fmt.Errorf("network configuration: %w", err))
 		}
 	}
 	return &Service{
@@ -191,7 +188,7 @@ func (w *worker) stop() {
 }
 
 // Run configures the network and serves the socket until ctx ends (nil) or the
-// starting configuration is invalid (an error wrapping ErrConfig).
+// starting configuration is invalid (an error wrapping quantix.ErrConfig).
 func (s *Service) Run(ctx context.Context) error {
 	s.runCtx = ctx
 	env, err := openNetEnv(s.cfg.NetNS)
@@ -214,11 +211,11 @@ func (s *Service) Run(ctx context.Context) error {
 
 	settings, origin, err := s.startSettings()
 	if err != nil {
-		return fmt.Errorf("%w: %w", ErrConfig, err)
+		return quantix.ConfigError(fmt.Errorf("network configuration: %w", err))
 	}
 	p, err := settings.compile()
 	if err != nil {
-		return fmt.Errorf("%w: %w", ErrConfig, err)
+		return quantix.ConfigError(fmt.Errorf("network configuration: %w", err))
 	}
 	s.requested = s.previousLease()
 
