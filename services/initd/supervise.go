@@ -239,17 +239,25 @@ func (s *Supervisor) stopService(svc *service) {
 	svc.mu.Unlock()
 }
 
-// terminate sends cmd SIGTERM, kills it after Grace, and waits until it is gone.
+// terminate sends the service's process group SIGTERM, SIGKILL after Grace, and
+// waits until the service's process is gone.
 func (s *Supervisor) terminate(svc *service, cmd *exec.Cmd, done chan struct{}) {
 	s.log.Info("stopping service", "service", svc.spec.Name, "pid", cmd.Process.Pid)
-	_ = cmd.Process.Signal(syscall.SIGTERM)
+	signalGroup(cmd.Process.Pid, syscall.SIGTERM)
 	select {
 	case <-done:
 	case <-time.After(s.cfg.Grace):
 		s.log.Warn("service ignored SIGTERM, killing it", "service", svc.spec.Name, "grace", s.cfg.Grace)
-		_ = cmd.Process.Kill()
+		signalGroup(cmd.Process.Pid, syscall.SIGKILL)
 		<-done
 	}
+}
+
+// signalGroup signals every process of the group pgid leads: a service and the
+// children it started, which would otherwise outlive it (gokrazy's supervisor does
+// the same). A group already gone is not an error.
+func signalGroup(pgid int, sig syscall.Signal) {
+	_ = syscall.Kill(-pgid, sig)
 }
 
 // Restart stops service name cleanly (SIGTERM, SIGKILL after Grace) and starts it
@@ -420,18 +428,33 @@ func NextBackoff(prev, ran time.Duration) time.Duration {
 
 // runOnce starts the service process, forwards its output and waits for it. It
 // returns the exit code (-1 when killed by a signal) and the last stderr line.
+//
+// The service leads its own session and so its own process group. Once it has
+// exited, what is left of the group is killed: children a service left behind
+// never run beside its next start, nor hold its output open. They are orphans then,
+// and u-root's init (PID 1) reaps them.
 func (s *Supervisor) runOnce(svc *service) (code int, lastErr string, err error) {
 	name := svc.spec.Name
 	cmd := exec.Command(svc.spec.Command, svc.spec.Args...)
 	cmd.Env = s.cfg.Env
 	cmd.SysProcAttr = &syscall.SysProcAttr{Setsid: true}
-	stdout, err := cmd.StdoutPipe()
+	// Own pipes, not cmd's: Wait returns when the service exits, even while a child
+	// still holds the write ends, so that child can be killed.
+	stdout, stdoutW, err := os.Pipe()
 	if err != nil {
 		return 0, "", err
 	}
-	stderr, err := cmd.StderrPipe()
+	defer stdout.Close()
+	stderr, stderrW, err := os.Pipe()
 	if err != nil {
+		stdoutW.Close()
 		return 0, "", err
+	}
+	defer stderr.Close()
+	cmd.Stdout, cmd.Stderr = stdoutW, stderrW
+	closeWriters := func() {
+		stdoutW.Close()
+		stderrW.Close()
 	}
 	logw := s.openLog(name)
 	defer logw.Close()
@@ -439,6 +462,7 @@ func (s *Supervisor) runOnce(svc *service) (code int, lastErr string, err error)
 	svc.mu.Lock()
 	if svc.stop {
 		svc.mu.Unlock()
+		closeWriters()
 		return 0, "", nil
 	}
 	// This start answers any restart asked until now.
@@ -452,6 +476,7 @@ func (s *Supervisor) runOnce(svc *service) (code int, lastErr string, err error)
 	if err := cmd.Start(); err != nil {
 		startErr = fmt.Errorf("start %s: %w", svc.spec.Command, err)
 	}
+	closeWriters() // the service has its copies
 	svc.startErr = startErr
 	close(svc.started)
 	svc.started = make(chan struct{})
@@ -498,8 +523,11 @@ func (s *Supervisor) runOnce(svc *service) (code int, lastErr string, err error)
 			}
 		})
 	}()
-	wg.Wait()
 	werr := cmd.Wait()
+	// The group keeps its number while any member lives, so this reaches the
+	// service's own leftovers only.
+	signalGroup(cmd.Process.Pid, syscall.SIGKILL)
+	wg.Wait()
 	svc.mu.Lock()
 	svc.cmd, svc.done, svc.pid = nil, nil, 0
 	svc.mu.Unlock()
