@@ -7,7 +7,7 @@ import (
 	"strings"
 )
 
-// Kernel command line parameters Quantix reads (DESIGN §3). The network service
+// Kernel command line parameters Quantix reads (docs/design.md §3). The network service
 // parses the value of "ip" itself.
 const (
 	ParamIP       = "ip"

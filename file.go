@@ -15,7 +15,7 @@ import (
 )
 
 // WriteFileAtomic replaces path with data so that a crash leaves either the old file
-// or the new one, never a torn one (DESIGN §2): temp file in the same folder, fsync,
+// or the new one, never a torn one (docs/design.md §2): temp file in the same folder, fsync,
 // rename, fsync the folder. Missing parent folders are created with mode 0755.
 func WriteFileAtomic(path string, data []byte, perm os.FileMode) error {
 	dir := filepath.Dir(path)
@@ -64,7 +64,7 @@ func WriteFileAtomic(path string, data []byte, perm os.FileMode) error {
 // ErrUnknownKey is wrapped when a TOML file holds a key the schema does not know.
 var ErrUnknownKey = errors.New("unknown key")
 
-// DecodeTOMLFile strictly decodes the TOML file at path into v (DESIGN §3).
+// DecodeTOMLFile strictly decodes the TOML file at path into v (docs/design.md §3).
 func DecodeTOMLFile(path string, v any) error {
 	data, err := os.ReadFile(path)
 	if err != nil {

@@ -8,7 +8,7 @@ import (
 	"time"
 )
 
-// This file holds the vDC HTTP API v1 wire types (DESIGN §5). The agent, the vDC,
+// This file holds the vDC HTTP API v1 wire types (docs/design.md §5). The agent, the vDC,
 // qx-ctl and the tests all use these, so a field cannot be renamed on one side only.
 
 // API paths.
@@ -30,14 +30,14 @@ func PathState(nodeID string) string     { return PathNodes + "/" + nodeID + "/s
 func PathEvents(nodeID string) string    { return PathNodes + "/" + nodeID + "/events" }
 func PathNode(nodeID string) string      { return PathNodes + "/" + nodeID }
 
-// Registration kinds (DESIGN §4).
+// Registration kinds (docs/design.md §4).
 const (
 	RegistrationRegistered   = "registered"   // new hostname, 201
 	RegistrationReregistered = "reregistered" // same node_secret, 200
 	RegistrationReenrolled   = "reenrolled"   // same machine_id, new secret, valid join token, 200
 )
 
-// Node phases (DESIGN §6).
+// Node phases (docs/design.md §6).
 const (
 	PhaseReady        = "ready"
 	PhaseNotReady     = "not_ready"
@@ -52,7 +52,7 @@ const (
 	HypervisorUnknown     = "unknown" // the agent has not said yet
 )
 
-// DefaultHeartbeatInterval is the vDC's default (DESIGN §6).
+// DefaultHeartbeatInterval is the vDC's default (docs/design.md §6).
 const DefaultHeartbeatInterval = 30 * time.Second
 
 // CPUInfo describes the host's processors.

@@ -35,7 +35,7 @@ const (
 //	[target]                     # exactly one key
 //	path = "/dev/sda"            # or serial = "...", wwn = "...", only_empty = true
 //
-//	[network]                    # network.toml (DESIGN §7), optional
+//	[network]                    # network.toml (docs/design.md §7), optional
 //	mode = "dhcp"
 //
 //	[agent]                      # Quantix OS: agent.toml

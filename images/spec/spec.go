@@ -29,9 +29,9 @@ type Image struct {
 	// command line name one.
 	Hostname string `toml:"hostname"`
 
-	Kernel    Kernel    `toml:"kernel"`
-	Initramfs Initramfs `toml:"initramfs"`
-	Boot      Boot      `toml:"boot"`
+	Kernel    Kernel            `toml:"kernel"`
+	Initramfs Initramfs         `toml:"initramfs"`
+	Boot      Boot              `toml:"boot"`
 	Services  []quantix.Service `toml:"service"`
 }
 

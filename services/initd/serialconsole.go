@@ -14,9 +14,10 @@ import (
 	"github.com/quantix/quantix"
 )
 
-// The serial console (issue 10): besides the image's console on tty1, init runs a
-// second console service on a serial port when one is configured, by the
-// QUANTIX-CFG file ConsoleConfig or the kernel parameter quantix.console=.
+// The serial console, for machines managed over a serial line: besides the image's
+// console on tty1, init runs a second console service on a serial port when one is
+// configured, by the QUANTIX-CFG file ConsoleConfig or the kernel parameter
+// quantix.console=.
 const (
 	// ConsoleConfig is the operator's console settings on QUANTIX-CFG:
 	//
@@ -78,7 +79,7 @@ type consoleFile struct {
 	Baud   *int    `toml:"baud"`
 }
 
-// ChooseSerialConsole applies DESIGN §3 precedence to the serial console: the
+// ChooseSerialConsole applies docs/design.md §3 precedence to the serial console: the
 // image defines none, quantix.console=<tty>[,<baud>] on the kernel command line
 // sets one, and the QUANTIX-CFG file (path, usually ConsoleConfig) wins key by key
 // over it (serial = "" switches a kernel-line console off). A missing file is no

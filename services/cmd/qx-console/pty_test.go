@@ -88,7 +88,7 @@ func TestFirstBootPasswordAndHostname(t *testing.T) {
 	tm.waitFor(3*time.Second, "n Network")
 }
 
-// realInit is qx-init's control socket and supervisor (services/init) running the
+// realInit is qx-init's control socket and supervisor (services/initd) running the
 // image's services as /bin/sh stand-ins that log and say they are ready. Power
 // requests are not carried out: they arrive on actions.
 type realInit struct {

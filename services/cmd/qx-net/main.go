@@ -1,4 +1,4 @@
-// Command qx-net is the Quantix network service and its CLI (DESIGN §10):
+// Command qx-net is the Quantix network service and its CLI (docs/design.md §10):
 //
 //	qx-net serve                      run the service (prints the ready marker)
 //	qx-net apply --config FILE        hand settings to the running service (safe apply)
