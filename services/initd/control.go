@@ -20,7 +20,8 @@ import (
 // the supervisor's grace period and a start on top of it.
 const controlTimeout = 5 * time.Second
 
-// Control answers qx-init's control socket: power requests go to actions (init's
+// Control serves init's control-socket protocol (quantix.InitSocket; the client is
+// quantix.InitClient): power requests go to actions (init's
 // main loop), service requests to the supervisor.
 type Control struct {
 	sup     *Supervisor
@@ -104,14 +105,12 @@ func (c *Control) Answer(ctx context.Context, req string) string {
 		case c.actions <- quantix.HaltAction(verb):
 		default: // one is already on its way
 		}
-		return "ok"
+		return quantix.InitAnswerOK
 	case quantix.InitRequestServices:
 		if arg != "" {
 			break
 		}
-		b, err := json.Marshal(struct {
-			Services []quantix.ServiceStatus `json:"services"`
-		}{c.sup.Services()})
+		b, err := json.Marshal(quantix.ServiceList{Services: c.sup.Services()})
 		if err != nil {
 			return "error: " + err.Error()
 		}
@@ -134,7 +133,7 @@ func (c *Control) Answer(ctx context.Context, req string) string {
 			return "error: " + strings.TrimPrefix(err.Error(), "restart "+name+": ")
 		}
 		c.log.Info("service restarted on request", "service", name)
-		return "ok"
+		return quantix.InitAnswerOK
 	}
 	return fmt.Sprintf("error: unknown request %q (poweroff, reboot, services, restart <name>)", req)
 }
