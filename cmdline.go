@@ -3,6 +3,7 @@ package quantix
 import (
 	"fmt"
 	"os"
+	"slices"
 	"strings"
 )
 
@@ -88,3 +89,43 @@ func (c Cmdline) Value(key string) string { return c.params[key] }
 
 // Keys returns the parameter names in the order they first appeared.
 func (c Cmdline) Keys() []string { return append([]string(nil), c.order...) }
+
+// Without returns c without the parameters keys.
+func (c Cmdline) Without(keys ...string) Cmdline {
+	out := Cmdline{params: map[string]string{}}
+	for _, k := range c.order {
+		if !slices.Contains(keys, k) {
+			out.params[k] = c.params[k]
+			out.order = append(out.order, k)
+		}
+	}
+	return out
+}
+
+// With returns c with key set to value (appended when it was not there).
+func (c Cmdline) With(key, value string) Cmdline {
+	out := c.Without()
+	if _, ok := out.params[key]; !ok {
+		out.order = append(out.order, key)
+	}
+	out.params[key] = value
+	return out
+}
+
+// String formats c as a kernel command line: the parameters in the order they
+// first appeared, each once with its last value, quoted when it holds white space.
+func (c Cmdline) String() string {
+	var s []string
+	for _, k := range c.order {
+		v := c.params[k]
+		if v == "" {
+			s = append(s, k)
+			continue
+		}
+		if strings.ContainsAny(v, " \t") {
+			v = `"` + v + `"`
+		}
+		s = append(s, k+"="+v)
+	}
+	return strings.Join(s, " ")
+}

@@ -9,13 +9,14 @@ import (
 	"path/filepath"
 	"reflect"
 	"strings"
+	"time"
 
 	"github.com/BurntSushi/toml"
 )
 
 // WriteFileAtomic replaces path with data so that a crash leaves either the old file
-// or the new one, never a torn one (docs/design.md §2): temp file in the same folder,
-// fsync, rename, fsync the folder. Missing parent folders are created with mode 0755.
+// or the new one, never a torn one (docs/design.md §2): temp file in the same folder, fsync,
+// rename, fsync the folder. Missing parent folders are created with mode 0755.
 func WriteFileAtomic(path string, data []byte, perm os.FileMode) error {
 	dir := filepath.Dir(path)
 	if err := os.MkdirAll(dir, 0o755); err != nil {
@@ -202,3 +203,19 @@ func checkTables(md toml.MetaData, t reflect.Type, path []string) *tableTypeErro
 	}
 	return nil
 }
+
+// Duration is a time.Duration written as "30s" or "2m" in TOML files.
+type Duration struct{ time.Duration }
+
+// UnmarshalText parses a Go duration string.
+func (d *Duration) UnmarshalText(b []byte) error {
+	v, err := time.ParseDuration(string(b))
+	if err != nil {
+		return fmt.Errorf("duration %q: %w", b, err)
+	}
+	d.Duration = v
+	return nil
+}
+
+// MarshalText writes the duration as a Go duration string.
+func (d Duration) MarshalText() ([]byte, error) { return []byte(d.String()), nil }

@@ -9,8 +9,8 @@ import (
 // ErrInvalidHostname is wrapped by every error ValidateHostname returns.
 var ErrInvalidHostname = errors.New("invalid hostname")
 
-// NormalizeHostname validates name by RFC 1123 (docs/design.md §4) and returns it in
-// lower case, the form every comparison uses.
+// NormalizeHostname validates name by RFC 1123 (docs/design.md §4) and returns it in lower
+// case, the form every comparison uses.
 func NormalizeHostname(name string) (string, error) {
 	if err := ValidateHostname(name); err != nil {
 		return "", err

@@ -17,6 +17,12 @@ const (
 	MarkerBootComplete = "boot-complete" // QUANTIX: boot-complete seconds=<s>
 	MarkerFatal        = "fatal"         // QUANTIX: fatal service=<name> err=<text>
 	MarkerWarning      = "warning"       // QUANTIX: warning service=<name> msg=<text>
+	// MarkerInstallComplete: QUANTIX: install-complete target=<dev> hostname=<h>
+	// disk_guid=<guid> seconds=<s> after=<poweroff|reboot>
+	MarkerInstallComplete = "install-complete"
+	// MarkerAdminToken: QUANTIX: admin-token service=vdc token=<token> ..., printed
+	// once when the vDC generated its admin token.
+	MarkerAdminToken = "admin-token"
 )
 
 // Marker is one parsed console marker.

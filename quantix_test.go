@@ -139,3 +139,58 @@ func TestStateHashOrderIndependent(t *testing.T) {
 		t.Error("StateHash ignores a power state change")
 	}
 }
+
+func TestImageConfigRoundTrip(t *testing.T) {
+	c := &ImageConfig{
+		Image: "qvdc", Version: "0.1.0", VolumeLabel: "QVDC", Hostname: "qvdc", KernelRelease: "6.1.0-56-amd64",
+		Modules: []string{"virtio_pci", "nls_iso8859-1"},
+		Services: []Service{
+			{Name: "network", Command: "/bbin/qx-net", Args: []string{"serve"}},
+			{Name: "vdc", Command: "/bbin/qx-vdc", Args: []string{"serve"}, DependsOn: []string{"network"}, Ready: ReadyOnMarker},
+		},
+	}
+	p := filepath.Join(t.TempDir(), "image.toml")
+	b, err := c.Encode()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(p, b, 0o644); err != nil {
+		t.Fatal(err)
+	}
+	got, err := LoadImageConfig(p)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if diff := cmp.Diff(c, got); diff != "" {
+		t.Errorf("round trip (-want +got):\n%s", diff)
+	}
+	os.WriteFile(p, []byte("image = \"x\"\nversion = \"1\"\nhostname = \"h\"\nshell = \"/bin/sh\"\n"), 0o644)
+	if _, err := LoadImageConfig(p); err == nil {
+		t.Error("LoadImageConfig(unknown key) = nil error")
+	}
+}
+
+func TestCmdlineString(t *testing.T) {
+	for _, c := range []struct{ in, want string }{
+		{"ip=dhcp quiet quantix.hostname=\"a b\" -- init args", "ip=dhcp quiet quantix.hostname=\"a b\""},
+		{"console=ttyS0 panic=10 console=tty0", "console=tty0 panic=10"},
+	} {
+		if got := ParseCmdline(c.in).String(); got != c.want {
+			t.Errorf("ParseCmdline(%q).String() = %q, want %q", c.in, got, c.want)
+		}
+	}
+	c := ParseCmdline("a=1 quantix.disk=old b").Without("b").With(ParamDisk, "new").With("c", "2")
+	if got, want := c.String(), "a=1 quantix.disk=new c=2"; got != want {
+		t.Errorf("Without/With = %q, want %q", got, want)
+	}
+}
+
+func TestConfigError(t *testing.T) {
+	err := ConfigError(errors.New("network.toml:3: bad"))
+	if !errors.Is(err, ErrConfig) || err.Error() != "network.toml:3: bad" {
+		t.Errorf("ConfigError = %q (Is ErrConfig: %v), want the message unchanged and ErrConfig", err, errors.Is(err, ErrConfig))
+	}
+	if ConfigError(nil) != nil {
+		t.Error("ConfigError(nil) != nil")
+	}
+}

@@ -58,7 +58,7 @@ func New(cfg Config, log *slog.Logger) (*Service, error) {
 	}
 	id, created, err := LoadOrCreateIdentity(cfg.IdentityPath(), cfg.ProductUUIDPath)
 	if errors.Is(err, ErrCorruptIdentity) {
-		return nil, fmt.Errorf("%w: %w: restore it from a backup; or, to start over, delete the file and delete this node (%s) in the vDC", ErrConfig, err, host)
+		return nil, fmt.Errorf("%w: %w: restore it from a backup; or, to start over, delete the file and delete this node (%s) in the vDC", quantix.ErrConfig, err, host)
 	}
 	if err != nil {
 		return nil, err
@@ -68,7 +68,7 @@ func New(cfg Config, log *slog.Logger) (*Service, error) {
 	}
 	mon, err := hypervisor.New(hypervisor.Config{URI: cfg.LibvirtURI, MaxBackoff: cfg.LibvirtBackoffMax}, log.With("component", "libvirt"))
 	if err != nil {
-		return nil, fmt.Errorf("%w: %w", ErrConfig, err)
+		return nil, fmt.Errorf("%w: %w", quantix.ErrConfig, err)
 	}
 	s := &Service{
 		cfg:      cfg,
@@ -108,7 +108,7 @@ func (s *Service) Run(ctx context.Context) error {
 	if s.cfg.HTTPListen != "" {
 		ln, err := net.Listen("tcp", s.cfg.HTTPListen)
 		if err != nil {
-			return fmt.Errorf("%w: http_listen %s: %w", ErrConfig, s.cfg.HTTPListen, err)
+			return fmt.Errorf("%w: http_listen %s: %w", quantix.ErrConfig, s.cfg.HTTPListen, err)
 		}
 		srv := &http.Server{Handler: s.Handler(), ReadHeaderTimeout: 10 * time.Second}
 		wg.Add(1)

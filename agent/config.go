@@ -20,10 +20,6 @@ import (
 	"github.com/quantix/quantix/agent/hypervisor"
 )
 
-// ErrConfig is wrapped by every error that means the configuration is wrong (the
-// command exits with EX_CONFIG then).
-var ErrConfig = errors.New("configuration error")
-
 // FileConfig is /quantix/node/agent.toml. The installer and the test lab write it
 // with Save; every key is optional.
 type FileConfig struct {
@@ -51,10 +47,10 @@ func Load(path string) (FileConfig, error) {
 		return FileConfig{}, nil
 	}
 	if err != nil {
-		return FileConfig{}, fmt.Errorf("%w: %w", ErrConfig, err)
+		return FileConfig{}, fmt.Errorf("%w: %w", quantix.ErrConfig, err)
 	}
 	if err := f.Validate(); err != nil {
-		return FileConfig{}, fmt.Errorf("%w: %s: %w", ErrConfig, path, err)
+		return FileConfig{}, fmt.Errorf("%w: %s: %w", quantix.ErrConfig, path, err)
 	}
 	return f, nil
 }
@@ -200,11 +196,11 @@ func ResolveHostname(configured string, osHostname func() (string, error), cmdli
 		name = cmdline
 	}
 	if name == "" {
-		return "", fmt.Errorf("%w: the host has no hostname: set one in %s or with %s= on the kernel command line", ErrConfig, quantix.HostnameFile, quantix.ParamHostname)
+		return "", fmt.Errorf("%w: the host has no hostname: set one in %s or with %s= on the kernel command line", quantix.ErrConfig, quantix.HostnameFile, quantix.ParamHostname)
 	}
 	n, err := quantix.NormalizeHostname(name)
 	if err != nil {
-		return "", fmt.Errorf("%w: hostname: %w", ErrConfig, err)
+		return "", fmt.Errorf("%w: hostname: %w", quantix.ErrConfig, err)
 	}
 	return n, nil
 }
@@ -220,10 +216,10 @@ func placeholderHostname(h string) bool {
 // withDefaults validates c and fills in defaults.
 func (c Config) withDefaults() (Config, error) {
 	if c.ControlPlane == "" {
-		return c, fmt.Errorf("%w: no vDC URL: set --control-plane, control_plane in %s or %s= on the kernel command line", ErrConfig, quantix.AgentConfig, quantix.ParamVDC)
+		return c, fmt.Errorf("%w: no vDC URL: set --control-plane, control_plane in %s or %s= on the kernel command line", quantix.ErrConfig, quantix.AgentConfig, quantix.ParamVDC)
 	}
 	if err := c.FileConfig.Validate(); err != nil {
-		return c, fmt.Errorf("%w: %w", ErrConfig, err)
+		return c, fmt.Errorf("%w: %w", quantix.ErrConfig, err)
 	}
 	c.ControlPlane = strings.TrimRight(c.ControlPlane, "/")
 	if c.LibvirtURI == "" {

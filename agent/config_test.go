@@ -43,8 +43,8 @@ rack = "r1"
 			}
 			got, err := Load(path)
 			if tt.wantErr != "" {
-				if !errors.Is(err, ErrConfig) || !strings.Contains(err.Error(), tt.wantErr) {
-					t.Fatalf("Load() error = %v, want ErrConfig containing %q", err, tt.wantErr)
+				if !errors.Is(err, quantix.ErrConfig) || !strings.Contains(err.Error(), tt.wantErr) {
+					t.Fatalf("Load() error = %v, want quantix.ErrConfig containing %q", err, tt.wantErr)
 				}
 				return
 			}
@@ -127,8 +127,8 @@ func TestResolveHostname(t *testing.T) {
 		if (err != nil) != tt.wantErr || got != tt.want {
 			t.Errorf("ResolveHostname(%q, _, %q) = %q, %v, want %q (error %v)", tt.configured, tt.cmdline, got, err, tt.want, tt.wantErr)
 		}
-		if err != nil && !errors.Is(err, ErrConfig) {
-			t.Errorf("ResolveHostname error %v is not ErrConfig", err)
+		if err != nil && !errors.Is(err, quantix.ErrConfig) {
+			t.Errorf("ResolveHostname error %v is not quantix.ErrConfig", err)
 		}
 	}
 }

@@ -35,7 +35,7 @@ const (
 //	[target]                     # exactly one key
 //	path = "/dev/sda"            # or serial = "...", wwn = "...", only_empty = true
 //
-//	[network]                    # network.toml (DESIGN §7), optional
+//	[network]                    # network.toml (docs/design.md §7), optional
 //	mode = "dhcp"
 //
 //	[agent]                      # Quantix OS: agent.toml
@@ -247,7 +247,7 @@ func (v *VDCAnswer) config() (vdc.Config, error) {
 	c.AdminToken = v.AdminToken
 	if err := c.Validate(); err != nil {
 		// vdc's messages name the vdc.toml key, which is the same key here.
-		return c, errors.New(strings.TrimPrefix(err.Error(), vdc.ErrConfig.Error()+": "))
+		return c, errors.New(strings.TrimPrefix(err.Error(), quantix.ErrConfig.Error()+": "))
 	}
 	c.AdminToken = ""
 	return c, nil

@@ -32,7 +32,7 @@ func BenchmarkInstallImageFile(b *testing.B) {
 			log := slog.New(slog.NewTextHandler(io.Discard, nil))
 			b.ResetTimer()
 			for i := 0; i < b.N; i++ {
-				in, err := New(Config{Image: quantix.ImageQuantixOS, VolumeLabel: "QUANTIX-OS", Answer: a, Medium: med, Scanner: s, Cmdline: "console=ttyS0"}, log)
+				in, err := New(Config{Image: quantix.ImageQuantixOS, VolumeLabel: "QUANTIX-OS", Answer: a, Medium: med, Scanner: s, Cmdline: quantix.ParseCmdline("console=ttyS0")}, log)
 				if err != nil {
 					b.Fatal(err)
 				}

@@ -7,6 +7,8 @@ import (
 	"os/exec"
 	"path/filepath"
 	"strings"
+
+	"github.com/quantix/quantix"
 )
 
 // Where the installer finds what it copies, relative to the boot medium's root (the
@@ -30,11 +32,6 @@ const (
 	ESPIncomplete = "INSTALL-INCOMPLETE"
 	ESPInstalled  = "INSTALLED" // the marker's name once the install is verified
 )
-
-// ParamDisk is the kernel command line parameter the installed system boots with:
-// the GPT disk GUID of the disk it was installed on. init mounts QUANTIX-CFG and
-// QUANTIX-DATA only from that disk, so a stale disk can never hijack the boot.
-const ParamDisk = "quantix.disk"
 
 // grubEFIModules are built into BOOTX64.EFI; grubPCModules into core.img. Neither
 // loads modules from disk, so the ESP needs no module folder.
@@ -162,16 +159,8 @@ func GrubConfig(title, cmdline string) string {
 
 // InstalledCmdline is the installed system's kernel command line: the running one
 // without the install entry's and the boot loader's own parameters, plus
-// quantix.disk=<diskGUID>.
-func InstalledCmdline(running, diskGUID string) string {
-	var keep []string
-	for _, f := range strings.Fields(running) {
-		k, _, _ := strings.Cut(f, "=")
-		switch k {
-		case "quantix.install", "BOOT_IMAGE", "initrd", ParamDisk:
-			continue
-		}
-		keep = append(keep, f)
-	}
-	return strings.Join(append(keep, ParamDisk+"="+strings.ToLower(diskGUID)), " ")
+// quantix.disk=<diskGUID> (quantix.ParamDisk).
+func InstalledCmdline(running quantix.Cmdline, diskGUID string) string {
+	return running.Without(quantix.ParamInstall, "BOOT_IMAGE", "initrd", quantix.ParamDisk).
+		With(quantix.ParamDisk, strings.ToLower(diskGUID)).String()
 }

@@ -27,8 +27,8 @@ func TestInstalledDiskBoots(t *testing.T) {
 			m := vm.Start(t, vm.Config{Name: "installed-" + fw.String(), Firmware: fw,
 				BootDisk: &vm.Disk{Path: img, Snapshot: true}})
 			line := m.Expect(t, "Command line:", 90*time.Second)
-			if !strings.Contains(line, ParamDisk+"="+strings.ToLower(res.Plan.DiskGUID)) || strings.Contains(line, "quantix.install") {
-				t.Errorf("kernel command line %q: want %s=%s and no quantix.install", line, ParamDisk, res.Plan.DiskGUID)
+			if !strings.Contains(line, quantix.ParamDisk+"="+strings.ToLower(res.Plan.DiskGUID)) || strings.Contains(line, "quantix.install") {
+				t.Errorf("kernel command line %q: want %s=%s and no quantix.install", line, quantix.ParamDisk, res.Plan.DiskGUID)
 			}
 			m.WaitMarker(t, quantix.MarkerBootComplete, 60*time.Second)
 		})

@@ -13,7 +13,7 @@ import (
 	"unicode/utf16"
 
 	"github.com/quantix/quantix"
-	initd "github.com/quantix/quantix/services/init"
+	"github.com/quantix/quantix/services/blockdev"
 )
 
 // Disk is one whole block device as the installer sees it.
@@ -296,7 +296,7 @@ func probeDisk(d *Disk) error {
 	}
 	d.Empty = allZero(head) && allZero(tail) && len(d.Parts) == 0
 	d.Table = tableType(head, d.SectorSize)
-	if t, l, ok := initd.ProbeLabel(f); ok {
+	if t, l, ok := blockdev.ProbeLabel(f); ok {
 		d.Whole = &FSInfo{Type: t, Label: l}
 	}
 	names := map[int]string{}
@@ -306,7 +306,7 @@ func probeDisk(d *Disk) error {
 	for i := range d.Parts {
 		p := &d.Parts[i]
 		p.PartLabel = names[p.Number]
-		if t, l, ok := initd.ProbeLabel(io.NewSectionReader(f, p.Start, p.Size)); ok {
+		if t, l, ok := blockdev.ProbeLabel(io.NewSectionReader(f, p.Start, p.Size)); ok {
 			p.FS = &FSInfo{Type: t, Label: l}
 		}
 	}

@@ -1,5 +1,5 @@
 // Package installer puts a Quantix image (Quantix OS or QvDC) on a bare-metal disk,
-// safely and verifiably (DESIGN §2, §3, §10): it reads an answer file from a
+// safely and verifiably (docs/design.md §2, §3 and §10): it reads an answer file from a
 // filesystem labelled QUANTIX-INSTALL (or asks on the console), finds the disks in
 // sysfs, applies the safety rules (never the boot medium, removable disks only when
 // named, a disk holding anything only with wipe), plans a GPT with QUANTIX-EFI, a

@@ -14,14 +14,8 @@ import (
 	"github.com/quantix/quantix"
 )
 
-// Console markers of the installer (one line each, parsed by the test lab).
-const (
-	// MarkerInstallComplete: QUANTIX: install-complete target=<dev> hostname=<h>
-	// disk_guid=<guid> seconds=<s> after=<poweroff|reboot>
-	MarkerInstallComplete = "install-complete"
-	// ServiceName is the installer's name in markers and logs.
-	ServiceName = "install"
-)
+// ServiceName is the installer's name in markers and logs.
+const ServiceName = "install"
 
 // Config is one install.
 type Config struct {
@@ -38,7 +32,7 @@ type Config struct {
 	// QUANTIX-INSTALL.
 	Protect Protect
 	// Cmdline is the running kernel command line (the installed one derives from it).
-	Cmdline string
+	Cmdline quantix.Cmdline
 	// ProductUUID is the SMBIOS product UUID file (machine_id of a fresh identity).
 	ProductUUID string
 	// Mkfs is mkfs.ext4 (default from PATH).
@@ -200,7 +194,7 @@ func (in *Installer) summary(r *Result) {
 	in.say("")
 	in.say("Install complete in %.1fs: %s %s on %s", r.Took.Seconds(), Title(in.cfg.Image), in.cfg.Version, r.Target.Path)
 	in.say("  hostname      %s", r.Answer.Hostname)
-	in.say("  disk GUID     %s (kernel command line %s=...)", r.Plan.DiskGUID, ParamDisk)
+	in.say("  disk GUID     %s (kernel command line %s=...)", r.Plan.DiskGUID, quantix.ParamDisk)
 	in.say("  kernel        sha256 %s", r.Verified.KernelSHA256)
 	in.say("  initramfs     sha256 %s", r.Verified.InitrdSHA256)
 	for _, c := range r.Verified.Checks {
@@ -209,7 +203,7 @@ func (in *Installer) summary(r *Result) {
 	for _, s := range r.Steps {
 		in.say("  step %-50s %6.2fs", s.Name, s.Took.Seconds())
 	}
-	fmt.Fprintln(in.cfg.Console, quantix.FormatMarker(MarkerInstallComplete,
+	fmt.Fprintln(in.cfg.Console, quantix.FormatMarker(quantix.MarkerInstallComplete,
 		"target", r.Target.Path, "hostname", r.Answer.Hostname, "disk_guid", r.Plan.DiskGUID,
 		"seconds", fmt.Sprintf("%.1f", r.Took.Seconds()), "after", r.Answer.After))
 }

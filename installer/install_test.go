@@ -57,7 +57,7 @@ func install(t *testing.T, s Scanner, image, answer string) (*Result, *Installer
 	var console bytes.Buffer
 	in, err := New(Config{
 		Image: image, Version: "test", VolumeLabel: "QUANTIX-OS", Answer: a, Medium: med, Scanner: s,
-		Cmdline: "BOOT_IMAGE=/boot/vmlinuz console=ttyS0,115200 panic=-1 quantix.install=install.toml initrd=/boot/initrd.gz",
+		Cmdline: quantix.ParseCmdline("BOOT_IMAGE=/boot/vmlinuz console=ttyS0,115200 panic=-1 quantix.install=install.toml initrd=/boot/initrd.gz"),
 		Console: &console,
 	}, testLog(t))
 	if err != nil {
@@ -79,7 +79,7 @@ func TestInstallOntoImageFile(t *testing.T) {
 	if res.Target.Path != img {
 		t.Fatalf("target %s, want %s", res.Target.Path, img)
 	}
-	if m, ok := quantix.ParseMarker(lastLineWith(consoleOut, quantix.MarkerPrefix+MarkerInstallComplete)); !ok || m.Get("hostname") != "node-7" || m.Get("after") != "poweroff" {
+	if m, ok := quantix.ParseMarker(lastLineWith(consoleOut, quantix.MarkerPrefix+quantix.MarkerInstallComplete)); !ok || m.Get("hostname") != "node-7" || m.Get("after") != "poweroff" {
 		t.Errorf("install-complete marker = %+v, want hostname node-7 after poweroff", m)
 	}
 

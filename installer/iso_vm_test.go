@@ -119,7 +119,7 @@ func TestISOInstall(t *testing.T) {
 			hostname := "installed-" + strings.ReplaceAll(image, "-", "")
 			t0 := time.Now()
 			m, ans := runInstaller(t, "install-"+image, iso, []string{target}, isoAnswer(image, hostname, "only_empty = true", false))
-			mk := m.WaitMarker(t, MarkerInstallComplete, 10*time.Minute, "hostname", hostname)
+			mk := m.WaitMarker(t, quantix.MarkerInstallComplete, 10*time.Minute, "hostname", hostname)
 			m.WaitExit(t, 2*time.Minute)
 			t.Logf("%s: install took %s in the guest, %.1fs from QEMU start to power-off (%s)", image, mk.Get("seconds"), time.Since(t0).Seconds(), m.Accel())
 			if log, err := exec.Command("debugfs", "-R", "cat /qx-install.log", ans).Output(); err != nil || !strings.Contains(string(log), "Install complete") {
@@ -167,7 +167,7 @@ func TestISOInstallRefusesDataDisk(t *testing.T) {
 	}
 	before := fileSHA(t, target)
 	m, _ := runInstaller(t, "install-refused", iso, []string{target}, isoAnswer(quantix.ImageQuantixOS, "refused", `path = "/dev/vda"`, false))
-	_, err := m.AwaitMarker(MarkerInstallComplete, 10*time.Minute)
+	_, err := m.AwaitMarker(quantix.MarkerInstallComplete, 10*time.Minute)
 	var me *quantix.MarkerError
 	if !errors.As(err, &me) || !strings.Contains(me.Marker.Get("err"), "set wipe = true") {
 		t.Fatalf("installer on a disk holding ext4 without wipe: %v, want a fatal marker saying set wipe = true", err)
@@ -191,7 +191,7 @@ func TestISOInstallIgnoresStaleDisk(t *testing.T) {
 	stale := filepath.Join(s.DevDir, "vda")
 	target := blankDisk(t, 4<<30)
 	m, _ := runInstaller(t, "install-stale", iso, []string{stale, target}, isoAnswer(quantix.ImageQuantixOS, "fresh-node", `path = "/dev/vdb"`, false))
-	m.WaitMarker(t, MarkerInstallComplete, 10*time.Minute, "hostname", "fresh-node")
+	m.WaitMarker(t, quantix.MarkerInstallComplete, 10*time.Minute, "hostname", "fresh-node")
 	// The stale labels were reported (before the marker, so look back, not ahead).
 	if len(m.Find(vm.Contains("carries QUANTIX-CFG"))) == 0 {
 		t.Errorf("the installer did not report the stale disk's QUANTIX-CFG label")

@@ -10,7 +10,7 @@ import (
 	"github.com/quantix/quantix"
 )
 
-// Partition sizes of the installed disk (DESIGN §2).
+// Partition sizes of the installed disk (docs/design.md §2).
 const (
 	MiB         = int64(1) << 20
 	Align       = MiB // every partition starts on a MiB boundary

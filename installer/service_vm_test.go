@@ -64,7 +64,7 @@ func serviceMode(t *testing.T, image string) {
 	if !hasMkfs {
 		img.Initramfs.Files = append(img.Initramfs.Files, "/usr/sbin/mke2fs:usr/sbin/mkfs.ext4")
 	}
-	img.Services = []spec.Service{{Name: ServiceName, Command: "/bbin/qx-install", Args: []string{"--mkfs", "/usr/sbin/mkfs.ext4"}, Ready: spec.ReadyStart}}
+	img.Services = []quantix.Service{{Name: ServiceName, Command: "/bbin/qx-install", Args: []string{"--mkfs", "/usr/sbin/mkfs.ext4"}, Ready: quantix.ReadyOnStart}}
 	var sb bytes.Buffer
 	if err := toml.NewEncoder(&sb).Encode(img); err != nil {
 		t.Fatal(err)
@@ -107,7 +107,7 @@ func serviceMode(t *testing.T, image string) {
 		Disks:   []vm.Disk{{Path: target}, {Path: ans}},
 		Devices: []vm.Device{vm.CD{Path: mediumISO}},
 	})
-	mk := m.WaitMarker(t, MarkerInstallComplete, 10*time.Minute, "hostname", "service-node")
+	mk := m.WaitMarker(t, quantix.MarkerInstallComplete, 10*time.Minute, "hostname", "service-node")
 	m.WaitExit(t, 2*time.Minute)
 	t.Logf("%s: install in the guest: %s s (%s)", image, mk.Get("seconds"), m.Accel())
 	// The guest kernel wrote the answer disk: read it with e2fsprogs (go-diskfs

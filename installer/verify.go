@@ -13,7 +13,7 @@ import (
 	"github.com/diskfs/go-diskfs/partition/gpt"
 
 	"github.com/quantix/quantix"
-	initd "github.com/quantix/quantix/services/init"
+	"github.com/quantix/quantix/services/blockdev"
 )
 
 // Verified is what the read-back found, for the summary.
@@ -108,7 +108,7 @@ func Verify(job Job, marker bool) (*Verified, error) {
 		if q.FS == FSNone {
 			continue
 		}
-		typ, label, found := initd.ProbeLabel(io.NewSectionReader(f, q.Start, q.Size))
+		typ, label, found := blockdev.ProbeLabel(io.NewSectionReader(f, q.Start, q.Size))
 		if !found || typ != q.FS || label != q.Name {
 			return nil, fmt.Errorf("verify: partition %d holds %q labelled %q, want %s labelled %s", q.Number, typ, label, q.FS, q.Name)
 		}

@@ -92,7 +92,7 @@ func TestAdminTokenAndSecrets(t *testing.T) {
 
 	var token string
 	for _, line := range strings.Split(out.String(), "\n") {
-		if m, ok := quantix.ParseMarker(line); ok && m.Kind == "admin-token" {
+		if m, ok := quantix.ParseMarker(line); ok && m.Kind == quantix.MarkerAdminToken {
 			token = m.Get("token")
 		}
 	}
@@ -123,7 +123,7 @@ func TestAdminTokenAndSecrets(t *testing.T) {
 	cfg.Stdout = out2
 	base, stop = runService(t, cfg)
 	defer stop()
-	if strings.Contains(out2.String(), "admin-token") {
+	if strings.Contains(out2.String(), quantix.MarkerAdminToken) {
 		t.Errorf("second start printed an admin token again:\n%s", out2)
 	}
 	if code, b := call(t, http.MethodGet, base+quantix.PathNodes, token, nil); code != 200 {
@@ -159,7 +159,7 @@ func TestConfigErrors(t *testing.T) {
 		if err == nil {
 			err = cfg.Validate()
 		}
-		if !errors.Is(err, vdc.ErrConfig) || !strings.Contains(err.Error(), tc.want) {
+		if !errors.Is(err, quantix.ErrConfig) || !strings.Contains(err.Error(), tc.want) {
 			t.Errorf("%s: %v, want a configuration error naming %q", tc.name, err, tc.want)
 		}
 	}
@@ -167,7 +167,7 @@ func TestConfigErrors(t *testing.T) {
 	if err := vdc.LoadConfigFile(filepath.Join(dir, "missing.toml"), &cfg, true); err != nil {
 		t.Errorf("missing default vdc.toml: %v", err)
 	}
-	if err := vdc.LoadConfigFile(filepath.Join(dir, "missing.toml"), &cfg, false); !errors.Is(err, vdc.ErrConfig) {
+	if err := vdc.LoadConfigFile(filepath.Join(dir, "missing.toml"), &cfg, false); !errors.Is(err, quantix.ErrConfig) {
 		t.Errorf("missing explicit vdc.toml: %v, want a configuration error", err)
 	}
 	os.WriteFile(filepath.Join(dir, "vdc.toml"), []byte("heartbeat_interval = \"5s\"\njoin_tokens = [\"0123456789abcdef\"]\n"), 0o644)
@@ -177,7 +177,7 @@ func TestConfigErrors(t *testing.T) {
 	}
 	// No password anywhere: refused, never trust auth.
 	_, err := vdc.DatabaseURLWithPassword("postgres://quantix@127.0.0.1/quantix", filepath.Join(dir, "none.toml"))
-	if !errors.Is(err, vdc.ErrConfig) || !strings.Contains(err.Error(), "database_password") {
+	if !errors.Is(err, quantix.ErrConfig) || !strings.Contains(err.Error(), "database_password") {
 		t.Errorf("database URL without any password: %v", err)
 	}
 }

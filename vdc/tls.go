@@ -42,7 +42,7 @@ func (s *Service) loadTLS() (tls.Certificate, error) {
 	if s.cfg.TLSCert != "" {
 		c, err := tls.LoadX509KeyPair(s.cfg.TLSCert, s.cfg.TLSKey)
 		if err != nil {
-			return c, fmt.Errorf("%w: tls_cert %s / tls_key %s: %v", ErrConfig, s.cfg.TLSCert, s.cfg.TLSKey, err)
+			return c, fmt.Errorf("%w: tls_cert %s / tls_key %s: %v", quantix.ErrConfig, s.cfg.TLSCert, s.cfg.TLSKey, err)
 		}
 		return c, nil
 	}
@@ -60,7 +60,7 @@ func (s *Service) loadTLS() (tls.Certificate, error) {
 	default:
 		// A broken file is the operator's to look at: never overwrite it silently.
 		return c, fmt.Errorf("%w: UI certificate %s / %s: %v (delete both to generate a new one, or set tls_cert and tls_key)",
-			ErrConfig, certPath, keyPath, err)
+			quantix.ErrConfig, certPath, keyPath, err)
 	}
 	certPEM, keyPEM, err := SelfSignedCertificate(time.Now())
 	if err != nil {

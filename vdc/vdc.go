@@ -29,25 +29,6 @@ import (
 	"github.com/quantix/quantix/vdc/web"
 )
 
-// ErrConfig is wrapped by every configuration error (qx-vdc exits 78 on it).
-var ErrConfig = errors.New("configuration error")
-
-// Duration is a time.Duration written as "30s" in vdc.toml.
-type Duration struct{ time.Duration }
-
-// UnmarshalText parses a Go duration string.
-func (d *Duration) UnmarshalText(b []byte) error {
-	v, err := time.ParseDuration(string(b))
-	if err != nil {
-		return err
-	}
-	d.Duration = v
-	return nil
-}
-
-// MarshalText writes the duration as a Go duration string.
-func (d Duration) MarshalText() ([]byte, error) { return []byte(d.String()), nil }
-
 // Config is vdc.toml; flags override it.
 //
 //	listen = ":8080"
@@ -62,13 +43,13 @@ func (d Duration) MarshalText() ([]byte, error) { return []byte(d.String()), nil
 //	tls_cert = ""                 # with tls_key; else a generated self-signed pair
 //	tls_key = ""
 type Config struct {
-	Listen            string   `toml:"listen"`
-	DatabaseURL       string   `toml:"database_url"`
-	DatabaseMaxConns  int      `toml:"database_max_conns"`
-	HeartbeatInterval Duration `toml:"heartbeat_interval"`
-	JoinTokens        []string `toml:"join_tokens"`
-	AdminToken        string   `toml:"admin_token"`
-	SecretsFile       string   `toml:"secrets_file"`
+	Listen            string           `toml:"listen"`
+	DatabaseURL       string           `toml:"database_url"`
+	DatabaseMaxConns  int              `toml:"database_max_conns"`
+	HeartbeatInterval quantix.Duration `toml:"heartbeat_interval"`
+	JoinTokens        []string         `toml:"join_tokens"`
+	AdminToken        string           `toml:"admin_token"`
+	SecretsFile       string           `toml:"secrets_file"`
 	// HeartbeatWriters is how many heartbeat statements may run at once; heartbeats
 	// arriving meanwhile are coalesced into the next one (see store.Batcher).
 	HeartbeatWriters int `toml:"heartbeat_writers"`
@@ -99,7 +80,7 @@ func DefaultConfig() Config {
 		DatabaseURL:       DefaultDatabaseURL,
 		DatabaseMaxConns:  16,
 		HeartbeatWriters:  DefaultHeartbeatWriters,
-		HeartbeatInterval: Duration{quantix.DefaultHeartbeatInterval},
+		HeartbeatInterval: quantix.Duration{Duration: quantix.DefaultHeartbeatInterval},
 		SecretsFile:       quantix.VDCSecrets,
 	}
 }
@@ -112,7 +93,7 @@ func LoadConfigFile(path string, cfg *Config, missingOK bool) error {
 		return nil
 	}
 	if err != nil {
-		return fmt.Errorf("%w: %w", ErrConfig, err)
+		return fmt.Errorf("%w: %w", quantix.ErrConfig, err)
 	}
 	return nil
 }
@@ -121,30 +102,30 @@ func LoadConfigFile(path string, cfg *Config, missingOK bool) error {
 func (c *Config) Validate() error {
 	switch {
 	case c.Listen == "":
-		return fmt.Errorf("%w: listen is empty", ErrConfig)
+		return fmt.Errorf("%w: listen is empty", quantix.ErrConfig)
 	case c.HeartbeatInterval.Duration < 100*time.Millisecond || c.HeartbeatInterval.Duration > time.Hour:
-		return fmt.Errorf("%w: heartbeat_interval %s is outside 100ms..1h", ErrConfig, c.HeartbeatInterval.Duration)
+		return fmt.Errorf("%w: heartbeat_interval %s is outside 100ms..1h", quantix.ErrConfig, c.HeartbeatInterval.Duration)
 	case c.DatabaseMaxConns < 1 || c.DatabaseMaxConns > 1000:
-		return fmt.Errorf("%w: database_max_conns %d is outside 1..1000", ErrConfig, c.DatabaseMaxConns)
+		return fmt.Errorf("%w: database_max_conns %d is outside 1..1000", quantix.ErrConfig, c.DatabaseMaxConns)
 	case c.HeartbeatWriters < 1 || c.HeartbeatWriters >= c.DatabaseMaxConns:
-		return fmt.Errorf("%w: heartbeat_writers %d is outside 1..database_max_conns-1 (%d)", ErrConfig, c.HeartbeatWriters, c.DatabaseMaxConns-1)
+		return fmt.Errorf("%w: heartbeat_writers %d is outside 1..database_max_conns-1 (%d)", quantix.ErrConfig, c.HeartbeatWriters, c.DatabaseMaxConns-1)
 	}
 	if _, _, err := net.SplitHostPort(c.Listen); err != nil {
-		return fmt.Errorf("%w: listen %q: %v", ErrConfig, c.Listen, err)
+		return fmt.Errorf("%w: listen %q: %v", quantix.ErrConfig, c.Listen, err)
 	}
 	if err := c.validateUI(); err != nil {
 		return err
 	}
 	for i, t := range c.JoinTokens {
 		if len(t) < 16 {
-			return fmt.Errorf("%w: join_tokens[%d] is %d characters; use at least 16", ErrConfig, i, len(t))
+			return fmt.Errorf("%w: join_tokens[%d] is %d characters; use at least 16", quantix.ErrConfig, i, len(t))
 		}
 	}
 	if c.AdminToken != "" && len(c.AdminToken) < 16 {
-		return fmt.Errorf("%w: admin_token is %d characters; use at least 16", ErrConfig, len(c.AdminToken))
+		return fmt.Errorf("%w: admin_token is %d characters; use at least 16", quantix.ErrConfig, len(c.AdminToken))
 	}
 	if _, err := url.Parse(c.DatabaseURL); err != nil || !strings.HasPrefix(c.DatabaseURL, "postgres") {
-		return fmt.Errorf("%w: database_url %q is not a postgres:// URL", ErrConfig, redactURL(c.DatabaseURL))
+		return fmt.Errorf("%w: database_url %q is not a postgres:// URL", quantix.ErrConfig, redactURL(c.DatabaseURL))
 	}
 	return nil
 }
@@ -155,18 +136,18 @@ func (c *Config) Validate() error {
 func DatabaseURLWithPassword(dbURL, secretsFile string) (string, error) {
 	u, err := url.Parse(dbURL)
 	if err != nil {
-		return "", fmt.Errorf("%w: database_url: %v", ErrConfig, err)
+		return "", fmt.Errorf("%w: database_url: %v", quantix.ErrConfig, err)
 	}
 	if _, ok := u.User.Password(); ok {
 		return dbURL, nil
 	}
 	sec, err := quantix.LoadVDCSecrets(secretsFile)
 	if err != nil {
-		return "", fmt.Errorf("%w: %w", ErrConfig, err)
+		return "", fmt.Errorf("%w: %w", quantix.ErrConfig, err)
 	}
 	if sec.DatabasePassword == "" {
 		return "", fmt.Errorf("%w: database_url has no password and %s has no database_password; "+
-			"the vDC uses password authentication only", ErrConfig, secretsFile)
+			"the vDC uses password authentication only", quantix.ErrConfig, secretsFile)
 	}
 	name := "quantix"
 	if u.User != nil {
@@ -178,27 +159,27 @@ func DatabaseURLWithPassword(dbURL, secretsFile string) (string, error) {
 
 func (c *Config) validateUI() error {
 	if c.UIListen == "" {
-		return fmt.Errorf("%w: ui_listen is empty (the web UI's HTTPS address, default %s)", ErrConfig, DefaultUIListen)
+		return fmt.Errorf("%w: ui_listen is empty (the web UI's HTTPS address, default %s)", quantix.ErrConfig, DefaultUIListen)
 	}
 	uh, up, err := net.SplitHostPort(c.UIListen)
 	if err != nil {
-		return fmt.Errorf("%w: ui_listen %q: %v", ErrConfig, c.UIListen, err)
+		return fmt.Errorf("%w: ui_listen %q: %v", quantix.ErrConfig, c.UIListen, err)
 	}
 	if n, err := strconv.Atoi(up); err != nil || n < 0 || n > 65535 {
-		return fmt.Errorf("%w: ui_listen %q: port %q is not a number 0..65535", ErrConfig, c.UIListen, up)
+		return fmt.Errorf("%w: ui_listen %q: port %q is not a number 0..65535", quantix.ErrConfig, c.UIListen, up)
 	}
 	if lh, lp, _ := net.SplitHostPort(c.Listen); lp == up && up != "0" && (lh == uh || lh == "" || uh == "") {
-		return fmt.Errorf("%w: ui_listen %q and listen %q use the same port; the UI needs its own (HTTPS) port", ErrConfig, c.UIListen, c.Listen)
+		return fmt.Errorf("%w: ui_listen %q and listen %q use the same port; the UI needs its own (HTTPS) port", quantix.ErrConfig, c.UIListen, c.Listen)
 	}
 	if (c.TLSCert == "") != (c.TLSKey == "") {
-		return fmt.Errorf("%w: tls_cert and tls_key go together: set both (PEM files) or neither (a self-signed certificate is generated)", ErrConfig)
+		return fmt.Errorf("%w: tls_cert and tls_key go together: set both (PEM files) or neither (a self-signed certificate is generated)", quantix.ErrConfig)
 	}
 	for _, f := range []struct{ key, path string }{{"tls_cert", c.TLSCert}, {"tls_key", c.TLSKey}} {
 		if f.path == "" {
 			continue
 		}
 		if _, err := os.Stat(f.path); err != nil {
-			return fmt.Errorf("%w: %s: %v", ErrConfig, f.key, err)
+			return fmt.Errorf("%w: %s: %v", quantix.ErrConfig, f.key, err)
 		}
 	}
 	return nil
@@ -259,13 +240,13 @@ func (s *Service) adminTokenHash() ([32]byte, error) {
 	}
 	sec, err := quantix.LoadVDCSecrets(s.cfg.SecretsFile)
 	if err != nil {
-		return [32]byte{}, fmt.Errorf("%w: %w", ErrConfig, err)
+		return [32]byte{}, fmt.Errorf("%w: %w", quantix.ErrConfig, err)
 	}
 	if sec.AdminTokenHash != "" {
 		hexed, ok := strings.CutPrefix(sec.AdminTokenHash, "sha256:")
 		b, err := hex.DecodeString(hexed)
 		if !ok || err != nil || len(b) != 32 {
-			return [32]byte{}, fmt.Errorf("%w: %s: admin_token_hash is not \"sha256:<64 hex>\"", ErrConfig, s.cfg.SecretsFile)
+			return [32]byte{}, fmt.Errorf("%w: %s: admin_token_hash is not \"sha256:<64 hex>\"", quantix.ErrConfig, s.cfg.SecretsFile)
 		}
 		return [32]byte(b), nil
 	}
@@ -275,7 +256,7 @@ func (s *Service) adminTokenHash() ([32]byte, error) {
 	if err := quantix.SaveVDCSecrets(s.cfg.SecretsFile, sec); err != nil {
 		return [32]byte{}, fmt.Errorf("store admin token hash: %w", err)
 	}
-	fmt.Fprintln(s.cfg.Stdout, quantix.FormatMarker("admin-token", "service", "vdc", "token", tok,
+	fmt.Fprintln(s.cfg.Stdout, quantix.FormatMarker(quantix.MarkerAdminToken, "service", "vdc", "token", tok,
 		"note", "shown once; only its hash is kept in "+s.cfg.SecretsFile))
 	s.log.Info("generated the admin token; it was printed once on stdout", "secrets_file", s.cfg.SecretsFile)
 	return h, nil
@@ -294,7 +275,7 @@ func (s *Service) Run(ctx context.Context) error {
 	st, err := store.Open(ctx, store.Config{DatabaseURL: dbURL, MaxConns: int32(s.cfg.DatabaseMaxConns),
 		StaticJoinTokens: s.cfg.JoinTokens}, s.log)
 	if err != nil {
-		return fmt.Errorf("%w: %w", ErrConfig, err)
+		return fmt.Errorf("%w: %w", quantix.ErrConfig, err)
 	}
 	defer st.Close()
 	n, err := st.Migrate(ctx)
@@ -302,7 +283,7 @@ func (s *Service) Run(ctx context.Context) error {
 		return nil // SIGTERM while starting: a clean stop
 	}
 	if errors.Is(err, migrations.ErrSchemaNewer) {
-		return fmt.Errorf("%w: %w", ErrConfig, err) // restarting cannot help: wrong binary
+		return fmt.Errorf("%w: %w", quantix.ErrConfig, err) // restarting cannot help: wrong binary
 	}
 	if err != nil {
 		return err

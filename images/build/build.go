@@ -33,9 +33,9 @@ import (
 
 	"github.com/u-root/mkuimage/cpio"
 
+	"github.com/quantix/quantix"
 	"github.com/quantix/quantix/images/kmod"
 	"github.com/quantix/quantix/images/spec"
-	initd "github.com/quantix/quantix/services/init"
 )
 
 // Config says what to build and where.
@@ -165,31 +165,11 @@ func sourceDateEpoch(repo string) (int64, error) {
 	return 0, nil
 }
 
-// Build builds the ISO, its manifest and updates SHA256SUMS.
+// Build builds the ISO, its manifest and updates SHA256SUMS: the steps of
+// buildSteps in order, each timed on Progress; an error names its step.
 func (b *Builder) Build(ctx context.Context) (*Result, error) {
 	start := time.Now()
 	img := b.img
-	epoch := *b.cfg.SourceDateEpoch
-
-	res := &Result{}
-	step := func(name string, fn func() error) error {
-		if err := ctx.Err(); err != nil {
-			return err
-		}
-		t0 := time.Now()
-		fmt.Fprintf(b.cfg.Progress, "%s: %-28s", img.Name, name)
-		err := fn()
-		d := time.Since(t0)
-		res.Steps = append(res.Steps, Step{name, d})
-		if err != nil {
-			fmt.Fprintf(b.cfg.Progress, " failed after %.1fs\n", d.Seconds())
-			return err
-		}
-		fmt.Fprintf(b.cfg.Progress, " %6.1fs\n", d.Seconds())
-		return nil
-	}
-	logf := func(format string, a ...any) { b.log.Info(fmt.Sprintf(format, a...)) }
-
 	for _, d := range []string{b.cfg.OutDir, b.cfg.CacheDir} {
 		if err := os.MkdirAll(d, 0o755); err != nil {
 			return nil, err
@@ -200,173 +180,231 @@ func (b *Builder) Build(ctx context.Context) (*Result, error) {
 		return nil, err
 	}
 	defer os.RemoveAll(work)
-	initrdPath := filepath.Join(work, "initrd")
-	m := &Manifest{Image: img.Name, Version: img.Version, VolumeLabel: img.VolumeLabel, SourceDateEpoch: epoch, Go: runtime.Version()}
-	if m.GoModules, err = repoModules(b.cfg.Repo); err != nil {
+	r := &buildRun{
+		Builder: b, epoch: *b.cfg.SourceDateEpoch, work: work, t: newTree(), res: &Result{},
+		initrd: filepath.Join(work, "initrd"),
+		iso:    filepath.Join(b.cfg.OutDir, img.Name+".iso"),
+		m:      &Manifest{Image: img.Name, Version: img.Version, VolumeLabel: img.VolumeLabel, SourceDateEpoch: *b.cfg.SourceDateEpoch, Go: runtime.Version()},
+	}
+	if r.m.GoModules, err = repoModules(b.cfg.Repo); err != nil {
 		return nil, err
 	}
-	t := newTree()
-
-	if err := step("check bootloader files", checkBootFiles); err != nil {
-		return nil, err
-	}
-	var k *Kernel
-	var modFiles []string
-	var modDep []byte
-	if err := step("kernel "+img.Kernel.Version, func() error {
-		var err error
-		if k, err = prepareKernel(img.Kernel, b.cfg.CacheDir, logf); err != nil {
-			return err
-		}
-		modFiles, modDep, err = k.ModuleClosure(img.Kernel.AllModules())
-		return err
-	}); err != nil {
-		return nil, err
-	}
-	m.Kernel = KernelInput{Package: img.Kernel.Package, Version: img.Kernel.Version, SHA256: img.Kernel.SHA256, Release: k.Release}
-
-	if err := step("u-root base (mkuimage)", func() error { return b.urootStep(t, work, m) }); err != nil {
-		return nil, err
-	}
-	if err := step("our commands (go build)", func() error { return b.commandsStep(t, work, m) }); err != nil {
-		return nil, err
-	}
-	if err := step(fmt.Sprintf("kernel modules (%d)", len(modFiles)), func() error {
-		base := path.Join("lib/modules", k.Release)
-		for _, f := range modFiles {
-			data, err := os.ReadFile(filepath.Join(k.ModDir, f))
-			if err != nil {
-				return err
-			}
-			t.file(path.Join(base, f), data, 0o644)
-			m.Modules = append(m.Modules, FileInput{Path: path.Join("/", base, f), SHA256: bytesSHA256(data)})
-		}
-		t.file(path.Join(base, "modules.dep"), modDep, 0o644)
-		builtin, err := os.ReadFile(filepath.Join(k.ModDir, "modules.builtin"))
-		if err != nil {
-			return err
-		}
-		t.file(path.Join(base, "modules.builtin"), builtin, 0o644)
-		af, err := os.Open(filepath.Join(k.ModDir, "modules.alias"))
-		if err != nil {
-			return err
-		}
-		aliases, err := kmod.ParseAliases(af)
-		af.Close()
-		if err != nil {
-			return err
-		}
-		t.file(path.Join(base, "modules.alias"), aliases.Subset(modFiles), 0o644)
-		return nil
-	}); err != nil {
-		return nil, err
-	}
-	if err := step("host files", func() error { return b.hostStep(t, m) }); err != nil {
-		return nil, err
-	}
-	if err := step("overlays", func() error { return b.overlayStep(t, m) }); err != nil {
-		return nil, err
-	}
-	if err := step("image config", func() error {
-		c := initd.Config{
-			Image: img.Name, Version: img.Version, VolumeLabel: img.VolumeLabel, Hostname: img.Hostname,
-			KernelRelease: k.Release, Modules: img.Kernel.Modules, LateModules: img.Kernel.LateModules, Services: img.Services,
-		}
-		data, err := c.Encode()
-		if err != nil {
-			return err
-		}
-		t.file(strings.TrimPrefix(initd.ConfigPath, "/"), data, 0o644)
-		// The kernel asks /sbin/modprobe for modules (crypto-crc32c, fs-vfat).
-		t.add(cpio.Symlink("sbin/modprobe", "/bbin/"+img.Initramfs.Uinit))
-		for name, target := range img.Initramfs.Symlinks {
-			t.add(cpio.Symlink(name, target))
-		}
-		return nil
-	}); err != nil {
-		return nil, err
-	}
-	if len(img.Extensions) > 0 {
-		if err := step("extensions (mksquashfs)", func() error { return b.extensionStep(t, work, m) }); err != nil {
+	for _, st := range buildSteps() {
+		if err := r.step(ctx, st); err != nil {
 			return nil, err
 		}
 	}
-	if err := step("initramfs (cpio, compressed)", func() error {
-		p := initrdPath
-		f, err := os.Create(p)
-		if err != nil {
-			return err
-		}
-		h := sha256.New()
-		comp := img.Initramfs.Compression
-		if comp == "" {
-			comp = spec.CompressionZstd
-		}
-		n, raw, err := t.write(io.MultiWriter(f, h), epoch, comp)
-		if cerr := f.Close(); err == nil {
-			err = cerr
-		}
-		if err != nil {
-			return err
-		}
-		st, _ := os.Stat(p)
-		res.InitrdSize = st.Size()
-		m.Initramfs = InitramfsInfo{SHA256: hex.EncodeToString(h.Sum(nil)), Size: st.Size(), RawSize: raw, Entries: n}
-		return nil
-	}); err != nil {
-		return nil, err
-	}
-	// An image that carries the installer also carries the bootloader files it puts
-	// on a disk (GRUB for UEFI and BIOS), made by the installer's own code.
-	var installBoot map[string]string
-	if err := step("installer boot files", func() error {
-		var err error
-		installBoot, err = installerBootFiles(filepath.Join(work, "bin"), filepath.Join(work, "install-boot"), img.Initramfs.Commands)
-		return err
-	}); err != nil {
-		return nil, err
-	}
-	iso := filepath.Join(b.cfg.OutDir, img.Name+".iso")
-	if err := step("iso (go-diskfs + hybrid)", func() error {
-		tmp := iso + ".tmp"
-		efiSum, err := MakeISO(ISOConfig{
-			Out: tmp, Name: img.Name, Version: img.Version, VolumeLabel: img.VolumeLabel, Boot: img.Boot,
-			Kernel: k.Vmlinuz, Initrd: initrdPath, WorkDir: filepath.Join(work, "iso"), SourceDateEpoch: epoch,
-			Extra: installBoot,
-		})
-		if err != nil {
-			os.Remove(tmp)
-			return err
-		}
-		if err := b.bootManifest(k, efiSum, m); err != nil {
-			return err
-		}
-		return os.Rename(tmp, iso)
-	}); err != nil {
-		return nil, err
-	}
-	if err := step("manifest, SHA256SUMS", func() error {
-		sum, err := fileSHA256(iso)
-		if err != nil {
-			return err
-		}
-		st, err := os.Stat(iso)
-		if err != nil {
-			return err
-		}
-		res.ISO, res.SHA256, res.Size = iso, sum, st.Size()
-		m.ISO = FileInput{Path: filepath.Base(iso), SHA256: sum, Size: st.Size()}
-		res.Manifest = filepath.Join(b.cfg.OutDir, img.Name+".manifest.json")
-		if err := m.write(res.Manifest); err != nil {
-			return err
-		}
-		return updateSums(filepath.Join(b.cfg.OutDir, "SHA256SUMS"), filepath.Base(iso), sum)
-	}); err != nil {
-		return nil, err
-	}
+	res := r.res
 	res.Total = time.Since(start)
-	fmt.Fprintf(b.cfg.Progress, "%s: %s %.1f MB sha256 %s in %.1fs\n", img.Name, iso, float64(res.Size)/1e6, res.SHA256[:16], res.Total.Seconds())
+	fmt.Fprintf(b.cfg.Progress, "%s: %s %.1f MB sha256 %s in %.1fs\n", img.Name, r.iso, float64(res.Size)/1e6, res.SHA256[:16], res.Total.Seconds())
 	return res, nil
+}
+
+// buildRun is what one Build hands from step to step.
+type buildRun struct {
+	*Builder
+	epoch int64
+	work  string // temporary folder, removed after the build
+	t     *tree  // the initramfs being assembled
+	m     *Manifest
+	res   *Result
+
+	k        *Kernel
+	modFiles []string // the module closure, relative to k.ModDir
+	modDep   []byte
+	initrd   string            // the compressed initramfs
+	bootInst map[string]string // the installer's boot files: ISO path -> file
+	iso      string
+}
+
+// buildStep is one named step of Build. detail, when set, adds what the step works
+// on to its name once the steps before it have run (the kernel version, the
+// number of modules).
+type buildStep struct {
+	name   string
+	detail func(r *buildRun) string
+	run    func(r *buildRun) error
+}
+
+// buildSteps lists Build's steps in order.
+func buildSteps() []buildStep {
+	return []buildStep{
+		{name: "check bootloader files", run: func(*buildRun) error { return checkBootFiles() }},
+		{name: "kernel", detail: func(r *buildRun) string { return r.img.Kernel.Version }, run: (*buildRun).kernel},
+		{name: "u-root base (mkuimage)", run: func(r *buildRun) error { return r.urootStep(r.t, r.work, r.m) }},
+		{name: "our commands (go build)", run: func(r *buildRun) error { return r.commandsStep(r.t, r.work, r.m) }},
+		{name: "kernel modules", detail: func(r *buildRun) string { return fmt.Sprintf("(%d)", len(r.modFiles)) }, run: (*buildRun).modules},
+		{name: "host files", run: func(r *buildRun) error { return r.hostStep(r.t, r.m) }},
+		{name: "overlays", run: func(r *buildRun) error { return r.overlayStep(r.t, r.m) }},
+		{name: "image config", run: (*buildRun).imageConfig},
+		{name: "extensions (mksquashfs)", run: func(r *buildRun) error { return r.extensionStep(r.t, r.work, r.m) }},
+		{name: "initramfs (cpio, compressed)", run: (*buildRun).initramfs},
+		// An image that carries the installer also carries the bootloader files it
+		// puts on a disk (GRUB for UEFI and BIOS), made by the installer's own code.
+		{name: "installer boot files", run: (*buildRun).installerBoot},
+		{name: "iso (go-diskfs + hybrid)", run: (*buildRun).isoImage},
+		{name: "manifest, SHA256SUMS", run: (*buildRun).manifest},
+	}
+}
+
+// step runs st, timed on Progress and recorded in the result; its error names it.
+func (r *buildRun) step(ctx context.Context, st buildStep) error {
+	if err := ctx.Err(); err != nil {
+		return err
+	}
+	name := st.name
+	if st.detail != nil {
+		name += " " + st.detail(r)
+	}
+	t0 := time.Now()
+	fmt.Fprintf(r.cfg.Progress, "%s: %-28s", r.img.Name, name)
+	err := st.run(r)
+	d := time.Since(t0)
+	r.res.Steps = append(r.res.Steps, Step{name, d})
+	if err != nil {
+		fmt.Fprintf(r.cfg.Progress, " failed after %.1fs\n", d.Seconds())
+		return fmt.Errorf("build %s: %s: %w", r.img.Name, name, err)
+	}
+	fmt.Fprintf(r.cfg.Progress, " %6.1fs\n", d.Seconds())
+	return nil
+}
+
+// kernel fetches the pinned kernel package and finds the module closure.
+func (r *buildRun) kernel() error {
+	kc := r.img.Kernel
+	var err error
+	if r.k, err = prepareKernel(kc, r.cfg.CacheDir, func(format string, a ...any) { r.log.Info(fmt.Sprintf(format, a...)) }); err != nil {
+		return err
+	}
+	if r.modFiles, r.modDep, err = r.k.ModuleClosure(kc.AllModules()); err != nil {
+		return err
+	}
+	r.m.Kernel = KernelInput{Package: kc.Package, Version: kc.Version, SHA256: kc.SHA256, Release: r.k.Release}
+	return nil
+}
+
+// modules adds the module closure and the module tables it needs.
+func (r *buildRun) modules() error {
+	k := r.k
+	base := path.Join("lib/modules", k.Release)
+	for _, f := range r.modFiles {
+		data, err := os.ReadFile(filepath.Join(k.ModDir, f))
+		if err != nil {
+			return err
+		}
+		r.t.file(path.Join(base, f), data, 0o644)
+		r.m.Modules = append(r.m.Modules, FileInput{Path: path.Join("/", base, f), SHA256: bytesSHA256(data)})
+	}
+	r.t.file(path.Join(base, "modules.dep"), r.modDep, 0o644)
+	builtin, err := os.ReadFile(filepath.Join(k.ModDir, "modules.builtin"))
+	if err != nil {
+		return err
+	}
+	r.t.file(path.Join(base, "modules.builtin"), builtin, 0o644)
+	af, err := os.Open(filepath.Join(k.ModDir, "modules.alias"))
+	if err != nil {
+		return err
+	}
+	aliases, err := kmod.ParseAliases(af)
+	af.Close()
+	if err != nil {
+		return err
+	}
+	r.t.file(path.Join(base, "modules.alias"), aliases.Subset(r.modFiles), 0o644)
+	return nil
+}
+
+// imageConfig writes what init reads at boot (quantix.ImageConfigPath) and the
+// initramfs symlinks.
+func (r *buildRun) imageConfig() error {
+	img := r.img
+	c := quantix.ImageConfig{
+		Image: img.Name, Version: img.Version, VolumeLabel: img.VolumeLabel, Hostname: img.Hostname,
+		KernelRelease: r.k.Release, Modules: img.Kernel.Modules, LateModules: img.Kernel.LateModules, Services: img.Services,
+	}
+	data, err := c.Encode()
+	if err != nil {
+		return err
+	}
+	r.t.file(strings.TrimPrefix(quantix.ImageConfigPath, "/"), data, 0o644)
+	// The kernel asks /sbin/modprobe for modules (crypto-crc32c, fs-vfat).
+	r.t.add(cpio.Symlink("sbin/modprobe", "/bbin/"+img.Initramfs.Uinit))
+	for name, target := range img.Initramfs.Symlinks {
+		r.t.add(cpio.Symlink(name, target))
+	}
+	return nil
+}
+
+// initramfs writes the compressed cpio archive.
+func (r *buildRun) initramfs() error {
+	f, err := os.Create(r.initrd)
+	if err != nil {
+		return err
+	}
+	h := sha256.New()
+	comp := r.img.Initramfs.Compression
+	if comp == "" {
+		comp = spec.CompressionZstd
+	}
+	n, raw, err := r.t.write(io.MultiWriter(f, h), r.epoch, comp)
+	if cerr := f.Close(); err == nil {
+		err = cerr
+	}
+	if err != nil {
+		return err
+	}
+	st, err := os.Stat(r.initrd)
+	if err != nil {
+		return err
+	}
+	r.res.InitrdSize = st.Size()
+	r.m.Initramfs = InitramfsInfo{SHA256: hex.EncodeToString(h.Sum(nil)), Size: st.Size(), RawSize: raw, Entries: n}
+	return nil
+}
+
+func (r *buildRun) installerBoot() error {
+	var err error
+	r.bootInst, err = installerBootFiles(filepath.Join(r.work, "bin"), filepath.Join(r.work, "install-boot"), r.img.Initramfs.Commands)
+	return err
+}
+
+// isoImage writes the hybrid ISO (through a temporary file).
+func (r *buildRun) isoImage() error {
+	img := r.img
+	tmp := r.iso + ".tmp"
+	efiSum, err := MakeISO(ISOConfig{
+		Out: tmp, Name: img.Name, Version: img.Version, VolumeLabel: img.VolumeLabel, Boot: img.Boot,
+		Kernel: r.k.Vmlinuz, Initrd: r.initrd, WorkDir: filepath.Join(r.work, "iso"), SourceDateEpoch: r.epoch,
+		Extra: r.bootInst,
+	})
+	if err != nil {
+		os.Remove(tmp)
+		return err
+	}
+	if err := r.bootManifest(r.k, efiSum, r.m); err != nil {
+		return err
+	}
+	return os.Rename(tmp, r.iso)
+}
+
+// manifest writes <name>.manifest.json and the ISO's line of SHA256SUMS.
+func (r *buildRun) manifest() error {
+	sum, err := fileSHA256(r.iso)
+	if err != nil {
+		return err
+	}
+	st, err := os.Stat(r.iso)
+	if err != nil {
+		return err
+	}
+	res := r.res
+	res.ISO, res.SHA256, res.Size = r.iso, sum, st.Size()
+	r.m.ISO = FileInput{Path: filepath.Base(r.iso), SHA256: sum, Size: st.Size()}
+	res.Manifest = filepath.Join(r.cfg.OutDir, r.img.Name+".manifest.json")
+	if err := r.m.write(res.Manifest); err != nil {
+		return err
+	}
+	return updateSums(filepath.Join(r.cfg.OutDir, "SHA256SUMS"), filepath.Base(r.iso), sum)
 }
 
 // urootStep adds the u-root busybox, /init and /bin/uinit, from the cache when the

@@ -308,3 +308,40 @@ func TestExtractDebRejects(t *testing.T) {
 		t.Errorf("extractDeb(garbage) = %v", err)
 	}
 }
+
+// TestBuildStepErrorNamesStep: a step that fails names itself, in the error and
+// on the progress output, and no later step runs.
+func TestBuildStepErrorNamesStep(t *testing.T) {
+	data, err := os.ReadFile("../quantix-os.toml")
+	if err != nil {
+		t.Fatal(err)
+	}
+	img, err := spec.Parse("quantix-os.toml", data)
+	if err != nil {
+		t.Fatal(err)
+	}
+	s := string(data)
+	s = strings.Replace(s, `version = "`+img.Kernel.Version+`"`, `version = "0.0.0-quantix-missing"`, 1)
+	s = strings.Replace(s, img.Kernel.SHA256, strings.Repeat("ab", 32), 1)
+	specFile := filepath.Join(t.TempDir(), "quantix-os.toml")
+	if err := os.WriteFile(specFile, []byte(s), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	// A cached package with another hash fails the kernel step without apt.
+	cache := t.TempDir()
+	os.MkdirAll(filepath.Join(cache, "debs"), 0o755)
+	os.WriteFile(filepath.Join(cache, "debs", img.Kernel.Package+"_0.0.0-quantix-missing_amd64.deb"), []byte("not it"), 0o644)
+	var progress bytes.Buffer
+	b, err := New(Config{Spec: specFile, Repo: "../..", OutDir: t.TempDir(), CacheDir: cache, Progress: &progress},
+		slog.New(slog.NewTextHandler(io.Discard, nil)))
+	if err != nil {
+		t.Fatal(err)
+	}
+	_, err = b.Build(context.Background())
+	if err == nil || !strings.HasPrefix(err.Error(), "build quantix-os: kernel 0.0.0-quantix-missing: ") || !strings.Contains(err.Error(), "the image file pins") {
+		t.Errorf("Build = %v, want an error naming the kernel step", err)
+	}
+	if p := progress.String(); !strings.Contains(p, "kernel 0.0.0-quantix-missing") || !strings.Contains(p, "failed after") || strings.Contains(p, "u-root") {
+		t.Errorf("progress:\n%s\nwant the kernel step failed and no later step", p)
+	}
+}

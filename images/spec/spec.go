@@ -29,10 +29,10 @@ type Image struct {
 	// command line name one.
 	Hostname string `toml:"hostname"`
 
-	Kernel    Kernel    `toml:"kernel"`
-	Initramfs Initramfs `toml:"initramfs"`
-	Boot      Boot      `toml:"boot"`
-	Services  []Service `toml:"service"`
+	Kernel    Kernel            `toml:"kernel"`
+	Initramfs Initramfs         `toml:"initramfs"`
+	Boot      Boot              `toml:"boot"`
+	Services  []quantix.Service `toml:"service"`
 	// Extensions are read-only squashfs images inside the initramfs, mounted by a
 	// service after boot (Quantix-OS: libvirt and QEMU).
 	Extensions []Extension `toml:"extension"`
@@ -117,26 +117,6 @@ type BootEntry struct {
 	Title   string `toml:"title"`
 	Cmdline string `toml:"cmdline"`
 	Default bool   `toml:"default"`
-}
-
-// Ready says how init decides that a service is ready.
-const (
-	ReadyMarker = "marker" // the service printed quantix.ReadyMarker on stdout (default)
-	ReadyStart  = "start"  // the process started
-)
-
-// Service is one supervised service the image runs (DESIGN §8, COMMON process contract).
-type Service struct {
-	Name      string   `toml:"name"`
-	Command   string   `toml:"command"`
-	Args      []string `toml:"args"`
-	DependsOn []string `toml:"depends_on"`
-	// Ready is "marker" (default) or "start".
-	Ready string `toml:"ready"`
-	// AfterBoot services start once the boot is complete (every other service
-	// ready, the remaining kernel modules loaded), or after a bounded wait when it
-	// is not; boot-complete does not wait for them (Quantix-OS: libvirtd).
-	AfterBoot bool `toml:"after_boot"`
 }
 
 // Load reads and validates an image definition.
@@ -364,7 +344,7 @@ func (b Boot) DefaultEntry() BootEntry {
 	return BootEntry{}
 }
 
-func validateServices(svcs []Service) []error {
+func validateServices(svcs []quantix.Service) []error {
 	var errs []error
 	names := map[string]int{}
 	for i, s := range svcs {
@@ -380,9 +360,9 @@ func validateServices(svcs []Service) []error {
 			errs = append(errs, fmt.Errorf("%s.command: %q must be an absolute path inside the image", key, s.Command))
 		}
 		switch s.Ready {
-		case "", ReadyMarker, ReadyStart:
+		case "", quantix.ReadyOnMarker, quantix.ReadyOnStart:
 		default:
-			errs = append(errs, fmt.Errorf("%s.ready: %q must be %q or %q", key, s.Ready, ReadyMarker, ReadyStart))
+			errs = append(errs, fmt.Errorf("%s.ready: %q must be %q or %q", key, s.Ready, quantix.ReadyOnMarker, quantix.ReadyOnStart))
 		}
 	}
 	for i, s := range svcs {
@@ -396,58 +376,11 @@ func validateServices(svcs []Service) []error {
 		}
 	}
 	if len(errs) == 0 {
-		if _, err := ServiceOrder(svcs); err != nil {
+		if _, err := quantix.ServiceOrder(svcs); err != nil {
 			errs = append(errs, fmt.Errorf("service: %w", err))
 		}
 	}
 	return errs
-}
-
-// ServiceOrder returns the service names in start order: every service after the
-// services it depends on, ties kept in file order. A cycle is an error naming it.
-func ServiceOrder(svcs []Service) ([]string, error) {
-	idx := map[string]int{}
-	for i, s := range svcs {
-		idx[s.Name] = i
-	}
-	const (
-		unvisited = iota
-		visiting
-		done
-	)
-	state := make([]int, len(svcs))
-	var order []string
-	var stack []string
-	var visit func(i int) error
-	visit = func(i int) error {
-		switch state[i] {
-		case done:
-			return nil
-		case visiting:
-			return fmt.Errorf("dependency cycle %s -> %s", strings.Join(stack, " -> "), svcs[i].Name)
-		}
-		state[i] = visiting
-		stack = append(stack, svcs[i].Name)
-		for _, d := range svcs[i].DependsOn {
-			j, ok := idx[d]
-			if !ok {
-				return fmt.Errorf("%s depends on unknown service %q", svcs[i].Name, d)
-			}
-			if err := visit(j); err != nil {
-				return err
-			}
-		}
-		stack = stack[:len(stack)-1]
-		state[i] = done
-		order = append(order, svcs[i].Name)
-		return nil
-	}
-	for i := range svcs {
-		if err := visit(i); err != nil {
-			return nil, err
-		}
-	}
-	return order, nil
 }
 
 // NormalizeModule returns the module name as the kernel knows it ('-' becomes '_').

@@ -64,12 +64,12 @@ func TestParseValid(t *testing.T) {
 	if got, want := img.Boot.DefaultEntry().ID, "normal"; got != want {
 		t.Errorf("DefaultEntry = %q, want %q", got, want)
 	}
-	order, err := ServiceOrder(img.Services)
+	order, err := quantix.ServiceOrder(img.Services)
 	if err != nil {
 		t.Fatal(err)
 	}
 	if diff := cmp.Diff([]string{"network", "agent"}, order); diff != "" {
-		t.Errorf("ServiceOrder (-want +got):\n%s", diff)
+		t.Errorf("quantix.ServiceOrder (-want +got):\n%s", diff)
 	}
 }
 

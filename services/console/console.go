@@ -30,14 +30,13 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/quantix/quantix"
-	initd "github.com/quantix/quantix/services/init"
 )
 
 // Config is the console's configuration; every path can be moved for tests.
 type Config struct {
 	// Image and Version name the running image; empty means read ImageConfig.
 	Image, Version string
-	// ImageConfig is qx-init's image config (initd.ConfigPath): image, version and
+	// ImageConfig is qx-init's image config (quantix.ImageConfigPath): image, version and
 	// the service list.
 	ImageConfig string
 
@@ -54,7 +53,7 @@ type Config struct {
 	EtcHostname   string // /etc/hostname (session copy; "" skips)
 	NetworkSocket string // quantix.NetworkSocket
 	NetworkConfig string // quantix.NetworkConfig: the form starts from it
-	InitSocket    string // initd.ControlSocket
+	InitSocket    string // quantix.InitSocket
 	LogDir        string // quantix.LogDir
 	ConfigDir     string // quantix.ConfigDir: QUANTIX-CFG's mount point
 	MountInfo     string // /proc/self/mountinfo
@@ -99,12 +98,12 @@ func (c *Config) fill() {
 			*p = v
 		}
 	}
-	def(&c.ImageConfig, initd.ConfigPath)
+	def(&c.ImageConfig, quantix.ImageConfigPath)
 	def(&c.PasswordFile, DefaultPasswordFile)
 	def(&c.HostnameFile, quantix.HostnameFile)
 	def(&c.NetworkSocket, quantix.NetworkSocket)
 	def(&c.NetworkConfig, quantix.NetworkConfig)
-	def(&c.InitSocket, initd.ControlSocket)
+	def(&c.InitSocket, quantix.InitSocket)
 	def(&c.LogDir, quantix.LogDir)
 	def(&c.ConfigDir, quantix.ConfigDir)
 	def(&c.MountInfo, "/proc/self/mountinfo")
@@ -142,7 +141,7 @@ func New(cfg Config, log *slog.Logger) (*Service, error) {
 		return nil, errors.New("console: no terminal: set a tty device, or In and Out")
 	}
 	s := &Service{cfg: cfg, log: log}
-	ic, err := initd.LoadConfig(cfg.ImageConfig)
+	ic, err := quantix.LoadImageConfig(cfg.ImageConfig)
 	if err != nil {
 		s.configErr = err
 		if cfg.Image == "" {

@@ -1,37 +1,27 @@
 package console
 
 import (
-	"bufio"
 	"context"
-	"encoding/json"
-	"errors"
 	"fmt"
-	"net"
 	"os"
 	"path/filepath"
 	"strconv"
 	"strings"
-	"time"
 
 	"github.com/quantix/quantix"
-	initd "github.com/quantix/quantix/services/init"
 )
 
 // Power actions, as qx-init names them.
 const (
-	PowerReboot   = string(initd.ActionReboot)
-	PowerPoweroff = string(initd.ActionPoweroff)
+	PowerReboot   = string(quantix.Reboot)
+	PowerPoweroff = string(quantix.Poweroff)
 )
 
-// ServiceState is one supervised service as the console shows it.
+// ServiceState is one supervised service as the console shows it: qx-init's
+// status, or one read from /proc when qx-init cannot say (State "not running" is
+// only found there).
 type ServiceState struct {
-	Name  string `json:"name"`
-	State string `json:"state"` // initd.State*, or "not running" (the /proc fallback)
-	PID   int    `json:"pid,omitempty"`
-	// Since is when the current state began, when known.
-	Since     time.Time `json:"since,omitzero"`
-	Restarts  int       `json:"restarts,omitempty"`
-	LastError string    `json:"last_error,omitempty"`
+	quantix.ServiceStatus
 	// Origin says where the state came from: "init" or "/proc" (the fallback).
 	Origin string `json:"-"`
 }
@@ -44,20 +34,10 @@ type Init interface {
 	Power(ctx context.Context, action string) error
 }
 
-// ErrInitUnsupported says that the running qx-init does not answer a request.
-var ErrInitUnsupported = errors.New("qx-init does not support this request")
-
-// InitClient talks to qx-init over its control socket (initd.ControlSocket), one
-// line per request and one line per answer (initd.Control serves it):
-//
-//	poweroff | reboot          -> "ok" | "error: ..."
-//	services                   -> {"services":[ServiceState...]} | "error: ..."
-//	restart <name>             -> "ok" (stopped and started again) | "error: ..."
-//
-// State words are initd's: waiting, running, ready, restarting, failed, done,
-// stopping, stopped. Against an init that does not answer services and restart,
-// Services falls back to reading /proc and the logs ("running", "ready", "not
-// running"), and Restart reports ErrInitUnsupported.
+// InitClient is the console's Init: quantix.InitClient on Socket, plus a fallback
+// for an init that does not answer services and restart (quantix.ErrInitUnsupported):
+// Services then reads /proc and the logs ("running", "ready", "not running"), and
+// Restart reports the error.
 type InitClient struct {
 	Socket string
 	// Known lists the image's services (from the image config) for the fallback.
@@ -73,84 +53,29 @@ type KnownService struct {
 	Command string
 }
 
-func (c InitClient) request(ctx context.Context, line string) (string, error) {
-	var d net.Dialer
-	conn, err := d.DialContext(ctx, "unix", c.Socket)
-	if err != nil {
-		return "", fmt.Errorf("connect to qx-init at %s: %w", c.Socket, err)
-	}
-	defer conn.Close()
-	// A restart may take qx-init's grace period: the caller's deadline rules when
-	// it has one.
-	dl := time.Now().Add(5 * time.Second)
-	if d, ok := ctx.Deadline(); ok {
-		dl = d
-	}
-	conn.SetDeadline(dl)
-	if _, err := fmt.Fprintln(conn, line); err != nil {
-		return "", fmt.Errorf("send %q to qx-init: %w", line, err)
-	}
-	r := bufio.NewReader(conn)
-	resp, err := r.ReadString('\n')
-	if err != nil && resp == "" {
-		return "", fmt.Errorf("%q: no answer from qx-init: %w", line, err)
-	}
-	resp = strings.TrimSpace(resp)
-	if strings.HasPrefix(resp, "error: unknown request") {
-		return "", fmt.Errorf("%q: %w (%s)", line, ErrInitUnsupported, resp)
-	}
-	if e, ok := strings.CutPrefix(resp, "error: "); ok {
-		return "", fmt.Errorf("%s: %s", line, e)
-	}
-	return resp, nil
-}
+func (c InitClient) init() quantix.InitClient { return quantix.InitClient{Socket: c.Socket} }
 
 // Power asks qx-init to stop every service cleanly and reboot or power off.
 func (c InitClient) Power(ctx context.Context, action string) error {
-	if action != PowerReboot && action != PowerPoweroff {
-		return fmt.Errorf("power: unknown action %q", action)
-	}
-	resp, err := c.request(ctx, action)
-	if err != nil {
-		return err
-	}
-	if resp != "ok" {
-		return fmt.Errorf("%s: qx-init answered %q", action, resp)
-	}
-	return nil
+	return c.init().Power(ctx, quantix.HaltAction(action))
 }
 
 // Restart asks qx-init to restart one service.
 func (c InitClient) Restart(ctx context.Context, name string) error {
-	if strings.ContainsAny(name, " \n") || name == "" {
-		return fmt.Errorf("restart: bad service name %q", name)
-	}
-	resp, err := c.request(ctx, "restart "+name)
-	if err != nil {
-		return err
-	}
-	if resp != "ok" {
-		return fmt.Errorf("restart %s: qx-init answered %q", name, resp)
-	}
-	return nil
+	return c.init().Restart(ctx, name)
 }
 
 // Services asks qx-init for the service states; when it cannot answer, it falls
 // back to /proc (is a process of that command running?) and the log (did it print
 // its ready marker?), and marks the states as such.
 func (c InitClient) Services(ctx context.Context) ([]ServiceState, error) {
-	resp, err := c.request(ctx, "services")
+	svcs, err := c.init().Services(ctx)
 	if err == nil {
-		var out struct {
-			Services []ServiceState `json:"services"`
+		out := make([]ServiceState, len(svcs))
+		for i, s := range svcs {
+			out[i] = ServiceState{ServiceStatus: s, Origin: "init"}
 		}
-		if err := json.Unmarshal([]byte(resp), &out); err != nil {
-			return nil, fmt.Errorf("services: bad answer from qx-init: %w", err)
-		}
-		for i := range out.Services {
-			out.Services[i].Origin = "init"
-		}
-		return out.Services, nil
+		return out, nil
 	}
 	if len(c.Known) == 0 {
 		return nil, err
@@ -182,7 +107,7 @@ func (c InitClient) fromProc() []ServiceState {
 	}
 	var out []ServiceState
 	for _, k := range c.Known {
-		st := ServiceState{Name: k.Name, State: "not running", Origin: "/proc"}
+		st := ServiceState{ServiceStatus: quantix.ServiceStatus{Name: k.Name, State: "not running"}, Origin: "/proc"}
 		if pid, ok := running[filepath.Base(k.Command)]; ok {
 			st.State, st.PID = "running", pid
 			if lastReady(filepath.Join(c.LogDir, k.Name+".log"), k.Name) {

@@ -12,14 +12,14 @@ import (
 	"testing"
 	"time"
 
-	"github.com/quantix/quantix/images/spec"
-	initd "github.com/quantix/quantix/services/init"
+	"github.com/quantix/quantix"
+	"github.com/quantix/quantix/services/initd"
 )
 
 // shService is a service as /bin/sh runs it: it says it is ready, then waits for
 // SIGTERM and exits 0.
-func shService(name string, deps ...string) spec.Service {
-	return spec.Service{Name: name, Command: "/bin/sh", DependsOn: deps, Args: []string{"-c",
+func shService(name string, deps ...string) quantix.Service {
+	return quantix.Service{Name: name, Command: "/bin/sh", DependsOn: deps, Args: []string{"-c",
 		"echo 'QUANTIX: ready service=" + name + "'; echo " + name + " is up >&2; trap 'exit 0' TERM; while :; do sleep 0.05; done"}}
 }
 
@@ -38,13 +38,13 @@ func TestInitClientRealSupervisor(t *testing.T) {
 	t.Cleanup(func() { os.RemoveAll(dir) })
 	log := slog.New(slog.NewTextHandler(io.Discard, nil))
 	sup, err := initd.NewSupervisor(initd.SupervisorConfig{
-		Services: []spec.Service{shService("network"), shService("agent", "network")},
+		Services: []quantix.Service{shService("network"), shService("agent", "network")},
 		LogDir:   filepath.Join(dir, "log"), Grace: 2 * time.Second,
 	}, log)
 	if err != nil {
 		t.Fatal(err)
 	}
-	actions := make(chan initd.Action, 1)
+	actions := make(chan quantix.HaltAction, 1)
 	ctl := initd.NewControl(sup, actions, log)
 	sock := filepath.Join(dir, "init.sock")
 	ln, err := ctl.Listen(sock)
@@ -80,7 +80,7 @@ func TestInitClientRealSupervisor(t *testing.T) {
 	before := byName()
 	for _, name := range []string{"network", "agent"} {
 		s := before[name]
-		if s.State != initd.StateReady || s.PID <= 0 || syscall.Kill(s.PID, 0) != nil || s.Origin != "init" || s.Since.IsZero() {
+		if s.State != quantix.ServiceReady || s.PID <= 0 || syscall.Kill(s.PID, 0) != nil || s.Origin != "init" || s.Since.IsZero() {
 			t.Errorf("%s = %+v, want ready from init with a live pid", name, s)
 		}
 	}
@@ -98,14 +98,14 @@ func TestInitClientRealSupervisor(t *testing.T) {
 		t.Errorf("agent pid %d -> %d: restarting network must not touch its dependants", before["agent"].PID, a.PID)
 	}
 	err = c.Restart(rctx, "nosuch")
-	if err == nil || !strings.Contains(err.Error(), `restart nosuch: unknown service (services: network, agent)`) || errors.Is(err, ErrInitUnsupported) {
+	if err == nil || !strings.Contains(err.Error(), `restart nosuch: unknown service (services: network, agent)`) || errors.Is(err, quantix.ErrInitUnsupported) {
 		t.Errorf("Restart(nosuch) = %v, want unknown service naming the known ones", err)
 	}
 
 	if err := c.Power(rctx, PowerReboot); err != nil {
 		t.Fatalf("Power(reboot): %v", err)
 	}
-	if a := <-actions; a != initd.ActionReboot {
+	if a := <-actions; a != quantix.Reboot {
 		t.Errorf("init got %q, want reboot", a)
 	}
 	if err := c.Restart(rctx, "agent"); err == nil || !strings.Contains(err.Error(), "shutting down (reboot)") {

@@ -6,7 +6,7 @@ import (
 	"testing"
 	"time"
 
-	initd "github.com/quantix/quantix/services/init"
+	"github.com/quantix/quantix/services/initd"
 )
 
 func TestIncompleteSeq(t *testing.T) {

@@ -32,8 +32,8 @@ func snapshot() *Snapshot {
 		Net: &network.Status{Interface: "eth0", MAC: "52:54:00:12:34:56", Mode: "dhcp", Source: "dhcp",
 			Address: "10.0.0.100/24", Gateway: "10.0.0.1", DNS: []string{"10.0.0.53"}},
 		Agent: &AgentStatus{NodeID: "5d7c0a3e-6f0b-4f44-9a52-0d1f1c5b7a10", VDC: "http://10.0.0.2:8080", State: "registered"},
-		Services: []ServiceState{{Name: "network", State: "ready", PID: 10}, {Name: "agent", State: "ready", PID: 11},
-			{Name: "console", State: "running", PID: 12}},
+		Services: []ServiceState{{ServiceStatus: quantix.ServiceStatus{Name: "network", State: "ready", PID: 10}}, {ServiceStatus: quantix.ServiceStatus{Name: "agent", State: "ready", PID: 11}},
+			{ServiceStatus: quantix.ServiceStatus{Name: "console", State: "running", PID: 12}}},
 		Persistent: true, PasswordSet: true,
 	}
 }
@@ -189,7 +189,7 @@ func TestEveryScreenFits(t *testing.T) {
 	s.Hostname = strings.Repeat("a", 63) + "." + strings.Repeat("b", 63)
 	s.Agent.Error = strings.Repeat("a very long error \u00e9\u4e16 ", 20)
 	for i := 0; i < 30; i++ {
-		s.Services = append(s.Services, ServiceState{Name: "svc" + strings.Repeat("x", i), State: "restarting"})
+		s.Services = append(s.Services, ServiceState{ServiceStatus: quantix.ServiceStatus{Name: "svc" + strings.Repeat("x", i), State: "restarting"}})
 	}
 	s.Net.Pending = &network.PendingStatus{Deadline: time.Now().Add(time.Minute)}
 	s.Net.LastRollback = &network.RollbackStatus{At: time.Now(), Reason: strings.Repeat("gateway did not answer ", 10)}

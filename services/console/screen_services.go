@@ -3,12 +3,11 @@ package console
 import (
 	"context"
 	"fmt"
+	"github.com/quantix/quantix"
 	"path/filepath"
 	"time"
 
 	tea "github.com/charmbracelet/bubbletea"
-
-	initd "github.com/quantix/quantix/services/init"
 )
 
 // servicesScreen lists init's services with the tail of the selected one's log,
@@ -78,7 +77,7 @@ func (s *servicesScreen) key(u *ui, k tea.KeyMsg) (tea.Cmd, action) {
 			u.busy = "Restarting " + name + "..."
 			return func() tea.Msg {
 				// init stops it (SIGTERM, SIGKILL after its grace period) and starts it.
-				ctx, cancel := context.WithTimeout(context.Background(), initd.DefaultGrace+15*time.Second)
+				ctx, cancel := context.WithTimeout(context.Background(), quantix.StopGrace+15*time.Second)
 				defer cancel()
 				return doneMsg{"Restart " + name, in.Restart(ctx, name), "done"}
 			}, ""
@@ -133,7 +132,7 @@ func (s servicesScreen) view(u *ui) ([]string, string) {
 		if sv.Restarts > 0 {
 			st += fmt.Sprintf(" restarts %d", sv.Restarts)
 		}
-		if sv.LastError != "" && (sv.State == initd.StateFailed || sv.State == initd.StateRestarting) {
+		if sv.LastError != "" && (sv.State == quantix.ServiceFailed || sv.State == quantix.ServiceRestarting) {
 			st += ": " + sv.LastError
 		}
 		b = append(b, fmt.Sprintf("%s%-12s %s", mark, sv.Name, st))

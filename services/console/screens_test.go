@@ -88,7 +88,7 @@ func TestScreensGolden(t *testing.T) {
 			s.Agent.State, s.Agent.NodeID, s.Agent.VDC = "refused", "", ""
 			s.Agent.Registration.Result, s.Agent.Error = "conflict", "409: hostname node-1 belongs to node 77"
 			for i := range 12 {
-				s.Services = append(s.Services, ServiceState{Name: fmt.Sprintf("extra-%d", i), State: "restarting"})
+				s.Services = append(s.Services, ServiceState{ServiceStatus: quantix.ServiceStatus{Name: fmt.Sprintf("extra-%d", i), State: "restarting"}})
 			}
 		}, steps: []goldenStep{step("start")}},
 		{name: "status services and agent unknown", image: quantix.ImageQuantixOS, edit: func(s *Snapshot) {

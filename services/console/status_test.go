@@ -123,7 +123,7 @@ func TestInitClientProtocol(t *testing.T) {
 	serveInit(t, sock, func(line string) string {
 		switch {
 		case line == "services":
-			b, _ := json.Marshal(map[string]any{"services": []ServiceState{{Name: "network", State: "ready", PID: 42}, {Name: "agent", State: "restarting", Restarts: 3, LastError: "exit 1"}}})
+			b, _ := json.Marshal(map[string]any{"services": []quantix.ServiceStatus{{Name: "network", State: "ready", PID: 42}, {Name: "agent", State: "restarting", Restarts: 3, LastError: "exit 1"}}})
 			return string(b)
 		case strings.HasPrefix(line, "restart "):
 			if line == "restart nosuch" {
@@ -154,7 +154,7 @@ func TestInitClientProtocol(t *testing.T) {
 	if err := c.Power(ctx, PowerReboot); err != nil {
 		t.Fatalf("Power(reboot) = %v", err)
 	}
-	if err := c.Power(ctx, PowerPoweroff); !errors.Is(err, ErrInitUnsupported) {
+	if err := c.Power(ctx, PowerPoweroff); !errors.Is(err, quantix.ErrInitUnsupported) {
 		t.Fatalf("Power(poweroff) against an init that refuses = %v", err)
 	}
 	if err := c.Power(ctx, "halt"); err == nil {
@@ -192,8 +192,8 @@ func TestInitClientFallback(t *testing.T) {
 	if want := "network=ready/7//proc vdc=running/9//proc agent=not running/0//proc"; strings.Join(got, " ") != want {
 		t.Fatalf("Services = %s, want %s", strings.Join(got, " "), want)
 	}
-	if err := c.Restart(context.Background(), "network"); !errors.Is(err, ErrInitUnsupported) {
-		t.Fatalf("Restart = %v, want ErrInitUnsupported", err)
+	if err := c.Restart(context.Background(), "network"); !errors.Is(err, quantix.ErrInitUnsupported) {
+		t.Fatalf("Restart = %v, want quantix.ErrInitUnsupported", err)
 	}
 	// No socket at all and no known services: an error, not an empty list.
 	if _, err := (InitClient{Socket: filepath.Join(dir, "none.sock")}).Services(context.Background()); err == nil {

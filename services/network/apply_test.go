@@ -243,7 +243,7 @@ func TestStartWithBadPersistentFile(t *testing.T) {
 	}
 	err = s.Run(ctxT(t, 5*time.Second))
 	if err == nil || !strings.Contains(err.Error(), "network.toml:2") || !strings.Contains(err.Error(), "bogus") {
-		t.Fatalf("Run = %v, want ErrConfig naming network.toml:2 and the key", err)
+		t.Fatalf("Run = %v, want quantix.ErrConfig naming network.toml:2 and the key", err)
 	}
 	if after := l.kernelState(); after != before {
 		t.Errorf("kernel state changed:\n%s\nwant:\n%s", after, before)

@@ -24,9 +24,10 @@ import (
 	"sync/atomic"
 	"time"
 
-	"github.com/quantix/quantix"
 	"github.com/vishvananda/netlink"
 	"golang.org/x/sys/unix"
+
+	"github.com/quantix/quantix"
 )
 
 // Defaults of Config.
@@ -39,10 +40,6 @@ var (
 	DefaultCheckTimeout = 5 * time.Second
 	DefaultConfirm      = 60 * time.Second
 )
-
-// ErrConfig is wrapped when the configuration the service starts with is invalid:
-// qx-net exits with EX_CONFIG (78).
-var ErrConfig = errors.New("network configuration")
 
 // Config configures the service. Every path it reads or writes is here so tests
 // never touch the host's own files; zero values take the defaults.
@@ -159,12 +156,12 @@ func New(cfg Config, log *slog.Logger) (*Service, error) {
 	cfg.fill()
 	if cfg.Bridge != "" {
 		if err := validIfaceName(cfg.Bridge); err != nil {
-			return nil, fmt.Errorf("%w: default bridge %q %v", ErrConfig, cfg.Bridge, err)
+			return nil, quantix.ConfigError(fmt.Errorf("default bridge %q %v", cfg.Bridge, err))
 		}
 	}
 	if cfg.Settings != nil {
 		if _, err := cfg.Settings.compile(cfg.Bridge); err != nil {
-			return nil, fmt.Errorf("%w: %w", ErrConfig, err)
+			return nil, quantix.ConfigError(fmt.Errorf("network configuration: %w", err))
 		}
 	}
 	return &Service{
@@ -205,7 +202,7 @@ func (w *worker) stop() {
 }
 
 // Run configures the network and serves the socket until ctx ends (nil) or the
-// starting configuration is invalid (an error wrapping ErrConfig).
+// starting configuration is invalid (an error wrapping quantix.ErrConfig).
 func (s *Service) Run(ctx context.Context) error {
 	s.runCtx = ctx
 	env, err := openNetEnv(s.cfg.NetNS)
@@ -228,11 +225,11 @@ func (s *Service) Run(ctx context.Context) error {
 
 	settings, origin, err := s.startSettings()
 	if err != nil {
-		return fmt.Errorf("%w: %w", ErrConfig, err)
+		return quantix.ConfigError(fmt.Errorf("network configuration: %w", err))
 	}
 	p, err := settings.compile(s.cfg.Bridge)
 	if err != nil {
-		return fmt.Errorf("%w: %w", ErrConfig, err)
+		return quantix.ConfigError(fmt.Errorf("network configuration: %w", err))
 	}
 	s.requested, s.bridge = s.previous()
 

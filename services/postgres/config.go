@@ -12,21 +12,11 @@ import (
 	"github.com/quantix/quantix"
 )
 
-// ErrConfig is wrapped by every error that a restart cannot fix: a bad configuration,
-// a data folder from another PostgreSQL major version, a disk holding foreign data.
-// qx-postgres exits with status 78 (EX_CONFIG) for these.
-var ErrConfig = errors.New("configuration or data needs an operator")
-
-// configError is an error that matches ErrConfig without adding to its message, so
-// the console shows the useful part.
-type configError struct{ err error }
-
-func (e configError) Error() string        { return e.err.Error() }
-func (e configError) Unwrap() error        { return e.err }
-func (e configError) Is(target error) bool { return target == ErrConfig }
-
+// configErrorf is an error a restart cannot fix (quantix.ErrConfig: a bad
+// configuration, a data folder from another PostgreSQL major version, a disk holding
+// foreign data), its message as formatted: qx-postgres exits quantix.ExitConfig.
 func configErrorf(format string, args ...any) error {
-	return configError{fmt.Errorf(format, args...)}
+	return quantix.ConfigError(fmt.Errorf(format, args...))
 }
 
 // DefaultConfigFile is the optional configuration file on QUANTIX-CFG.
@@ -46,22 +36,6 @@ const (
 	// Superuser is the bootstrap superuser initdb creates.
 	Superuser = "postgres"
 )
-
-// Duration is a time.Duration written as "90s" or "2m" in TOML.
-type Duration struct{ time.Duration }
-
-// UnmarshalText parses a Go duration string.
-func (d *Duration) UnmarshalText(b []byte) error {
-	v, err := time.ParseDuration(string(b))
-	if err != nil {
-		return fmt.Errorf("duration %q: %w", b, err)
-	}
-	d.Duration = v
-	return nil
-}
-
-// MarshalText formats the duration.
-func (d Duration) MarshalText() ([]byte, error) { return []byte(d.String()), nil }
 
 // Config is the service configuration: DefaultConfig, then postgres.toml, then flags.
 type Config struct {
@@ -86,10 +60,10 @@ type Config struct {
 	OSUser string `toml:"os_user"`
 	// StartTimeout bounds the wait for the server to accept connections (crash
 	// recovery included).
-	StartTimeout Duration `toml:"start_timeout"`
+	StartTimeout quantix.Duration `toml:"start_timeout"`
 	// StopTimeout bounds a fast shutdown; past it the server is stopped immediately
 	// (and the next start runs crash recovery).
-	StopTimeout Duration `toml:"stop_timeout"`
+	StopTimeout quantix.Duration `toml:"stop_timeout"`
 	// DiskConfig says how QUANTIX-DATA is found and whether a blank device may be
 	// formatted; its keys (data_device, format_blank_data, mkfs) are top-level keys.
 	DiskConfig
@@ -131,8 +105,8 @@ func DefaultConfig() Config {
 		Port:         DefaultPort,
 		Secrets:      quantix.VDCSecrets,
 		OSUser:       DefaultOSUser,
-		StartTimeout: Duration{5 * time.Minute},
-		StopTimeout:  Duration{30 * time.Second},
+		StartTimeout: quantix.Duration{Duration: 5 * time.Minute},
+		StopTimeout:  quantix.Duration{Duration: 30 * time.Second},
 		DiskConfig: DiskConfig{
 			SysBlock: "/sys/class/block",
 			DevDir:   "/dev",

@@ -81,7 +81,7 @@ func ObserveCluster(path string) (ClusterFacts, error) {
 // DecideCluster decides, from the facts alone, what to do with the data folder for
 // binaries of major version binMajor. It never chooses to overwrite anything: an
 // absent or empty folder gets initdb, a cluster of binMajor is used, and everything
-// else is refused with an error (wrapping ErrConfig) naming what was found and what
+// else is refused with an error (wrapping quantix.ErrConfig) naming what was found and what
 // the operator can do.
 func DecideCluster(f ClusterFacts, binMajor string) (ClusterAction, error) {
 	switch {

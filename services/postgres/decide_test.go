@@ -9,6 +9,8 @@ import (
 	"testing"
 
 	"github.com/google/go-cmp/cmp"
+
+	"github.com/quantix/quantix"
 )
 
 func TestDecideCluster(t *testing.T) {
@@ -51,8 +53,8 @@ func TestDecideCluster(t *testing.T) {
 				}
 				return
 			}
-			if err == nil || !errors.Is(err, ErrConfig) {
-				t.Fatalf("DecideCluster(%+v) error %v, want one wrapping ErrConfig", tt.facts, err)
+			if err == nil || !errors.Is(err, quantix.ErrConfig) {
+				t.Fatalf("DecideCluster(%+v) error %v, want one wrapping quantix.ErrConfig", tt.facts, err)
 			}
 			for _, s := range tt.wantErr {
 				if !strings.Contains(err.Error(), s) {
@@ -140,8 +142,8 @@ func TestDecideDisk(t *testing.T) {
 			switch {
 			case tt.wantErr == "" && err != nil:
 				t.Errorf("DecideDisk(%+v) error %v, want none", tt.facts, err)
-			case tt.wantErr != "" && (err == nil || !strings.Contains(err.Error(), tt.wantErr) || !errors.Is(err, ErrConfig)):
-				t.Errorf("DecideDisk(%+v) error %v, want ErrConfig containing %q", tt.facts, err, tt.wantErr)
+			case tt.wantErr != "" && (err == nil || !strings.Contains(err.Error(), tt.wantErr) || !errors.Is(err, quantix.ErrConfig)):
+				t.Errorf("DecideDisk(%+v) error %v, want quantix.ErrConfig containing %q", tt.facts, err, tt.wantErr)
 			}
 		})
 	}
@@ -292,8 +294,8 @@ func TestConfig(t *testing.T) {
 	}
 	for _, b := range bad {
 		_, err := LoadConfigFile(write(b.name, b.content), DefaultConfig(), true)
-		if err == nil || !strings.Contains(err.Error(), b.want) || !errors.Is(err, ErrConfig) {
-			t.Errorf("LoadConfigFile(%s) = %v, want ErrConfig containing %q", b.name, err, b.want)
+		if err == nil || !strings.Contains(err.Error(), b.want) || !errors.Is(err, quantix.ErrConfig) {
+			t.Errorf("LoadConfigFile(%s) = %v, want quantix.ErrConfig containing %q", b.name, err, b.want)
 		}
 	}
 	invalid := []struct {
@@ -311,8 +313,8 @@ func TestConfig(t *testing.T) {
 	for _, iv := range invalid {
 		c := DefaultConfig()
 		iv.edit(&c)
-		if err := c.Validate(); err == nil || !strings.Contains(err.Error(), iv.want) || !errors.Is(err, ErrConfig) {
-			t.Errorf("Validate() = %v, want ErrConfig containing %q", err, iv.want)
+		if err := c.Validate(); err == nil || !strings.Contains(err.Error(), iv.want) || !errors.Is(err, quantix.ErrConfig) {
+			t.Errorf("Validate() = %v, want quantix.ErrConfig containing %q", err, iv.want)
 		}
 	}
 }

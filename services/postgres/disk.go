@@ -214,7 +214,7 @@ type DiskResult struct {
 // PrepareDataDisk finds QUANTIX-DATA, and formats the configured device as ext4
 // labelled QUANTIX-DATA when it is blank and format_blank_data allows it. It mounts
 // nothing: init mounts QUANTIX-DATA by label, so run this before init's mount step
-// (`qx-postgres prepare-disk`). Errors wrap ErrConfig when an operator must act.
+// (`qx-postgres prepare-disk`). Errors wrap quantix.ErrConfig when an operator must act.
 func PrepareDataDisk(ctx context.Context, cfg DiskConfig, log *slog.Logger) (DiskResult, error) {
 	facts, err := ObserveDisks(cfg, log)
 	if err != nil {

@@ -11,6 +11,8 @@ import (
 	"path/filepath"
 	"strings"
 	"testing"
+
+	"github.com/quantix/quantix"
 )
 
 // fakeDisks is a stand-in for /sys/class/block and /dev: each "device" is a regular
@@ -148,8 +150,8 @@ func TestPrepareDataDisk(t *testing.T) {
 			cfg := d.cfg
 			cfg.Device, cfg.FormatBlank = dev, r.allow
 			res, err := PrepareDataDisk(ctx, cfg, testLogger(t))
-			if err == nil || !errors.Is(err, ErrConfig) || !strings.Contains(err.Error(), r.wantErr) {
-				t.Fatalf("PrepareDataDisk() = %+v, %v, want ErrConfig containing %q", res, err, r.wantErr)
+			if err == nil || !errors.Is(err, quantix.ErrConfig) || !strings.Contains(err.Error(), r.wantErr) {
+				t.Fatalf("PrepareDataDisk() = %+v, %v, want quantix.ErrConfig containing %q", res, err, r.wantErr)
 			}
 			if fileHash(t, dev) != before {
 				t.Errorf("PrepareDataDisk() changed %s although it refused", dev)

@@ -92,10 +92,10 @@ func (s *Service) PID() int {
 
 // Run prepares the cluster, runs the server until ctx is cancelled (then stops it with
 // a fast shutdown and returns nil) or the server dies (then returns an error, so the
-// supervisor restarts the service). Errors that need an operator wrap ErrConfig.
+// supervisor restarts the service). Errors that need an operator wrap quantix.ErrConfig.
 func (s *Service) Run(ctx context.Context) error {
 	err := s.bootAndServe(ctx)
-	if err != nil && ctx.Err() != nil && !errors.Is(err, ErrConfig) {
+	if err != nil && ctx.Err() != nil && !errors.Is(err, quantix.ErrConfig) {
 		// A stop request during start-up is a clean stop.
 		s.log.Info("stopped during start-up", "err", err)
 		return nil

@@ -14,6 +14,7 @@ import (
 	"time"
 
 	"github.com/jackc/pgx/v5"
+
 	"github.com/quantix/quantix"
 	"github.com/quantix/quantix/tests/syncbuf"
 )
@@ -53,8 +54,8 @@ func testConfig(t testing.TB) Config {
 	cfg.SocketDir = filepath.Join(root, "run")
 	cfg.Port = freePort(t)
 	cfg.Secrets = filepath.Join(root, "cfg", "vdc", "secrets.toml")
-	cfg.StopTimeout = Duration{30 * time.Second}
-	cfg.StartTimeout = Duration{60 * time.Second}
+	cfg.StopTimeout = quantix.Duration{Duration: 30 * time.Second}
+	cfg.StartTimeout = quantix.Duration{Duration: 60 * time.Second}
 	// No block devices: this machine's disks are not the appliance's.
 	cfg.SysBlock = filepath.Join(root, "sys")
 	cfg.DevDir = filepath.Join(root, "dev")
@@ -378,8 +379,8 @@ func TestLifecycle(t *testing.T) {
 	if err := os.WriteFile(superFile, []byte("not-the-password\n"), 0o600); err != nil {
 		t.Fatal(err)
 	}
-	if _, err := start(t, cfg); err == nil || !errors.Is(err, ErrConfig) || !strings.Contains(err.Error(), "does not match the cluster: delete that file") {
-		t.Fatalf("start with a wrong superuser password = %v, want ErrConfig saying to delete the file", err)
+	if _, err := start(t, cfg); err == nil || !errors.Is(err, quantix.ErrConfig) || !strings.Contains(err.Error(), "does not match the cluster: delete that file") {
+		t.Fatalf("start with a wrong superuser password = %v, want quantix.ErrConfig saying to delete the file", err)
 	}
 	waitNoPostgres(t, dataDir)
 	if state, err := r4.svc.ClusterState(ctx); state != "shut down" || err != nil {
@@ -392,13 +393,13 @@ func TestLifecycle(t *testing.T) {
 	if err := os.WriteFile(cfg.Secrets, []byte("database_password = \"pässwörd\"\n"), 0o600); err != nil {
 		t.Fatal(err)
 	}
-	if _, err := start(t, cfg); err == nil || !errors.Is(err, ErrConfig) || !strings.Contains(err.Error(), cfg.Secrets+": database_password must be printable ASCII") {
-		t.Fatalf("start with a non-ASCII database_password = %v, want ErrConfig naming the file", err)
+	if _, err := start(t, cfg); err == nil || !errors.Is(err, quantix.ErrConfig) || !strings.Contains(err.Error(), cfg.Secrets+": database_password must be printable ASCII") {
+		t.Fatalf("start with a non-ASCII database_password = %v, want quantix.ErrConfig naming the file", err)
 	}
 }
 
 // TestRefusesForeignData starts on data folders it must not touch and checks that Run
-// refuses with ErrConfig and leaves every byte as it was.
+// refuses with quantix.ErrConfig and leaves every byte as it was.
 func TestRefusesForeignData(t *testing.T) {
 	requirePostgres(t)
 	tests := []struct {
@@ -426,8 +427,8 @@ func TestRefusesForeignData(t *testing.T) {
 				}
 			}
 			_, err := start(t, cfg)
-			if err == nil || !errors.Is(err, ErrConfig) {
-				t.Fatalf("start on %s = %v, want an ErrConfig refusal", tt.name, err)
+			if err == nil || !errors.Is(err, quantix.ErrConfig) {
+				t.Fatalf("start on %s = %v, want an quantix.ErrConfig refusal", tt.name, err)
 			}
 			for _, s := range tt.want {
 				if !strings.Contains(err.Error(), s) {
@@ -620,8 +621,8 @@ func TestStorage(t *testing.T) {
 				want = fmt.Sprintf(want, cfg.DataRoot)
 			}
 			_, err := start(t, cfg)
-			if err == nil || !errors.Is(err, ErrConfig) || !strings.Contains(err.Error(), want) {
-				t.Fatalf("start = %v, want ErrConfig containing %q", err, want)
+			if err == nil || !errors.Is(err, quantix.ErrConfig) || !strings.Contains(err.Error(), want) {
+				t.Fatalf("start = %v, want quantix.ErrConfig containing %q", err, want)
 			}
 			if _, err := os.Stat(filepath.Join(cfg.DataRoot, "postgresql")); !errors.Is(err, os.ErrNotExist) {
 				t.Errorf("a cluster was made in RAM although a data disk exists")

@@ -86,7 +86,7 @@ func Start(t testing.TB, opts Options) *VDC {
 	cfg := vdc.DefaultConfig()
 	cfg.Listen = "127.0.0.1:0"
 	cfg.DatabaseURL = v.DatabaseURL
-	cfg.HeartbeatInterval = vdc.Duration{Duration: opts.HeartbeatInterval}
+	cfg.HeartbeatInterval = quantix.Duration{Duration: opts.HeartbeatInterval}
 	cfg.JoinTokens = opts.JoinTokens
 	cfg.AdminToken = opts.AdminToken
 	cfg.UIListen = "127.0.0.1:0"

@@ -23,15 +23,13 @@ import (
 	"github.com/quantix/quantix/agent/hypervisor"
 )
 
-const exConfig = 78
-
 func main() {
 	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGTERM, os.Interrupt)
 	defer stop()
 	if err := run(ctx, os.Args[1:], os.Stdout, os.Stderr); err != nil {
 		fmt.Fprintln(os.Stderr, "qx-node:", err)
-		if errors.Is(err, agent.ErrConfig) {
-			os.Exit(exConfig)
+		if errors.Is(err, quantix.ErrConfig) {
+			os.Exit(quantix.ExitConfig)
 		}
 		os.Exit(1)
 	}
@@ -56,10 +54,10 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 		if errors.Is(err, flag.ErrHelp) {
 			return nil
 		}
-		return fmt.Errorf("%w: %w", agent.ErrConfig, err)
+		return fmt.Errorf("%w: %w", quantix.ErrConfig, err)
 	}
 	if fl.NArg() > 0 {
-		return fmt.Errorf("%w: unexpected arguments %q", agent.ErrConfig, fl.Args())
+		return fmt.Errorf("%w: unexpected arguments %q", quantix.ErrConfig, fl.Args())
 	}
 	level := slog.LevelInfo
 	if *debug {
@@ -93,7 +91,7 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 		}
 	})
 	if err := given.Validate(); err != nil {
-		return fmt.Errorf("%w: flags: %w", agent.ErrConfig, err)
+		return fmt.Errorf("%w: flags: %w", quantix.ErrConfig, err)
 	}
 	cmdline := agent.CmdlineFrom(cl)
 	cfg := agent.Resolve(cmdline, file, given)

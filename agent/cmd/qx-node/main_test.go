@@ -51,8 +51,8 @@ func TestRunConfigErrors(t *testing.T) {
 			var stderr bytes.Buffer
 			args := append([]string{"--cmdline", noCmdline}, tt.args...)
 			err := run(context.Background(), args, io.Discard, &stderr)
-			if !errors.Is(err, agent.ErrConfig) || !strings.Contains(err.Error(), tt.wantErr) {
-				t.Fatalf("run(%q) = %v, want a configuration error (exit %d) containing %q", tt.args, err, exConfig, tt.wantErr)
+			if !errors.Is(err, quantix.ErrConfig) || !strings.Contains(err.Error(), tt.wantErr) {
+				t.Fatalf("run(%q) = %v, want a configuration error (exit %d) containing %q", tt.args, err, quantix.ExitConfig, tt.wantErr)
 			}
 		})
 	}

@@ -27,11 +27,9 @@ import (
 	"strings"
 	"syscall"
 
+	"github.com/quantix/quantix"
 	"github.com/quantix/quantix/services/console"
 )
-
-// exitConfig is EX_CONFIG: init retries slowly and shows the error.
-const exitConfig = 78
 
 type usageError struct{ error }
 
@@ -43,7 +41,7 @@ func main() {
 		fmt.Fprintln(os.Stderr, "qx-console:", err)
 		var ue usageError
 		if errors.As(err, &ue) || errors.Is(err, console.ErrNoTTY) {
-			os.Exit(exitConfig) // init shows a fatal marker and retries slowly
+			os.Exit(quantix.ExitConfig) // init shows a fatal marker and retries slowly
 		}
 		os.Exit(1)
 	}

@@ -10,6 +10,7 @@ import (
 	"strings"
 	"testing"
 
+	"github.com/quantix/quantix"
 	"github.com/quantix/quantix/services/console"
 )
 
@@ -65,8 +66,8 @@ func TestMissingTTYExitsConfig(t *testing.T) {
 	cmd.Env = append(os.Environ(), mainEnv+"=1")
 	out, err := cmd.CombinedOutput()
 	var ee *exec.ExitError
-	if !errors.As(err, &ee) || ee.ExitCode() != exitConfig {
-		t.Fatalf("qx-console on a missing tty: %v, want exit status %d\n%s", err, exitConfig, out)
+	if !errors.As(err, &ee) || ee.ExitCode() != quantix.ExitConfig {
+		t.Fatalf("qx-console on a missing tty: %v, want exit status %d\n%s", err, quantix.ExitConfig, out)
 	}
 	if !strings.Contains(string(out), "open tty /nonexistent/ttyS9: no such terminal on this machine") {
 		t.Errorf("qx-console's error does not name the missing terminal:\n%s", out)

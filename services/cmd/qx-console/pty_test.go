@@ -11,8 +11,8 @@ import (
 	"testing"
 	"time"
 
-	"github.com/quantix/quantix/images/spec"
-	initd "github.com/quantix/quantix/services/init"
+	"github.com/quantix/quantix"
+	"github.com/quantix/quantix/services/initd"
 )
 
 const (
@@ -88,28 +88,28 @@ func TestFirstBootPasswordAndHostname(t *testing.T) {
 	tm.waitFor(3*time.Second, "n Network")
 }
 
-// realInit is qx-init's control socket and supervisor (services/init) running the
+// realInit is qx-init's control socket and supervisor (services/initd) running the
 // image's services as /bin/sh stand-ins that log and say they are ready. Power
 // requests are not carried out: they arrive on actions.
 type realInit struct {
 	sup     *initd.Supervisor
-	actions chan initd.Action
+	actions chan quantix.HaltAction
 }
 
 func startInit(t *testing.T, e *env) *realInit {
 	t.Helper()
-	sh := func(name string, deps ...string) spec.Service {
-		return spec.Service{Name: name, Command: "/bin/sh", DependsOn: deps, Args: []string{"-c",
+	sh := func(name string, deps ...string) quantix.Service {
+		return quantix.Service{Name: name, Command: "/bin/sh", DependsOn: deps, Args: []string{"-c",
 			"echo line one; echo 'QUANTIX: ready service=" + name + " addr=10.0.0.5/24'; echo the last line; trap 'exit 0' TERM; while :; do sleep 0.05; done"}}
 	}
 	log := slog.New(slog.NewTextHandler(io.Discard, nil))
 	sup, err := initd.NewSupervisor(initd.SupervisorConfig{
-		Services: []spec.Service{sh("network"), sh("agent", "network")}, LogDir: e.logDir, Grace: 2 * time.Second,
+		Services: []quantix.Service{sh("network"), sh("agent", "network")}, LogDir: e.logDir, Grace: 2 * time.Second,
 	}, log)
 	if err != nil {
 		t.Fatal(err)
 	}
-	ri := &realInit{sup: sup, actions: make(chan initd.Action, 1)}
+	ri := &realInit{sup: sup, actions: make(chan quantix.HaltAction, 1)}
 	ln, err := initd.NewControl(sup, ri.actions, log).Listen(e.initSocket)
 	if err != nil {
 		t.Fatal(err)
@@ -130,13 +130,13 @@ func startInit(t *testing.T, e *env) *realInit {
 	return ri
 }
 
-func (ri *realInit) service(name string) initd.ServiceStatus {
+func (ri *realInit) service(name string) quantix.ServiceStatus {
 	for _, s := range ri.sup.Services() {
 		if s.Name == name {
 			return s
 		}
 	}
-	return initd.ServiceStatus{}
+	return quantix.ServiceStatus{}
 }
 
 // TestPowerNeedsPassword: power needs the password; wrong ones are refused and
@@ -191,7 +191,7 @@ func TestPowerNeedsPassword(t *testing.T) {
 	tm.waitFor(3*time.Second, "Reboot: requested.")
 	select {
 	case a := <-ri.actions:
-		if a != initd.ActionReboot {
+		if a != quantix.Reboot {
 			t.Fatalf("init got %q, want reboot", a)
 		}
 	case <-time.After(5 * time.Second):

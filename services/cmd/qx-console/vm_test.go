@@ -11,7 +11,7 @@ import (
 
 	"github.com/quantix/quantix"
 	"github.com/quantix/quantix/services/console"
-	initd "github.com/quantix/quantix/services/init"
+	"github.com/quantix/quantix/services/initd"
 	"github.com/quantix/quantix/tests/vm"
 	"github.com/quantix/quantix/vdc/vdctest"
 )

@@ -10,7 +10,7 @@ import (
 
 	"github.com/quantix/quantix"
 	"github.com/quantix/quantix/images/build"
-	initd "github.com/quantix/quantix/services/init"
+	"github.com/quantix/quantix/services/initd"
 	"github.com/quantix/quantix/tests/vm"
 )
 

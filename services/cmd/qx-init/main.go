@@ -27,7 +27,8 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/quantix/quantix"
-	initd "github.com/quantix/quantix/services/init"
+	"github.com/quantix/quantix/services/initd"
+	"github.com/quantix/quantix/services/power"
 )
 
 func main() {
@@ -49,43 +50,41 @@ func main() {
 }
 
 // run handles the client subcommands.
-func run(_ context.Context, args []string, stdout, _ io.Writer) error {
-	return runClient(initd.ControlSocket, args, stdout)
+func run(ctx context.Context, args []string, stdout, _ io.Writer) error {
+	return runClient(ctx, quantix.InitClient{Socket: quantix.InitSocket}, args, stdout)
 }
 
-func runClient(socket string, args []string, stdout io.Writer) error {
+func runClient(ctx context.Context, c quantix.InitClient, args []string, stdout io.Writer) error {
 	switch args[0] {
-	case "poweroff", "reboot":
+	case string(quantix.Poweroff), string(quantix.Reboot):
 		if len(args) != 1 {
 			return fmt.Errorf("%s takes no arguments", args[0])
 		}
-		if err := initd.Request(socket, initd.Action(args[0])); err != nil {
+		if err := c.Power(ctx, quantix.HaltAction(args[0])); err != nil {
 			return err
 		}
 		fmt.Fprintf(stdout, "%s requested\n", args[0])
 		return nil
-	case initd.RequestServices:
+	case quantix.InitRequestServices:
 		asJSON := len(args) == 2 && args[1] == "--json"
 		if len(args) > 1 && !asJSON {
 			return fmt.Errorf("services: unexpected argument %q (only --json)", args[1])
 		}
-		resp, err := initd.Ask(socket, initd.RequestServices, 5*time.Second)
+		svcs, err := c.Services(ctx)
 		if err != nil {
 			return err
 		}
 		if asJSON {
-			fmt.Fprintln(stdout, resp)
+			b, err := json.Marshal(quantix.ServiceList{Services: svcs})
+			if err != nil {
+				return fmt.Errorf("services: %w", err)
+			}
+			fmt.Fprintln(stdout, string(b))
 			return nil
-		}
-		var out struct {
-			Services []initd.ServiceStatus `json:"services"`
-		}
-		if err := json.Unmarshal([]byte(resp), &out); err != nil {
-			return fmt.Errorf("services: bad answer from qx-init: %w", err)
 		}
 		tw := tabwriter.NewWriter(stdout, 0, 4, 2, ' ', 0)
 		fmt.Fprintln(tw, "SERVICE\tSTATE\tPID\tSINCE\tRESTARTS\tLAST ERROR")
-		for _, s := range out.Services {
+		for _, s := range svcs {
 			pid, since := "-", "-"
 			if s.PID > 0 {
 				pid = strconv.Itoa(s.PID)
@@ -96,12 +95,12 @@ func runClient(socket string, args []string, stdout io.Writer) error {
 			fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%d\t%s\n", s.Name, s.State, pid, since, s.Restarts, s.LastError)
 		}
 		return tw.Flush()
-	case initd.RequestRestart:
+	case quantix.InitRequestRestart:
 		if len(args) != 2 {
 			return errors.New("usage: qx-init restart NAME")
 		}
 		// Stopping may take the grace period (SIGTERM, then SIGKILL).
-		if _, err := initd.Ask(socket, initd.RequestRestart+" "+args[1], initd.DefaultGrace+10*time.Second); err != nil {
+		if err := c.Restart(ctx, args[1]); err != nil {
 			return err
 		}
 		fmt.Fprintf(stdout, "%s restarted\n", args[1])
@@ -114,13 +113,13 @@ func runClient(socket string, args []string, stdout io.Writer) error {
 // runInit never returns: every path ends in reboot(2) or power-off.
 func runInit(console, logw io.Writer) {
 	log := slog.New(slog.NewTextHandler(logw, &slog.HandlerOptions{Level: slog.LevelInfo})).With("component", "init")
-	action, err := func() (a initd.Action, err error) {
+	action, err := func() (a quantix.HaltAction, err error) {
 		defer func() {
 			if r := recover(); r != nil {
 				err = fmt.Errorf("panic: %v", r)
 			}
 		}()
-		cfg, err := initd.LoadConfig(initd.ConfigPath)
+		cfg, err := quantix.LoadImageConfig(quantix.ImageConfigPath)
 		if err != nil {
 			return "", err
 		}
@@ -135,7 +134,7 @@ func runInit(console, logw io.Writer) {
 		log.Error("init failed; rebooting in 10s", "err", err)
 		unix.Sync()
 		time.Sleep(10 * time.Second)
-		action = initd.ActionReboot
+		action = quantix.Reboot
 	}
 	log.Info("halting", "action", string(action))
 	var ttys []*os.File
@@ -144,9 +143,9 @@ func runInit(console, logw io.Writer) {
 			ttys = append(ttys, f)
 		}
 	}
-	initd.DrainConsole(2*time.Second, ttys...)
+	power.DrainConsole(2*time.Second, ttys...)
 	for {
-		if err := initd.Halt(action); err != nil {
+		if err := power.Halt(action); err != nil {
 			log.Error("reboot(2) failed; retrying", "err", errors.Unwrap(err))
 		}
 		time.Sleep(5 * time.Second)
@@ -171,7 +170,7 @@ func modprobe(args []string) int {
 		return 1
 	}
 	log := slog.New(slog.NewTextHandler(io.Discard, nil))
-	cfg, _ := initd.LoadConfig(initd.ConfigPath)
+	cfg, _ := quantix.LoadImageConfig(quantix.ImageConfigPath)
 	release := ""
 	if cfg != nil {
 		release = cfg.KernelRelease

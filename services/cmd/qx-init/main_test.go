@@ -12,8 +12,8 @@ import (
 	"testing"
 	"time"
 
-	"github.com/quantix/quantix/images/spec"
-	initd "github.com/quantix/quantix/services/init"
+	"github.com/quantix/quantix"
+	"github.com/quantix/quantix/services/initd"
 )
 
 // TestClientCommands runs qx-init's client commands against a real supervisor and
@@ -25,7 +25,7 @@ func TestClientCommands(t *testing.T) {
 	}
 	t.Cleanup(func() { os.RemoveAll(dir) })
 	log := slog.New(slog.NewTextHandler(io.Discard, nil))
-	sup, err := initd.NewSupervisor(initd.SupervisorConfig{Services: []spec.Service{
+	sup, err := initd.NewSupervisor(initd.SupervisorConfig{Services: []quantix.Service{
 		{Name: "network", Command: "/bin/sh", Args: []string{"-c", "echo 'QUANTIX: ready service=network'; trap 'exit 0' TERM; while :; do sleep 0.05; done"}},
 		{Name: "broken", Command: "/bin/sh", Args: []string{"-c", "echo 'cannot work' >&2; exit 3"}},
 	}, Grace: 2 * time.Second}, log)
@@ -33,7 +33,7 @@ func TestClientCommands(t *testing.T) {
 		t.Fatal(err)
 	}
 	sock := filepath.Join(dir, "init.sock")
-	ln, err := initd.NewControl(sup, make(chan initd.Action, 1), log).Listen(sock)
+	ln, err := initd.NewControl(sup, make(chan quantix.HaltAction, 1), log).Listen(sock)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -49,7 +49,7 @@ func TestClientCommands(t *testing.T) {
 	}
 
 	var out bytes.Buffer
-	if err := runClient(sock, []string{"services"}, &out); err != nil {
+	if err := runClient(context.Background(), quantix.InitClient{Socket: sock}, []string{"services"}, &out); err != nil {
 		t.Fatalf("services: %v", err)
 	}
 	lines := strings.Split(strings.TrimSpace(out.String()), "\n")
@@ -58,17 +58,17 @@ func TestClientCommands(t *testing.T) {
 		t.Errorf("services table:\n%s", out.String())
 	}
 	out.Reset()
-	if err := runClient(sock, []string{"services", "--json"}, &out); err != nil {
+	if err := runClient(context.Background(), quantix.InitClient{Socket: sock}, []string{"services", "--json"}, &out); err != nil {
 		t.Fatalf("services --json: %v", err)
 	}
-	var js struct{ Services []initd.ServiceStatus }
+	var js struct{ Services []quantix.ServiceStatus }
 	if err := json.Unmarshal(out.Bytes(), &js); err != nil || len(js.Services) != 2 || js.Services[0].PID <= 0 {
 		t.Errorf("services --json = %s (%v)", out.String(), err)
 	}
 	old := js.Services[0].PID
 
 	out.Reset()
-	if err := runClient(sock, []string{"restart", "network"}, &out); err != nil || out.String() != "network restarted\n" {
+	if err := runClient(context.Background(), quantix.InitClient{Socket: sock}, []string{"restart", "network"}, &out); err != nil || out.String() != "network restarted\n" {
 		t.Fatalf("restart network = %q, %v", out.String(), err)
 	}
 	if now := sup.Services()[0]; now.PID == old || now.Restarts != 1 {
@@ -84,7 +84,7 @@ func TestClientCommands(t *testing.T) {
 		{[]string{"poweroff", "now"}, "poweroff takes no arguments"},
 		{[]string{"halt"}, `unknown command "halt"`},
 	} {
-		if err := runClient(sock, tc.args, io.Discard); err == nil || !strings.Contains(err.Error(), tc.want) {
+		if err := runClient(context.Background(), quantix.InitClient{Socket: sock}, tc.args, io.Discard); err == nil || !strings.Contains(err.Error(), tc.want) {
 			t.Errorf("qx-init %s = %v, want %q", strings.Join(tc.args, " "), err, tc.want)
 		}
 	}

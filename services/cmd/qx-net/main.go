@@ -26,9 +26,6 @@ import (
 	"github.com/quantix/quantix/services/network"
 )
 
-// exConfig is EX_CONFIG: init prints a fatal marker and retries slowly.
-const exConfig = 78
-
 func main() {
 	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGTERM, os.Interrupt)
 	err := run(ctx, os.Args[1:], os.Stdout, os.Stderr)
@@ -39,8 +36,8 @@ func main() {
 		switch {
 		case errors.As(err, &ue):
 			os.Exit(2)
-		case errors.Is(err, network.ErrConfig), errors.Is(err, network.ErrInvalidSettings):
-			os.Exit(exConfig)
+		case errors.Is(err, quantix.ErrConfig), errors.Is(err, network.ErrInvalidSettings):
+			os.Exit(quantix.ExitConfig)
 		default:
 			os.Exit(1)
 		}

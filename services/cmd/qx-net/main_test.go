@@ -185,7 +185,7 @@ func TestServeStatusApply(t *testing.T) {
 	select {
 	case line := <-ready:
 		m, ok := quantix.ParseMarker(line)
-		if !ok || m.Kind != "ready" || m.Get("service") != "network" || m.Get("addr") != "10.78.0.5/24" || m.Get("source") != "static" {
+		if !ok || m.Kind != quantix.MarkerReady || m.Get("service") != "network" || m.Get("addr") != "10.78.0.5/24" || m.Get("source") != "static" {
 			t.Fatalf("first stdout line = %q, want the network ready marker", line)
 		}
 	case <-time.After(10 * time.Second):

@@ -19,11 +19,9 @@ import (
 	"os/signal"
 	"syscall"
 
+	"github.com/quantix/quantix"
 	"github.com/quantix/quantix/services/postgres"
 )
-
-// exConfig is sysexits.h EX_CONFIG: init retries it slowly and prints a fatal marker.
-const exConfig = 78
 
 func main() {
 	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGTERM, os.Interrupt)
@@ -38,8 +36,8 @@ func main() {
 		os.Exit(0)
 	case errors.Is(err, errUsage):
 		os.Exit(2)
-	case errors.Is(err, postgres.ErrConfig):
-		os.Exit(exConfig)
+	case errors.Is(err, quantix.ErrConfig):
+		os.Exit(quantix.ExitConfig)
 	}
 	os.Exit(1)
 }
@@ -142,7 +140,7 @@ func parseFlags(name string, args []string, stderr io.Writer, serve bool) (postg
 		}
 	}
 	if !serve && cfg.Device != "" && cfg.Device[0] != '/' {
-		return cfg, fmt.Errorf("%w: data_device must be an absolute path, got %q", postgres.ErrConfig, cfg.Device)
+		return cfg, fmt.Errorf("%w: data_device must be an absolute path, got %q", quantix.ErrConfig, cfg.Device)
 	}
 	return cfg, nil
 }

@@ -22,17 +22,14 @@ import (
 	"github.com/quantix/quantix/vdc/migrations"
 )
 
-// exitConfig is EX_CONFIG: init reports the configuration as wrong and retries slowly.
-const exitConfig = 78
-
 func main() {
 	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGTERM, os.Interrupt)
 	err := run(ctx, os.Args[1:], os.Stdout, os.Stderr)
 	stop()
 	if err != nil {
 		fmt.Fprintln(os.Stderr, "qx-vdc:", err)
-		if errors.Is(err, vdc.ErrConfig) || errors.Is(err, flag.ErrHelp) {
-			os.Exit(exitConfig)
+		if errors.Is(err, quantix.ErrConfig) || errors.Is(err, flag.ErrHelp) {
+			os.Exit(quantix.ExitConfig)
 		}
 		os.Exit(1)
 	}
@@ -52,7 +49,7 @@ func (m *multiFlag) Set(s string) error { *m = append(*m, s); return nil }
 func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	if len(args) == 0 {
 		fmt.Fprintln(stderr, usage)
-		return fmt.Errorf("%w: no command", vdc.ErrConfig)
+		return fmt.Errorf("%w: no command", quantix.ErrConfig)
 	}
 	log := slog.New(slog.NewTextHandler(stderr, nil))
 	switch args[0] {
@@ -70,7 +67,7 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	case "migrate":
 		if len(args) < 2 || (args[1] != "up" && args[1] != "status") {
 			fmt.Fprintln(stderr, usage)
-			return fmt.Errorf("%w: migrate needs up or status", vdc.ErrConfig)
+			return fmt.Errorf("%w: migrate needs up or status", quantix.ErrConfig)
 		}
 		cfg, err := loadConfig("migrate "+args[1], args[2:], stderr, false)
 		if err != nil {
@@ -82,7 +79,7 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 		return nil
 	}
 	fmt.Fprintln(stderr, usage)
-	return fmt.Errorf("%w: unknown command %q", vdc.ErrConfig, args[0])
+	return fmt.Errorf("%w: unknown command %q", quantix.ErrConfig, args[0])
 }
 
 // loadConfig merges defaults < vdc.toml < flags.
@@ -105,10 +102,10 @@ func loadConfig(name string, args []string, stderr io.Writer, serve bool) (vdc.C
 		interval = fs.Duration("heartbeat-interval", 0, "heartbeat `interval` (default 30s)")
 	}
 	if err := fs.Parse(args); err != nil {
-		return vdc.Config{}, fmt.Errorf("%w: %w", vdc.ErrConfig, err)
+		return vdc.Config{}, fmt.Errorf("%w: %w", quantix.ErrConfig, err)
 	}
 	if fs.NArg() > 0 {
-		return vdc.Config{}, fmt.Errorf("%w: unexpected argument %q", vdc.ErrConfig, fs.Arg(0))
+		return vdc.Config{}, fmt.Errorf("%w: unexpected argument %q", quantix.ErrConfig, fs.Arg(0))
 	}
 	set := map[string]bool{}
 	fs.Visit(func(f *flag.Flag) { set[f.Name] = true })
@@ -130,7 +127,7 @@ func loadConfig(name string, args []string, stderr io.Writer, serve bool) (vdc.C
 			cfg.AdminToken = *adminToken
 		}
 		if set["heartbeat-interval"] {
-			cfg.HeartbeatInterval = vdc.Duration{Duration: *interval}
+			cfg.HeartbeatInterval = quantix.Duration{Duration: *interval}
 		}
 		if set["ui-listen"] {
 			cfg.UIListen = *uiListen

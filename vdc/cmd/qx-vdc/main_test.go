@@ -14,7 +14,6 @@ import (
 	"time"
 
 	"github.com/quantix/quantix"
-	"github.com/quantix/quantix/vdc"
 	"github.com/quantix/quantix/vdc/vdctest"
 )
 
@@ -48,7 +47,7 @@ func TestUsageErrors(t *testing.T) {
 	for _, tc := range cases {
 		var out, errb bytes.Buffer
 		err := run(context.Background(), tc.args, &out, &errb)
-		if !errors.Is(err, vdc.ErrConfig) || !strings.Contains(err.Error()+errb.String(), tc.want) {
+		if !errors.Is(err, quantix.ErrConfig) || !strings.Contains(err.Error()+errb.String(), tc.want) {
 			t.Errorf("run(%q) = %v (stderr %q), want a configuration error naming %q", tc.args, err, errb.String(), tc.want)
 		}
 	}
@@ -121,7 +120,7 @@ func TestServeProcess(t *testing.T) {
 			}
 			if m, ok := quantix.ParseMarker(l); ok {
 				switch m.Kind {
-				case "admin-token":
+				case quantix.MarkerAdminToken:
 					sawToken = true
 				case quantix.MarkerReady:
 					ready = m
@@ -151,7 +150,7 @@ func TestServeProcess(t *testing.T) {
 	bad.Env = append(os.Environ(), "QX_VDC_RUN_MAIN=1", "QX_VDC_ARGS=serve --config "+conf+" --database-url postgres://quantix@127.0.0.1:1/x")
 	out, err := bad.CombinedOutput()
 	var ee *exec.ExitError
-	if !errors.As(err, &ee) || ee.ExitCode() != exitConfig || !strings.Contains(string(out), "database_password") {
+	if !errors.As(err, &ee) || ee.ExitCode() != quantix.ExitConfig || !strings.Contains(string(out), "database_password") {
 		t.Errorf("serve without any database password: %v\n%s; want exit 78 naming database_password", err, out)
 	}
 }

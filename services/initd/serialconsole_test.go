@@ -94,46 +94,46 @@ func TestChooseSerialConsole(t *testing.T) {
 }
 
 func TestWithSerialConsole(t *testing.T) {
-	tty1 := spec.Service{Name: "console-tty1", Command: "/bbin/qx-console",
+	tty1 := quantix.Service{Name: "console-tty1", Command: "/bbin/qx-console",
 		Args: []string{"--name", "console-tty1", "--tty", "/dev/tty1", "--repaint", "10s", "--agent-url", "http://127.0.0.1:9101"}}
-	network := spec.Service{Name: "network", Command: "/bbin/qx-net", Args: []string{"serve"}}
+	network := quantix.Service{Name: "network", Command: "/bbin/qx-net", Args: []string{"serve"}}
 	sc := SerialConsole{TTY: "ttyS1", Baud: 115200}
 	tests := []struct {
 		name     string
-		services []spec.Service
+		services []quantix.Service
 		sc       SerialConsole
-		want     []spec.Service
+		want     []quantix.Service
 		wantErr  string
 	}{
-		{name: "none configured", services: []spec.Service{network, tty1}, want: []spec.Service{network, tty1}},
+		{name: "none configured", services: []quantix.Service{network, tty1}, want: []quantix.Service{network, tty1}},
 		{name: "copies the image console's command and other flags",
-			services: []spec.Service{network, tty1}, sc: sc,
-			want: []spec.Service{network, tty1, {Name: "console-serial", Command: "/bbin/qx-console", Ready: spec.ReadyMarker,
+			services: []quantix.Service{network, tty1}, sc: sc,
+			want: []quantix.Service{network, tty1, {Name: "console-serial", Command: "/bbin/qx-console", Ready: quantix.ReadyOnMarker,
 				Args: []string{"--name", "console-serial", "--tty", "/dev/ttyS1", "--baud", "115200", "--agent-url", "http://127.0.0.1:9101"}}}},
 		{name: "without an image console",
-			services: []spec.Service{network}, sc: SerialConsole{TTY: "hvc0", Baud: 9600},
-			want: []spec.Service{network, {Name: "console-serial", Command: ConsoleCommand, Ready: spec.ReadyMarker,
+			services: []quantix.Service{network}, sc: SerialConsole{TTY: "hvc0", Baud: 9600},
+			want: []quantix.Service{network, {Name: "console-serial", Command: ConsoleCommand, Ready: quantix.ReadyOnMarker,
 				Args: []string{"--name", "console-serial", "--tty", "/dev/hvc0", "--baud", "9600"}}}},
 		{name: "replaces the image's own console-serial",
-			services: []spec.Service{{Name: "console-serial", Command: "/bbin/qx-console", Args: []string{"--name", "console-serial", "--tty", "/dev/ttyS1", "--baud", "9600"}}, tty1},
+			services: []quantix.Service{{Name: "console-serial", Command: "/bbin/qx-console", Args: []string{"--name", "console-serial", "--tty", "/dev/ttyS1", "--baud", "9600"}}, tty1},
 			sc:       SerialConsole{TTY: "ttyS1", Baud: 115200},
-			want: []spec.Service{tty1, {Name: "console-serial", Command: "/bbin/qx-console", Ready: spec.ReadyMarker,
+			want: []quantix.Service{tty1, {Name: "console-serial", Command: "/bbin/qx-console", Ready: quantix.ReadyOnMarker,
 				Args: []string{"--name", "console-serial", "--tty", "/dev/ttyS1", "--baud", "115200", "--agent-url", "http://127.0.0.1:9101"}}}},
 		{name: "kernel messages on the port: repaint as the image console does",
-			services: []spec.Service{network, tty1}, sc: SerialConsole{TTY: "ttyS0", Baud: 115200, KernelConsole: true},
-			want: []spec.Service{network, tty1, {Name: "console-serial", Command: "/bbin/qx-console", Ready: spec.ReadyMarker,
+			services: []quantix.Service{network, tty1}, sc: SerialConsole{TTY: "ttyS0", Baud: 115200, KernelConsole: true},
+			want: []quantix.Service{network, tty1, {Name: "console-serial", Command: "/bbin/qx-console", Ready: quantix.ReadyOnMarker,
 				Args: []string{"--name", "console-serial", "--tty", "/dev/ttyS0", "--baud", "115200", "--repaint", "10s", "--agent-url", "http://127.0.0.1:9101"}}}},
 		{name: "kernel messages on the port, no image console: default repaint",
-			services: []spec.Service{network}, sc: SerialConsole{TTY: "ttyS0", Baud: 115200, KernelConsole: true},
-			want: []spec.Service{network, {Name: "console-serial", Command: ConsoleCommand, Ready: spec.ReadyMarker,
+			services: []quantix.Service{network}, sc: SerialConsole{TTY: "ttyS0", Baud: 115200, KernelConsole: true},
+			want: []quantix.Service{network, {Name: "console-serial", Command: ConsoleCommand, Ready: quantix.ReadyOnMarker,
 				Args: []string{"--name", "console-serial", "--tty", "/dev/ttyS0", "--baud", "115200", "--repaint", DefaultRepaint}}}},
 		{name: "tty taken by another console",
-			services: []spec.Service{network, tty1, {Name: "console-ttyS1", Command: "/bbin/qx-console", Args: []string{"--tty=/dev/ttyS1"}}}, sc: sc,
+			services: []quantix.Service{network, tty1, {Name: "console-ttyS1", Command: "/bbin/qx-console", Args: []string{"--tty=/dev/ttyS1"}}}, sc: sc,
 			wantErr: "serial console on /dev/ttyS1: service console-ttyS1 already runs a console there"},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
-			before := append([]spec.Service(nil), tt.services...)
+			before := append([]quantix.Service(nil), tt.services...)
 			got, err := WithSerialConsole(tt.services, tt.sc, "/dev")
 			if tt.wantErr != "" {
 				if err == nil || err.Error() != tt.wantErr {
@@ -185,7 +185,7 @@ func TestInitStartsSerialConsole(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	cfg := Config{Image: "quantix-os", Version: "test", Services: []spec.Service{{
+	cfg := quantix.ImageConfig{Image: "quantix-os", Version: "test", Services: []quantix.Service{{
 		Name: "console-tty1", Command: exe,
 		Args: []string{"--name", "console-tty1", "--tty", filepath.Join(dev, "tty1"), "--repaint", "10s", "--agent-url", "http://127.0.0.1:9101"},
 	}}}

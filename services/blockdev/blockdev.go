@@ -1,4 +1,9 @@
-package initd
+// Package blockdev finds filesystems on the machine's block devices by label, as
+// init (mounting QUANTIX-CFG and QUANTIX-DATA) and the installer (finding its
+// answer-file stick, the boot medium and what a disk holds) both need: it reads
+// ext4, FAT and ISO9660 labels and GPT disk GUIDs straight from the devices, with
+// no blkid in the image.
+package blockdev
 
 import (
 	"bytes"

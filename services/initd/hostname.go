@@ -10,7 +10,7 @@ import (
 	"github.com/quantix/quantix"
 )
 
-// ChooseHostname applies DESIGN §3 precedence, highest first: the QUANTIX-CFG file
+// ChooseHostname applies docs/design.md §3 precedence, highest first: the QUANTIX-CFG file
 // (hostnameFile), quantix.hostname= on the kernel command line, the hostname field of
 // ip=, the image default. An invalid value is reported in warnings and skipped.
 func ChooseHostname(hostnameFile string, cmdline quantix.Cmdline, imageDefault string) (name, source string, warnings []string) {

@@ -12,41 +12,34 @@ import (
 	"strings"
 	"sync"
 	"time"
-)
 
-// Control requests, one line each on ControlSocket; each gets one line back:
-//
-//	poweroff | reboot  -> "ok" | "error: ..."
-//	services           -> {"services":[ServiceStatus...]}
-//	restart <name>     -> "ok" (stopped and started again) | "error: <reason>"
-const (
-	RequestServices = "services"
-	RequestRestart  = "restart"
+	"github.com/quantix/quantix"
 )
 
 // controlTimeout bounds a request's read and a quick answer; a restart may take
 // the supervisor's grace period and a start on top of it.
 const controlTimeout = 5 * time.Second
 
-// Control answers qx-init's control socket: power requests go to actions (init's
+// Control serves init's control-socket protocol (quantix.InitSocket; the client is
+// quantix.InitClient): power requests go to actions (init's
 // main loop), service requests to the supervisor.
 type Control struct {
 	sup     *Supervisor
-	actions chan<- Action
+	actions chan<- quantix.HaltAction
 	log     *slog.Logger
 
 	mu       sync.Mutex
-	shutdown Action // set once a poweroff or reboot is under way
+	shutdown quantix.HaltAction // set once a poweroff or reboot is under way
 }
 
 // NewControl returns the control socket's handler for sup; accepted poweroff and
 // reboot requests are sent to actions (buffered; a second one is dropped).
-func NewControl(sup *Supervisor, actions chan<- Action, log *slog.Logger) *Control {
+func NewControl(sup *Supervisor, actions chan<- quantix.HaltAction, log *slog.Logger) *Control {
 	return &Control{sup: sup, actions: actions, log: log}
 }
 
 // ShuttingDown records that action is under way: restarts are refused from now on.
-func (c *Control) ShuttingDown(a Action) {
+func (c *Control) ShuttingDown(a quantix.HaltAction) {
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	if c.shutdown == "" {
@@ -54,7 +47,7 @@ func (c *Control) ShuttingDown(a Action) {
 	}
 }
 
-func (c *Control) shuttingDown() Action {
+func (c *Control) shuttingDown() quantix.HaltAction {
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	return c.shutdown
@@ -92,7 +85,7 @@ func (c *Control) serveConn(conn net.Conn) {
 		return
 	}
 	req := strings.TrimSpace(line)
-	if strings.HasPrefix(req, RequestRestart+" ") {
+	if strings.HasPrefix(req, quantix.InitRequestRestart+" ") {
 		// Stopping may take the grace period, starting a moment more.
 		_ = conn.SetDeadline(time.Now().Add(c.sup.Grace() + controlTimeout))
 	}
@@ -103,28 +96,26 @@ func (c *Control) serveConn(conn net.Conn) {
 func (c *Control) Answer(ctx context.Context, req string) string {
 	verb, arg, _ := strings.Cut(req, " ")
 	switch verb {
-	case string(ActionPoweroff), string(ActionReboot):
+	case string(quantix.Poweroff), string(quantix.Reboot):
 		if arg != "" {
 			break
 		}
-		c.ShuttingDown(Action(verb))
+		c.ShuttingDown(quantix.HaltAction(verb))
 		select {
-		case c.actions <- Action(verb):
+		case c.actions <- quantix.HaltAction(verb):
 		default: // one is already on its way
 		}
-		return "ok"
-	case RequestServices:
+		return quantix.InitAnswerOK
+	case quantix.InitRequestServices:
 		if arg != "" {
 			break
 		}
-		b, err := json.Marshal(struct {
-			Services []ServiceStatus `json:"services"`
-		}{c.sup.Services()})
+		b, err := json.Marshal(quantix.ServiceList{Services: c.sup.Services()})
 		if err != nil {
 			return "error: " + err.Error()
 		}
 		return string(b)
-	case RequestRestart:
+	case quantix.InitRequestRestart:
 		name := strings.TrimSpace(arg)
 		if name == "" || strings.ContainsAny(name, " \t") {
 			return fmt.Sprintf("error: restart needs one service name (services: %s)", strings.Join(c.sup.Order(), ", "))
@@ -142,42 +133,7 @@ func (c *Control) Answer(ctx context.Context, req string) string {
 			return "error: " + strings.TrimPrefix(err.Error(), "restart "+name+": ")
 		}
 		c.log.Info("service restarted on request", "service", name)
-		return "ok"
+		return quantix.InitAnswerOK
 	}
 	return fmt.Sprintf("error: unknown request %q (poweroff, reboot, services, restart <name>)", req)
-}
-
-// Request asks a running qx-init to power off or reboot.
-func Request(socket string, a Action) error {
-	resp, err := Ask(socket, string(a), controlTimeout)
-	if err != nil {
-		return err
-	}
-	if resp != "ok" {
-		return fmt.Errorf("%s: qx-init answered %q", a, resp)
-	}
-	return nil
-}
-
-// Ask sends one request line to a running qx-init and returns its answer line; an
-// "error: ..." answer is returned as an error.
-func Ask(socket, req string, timeout time.Duration) (string, error) {
-	c, err := net.DialTimeout("unix", socket, 2*time.Second)
-	if err != nil {
-		return "", fmt.Errorf("%s: %w", req, err)
-	}
-	defer c.Close()
-	_ = c.SetDeadline(time.Now().Add(timeout))
-	if _, err := fmt.Fprintln(c, req); err != nil {
-		return "", fmt.Errorf("%s: %w", req, err)
-	}
-	resp, err := bufio.NewReader(c).ReadString('\n')
-	if err != nil {
-		return "", fmt.Errorf("%s: no answer: %w", req, err)
-	}
-	resp = strings.TrimSpace(resp)
-	if e, ok := strings.CutPrefix(resp, "error: "); ok {
-		return "", fmt.Errorf("%s: %s", req, e)
-	}
-	return resp, nil
 }

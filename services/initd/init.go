@@ -1,3 +1,14 @@
+// Package initd is the Quantix init companion: u-root's init runs qx-init as its
+// uinit, and this package does the rest of the boot (docs/design.md §8): load the
+// image's kernel modules, mount QUANTIX-CFG and QUANTIX-DATA by label, set the
+// hostname, supervise the image's services (dependency order, readiness, restart
+// backoff, logs to the console and /var/log/quantix) plus a console on a serial port
+// when one is configured, print the console markers, serve the control socket
+// (quantix.InitSocket: service states, restart one, poweroff, reboot), and stop
+// everything cleanly on poweroff or reboot. PID 1 never exits: on a fatal error init
+// logs, syncs and reboots after a delay, so nothing ever drops to a shell.
+//
+// The package is named initd because a Go package cannot be imported as "init".
 package initd
 
 import (
@@ -20,28 +31,15 @@ import (
 
 	"github.com/quantix/quantix"
 	"github.com/quantix/quantix/images/kmod"
-	"github.com/quantix/quantix/images/spec"
+	"github.com/quantix/quantix/services/blockdev"
 )
 
 // lateModulesWait bounds how long the remaining modules wait for boot-complete.
 const lateModulesWait = 20 * time.Second
 
-// ControlSocket is where qx-init takes requests (root only): poweroff, reboot,
-// services and restart <name> (see Control).
-const ControlSocket = quantix.RunDir + "/init.sock"
-
-// Action is what happens when the services have stopped.
-type Action string
-
-// Actions understood on the control socket.
-const (
-	ActionPoweroff Action = "poweroff"
-	ActionReboot   Action = "reboot"
-)
-
 // Init is the boot sequence and the supervisor of one running image.
 type Init struct {
-	cfg     Config
+	cfg     quantix.ImageConfig
 	log     *slog.Logger
 	console io.Writer
 	// Paths, overridable so parts can be tested outside a VM.
@@ -55,7 +53,7 @@ type Init struct {
 
 // New returns the init for the image described by cfg; console is where markers and
 // service output go (qx-init's stdout, which u-root's init connects to every console).
-func New(cfg Config, console io.Writer, log *slog.Logger) (*Init, error) {
+func New(cfg quantix.ImageConfig, console io.Writer, log *slog.Logger) (*Init, error) {
 	if cfg.Image == "" {
 		return nil, errors.New("init: image config has no image name")
 	}
@@ -68,7 +66,7 @@ func (in *Init) say(line string) { fmt.Fprintln(in.console, line) }
 // requested (control socket, SIGUSR2 = poweroff, SIGTERM = reboot) or ctx ends; it
 // then stops the services in reverse order, syncs, unmounts and returns the action.
 // Errors that leave the machine unusable are returned; the caller reboots.
-func (in *Init) Run(ctx context.Context) (Action, error) {
+func (in *Init) Run(ctx context.Context) (quantix.HaltAction, error) {
 	in.say(quantix.BootMarker(in.cfg.Image, in.cfg.Version))
 	in.log.Info("init companion started", "uptime", Uptime().Round(time.Millisecond))
 	// The kernel must never pick init's companion to kill on memory pressure:
@@ -115,17 +113,17 @@ func (in *Init) Run(ctx context.Context) (Action, error) {
 	if err != nil {
 		return "", err
 	}
-	actions := make(chan Action, 1)
+	actions := make(chan quantix.HaltAction, 1)
 	ctl := NewControl(sup, actions, in.log)
-	ln, err := ctl.Listen(ControlSocket)
+	ln, err := ctl.Listen(quantix.InitSocket)
 	if err != nil {
-		in.log.Error("no control socket", "path", ControlSocket, "err", err)
+		in.log.Error("no control socket", "path", quantix.InitSocket, "err", err)
 	} else {
 		defer ln.Close()
 	}
 	in.pb = &powerButton{log: in.log, watched: map[string]bool{}, press: func() {
 		select {
-		case actions <- ActionPoweroff:
+		case actions <- quantix.Poweroff:
 		default:
 		}
 	}}
@@ -169,16 +167,16 @@ func (in *Init) Run(ctx context.Context) (Action, error) {
 		}
 	}()
 
-	var action Action
+	var action quantix.HaltAction
 	select {
 	case action = <-actions:
 	case sig := <-sigs:
-		action = ActionReboot
+		action = quantix.Reboot
 		if sig == syscall.SIGUSR2 {
-			action = ActionPoweroff
+			action = quantix.Poweroff
 		}
 	case <-ctx.Done():
-		action = ActionPoweroff
+		action = quantix.Poweroff
 	}
 	ctl.ShuttingDown(action) // restarts are refused from now on
 	in.log.Info("stopping services", "then", string(action))
@@ -191,10 +189,10 @@ func (in *Init) Run(ctx context.Context) (Action, error) {
 // withSerialConsole adds the serial console service when one is configured
 // (QUANTIX-CFG is mounted by now). A bad setting is said on the console and only
 // costs the serial console: the image's services, tty1's console among them, run.
-func (in *Init) withSerialConsole(services []spec.Service, cmdline quantix.Cmdline) []spec.Service {
+func (in *Init) withSerialConsole(services []quantix.Service, cmdline quantix.Cmdline) []quantix.Service {
 	sc, err := ChooseSerialConsole(in.consoleConfig, cmdline)
 	sc.KernelConsole = sc.TTY != "" && slices.Contains(KernelConsoles("/proc/consoles"), sc.TTY)
-	var out []spec.Service
+	var out []quantix.Service
 	if err == nil {
 		out, err = WithSerialConsole(services, sc, in.devDir)
 	}
@@ -284,13 +282,13 @@ func isMountPoint(dir string) bool {
 // their driver's module init returns; only NVMe and USB disks appear later, and
 // while such a driver is loaded the scan repeats until QUANTIX-CFG and QUANTIX-DATA
 // are both there or DeviceWait has passed.
-func (in *Init) waitFilesystems() []Filesystem {
+func (in *Init) waitFilesystems() []blockdev.Filesystem {
 	deadline := time.Now().Add(in.DeviceWait)
 	for {
 		if in.mods != nil {
 			in.mods.Coldplug(in.cfg.Modules)
 		}
-		fss, _ := ScanFilesystems(in.sysBlock, in.devDir)
+		fss, _ := blockdev.ScanFilesystems(in.sysBlock, in.devDir)
 		found := 0
 		for _, f := range fss {
 			if f.Label == quantix.LabelConfig || f.Label == quantix.LabelData {
@@ -306,8 +304,8 @@ func (in *Init) waitFilesystems() []Filesystem {
 
 // InstallServices is what runs when the kernel command line holds quantix.install:
 // the installer alone. It ends by asking init to power off or reboot.
-func InstallServices() []spec.Service {
-	return []spec.Service{{Name: "install", Command: "/bbin/qx-install", Ready: spec.ReadyStart}}
+func InstallServices() []quantix.Service {
+	return []quantix.Service{{Name: "install", Command: "/bbin/qx-install", Ready: quantix.ReadyOnStart}}
 }
 
 // mountByLabel mounts QUANTIX-CFG and QUANTIX-DATA. diskGUID (quantix.disk=) pins
@@ -316,22 +314,22 @@ func InstallServices() []spec.Service {
 func (in *Init) mountByLabel(diskGUID string) {
 	t0 := time.Now()
 	fss := in.waitFilesystems()
-	boot := BootDisks(fss, in.cfg.VolumeLabel, quantix.LabelEFI)
+	boot := blockdev.BootDisks(fss, in.cfg.VolumeLabel, quantix.LabelEFI)
 	if diskGUID != "" {
-		disk, ok := DiskByGUID(in.sysBlock, in.devDir, diskGUID)
+		disk, ok := blockdev.DiskByGUID(in.sysBlock, in.devDir, diskGUID)
 		for deadline := time.Now().Add(in.DeviceWait); !ok && time.Now().Before(deadline); {
 			time.Sleep(100 * time.Millisecond)
 			if in.mods != nil {
 				in.mods.Coldplug(in.cfg.Modules)
 			}
-			disk, ok = DiskByGUID(in.sysBlock, in.devDir, diskGUID)
+			disk, ok = blockdev.DiskByGUID(in.sysBlock, in.devDir, diskGUID)
 		}
 		if !ok {
 			in.say(quantix.WarningMarker("init", fmt.Sprintf("the installed disk (%s=%s) was not found: /quantix is in RAM and nothing will persist", quantix.ParamDisk, diskGUID)))
 			return
 		}
-		fss, _ = ScanFilesystems(in.sysBlock, in.devDir)
-		fss = OnDisk(fss, disk)
+		fss, _ = blockdev.ScanFilesystems(in.sysBlock, in.devDir)
+		fss = blockdev.OnDisk(fss, disk)
 		boot = map[string]bool{disk: true}
 		in.log.Info("installed system: using its own disk only", "disk", disk, "guid", diskGUID)
 	}
@@ -339,7 +337,7 @@ func (in *Init) mountByLabel(diskGUID string) {
 		{quantix.LabelConfig, quantix.ConfigDir},
 		{quantix.LabelData, quantix.DataDir},
 	} {
-		fs, collided, err := FindByLabel(fss, m.label, boot)
+		fs, collided, err := blockdev.FindByLabel(fss, m.label, boot)
 		if err != nil {
 			if m.label == quantix.LabelConfig {
 				in.say(quantix.WarningMarker("init", "no "+quantix.LabelConfig+" filesystem found: /quantix is in RAM and nothing will persist"))
@@ -439,32 +437,4 @@ func (in *Init) setHostname() {
 	}
 	_ = os.WriteFile("/etc/hostname", []byte(name+"\n"), 0o644)
 	in.say(fmt.Sprintf("init: hostname %s (from %s)", name, source))
-}
-
-// DrainConsole waits, at most timeout, until what was written to the terminals
-// files has left the machine (tcdrain): reboot(2) right after a log line would
-// otherwise cut the line off on a slow serial console. Files that are not
-// terminals are skipped.
-func DrainConsole(timeout time.Duration, files ...*os.File) {
-	done := make(chan struct{})
-	go func() {
-		defer close(done)
-		for _, f := range files {
-			_ = unix.IoctlSetInt(int(f.Fd()), unix.TCSBRK, 1) // tcdrain; ENOTTY on a non-terminal
-		}
-	}()
-	select {
-	case <-done:
-	case <-time.After(timeout):
-	}
-}
-
-// Halt ends the machine: reboot(2) with a restart or power-off.
-func Halt(a Action) error {
-	cmd := unix.LINUX_REBOOT_CMD_RESTART
-	if a == ActionPoweroff {
-		cmd = unix.LINUX_REBOOT_CMD_POWER_OFF
-	}
-	unix.Sync()
-	return unix.Reboot(cmd)
 }

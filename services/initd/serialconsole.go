@@ -12,12 +12,12 @@ import (
 	"strings"
 
 	"github.com/quantix/quantix"
-	"github.com/quantix/quantix/images/spec"
 )
 
-// The serial console (issue 10): besides the image's console on tty1, init runs a
-// second console service on a serial port when one is configured, by the
-// QUANTIX-CFG file ConsoleConfig or the kernel parameter quantix.console=.
+// The serial console, for machines managed over a serial line: besides the image's
+// console on tty1, init runs a second console service on a serial port when one is
+// configured, by the QUANTIX-CFG file ConsoleConfig or the kernel parameter
+// quantix.console=.
 const (
 	// ConsoleConfig is the operator's console settings on QUANTIX-CFG:
 	//
@@ -79,7 +79,7 @@ type consoleFile struct {
 	Baud   *int    `toml:"baud"`
 }
 
-// ChooseSerialConsole applies DESIGN §3 precedence to the serial console: the
+// ChooseSerialConsole applies docs/design.md §3 precedence to the serial console: the
 // image defines none, quantix.console=<tty>[,<baud>] on the kernel command line
 // sets one, and the QUANTIX-CFG file (path, usually ConsoleConfig) wins key by key
 // over it (serial = "" switches a kernel-line console off). A missing file is no
@@ -195,13 +195,13 @@ var consoleFlagsOwn = []string{"name", "tty", "baud", "repaint"}
 // without one it runs ConsoleCommand. A console-serial service the
 // image defines itself is replaced (the configuration wins over the image). A tty
 // another service already runs a console on is refused. services is not modified.
-func WithSerialConsole(services []spec.Service, sc SerialConsole, devDir string) ([]spec.Service, error) {
+func WithSerialConsole(services []quantix.Service, sc SerialConsole, devDir string) ([]quantix.Service, error) {
 	if sc.TTY == "" {
 		return services, nil
 	}
 	dev := filepath.Join(devDir, sc.TTY)
-	var out []spec.Service
-	var base *spec.Service
+	var out []quantix.Service
+	var base *quantix.Service
 	for i, s := range services {
 		if s.Name == SerialConsoleService {
 			continue
@@ -214,10 +214,10 @@ func WithSerialConsole(services []spec.Service, sc SerialConsole, devDir string)
 		}
 		out = append(out, s)
 	}
-	svc := spec.Service{
+	svc := quantix.Service{
 		Name: SerialConsoleService, Command: ConsoleCommand,
 		Args:  []string{"--name", SerialConsoleService, "--tty", dev, "--baud", strconv.Itoa(sc.Baud)},
-		Ready: spec.ReadyMarker,
+		Ready: quantix.ReadyOnMarker,
 	}
 	if sc.KernelConsole {
 		repaint := DefaultRepaint

@@ -1,4 +1,4 @@
-package initd_test
+package blockdev_test
 
 import (
 	"bytes"
@@ -13,8 +13,7 @@ import (
 
 	"github.com/quantix/quantix"
 	"github.com/quantix/quantix/images/build"
-	"github.com/quantix/quantix/images/spec"
-	initd "github.com/quantix/quantix/services/init"
+	"github.com/quantix/quantix/services/blockdev"
 )
 
 func fatImage(t *testing.T, path, label string, typ filesystem.Type, size int64) {
@@ -70,10 +69,10 @@ func TestProbeLabel(t *testing.T) {
 		if err != nil {
 			t.Fatal(err)
 		}
-		typ, label, ok := initd.ProbeLabel(f)
+		typ, label, ok := blockdev.ProbeLabel(f)
 		f.Close()
 		if typ != tt.typ || label != tt.label || ok != tt.ok {
-			t.Errorf("initd.ProbeLabel(%s) = %q, %q, %v; want %q, %q, %v", filepath.Base(tt.file), typ, label, ok, tt.typ, tt.label, tt.ok)
+			t.Errorf("blockdev.ProbeLabel(%s) = %q, %q, %v; want %q, %q, %v", filepath.Base(tt.file), typ, label, ok, tt.typ, tt.label, tt.ok)
 		}
 	}
 }
@@ -122,11 +121,11 @@ func TestScanFilesystems(t *testing.T) {
 		}
 		os.WriteFile(filepath.Join(dev, d.name), d.data, 0o644)
 	}
-	fss, err := initd.ScanFilesystems(sysBlock, dev)
+	fss, err := blockdev.ScanFilesystems(sysBlock, dev)
 	if err != nil {
 		t.Fatal(err)
 	}
-	want := []initd.Filesystem{
+	want := []blockdev.Filesystem{
 		{Device: filepath.Join(dev, "sdb"), Disk: "sdb", Type: "iso9660", Label: "QUANTIX-OS"},
 		{Device: filepath.Join(dev, "sdb1"), Disk: "sdb", Type: "ext4", Label: quantix.LabelConfig},
 		{Device: filepath.Join(dev, "sr0"), Disk: "sr0", Type: "iso9660", Label: "QUANTIX-OS"},
@@ -135,72 +134,20 @@ func TestScanFilesystems(t *testing.T) {
 	if diff := cmp.Diff(want, fss); diff != "" {
 		t.Fatalf("ScanFilesystems (-want +got):\n%s", diff)
 	}
-	boot := initd.BootDisks(fss, "QUANTIX-OS", quantix.LabelEFI)
+	boot := blockdev.BootDisks(fss, "QUANTIX-OS", quantix.LabelEFI)
 	if diff := cmp.Diff(map[string]bool{"sdb": true, "sr0": true}, boot); diff != "" {
 		t.Errorf("BootDisks (-want +got):\n%s", diff)
 	}
-	got, collided, err := initd.FindByLabel(fss, quantix.LabelConfig, boot)
+	got, collided, err := blockdev.FindByLabel(fss, quantix.LabelConfig, boot)
 	if err != nil || !collided || got.Device != filepath.Join(dev, "sdb1") {
-		t.Errorf("initd.FindByLabel(CFG) = %v, %v, %v; want sdb1 (on the boot disk), collided", got, collided, err)
+		t.Errorf("blockdev.FindByLabel(CFG) = %v, %v, %v; want sdb1 (on the boot disk), collided", got, collided, err)
 	}
 	// Without a boot disk among the candidates, the first by name wins.
-	got, _, _ = initd.FindByLabel(fss, quantix.LabelConfig, map[string]bool{"sr0": true})
+	got, _, _ = blockdev.FindByLabel(fss, quantix.LabelConfig, map[string]bool{"sr0": true})
 	if got.Device != filepath.Join(dev, "sdb1") {
 		t.Errorf("FindByLabel without boot-disk candidate = %v, want sdb1 (first by name)", got)
 	}
-	if _, _, err := initd.FindByLabel(fss, quantix.LabelData, boot); err == nil {
-		t.Errorf("initd.FindByLabel(DATA) = nil error, want ErrNoFilesystem")
-	}
-}
-
-func TestChooseHostname(t *testing.T) {
-	dir := t.TempDir()
-	good := filepath.Join(dir, "good")
-	os.WriteFile(good, []byte("Node-7\nignored\n"), 0o644)
-	bad := filepath.Join(dir, "bad")
-	os.WriteFile(bad, []byte("bad_name\n"), 0o644)
-	missing := filepath.Join(dir, "missing")
-	tests := []struct {
-		file, cmdline, want, source string
-		warnings                    int
-	}{
-		{good, "quantix.hostname=cmd ip=::::iphost::", "node-7", good, 0},
-		{missing, "quantix.hostname=Cmd-Host ip=::::iphost::", "cmd-host", "kernel command line quantix.hostname", 0},
-		{missing, "ip=10.0.0.5::10.0.0.1:255.255.255.0:IP-Host:eth0:off", "ip-host", "kernel command line ip=", 0},
-		{missing, "ip=dhcp", "quantix", "image default", 0},
-		{bad, "quantix.hostname=-x", "quantix", "image default", 2},
-		{bad, "quantix.hostname=ok", "ok", "kernel command line quantix.hostname", 1},
-	}
-	for _, tt := range tests {
-		name, source, warnings := initd.ChooseHostname(tt.file, quantix.ParseCmdline(tt.cmdline), "quantix")
-		if name != tt.want || source != tt.source || len(warnings) != tt.warnings {
-			t.Errorf("initd.ChooseHostname(%s, %q) = %q, %q, %q; want %q, %q, %d warnings", filepath.Base(tt.file), tt.cmdline, name, source, warnings, tt.want, tt.source, tt.warnings)
-		}
-	}
-}
-
-func TestConfigRoundTrip(t *testing.T) {
-	c := &initd.Config{
-		Image: "qvdc", Version: "0.1.0", VolumeLabel: "QVDC", Hostname: "qvdc", KernelRelease: "6.1.0-56-amd64",
-		Modules: []string{"virtio_pci", "nls_iso8859-1"},
-		Services: []spec.Service{
-			{Name: "network", Command: "/bbin/qx-net", Args: []string{"serve"}},
-			{Name: "vdc", Command: "/bbin/qx-vdc", Args: []string{"serve"}, DependsOn: []string{"network"}, Ready: spec.ReadyMarker},
-		},
-	}
-	p := filepath.Join(t.TempDir(), "image.toml")
-	if err := initd.WriteConfig(p, c); err != nil {
-		t.Fatal(err)
-	}
-	got, err := initd.LoadConfig(p)
-	if err != nil {
-		t.Fatal(err)
-	}
-	if diff := cmp.Diff(c, got); diff != "" {
-		t.Errorf("round trip (-want +got):\n%s", diff)
-	}
-	os.WriteFile(p, []byte("image = \"x\"\nversion = \"1\"\nhostname = \"h\"\nshell = \"/bin/sh\"\n"), 0o644)
-	if _, err := initd.LoadConfig(p); err == nil {
-		t.Error("initd.LoadConfig(unknown key) = nil error")
+	if _, _, err := blockdev.FindByLabel(fss, quantix.LabelData, boot); err == nil {
+		t.Errorf("blockdev.FindByLabel(DATA) = nil error, want ErrNoFilesystem")
 	}
 }

@@ -2,6 +2,7 @@ package initd
 
 import (
 	"bufio"
+	"bytes"
 	"context"
 	"encoding/binary"
 	"fmt"
@@ -19,7 +20,6 @@ import (
 	"github.com/google/go-cmp/cmp"
 
 	"github.com/quantix/quantix"
-	"github.com/quantix/quantix/images/spec"
 	"github.com/quantix/quantix/tests/syncbuf"
 )
 
@@ -71,7 +71,7 @@ func helper(mode, name, events string) int {
 		return 1
 	case "config":
 		fmt.Fprintln(os.Stderr, "level=ERROR msg=\"network.toml: gateway 10.0.1.1 is not inside 10.0.0.0/24\"")
-		return ExitConfig
+		return quantix.ExitConfig
 	case "once":
 		fmt.Println("did the one thing")
 		return 0
@@ -109,10 +109,10 @@ func newSup(t *testing.T, modes map[string]string, deps map[string][]string, ord
 	if err != nil {
 		t.Fatal(err)
 	}
-	var svcs []spec.Service
+	var svcs []quantix.Service
 	for _, name := range order {
 		// A tiny shell-free trampoline: the same binary, mode and name in its env.
-		svcs = append(svcs, spec.Service{
+		svcs = append(svcs, quantix.Service{
 			Name: name, Command: "/usr/bin/env",
 			Args:      []string{"QX_HELPER=" + modes[name], "QX_NAME=" + name, "QX_EVENTS=" + events, exe, "-test.run=^$"},
 			DependsOn: deps[name],
@@ -337,7 +337,7 @@ func TestNextBackoff(t *testing.T) {
 
 func TestNewSupervisorRejects(t *testing.T) {
 	log := slog.New(slog.NewTextHandler(io.Discard, nil))
-	for _, svcs := range [][]spec.Service{
+	for _, svcs := range [][]quantix.Service{
 		{{Name: "a", Command: "/x", DependsOn: []string{"b"}}, {Name: "b", Command: "/x", DependsOn: []string{"a"}}},
 		{{Name: "a", Command: "/x"}, {Name: "a", Command: "/y"}},
 		{{Name: "a"}},
@@ -378,7 +378,7 @@ func TestSupervisorMissingCommand(t *testing.T) {
 	clock := &fakeClock{now: time.Unix(1700000000, 0)}
 	console := &lockedBuffer{}
 	s, err := NewSupervisor(SupervisorConfig{
-		Services: []spec.Service{{Name: "vdc", Command: "/nonexistent/qx-vdc"}},
+		Services: []quantix.Service{{Name: "vdc", Command: "/nonexistent/qx-vdc"}},
 		Console:  console, Clock: clock,
 	}, slog.New(slog.NewTextHandler(io.Discard, nil)))
 	if err != nil {
@@ -397,4 +397,80 @@ func TestSupervisorMissingCommand(t *testing.T) {
 	if d := clock.Delays()[0]; d != ConfigRetry {
 		t.Errorf("retry after a failed start = %v, want %v", d, ConfigRetry)
 	}
+}
+
+// TestSupervisorKillsProcessGroup: a service's children go with it, whether the
+// supervisor stops the service (SIGTERM to the group) or the service exits and
+// leaves a child behind that still holds its output open.
+func TestSupervisorKillsProcessGroup(t *testing.T) {
+	for _, tc := range []struct {
+		name, script string
+		stop         bool // stop the supervisor, else wait for the service's own exit
+	}{
+		{"stopped", `sleep 600 & echo $! > "$1"; echo "QUANTIX: ready service=svc"; wait`, true},
+		{"exited", `sleep 600 & echo $! > "$1"; echo "QUANTIX: ready service=svc"; exit 3`, false},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			pidFile := filepath.Join(t.TempDir(), "child.pid")
+			sup, err := NewSupervisor(SupervisorConfig{
+				Services: []quantix.Service{{Name: "svc", Command: "/bin/sh", Args: []string{"-c", tc.script, "sh", pidFile}}},
+				Grace:    5 * time.Second,
+			}, slog.New(slog.NewTextHandler(io.Discard, nil)))
+			if err != nil {
+				t.Fatal(err)
+			}
+			ctx, cancel := context.WithCancel(context.Background())
+			runDone := make(chan error, 1)
+			go func() { runDone <- sup.Run(ctx) }()
+			defer func() {
+				cancel()
+				select {
+				case <-runDone:
+				case <-time.After(10 * time.Second):
+					t.Error("supervisor did not stop within 10 s")
+				}
+			}()
+			select {
+			case <-sup.Ready("svc"):
+			case <-time.After(10 * time.Second):
+				t.Fatal("service not ready within 10 s")
+			}
+			b, err := os.ReadFile(pidFile)
+			if err != nil {
+				t.Fatal(err)
+			}
+			var child int
+			if _, err := fmt.Sscan(string(b), &child); err != nil {
+				t.Fatalf("child pid %q: %v", b, err)
+			}
+			if tc.stop {
+				cancel()
+				select {
+				case <-runDone:
+				case <-time.After(10 * time.Second):
+					t.Fatal("supervisor did not stop within 10 s")
+				}
+				runDone <- nil
+			}
+			deadline := time.Now().Add(10 * time.Second)
+			for runs(child) {
+				if time.Now().After(deadline) {
+					t.Fatalf("the service's child %d still runs 10 s after the service ended", child)
+				}
+				time.Sleep(20 * time.Millisecond)
+			}
+		})
+	}
+}
+
+// runs reports whether pid runs; a zombie waiting to be reaped does not, unlike
+// for alive.
+func runs(pid int) bool {
+	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
+	if err != nil {
+		return false
+	}
+	// The state follows the command name in parentheses: "pid (comm) S ...".
+	i := bytes.LastIndexByte(b, ')')
+	return i < 0 || i+2 >= len(b) || b[i+2] != 'Z'
 }

@@ -16,7 +16,7 @@ import (
 
 	"github.com/google/go-cmp/cmp"
 
-	"github.com/quantix/quantix/images/spec"
+	"github.com/quantix/quantix"
 )
 
 // controlLab is a supervisor of real child processes (this test binary in helper
@@ -27,7 +27,7 @@ type controlLab struct {
 	socket  string
 	events  string
 	console *lockedBuffer
-	actions chan Action
+	actions chan quantix.HaltAction
 	cancel  context.CancelFunc
 	done    chan error
 }
@@ -36,7 +36,7 @@ func startControlLab(t *testing.T, modes map[string]string, deps map[string][]st
 	t.Helper()
 	sup, console, events, _ := newSup(t, modes, deps, order, nil)
 	sup.cfg.Grace = 500 * time.Millisecond
-	l := &controlLab{sup: sup, console: console, events: events, actions: make(chan Action, 1), done: make(chan error, 1)}
+	l := &controlLab{sup: sup, console: console, events: events, actions: make(chan quantix.HaltAction, 1), done: make(chan error, 1)}
 	// Not t.TempDir: unix socket paths must stay under 108 bytes.
 	dir, err := os.MkdirTemp("", "qxinit")
 	if err != nil {
@@ -64,30 +64,30 @@ func (l *controlLab) stop() {
 }
 
 // services asks over the socket, as qx-console and qx-init services do.
-func (l *controlLab) services(t *testing.T) map[string]ServiceStatus {
+func (l *controlLab) services(t *testing.T) map[string]quantix.ServiceStatus {
 	t.Helper()
-	resp, err := Ask(l.socket, "services", 5*time.Second)
+	resp, err := ask(l.socket, "services", 5*time.Second)
 	if err != nil {
 		t.Fatalf("services: %v", err)
 	}
 	var out struct {
-		Services []ServiceStatus `json:"services"`
+		Services []quantix.ServiceStatus `json:"services"`
 	}
 	dec := json.NewDecoder(strings.NewReader(resp))
 	dec.DisallowUnknownFields()
 	if err := dec.Decode(&out); err != nil {
 		t.Fatalf("services answer %q: %v", resp, err)
 	}
-	m := map[string]ServiceStatus{}
+	m := map[string]quantix.ServiceStatus{}
 	for _, s := range out.Services {
 		m[s.Name] = s
 	}
 	return m
 }
 
-func (l *controlLab) waitState(t *testing.T, name, state string) ServiceStatus {
+func (l *controlLab) waitState(t *testing.T, name, state string) quantix.ServiceStatus {
 	t.Helper()
-	var last ServiceStatus
+	var last quantix.ServiceStatus
 	waitFor(t, name+" "+state, func() bool {
 		last = l.services(t)[name]
 		return last.State == state
@@ -110,11 +110,11 @@ func TestControlServicesAndRestart(t *testing.T) {
 	case <-time.After(20 * time.Second):
 		t.Fatalf("not all ready; events %v", readEvents(t, l.events))
 	}
-	l.waitState(t, "setup", StateDone)
+	l.waitState(t, "setup", quantix.ServiceDone)
 	st := l.services(t)
 	for _, name := range []string{"network", "agent", "stubborn"} {
 		s := st[name]
-		if s.State != StateReady || !alive(s.PID) || s.Since.IsZero() || s.Restarts != 0 || s.LastError != "" {
+		if s.State != quantix.ServiceReady || !alive(s.PID) || s.Since.IsZero() || s.Restarts != 0 || s.LastError != "" {
 			t.Errorf("%s = %+v, want ready with a live pid, no restarts", name, s)
 		}
 	}
@@ -123,17 +123,17 @@ func TestControlServicesAndRestart(t *testing.T) {
 	}
 
 	oldNet, agent := st["network"], st["agent"]
-	if resp, err := Ask(l.socket, "restart network", 10*time.Second); err != nil || resp != "ok" {
+	if resp, err := ask(l.socket, "restart network", 10*time.Second); err != nil || resp != "ok" {
 		t.Fatalf("restart network = %q, %v; want ok", resp, err)
 	}
 	if alive(oldNet.PID) {
 		t.Errorf("the old network process %d still runs after the restart", oldNet.PID)
 	}
-	s := l.waitState(t, "network", StateReady)
+	s := l.waitState(t, "network", quantix.ServiceReady)
 	if s.PID == oldNet.PID || !alive(s.PID) || s.Restarts != 1 || !s.Since.After(oldNet.Since) {
 		t.Errorf("network after restart = %+v (before %+v), want a new live pid, restarts 1", s, oldNet)
 	}
-	if a := l.services(t)["agent"]; a.PID != agent.PID || !alive(a.PID) || a.State != StateReady || a.Restarts != 0 {
+	if a := l.services(t)["agent"]; a.PID != agent.PID || !alive(a.PID) || a.State != quantix.ServiceReady || a.Restarts != 0 {
 		t.Errorf("agent after restarting network = %+v, want the same process %d still ready (dependants are not killed)", a, agent.PID)
 	}
 	ev := readEvents(t, l.events)
@@ -148,7 +148,7 @@ func TestControlServicesAndRestart(t *testing.T) {
 	var wg sync.WaitGroup
 	errs := make([]error, 2)
 	for i := range errs {
-		wg.Go(func() { _, errs[i] = Ask(l.socket, "restart network", 10*time.Second) })
+		wg.Go(func() { _, errs[i] = ask(l.socket, "restart network", 10*time.Second) })
 	}
 	wg.Wait()
 	for _, err := range errs {
@@ -156,7 +156,7 @@ func TestControlServicesAndRestart(t *testing.T) {
 			t.Errorf("concurrent restart: %v", err)
 		}
 	}
-	s = l.waitState(t, "network", StateReady)
+	s = l.waitState(t, "network", quantix.ServiceReady)
 	if s.Restarts != 3 {
 		t.Errorf("network restarts = %d after three restarts, want 3", s.Restarts)
 	}
@@ -174,10 +174,10 @@ func TestControlServicesAndRestart(t *testing.T) {
 	}
 
 	// A finished service runs again.
-	if _, err := Ask(l.socket, "restart setup", 10*time.Second); err != nil {
+	if _, err := ask(l.socket, "restart setup", 10*time.Second); err != nil {
 		t.Errorf("restart setup: %v", err)
 	}
-	l.waitState(t, "setup", StateDone)
+	l.waitState(t, "setup", quantix.ServiceDone)
 	if n := strings.Count(strings.Join(readEvents(t, l.events), "\n"), "setup start"); n != 2 {
 		t.Errorf("setup ran %d times, want twice", n)
 	}
@@ -185,13 +185,13 @@ func TestControlServicesAndRestart(t *testing.T) {
 	// SIGTERM ignored: killed after the grace period, then started again.
 	old := l.services(t)["stubborn"]
 	t0 := time.Now()
-	if _, err := Ask(l.socket, "restart stubborn", 10*time.Second); err != nil {
+	if _, err := ask(l.socket, "restart stubborn", 10*time.Second); err != nil {
 		t.Errorf("restart stubborn: %v", err)
 	}
 	if took := time.Since(t0); took < l.sup.Grace() {
 		t.Errorf("stubborn restarted after %s, before the %s grace period", took, l.sup.Grace())
 	}
-	if s := l.waitState(t, "stubborn", StateReady); s.PID == old.PID || alive(old.PID) {
+	if s := l.waitState(t, "stubborn", quantix.ServiceReady); s.PID == old.PID || alive(old.PID) {
 		t.Errorf("stubborn after restart = %+v; old pid %d alive %v", s, old.PID, alive(old.PID))
 	}
 
@@ -201,7 +201,7 @@ func TestControlServicesAndRestart(t *testing.T) {
 		{"restart a b", "restart needs one service name"},
 		{"status", `unknown request "status"`},
 	} {
-		if resp, err := Ask(l.socket, tc.req, 5*time.Second); err == nil || !strings.Contains(err.Error(), tc.want) {
+		if resp, err := ask(l.socket, tc.req, 5*time.Second); err == nil || !strings.Contains(err.Error(), tc.want) {
 			t.Errorf("%s = %q, %v; want an error containing %q", tc.req, resp, err, tc.want)
 		}
 	}
@@ -216,7 +216,7 @@ func TestControlRestartFails(t *testing.T) {
 		t.Fatal(err)
 	}
 	console := &lockedBuffer{}
-	sup, err := NewSupervisor(SupervisorConfig{Services: []spec.Service{{Name: "svc", Command: script}}, Console: console, Grace: 2 * time.Second},
+	sup, err := NewSupervisor(SupervisorConfig{Services: []quantix.Service{{Name: "svc", Command: script}}, Console: console, Grace: 2 * time.Second},
 		slog.New(slog.NewTextHandler(io.Discard, nil)))
 	if err != nil {
 		t.Fatal(err)
@@ -238,7 +238,7 @@ func TestControlRestartFails(t *testing.T) {
 		t.Fatalf("Restart(svc) with its program gone = %v, want the start error", err)
 	}
 	s := sup.Services()[0]
-	if s.State != StateFailed || s.PID != 0 || !strings.Contains(s.LastError, "no such file") {
+	if s.State != quantix.ServiceFailed || s.PID != 0 || !strings.Contains(s.LastError, "no such file") {
 		t.Errorf("svc = %+v, want failed naming the missing program", s)
 	}
 	waitFor(t, "the fatal marker", func() bool { return bytes.Contains([]byte(console.String()), []byte("QUANTIX: fatal service=svc")) })
@@ -253,23 +253,23 @@ func TestControlRefusesRestartDuringShutdown(t *testing.T) {
 	case <-time.After(20 * time.Second):
 		t.Fatal("not ready")
 	}
-	if err := Request(l.socket, ActionPoweroff); err != nil {
+	if err := (quantix.InitClient{Socket: l.socket}).Power(context.Background(), quantix.Poweroff); err != nil {
 		t.Fatalf("poweroff: %v", err)
 	}
-	if a := <-l.actions; a != ActionPoweroff {
+	if a := <-l.actions; a != quantix.Poweroff {
 		t.Errorf("action = %q, want poweroff", a)
 	}
-	if _, err := Ask(l.socket, "restart network", 5*time.Second); err == nil || !strings.Contains(err.Error(), "the system is shutting down (poweroff)") {
+	if _, err := ask(l.socket, "restart network", 5*time.Second); err == nil || !strings.Contains(err.Error(), "the system is shutting down (poweroff)") {
 		t.Errorf("restart during poweroff = %v, want refused", err)
 	}
-	if s := l.services(t)["network"]; s.State != StateReady || s.Restarts != 0 {
+	if s := l.services(t)["network"]; s.State != quantix.ServiceReady || s.Restarts != 0 {
 		t.Errorf("network = %+v, want untouched by the refused restart", s)
 	}
 	l.stop()
 	if err := l.sup.Restart(context.Background(), "network"); err == nil || !strings.Contains(err.Error(), ErrShuttingDown.Error()) {
 		t.Errorf("Restart after stop = %v, want ErrShuttingDown", err)
 	}
-	if s := l.sup.Services()[0]; s.State != StateStopped || s.PID != 0 {
+	if s := l.sup.Services()[0]; s.State != quantix.ServiceStopped || s.PID != 0 {
 		t.Errorf("network after stop = %+v, want stopped", s)
 	}
 }
@@ -305,7 +305,7 @@ func TestRestartResetsBackoff(t *testing.T) {
 	go func() { done <- s.Run(ctx) }()
 	defer func() { cancel(); <-done }()
 	waitFor(t, "the first backoff", func() bool { return len(clock.Delays()) == 1 })
-	if st := s.Services()[0]; st.State != StateRestarting || st.LastError != "level=ERROR msg=crashed" || st.PID != 0 {
+	if st := s.Services()[0]; st.State != quantix.ServiceRestarting || st.LastError != "level=ERROR msg=crashed" || st.PID != 0 {
 		t.Errorf("crash = %+v, want restarting with its last stderr line", st)
 	}
 	for i := 0; i < 2; i++ {
@@ -327,7 +327,7 @@ func TestRestartResetsBackoff(t *testing.T) {
 	if err := s.Restart(context.Background(), "dep"); err == nil || err.Error() != "restart dep: not started yet: it waits for crash to be ready" {
 		t.Errorf("Restart(dep) = %v, want refused: it waits for crash", err)
 	}
-	if st := s.Services()[1]; st.State != StateWaiting || st.PID != 0 || st.Restarts != 0 {
+	if st := s.Services()[1]; st.State != quantix.ServiceWaiting || st.PID != 0 || st.Restarts != 0 {
 		t.Errorf("dep = %+v, want waiting", st)
 	}
 }
@@ -343,13 +343,13 @@ func BenchmarkRestart(b *testing.B) {
 	}
 	defer os.RemoveAll(dir)
 	log := slog.New(slog.NewTextHandler(io.Discard, nil))
-	sup, err := NewSupervisor(SupervisorConfig{Services: []spec.Service{{Name: "svc", Command: "/bin/sh",
+	sup, err := NewSupervisor(SupervisorConfig{Services: []quantix.Service{{Name: "svc", Command: "/bin/sh",
 		Args: []string{"-c", "echo 'QUANTIX: ready service=svc'; trap 'exit 0' TERM; while :; do sleep 0.01; done"}}}, Grace: 5 * time.Second}, log)
 	if err != nil {
 		b.Fatal(err)
 	}
 	sock := filepath.Join(dir, "init.sock")
-	ln, err := NewControl(sup, make(chan Action, 1), log).Listen(sock)
+	ln, err := NewControl(sup, make(chan quantix.HaltAction, 1), log).Listen(sock)
 	if err != nil {
 		b.Fatal(err)
 	}
@@ -360,9 +360,16 @@ func BenchmarkRestart(b *testing.B) {
 	defer func() { cancel(); <-done }()
 	<-sup.Ready("svc")
 	for b.Loop() {
-		if _, err := Ask(sock, "restart svc", 10*time.Second); err != nil {
+		if _, err := ask(sock, "restart svc", 10*time.Second); err != nil {
 			b.Fatal(err)
 		}
 	}
 	b.ReportMetric(float64(b.Elapsed().Microseconds())/float64(b.N)/1000, "ms/op")
+}
+
+// ask sends one request through the shared client, as qx-init's CLI does.
+func ask(socket, req string, timeout time.Duration) (string, error) {
+	ctx, cancel := context.WithTimeout(context.Background(), timeout)
+	defer cancel()
+	return quantix.InitClient{Socket: socket}.Ask(ctx, req)
 }

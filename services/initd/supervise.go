@@ -16,17 +16,14 @@ import (
 	"time"
 
 	"github.com/quantix/quantix"
-	"github.com/quantix/quantix/images/spec"
 )
 
-// Restart policy (COMMON.md service process contract).
+// Restart policy (docs/design.md §8; the grace before SIGKILL is quantix.StopGrace).
 const (
-	MinBackoff   = 1 * time.Second
-	MaxBackoff   = 30 * time.Second
-	StableRun    = time.Minute      // a run this long resets the backoff
-	ConfigRetry  = 60 * time.Second // exit 78 (EX_CONFIG): retry slowly
-	ExitConfig   = 78
-	DefaultGrace = 10 * time.Second // SIGTERM to SIGKILL
+	MinBackoff  = 1 * time.Second
+	MaxBackoff  = 30 * time.Second
+	StableRun   = time.Minute      // a run this long resets the backoff
+	ConfigRetry = 60 * time.Second // quantix.ExitConfig: retry slowly
 )
 
 // Clock is the time source of the supervisor; tests pass a fake one.
@@ -42,7 +39,7 @@ func (realClock) After(d time.Duration) <-chan time.Time { return time.After(d) 
 
 // SupervisorConfig configures a Supervisor.
 type SupervisorConfig struct {
-	Services []spec.Service
+	Services []quantix.Service
 	// Console receives every line the services print (prefixed with the service
 	// name) and the supervisor's fatal markers.
 	Console io.Writer
@@ -50,41 +47,17 @@ type SupervisorConfig struct {
 	LogDir string
 	// Clock defaults to the real clock.
 	Clock Clock
-	// Grace is how long a service has to exit after SIGTERM (default DefaultGrace).
+	// Grace is how long a service has to exit after SIGTERM (default quantix.StopGrace).
 	Grace time.Duration
 	// Env is the services' environment (default os.Environ()).
 	Env []string
 }
-
-// Service states, as Services reports them (and the console shows them).
-const (
-	StateWaiting    = "waiting"    // not started: a dependency is not ready yet
-	StateRunning    = "running"    // the process runs; its ready marker has not come yet
-	StateReady      = "ready"      // the process runs and said it is ready
-	StateRestarting = "restarting" // exited with an error (or a restart was asked): starts again soon
-	StateFailed     = "failed"     // configuration error (exit 78) or could not start: retried slowly
-	StateDone       = "done"       // exited 0: finished, not restarted
-	StateStopping   = "stopping"   // being stopped for poweroff/reboot
-	StateStopped    = "stopped"    // stopped for poweroff/reboot
-)
 
 // Errors Restart returns that callers may branch on.
 var (
 	ErrUnknownService = errors.New("unknown service")
 	ErrShuttingDown   = errors.New("the system is shutting down")
 )
-
-// ServiceStatus is one supervised service as the control socket reports it
-// (`services`); the JSON names are what the console's InitClient reads.
-type ServiceStatus struct {
-	Name  string `json:"name"`
-	State string `json:"state"`
-	PID   int    `json:"pid,omitempty"`
-	// Since is when the service entered its state.
-	Since     time.Time `json:"since,omitzero"`
-	Restarts  int       `json:"restarts,omitempty"`
-	LastError string    `json:"last_error,omitempty"`
-}
 
 // Supervisor runs services as child processes: in dependency order, each started
 // once the services it depends on are ready, restarted with backoff (or at once on
@@ -106,7 +79,7 @@ type Supervisor struct {
 }
 
 type service struct {
-	spec   spec.Service
+	spec   quantix.Service
 	ready  chan struct{} // closed once the service has been ready once
 	once   sync.Once
 	exited chan struct{} // closed when the service's loop has returned
@@ -139,7 +112,7 @@ func NewSupervisor(cfg SupervisorConfig, log *slog.Logger) (*Supervisor, error) 
 	if err := validateServicesOnly(cfg.Services); err != nil {
 		return nil, err
 	}
-	order, err := spec.ServiceOrder(cfg.Services)
+	order, err := quantix.ServiceOrder(cfg.Services)
 	if err != nil {
 		return nil, fmt.Errorf("services: %w", err)
 	}
@@ -147,7 +120,7 @@ func NewSupervisor(cfg SupervisorConfig, log *slog.Logger) (*Supervisor, error) 
 		cfg.Clock = realClock{}
 	}
 	if cfg.Grace == 0 {
-		cfg.Grace = DefaultGrace
+		cfg.Grace = quantix.StopGrace
 	}
 	if cfg.Env == nil {
 		cfg.Env = os.Environ()
@@ -159,12 +132,12 @@ func NewSupervisor(cfg SupervisorConfig, log *slog.Logger) (*Supervisor, error) 
 	now := cfg.Clock.Now()
 	for _, sp := range cfg.Services {
 		s.svcs[sp.Name] = &service{spec: sp, ready: make(chan struct{}), exited: make(chan struct{}),
-			kick: make(chan struct{}, 1), started: make(chan struct{}), state: StateWaiting, since: now}
+			kick: make(chan struct{}, 1), started: make(chan struct{}), state: quantix.ServiceWaiting, since: now}
 	}
 	return s, nil
 }
 
-func validateServicesOnly(svcs []spec.Service) error {
+func validateServicesOnly(svcs []quantix.Service) error {
 	names := map[string]bool{}
 	for _, s := range svcs {
 		if s.Name == "" || names[s.Name] {
@@ -196,12 +169,12 @@ func (s *Supervisor) Ready(name string) <-chan struct{} { return s.svcs[name].re
 func (s *Supervisor) Grace() time.Duration { return s.cfg.Grace }
 
 // Services reports every service's state, in start order.
-func (s *Supervisor) Services() []ServiceStatus {
-	out := make([]ServiceStatus, 0, len(s.order))
+func (s *Supervisor) Services() []quantix.ServiceStatus {
+	out := make([]quantix.ServiceStatus, 0, len(s.order))
 	for _, name := range s.order {
 		svc := s.svcs[name]
 		svc.mu.Lock()
-		out = append(out, ServiceStatus{Name: name, State: svc.state, PID: svc.pid, Since: svc.since,
+		out = append(out, quantix.ServiceStatus{Name: name, State: svc.state, PID: svc.pid, Since: svc.since,
 			Restarts: max(0, svc.starts-1), LastError: svc.lastErr})
 		svc.mu.Unlock()
 	}
@@ -263,9 +236,9 @@ func (s *Supervisor) stopService(svc *service) {
 	svc.stop = true
 	cmd, done := svc.cmd, svc.done
 	if cmd != nil {
-		s.setState(svc, StateStopping)
+		s.setState(svc, quantix.ServiceStopping)
 	} else {
-		s.setState(svc, StateStopped)
+		s.setState(svc, quantix.ServiceStopped)
 	}
 	svc.mu.Unlock()
 	if cmd == nil {
@@ -273,21 +246,29 @@ func (s *Supervisor) stopService(svc *service) {
 	}
 	s.terminate(svc, cmd, done)
 	svc.mu.Lock()
-	s.setState(svc, StateStopped)
+	s.setState(svc, quantix.ServiceStopped)
 	svc.mu.Unlock()
 }
 
-// terminate sends cmd SIGTERM, kills it after Grace, and waits until it is gone.
+// terminate sends the service's process group SIGTERM, SIGKILL after Grace, and
+// waits until the service's process is gone.
 func (s *Supervisor) terminate(svc *service, cmd *exec.Cmd, done chan struct{}) {
 	s.log.Info("stopping service", "service", svc.spec.Name, "pid", cmd.Process.Pid)
-	_ = cmd.Process.Signal(syscall.SIGTERM)
+	signalGroup(cmd.Process.Pid, syscall.SIGTERM)
 	select {
 	case <-done:
 	case <-time.After(s.cfg.Grace):
 		s.log.Warn("service ignored SIGTERM, killing it", "service", svc.spec.Name, "grace", s.cfg.Grace)
-		_ = cmd.Process.Kill()
+		signalGroup(cmd.Process.Pid, syscall.SIGKILL)
 		<-done
 	}
+}
+
+// signalGroup signals every process of the group pgid leads: a service and the
+// children it started, which would otherwise outlive it (gokrazy's supervisor does
+// the same). A group already gone is not an error.
+func signalGroup(pgid int, sig syscall.Signal) {
+	_ = syscall.Kill(-pgid, sig)
 }
 
 // Restart stops service name cleanly (SIGTERM, SIGKILL after Grace) and starts it
@@ -311,7 +292,7 @@ func (s *Supervisor) Restart(ctx context.Context, name string) error {
 		svc.mu.Unlock()
 		return fmt.Errorf("restart %s: %w", name, ErrShuttingDown)
 	}
-	if svc.state == StateWaiting {
+	if svc.state == quantix.ServiceWaiting {
 		svc.mu.Unlock()
 		if len(svc.spec.DependsOn) == 0 {
 			return fmt.Errorf("restart %s: not started yet", name)
@@ -321,7 +302,7 @@ func (s *Supervisor) Restart(ctx context.Context, name string) error {
 	svc.restartReq = true
 	started := svc.started
 	cmd, done := svc.cmd, svc.done
-	s.setState(svc, StateRestarting)
+	s.setState(svc, quantix.ServiceRestarting)
 	svc.mu.Unlock()
 	s.log.Info("restart requested", "service", name)
 	if cmd != nil {
@@ -397,14 +378,14 @@ func (s *Supervisor) loop(ctx context.Context, svc *service) {
 		}
 		ran := s.cfg.Clock.Now().Sub(start)
 		var delay time.Duration
-		state := StateRestarting
+		state := quantix.ServiceRestarting
 		switch {
 		case err != nil: // could not start at all: the image is wrong, like exit 78
 			s.console(quantix.FatalMarker(svc.spec.Name, err))
-			lastErr, state, delay = err.Error(), StateFailed, ConfigRetry
+			lastErr, state, delay = err.Error(), quantix.ServiceFailed, ConfigRetry
 		case code == 0:
 			s.log.Info("service finished", "service", svc.spec.Name)
-			s.setDown(svc, StateDone, "")
+			s.setDown(svc, quantix.ServiceDone, "")
 			svc.markReady() // done: dependants may go on
 			select {
 			case <-svc.kick: // restart asked: run it again
@@ -414,13 +395,13 @@ func (s *Supervisor) loop(ctx context.Context, svc *service) {
 			case <-ctx.Done():
 				return
 			}
-		case code == ExitConfig:
+		case code == quantix.ExitConfig:
 			msg := lastErr
 			if msg == "" {
 				msg = "exit status 78 (configuration error)"
 			}
 			s.console(quantix.FatalMarker(svc.spec.Name, errors.New(msg)))
-			lastErr, state, delay = msg, StateFailed, ConfigRetry
+			lastErr, state, delay = msg, quantix.ServiceFailed, ConfigRetry
 		default:
 			backoff = NextBackoff(backoff, ran)
 			delay = backoff
@@ -465,18 +446,33 @@ func NextBackoff(prev, ran time.Duration) time.Duration {
 
 // runOnce starts the service process, forwards its output and waits for it. It
 // returns the exit code (-1 when killed by a signal) and the last stderr line.
+//
+// The service leads its own session and so its own process group. Once it has
+// exited, what is left of the group is killed: children a service left behind
+// never run beside its next start, nor hold its output open. They are orphans then,
+// and u-root's init (PID 1) reaps them.
 func (s *Supervisor) runOnce(svc *service) (code int, lastErr string, err error) {
 	name := svc.spec.Name
 	cmd := exec.Command(svc.spec.Command, svc.spec.Args...)
 	cmd.Env = s.cfg.Env
 	cmd.SysProcAttr = &syscall.SysProcAttr{Setsid: true}
-	stdout, err := cmd.StdoutPipe()
+	// Own pipes, not cmd's: Wait returns when the service exits, even while a child
+	// still holds the write ends, so that child can be killed.
+	stdout, stdoutW, err := os.Pipe()
 	if err != nil {
 		return 0, "", err
 	}
-	stderr, err := cmd.StderrPipe()
+	defer stdout.Close()
+	stderr, stderrW, err := os.Pipe()
 	if err != nil {
+		stdoutW.Close()
 		return 0, "", err
+	}
+	defer stderr.Close()
+	cmd.Stdout, cmd.Stderr = stdoutW, stderrW
+	closeWriters := func() {
+		stdoutW.Close()
+		stderrW.Close()
 	}
 	logw := s.openLog(name)
 	defer logw.Close()
@@ -484,6 +480,7 @@ func (s *Supervisor) runOnce(svc *service) (code int, lastErr string, err error)
 	svc.mu.Lock()
 	if svc.stop {
 		svc.mu.Unlock()
+		closeWriters()
 		return 0, "", nil
 	}
 	// This start answers any restart asked until now.
@@ -497,25 +494,26 @@ func (s *Supervisor) runOnce(svc *service) (code int, lastErr string, err error)
 	if err := cmd.Start(); err != nil {
 		startErr = fmt.Errorf("start %s: %w", svc.spec.Command, err)
 	}
+	closeWriters() // the service has its copies
 	svc.startErr = startErr
 	close(svc.started)
 	svc.started = make(chan struct{})
 	if startErr != nil {
 		svc.pid = 0
-		s.setState(svc, StateFailed)
+		s.setState(svc, quantix.ServiceFailed)
 		svc.lastErr = startErr.Error()
 		svc.mu.Unlock()
 		return 0, "", startErr
 	}
 	done := make(chan struct{})
 	svc.cmd, svc.done, svc.pid = cmd, done, cmd.Process.Pid
-	s.setState(svc, StateRunning)
-	if svc.spec.Ready == spec.ReadyStart {
-		s.setState(svc, StateReady)
+	s.setState(svc, quantix.ServiceRunning)
+	if svc.spec.Ready == quantix.ReadyOnStart {
+		s.setState(svc, quantix.ServiceReady)
 	}
 	svc.mu.Unlock()
 	s.log.Info("service started", "service", name, "pid", cmd.Process.Pid)
-	if svc.spec.Ready == spec.ReadyStart {
+	if svc.spec.Ready == quantix.ReadyOnStart {
 		svc.markReady()
 	}
 
@@ -527,8 +525,8 @@ func (s *Supervisor) runOnce(svc *service) (code int, lastErr string, err error)
 		s.forward(name, stdout, logw, func(line string) {
 			if m, ok := quantix.ParseMarker(line); ok && m.Kind == quantix.MarkerReady && m.Get("service") == name {
 				svc.mu.Lock()
-				if svc.cmd == cmd && svc.state == StateRunning {
-					s.setState(svc, StateReady)
+				if svc.cmd == cmd && svc.state == quantix.ServiceRunning {
+					s.setState(svc, quantix.ServiceReady)
 				}
 				svc.mu.Unlock()
 				svc.markReady()
@@ -543,8 +541,11 @@ func (s *Supervisor) runOnce(svc *service) (code int, lastErr string, err error)
 			}
 		})
 	}()
-	wg.Wait()
 	werr := cmd.Wait()
+	// The group keeps its number while any member lives, so this reaches the
+	// service's own leftovers only.
+	signalGroup(cmd.Process.Pid, syscall.SIGKILL)
+	wg.Wait()
 	svc.mu.Lock()
 	svc.cmd, svc.done, svc.pid = nil, nil, 0
 	svc.mu.Unlock()

@@ -1,0 +1,122 @@
+package quantix
+
+import (
+	"bytes"
+	"fmt"
+	"strings"
+
+	"github.com/BurntSushi/toml"
+)
+
+// ImageConfigPath is where the image builder puts the image configuration in the
+// initramfs; init, the console and the installer read it.
+const ImageConfigPath = "/etc/quantix/image.toml"
+
+// ImageConfig is what the image builder tells init about the image (ImageConfigPath).
+type ImageConfig struct {
+	Image         string    `toml:"image"`
+	Version       string    `toml:"version"`
+	VolumeLabel   string    `toml:"volume_label"`
+	Hostname      string    `toml:"hostname"`
+	KernelRelease string    `toml:"kernel_release"`
+	Modules       []string  `toml:"modules"`
+	LateModules   []string  `toml:"late_modules"`
+	Services      []Service `toml:"service"`
+}
+
+// How init decides that a service is ready (Service.Ready).
+const (
+	ReadyOnMarker = "marker" // the service printed ReadyMarker on stdout (default)
+	ReadyOnStart  = "start"  // the process started
+)
+
+// Service is one supervised service of an image: the image definition lists it,
+// the image config carries it to init, and init's supervisor runs it
+// (docs/design.md §8).
+type Service struct {
+	Name      string   `toml:"name"`
+	Command   string   `toml:"command"`
+	Args      []string `toml:"args"`
+	DependsOn []string `toml:"depends_on"`
+	// Ready is ReadyOnMarker (default, also "") or ReadyOnStart.
+	Ready string `toml:"ready"`
+	// AfterBoot services start once the boot is complete (every other service
+	// ready, the remaining kernel modules loaded), or after a bounded wait when it
+	// is not; boot-complete does not wait for them (Quantix-OS: libvirtd).
+	AfterBoot bool `toml:"after_boot"`
+}
+
+// LoadImageConfig reads and checks the image configuration.
+func LoadImageConfig(path string) (*ImageConfig, error) {
+	var c ImageConfig
+	if err := DecodeTOMLFile(path, &c); err != nil {
+		return nil, fmt.Errorf("load image config: %w", err)
+	}
+	if c.Image == "" || c.Version == "" {
+		return nil, fmt.Errorf("load image config %s: image and version are required", path)
+	}
+	if err := ValidateHostname(c.Hostname); err != nil {
+		return nil, fmt.Errorf("load image config %s: hostname: %w", path, err)
+	}
+	if _, err := ServiceOrder(c.Services); err != nil {
+		return nil, fmt.Errorf("load image config %s: %w", path, err)
+	}
+	return &c, nil
+}
+
+// Encode returns the TOML form of c, as the image builder writes it.
+func (c *ImageConfig) Encode() ([]byte, error) {
+	var b bytes.Buffer
+	b.WriteString("# Written by qx-image; read by qx-init at boot.\n")
+	if err := toml.NewEncoder(&b).Encode(c); err != nil {
+		return nil, fmt.Errorf("encode image config: %w", err)
+	}
+	return b.Bytes(), nil
+}
+
+// ServiceOrder returns the service names in start order: every service after the
+// services it depends on, ties kept in list order. A cycle is an error naming it.
+func ServiceOrder(svcs []Service) ([]string, error) {
+	idx := map[string]int{}
+	for i, s := range svcs {
+		idx[s.Name] = i
+	}
+	const (
+		unvisited = iota
+		visiting
+		done
+	)
+	state := make([]int, len(svcs))
+	var order []string
+	var stack []string
+	var visit func(i int) error
+	visit = func(i int) error {
+		switch state[i] {
+		case done:
+			return nil
+		case visiting:
+			return fmt.Errorf("dependency cycle %s -> %s", strings.Join(stack, " -> "), svcs[i].Name)
+		}
+		state[i] = visiting
+		stack = append(stack, svcs[i].Name)
+		for _, d := range svcs[i].DependsOn {
+			j, ok := idx[d]
+			if !ok {
+				return fmt.Errorf("%s depends on unknown service %q", svcs[i].Name, d)
+			}
+			if err := visit(j); err != nil {
+				return err
+			}
+		}
+		stack = stack[:len(stack)-1]
+		state[i] = done
+		order = append(order, svcs[i].Name)
+		return nil
+	}
+	for i := range svcs {
+		if err := visit(i); err != nil {
+			return nil, err
+		}
+	}
+	return order, nil
+}

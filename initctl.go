@@ -1,0 +1,172 @@
+package quantix
+
+import (
+	"bufio"
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"net"
+	"strings"
+	"time"
+)
+
+// This file is init's control-socket protocol: qx-init serves it (package initd);
+// the qx-init CLI, the console and the installer ask it through InitClient. One
+// request line, one answer line:
+//
+//	poweroff | reboot  -> "ok" | "error: ..."
+//	services           -> {"services":[ServiceStatus...]} | "error: ..."
+//	restart <name>     -> "ok" (stopped and started again) | "error: <reason>"
+//
+// A request the server does not know is answered "error: unknown request ...".
+
+// InitSocket is where qx-init takes requests (mode 0600: root only).
+const InitSocket = RunDir + "/init.sock"
+
+// HaltAction is how the machine ends once init has stopped the services.
+type HaltAction string
+
+// Halt actions, also the request words on InitSocket.
+const (
+	Poweroff HaltAction = "poweroff"
+	Reboot   HaltAction = "reboot"
+)
+
+// Requests on InitSocket besides the halt actions.
+const (
+	InitRequestServices = "services"
+	InitRequestRestart  = "restart"
+)
+
+// InitAnswerOK is the answer to a request that was carried out.
+const InitAnswerOK = "ok"
+
+// StopGrace is how long init gives a service between SIGTERM and SIGKILL; a
+// restart request can take that long before the service starts again.
+const StopGrace = 10 * time.Second
+
+// initTimeout bounds a request without a deadline of its own; a restart gets
+// StopGrace on top.
+const initTimeout = 5 * time.Second
+
+// Service states, as ServiceStatus reports them (and the console shows them).
+const (
+	ServiceWaiting    = "waiting"    // not started: a dependency is not ready yet
+	ServiceRunning    = "running"    // the process runs; its ready marker has not come yet
+	ServiceReady      = "ready"      // the process runs and said it is ready
+	ServiceRestarting = "restarting" // exited with an error (or a restart was asked): starts again soon
+	ServiceFailed     = "failed"     // configuration error (ExitConfig) or could not start: retried slowly
+	ServiceDone       = "done"       // exited 0: finished, not restarted
+	ServiceStopping   = "stopping"   // being stopped for poweroff/reboot
+	ServiceStopped    = "stopped"    // stopped for poweroff/reboot
+)
+
+// ServiceStatus is one supervised service as the services request reports it.
+type ServiceStatus struct {
+	Name  string `json:"name"`
+	State string `json:"state"` // Service* states
+	PID   int    `json:"pid,omitempty"`
+	// Since is when the service entered its state.
+	Since     time.Time `json:"since,omitzero"`
+	Restarts  int       `json:"restarts,omitempty"`
+	LastError string    `json:"last_error,omitempty"`
+}
+
+// ServiceList is the answer to the services request.
+type ServiceList struct {
+	Services []ServiceStatus `json:"services"`
+}
+
+// ErrInitUnsupported says that the running qx-init does not answer a request.
+var ErrInitUnsupported = errors.New("qx-init does not support this request")
+
+// InitClient asks a running qx-init over its control socket.
+type InitClient struct {
+	// Socket is the control socket; "" means InitSocket.
+	Socket string
+}
+
+// Ask sends one request line and returns the answer line. An "error: ..." answer
+// is returned as an error (wrapping ErrInitUnsupported for an unknown request).
+// Without a deadline on ctx the request gets a few seconds.
+func (c InitClient) Ask(ctx context.Context, req string) (string, error) {
+	if _, ok := ctx.Deadline(); !ok {
+		var cancel context.CancelFunc
+		ctx, cancel = context.WithTimeout(ctx, initTimeout)
+		defer cancel()
+	}
+	sock := c.Socket
+	if sock == "" {
+		sock = InitSocket
+	}
+	var d net.Dialer
+	conn, err := d.DialContext(ctx, "unix", sock)
+	if err != nil {
+		return "", fmt.Errorf("connect to qx-init at %s: %w", sock, err)
+	}
+	defer conn.Close()
+	dl, _ := ctx.Deadline()
+	_ = conn.SetDeadline(dl)
+	if _, err := fmt.Fprintln(conn, req); err != nil {
+		return "", fmt.Errorf("send %s to qx-init: %w", req, err)
+	}
+	resp, err := bufio.NewReader(conn).ReadString('\n')
+	if err != nil && resp == "" {
+		return "", fmt.Errorf("no answer from qx-init to %s: %w", req, err)
+	}
+	resp = strings.TrimSpace(resp)
+	if strings.HasPrefix(resp, "error: unknown request") {
+		return "", fmt.Errorf("%s: %w (%s)", req, ErrInitUnsupported, resp)
+	}
+	if e, ok := strings.CutPrefix(resp, "error: "); ok {
+		return "", fmt.Errorf("%s: %s", req, e)
+	}
+	return resp, nil
+}
+
+// Power asks qx-init to stop every service cleanly and then power off or reboot.
+func (c InitClient) Power(ctx context.Context, a HaltAction) error {
+	if a != Poweroff && a != Reboot {
+		return fmt.Errorf("power: unknown action %q", a)
+	}
+	return c.askOK(ctx, string(a))
+}
+
+// Restart asks qx-init to stop service name cleanly and start it again. Without a
+// deadline on ctx it waits StopGrace and a little more.
+func (c InitClient) Restart(ctx context.Context, name string) error {
+	if name == "" || strings.ContainsAny(name, " \t\n") {
+		return fmt.Errorf("restart: bad service name %q", name)
+	}
+	if _, ok := ctx.Deadline(); !ok {
+		var cancel context.CancelFunc
+		ctx, cancel = context.WithTimeout(ctx, StopGrace+2*initTimeout)
+		defer cancel()
+	}
+	return c.askOK(ctx, InitRequestRestart+" "+name)
+}
+
+// Services asks qx-init for the supervised services and their states, in start order.
+func (c InitClient) Services(ctx context.Context) ([]ServiceStatus, error) {
+	resp, err := c.Ask(ctx, InitRequestServices)
+	if err != nil {
+		return nil, err
+	}
+	var l ServiceList
+	if err := json.Unmarshal([]byte(resp), &l); err != nil {
+		return nil, fmt.Errorf("%s: bad answer from qx-init: %w", InitRequestServices, err)
+	}
+	return l.Services, nil
+}
+
+func (c InitClient) askOK(ctx context.Context, req string) error {
+	resp, err := c.Ask(ctx, req)
+	if err != nil {
+		return err
+	}
+	if resp != InitAnswerOK {
+		return fmt.Errorf("%s: qx-init answered %q", req, resp)
+	}
+	return nil
+}
