@@ -43,8 +43,8 @@ func (s *suite) checkHypervisor(t *testing.T, when string) quantix.Node {
 	if h.Version == "" || h.URI != "qemu:///system" || h.Persistent == nil || !*h.Persistent {
 		t.Errorf("%s: hypervisor %+v, want libvirt's version, qemu:///system and persistent storage", when, h)
 	}
-	// The lab's node runs under TCG: its guests can only be emulated too, whatever
-	// /dev/kvm the emulated CPU offers.
+	// The lab's node runs under TCG without SVM in its CPU model: its guests can
+	// only be emulated too, and the probe must say so.
 	if s.lab.Node.Accel() == vm.AccelTCG && h.Accelerator != quantix.AccelTCG {
 		t.Errorf("%s: accelerator %q (%s), want tcg inside a TCG machine", when, h.Accelerator, h.AcceleratorReason)
 	}

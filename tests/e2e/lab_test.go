@@ -192,11 +192,16 @@ func (l *Lab) StartNode(t *testing.T, c vm.NodeConfig) {
 	l.WriteNodeDisk(t, c)
 	l.NodeData = filepath.Join(l.dir, "node-data.img")
 	dataDisk(t, l.NodeData, NodeDataSize)
+	var devs []vm.Device
+	if vm.Accel(t) == vm.AccelTCG {
+		devs = append(devs, vm.NoNestedVirt) // its guests are emulated too: tcg
+	}
 	l.Node = vm.Start(t, vm.Config{
-		Name:  "node",
-		ISO:   l.osISO,
-		Disks: []vm.Disk{{Path: l.NodeDisk}, {Path: l.NodeData}}, // vda: QUANTIX-CFG, vdb: QUANTIX-DATA
-		NICs:  []vm.NIC{{Hub: l.Hub, MAC: vm.NodeMAC}},
+		Name:    "node",
+		ISO:     l.osISO,
+		Devices: devs,
+		Disks:   []vm.Disk{{Path: l.NodeDisk}, {Path: l.NodeData}}, // vda: QUANTIX-CFG, vdb: QUANTIX-DATA
+		NICs:    []vm.NIC{{Hub: l.Hub, MAC: vm.NodeMAC}},
 	})
 }
 

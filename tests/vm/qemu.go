@@ -192,3 +192,14 @@ func shellQuote(args []string) string {
 	}
 	return strings.Join(q, " ")
 }
+
+// CPUModel picks the guest's CPU model (-cpu), e.g. "qemu64,-svm".
+type CPUModel struct{ Model string }
+
+func (c CPUModel) Args() []string { return []string{"-cpu", c.Model} }
+
+// NoNestedVirt is the CPU model for a hypervisor host machine under TCG: the
+// default qemu64 advertises AMD SVM, so kvm_amd loads in the guest and its /dev/kvm
+// passes a one-instruction probe, yet cannot run real guests (docs/platform.md).
+// Without the flag the guest's hypervisor knows it has no hardware virtualization.
+var NoNestedVirt = CPUModel{Model: "qemu64,-svm"}

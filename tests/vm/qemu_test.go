@@ -173,3 +173,9 @@ func TestPlanErrors(t *testing.T) {
 		t.Errorf("name %q accepted", bad.Name)
 	}
 }
+
+func TestCPUModelArgs(t *testing.T) {
+	if got := strings.Join(NoNestedVirt.Args(), " "); got != "-cpu qemu64,-svm" {
+		t.Errorf("NoNestedVirt.Args() = %q", got)
+	}
+}
