@@ -10,7 +10,6 @@ import (
 	"path/filepath"
 	"strconv"
 	"strings"
-	"sync"
 	"syscall"
 	"testing"
 	"time"
@@ -20,25 +19,8 @@ import (
 
 	"github.com/quantix/quantix"
 	"github.com/quantix/quantix/tests/guest"
+	"github.com/quantix/quantix/tests/syncbuf"
 )
-
-// lines collects what the service prints, line by line.
-type lines struct {
-	mu  sync.Mutex
-	buf strings.Builder
-}
-
-func (l *lines) Write(p []byte) (int, error) {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return l.buf.Write(p)
-}
-
-func (l *lines) String() string {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return l.buf.String()
-}
 
 // session is a private, unprivileged libvirtd (session mode, as user nobody) run by
 // the service under test, with a real QEMU driver.
@@ -104,9 +86,9 @@ func newSession(t *testing.T) *session {
 }
 
 // run starts the service and waits for its ready marker; stop ends it cleanly.
-func (s *session) run(t *testing.T) (out *lines, stop func() error, done <-chan error) {
+func (s *session) run(t *testing.T) (out *syncbuf.Buffer, stop func() error, done <-chan error) {
 	t.Helper()
-	out = &lines{}
+	out = &syncbuf.Buffer{}
 	cfg := s.cfg
 	cfg.Stdout, cfg.Stderr = out, out
 	svc, err := New(cfg, slog.New(slog.NewTextHandler(out, nil)))

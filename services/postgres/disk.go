@@ -13,7 +13,6 @@ import (
 	"os/exec"
 	"path/filepath"
 	"sort"
-	"strconv"
 	"strings"
 
 	"github.com/quantix/quantix"
@@ -285,68 +284,4 @@ func findProgram(name string) (string, error) {
 		}
 	}
 	return "", fmt.Errorf("%s not found in PATH or the sbin folders (Debian package e2fsprogs)", name)
-}
-
-// MountFacts is what mountinfo says about one folder.
-type MountFacts struct {
-	// Mounted: the folder is a mount point. Source and FSType describe the mount.
-	Mounted        bool
-	Source, FSType string
-}
-
-// Persistent reports whether the mount keeps data across a reboot: a filesystem on
-// a device, not a RAM filesystem.
-func (m MountFacts) Persistent() bool {
-	if !m.Mounted || !strings.HasPrefix(m.Source, "/dev/") {
-		return false
-	}
-	switch m.FSType {
-	case "tmpfs", "ramfs", "rootfs", "devtmpfs", "proc", "sysfs", "overlay", "squashfs", "iso9660":
-		return false
-	}
-	return true
-}
-
-// ParseMountInfo finds dir in the text of /proc/self/mountinfo. The last mount on
-// dir wins, as it hides the earlier ones.
-func ParseMountInfo(mountinfo []byte, dir string) MountFacts {
-	dir = filepath.Clean(dir)
-	var m MountFacts
-	for _, line := range strings.Split(string(mountinfo), "\n") {
-		fields := strings.Fields(line)
-		sep := -1
-		for i, f := range fields {
-			if f == "-" {
-				sep = i
-				break
-			}
-		}
-		if sep < 5 || len(fields) < sep+3 {
-			continue
-		}
-		if unescapeMount(fields[4]) != dir {
-			continue
-		}
-		m = MountFacts{Mounted: true, FSType: fields[sep+1], Source: unescapeMount(fields[sep+2])}
-	}
-	return m
-}
-
-// unescapeMount undoes the octal escapes (\040 for a space) of mountinfo fields.
-func unescapeMount(s string) string {
-	if !strings.Contains(s, `\`) {
-		return s
-	}
-	var b strings.Builder
-	for i := 0; i < len(s); i++ {
-		if s[i] == '\\' && i+4 <= len(s) {
-			if v, err := strconv.ParseUint(s[i+1:i+4], 8, 8); err == nil {
-				b.WriteByte(byte(v))
-				i += 3
-				continue
-			}
-		}
-		b.WriteByte(s[i])
-	}
-	return b.String()
 }

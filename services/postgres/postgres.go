@@ -292,7 +292,7 @@ func (s *Service) checkStorage() error {
 	if err != nil {
 		return fmt.Errorf("read %s: %w", s.cfg.MountInfo, err)
 	}
-	m := ParseMountInfo(mi, s.cfg.DataRoot)
+	m := quantix.ParseMountInfo(mi, s.cfg.DataRoot)
 	if m.Persistent() {
 		s.log.Info("data on a persistent device", "root", s.cfg.DataRoot, "dev", m.Source, "fstype", m.FSType)
 		return nil
