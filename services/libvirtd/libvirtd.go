@@ -24,6 +24,7 @@ import (
 	"time"
 
 	"github.com/digitalocean/go-libvirt"
+	"golang.org/x/sys/unix"
 
 	"github.com/quantix/quantix"
 )
@@ -236,6 +237,12 @@ func (s *Service) probe() (info daemonInfo, answered bool, err error) {
 	if err := EnsurePool(lv, quantix.DefaultPool, filepath.Join(s.cfg.DataDir, "pools", quantix.DefaultPool), s.log); err != nil {
 		return info, true, err
 	}
+	// libvirt fsyncs a definition it writes but not its folder: a power cut within
+	// ext4's commit interval lost the new pool (the lab's reset showed it). Commit
+	// QUANTIX-DATA now, before saying ready.
+	if err := syncFS(filepath.Join(s.cfg.DataDir, "libvirt")); err != nil {
+		return info, true, err
+	}
 	info.firstCall = time.Since(t0)
 	info.version = quantix.LibvirtVersion(lib)
 	if hv, err := lv.ConnectGetVersion(); err == nil {
@@ -359,4 +366,17 @@ func uptime() string {
 	}
 	f, _, _ := strings.Cut(string(b), " ")
 	return f
+}
+
+// syncFS commits the filesystem holding dir to its disk.
+func syncFS(dir string) error {
+	f, err := os.Open(dir)
+	if err != nil {
+		return fmt.Errorf("sync %s: %w", dir, err)
+	}
+	defer f.Close()
+	if err := unix.Syncfs(int(f.Fd())); err != nil {
+		return fmt.Errorf("sync %s: %w", dir, err)
+	}
+	return nil
 }
