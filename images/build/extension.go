@@ -141,6 +141,13 @@ func (b *Builder) squashfs(key string, args []string) ([]byte, error) {
 	tmp := cached + ".tmp"
 	args[1] = tmp
 	cmd := exec.Command(mk, args...)
+	// The times are on the command line; mksquashfs refuses SOURCE_DATE_EPOCH
+	// beside them, and a release build sets it.
+	for _, e := range os.Environ() {
+		if !strings.HasPrefix(e, "SOURCE_DATE_EPOCH=") {
+			cmd.Env = append(cmd.Env, e)
+		}
+	}
 	var out bytes.Buffer
 	cmd.Stdout, cmd.Stderr = &out, &out
 	if err := cmd.Run(); err != nil {
