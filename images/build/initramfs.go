@@ -119,6 +119,7 @@ func (t *tree) write(w io.Writer, mtime int64, compression string) (n int, raw i
 	for _, name := range names {
 		r := cpio.MakeReproducible(t.recs[name])
 		r.MTime = uint64(mtime)
+		r.Mode = reproducibleMode(r.Mode)
 		if err := rw.WriteRecord(r); err != nil {
 			return 0, 0, fmt.Errorf("write %s into the initramfs: %w", name, err)
 		}
@@ -144,6 +145,25 @@ func compressor(w io.Writer, compression string) (io.WriteCloser, error) {
 		return gzip.NewWriterLevel(w, gzip.DefaultCompression)
 	}
 	return nil, fmt.Errorf("initramfs compression %q: want gzip or zstd", compression)
+}
+
+// reproducibleMode keeps only what git tracks of a file's permissions (executable
+// or not), so the builder's umask cannot reach the image: under umask 077 go build
+// and a checkout write 0700 and 0600 files. Folders are 0755 (sticky ones 1777).
+func reproducibleMode(m uint64) uint64 {
+	switch m & cpio.S_IFMT {
+	case cpio.S_IFREG:
+		if m&0o111 != 0 {
+			return cpio.S_IFREG | 0o755
+		}
+		return cpio.S_IFREG | 0o644
+	case cpio.S_IFDIR:
+		if m&0o1000 != 0 {
+			return cpio.S_IFDIR | 0o1777
+		}
+		return cpio.S_IFDIR | 0o755
+	}
+	return m
 }
 
 type countWriter struct {
