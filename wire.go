@@ -116,12 +116,17 @@ type HeartbeatRequest struct {
 	MemoryUsedBytes *int64      `json:"memory_used_bytes,omitempty"`
 	StateHash       string      `json:"state_hash,omitempty"`
 	Hypervisor      *Hypervisor `json:"hypervisor,omitempty"`
+	// AppliedGeneration is the desired generation (vms.go) the node last converged to.
+	AppliedGeneration int64 `json:"applied_generation"`
 }
 
 // HeartbeatResponse answers a heartbeat. FullSync asks the agent for a full state PUT.
 type HeartbeatResponse struct {
 	HeartbeatIntervalSeconds int  `json:"heartbeat_interval_seconds"`
 	FullSync                 bool `json:"full_sync"`
+	// DesiredGeneration is the node's desired generation (docs/design.md §14); when it
+	// differs from what the agent applied, the agent fetches PathDesired.
+	DesiredGeneration int64 `json:"desired_generation"`
 }
 
 // VM power states as reported by the agent (libvirt domain states).
@@ -143,6 +148,8 @@ type VM struct {
 	PowerState  string `json:"power_state"`
 	VCPUs       int    `json:"vcpus"`
 	MemoryBytes int64  `json:"memory_bytes"`
+	// Error is why the agent could not converge a managed VM to its desired state.
+	Error string `json:"error,omitempty"`
 }
 
 // StoragePool is one libvirt storage pool as the agent sees it.
@@ -154,6 +161,8 @@ type StoragePool struct {
 	State          string `json:"state"` // running, inactive, building, degraded, inaccessible
 	CapacityBytes  int64  `json:"capacity_bytes"`
 	AvailableBytes int64  `json:"available_bytes"`
+	// AllocationBytes is what the pool's volumes take (libvirt's allocation).
+	AllocationBytes int64 `json:"allocation_bytes"`
 }
 
 // NodeState is the body of PUT /api/v1/nodes/{id}/state: everything the node sees.
@@ -163,6 +172,8 @@ type NodeState struct {
 	StoragePools []StoragePool `json:"storage_pools"`
 	StateHash    string        `json:"state_hash"` // StateHash(VMs, StoragePools)
 	Hypervisor   *Hypervisor   `json:"hypervisor,omitempty"`
+	// AppliedGeneration is the desired generation the node converged to.
+	AppliedGeneration int64 `json:"applied_generation"`
 }
 
 // Event kinds and actions for POST /api/v1/nodes/{id}/events.

@@ -42,7 +42,7 @@ func TestStateReconciliation(t *testing.T) {
 	mustRegister(t, v, n, v.JoinToken, 201, quantix.RegistrationRegistered)
 	web := quantix.VM{UUID: newMachineID(), Name: "web", PowerState: quantix.PowerRunning, VCPUs: 2, MemoryBytes: 2 << 30}
 	db := quantix.VM{UUID: newMachineID(), Name: "db", PowerState: quantix.PowerShutoff, VCPUs: 4, MemoryBytes: 8 << 30}
-	pool := quantix.StoragePool{Name: "default", Type: "dir", Path: "/var/lib/quantix/images", State: "running", CapacityBytes: 100 << 30, AvailableBytes: 60 << 30}
+	pool := quantix.StoragePool{Name: "default", Type: "dir", Path: "/var/lib/quantix/images", State: "running", CapacityBytes: 100 << 30, AllocationBytes: 40 << 30, AvailableBytes: 60 << 30}
 
 	// Heartbeats ask for a full state until one arrives.
 	if _, hb, _ := heartbeat(t, v, n, quantix.HeartbeatRequest{}); !hb.FullSync {
@@ -64,7 +64,7 @@ func TestStateReconciliation(t *testing.T) {
 		t.Errorf("vm_count = %d, want 2", got)
 	}
 	pools := v.Pools(t)
-	if len(pools) != 1 || pools[0].Name != "default" || pools[0].AvailableBytes != 60<<30 || pools[0].State != "running" {
+	if len(pools) != 1 || pools[0].Name != "default" || pools[0].AvailableBytes != 60<<30 || pools[0].AllocationBytes != 40<<30 || pools[0].State != "running" {
 		t.Fatalf("pools = %+v", pools)
 	}
 

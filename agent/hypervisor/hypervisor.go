@@ -364,7 +364,7 @@ func scan(lv *libvirt.Libvirt) ([]quantix.VM, []quantix.StoragePool, error) {
 	}
 	pools := make([]quantix.StoragePool, 0, len(ps))
 	for _, p := range ps {
-		state, capacity, _, avail, err := lv.StoragePoolGetInfo(p)
+		state, capacity, alloc, avail, err := lv.StoragePoolGetInfo(p)
 		if isErr(err, libvirt.ErrNoStoragePool) {
 			continue
 		}
@@ -383,13 +383,14 @@ func scan(lv *libvirt.Libvirt) ([]quantix.VM, []quantix.StoragePool, error) {
 			return nil, nil, fmt.Errorf("storage pool %s xml: %w", p.Name, err)
 		}
 		pools = append(pools, quantix.StoragePool{
-			UUID:           uuid.UUID(p.UUID).String(),
-			Name:           p.Name,
-			Type:           px.Type,
-			Path:           px.Target.Path,
-			State:          poolState(state),
-			CapacityBytes:  int64(capacity),
-			AvailableBytes: int64(avail),
+			UUID:            uuid.UUID(p.UUID).String(),
+			Name:            p.Name,
+			Type:            px.Type,
+			Path:            px.Target.Path,
+			State:           poolState(state),
+			CapacityBytes:   int64(capacity),
+			AvailableBytes:  int64(avail),
+			AllocationBytes: int64(alloc),
 		})
 	}
 	sort.Slice(pools, func(i, j int) bool { return pools[i].Name < pools[j].Name })

@@ -29,7 +29,10 @@ func (s *suite) hypervisor(t *testing.T) {
 	}
 	s.checkHypervisor(t, "after the first boot")
 	s.aPool = s.waitDefaultPool(t, "after the first boot")
-	t.Logf("node-a default pool: %s, capacity %d MiB, available %d MiB", s.aPool.UUID, s.aPool.CapacityBytes>>20, s.aPool.AvailableBytes>>20)
+	t.Logf("node-a default pool: %s, capacity %d MiB, allocation %d MiB, available %d MiB", s.aPool.UUID, s.aPool.CapacityBytes>>20, s.aPool.AllocationBytes>>20, s.aPool.AvailableBytes>>20)
+	if s.aPool.AllocationBytes <= 0 || s.aPool.AllocationBytes > s.aPool.CapacityBytes {
+		t.Errorf("node-a default pool allocation = %d bytes, want more than 0 (the file system's own use) and at most the capacity %d", s.aPool.AllocationBytes, s.aPool.CapacityBytes)
+	}
 }
 
 // checkHypervisor waits until the vDC shows node-a's hypervisor available with

@@ -165,8 +165,8 @@ func checkPool(field string, p *quantix.StoragePool) error {
 			return err
 		}
 	}
-	if p.CapacityBytes < 0 || p.AvailableBytes < 0 {
-		return badRequest("%s: capacity_bytes and available_bytes must be 0 or more", field)
+	if p.CapacityBytes < 0 || p.AvailableBytes < 0 || p.AllocationBytes < 0 {
+		return badRequest("%s: capacity_bytes, allocation_bytes and available_bytes must be 0 or more", field)
 	}
 	return nil
 }

@@ -24,11 +24,12 @@ ON CONFLICT (node_id, uuid) DO UPDATE SET
     memory_bytes = excluded.memory_bytes, last_seen = now(), lost_reason = NULL, lost_at = NULL`
 
 const upsertPoolsSQL = `
-INSERT INTO storage_pools AS p (node_id, name, uuid, type, path, state, capacity_bytes, available_bytes)
-SELECT $1, * FROM unnest($2::text[], $3::text[], $4::text[], $5::text[], $6::text[], $7::int8[], $8::int8[])
+INSERT INTO storage_pools AS p (node_id, name, uuid, type, path, state, capacity_bytes, available_bytes, allocation_bytes)
+SELECT $1, * FROM unnest($2::text[], $3::text[], $4::text[], $5::text[], $6::text[], $7::int8[], $8::int8[], $9::int8[])
 ON CONFLICT (node_id, name) DO UPDATE SET
     uuid = excluded.uuid, type = excluded.type, path = excluded.path, state = excluded.state,
     capacity_bytes = excluded.capacity_bytes, available_bytes = excluded.available_bytes,
+    allocation_bytes = excluded.allocation_bytes,
     last_seen = now(), lost_reason = NULL, lost_at = NULL`
 
 func upsertVMs(ctx context.Context, tx pgx.Tx, nodeID string, vms []quantix.VM) error {
@@ -52,11 +53,12 @@ func upsertPools(ctx context.Context, tx pgx.Tx, nodeID string, pools []quantix.
 	}
 	n := len(pools)
 	names, uuids, types, paths, states := make([]string, n), make([]string, n), make([]string, n), make([]string, n), make([]string, n)
-	caps, avails := make([]int64, n), make([]int64, n)
+	caps, avails, allocs := make([]int64, n), make([]int64, n), make([]int64, n)
 	for i, p := range pools {
-		names[i], uuids[i], types[i], paths[i], states[i], caps[i], avails[i] = p.Name, p.UUID, p.Type, p.Path, p.State, p.CapacityBytes, p.AvailableBytes
+		names[i], uuids[i], types[i], paths[i], states[i] = p.Name, p.UUID, p.Type, p.Path, p.State
+		caps[i], avails[i], allocs[i] = p.CapacityBytes, p.AvailableBytes, p.AllocationBytes
 	}
-	if _, err := tx.Exec(ctx, upsertPoolsSQL, nodeID, names, uuids, types, paths, states, caps, avails); err != nil {
+	if _, err := tx.Exec(ctx, upsertPoolsSQL, nodeID, names, uuids, types, paths, states, caps, avails, allocs); err != nil {
 		return fmt.Errorf("upsert %d storage pools: %w", n, err)
 	}
 	return nil
@@ -251,14 +253,14 @@ func currentState(ctx context.Context, tx pgx.Tx, nodeID string) ([]quantix.VM, 
 	if err != nil {
 		return nil, nil, err
 	}
-	rows, err = tx.Query(ctx, `SELECT uuid, name, type, path, state, capacity_bytes, available_bytes FROM storage_pools
+	rows, err = tx.Query(ctx, `SELECT uuid, name, type, path, state, capacity_bytes, available_bytes, allocation_bytes FROM storage_pools
 		WHERE node_id = $1 AND lost_at IS NULL`, nodeID)
 	if err != nil {
 		return nil, nil, err
 	}
 	pools, err := pgx.CollectRows(rows, func(r pgx.CollectableRow) (quantix.StoragePool, error) {
 		var p quantix.StoragePool
-		err := r.Scan(&p.UUID, &p.Name, &p.Type, &p.Path, &p.State, &p.CapacityBytes, &p.AvailableBytes)
+		err := r.Scan(&p.UUID, &p.Name, &p.Type, &p.Path, &p.State, &p.CapacityBytes, &p.AvailableBytes, &p.AllocationBytes)
 		return p, err
 	})
 	return vms, pools, err
@@ -315,7 +317,7 @@ func (s *Store) FindPools(ctx context.Context, f InventoryFilter) ([]quantix.Inv
 	w, args := f.sql("p")
 	lim, args := f.page(args)
 	rows, err := s.pool.Query(ctx, `SELECT p.uuid, p.name, p.type, p.path, p.state, p.capacity_bytes, p.available_bytes,
-		    p.node_id::text, n.hostname, p.origin, p.is_managed, p.last_seen, p.lost_at
+		    p.allocation_bytes, p.node_id::text, n.hostname, p.origin, p.is_managed, p.last_seen, p.lost_at
 		FROM storage_pools p JOIN nodes n ON n.id = p.node_id`+w+` ORDER BY n.hostname, p.name`+lim, args...)
 	if err != nil {
 		return nil, 0, fmt.Errorf("list storage pools: %w", err)
@@ -323,7 +325,7 @@ func (s *Store) FindPools(ctx context.Context, f InventoryFilter) ([]quantix.Inv
 	pools, err := pgx.CollectRows(rows, func(r pgx.CollectableRow) (quantix.InventoryPool, error) {
 		var p quantix.InventoryPool
 		err := r.Scan(&p.UUID, &p.Name, &p.Type, &p.Path, &p.State, &p.CapacityBytes, &p.AvailableBytes,
-			&p.NodeID, &p.Hostname, &p.Origin, &p.IsManaged, &p.LastSeen, &p.LostAt)
+			&p.AllocationBytes, &p.NodeID, &p.Hostname, &p.Origin, &p.IsManaged, &p.LastSeen, &p.LostAt)
 		p.Lost = p.LostAt != nil
 		return p, err
 	})

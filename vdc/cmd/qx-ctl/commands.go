@@ -497,7 +497,7 @@ func (c *cli) poolsList(ctx context.Context, nodeID string, lostOnly bool) error
 
 func (c *cli) poolTable(pools []quantix.InventoryPool, withNode bool) error {
 	now := c.now()
-	cols := []string{"NAME", "TYPE", "STATE", "CAPACITY", "AVAILABLE", "LAST SEEN", "LOST", "PATH"}
+	cols := []string{"NAME", "TYPE", "STATE", "CAPACITY", "ALLOCATED", "AVAILABLE", "LAST SEEN", "LOST", "PATH"}
 	if withNode {
 		cols = append([]string{"NODE"}, cols...)
 	}
@@ -510,7 +510,7 @@ func (c *cli) poolTable(pools []quantix.InventoryPool, withNode bool) error {
 				lost += " " + ago(now, *p.LostAt)
 			}
 		}
-		cells := []string{p.Name, p.Type, p.State, gib(p.CapacityBytes), gib(p.AvailableBytes), ago(now, p.LastSeen), lost, p.Path}
+		cells := []string{p.Name, p.Type, p.State, gib(p.CapacityBytes), gib(p.AllocationBytes), gib(p.AvailableBytes), ago(now, p.LastSeen), lost, p.Path}
 		if withNode {
 			cells = append([]string{p.Hostname}, cells...)
 		}

@@ -63,10 +63,10 @@ func TestMigrateCommands(t *testing.T) {
 		args []string
 		want string
 	}{
-		{[]string{"migrate", "status", "--database-url", dbURL}, "schema version 0 of 4 (4 pending)"},
-		{[]string{"migrate", "up", "--database-url", dbURL}, "applied 4 migration(s)\nschema version 4 of 4 (0 pending)"},
+		{[]string{"migrate", "status", "--database-url", dbURL}, "schema version 0 of 5 (5 pending)"},
+		{[]string{"migrate", "up", "--database-url", dbURL}, "applied 5 migration(s)\nschema version 5 of 5 (0 pending)"},
 		{[]string{"migrate", "up", "--database-url", dbURL}, "applied 0 migration(s)"},
-		{[]string{"migrate", "status", "--database-url", dbURL}, "schema version 4 of 4 (0 pending)"},
+		{[]string{"migrate", "status", "--database-url", dbURL}, "schema version 5 of 5 (0 pending)"},
 	}
 	for _, s := range steps {
 		var out, errb bytes.Buffer

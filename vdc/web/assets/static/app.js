@@ -414,7 +414,7 @@
       return r;
     }, (r, p) => {
       setText(r.c[0], p.name); setText(r.c[1], p.type || '—'); setText(r.c[2], p.state || '—');
-      setText(r.c[3], fmtBytes(p.capacity_bytes)); setText(r.c[4], fmtBytes(p.available_bytes)); setText(r.c[5], p.path || '—');
+      setText(r.c[3], fmtBytes(p.capacity_bytes) + ' (' + fmtBytes(p.allocation_bytes || 0) + ' allocated)'); setText(r.c[4], fmtBytes(p.available_bytes)); setText(r.c[5], p.path || '—');
       r.tr.classList.toggle('is-lost', p.lost);
       setClass(r.status, p.lost ? 'badge lost' : 'badge present');
       setText(r.status, p.lost ? 'Lost' : 'Present');
@@ -540,7 +540,7 @@
         setText(r.c[4], x.vcpus); setText(r.c[5], fmtBytes(x.memory_bytes)); setText(r.c[6], fmtTime(x.last_seen));
       } else {
         setText(r.c[0], x.name); setText(r.c[2], x.type || '—'); setText(r.c[3], x.state || '—');
-        setText(r.c[4], fmtBytes(x.capacity_bytes)); setText(r.c[5], fmtBytes(x.available_bytes)); setText(r.c[6], x.path || '—');
+        setText(r.c[4], fmtBytes(x.capacity_bytes) + ' (' + fmtBytes(x.allocation_bytes || 0) + ' allocated)'); setText(r.c[5], fmtBytes(x.available_bytes)); setText(r.c[6], x.path || '—');
       }
       r.tr.classList.toggle('is-lost', x.lost);
       setClass(r.status, x.lost ? 'badge lost' : 'badge present');
