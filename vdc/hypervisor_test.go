@@ -2,6 +2,7 @@ package vdc_test
 
 import (
 	"net/http"
+	"slices"
 	"strings"
 	"testing"
 
@@ -57,6 +58,28 @@ func TestHypervisorFacts(t *testing.T) {
 	if diff := cmp.Diff(want, get()); diff != "" {
 		t.Errorf("after a full state (-want +stored):\n%s", diff)
 	}
+	// Back by heartbeat. Each change of the hypervisor's state is one event that
+	// says why; repeating a state records nothing.
+	for i := 0; i < 2; i++ {
+		if code, _, b := heartbeat(t, v, n, quantix.HeartbeatRequest{Hypervisor: &hb}); code != http.StatusOK {
+			t.Fatalf("heartbeat: %d %s", code, b)
+		}
+	}
+	var hvEvents []string
+	for _, e := range v.NodeEvents(t, n.ID) {
+		if e.Kind == "hypervisor" {
+			hvEvents = append(hvEvents, e.Message)
+		}
+	}
+	wantEvents := []string{
+		"hypervisor available -> unavailable: connection to libvirt lost (state)",
+		"hypervisor unavailable -> available (heartbeat)",
+	}
+	slices.Sort(hvEvents)
+	if diff := cmp.Diff(wantEvents, hvEvents); diff != "" {
+		t.Errorf("hypervisor events (-want +got):\n%s", diff)
+	}
+	want = hb
 	bad := n.req()
 	bad.Hypervisor = &quantix.Hypervisor{State: quantix.HypervisorAvailable, Accelerator: "hvf"}
 	code, b = call(t, http.MethodPost, v.URL+quantix.PathRegister, v.JoinToken, bad)

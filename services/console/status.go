@@ -1,7 +1,6 @@
 package console
 
 import (
-	"bufio"
 	"context"
 	"encoding/json"
 	"errors"
@@ -263,49 +262,9 @@ func readUptime(path string) (time.Duration, error) {
 	return time.Duration(v * float64(time.Second)), nil
 }
 
-// configMounted reports whether dir is a mount point of a real (non-RAM)
-// filesystem according to mountinfo: that is QUANTIX-CFG, mounted by init.
+// configMounted reports whether dir is the mount point of a persistent filesystem
+// (a device, not RAM) according to mountinfo: that is QUANTIX-CFG, mounted by init.
 func configMounted(mountinfo, dir string) (bool, error) {
-	f, err := os.Open(mountinfo)
-	if err != nil {
-		return false, err
-	}
-	defer f.Close()
-	found := false
-	sc := bufio.NewScanner(f)
-	for sc.Scan() {
-		// 36 35 98:0 /mnt1 /mnt2 rw,noatime master:1 - ext3 /dev/root rw,errors=continue
-		pre, post, ok := strings.Cut(sc.Text(), " - ")
-		if !ok {
-			continue
-		}
-		pf, qf := strings.Fields(pre), strings.Fields(post)
-		if len(pf) < 5 || len(qf) < 1 {
-			continue
-		}
-		if unescapeMount(pf[4]) != dir {
-			continue
-		}
-		// The last mount on a point wins.
-		found = qf[0] != "tmpfs" && qf[0] != "ramfs" && qf[0] != "rootfs"
-	}
-	return found, sc.Err()
-}
-
-func unescapeMount(s string) string {
-	if !strings.Contains(s, `\`) {
-		return s
-	}
-	var b strings.Builder
-	for i := 0; i < len(s); i++ {
-		if s[i] == '\\' && i+3 < len(s) {
-			if v, err := strconv.ParseUint(s[i+1:i+4], 8, 8); err == nil {
-				b.WriteByte(byte(v))
-				i += 3
-				continue
-			}
-		}
-		b.WriteByte(s[i])
-	}
-	return b.String()
+	m, err := quantix.ReadMountFacts(mountinfo, dir)
+	return m.Persistent(), err
 }

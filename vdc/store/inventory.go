@@ -173,12 +173,18 @@ func (s *Store) setNodeState(ctx context.Context, tx pgx.Tx, nodeID, hash string
 	if full {
 		epoch = &s.epoch
 	}
-	_, err := tx.Exec(ctx, `UPDATE nodes SET state_hash = $2, state_epoch = coalesce($3::uuid, state_epoch),
-		    hypervisor_state = coalesce($4, hypervisor_state), hypervisor_reason = coalesce($5, hypervisor_reason),
-		    hypervisor_uri = coalesce($6, hypervisor_uri), hypervisor_version = coalesce($7, hypervisor_version),
-		    hypervisor_facts = coalesce($8::jsonb, hypervisor_facts),
+	// The row is locked (lockNode), so prev reads the state this update replaces.
+	_, err := tx.Exec(ctx, `WITH prev AS (SELECT hypervisor_state FROM nodes WHERE id = $1), up AS (
+		UPDATE nodes n SET state_hash = $2, state_epoch = coalesce($3::uuid, state_epoch),
+		    hypervisor_state = coalesce($4, n.hypervisor_state), hypervisor_reason = coalesce($5, n.hypervisor_reason),
+		    hypervisor_uri = coalesce($6, n.hypervisor_uri), hypervisor_version = coalesce($7, n.hypervisor_version),
+		    hypervisor_facts = coalesce($8::jsonb, n.hypervisor_facts),
 		    updated_at = now()
-		WHERE id = $1`, nodeID, hash, epoch, hs, hr, hu, hv, hypervisorFactsJSON(h))
+		FROM prev WHERE n.id = $1
+		RETURNING n.id, n.hostname, prev.hypervisor_state AS old_hs, n.hypervisor_state AS hs, n.hypervisor_reason AS hr)
+		INSERT INTO node_events (node_id, hostname, kind, message)
+		SELECT id, hostname, 'hypervisor', `+hypervisorEvent("state")+` FROM up
+		WHERE hs IS DISTINCT FROM old_hs`, nodeID, hash, epoch, hs, hr, hu, hv, hypervisorFactsJSON(h))
 	if err != nil {
 		return fmt.Errorf("store state hash: %w", err)
 	}

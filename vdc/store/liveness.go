@@ -42,13 +42,13 @@ type HeartbeatResult struct {
 // heartbeatSQL records a batch of heartbeats in one statement (one commit). prev
 // locks the rows in id order, so concurrent batches cannot deadlock, and reports the
 // phase and address each node had, for the history.
-const heartbeatSQL = `
+var heartbeatSQL = `
 WITH hb AS (
     SELECT * FROM unnest($1::uuid[], $2::bytea[], $3::inet[], $4::float8[], $5::int8[],
                          $6::text[], $7::text[], $8::text[], $9::text[], $10::jsonb[])
         AS hb(id, secret_hash, ip, cpu, mem, hs, hr, hu, hv, hf)
 ), prev AS (
-    SELECT n.id, n.phase, n.management_ip FROM nodes n
+    SELECT n.id, n.phase, n.management_ip, n.hypervisor_state FROM nodes n
     JOIN hb ON hb.id = n.id AND hb.secret_hash = n.secret_hash
     ORDER BY n.id FOR UPDATE OF n
 ), up AS (
@@ -66,7 +66,8 @@ WITH hb AS (
     FROM hb JOIN prev ON prev.id = hb.id
     WHERE n.id = hb.id AND n.secret_hash = hb.secret_hash
     RETURNING n.id, n.secret_hash, n.hostname, prev.phase AS old_phase, n.phase, prev.management_ip AS old_ip,
-        n.management_ip AS ip, n.state_hash, n.state_epoch
+        n.management_ip AS ip, n.state_hash, n.state_epoch,
+        prev.hypervisor_state AS old_hs, n.hypervisor_state AS hs, n.hypervisor_reason AS hr
 ), ev AS (
     INSERT INTO node_events (node_id, hostname, kind, message)
     SELECT id, hostname, 'phase', old_phase || ' -> ' || phase || ' (heartbeat)' FROM up
@@ -74,8 +75,19 @@ WITH hb AS (
     UNION ALL
     SELECT id, hostname, 'management_ip', 'management_ip ' || host(old_ip) || ' -> ' || host(ip) FROM up
         WHERE old_ip <> ip
+    UNION ALL
+    SELECT id, hostname, 'hypervisor', ` + hypervisorEvent("heartbeat") + ` FROM up
+        WHERE hs IS DISTINCT FROM old_hs
 )
 SELECT id::text, secret_hash, state_hash, coalesce(state_epoch::text, '') FROM up`
+
+// hypervisorEvent is the SQL text of a 'hypervisor' node event for a row with the
+// old state old_hs, the new one hs and its reason hr, learnt via a heartbeat or a
+// state: "hypervisor available -> unavailable: connection to libvirt lost (heartbeat)".
+func hypervisorEvent(via string) string {
+	return `'hypervisor ' || coalesce(old_hs, 'unknown') || ' -> ' || hs ||
+        CASE WHEN coalesce(hr, '') <> '' THEN ': ' || hr ELSE '' END || ' (` + via + `)'`
+}
 
 // Heartbeats records a batch of heartbeats in one statement and one commit. Every
 // result is final: a nil Err means the heartbeat is committed.

@@ -234,6 +234,8 @@ func TestVMSerialConsoleStaticAtVDC(t *testing.T) {
 		t.Errorf("the vDC recorded no event %q for %s: %+v", wantMove, nodeID, v.NodeEvents(t, nodeID))
 	}
 
+	restartLibvirtd(t, st, v, nodeID)
+
 	// Reboot through the power screen (still unlocked): init stops the services and
 	// reboots; QUANTIX-CFG brings the static address back.
 	st.send(t, "p")
@@ -287,6 +289,55 @@ func TestVMSerialConsoleStaticAtVDC(t *testing.T) {
 	}
 	t.Logf("rebooted and back at the vDC as %s at %s (%s), %s after the reboot key; whole test %s",
 		n.ID, n.ManagementIP, n.Phase, time.Since(rebooted).Round(time.Second), time.Since(start).Round(time.Second))
+}
+
+// restartLibvirtd restarts libvirtd from the services screen, as an operator
+// would: init stops it (SIGTERM, then SIGKILL after the grace) and starts it again.
+// The agent loses libvirt and reports it at once, so the vDC records the hypervisor
+// unavailable with the reason, then available again once the new libvirtd answers.
+// (libvirtd killed outright, and a guest surviving it, is services/libvirtd's
+// TestServiceKeepsGuestsAcrossRestarts on the host.)
+func restartLibvirtd(t *testing.T, st *serialTerm, v *vdctest.VDC, nodeID string) {
+	t.Helper()
+	st.send(t, "s")
+	st.waitFor(t, 30*time.Second, "Up/Down select  r Restart")
+	for i := 0; ; i++ {
+		if _, err := st.await(vm.ScaleTimeout(5*time.Second), "> libvirtd "); err == nil {
+			break
+		} else if i == 8 {
+			t.Fatalf("the services screen never selected libvirtd: %v", err)
+		}
+		st.send(t, keyDown)
+	}
+	st.send(t, "r")
+	st.waitFor(t, 10*time.Second, "Restart libvirtd? y = yes")
+	restarted := time.Now()
+	st.send(t, "y")
+	st.waitFor(t, 2*time.Minute, "Restart libvirtd: done.")
+	t.Logf("libvirtd restarted from the console in %s", time.Since(restarted).Round(100*time.Millisecond))
+
+	down, up := "hypervisor available -> unavailable: ", "hypervisor unavailable -> available"
+	deadline := time.Now().Add(vm.ScaleTimeout(time.Minute))
+	for {
+		evs := v.NodeEvents(t, nodeID)
+		if hasEvent(evs, "hypervisor", down, restarted) && hasEvent(evs, "hypervisor", up, restarted) {
+			for _, e := range evs {
+				if e.Kind == "hypervisor" && !e.At.Before(restarted) {
+					t.Logf("vDC event %s: %s", e.At.Sub(restarted).Round(100*time.Millisecond), e.Message)
+				}
+			}
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("after the libvirtd restart the vDC recorded no %q with a reason and %q: %+v", down, up, evs)
+		}
+		time.Sleep(250 * time.Millisecond)
+	}
+	if h := v.Node(t, nodeID).Hypervisor; h.State != quantix.HypervisorAvailable {
+		t.Errorf("after the libvirtd restart the hypervisor is %+v, want available", h)
+	}
+	st.send(t, keyEsc)
+	st.waitFor(t, 30*time.Second, "s Services  p Power")
 }
 
 // hasEvent reports whether events hold one of kind whose message contains msg, at
