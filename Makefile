@@ -20,7 +20,7 @@ APT_PACKAGES := \
 export GOFLAGS := -buildvcs=false
 TEST_TIMEOUT ?= 75m
 
-.PHONY: all deps iso test unit vet lint clean
+.PHONY: all deps iso test unit vet lint clean demo
 
 all: iso
 
@@ -49,6 +49,11 @@ vet:
 # it; see README.md for what each needs.
 test: deps vet iso
 	$(GO) test -count=1 -timeout $(TEST_TIMEOUT) ./...
+
+# demo boots QvDC and one Quantix-OS node in QEMU on this machine and prints the web
+# UI's URL on 127.0.0.1 and the admin token; Ctrl-C powers both off.
+demo: deps iso
+	QUANTIX_DEMO=1 $(GO) test -v -count=1 -timeout 0 -run '^TestDemo$$' ./tests/e2e/
 
 # unit runs the quick tests only (no PostgreSQL, namespaces or QEMU).
 unit:
