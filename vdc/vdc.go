@@ -290,7 +290,7 @@ func (s *Service) Run(ctx context.Context) error {
 	}
 	s.log.Info("schema current", "applied", n)
 	interval := s.cfg.HeartbeatInterval.Duration
-	grace, err := st.GraceUntil(ctx, interval)
+	cs, err := st.SyncCluster(ctx, interval, store.GraceStart)
 	if err != nil {
 		return err
 	}
@@ -300,7 +300,7 @@ func (s *Service) Run(ctx context.Context) error {
 	hb := store.NewBatcher(st, workers, 1000, s.log)
 	defer hb.Close()
 	a := api.New(api.Config{Store: st, Heartbeats: hb, HeartbeatInterval: interval,
-		AdminTokenHash: adminHash, GraceUntil: grace}, s.log)
+		AdminTokenHash: adminHash}, s.log)
 
 	cert, err := s.loadTLS()
 	if err != nil {
@@ -332,6 +332,10 @@ func (s *Service) Run(ctx context.Context) error {
 	uiSrv := &http.Server{Handler: ui, ReadHeaderTimeout: 10 * time.Second, ReadTimeout: 30 * time.Second,
 		WriteTimeout: 30 * time.Second, IdleTimeout: 120 * time.Second, ErrorLog: errLog,
 		TLSConfig: &tls.Config{Certificates: []tls.Certificate{cert}, MinVersion: tls.VersionTLS12}}
+	// Connections that never sent a request (a client's spare keep-alive dial)
+	// would hold a graceful shutdown for 5 s: they are closed when it begins.
+	var fresh freshConns
+	srv.ConnState, uiSrv.ConnState = fresh.track, fresh.track
 	serveErr := make(chan error, 2)
 	go func() { serveErr <- srv.Serve(l) }()
 	go func() {
@@ -344,7 +348,7 @@ func (s *Service) Run(ctx context.Context) error {
 	sweepDone := make(chan struct{}, 2)
 	go func() {
 		defer func() { sweepDone <- struct{}{} }()
-		s.sweep(sweepCtx, st, interval, grace)
+		s.sweep(sweepCtx, st, interval)
 	}()
 	go func() {
 		defer func() { sweepDone <- struct{}{} }()
@@ -363,7 +367,7 @@ func (s *Service) Run(ctx context.Context) error {
 	fmt.Fprintln(s.cfg.Stdout, quantix.ReadyMarker("vdc", "url", "http://"+l.Addr().String(),
 		"ui", "https://"+uiL.Addr().String(), "epoch", st.Epoch()))
 	s.log.Info("serving", "addr", l.Addr().String(), "ui", "https://"+uiL.Addr().String(),
-		"heartbeat_interval", interval, "grace_until", grace)
+		"heartbeat_interval", interval, "epoch", cs.Epoch, "grace_until", cs.GraceUntil, "grace_reason", cs.GraceReason)
 	close(s.ready)
 
 	select {
@@ -372,6 +376,9 @@ func (s *Service) Run(ctx context.Context) error {
 	case <-ctx.Done():
 		s.log.Info("shutting down")
 		sctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+		srv.SetKeepAlivesEnabled(false)
+		uiSrv.SetKeepAlivesEnabled(false)
+		fresh.closeAll()
 		err = errors.Join(srv.Shutdown(sctx), uiSrv.Shutdown(sctx))
 		cancel()
 		if err != nil {
@@ -389,24 +396,73 @@ func (s *Service) Run(ctx context.Context) error {
 	return err
 }
 
-// sweep updates phases from heartbeat ages a few times per interval.
-func (s *Service) sweep(ctx context.Context, st *store.Store, interval time.Duration, grace time.Time) {
+// freshConns tracks the server connections that have not begun a request yet.
+type freshConns struct {
+	mu    sync.Mutex
+	conns map[net.Conn]struct{}
+}
+
+func (f *freshConns) track(c net.Conn, st http.ConnState) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	if st == http.StateNew {
+		if f.conns == nil {
+			f.conns = map[net.Conn]struct{}{}
+		}
+		f.conns[c] = struct{}{}
+	} else {
+		delete(f.conns, c)
+	}
+}
+
+// closeAll closes the connections still waiting for their first request.
+func (f *freshConns) closeAll() {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	for c := range f.conns {
+		c.Close()
+	}
+	f.conns = nil
+}
+
+// sweep updates phases from heartbeat ages a few times per interval. Each round
+// first reads the cluster state, so that a database failover (a new timeline) or a
+// write outage seen here grants every vDC the liveness grace: nodes are not demoted
+// for heartbeats the control plane itself could not take.
+func (s *Service) sweep(ctx context.Context, st *store.Store, interval time.Duration) {
 	every := min(max(interval/4, 100*time.Millisecond), 5*time.Second)
 	t := time.NewTicker(every)
 	defer t.Stop()
+	lastOK := time.Now()
 	for {
 		select {
 		case <-ctx.Done():
 			return
 		case <-t.C:
 		}
-		ch, err := st.Sweep(ctx, interval, grace)
+		grace := ""
+		if since := time.Since(lastOK); since > interval {
+			grace = store.GraceOutage
+		}
+		cs, err := st.SyncCluster(ctx, interval, grace)
+		var ch []store.PhaseChange
+		if err == nil {
+			ch, err = st.Sweep(ctx, interval, cs.GraceUntil)
+		}
 		if err != nil {
 			if ctx.Err() == nil {
-				s.log.Error("sweep phases", "err", err)
+				s.log.Error("sweep phases", "err", err, "failing_for", time.Since(lastOK).Round(time.Second))
 			}
 			continue
 		}
+		if cs.Failover {
+			s.log.Warn("database failover: new epoch, every node sends its full state once", "epoch", cs.Epoch,
+				"timeline", cs.Timeline, "grace_until", cs.GraceUntil)
+		} else if grace != "" {
+			s.log.Warn("database writes resumed: liveness grace granted", "outage", time.Since(lastOK).Round(time.Second),
+				"grace_until", cs.GraceUntil)
+		}
+		lastOK = time.Now()
 		// Node by node while that stays readable; a mass change (a rack losing
 		// power) is summarized. Every change is in the node's history either way.
 		const each = 20

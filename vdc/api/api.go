@@ -13,6 +13,7 @@ import (
 	"log/slog"
 	"net/http"
 	"strings"
+	"sync/atomic"
 	"time"
 
 	"github.com/quantix/quantix"
@@ -26,9 +27,7 @@ type Config struct {
 	HeartbeatInterval time.Duration
 	// AdminTokenHash is the SHA-256 digest of the admin bearer token.
 	AdminTokenHash [32]byte
-	// GraceUntil is the database time until which no node is demoted.
-	GraceUntil time.Time
-	Metrics    *Metrics
+	Metrics        *Metrics
 }
 
 // API serves the vDC's HTTP API.
@@ -36,6 +35,9 @@ type API struct {
 	cfg Config
 	log *slog.Logger
 	mux *http.ServeMux
+	// unavailableLogged is when a 503 for an unavailable database was last logged
+	// (unix nanoseconds): once a second, not once per request of a whole fleet.
+	unavailableLogged atomic.Int64
 }
 
 // Default join token limits.
@@ -145,6 +147,14 @@ func (a *API) fail(w http.ResponseWriter, r *http.Request, err error) {
 		writeError(w, http.StatusUnauthorized, err.Error())
 	case errors.Is(err, store.ErrClosed):
 		writeError(w, http.StatusServiceUnavailable, err.Error())
+	case r.Context().Err() == nil && a.cfg.Store.Unavailable(err):
+		// No primary now (a failover, a partition): the client retries.
+		if now, last := time.Now().UnixNano(), a.unavailableLogged.Load(); now-last > int64(time.Second) &&
+			a.unavailableLogged.CompareAndSwap(last, now) {
+			a.log.Warn("database unavailable: answering 503", "method", r.Method, "path", r.URL.Path, "err", err)
+		}
+		w.Header().Set("Retry-After", "1")
+		writeError(w, http.StatusServiceUnavailable, "database unavailable, retry: "+err.Error())
 	case errors.Is(err, context.Canceled) && r.Context().Err() != nil:
 		// The client went away; nobody reads the answer.
 	default:

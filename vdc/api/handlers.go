@@ -277,7 +277,7 @@ func (a *API) maintenance(w http.ResponseWriter, r *http.Request) {
 		a.fail(w, r, badRequest("maintenance is missing: want true or false"))
 		return
 	}
-	n, err := a.cfg.Store.SetMaintenance(r.Context(), id, *req.Maintenance, a.cfg.HeartbeatInterval, a.cfg.GraceUntil)
+	n, err := a.cfg.Store.SetMaintenance(r.Context(), id, *req.Maintenance, a.cfg.HeartbeatInterval, a.cfg.Store.Grace())
 	if err != nil {
 		a.fail(w, r, err)
 		return

@@ -171,7 +171,8 @@ func (s *Store) setNodeState(ctx context.Context, tx pgx.Tx, nodeID, hash string
 	}
 	var epoch *string
 	if full {
-		epoch = &s.epoch
+		e := s.Epoch()
+		epoch = &e
 	}
 	// The row is locked (lockNode), so prev reads the state this update replaces.
 	_, err := tx.Exec(ctx, `WITH prev AS (SELECT hypervisor_state FROM nodes WHERE id = $1), up AS (
@@ -234,7 +235,7 @@ func (s *Store) ApplyEvents(ctx context.Context, nodeID string, secret [32]byte,
 			return err
 		}
 		ack.StateHash = quantix.StateHash(vms, pools)
-		ack.FullSync = ack.StateHash != evs.StateHash || epoch != s.epoch
+		ack.FullSync = ack.StateHash != evs.StateHash || epoch != s.Epoch()
 		return s.setNodeState(ctx, tx, nodeID, ack.StateHash, false, nil)
 	})
 	if err != nil {

@@ -175,7 +175,7 @@ func (s *Store) Heartbeats(ctx context.Context, hbs []Heartbeat) ([]HeartbeatRes
 		st, ok := done[key(h.NodeID, h.SecretHash[:])]
 		switch {
 		case ok:
-			out[i].FullSync = st.epoch != s.epoch || (h.StateHash != "" && h.StateHash != st.hash)
+			out[i].FullSync = st.epoch != s.Epoch() || (h.StateHash != "" && h.StateHash != st.hash)
 		case exists[h.NodeID]:
 			out[i].Err = fmt.Errorf("node %s: node_secret changed (re-enrolled?): %w", h.NodeID, ErrUnauthorized)
 		default:
@@ -243,15 +243,4 @@ SELECT id::text, hostname, old, new FROM ch`
 		return nil, fmt.Errorf("sweep phases: %w", err)
 	}
 	return ch, nil
-}
-
-// GraceUntil is the database time until which no node is demoted: 3 intervals
-// after now.
-func (s *Store) GraceUntil(ctx context.Context, interval time.Duration) (time.Time, error) {
-	var t time.Time
-	err := s.pool.QueryRow(ctx, `SELECT now() + 3 * $1::interval`, interval).Scan(&t)
-	if err != nil {
-		return t, fmt.Errorf("read database clock: %w", err)
-	}
-	return t, nil
 }

@@ -18,6 +18,7 @@ import (
 	"fmt"
 	"log/slog"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/jackc/pgx/v5"
@@ -48,11 +49,11 @@ func (e *TakeoverError) Error() string {
 type Config struct {
 	DatabaseURL string
 	MaxConns    int32 // pool size; 0 means 16
+	// Timeout bounds connecting and unacknowledged writes to the server
+	// (DefaultDatabaseTimeout when 0).
+	Timeout time.Duration
 	// StaticJoinTokens are accepted without limit (labs, tests: qx-vdc --join-token).
 	StaticJoinTokens []string
-	// Epoch identifies this vDC process: a node whose last full state PUT was taken
-	// by another epoch is asked for a full sync.
-	Epoch string
 }
 
 // Store is the vDC's database.
@@ -60,7 +61,10 @@ type Store struct {
 	pool         *pgxpool.Pool
 	log          *slog.Logger
 	staticTokens [][32]byte
-	epoch        string
+	// cluster is the cluster state as SyncCluster last read it.
+	cluster atomic.Pointer[ClusterState]
+	// lastReset is when Unavailable last reset the pool (unix nanoseconds).
+	lastReset atomic.Int64
 
 	// secrets caches node id -> secret digest for heartbeat authentication (one
 	// query per node per process instead of one per heartbeat). Registration and
@@ -78,6 +82,11 @@ func Open(ctx context.Context, cfg Config, log *slog.Logger) (*Store, error) {
 	if pc.ConnConfig.Password == "" {
 		return nil, fmt.Errorf("database_url: no password: the vDC connects with password (scram-sha-256) authentication only")
 	}
+	if cfg.Timeout <= 0 {
+		cfg.Timeout = DefaultDatabaseTimeout
+	}
+	pc.ConnConfig.ConnectTimeout = cfg.Timeout
+	pc.ConnConfig.DialFunc = dialer(cfg.Timeout)
 	pc.MaxConns = cfg.MaxConns
 	if pc.MaxConns == 0 {
 		pc.MaxConns = 16
@@ -86,10 +95,10 @@ func Open(ctx context.Context, cfg Config, log *slog.Logger) (*Store, error) {
 	if err != nil {
 		return nil, fmt.Errorf("connect %s: %w", redact(pc), err)
 	}
-	if cfg.Epoch == "" {
-		cfg.Epoch = NewEpoch()
+	if log == nil {
+		log = slog.New(slog.DiscardHandler)
 	}
-	s := &Store{pool: pool, log: log, epoch: cfg.Epoch}
+	s := &Store{pool: pool, log: log}
 	for _, t := range cfg.StaticJoinTokens {
 		s.staticTokens = append(s.staticTokens, sha256.Sum256([]byte(t)))
 	}
@@ -100,7 +109,7 @@ func redact(pc *pgxpool.Config) string {
 	return fmt.Sprintf("postgres://%s@%s:%d/%s", pc.ConnConfig.User, pc.ConnConfig.Host, pc.ConnConfig.Port, pc.ConnConfig.Database)
 }
 
-// NewEpoch returns a random process epoch (a UUID).
+// NewEpoch returns a random epoch (a UUID).
 func NewEpoch() string {
 	var b [16]byte
 	rand.Read(b[:])
@@ -115,9 +124,6 @@ func (s *Store) Close() { s.pool.Close() }
 
 // Pool exposes the pool (tests and the load command read tables directly).
 func (s *Store) Pool() *pgxpool.Pool { return s.pool }
-
-// Epoch is this process's epoch.
-func (s *Store) Epoch() string { return s.epoch }
 
 // Migrate applies the pending embedded migrations.
 func (s *Store) Migrate(ctx context.Context) (int, error) {

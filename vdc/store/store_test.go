@@ -34,6 +34,9 @@ func openStore(t *testing.T) *store.Store {
 	if _, err := s.Migrate(ctx); err != nil {
 		t.Fatal(err)
 	}
+	if _, err := s.SyncCluster(ctx, time.Second, store.GraceStart); err != nil {
+		t.Fatal(err)
+	}
 	return s
 }
 

@@ -30,7 +30,10 @@ import (
 
 // Options configure Start. Zero values pick test-friendly defaults.
 type Options struct {
-	Postgres          *Postgres     // nil: Shared(t)
+	Postgres *Postgres // nil: Shared(t)
+	// DatabaseURL, when set, is used as it is instead of a fresh database of
+	// Postgres: several vDCs on one database (docs/design.md §17).
+	DatabaseURL       string
 	HeartbeatInterval time.Duration // 0: 2s
 	JoinTokens        []string      // nil: one random static token
 	AdminToken        string        // "": a random one
@@ -60,7 +63,7 @@ type VDC struct {
 func Start(t testing.TB, opts Options) *VDC {
 	t.Helper()
 	pg := opts.Postgres
-	if pg == nil {
+	if pg == nil && opts.DatabaseURL == "" {
 		pg = Shared(t)
 	}
 	if opts.HeartbeatInterval == 0 {
@@ -76,10 +79,14 @@ func Start(t testing.TB, opts Options) *VDC {
 	if w == nil {
 		w = tWriter{t}
 	}
+	dbURL := opts.DatabaseURL
+	if dbURL == "" {
+		dbURL = pg.NewDatabase(t)
+	}
 	v := &VDC{
 		AdminToken:  opts.AdminToken,
 		JoinToken:   opts.JoinTokens[0],
-		DatabaseURL: pg.NewDatabase(t),
+		DatabaseURL: dbURL,
 		Stdout:      &syncbuf.Buffer{},
 		log:         slog.New(slog.NewTextHandler(w, &slog.HandlerOptions{Level: slog.LevelInfo})),
 	}
