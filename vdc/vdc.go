@@ -463,6 +463,16 @@ func (s *Service) sweep(ctx context.Context, st *store.Store, interval time.Dura
 				"grace_until", cs.GraceUntil)
 		}
 		lastOK = time.Now()
+		held := 0
+		for _, c := range ch {
+			if c.Held {
+				held++
+			}
+		}
+		if held > 0 {
+			s.log.Warn("most nodes silent at once: held at not_ready, not disconnected (check the control plane's network)",
+				"held", held)
+		}
 		// Node by node while that stays readable; a mass change (a rack losing
 		// power) is summarized. Every change is in the node's history either way.
 		const each = 20

@@ -202,41 +202,64 @@ func parseUUID(s string) ([16]byte, error) {
 // PhaseChange is one change the sweeper made.
 type PhaseChange struct {
 	NodeID, Hostname, From, To string
+	// Held: the node stopped at not_ready instead of disconnected (mass silence).
+	Held bool
 }
 
+// MassSilence is the share of nodes (more than half, of at least
+// MassSilenceMinNodes) whose silence at once the sweeper takes for the control
+// plane's own trouble (its network, its vDCs) rather than the nodes': it holds them
+// at not_ready and says why, instead of demoting the fleet to disconnected.
+const MassSilenceMinNodes = 3
+
 // Sweep moves nodes to the phase their last heartbeat earns. Before graceUntil
-// (3 intervals after the vDC started) it only promotes, never demotes: the nodes
-// had no chance to reach this process yet. It locks only the rows it changes, with
-// SKIP LOCKED: a node whose heartbeat is being recorded is left to the next sweep,
-// so the sweeper never waits on (or deadlocks with) heartbeat batches, and the
-// locked row is re-checked, so a heartbeat that committed meanwhile wins.
+// (after a vDC start, a database failover or a write outage) it only promotes, never
+// demotes: the nodes had no chance to reach the control plane. When more than half
+// of the nodes (at least MassSilenceMinNodes) would be disconnected at once, those
+// stop at not_ready, with the reason in their history. It locks only the rows it
+// changes, with SKIP LOCKED: a node whose heartbeat is being recorded is left to
+// the next sweep, so the sweeper never waits on (or deadlocks with) heartbeat
+// batches, and the locked row is re-checked, so a heartbeat that committed
+// meanwhile wins.
 func (s *Store) Sweep(ctx context.Context, interval time.Duration, graceUntil time.Time) ([]PhaseChange, error) {
 	const rank = `CASE %s WHEN 'ready' THEN 0 WHEN 'not_ready' THEN 1 ELSE 2 END`
 	want := phaseByAge("$1")
 	q := `
-WITH cand AS (
-    SELECT n.id, n.phase AS old FROM nodes n
-    WHERE n.phase <> 'maintenance' AND n.phase <> ` + want + `
-      AND (now() >= $2 OR ` + fmt.Sprintf(rank, want) + ` < ` + fmt.Sprintf(rank, "n.phase") + `)
+WITH census AS (
+    SELECT count(*) AS total, count(*) FILTER (WHERE ` + want + ` = 'disconnected') AS silent
+    FROM nodes n WHERE n.phase <> 'maintenance'
+), judged AS (
+    SELECT n.id, n.phase AS old, c.silent, c.total,
+        (c.total >= ` + fmt.Sprint(MassSilenceMinNodes) + ` AND c.silent * 2 > c.total AND ` + want + ` = 'disconnected') AS held,
+        ` + want + ` AS want
+    FROM nodes n CROSS JOIN census c
+    WHERE n.phase <> 'maintenance'
+), cand AS (
+    SELECT n.id, j.old, j.held, j.silent, j.total FROM nodes n JOIN judged j ON j.id = n.id
+    WHERE (CASE WHEN j.held THEN 'not_ready' ELSE j.want END) <> j.old
+      AND (now() >= $2 OR ` + fmt.Sprintf(rank, "j.want") + ` < ` + fmt.Sprintf(rank, "j.old") + `)
     ORDER BY n.id
-    FOR UPDATE SKIP LOCKED
+    FOR UPDATE OF n SKIP LOCKED
 ), ch AS (
-    UPDATE nodes n SET phase = ` + want + `
+    UPDATE nodes n SET phase = CASE WHEN cand.held AND ` + want + ` = 'disconnected' THEN 'not_ready' ELSE ` + want + ` END
     FROM cand WHERE n.id = cand.id
-    RETURNING n.id, n.hostname, cand.old, n.phase AS new,
+    RETURNING n.id, n.hostname, cand.old, n.phase AS new, cand.held AND n.phase = 'not_ready' AS held, cand.silent, cand.total,
         round(extract(epoch FROM now() - n.last_heartbeat)::numeric, 1) AS age
 ), ev AS (
     INSERT INTO node_events (node_id, hostname, kind, message)
-    SELECT id, hostname, 'phase', old || ' -> ' || new || ' (last heartbeat ' || age || 's ago)' FROM ch
+    SELECT id, hostname, 'phase', old || ' -> ' || new || ' (last heartbeat ' || age || 's ago' ||
+        CASE WHEN held THEN '; held from disconnected: ' || silent || ' of ' || total ||
+            ' nodes silent at once, the control plane''s side is the likely cause' ELSE '' END || ')'
+    FROM ch WHERE old <> new
 )
-SELECT id::text, hostname, old, new FROM ch`
+SELECT id::text, hostname, old, new, held FROM ch WHERE old <> new`
 	rows, err := s.pool.Query(ctx, strings.TrimSpace(q), interval, graceUntil)
 	if err != nil {
 		return nil, fmt.Errorf("sweep phases: %w", err)
 	}
 	ch, err := pgx.CollectRows(rows, func(r pgx.CollectableRow) (PhaseChange, error) {
 		var c PhaseChange
-		err := r.Scan(&c.NodeID, &c.Hostname, &c.From, &c.To)
+		err := r.Scan(&c.NodeID, &c.Hostname, &c.From, &c.To, &c.Held)
 		return c, err
 	})
 	if err != nil {

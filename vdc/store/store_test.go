@@ -206,3 +206,67 @@ func TestBatcher(t *testing.T) {
 		t.Errorf("Submit after Close = %v, want ErrClosed", err)
 	}
 }
+
+// TestSweepMassSilence: most nodes silent at once is the control plane's trouble
+// (its network, its vDCs): they stop at not_ready with the reason in their
+// history; one silent node among talking ones is disconnected as usual.
+func TestSweepMassSilence(t *testing.T) {
+	s := openStore(t)
+	ctx := context.Background()
+	const iv = 10 * time.Second
+	past := time.Now().Add(-time.Hour)
+	var ids []string
+	for i := range 5 {
+		ids = append(ids, reg(t, s, fmt.Sprintf("mass-%d", i), "secret"))
+	}
+	age := func(id string, d time.Duration) {
+		t.Helper()
+		if _, err := s.Pool().Exec(ctx, `UPDATE nodes SET phase = 'ready', last_heartbeat = now() - $2::interval WHERE id = $1`, id, d); err != nil {
+			t.Fatal(err)
+		}
+	}
+	phases := func() []string {
+		t.Helper()
+		var out []string
+		for _, id := range ids {
+			n, err := s.GetNode(ctx, id)
+			if err != nil {
+				t.Fatal(err)
+			}
+			out = append(out, n.Phase)
+		}
+		return out
+	}
+	// Three of five silent for more than 3 intervals, two talking.
+	for i, id := range ids {
+		age(id, map[bool]time.Duration{true: 35 * time.Second, false: time.Second}[i < 3])
+	}
+	if _, err := s.Sweep(ctx, iv, past); err != nil {
+		t.Fatal(err)
+	}
+	if got, want := strings.Join(phases(), " "), "not_ready not_ready not_ready ready ready"; got != want {
+		t.Errorf("3 of 5 silent: phases %s, want %s", got, want)
+	}
+	ev, err := s.NodeEvents(ctx, ids[0])
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(ev) == 0 || !strings.Contains(ev[len(ev)-1].Message, "ready -> not_ready") ||
+		!strings.Contains(ev[len(ev)-1].Message, "held from disconnected: 3 of 5 nodes silent at once") {
+		t.Errorf("events of a held node = %+v, want the reason it was held", ev)
+	}
+	// A second sweep changes nothing and records nothing more.
+	if ch, err := s.Sweep(ctx, iv, past); err != nil || len(ch) != 0 {
+		t.Errorf("second sweep: %v, %v; want no change", ch, err)
+	}
+	// One silent node among talking ones is disconnected.
+	for i, id := range ids {
+		age(id, map[bool]time.Duration{true: 35 * time.Second, false: time.Second}[i == 0])
+	}
+	if _, err := s.Sweep(ctx, iv, past); err != nil {
+		t.Fatal(err)
+	}
+	if got, want := strings.Join(phases(), " "), "disconnected ready ready ready ready"; got != want {
+		t.Errorf("1 of 5 silent: phases %s, want %s", got, want)
+	}
+}
