@@ -223,13 +223,53 @@ func TestFailoverStreamingStandby(t *testing.T) {
 		firstAfter[0].Round(10*time.Millisecond), firstAfter[agents/2].Round(10*time.Millisecond),
 		firstAfter[agents-1].Round(10*time.Millisecond))
 	time.Sleep(4 * iv)
+
+	// The read-only trap: the old primary's address, first in the URL, comes back
+	// as a standby. New connections skip it (target_session_attrs=read-write) and
+	// nothing fails.
+	failuresBefore := func() int {
+		n := 0
+		for _, a := range as {
+			a.mu.Lock()
+			n += a.failures
+			a.mu.Unlock()
+		}
+		return n
+	}
+	r.RejoinOldPrimary(t)
+	for _, v := range vdcs { // fresh connections must choose again
+		v.Restart(t)
+	}
+	f0 := failuresBefore()
+	time.Sleep(4 * iv)
+	if f := failuresBefore() - f0; f != 0 {
+		t.Errorf("%d failed requests with the old primary's address back as a standby, want 0", f)
+	}
+	func() {
+		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+		defer cancel()
+		c, err := pgx.Connect(ctx, r.Standby.AdminURL())
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer c.Close(ctx)
+		var recovery bool
+		var sessions int
+		if err := c.QueryRow(ctx, `SELECT pg_is_in_recovery(), (SELECT count(*) FROM pg_stat_activity WHERE usename = $1)`,
+			vdctest.Role).Scan(&recovery, &sessions); err != nil {
+			t.Fatal(err)
+		}
+		if !recovery || sessions != 0 {
+			t.Errorf("the old primary's address: in recovery %v, %d vDC sessions; want a standby the vDCs never use", recovery, sessions)
+		}
+	}()
 	cancel()
 	wg.Wait()
 
 	// What the new primary holds.
 	dbctx, dbcancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer dbcancel()
-	conn, err := pgx.Connect(dbctx, dbURL)
+	conn, err := pgx.Connect(dbctx, dbURL) // finds the writable one
 	if err != nil {
 		t.Fatal(err)
 	}

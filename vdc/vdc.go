@@ -38,6 +38,7 @@ import (
 //	admin_token = ""              # else secrets.toml's admin_token_hash, else generated
 //	secrets_file = "/quantix/vdc/secrets.toml"
 //	database_max_conns = 16
+//	database_timeout = "5s"       # connect, statement and silent-server deadline
 //	heartbeat_writers = 2
 //	ui_listen = ":8443"           # HTTPS: the web UI and the whole API
 //	tls_cert = ""                 # with tls_key; else a generated self-signed pair
@@ -46,6 +47,7 @@ type Config struct {
 	Listen            string           `toml:"listen"`
 	DatabaseURL       string           `toml:"database_url"`
 	DatabaseMaxConns  int              `toml:"database_max_conns"`
+	DatabaseTimeout   quantix.Duration `toml:"database_timeout"`
 	HeartbeatInterval quantix.Duration `toml:"heartbeat_interval"`
 	JoinTokens        []string         `toml:"join_tokens"`
 	AdminToken        string           `toml:"admin_token"`
@@ -79,6 +81,7 @@ func DefaultConfig() Config {
 		UIListen:          DefaultUIListen,
 		DatabaseURL:       DefaultDatabaseURL,
 		DatabaseMaxConns:  16,
+		DatabaseTimeout:   quantix.Duration{Duration: store.DefaultDatabaseTimeout},
 		HeartbeatWriters:  DefaultHeartbeatWriters,
 		HeartbeatInterval: quantix.Duration{Duration: quantix.DefaultHeartbeatInterval},
 		SecretsFile:       quantix.VDCSecrets,
@@ -105,6 +108,8 @@ func (c *Config) Validate() error {
 		return fmt.Errorf("%w: listen is empty", quantix.ErrConfig)
 	case c.HeartbeatInterval.Duration < 100*time.Millisecond || c.HeartbeatInterval.Duration > time.Hour:
 		return fmt.Errorf("%w: heartbeat_interval %s is outside 100ms..1h", quantix.ErrConfig, c.HeartbeatInterval.Duration)
+	case c.DatabaseTimeout.Duration < 100*time.Millisecond || c.DatabaseTimeout.Duration > 10*time.Minute:
+		return fmt.Errorf("%w: database_timeout %s is outside 100ms..10m", quantix.ErrConfig, c.DatabaseTimeout.Duration)
 	case c.DatabaseMaxConns < 1 || c.DatabaseMaxConns > 1000:
 		return fmt.Errorf("%w: database_max_conns %d is outside 1..1000", quantix.ErrConfig, c.DatabaseMaxConns)
 	case c.HeartbeatWriters < 1 || c.HeartbeatWriters >= c.DatabaseMaxConns:
@@ -272,7 +277,7 @@ func (s *Service) Run(ctx context.Context) error {
 	if err != nil {
 		return err
 	}
-	st, err := store.Open(ctx, store.Config{DatabaseURL: dbURL, MaxConns: int32(s.cfg.DatabaseMaxConns),
+	st, err := store.Open(ctx, store.Config{DatabaseURL: dbURL, MaxConns: int32(s.cfg.DatabaseMaxConns), Timeout: s.cfg.DatabaseTimeout.Duration,
 		StaticJoinTokens: s.cfg.JoinTokens}, s.log)
 	if err != nil {
 		return fmt.Errorf("%w: %w", quantix.ErrConfig, err)

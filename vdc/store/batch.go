@@ -113,7 +113,9 @@ func (b *Batcher) work() {
 			hbs[i] = p.hb
 		}
 		// Not the requests' contexts: one caller giving up must not fail the others.
-		ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+		// A server that does not answer fails the batch within the database
+		// timeout (then 503), rather than holding every heartbeat.
+		ctx, cancel := context.WithTimeout(context.Background(), b.s.timeout)
 		res, err := b.s.Heartbeats(ctx, hbs)
 		cancel()
 		b.batches.Add(1)

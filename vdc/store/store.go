@@ -17,6 +17,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"strconv"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -63,6 +64,8 @@ type Store struct {
 	staticTokens [][32]byte
 	// cluster is the cluster state as SyncCluster last read it.
 	cluster atomic.Pointer[ClusterState]
+	// timeout is Config.Timeout: the batcher's deadline for one statement.
+	timeout time.Duration
 	// lastReset is when Unavailable last reset the pool (unix nanoseconds).
 	lastReset atomic.Int64
 
@@ -87,6 +90,12 @@ func Open(ctx context.Context, cfg Config, log *slog.Logger) (*Store, error) {
 	}
 	pc.ConnConfig.ConnectTimeout = cfg.Timeout
 	pc.ConnConfig.DialFunc = dialer(cfg.Timeout)
+	// A statement the server itself cannot finish in time (a lock, a commit
+	// waiting for a synchronous standby that is gone) fails instead of hanging
+	// the request; Migrate lifts it for its own connection.
+	if _, set := pc.ConnConfig.RuntimeParams["statement_timeout"]; !set {
+		pc.ConnConfig.RuntimeParams["statement_timeout"] = strconv.FormatInt(cfg.Timeout.Milliseconds(), 10)
+	}
 	pc.MaxConns = cfg.MaxConns
 	if pc.MaxConns == 0 {
 		pc.MaxConns = 16
@@ -98,7 +107,7 @@ func Open(ctx context.Context, cfg Config, log *slog.Logger) (*Store, error) {
 	if log == nil {
 		log = slog.New(slog.DiscardHandler)
 	}
-	s := &Store{pool: pool, log: log}
+	s := &Store{pool: pool, log: log, timeout: cfg.Timeout}
 	for _, t := range cfg.StaticJoinTokens {
 		s.staticTokens = append(s.staticTokens, sha256.Sum256([]byte(t)))
 	}
@@ -132,6 +141,11 @@ func (s *Store) Migrate(ctx context.Context) (int, error) {
 		return 0, fmt.Errorf("migrate: %w", err)
 	}
 	defer conn.Release()
+	// Migrations may take longer than a request's statement (a large table).
+	if _, err := conn.Exec(ctx, "SET statement_timeout = 0"); err != nil {
+		return 0, fmt.Errorf("migrate: %w", err)
+	}
+	defer conn.Exec(context.Background(), "RESET statement_timeout")
 	return migrations.Up(ctx, conn.Conn(), s.log)
 }
 

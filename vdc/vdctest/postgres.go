@@ -180,6 +180,7 @@ func RunPostgres(cfg PostgresConfig) (*Postgres, error) {
 		}
 		// Another process may have taken the free port between probe and bind.
 		if attempt < 2 && strings.Contains(err.Error(), "could not bind") {
+			p.Port = 0
 			continue
 		}
 		return nil, err
@@ -192,12 +193,16 @@ func RunPostgres(cfg PostgresConfig) (*Postgres, error) {
 	return p, nil
 }
 
+// start starts the server of p.Dir on p.Port, or on a free port when it is 0.
 func (p *Postgres) start(cfg PostgresConfig, cred *syscall.Credential) error {
-	port, err := freePort()
-	if err != nil {
-		return err
+	if p.Port == 0 {
+		port, err := freePort()
+		if err != nil {
+			return err
+		}
+		p.Port = port
 	}
-	p.Port = port
+	port := p.Port
 	maxConn := cfg.MaxConnections
 	if maxConn == 0 {
 		maxConn = 200

@@ -62,7 +62,10 @@ func StartReplicated(t testing.TB, sync bool) *Replicated {
 
 // cloneStandby makes a standby of p with pg_basebackup -R (standby.signal and
 // primary_conninfo) in a new folder and starts it on a port of its own.
-func (p *Postgres) cloneStandby() (*Postgres, error) {
+func (p *Postgres) cloneStandby() (*Postgres, error) { return p.cloneStandbyOn(0) }
+
+// cloneStandbyOn is cloneStandby on a given port (0: a free one).
+func (p *Postgres) cloneStandbyOn(port int) (*Postgres, error) {
 	cred, uid, gid, err := serverCredential()
 	if err != nil {
 		return nil, err
@@ -79,7 +82,7 @@ func (p *Postgres) cloneStandby() (*Postgres, error) {
 			return nil, err
 		}
 	}
-	sb := &Postgres{Dir: dir, Password: p.Password, exited: make(chan struct{})}
+	sb := &Postgres{Dir: dir, Password: p.Password, Port: port, exited: make(chan struct{})}
 	cmd := exec.Command(filepath.Join(PostgresBinDir, "pg_basebackup"), "-h", "127.0.0.1", "-p", strconv.Itoa(p.Port),
 		"-U", "postgres", "-D", filepath.Join(dir, "data"), "-R", "-X", "stream", "--no-sync", "-c", "fast")
 	cmd.Env = append(serverEnv(), "PGPASSWORD="+p.Password, "PGAPPNAME=standby")
@@ -167,6 +170,29 @@ func (r *Replicated) Promote(t testing.TB) {
 	var ok bool
 	if err := conn.QueryRow(ctx, `SELECT pg_promote(wait => true, wait_seconds => 60)`).Scan(&ok); err != nil || !ok {
 		t.Fatalf("promote the standby: %v (promoted %v)\n%s", err, ok, tail([]byte(r.Standby.Log()), 20))
+	}
+}
+
+// RejoinOldPrimary brings a server back on the old primary's port as a streaming
+// standby of the promoted one (what Patroni or an operator does with a failed
+// primary: pg_rewind or a fresh clone; here a fresh clone). It becomes Standby; the
+// promoted server becomes Primary. A vDC whose URL lists the old port first must
+// never write to it.
+func (r *Replicated) RejoinOldPrimary(t testing.TB) {
+	t.Helper()
+	old := r.Primary
+	old.Stop()
+	sb, err := r.Standby.cloneStandbyOn(old.Port)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { sb.Stop() })
+	r.Primary, r.Standby = r.Standby, sb
+	// The promoted server has no synchronous_standby_names: the clone streams
+	// asynchronously.
+	r.Sync = false
+	if err := r.waitStreaming(30 * time.Second); err != nil {
+		t.Fatal(err)
 	}
 }
 
