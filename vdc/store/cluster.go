@@ -4,8 +4,6 @@ import (
 	"context"
 	"fmt"
 	"time"
-
-	"github.com/jackc/pgx/v5"
 )
 
 // ClusterState is what every vDC process sharing the database agrees on
@@ -42,36 +40,35 @@ const (
 // is cached for Epoch and Grace.
 func (s *Store) SyncCluster(ctx context.Context, interval time.Duration, grace string) (ClusterState, error) {
 	var cs ClusterState
-	err := pgx.BeginFunc(ctx, s.pool, func(tx pgx.Tx) error {
-		var tl string
-		// The first 8 hex digits of a WAL file name are its timeline. Only a
-		// primary answers: a read-only server fails here, before any write.
-		if err := tx.QueryRow(ctx, `SELECT substr(pg_walfile_name(pg_current_wal_lsn()), 1, 8)`).Scan(&tl); err != nil {
-			return fmt.Errorf("read the server timeline: %w", err)
-		}
-		if _, err := tx.Exec(ctx, `INSERT INTO cluster_state (epoch, server_timeline, grace_until, grace_reason)
-			VALUES ($1, $2, now() + 3 * $3::interval, $4) ON CONFLICT (singleton) DO NOTHING`,
-			NewEpoch(), tl, interval, GraceStart); err != nil {
-			return err
-		}
-		var old ClusterState
-		if err := tx.QueryRow(ctx, `SELECT epoch::text, server_timeline, grace_until, grace_reason
-			FROM cluster_state FOR UPDATE`).Scan(&old.Epoch, &old.Timeline, &old.GraceUntil, &old.GraceReason); err != nil {
-			return err
-		}
-		epoch := old.Epoch
-		if old.Timeline != tl {
-			epoch, grace, cs.Failover = NewEpoch(), GraceFailover, true
-		}
-		return tx.QueryRow(ctx, `UPDATE cluster_state SET epoch = $1, server_timeline = $2,
-			    grace_until = CASE WHEN $4 <> '' AND now() + 3 * $3::interval > grace_until
-			        THEN now() + 3 * $3::interval ELSE grace_until END,
-			    grace_reason = CASE WHEN $4 <> '' AND now() + 3 * $3::interval > grace_until
-			        THEN $4 ELSE grace_reason END,
-			    updated_at = now()
-			RETURNING epoch::text, server_timeline, grace_until, grace_reason`,
-			epoch, tl, interval, grace).Scan(&cs.Epoch, &cs.Timeline, &cs.GraceUntil, &cs.GraceReason)
-	})
+	// The first 8 hex digits of a WAL file name are its timeline; only a primary
+	// answers pg_current_wal_lsn, so a read-only server fails here, before a write.
+	const timeline = `(SELECT substr(pg_walfile_name(pg_current_wal_lsn()), 1, 8) AS tl)`
+	if _, err := s.pool.Exec(ctx, `INSERT INTO cluster_state (epoch, server_timeline, grace_until, grace_reason)
+		SELECT $1, cur.tl, now() + 3 * $2::interval, $3 FROM `+timeline+` cur
+		ON CONFLICT (singleton) DO NOTHING`, NewEpoch(), interval, GraceStart); err != nil {
+		return cs, fmt.Errorf("cluster state: %w", err)
+	}
+	// One statement, so the row is locked only while it runs: a vDC frozen or cut
+	// off between two statements holds nothing up. Concurrent vDCs that both see a
+	// new timeline serialize on the row; the second finds it moved already and keeps
+	// the first one's epoch, and only the one whose epoch was taken reports the
+	// failover.
+	proposed := NewEpoch()
+	err := s.pool.QueryRow(ctx, `UPDATE cluster_state c SET
+		    epoch = CASE WHEN c.server_timeline <> cur.tl THEN $1::uuid ELSE c.epoch END,
+		    grace_reason = CASE
+		        WHEN c.server_timeline <> cur.tl THEN $4
+		        WHEN $3 <> '' AND now() + 3 * $2::interval > c.grace_until THEN $3
+		        ELSE c.grace_reason END,
+		    grace_until = CASE
+		        WHEN (c.server_timeline <> cur.tl OR $3 <> '') AND now() + 3 * $2::interval > c.grace_until
+		            THEN now() + 3 * $2::interval
+		        ELSE c.grace_until END,
+		    server_timeline = cur.tl,
+		    updated_at = now()
+		FROM `+timeline+` cur
+		RETURNING c.epoch::text, c.server_timeline, c.grace_until, c.grace_reason, c.epoch = $1::uuid`,
+		proposed, interval, grace, GraceFailover).Scan(&cs.Epoch, &cs.Timeline, &cs.GraceUntil, &cs.GraceReason, &cs.Failover)
 	if err != nil {
 		return cs, fmt.Errorf("cluster state: %w", err)
 	}

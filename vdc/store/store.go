@@ -93,8 +93,12 @@ func Open(ctx context.Context, cfg Config, log *slog.Logger) (*Store, error) {
 	// A statement the server itself cannot finish in time (a lock, a commit
 	// waiting for a synchronous standby that is gone) fails instead of hanging
 	// the request; Migrate lifts it for its own connection.
-	if _, set := pc.ConnConfig.RuntimeParams["statement_timeout"]; !set {
-		pc.ConnConfig.RuntimeParams["statement_timeout"] = strconv.FormatInt(cfg.Timeout.Milliseconds(), 10)
+	// A vDC frozen or cut off inside a transaction must not hold row locks for
+	// the others: the server ends such a transaction after the same time.
+	for _, param := range []string{"statement_timeout", "idle_in_transaction_session_timeout"} {
+		if _, set := pc.ConnConfig.RuntimeParams[param]; !set {
+			pc.ConnConfig.RuntimeParams[param] = strconv.FormatInt(cfg.Timeout.Milliseconds(), 10)
+		}
 	}
 	pc.MaxConns = cfg.MaxConns
 	if pc.MaxConns == 0 {
