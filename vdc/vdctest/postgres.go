@@ -131,10 +131,9 @@ func RunPostgres(cfg PostgresConfig) (*Postgres, error) {
 	if err != nil {
 		return nil, err
 	}
-	// Not t.TempDir(): its parents are 0700 and the postgres user could not reach it.
-	dir, err := os.MkdirTemp("/tmp", "qx-pg-")
+	dir, err := serverDir("qx-pg-", cred, uid, gid)
 	if err != nil {
-		return nil, fmt.Errorf("postgresql temp folder: %w", err)
+		return nil, err
 	}
 	p := &Postgres{Dir: dir, exited: make(chan struct{})}
 	ok := false
@@ -143,14 +142,6 @@ func RunPostgres(cfg PostgresConfig) (*Postgres, error) {
 			os.RemoveAll(dir)
 		}
 	}()
-	if err := os.Chmod(dir, 0o755); err != nil {
-		return nil, fmt.Errorf("postgresql temp folder: %w", err)
-	}
-	if cred != nil {
-		if err := os.Chown(dir, uid, gid); err != nil {
-			return nil, fmt.Errorf("postgresql temp folder: %w", err)
-		}
-	}
 	var b [16]byte
 	rand.Read(b[:])
 	p.Password = hex.EncodeToString(b[:])
@@ -352,6 +343,25 @@ func (p *Postgres) NewDatabase(t testing.TB) string {
 func (p *Postgres) Log() string {
 	b, _ := os.ReadFile(filepath.Join(p.Dir, "postgres.log"))
 	return string(b)
+}
+
+// serverDir makes a folder for a server under /tmp that the postgres user (cred,
+// when running as root) owns. Not t.TempDir(): its parents are 0700 and the
+// postgres user could not reach it.
+func serverDir(prefix string, cred *syscall.Credential, uid, gid int) (string, error) {
+	dir, err := os.MkdirTemp("/tmp", prefix)
+	if err != nil {
+		return "", fmt.Errorf("postgresql temp folder: %w", err)
+	}
+	err = os.Chmod(dir, 0o755)
+	if err == nil && cred != nil {
+		err = os.Chown(dir, uid, gid)
+	}
+	if err != nil {
+		os.RemoveAll(dir)
+		return "", fmt.Errorf("postgresql temp folder: %w", err)
+	}
+	return dir, nil
 }
 
 func serverCredential() (*syscall.Credential, int, int, error) {

@@ -39,7 +39,7 @@ func StartReplicated(t testing.TB, sync bool) *Replicated {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { pri.Stop() })
-	sb, err := pri.cloneStandby()
+	sb, err := pri.cloneStandby(0)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -61,26 +61,15 @@ func StartReplicated(t testing.TB, sync bool) *Replicated {
 }
 
 // cloneStandby makes a standby of p with pg_basebackup -R (standby.signal and
-// primary_conninfo) in a new folder and starts it on a port of its own.
-func (p *Postgres) cloneStandby() (*Postgres, error) { return p.cloneStandbyOn(0) }
-
-// cloneStandbyOn is cloneStandby on a given port (0: a free one).
-func (p *Postgres) cloneStandbyOn(port int) (*Postgres, error) {
+// primary_conninfo) in a new folder and starts it on port (0: a free one).
+func (p *Postgres) cloneStandby(port int) (*Postgres, error) {
 	cred, uid, gid, err := serverCredential()
 	if err != nil {
 		return nil, err
 	}
-	dir, err := os.MkdirTemp("/tmp", "qx-pg-standby-")
+	dir, err := serverDir("qx-pg-standby-", cred, uid, gid)
 	if err != nil {
-		return nil, fmt.Errorf("standby temp folder: %w", err)
-	}
-	if err := os.Chmod(dir, 0o755); err != nil {
 		return nil, err
-	}
-	if cred != nil {
-		if err := os.Chown(dir, uid, gid); err != nil {
-			return nil, err
-		}
 	}
 	sb := &Postgres{Dir: dir, Password: p.Password, Port: port, exited: make(chan struct{})}
 	cmd := exec.Command(filepath.Join(PostgresBinDir, "pg_basebackup"), "-h", "127.0.0.1", "-p", strconv.Itoa(p.Port),
@@ -182,7 +171,7 @@ func (r *Replicated) RejoinOldPrimary(t testing.TB) {
 	t.Helper()
 	old := r.Primary
 	old.Stop()
-	sb, err := r.Standby.cloneStandbyOn(old.Port)
+	sb, err := r.Standby.cloneStandby(old.Port)
 	if err != nil {
 		t.Fatal(err)
 	}
