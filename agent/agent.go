@@ -216,6 +216,39 @@ func sleep(ctx context.Context, d time.Duration) bool {
 	}
 }
 
+// addressPoll is how often a request in flight checks the management address.
+const addressPoll = time.Second
+
+// requestContext bounds one request to the vDC: RequestTimeout, and a change of the
+// management address while it is in flight. Its connection was made from the old
+// address, which may be gone, so the answer could never arrive; the request ends
+// within addressPoll and the next one dials from the new address.
+func (s *Service) requestContext(ctx context.Context) (context.Context, context.CancelFunc) {
+	rctx, cancel := context.WithTimeout(ctx, s.cfg.RequestTimeout)
+	from := s.lastMgmt
+	if !from.IP.IsValid() {
+		return rctx, cancel
+	}
+	wctx, wcancel := context.WithCancelCause(rctx)
+	go func() {
+		t := time.NewTicker(addressPoll)
+		defer t.Stop()
+		for {
+			select {
+			case <-wctx.Done():
+				return
+			case <-t.C:
+			}
+			if m, err := DetectManagement(s.cfg.Netlink, s.cfg.Interface); err == nil && m.IP != from.IP {
+				wcancel(fmt.Errorf("management address changed from %s to %s during the request", from.IP, m.IP))
+				s.api.http.CloseIdleConnections()
+				return
+			}
+		}
+	}()
+	return wctx, func() { wcancel(context.Canceled); cancel() }
+}
+
 // management finds the management address now and logs when it changed.
 func (s *Service) management() (Management, error) {
 	m, err := DetectManagement(s.cfg.Netlink, s.cfg.Interface)
@@ -289,7 +322,7 @@ func (s *Service) tryRegister(ctx context.Context) error {
 	if total, _, ok := memInfo(); ok {
 		req.MemoryBytes = total
 	}
-	rctx, cancel := context.WithTimeout(ctx, s.cfg.RequestTimeout)
+	rctx, cancel := s.requestContext(ctx)
 	defer cancel()
 	resp, err := s.api.register(rctx, s.cfg.JoinToken, req)
 	if err != nil {
@@ -367,7 +400,7 @@ func (s *Service) heartbeat(ctx context.Context) error {
 	if p, ok := s.cpu.percent(); ok {
 		req.CPUPercent = &p
 	}
-	rctx, cancel := context.WithTimeout(ctx, s.cfg.RequestTimeout)
+	rctx, cancel := s.requestContext(ctx)
 	defer cancel()
 	resp, err := s.api.heartbeat(rctx, s.nodeID, s.id.NodeSecret, req)
 	if err != nil {
@@ -433,7 +466,7 @@ func (s *Service) sync(ctx context.Context, full bool) {
 		s.reported = nil
 		return
 	}
-	rctx, cancel := context.WithTimeout(ctx, s.cfg.RequestTimeout)
+	rctx, cancel := s.requestContext(ctx)
 	defer cancel()
 	now := time.Now()
 	if !full && s.reported != nil {

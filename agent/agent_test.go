@@ -11,9 +11,13 @@ import (
 	"log/slog"
 	"net"
 	"net/http"
+	"net/http/httptest"
+	"net/http/httputil"
+	"net/url"
 	"os"
 	"path/filepath"
 	"strings"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -366,6 +370,62 @@ func TestManagementAddressChange(t *testing.T) {
 	if len(markers(a.out)) != 1 {
 		t.Errorf("an address change must not re-register: markers %v", markers(a.out))
 	}
+}
+
+// TestAddressChangeDuringRequest: a heartbeat is in flight, its answer held back,
+// when the management address changes (a DHCP lease replacing the fallback
+// address): its connection belongs to the old address, so the agent ends it within
+// about a second instead of waiting out RequestTimeout, and the next heartbeat
+// brings the new address to the vDC.
+func TestAddressChangeDuringRequest(t *testing.T) {
+	if testing.Short() {
+		t.Skip("starts PostgreSQL and a vDC")
+	}
+	v := startVDC(t)
+	target, err := url.Parse(v.URL)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var hold atomic.Bool
+	held := make(chan time.Time, 16) // when a held request ended on the agent's side
+	rp := httputil.NewSingleHostReverseProxy(target)
+	front := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if hold.Load() && strings.HasSuffix(r.URL.Path, "/heartbeat") {
+			// The body read, the server notices the client going away.
+			io.Copy(io.Discard, r.Body)
+			<-r.Context().Done() // never answered: the agent must give up
+			held <- time.Now()
+			return
+		}
+		rp.ServeHTTP(w, r)
+	}))
+	t.Cleanup(front.Close)
+	ns := mgmtNS(t, "10.54.0.5/24", "10.54.0.1")
+	cfg := testConfig(t, v, ns, "node-move")
+	cfg.ControlPlane = front.URL
+	cfg.RequestTimeout = time.Minute
+	a := startAgent(t, cfg)
+	a.waitMarker(t, 1)
+	hold.Store(true)
+	before := a.svc.Status().Counts.Heartbeats
+	// Let a heartbeat start and hang.
+	time.Sleep(1500 * time.Millisecond)
+	if got := a.svc.Status().Counts.Heartbeats; got != before {
+		t.Fatalf("heartbeats went on while held: %d -> %d", before, got)
+	}
+	moved := time.Now()
+	ns.Readdress(ns.Link("uplink0"), "10.54.0.5/24", "10.54.0.1", "10.54.9.9/24", "10.54.9.1")
+	select {
+	case at := <-held:
+		t.Logf("the held heartbeat ended %s after the address change", at.Sub(moved).Round(10*time.Millisecond))
+	case <-time.After(5 * time.Second):
+		t.Fatalf("the heartbeat in flight was still waiting 5s after the address change (RequestTimeout %s)", cfg.RequestTimeout)
+	}
+	hold.Store(false)
+	eventually(t, 10*time.Second, "new address in the vDC", func() (bool, string) {
+		n := oneNode(t, v, "node-move")
+		return n.ManagementIP == "10.54.9.9", fmt.Sprintf("vDC node %+v", n)
+	})
 }
 
 // TestInventory: libvirt's domains and pools reach the vDC; lifecycle changes
