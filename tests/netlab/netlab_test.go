@@ -67,8 +67,15 @@ func TestPairDHCP(t *testing.T) {
 		len(dns) != 1 || dns[0].String() != "10.77.0.53" || l.ACK.IPAddressLeaseTime(0) != time.Hour {
 		t.Errorf("lease %s router %v dns %v time %v, want 10.77.0.100 via %s, dns 10.77.0.53, 1h", ip, r, dns, l.ACK.IPAddressLeaseTime(0), Gateway)
 	}
-	if got := d.Requests(); len(got) != 2 || !strings.HasPrefix(got[0], "DISCOVER from ") || !strings.HasPrefix(got[1], "REQUEST from ") {
-		t.Errorf("requests = %q, want a DISCOVER and a REQUEST", got)
+	// The client retransmits its DISCOVER when an OFFER takes over its 1 s timeout
+	// (a loaded machine): one or more DISCOVERs, then exactly one REQUEST.
+	got := d.Requests()
+	discovers := 0
+	for discovers < len(got) && strings.HasPrefix(got[discovers], "DISCOVER from ") {
+		discovers++
+	}
+	if discovers == 0 || len(got) != discovers+1 || !strings.HasPrefix(got[discovers], "REQUEST from ") {
+		t.Errorf("requests = %q, want DISCOVERs (retransmitted at most) and then one REQUEST", got)
 	}
 
 	d.Forget(150)
