@@ -13,6 +13,7 @@ APT_PACKAGES := \
 	isolinux syslinux-common grub-efi-amd64-bin grub-pc-bin grub-common \
 	mtools dosfstools e2fsprogs kmod cpio xorriso squashfs-tools \
 	iproute2 dnsmasq-base \
+	patroni etcd-server etcd-client \
 	libvirt-daemon libvirt-daemon-system libvirt-clients \
 	chromium fonts-liberation \
 	ca-certificates
