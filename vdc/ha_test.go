@@ -121,25 +121,20 @@ func sleepCtx(ctx context.Context, d time.Duration) {
 	}
 }
 
-// TestFailoverStreamingStandby (docs/design.md §17): a primary with a synchronous
-// streaming standby, two vDC processes on a multi-host database URL
-// (target_session_attrs=read-write), and agents heartbeating both. The primary is
-// stopped the immediate way (pg_ctl stop -m immediate) and the standby promoted:
-// every acknowledged registration and heartbeat is on the new primary, no node is
-// demoted, each node is asked for its full state exactly once (one new epoch for
-// the whole cluster), and heartbeats resume within seconds of the promotion.
-func TestFailoverStreamingStandby(t *testing.T) {
-	skipShort(t)
-	const (
-		agents = 24
-		iv     = time.Second
-		tick   = 200 * time.Millisecond
-	)
-	r := vdctest.StartReplicated(t, true)
-	dbURL, err := vdctest.MultiHostURL(r.Primary.NewDatabase(t), r.Primary, r.Standby)
-	if err != nil {
-		t.Fatal(err)
-	}
+// haCluster is two vDC processes on one database URL and agents heartbeating
+// them, half on each.
+type haCluster struct {
+	vdcs   []*vdctest.VDC
+	agents []*haAgent
+	iv     time.Duration
+	cancel context.CancelFunc
+	wg     sync.WaitGroup
+}
+
+// startHA starts two vDCs on dbURL and n agents, and waits until every agent
+// registered and heartbeats.
+func startHA(t *testing.T, dbURL string, n int, iv, tick time.Duration) *haCluster {
+	t.Helper()
 	// The vDCs' logs go to a buffer, shown when the test fails: a failover makes
 	// many lines.
 	logs := &syncbuf.Buffer{}
@@ -150,38 +145,180 @@ func TestFailoverStreamingStandby(t *testing.T) {
 	})
 	opts := vdctest.Options{DatabaseURL: dbURL, HeartbeatInterval: iv, JoinTokens: []string{"ha-join-" + newSecret()},
 		AdminToken: "ha-admin-" + newSecret(), Log: logs}
-	vdcs := []*vdctest.VDC{vdctest.Start(t, opts), vdctest.Start(t, opts)}
-
+	c := &haCluster{vdcs: []*vdctest.VDC{vdctest.Start(t, opts), vdctest.Start(t, opts)}, iv: iv}
 	ctx, cancel := context.WithCancel(context.Background())
-	var wg sync.WaitGroup
-	as := make([]*haAgent, agents)
-	for i := range as {
-		as[i] = &haAgent{n: newNode(fmt.Sprintf("ha-%02d", i)), vdc: vdcs[i%2],
+	c.cancel = cancel
+	c.agents = make([]*haAgent, n)
+	for i := range c.agents {
+		c.agents[i] = &haAgent{n: newNode(fmt.Sprintf("ha-%02d", i)), vdc: c.vdcs[i%2],
 			hc: &http.Client{Timeout: 10 * time.Second}}
-		wg.Add(1)
-		go func() { defer wg.Done(); as[i].run(ctx, opts.JoinTokens[0], tick) }()
+		c.wg.Add(1)
+		go func() { defer c.wg.Done(); c.agents[i].run(ctx, opts.JoinTokens[0], tick) }()
 	}
-	defer func() { cancel(); wg.Wait() }()
-	// Steady state: every agent registered, its state in, heartbeating.
+	t.Cleanup(c.stop)
 	deadline := time.Now().Add(30 * time.Second)
 	for {
 		steady := 0
-		for _, a := range as {
+		for _, a := range c.agents {
 			a.mu.Lock()
 			if a.registered && len(a.acks) >= 3 {
 				steady++
 			}
 			a.mu.Unlock()
 		}
-		if steady == agents {
+		if steady == n {
 			break
 		}
 		if time.Now().After(deadline) {
-			t.Fatalf("only %d of %d agents heartbeating after 30s", steady, agents)
+			t.Fatalf("only %d of %d agents heartbeating after 30s", steady, n)
 		}
 		time.Sleep(100 * time.Millisecond)
 	}
 	time.Sleep(2 * iv)
+	return c
+}
+
+// stop ends the agents (idempotent).
+func (c *haCluster) stop() {
+	c.cancel()
+	c.wg.Wait()
+}
+
+// failures counts the agents' failed requests so far.
+func (c *haCluster) failures() int {
+	n := 0
+	for _, a := range c.agents {
+		a.mu.Lock()
+		n += a.failures
+		a.mu.Unlock()
+	}
+	return n
+}
+
+// waitResumed waits until every agent has a heartbeat acknowledged after since and
+// logs how long after since the first, the median and the last agent got one.
+func (c *haCluster) waitResumed(t *testing.T, what string, since time.Time, timeout time.Duration) {
+	t.Helper()
+	var firstAfter []time.Duration
+	deadline := time.Now().Add(timeout)
+	for {
+		firstAfter = firstAfter[:0]
+		for _, a := range c.agents {
+			a.mu.Lock()
+			for _, at := range a.acks {
+				if at.After(since) {
+					firstAfter = append(firstAfter, at.Sub(since))
+					break
+				}
+			}
+			a.mu.Unlock()
+		}
+		if len(firstAfter) == len(c.agents) {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("%d of %d agents heartbeating %v after %s", len(firstAfter), len(c.agents), timeout, what)
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+	sort.Slice(firstAfter, func(i, j int) bool { return firstAfter[i] < firstAfter[j] })
+	n := len(firstAfter)
+	t.Logf("%s to the first acknowledged heartbeat: first agent %s, median %s, last %s", what,
+		firstAfter[0].Round(10*time.Millisecond), firstAfter[n/2].Round(10*time.Millisecond),
+		firstAfter[n-1].Round(10*time.Millisecond))
+}
+
+// check stops the agents and checks what the writable server of dbURL holds: every
+// acknowledged registration and heartbeat, no node demoted, and each node asked
+// for its full state fullSyncs times after since (once per database failover: the
+// cluster's epoch, not one per vDC).
+func (c *haCluster) check(t *testing.T, dbURL string, since time.Time, fullSyncs int) {
+	t.Helper()
+	c.stop()
+	dbctx, dbcancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer dbcancel()
+	conn, err := pgx.Connect(dbctx, dbURL) // finds the writable one
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Close(dbctx)
+	for _, a := range c.agents {
+		a.mu.Lock()
+		var lastHB time.Time
+		err := conn.QueryRow(dbctx, `SELECT last_heartbeat FROM nodes WHERE id = $1`, a.n.ID).Scan(&lastHB)
+		switch {
+		case err != nil:
+			t.Errorf("%s (%s): acknowledged registration missing after the failover: %v", a.n.Hostname, a.n.ID, err)
+		case lastHB.Before(a.lastAckSent):
+			t.Errorf("%s: last_heartbeat %v is older than the last acknowledged heartbeat (sent %v)", a.n.Hostname, lastHB, a.lastAckSent)
+		}
+		var after int
+		for _, f := range a.fullSyncs {
+			if f.After(since) {
+				after++
+			}
+		}
+		if after != fullSyncs {
+			t.Errorf("%s: asked for its full state %d times after the failover, want %d (full syncs at %v)", a.n.Hostname, after, fullSyncs, a.fullSyncs)
+		}
+		a.mu.Unlock()
+	}
+	rows, err := conn.Query(dbctx, `SELECT hostname || ': ' || message FROM node_events
+		WHERE kind = 'phase' AND message NOT LIKE '% -> ready%' ORDER BY at`)
+	if err != nil {
+		t.Fatal(err)
+	}
+	demoted, err := pgx.CollectRows(rows, pgx.RowTo[string])
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(demoted) != 0 {
+		t.Errorf("nodes demoted for the control plane's failover: %v", demoted)
+	}
+	var epochs int
+	if err := conn.QueryRow(dbctx, `SELECT count(DISTINCT state_epoch) FROM nodes`).Scan(&epochs); err != nil || epochs != 1 {
+		t.Errorf("nodes' state epochs: %d distinct (%v), want 1: the cluster's current one", epochs, err)
+	}
+	t.Logf("%d agents, %d failed requests in all (refused or 503 while no primary was writable)", len(c.agents), c.failures())
+}
+
+// checkNeverUsed checks that p is a standby no vDC has a session on.
+func checkNeverUsed(t *testing.T, p *vdctest.Postgres) {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	c, err := pgx.Connect(ctx, p.AdminURL())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close(ctx)
+	var recovery bool
+	var sessions int
+	if err := c.QueryRow(ctx, `SELECT pg_is_in_recovery(), (SELECT count(*) FROM pg_stat_activity WHERE usename = $1)`,
+		vdctest.Role).Scan(&recovery, &sessions); err != nil {
+		t.Fatal(err)
+	}
+	if !recovery || sessions != 0 {
+		t.Errorf("the old primary's address: in recovery %v, %d vDC sessions; want a standby the vDCs never use", recovery, sessions)
+	}
+}
+
+// TestFailoverStreamingStandby (docs/design.md §17): a primary with a synchronous
+// streaming standby, two vDC processes on a multi-host database URL
+// (target_session_attrs=read-write), and agents heartbeating both. The primary is
+// stopped the immediate way (pg_ctl stop -m immediate) and the standby promoted:
+// every acknowledged registration and heartbeat is on the new primary, no node is
+// demoted, each node is asked for its full state exactly once (one new epoch for
+// the whole cluster), and heartbeats resume within seconds of the promotion.
+func TestFailoverStreamingStandby(t *testing.T) {
+	skipShort(t)
+	const iv = time.Second
+	r := vdctest.StartReplicated(t, true)
+	dbURL, err := vdctest.MultiHostURL(r.Primary.NewDatabase(t), r.Primary, r.Standby)
+	if err != nil {
+		t.Fatal(err)
+	}
+	c := startHA(t, dbURL, 24, iv, 200*time.Millisecond)
 
 	killed := time.Now()
 	r.KillPrimary(t)
@@ -194,125 +331,130 @@ func TestFailoverStreamingStandby(t *testing.T) {
 	promoted := time.Now()
 	t.Logf("primary stopped (immediate); standby promoted %s later (pg_promote took %s)",
 		promoted.Sub(killed).Round(10*time.Millisecond), promoted.Sub(promoteStart).Round(10*time.Millisecond))
-
-	// Heartbeats resume; let every agent run a few intervals on the new primary.
-	var firstAfter []time.Duration
-	deadline = time.Now().Add(30 * time.Second)
-	for {
-		firstAfter = firstAfter[:0]
-		for _, a := range as {
-			a.mu.Lock()
-			for _, at := range a.acks {
-				if at.After(promoted) {
-					firstAfter = append(firstAfter, at.Sub(promoted))
-					break
-				}
-			}
-			a.mu.Unlock()
-		}
-		if len(firstAfter) == agents {
-			break
-		}
-		if time.Now().After(deadline) {
-			t.Fatalf("%d of %d agents heartbeating 30s after the promotion", len(firstAfter), agents)
-		}
-		time.Sleep(50 * time.Millisecond)
-	}
-	sort.Slice(firstAfter, func(i, j int) bool { return firstAfter[i] < firstAfter[j] })
-	t.Logf("promotion to the first acknowledged heartbeat: first agent %s, median %s, last %s",
-		firstAfter[0].Round(10*time.Millisecond), firstAfter[agents/2].Round(10*time.Millisecond),
-		firstAfter[agents-1].Round(10*time.Millisecond))
+	c.waitResumed(t, "promotion", promoted, 30*time.Second)
 	time.Sleep(4 * iv)
 
 	// The read-only trap: the old primary's address, first in the URL, comes back
 	// as a standby. New connections skip it (target_session_attrs=read-write) and
 	// nothing fails.
-	failuresBefore := func() int {
-		n := 0
-		for _, a := range as {
-			a.mu.Lock()
-			n += a.failures
-			a.mu.Unlock()
-		}
-		return n
-	}
 	r.RejoinOldPrimary(t)
-	for _, v := range vdcs { // fresh connections must choose again
+	for _, v := range c.vdcs { // fresh connections must choose again
 		v.Restart(t)
 	}
-	f0 := failuresBefore()
+	f0 := c.failures()
 	time.Sleep(4 * iv)
-	if f := failuresBefore() - f0; f != 0 {
+	if f := c.failures() - f0; f != 0 {
 		t.Errorf("%d failed requests with the old primary's address back as a standby, want 0", f)
 	}
-	func() {
-		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
-		defer cancel()
-		c, err := pgx.Connect(ctx, r.Standby.AdminURL())
-		if err != nil {
-			t.Fatal(err)
-		}
-		defer c.Close(ctx)
-		var recovery bool
-		var sessions int
-		if err := c.QueryRow(ctx, `SELECT pg_is_in_recovery(), (SELECT count(*) FROM pg_stat_activity WHERE usename = $1)`,
-			vdctest.Role).Scan(&recovery, &sessions); err != nil {
-			t.Fatal(err)
-		}
-		if !recovery || sessions != 0 {
-			t.Errorf("the old primary's address: in recovery %v, %d vDC sessions; want a standby the vDCs never use", recovery, sessions)
-		}
-	}()
-	cancel()
-	wg.Wait()
+	checkNeverUsed(t, r.Standby)
+	c.check(t, dbURL, killed, 1)
+}
 
-	// What the new primary holds.
-	dbctx, dbcancel := context.WithTimeout(context.Background(), 30*time.Second)
-	defer dbcancel()
-	conn, err := pgx.Connect(dbctx, dbURL) // finds the writable one
+// TestFailoverPatroni (docs/design.md §17): the same two vDCs and agents on a
+// two-member Patroni cluster (etcd, synchronous_mode, failsafe_mode), through the
+// faults a site meets: the primary's postgres killed with SIGKILL, etcd stopped,
+// and the primary's machine hung (its Patroni frozen with SIGSTOP, then reset by
+// its watchdog). The vDCs follow whichever server Patroni makes the primary, lose
+// nothing acknowledged, demote no node, and ask each node for its full state once
+// per change of timeline.
+func TestFailoverPatroni(t *testing.T) {
+	skipShort(t)
+	const iv = time.Second
+	pc := vdctest.StartPatroni(t, 2)
+	leader, err := pc.WaitLeader(nil, time.Second)
 	if err != nil {
 		t.Fatal(err)
 	}
-	defer conn.Close(dbctx)
-	failures := 0
-	for _, a := range as {
-		a.mu.Lock()
-		failures += a.failures
-		var lastHB time.Time
-		err := conn.QueryRow(dbctx, `SELECT last_heartbeat FROM nodes WHERE id = $1`, a.n.ID).Scan(&lastHB)
-		switch {
-		case err != nil:
-			t.Errorf("%s (%s): acknowledged registration missing after the failover: %v", a.n.Hostname, a.n.ID, err)
-		case lastHB.Before(a.lastAckSent):
-			t.Errorf("%s: last_heartbeat %v is older than the last acknowledged heartbeat (sent %v)", a.n.Hostname, lastHB, a.lastAckSent)
-		}
-		var after int
-		for _, f := range a.fullSyncs {
-			if f.After(killed) {
-				after++
-			}
-		}
-		if after != 1 {
-			t.Errorf("%s: asked for its full state %d times after the failover, want once (full syncs at %v)", a.n.Hostname, after, a.fullSyncs)
-		}
-		a.mu.Unlock()
-	}
-	var demoted []string
-	rows, err := conn.Query(dbctx, `SELECT hostname || ': ' || message FROM node_events
-		WHERE kind = 'phase' AND message NOT LIKE '% -> ready%' ORDER BY at`)
+	dbURL, err := pc.URL(leader.Postgres(pc).NewDatabase(t))
 	if err != nil {
 		t.Fatal(err)
 	}
-	demoted, err = pgx.CollectRows(rows, pgx.RowTo[string])
+	tl0 := timeline(t, dbURL)
+	c := startHA(t, dbURL, 16, iv, 200*time.Millisecond)
+	start := time.Now()
+
+	// 1. kill -9 of the primary's postgres: Patroni brings it back (or fails over).
+	killed := time.Now()
+	if err := leader.KillPostgres(); err != nil {
+		t.Fatal(err)
+	}
+	c.waitResumed(t, "kill -9 of the primary's postgres", killed, 60*time.Second)
+	if err := pc.WaitReplicas(60 * time.Second); err != nil {
+		t.Fatal(err)
+	}
+	time.Sleep(2 * iv)
+
+	// 2. etcd stopped for longer than the leader key lives: failsafe_mode keeps the
+	// primary, so the control plane carries on without a single failed request.
+	pc.StopEtcd()
+	f0 := c.failures()
+	stopped := time.Now()
+	time.Sleep(2 * vdctest.PatroniTTL * time.Second)
+	if f := c.failures() - f0; f != 0 {
+		t.Errorf("%d failed requests while etcd was stopped for %s, want 0 (failsafe_mode)", f, time.Since(stopped).Round(time.Second))
+	}
+	if err := pc.StartEtcd(); err != nil {
+		t.Fatal(err)
+	}
+	time.Sleep(3 * vdctest.PatroniLoopWait * time.Second)
+
+	// 3. The primary's machine hangs: its Patroni stops (SIGSTOP) while its postgres
+	// runs on, and its watchdog resets the machine before the leader key expires
+	// (Patroni's safety margin; here the reset kills Patroni and postgres). The
+	// synchronous standby takes over when the key expires; the machine reboots and
+	// its Patroni brings the old primary back as a replica (pg_rewind).
+	leader, err = pc.WaitLeader(nil, 30*time.Second)
 	if err != nil {
 		t.Fatal(err)
 	}
-	if len(demoted) != 0 {
-		t.Errorf("nodes demoted for the control plane's failover: %v", demoted)
+	if err := leader.Freeze(); err != nil {
+		t.Fatal(err)
 	}
-	var epochs int
-	if err := conn.QueryRow(dbctx, `SELECT count(DISTINCT state_epoch) FROM nodes`).Scan(&epochs); err != nil || epochs != 1 {
-		t.Errorf("nodes' state epochs: %d distinct (%v), want 1: the cluster's new one", epochs, err)
+	frozen := time.Now()
+	time.Sleep((vdctest.PatroniTTL - vdctest.PatroniSafetyMargin) * time.Second)
+	if err := leader.Reset(); err != nil {
+		t.Fatal(err)
 	}
-	t.Logf("%d agents, %d failed requests in all (refused or 503 while no primary was writable)", agents, failures)
+	reset := time.Now()
+	next, err := pc.WaitLeader(leader, 60*time.Second)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Logf("%s frozen; %s leads %s later", leader.Name, next.Name, time.Since(frozen).Round(100*time.Millisecond))
+	c.waitResumed(t, "the hung primary's reset", reset, 60*time.Second)
+	if err := leader.Start(); err != nil {
+		t.Fatal(err)
+	}
+	if err := pc.WaitReplicas(90 * time.Second); err != nil {
+		t.Fatalf("%v\n%s", err, leader.Log())
+	}
+	for _, v := range c.vdcs { // fresh connections must choose again
+		v.Restart(t)
+	}
+	f0 = c.failures()
+	time.Sleep(4 * iv)
+	if f := c.failures() - f0; f != 0 {
+		t.Errorf("%d failed requests with the old primary back as a replica, want 0", f)
+	}
+	checkNeverUsed(t, leader.Postgres(pc))
+	tl1 := timeline(t, dbURL)
+	t.Logf("timeline %d -> %d", tl0, tl1)
+	c.check(t, dbURL, start, tl1-tl0)
+}
+
+// timeline is the WAL timeline of the writable server of dbURL.
+func timeline(t *testing.T, dbURL string) int {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	conn, err := pgx.Connect(ctx, dbURL)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Close(ctx)
+	var tl int
+	if err := conn.QueryRow(ctx, `SELECT timeline_id FROM pg_control_checkpoint()`).Scan(&tl); err != nil {
+		t.Fatal(err)
+	}
+	return tl
 }
