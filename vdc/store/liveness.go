@@ -229,15 +229,18 @@ WITH census AS (
     SELECT count(*) AS total, count(*) FILTER (WHERE ` + want + ` = 'disconnected') AS silent
     FROM nodes n WHERE n.phase <> 'maintenance'
 ), judged AS (
-    SELECT n.id, n.phase AS old, c.silent, c.total,
+    SELECT n.id, c.silent, c.total,
         (c.total >= ` + fmt.Sprint(MassSilenceMinNodes) + ` AND c.silent * 2 > c.total AND ` + want + ` = 'disconnected') AS held,
         ` + want + ` AS want
     FROM nodes n CROSS JOIN census c
     WHERE n.phase <> 'maintenance'
 ), cand AS (
-    SELECT n.id, j.old, j.held, j.silent, j.total FROM nodes n JOIN judged j ON j.id = n.id
-    WHERE (CASE WHEN j.held THEN 'not_ready' ELSE j.want END) <> j.old
-      AND (now() >= $2 OR ` + fmt.Sprintf(rank, "j.want") + ` < ` + fmt.Sprintf(rank, "j.old") + `)
+    -- n.phase, not the snapshot's phase: FOR UPDATE re-checks a row that changed since the
+    -- statement's snapshot against its newest version, so a change another vDC's
+    -- sweep committed meanwhile is not made (and recorded) a second time.
+    SELECT n.id, n.phase AS old, j.held, j.silent, j.total FROM nodes n JOIN judged j ON j.id = n.id
+    WHERE (CASE WHEN j.held THEN 'not_ready' ELSE j.want END) <> n.phase
+      AND (now() >= $2 OR ` + fmt.Sprintf(rank, "j.want") + ` < ` + fmt.Sprintf(rank, "n.phase") + `)
     ORDER BY n.id
     FOR UPDATE OF n SKIP LOCKED
 ), ch AS (

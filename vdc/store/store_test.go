@@ -12,6 +12,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/jackc/pgx/v5"
+
 	"github.com/quantix/quantix"
 	"github.com/quantix/quantix/vdc/store"
 	"github.com/quantix/quantix/vdc/vdctest"
@@ -268,5 +270,65 @@ func TestSweepMassSilence(t *testing.T) {
 	}
 	if got, want := strings.Join(phases(), " "), "disconnected ready ready ready ready"; got != want {
 		t.Errorf("1 of 5 silent: phases %s, want %s", got, want)
+	}
+}
+
+// TestSweepConcurrent: several vDCs sweep the same nodes at the same moment (as
+// when a frozen vDC resumes mid-sweep next to a running one). Each phase change is
+// made, and recorded in the node's history, exactly once.
+func TestSweepConcurrent(t *testing.T) {
+	s := openStore(t)
+	ctx := context.Background()
+	const (
+		iv       = 10 * time.Second
+		nodes    = 100
+		sweepers = 4
+		rounds   = 15
+	)
+	past := time.Now().Add(-time.Hour)
+	for i := range nodes {
+		reg(t, s, fmt.Sprintf("conc-%03d", i), "secret")
+	}
+	for round := range rounds {
+		// Every node 2.5 intervals silent: each sweep wants ready -> not_ready.
+		if _, err := s.Pool().Exec(ctx, `UPDATE nodes SET phase = 'ready', last_heartbeat = now() - interval '25 seconds'`); err != nil {
+			t.Fatal(err)
+		}
+		var wg sync.WaitGroup
+		start := make(chan struct{})
+		changed := make([]int, sweepers)
+		for i := range sweepers {
+			wg.Add(1)
+			go func() {
+				defer wg.Done()
+				<-start
+				ch, err := s.Sweep(ctx, iv, past)
+				if err != nil {
+					t.Error(err)
+				}
+				changed[i] = len(ch)
+			}()
+		}
+		close(start)
+		wg.Wait()
+		total := 0
+		for _, n := range changed {
+			total += n
+		}
+		if total != nodes {
+			t.Errorf("round %d: the sweepers reported %d phase changes (%v), want %d: one per node", round, total, changed, nodes)
+		}
+	}
+	var dups []string
+	rows, err := s.Pool().Query(ctx, `SELECT hostname || ': ' || count(*) FROM node_events
+		WHERE kind = 'phase' AND message LIKE 'ready -> not_ready%' GROUP BY hostname HAVING count(*) <> $1`, rounds)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if dups, err = pgx.CollectRows(rows, pgx.RowTo[string]); err != nil {
+		t.Fatal(err)
+	}
+	if len(dups) != 0 {
+		t.Errorf("nodes whose ready -> not_ready was recorded other than %d times: %v", rounds, dups)
 	}
 }
