@@ -8,7 +8,9 @@ import (
 	"io"
 	"net/http"
 	"sort"
+	"strings"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -24,8 +26,10 @@ import (
 // agent does, and records what the vDC acknowledged.
 type haAgent struct {
 	n   *node
-	vdc *vdctest.VDC
+	url string // the vDC's
 	hc  *http.Client
+	// silent: the agent sends nothing (a node gone quiet) until cleared.
+	silent atomic.Bool
 
 	mu sync.Mutex
 	// registered: the vDC acknowledged the registration; lastAckSent is when the
@@ -42,7 +46,7 @@ func (a *haAgent) do(ctx context.Context, method, path, token string, body, out 
 	if err != nil {
 		return 0, err
 	}
-	req, err := http.NewRequestWithContext(ctx, method, a.vdc.URL+path, bytes.NewReader(b))
+	req, err := http.NewRequestWithContext(ctx, method, a.url+path, bytes.NewReader(b))
 	if err != nil {
 		return 0, err
 	}
@@ -79,6 +83,10 @@ func (a *haAgent) run(ctx context.Context, token string, tick time.Duration) {
 	hash := quantix.StateHash(nil, nil)
 	sendState := true
 	for ctx.Err() == nil {
+		if a.silent.Load() {
+			sleepCtx(ctx, tick)
+			continue
+		}
 		if sendState {
 			if _, err := a.do(ctx, http.MethodPut, quantix.PathState(a.n.ID), a.n.Secret, quantix.NodeState{StateHash: hash}, nil); err != nil {
 				a.fail()
@@ -150,7 +158,7 @@ func startHA(t *testing.T, dbURL string, n int, iv, tick time.Duration) *haClust
 	c.cancel = cancel
 	c.agents = make([]*haAgent, n)
 	for i := range c.agents {
-		c.agents[i] = &haAgent{n: newNode(fmt.Sprintf("ha-%02d", i)), vdc: c.vdcs[i%2],
+		c.agents[i] = &haAgent{n: newNode(fmt.Sprintf("ha-%02d", i)), url: c.vdcs[i%2].URL,
 			hc: &http.Client{Timeout: 10 * time.Second}}
 		c.wg.Add(1)
 		go func() { defer c.wg.Done(); c.agents[i].run(ctx, opts.JoinTokens[0], tick) }()
@@ -457,4 +465,98 @@ func timeline(t *testing.T, dbURL string) int {
 		t.Fatal(err)
 	}
 	return tl
+}
+
+// TestFrozenVDC (docs/design.md §17): two vDCs on one database, one of them a
+// process frozen (SIGSTOP) for longer than the liveness interval and resumed, again
+// and again, while nodes go silent and come back. Every phase change is recorded
+// exactly once, and the frozen vDC's stall grants no liveness grace that would
+// hold back the demotion of nodes that really went silent.
+func TestFrozenVDC(t *testing.T) {
+	skipShort(t)
+	const (
+		iv     = time.Second
+		agents = 9
+		rounds = 3
+	)
+	bin := vdctest.BuildVDC(t)
+	opts := vdctest.Options{DatabaseURL: vdctest.Shared(t).NewDatabase(t), HeartbeatInterval: iv,
+		JoinTokens: []string{"frozen-join-" + newSecret()}, AdminToken: "frozen-admin-" + newSecret()}
+	running := vdctest.Start(t, opts)
+	frozen := vdctest.StartProcess(t, bin, opts)
+
+	ctx, cancel := context.WithCancel(context.Background())
+	var wg sync.WaitGroup
+	as := make([]*haAgent, agents)
+	for i := range as {
+		as[i] = &haAgent{n: newNode(fmt.Sprintf("frozen-%d", i)), url: running.URL, hc: &http.Client{Timeout: 10 * time.Second}}
+		wg.Add(1)
+		go func() { defer wg.Done(); as[i].run(ctx, opts.JoinTokens[0], 200*time.Millisecond) }()
+	}
+	defer func() { cancel(); wg.Wait() }()
+	// Past the start grace of both vDCs, every node ready.
+	time.Sleep(4 * iv)
+	for _, a := range as {
+		running.WaitPhase(t, a.n.ID, quantix.PhaseReady, 10*time.Second)
+	}
+	quiet := as[:3] // a third: no mass silence
+	for round := range rounds {
+		for _, a := range quiet {
+			a.silent.Store(true)
+		}
+		silenced := time.Now()
+		// The frozen vDC stalls for 1.5 intervals at a time, with 0.3 s between,
+		// until the quiet nodes are disconnected.
+		for {
+			if err := frozen.Freeze(); err != nil {
+				t.Fatal(err)
+			}
+			time.Sleep(3 * iv / 2)
+			if err := frozen.Thaw(); err != nil {
+				t.Fatal(err)
+			}
+			time.Sleep(300 * time.Millisecond)
+			n := 0
+			for _, a := range quiet {
+				if running.Node(t, a.n.ID).Phase == quantix.PhaseDisconnected {
+					n++
+				}
+			}
+			if n == len(quiet) {
+				break
+			}
+			if time.Since(silenced) > 20*iv {
+				t.Fatalf("round %d: %d of %d silent nodes disconnected after %s (a grace from the frozen vDC?)",
+					round, n, len(quiet), time.Since(silenced).Round(100*time.Millisecond))
+			}
+		}
+		t.Logf("round %d: silent nodes disconnected %s after they went quiet (3 intervals is the rule)", round,
+			time.Since(silenced).Round(100*time.Millisecond))
+		for _, a := range quiet {
+			a.silent.Store(false)
+		}
+		for _, a := range quiet {
+			running.WaitPhase(t, a.n.ID, quantix.PhaseReady, 10*time.Second)
+		}
+	}
+	cancel()
+	wg.Wait()
+	for i, a := range as {
+		var got []string
+		for _, ev := range running.NodeEvents(t, a.n.ID) {
+			if ev.Kind == "phase" {
+				change, _, _ := strings.Cut(ev.Message, " (")
+				got = append(got, change)
+			}
+		}
+		var want []string
+		if i < len(quiet) {
+			for range rounds {
+				want = append(want, "ready -> not_ready", "not_ready -> disconnected", "disconnected -> ready")
+			}
+		}
+		if strings.Join(got, ", ") != strings.Join(want, ", ") {
+			t.Errorf("%s: phase history %q, want %q", a.n.Hostname, got, want)
+		}
+	}
 }

@@ -35,9 +35,12 @@ const (
 // SyncCluster reads the cluster state, creating it on first use, and moves it on
 // when the database runs on another timeline than the epoch's (a failover: new
 // epoch, and a grace of 3 intervals so that no node is demoted for the heartbeats
-// the failover cost). grace, when not empty, grants such a grace for that reason
-// (a vDC start, a write outage this process saw); a grace never shrinks. The result
-// is cached for Epoch and Grace.
+// the failover cost). grace, when not empty, asks for such a grace for that reason
+// (a vDC start, a write outage this process saw); it is granted only when no vDC
+// synced the cluster state for an interval (the whole control plane was away or
+// could not write), so that one vDC that was stopped, frozen or cut off while the
+// others carried on does not hold back the demotion of nodes that really went
+// silent. A grace never shrinks. The result is cached for Epoch and Grace.
 func (s *Store) SyncCluster(ctx context.Context, interval time.Duration, grace string) (ClusterState, error) {
 	var cs ClusterState
 	// The first 8 hex digits of a WAL file name are its timeline; only a primary
@@ -58,10 +61,11 @@ func (s *Store) SyncCluster(ctx context.Context, interval time.Duration, grace s
 		    epoch = CASE WHEN c.server_timeline <> cur.tl THEN $1::uuid ELSE c.epoch END,
 		    grace_reason = CASE
 		        WHEN c.server_timeline <> cur.tl THEN $4
-		        WHEN $3 <> '' AND now() + 3 * $2::interval > c.grace_until THEN $3
+		        WHEN $3 <> '' AND c.updated_at < now() - $2::interval AND now() + 3 * $2::interval > c.grace_until THEN $3
 		        ELSE c.grace_reason END,
 		    grace_until = CASE
-		        WHEN (c.server_timeline <> cur.tl OR $3 <> '') AND now() + 3 * $2::interval > c.grace_until
+		        WHEN (c.server_timeline <> cur.tl OR ($3 <> '' AND c.updated_at < now() - $2::interval))
+		            AND now() + 3 * $2::interval > c.grace_until
 		            THEN now() + 3 * $2::interval
 		        ELSE c.grace_until END,
 		    server_timeline = cur.tl,

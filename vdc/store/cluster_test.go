@@ -11,8 +11,8 @@ import (
 )
 
 // TestSyncCluster: the epoch and the liveness grace live in the database. A second
-// vDC process on the same database reads the same epoch; a grace only grows, and
-// says why; the database on another timeline (what a promoted standby writes on) is
+// vDC process on the same database reads the same epoch; a grace is granted only
+// when no vDC synced for an interval, only grows, and says why; the database on another timeline (what a promoted standby writes on) is
 // a failover: one new epoch for everyone, a grace, and every node asked for its
 // full state once.
 func TestSyncCluster(t *testing.T) {
@@ -32,12 +32,26 @@ func TestSyncCluster(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer other.Close()
+	// It starts while the first one runs: no grace for its start (the control plane
+	// was not away).
 	o, err := other.SyncCluster(ctx, iv, store.GraceStart)
 	if err != nil {
 		t.Fatal(err)
 	}
-	if o.Epoch != first.Epoch || o.Failover || !o.GraceUntil.After(first.GraceUntil) {
-		t.Errorf("second process: %+v, want epoch %s and a longer grace than %v", o, first.Epoch, first.GraceUntil)
+	if o.Epoch != first.Epoch || o.Failover || !o.GraceUntil.Equal(first.GraceUntil) {
+		t.Errorf("second process: %+v, want epoch %s and the grace unchanged at %v", o, first.Epoch, first.GraceUntil)
+	}
+	// Nobody synced for longer than an interval (every vDC stopped, or the database
+	// refused writes): the next start or outage grants a longer grace.
+	if _, err := s.Pool().Exec(ctx, `UPDATE cluster_state SET updated_at = now() - interval '5 seconds'`); err != nil {
+		t.Fatal(err)
+	}
+	o, err = other.SyncCluster(ctx, iv, store.GraceOutage)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !o.GraceUntil.After(first.GraceUntil) || o.GraceReason != store.GraceOutage {
+		t.Errorf("after 5s without a sync: %+v, want a longer grace than %v for %q", o, first.GraceUntil, store.GraceOutage)
 	}
 	if got := s.Grace(); !got.Equal(first.GraceUntil) {
 		t.Errorf("Grace() = %v before this process synced again, want its cached %v", got, first.GraceUntil)
