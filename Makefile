@@ -12,7 +12,7 @@ APT_PACKAGES := \
 	qemu-system-x86 qemu-utils ovmf \
 	isolinux syslinux-common grub-efi-amd64-bin grub-pc-bin grub-common \
 	mtools dosfstools e2fsprogs kmod cpio xorriso squashfs-tools \
-	iproute2 dnsmasq-base \
+	iproute2 iptables dnsmasq-base \
 	patroni etcd-server etcd-client \
 	libvirt-daemon libvirt-daemon-system libvirt-clients \
 	chromium fonts-liberation \

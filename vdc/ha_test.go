@@ -6,7 +6,9 @@ import (
 	"encoding/json"
 	"fmt"
 	"io"
+	"net"
 	"net/http"
+	"os/exec"
 	"sort"
 	"strings"
 	"sync"
@@ -17,6 +19,7 @@ import (
 	"github.com/jackc/pgx/v5"
 
 	"github.com/quantix/quantix"
+	"github.com/quantix/quantix/tests/netlab"
 	"github.com/quantix/quantix/tests/syncbuf"
 	"github.com/quantix/quantix/vdc/vdctest"
 )
@@ -39,6 +42,7 @@ type haAgent struct {
 	acks        []time.Time // when each acknowledged heartbeat's answer came
 	fullSyncs   []time.Time // when the vDC asked for the full state
 	failures    int
+	lastFail    time.Time // when the newest failed request ended
 }
 
 func (a *haAgent) do(ctx context.Context, method, path, token string, body, out any) (int, error) {
@@ -110,6 +114,7 @@ func (a *haAgent) run(ctx context.Context, token string, tick time.Duration) {
 			}
 		} else if ctx.Err() == nil {
 			a.failures++
+			a.lastFail = now
 		}
 		a.mu.Unlock()
 		sleepCtx(ctx, tick)
@@ -119,6 +124,7 @@ func (a *haAgent) run(ctx context.Context, token string, tick time.Duration) {
 func (a *haAgent) fail() {
 	a.mu.Lock()
 	a.failures++
+	a.lastFail = time.Now()
 	a.mu.Unlock()
 }
 
@@ -558,5 +564,178 @@ func TestFrozenVDC(t *testing.T) {
 		if strings.Join(got, ", ") != strings.Join(want, ", ") {
 			t.Errorf("%s: phase history %q, want %q", a.n.Hostname, got, want)
 		}
+	}
+}
+
+// nsDialer dials from inside ns (sockets stay in the namespace they were made in).
+func nsDialer(ns *netlab.NS) func(ctx context.Context, network, addr string) (net.Conn, error) {
+	var d net.Dialer
+	return func(ctx context.Context, network, addr string) (net.Conn, error) {
+		var c net.Conn
+		err := ns.Do(func() (err error) {
+			c, err = d.DialContext(ctx, network, addr)
+			return err
+		})
+		return c, err
+	}
+}
+
+// TestPartitionPrimary (docs/design.md §17): a network partition between a vDC and
+// its PostgreSQL primary (100% silent loss on the link, both ways): the vDC
+// notices within its database_timeout and answers 503 instead of hanging; when the
+// link heals, heartbeats resume, nothing acknowledged is lost and no node is
+// demoted for the control plane's trouble. The vDC (a qx-vdc process) and the
+// agents' connections live in one network namespace, PostgreSQL in another.
+func TestPartitionPrimary(t *testing.T) {
+	skipShort(t)
+	const (
+		iv       = time.Second
+		deadline = 2 * time.Second // database_timeout
+		agents   = 8
+	)
+	pair := netlab.NewPair(t, "qxpart")
+	pair.Client.Addr(pair.Client.Link("eth0"), "10.77.0.2/24")
+	if err := pair.Client.Handle.LinkSetUp(pair.Client.Link("eth0")); err != nil {
+		t.Fatal(err)
+	}
+	fromVDC := nsDialer(pair.Client)
+	pg, err := vdctest.RunPostgres(vdctest.PostgresConfig{Host: netlab.Gateway, Dial: fromVDC,
+		Start: func(cmd *exec.Cmd) error { return pair.Far.Do(cmd.Start) }})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { pg.Stop() })
+	dbURL := pg.NewDatabase(t)
+	opts := vdctest.Options{DatabaseURL: dbURL, HeartbeatInterval: iv, DatabaseTimeout: deadline,
+		JoinTokens: []string{"part-join-" + newSecret()}, AdminToken: "part-admin-" + newSecret(),
+		StartCmd: func(cmd *exec.Cmd) error { return pair.Client.Do(cmd.Start) }}
+	v := vdctest.StartProcess(t, vdctest.BuildVDC(t), opts)
+
+	ctx, cancel := context.WithCancel(context.Background())
+	var wg sync.WaitGroup
+	as := make([]*haAgent, agents)
+	for i := range as {
+		as[i] = &haAgent{n: newNode(fmt.Sprintf("part-%d", i)), url: v.URL,
+			hc: &http.Client{Timeout: 10 * time.Second, Transport: &http.Transport{DialContext: fromVDC}}}
+		wg.Add(1)
+		go func() { defer wg.Done(); as[i].run(ctx, opts.JoinTokens[0], 200*time.Millisecond) }()
+	}
+	defer func() { cancel(); wg.Wait() }()
+	steady := time.Now().Add(30 * time.Second)
+	for {
+		n := 0
+		for _, a := range as {
+			a.mu.Lock()
+			if len(a.acks) >= 3 {
+				n++
+			}
+			a.mu.Unlock()
+		}
+		if n == agents {
+			break
+		}
+		if time.Now().After(steady) {
+			t.Fatalf("%d of %d agents heartbeating after 30s\n%s", n, agents, v.Log.String())
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+	time.Sleep(4 * iv) // past the start grace
+
+	// tc netem is not in every kernel (not in this machine's); an iptables DROP of
+	// everything arriving on the link, in both namespaces, is the same 100% silent
+	// loss both ways (a DROP on OUTPUT would not be silent: the sender gets EPERM).
+	partition := func(op string) {
+		t.Helper()
+		for _, side := range []struct{ ns, dev string }{{pair.Client.Name, "eth0"}, {pair.Far.Name, "gw0"}} {
+			args := []string{"netns", "exec", side.ns, "iptables", op, "INPUT", "-i", side.dev, "-j", "DROP"}
+			if out, err := exec.Command("ip", args...).CombinedOutput(); err != nil {
+				t.Fatalf("ip %s: %v: %s (run make deps: apt-get install iptables)", strings.Join(args, " "), err, out)
+			}
+		}
+	}
+	f0 := make([]int, agents)
+	for i, a := range as {
+		a.mu.Lock()
+		f0[i] = a.failures
+		a.mu.Unlock()
+	}
+	partition("-I")
+	cut := time.Now()
+	// Every agent gets an answer saying the vDC cannot serve it (503), within the
+	// deadline of a request in flight plus one heartbeat tick.
+	var detected []time.Duration
+	for len(detected) < agents {
+		detected = detected[:0]
+		for i, a := range as {
+			a.mu.Lock()
+			if a.failures > f0[i] {
+				detected = append(detected, a.lastFail.Sub(cut))
+			}
+			a.mu.Unlock()
+		}
+		if time.Since(cut) > 30*time.Second {
+			t.Fatalf("%d of %d agents saw a failed request 30s into the partition", len(detected), agents)
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+	sort.Slice(detected, func(i, j int) bool { return detected[i] < detected[j] })
+	t.Logf("partition to each agent's first failed request (database_timeout %s): first %s, median %s, last %s",
+		deadline, detected[0].Round(10*time.Millisecond), detected[agents/2].Round(10*time.Millisecond),
+		detected[agents-1].Round(10*time.Millisecond))
+	if last := detected[agents-1]; last > deadline+time.Second {
+		t.Errorf("the partition took %s to show, want at most database_timeout %s + 1s", last.Round(10*time.Millisecond), deadline)
+	}
+	time.Sleep(3 * iv) // long enough that every node's heartbeat is too old for ready
+	partition("-D")
+	healed := time.Now()
+	wait := time.Now().Add(60 * time.Second)
+	for {
+		n := 0
+		for _, a := range as {
+			a.mu.Lock()
+			if len(a.acks) > 0 && a.acks[len(a.acks)-1].After(healed) {
+				n++
+			}
+			a.mu.Unlock()
+		}
+		if n == agents {
+			break
+		}
+		if time.Now().After(wait) {
+			t.Fatalf("%d of %d agents heartbeating 60s after the partition healed\n%s", n, agents, v.Log.String())
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+	t.Logf("every agent heartbeating again %s after the partition healed", time.Since(healed).Round(10*time.Millisecond))
+	time.Sleep(2 * iv)
+	cancel()
+	wg.Wait()
+
+	conn, err := pg.Connect(context.Background(), dbURL)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Close(context.Background())
+	for _, a := range as {
+		var lastHB time.Time
+		err := conn.QueryRow(context.Background(), `SELECT last_heartbeat FROM nodes WHERE id = $1`, a.n.ID).Scan(&lastHB)
+		switch {
+		case err != nil:
+			t.Errorf("%s: acknowledged registration missing: %v", a.n.Hostname, err)
+		case lastHB.Before(a.lastAckSent):
+			t.Errorf("%s: last_heartbeat %v is older than the last acknowledged heartbeat (sent %v)", a.n.Hostname, lastHB, a.lastAckSent)
+		}
+	}
+	rows, err := conn.Query(context.Background(), `SELECT hostname || ': ' || message FROM node_events
+		WHERE kind = 'phase' AND message NOT LIKE '% -> ready%' ORDER BY at`)
+	if err != nil {
+		t.Fatal(err)
+	}
+	demoted, err := pgx.CollectRows(rows, pgx.RowTo[string])
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(demoted) != 0 {
+		t.Errorf("nodes demoted for a partition between the vDC and its database: %v", demoted)
 	}
 }

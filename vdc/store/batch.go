@@ -3,6 +3,7 @@ package store
 import (
 	"context"
 	"errors"
+	"fmt"
 	"log/slog"
 	"sync"
 	"sync/atomic"
@@ -49,15 +50,20 @@ func NewBatcher(s *Store, workers, maxBatch int, log *slog.Logger) *Batcher {
 // ErrClosed is returned by Submit once the Batcher is closed (the vDC is stopping).
 var ErrClosed = errors.New("the vDC is shutting down")
 
-// Submit records one heartbeat and waits for its commit.
+// Submit records one heartbeat and waits for its commit, at most the database
+// timeout in all: a heartbeat queued behind a batch that hangs on an unanswering
+// server fails as soon as that server's requests do (then 503), not a timeout
+// later.
 func (b *Batcher) Submit(ctx context.Context, hb Heartbeat) (HeartbeatResult, error) {
+	ctx, cancel := context.WithTimeoutCause(ctx, b.s.timeout, errHeartbeatTimeout)
+	defer cancel()
 	p := &pending{hb: hb, done: make(chan HeartbeatResult, 1)}
 	select {
 	case b.queue <- p:
 	case <-b.quit:
 		return HeartbeatResult{}, ErrClosed
 	case <-ctx.Done():
-		return HeartbeatResult{}, ctx.Err()
+		return HeartbeatResult{}, context.Cause(ctx)
 	}
 	select {
 	case r := <-p.done:
@@ -73,9 +79,13 @@ func (b *Batcher) Submit(ctx context.Context, hb Heartbeat) (HeartbeatResult, er
 		}
 	case <-ctx.Done():
 		// The batch may still commit; the agent will just heartbeat again.
-		return HeartbeatResult{}, ctx.Err()
+		return HeartbeatResult{}, context.Cause(ctx)
 	}
 }
+
+// errHeartbeatTimeout is a heartbeat not recorded within the database timeout
+// (the API answers 503: Unavailable matches context.DeadlineExceeded).
+var errHeartbeatTimeout = fmt.Errorf("heartbeat not recorded within the database timeout: %w", context.DeadlineExceeded)
 
 // Close stops the workers after recording the heartbeats already queued.
 func (b *Batcher) Close() {

@@ -39,6 +39,12 @@ type PostgresConfig struct {
 	MaxConnections int
 	// Settings are extra "-c name=value" server settings.
 	Settings []string
+	// Host is the address the server listens on and is reached at (default
+	// 127.0.0.1). With a server in a network namespace, Start starts the server's
+	// command there and Dial connects from where the server is reachable.
+	Host  string
+	Start func(*exec.Cmd) error
+	Dial  func(ctx context.Context, network, addr string) (net.Conn, error)
 }
 
 // Postgres is a throwaway PostgreSQL 15 server listening on 127.0.0.1 with password
@@ -47,6 +53,9 @@ type Postgres struct {
 	Dir      string // temp folder: data/, the unix socket, postgres.log
 	Port     int
 	Password string // of both the superuser "postgres" and the role "quantix"
+	Host     string // listen and connect address; "" is 127.0.0.1
+
+	dial func(ctx context.Context, network, addr string) (net.Conn, error)
 
 	cmd     *exec.Cmd
 	exited  chan struct{}
@@ -135,7 +144,7 @@ func RunPostgres(cfg PostgresConfig) (*Postgres, error) {
 	if err != nil {
 		return nil, err
 	}
-	p := &Postgres{Dir: dir, exited: make(chan struct{})}
+	p := &Postgres{Dir: dir, Host: cfg.Host, dial: cfg.Dial, exited: make(chan struct{})}
 	ok := false
 	defer func() {
 		if !ok {
@@ -163,6 +172,18 @@ func RunPostgres(cfg PostgresConfig) (*Postgres, error) {
 		return nil, fmt.Errorf("initdb: %w\n%s", err, out)
 	}
 	os.Remove(pwfile)
+	if cfg.Host != "" {
+		// initdb allows loopback clients only; a server on another address takes
+		// password logins from anywhere its namespace routes.
+		hba, err := os.OpenFile(filepath.Join(dir, "data", "pg_hba.conf"), os.O_APPEND|os.O_WRONLY, 0)
+		if err == nil {
+			_, err = hba.WriteString("host all all 0.0.0.0/0 scram-sha-256\n")
+			err = errors.Join(err, hba.Close())
+		}
+		if err != nil {
+			return nil, fmt.Errorf("pg_hba.conf: %w", err)
+		}
+	}
 
 	for attempt := 0; ; attempt++ {
 		err := p.start(cfg, cred)
@@ -198,7 +219,7 @@ func (p *Postgres) start(cfg PostgresConfig, cred *syscall.Credential) error {
 	if maxConn == 0 {
 		maxConn = 200
 	}
-	args := []string{"-D", filepath.Join(p.Dir, "data"), "-k", p.Dir, "-h", "127.0.0.1",
+	args := []string{"-D", filepath.Join(p.Dir, "data"), "-k", p.Dir, "-h", p.host(),
 		"-p", strconv.Itoa(port), "-c", "max_connections=" + strconv.Itoa(maxConn)}
 	if !cfg.Durable {
 		args = append(args, "-c", "fsync=off", "-c", "synchronous_commit=off", "-c", "full_page_writes=off")
@@ -219,7 +240,11 @@ func (p *Postgres) start(cfg PostgresConfig, cred *syscall.Credential) error {
 	// running (SIGQUIT is PostgreSQL's immediate shutdown). Go sets it after
 	// switching credentials, so it survives the switch to the postgres user.
 	cmd.SysProcAttr = &syscall.SysProcAttr{Credential: cred, Setpgid: true, Pdeathsig: syscall.SIGQUIT}
-	if err := cmd.Start(); err != nil {
+	startCmd := cmd.Start
+	if cfg.Start != nil {
+		startCmd = func() error { return cfg.Start(cmd) }
+	}
+	if err := startCmd(); err != nil {
 		return fmt.Errorf("start postgres: %w", err)
 	}
 	p.cmd = cmd
@@ -231,7 +256,7 @@ func (p *Postgres) start(cfg PostgresConfig, cred *syscall.Credential) error {
 	deadline := time.Now().Add(60 * time.Second)
 	for {
 		ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
-		conn, err := pgx.Connect(ctx, p.url("postgres", "postgres"))
+		conn, err := p.Connect(ctx, p.url("postgres", "postgres"))
 		cancel()
 		if err == nil {
 			conn.Close(context.Background())
@@ -255,7 +280,7 @@ func (p *Postgres) start(cfg PostgresConfig, cred *syscall.Credential) error {
 func (p *Postgres) bootstrap() error {
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
-	conn, err := pgx.Connect(ctx, p.url("postgres", "postgres"))
+	conn, err := p.Connect(ctx, p.url("postgres", "postgres"))
 	if err != nil {
 		return fmt.Errorf("connect postgresql: %w", err)
 	}
@@ -293,6 +318,25 @@ func (p *Postgres) Stop() error {
 	return err
 }
 
+func (p *Postgres) host() string {
+	if p.Host == "" {
+		return "127.0.0.1"
+	}
+	return p.Host
+}
+
+// Connect opens a connection to url (one of p's), from where p is reachable.
+func (p *Postgres) Connect(ctx context.Context, url string) (*pgx.Conn, error) {
+	cfg, err := pgx.ParseConfig(url)
+	if err != nil {
+		return nil, err
+	}
+	if p.dial != nil {
+		cfg.DialFunc = p.dial
+	}
+	return pgx.ConnectConfig(ctx, cfg)
+}
+
 // Pid is the postmaster's process id.
 func (p *Postgres) Pid() int { return p.cmd.Process.Pid }
 
@@ -304,7 +348,7 @@ func (p *Postgres) URL(db string) string { return p.url(Role, db) }
 
 func (p *Postgres) url(user, db string) string {
 	u := url.URL{Scheme: "postgres", User: url.UserPassword(user, p.Password),
-		Host: net.JoinHostPort("127.0.0.1", strconv.Itoa(p.Port)), Path: "/" + db,
+		Host: net.JoinHostPort(p.host(), strconv.Itoa(p.Port)), Path: "/" + db,
 		RawQuery: "sslmode=disable"}
 	return u.String()
 }
@@ -316,7 +360,7 @@ func (p *Postgres) CreateDatabase(ctx context.Context) (string, error) {
 	p.ndb++
 	name := fmt.Sprintf("qx_%d_%d", os.Getpid(), p.ndb)
 	p.mu.Unlock()
-	conn, err := pgx.Connect(ctx, p.AdminURL())
+	conn, err := p.Connect(ctx, p.AdminURL())
 	if err != nil {
 		return "", fmt.Errorf("connect postgresql: %w", err)
 	}

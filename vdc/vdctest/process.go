@@ -45,6 +45,9 @@ func StartProcess(t testing.TB, bin string, opts Options) *Process {
 	dir := t.TempDir()
 	conf := filepath.Join(dir, "vdc.toml")
 	toml := fmt.Sprintf("ui_listen = \"127.0.0.1:0\"\nsecrets_file = %q\n", filepath.Join(dir, "secrets.toml"))
+	if opts.DatabaseTimeout != 0 {
+		toml += fmt.Sprintf("database_timeout = %q\n", opts.DatabaseTimeout)
+	}
 	if err := os.WriteFile(conf, []byte(toml), 0o644); err != nil {
 		t.Fatal(err)
 	}
@@ -66,7 +69,11 @@ func StartProcess(t testing.TB, bin string, opts Options) *Process {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if err := p.cmd.Start(); err != nil {
+	start := p.cmd.Start
+	if opts.StartCmd != nil {
+		start = func() error { return opts.StartCmd(p.cmd) }
+	}
+	if err := start(); err != nil {
 		t.Fatalf("start %s: %v", bin, err)
 	}
 	ready := make(chan string, 1)

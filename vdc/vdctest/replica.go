@@ -118,7 +118,7 @@ func (r *Replicated) waitStreaming(timeout time.Duration) error {
 func (p *Postgres) exec(stmts ...string) error {
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
-	conn, err := pgx.Connect(ctx, p.AdminURL())
+	conn, err := p.Connect(ctx, p.AdminURL())
 	if err != nil {
 		return fmt.Errorf("connect postgresql: %w", err)
 	}

@@ -17,6 +17,7 @@ import (
 	"net"
 	"net/http"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"sync"
 	"testing"
@@ -39,6 +40,11 @@ type Options struct {
 	AdminToken        string        // "": a random one
 	// Log receives the vDC's log; nil: t.Log.
 	Log io.Writer
+	// DatabaseTimeout is vdc.toml's database_timeout (0: the default).
+	DatabaseTimeout time.Duration
+	// StartCmd starts a StartProcess vDC's command (nil: cmd.Start), e.g. in a
+	// network namespace.
+	StartCmd func(*exec.Cmd) error
 }
 
 // VDC is a running vDC.
@@ -94,6 +100,9 @@ func Start(t testing.TB, opts Options) *VDC {
 	cfg.Listen = "127.0.0.1:0"
 	cfg.DatabaseURL = v.DatabaseURL
 	cfg.HeartbeatInterval = quantix.Duration{Duration: opts.HeartbeatInterval}
+	if opts.DatabaseTimeout != 0 {
+		cfg.DatabaseTimeout = quantix.Duration{Duration: opts.DatabaseTimeout}
+	}
 	cfg.JoinTokens = opts.JoinTokens
 	cfg.AdminToken = opts.AdminToken
 	cfg.UIListen = "127.0.0.1:0"
