@@ -2,6 +2,7 @@ package quantix
 
 import (
 	"errors"
+	"fmt"
 	"os"
 	"path/filepath"
 	"strings"
@@ -193,4 +194,41 @@ func TestConfigError(t *testing.T) {
 	if ConfigError(nil) != nil {
 		t.Error("ConfigError(nil) != nil")
 	}
+}
+
+func TestParseVDCURLs(t *testing.T) {
+	for _, tc := range []struct {
+		in   string
+		want string // joined by spaces; "" = an error
+	}{
+		{"http://10.0.0.2:8080", "http://10.0.0.2:8080"},
+		{"https://a:8080/, https://b:8080", "https://a:8080 https://b:8080"},
+		{"https://a:8080,https://a:8080", ""},
+		{"https://a:8080,", ""},
+		{"ftp://a", ""},
+		{"https://a:8080/api", ""},
+		{"https://a:8080?x=1", ""},
+		{"https://user@a:8080", ""},
+		{"http://", ""},
+		{manyURLs(MaxVDCURLs + 1), ""},
+	} {
+		got, err := ParseVDCURLs(tc.in)
+		if tc.want == "" {
+			if err == nil {
+				t.Errorf("ParseVDCURLs(%q) = %q, want an error", tc.in, got)
+			}
+			continue
+		}
+		if err != nil || strings.Join(got, " ") != tc.want {
+			t.Errorf("ParseVDCURLs(%q) = %q, %v, want %q", tc.in, got, err, tc.want)
+		}
+	}
+}
+
+func manyURLs(n int) string {
+	var us []string
+	for i := range n {
+		us = append(us, fmt.Sprintf("http://vdc-%d:8080", i))
+	}
+	return strings.Join(us, ",")
 }

@@ -4,7 +4,11 @@ import (
 	"crypto/sha256"
 	"encoding/hex"
 	"encoding/json"
+	"fmt"
+	"net/url"
+	"slices"
 	"sort"
+	"strings"
 	"time"
 )
 
@@ -106,6 +110,10 @@ type RegisterResponse struct {
 	NodeID                   string `json:"node_id"`
 	Registration             string `json:"registration"` // Registration* constants
 	HeartbeatIntervalSeconds int    `json:"heartbeat_interval_seconds"`
+	// VDCURLs is the current list of vDC URLs agents use (vdc.toml agent_urls;
+	// absent when not configured): the agent moves to another of them when its vDC
+	// fails (docs/design.md §17).
+	VDCURLs []string `json:"vdc_urls,omitempty"`
 }
 
 // HeartbeatRequest is the body of POST /api/v1/nodes/{id}/heartbeat
@@ -127,6 +135,8 @@ type HeartbeatResponse struct {
 	// DesiredGeneration is the node's desired generation (docs/design.md §14); when it
 	// differs from what the agent applied, the agent fetches PathDesired.
 	DesiredGeneration int64 `json:"desired_generation"`
+	// VDCURLs: as in RegisterResponse.
+	VDCURLs []string `json:"vdc_urls,omitempty"`
 }
 
 // VM power states as reported by the agent (libvirt domain states).
@@ -329,4 +339,50 @@ func StateHash(vms []VM, pools []StoragePool) string {
 	}
 	sum := sha256.Sum256(b)
 	return hex.EncodeToString(sum[:])
+}
+
+// MaxVDCURLs bounds a list of vDC URLs.
+const MaxVDCURLs = 16
+
+// ParseVDCURLs parses a comma-separated list of vDC URLs (agent.toml control_plane,
+// quantix.vdc= on the kernel command line): each http:// or https:// with a host,
+// without a path beyond "/", a query or a fragment; no duplicates.
+func ParseVDCURLs(s string) ([]string, error) {
+	var out []string
+	for _, part := range strings.Split(s, ",") {
+		u := strings.TrimRight(strings.TrimSpace(part), "/")
+		if u == "" {
+			return nil, fmt.Errorf("%q: an empty URL in the list", s)
+		}
+		if err := ValidVDCURL(u); err != nil {
+			return nil, err
+		}
+		if slices.Contains(out, u) {
+			return nil, fmt.Errorf("%q is listed twice", u)
+		}
+		out = append(out, u)
+	}
+	if len(out) > MaxVDCURLs {
+		return nil, fmt.Errorf("%d vDC URLs; at most %d", len(out), MaxVDCURLs)
+	}
+	return out, nil
+}
+
+// ValidVDCURL checks one vDC URL.
+func ValidVDCURL(s string) error {
+	u, err := url.Parse(s)
+	if err != nil {
+		return fmt.Errorf("%q: %w", s, err)
+	}
+	switch {
+	case u.Scheme != "http" && u.Scheme != "https":
+		return fmt.Errorf("%q: want an http:// or https:// URL", s)
+	case u.Host == "":
+		return fmt.Errorf("%q: no host", s)
+	case u.RawQuery != "" || u.Fragment != "" || u.User != nil:
+		return fmt.Errorf("%q: no query, fragment or user allowed", s)
+	case u.Path != "" && u.Path != "/":
+		return fmt.Errorf("%q: no path allowed (the API paths are fixed)", s)
+	}
+	return nil
 }

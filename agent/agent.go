@@ -14,6 +14,7 @@ import (
 	"net"
 	"net/http"
 	"os"
+	"strings"
 	"sync"
 	"time"
 
@@ -75,7 +76,7 @@ func New(cfg Config, log *slog.Logger) (*Service, error) {
 		log:      log,
 		hostname: host,
 		id:       id,
-		api:      &client{base: cfg.ControlPlane, http: &http.Client{Timeout: cfg.RequestTimeout}},
+		api:      newClient(strings.Split(cfg.ControlPlane, ","), &http.Client{Timeout: cfg.RequestTimeout}, log),
 		mon:      mon,
 	}
 	s.st = newStatusBoard(Status{
@@ -94,7 +95,11 @@ func (s *Service) Hostname() string { return s.hostname }
 func (s *Service) Identity() Identity { return s.id }
 
 // Status returns a copy of the agent's current status.
-func (s *Service) Status() Status { return s.st.get(s.mon.Status()) }
+func (s *Service) Status() Status {
+	st := s.st.get(s.mon.Status())
+	st.VDC = s.api.current()
+	return st
+}
 
 // Run registers and heartbeats until ctx ends (then it returns nil). In Once mode
 // it returns after the first registration and state upload.

@@ -708,3 +708,69 @@ func TestReinstallReenrolls(t *testing.T) {
 	}
 	oneNode(t, v, "node-re")
 }
+
+// TestSeveralVDCs (docs/design.md §17): an agent given two vDCs of one database
+// stays on the first, moves to the second when the first stops (no failed
+// heartbeat beyond the one in flight, no re-registration, no full state), and
+// learns from the vDC's answers a list with a third vDC it was never configured
+// with, which it moves to when the second stops.
+func TestSeveralVDCs(t *testing.T) {
+	if testing.Short() {
+		t.Skip("starts PostgreSQL and three vDCs")
+	}
+	opts := vdctest.Options{HeartbeatInterval: time.Second, JoinTokens: []string{"agent-test-token"},
+		AdminToken: "several-vdcs-admin-token"}
+	if !testing.Verbose() {
+		opts.Log = io.Discard
+	}
+	opts.DatabaseURL = vdctest.Shared(t).NewDatabase(t)
+	v1, v2 := vdctest.Start(t, opts), vdctest.Start(t, opts)
+	ns := mgmtNS(t, "10.55.0.5/24", "10.55.0.1")
+	cfg := testConfig(t, v1, ns, "node-ha")
+	cfg.ControlPlane = v1.URL + "," + v2.URL
+	a := startAgent(t, cfg)
+	id := a.waitMarker(t, 1).Get("node_id")
+	eventually(t, 10*time.Second, "heartbeats to the first vDC", func() (bool, string) {
+		st := a.svc.Status()
+		return st.Counts.Heartbeats >= 2 && st.VDC == v1.URL, fmt.Sprintf("vdc %s counts %+v", st.VDC, st.Counts)
+	})
+	moved := func(to string) {
+		t.Helper()
+		before := a.svc.Status().Counts
+		start := time.Now()
+		eventually(t, 15*time.Second, "heartbeats to "+to, func() (bool, string) {
+			st := a.svc.Status()
+			return st.VDC == to && st.Counts.Heartbeats >= before.Heartbeats+2 && st.Heartbeat.OK,
+				fmt.Sprintf("vdc %s counts %+v", st.VDC, st.Counts)
+		})
+		st := a.svc.Status()
+		t.Logf("moved to %s in %s, %d failed heartbeats", to, time.Since(start).Round(10*time.Millisecond),
+			st.Counts.HeartbeatFailures-before.HeartbeatFailures)
+		if f := st.Counts.HeartbeatFailures - before.HeartbeatFailures; f > 1 {
+			t.Errorf("%d failed heartbeats moving to %s, want at most the one in flight", f, to)
+		}
+		if st.Counts.StatePuts != before.StatePuts || len(markers(a.out)) != 1 || st.NodeID != id {
+			t.Errorf("moving to %s: %d state PUTs (before: %d), markers %v, node %s; want no full state, one registration as %s",
+				to, st.Counts.StatePuts, before.StatePuts, markers(a.out), st.NodeID, id)
+		}
+	}
+	v1.Stop(t)
+	moved(v2.URL)
+
+	// A third vDC the agent was never configured with, announced by the second.
+	addr3 := freeAddr(t)
+	o3 := opts
+	o3.Listen = addr3
+	v3 := vdctest.Start(t, o3)
+	v2.Announce(t, []string{v2.URL, v3.URL})
+	eventually(t, 15*time.Second, "heartbeats after the second vDC's restart", func() (bool, string) {
+		st := a.svc.Status()
+		return st.Heartbeat.OK && st.VDC == v2.URL, fmt.Sprintf("vdc %s heartbeat %+v", st.VDC, st.Heartbeat)
+	})
+	time.Sleep(1500 * time.Millisecond) // a heartbeat answer with the list
+	v2.Stop(t)
+	moved(v3.URL)
+	if n := oneNode(t, v3, "node-ha"); n.ID != id || n.Phase != quantix.PhaseReady {
+		t.Errorf("the third vDC has %+v, want node %s ready", n, id)
+	}
+}

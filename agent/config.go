@@ -7,7 +7,6 @@ import (
 	"io"
 	"io/fs"
 	"net"
-	"net/url"
 	"os"
 	"path/filepath"
 	"strings"
@@ -23,7 +22,9 @@ import (
 // FileConfig is /quantix/node/agent.toml. The installer and the test lab write it
 // with Save; every key is optional.
 type FileConfig struct {
-	// ControlPlane is the vDC URL, e.g. "https://vdc.example:8443".
+	// ControlPlane is the vDC URL, e.g. "https://vdc.example:8443", or several
+	// separated by commas (vDCs sharing one database, docs/design.md §17): the
+	// agent stays on one and moves to the next when it fails.
 	ControlPlane string `toml:"control_plane,omitempty"`
 	// JoinToken lets a new node register.
 	JoinToken string `toml:"join_token,omitempty"`
@@ -104,20 +105,8 @@ func Save(path string, f FileConfig) error {
 }
 
 func validateControlPlane(s string) error {
-	u, err := url.Parse(s)
-	if err != nil {
-		return fmt.Errorf("%q: %w", s, err)
-	}
-	if u.Scheme != "http" && u.Scheme != "https" {
-		return fmt.Errorf("%q: want an http:// or https:// URL", s)
-	}
-	if u.Host == "" {
-		return fmt.Errorf("%q: no host", s)
-	}
-	if u.RawQuery != "" || u.Fragment != "" {
-		return fmt.Errorf("%q: no query or fragment allowed", s)
-	}
-	return nil
+	_, err := quantix.ParseVDCURLs(s)
+	return err
 }
 
 // Config is everything a Service needs. Build it with Resolve, or directly in tests.
@@ -221,7 +210,11 @@ func (c Config) withDefaults() (Config, error) {
 	if err := c.FileConfig.Validate(); err != nil {
 		return c, fmt.Errorf("%w: %w", quantix.ErrConfig, err)
 	}
-	c.ControlPlane = strings.TrimRight(c.ControlPlane, "/")
+	urls, err := quantix.ParseVDCURLs(c.ControlPlane)
+	if err != nil {
+		return c, fmt.Errorf("%w: control_plane: %w", quantix.ErrConfig, err)
+	}
+	c.ControlPlane = strings.Join(urls, ",")
 	if c.LibvirtURI == "" {
 		c.LibvirtURI = hypervisor.DefaultURI
 	}

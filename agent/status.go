@@ -22,7 +22,7 @@ const (
 // Status is what /status shows.
 type Status struct {
 	NodeID    string `json:"node_id"`
-	VDC       string `json:"vdc_url"`
+	VDC       string `json:"vdc_url"` // the vDC in use, one of control_plane's
 	Hostname  string `json:"hostname"`
 	MachineID string `json:"machine_id"`
 	State     string `json:"state"`

@@ -43,6 +43,7 @@ import (
 //	ui_listen = ":8443"           # HTTPS: the web UI and the whole API
 //	tls_cert = ""                 # with tls_key; else a generated self-signed pair
 //	tls_key = ""
+//	agent_urls = ["https://vdc-1:8080", "https://vdc-2:8080"]  # announced to agents
 type Config struct {
 	Listen            string           `toml:"listen"`
 	DatabaseURL       string           `toml:"database_url"`
@@ -61,6 +62,11 @@ type Config struct {
 	// a self-signed ECDSA P-256 certificate once and keeps it in TLSDir().
 	TLSCert string `toml:"tls_cert"`
 	TLSKey  string `toml:"tls_key"`
+	// AgentURLs are the URLs agents reach the vDCs of this database at (several
+	// vDC processes, docs/design.md §17). The vDC announces them in its answers to
+	// registrations and heartbeats, so agents learn the current list; empty: none
+	// announced (an agent keeps what it was configured with).
+	AgentURLs []string `toml:"agent_urls"`
 
 	// Stdout receives the ready marker and the one-time admin token line.
 	Stdout io.Writer `toml:"-"`
@@ -125,6 +131,13 @@ func (c *Config) Validate() error {
 		if len(t) < 16 {
 			return fmt.Errorf("%w: join_tokens[%d] is %d characters; use at least 16", quantix.ErrConfig, i, len(t))
 		}
+	}
+	if len(c.AgentURLs) > 0 {
+		urls, err := quantix.ParseVDCURLs(strings.Join(c.AgentURLs, ","))
+		if err != nil {
+			return fmt.Errorf("%w: agent_urls: %w", quantix.ErrConfig, err)
+		}
+		c.AgentURLs = urls
 	}
 	if c.AdminToken != "" && len(c.AdminToken) < 16 {
 		return fmt.Errorf("%w: admin_token is %d characters; use at least 16", quantix.ErrConfig, len(c.AdminToken))
@@ -305,7 +318,7 @@ func (s *Service) Run(ctx context.Context) error {
 	hb := store.NewBatcher(st, workers, 1000, s.log)
 	defer hb.Close()
 	a := api.New(api.Config{Store: st, Heartbeats: hb, HeartbeatInterval: interval,
-		AdminTokenHash: adminHash}, s.log)
+		AdminTokenHash: adminHash, AgentURLs: s.cfg.AgentURLs}, s.log)
 
 	cert, err := s.loadTLS()
 	if err != nil {

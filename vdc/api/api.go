@@ -28,6 +28,8 @@ type Config struct {
 	// AdminTokenHash is the SHA-256 digest of the admin bearer token.
 	AdminTokenHash [32]byte
 	Metrics        *Metrics
+	// AgentURLs is announced to agents (vdc.toml agent_urls).
+	AgentURLs []string
 }
 
 // API serves the vDC's HTTP API.

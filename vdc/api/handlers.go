@@ -51,7 +51,7 @@ func (a *API) register(w http.ResponseWriter, r *http.Request) {
 		code = http.StatusCreated
 	}
 	writeJSON(w, code, quantix.RegisterResponse{NodeID: res.NodeID, Registration: res.Kind,
-		HeartbeatIntervalSeconds: a.intervalSeconds()})
+		HeartbeatIntervalSeconds: a.intervalSeconds(), VDCURLs: a.cfg.AgentURLs})
 }
 
 // nodeAuth reads the node id from the path and checks the node's bearer secret.
@@ -116,7 +116,8 @@ func (a *API) heartbeat(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	a.cfg.Metrics.Heartbeat()
-	writeJSON(w, http.StatusOK, quantix.HeartbeatResponse{HeartbeatIntervalSeconds: a.intervalSeconds(), FullSync: res.FullSync})
+	writeJSON(w, http.StatusOK, quantix.HeartbeatResponse{HeartbeatIntervalSeconds: a.intervalSeconds(), FullSync: res.FullSync,
+		VDCURLs: a.cfg.AgentURLs})
 }
 
 func (a *API) putState(w http.ResponseWriter, r *http.Request) {

@@ -42,6 +42,10 @@ type Options struct {
 	Log io.Writer
 	// DatabaseTimeout is vdc.toml's database_timeout (0: the default).
 	DatabaseTimeout time.Duration
+	// Listen is the agent API's address (default 127.0.0.1:0, a free port).
+	Listen string
+	// AgentURLs is vdc.toml's agent_urls: the vDC URLs announced to agents.
+	AgentURLs []string
 	// StartCmd starts a StartProcess vDC's command (nil: cmd.Start), e.g. in a
 	// network namespace.
 	StartCmd func(*exec.Cmd) error
@@ -98,6 +102,10 @@ func Start(t testing.TB, opts Options) *VDC {
 	}
 	cfg := vdc.DefaultConfig()
 	cfg.Listen = "127.0.0.1:0"
+	if opts.Listen != "" {
+		cfg.Listen = opts.Listen
+	}
+	cfg.AgentURLs = opts.AgentURLs
 	cfg.DatabaseURL = v.DatabaseURL
 	cfg.HeartbeatInterval = quantix.Duration{Duration: opts.HeartbeatInterval}
 	if opts.DatabaseTimeout != 0 {
@@ -183,6 +191,13 @@ func (v *VDC) Restart(t testing.TB) {
 		time.Sleep(100 * time.Millisecond)
 	}
 	t.Fatalf("restart vdc: %v", err)
+}
+
+// Announce restarts the vDC announcing urls to agents (vdc.toml agent_urls).
+func (v *VDC) Announce(t testing.TB, urls []string) {
+	t.Helper()
+	v.cfg.AgentURLs = urls
+	v.Restart(t)
 }
 
 func isAddrInUse(err error) bool {
