@@ -30,12 +30,9 @@ type Cache struct {
 	verified map[string]string // id -> sha256 checked by this process
 }
 
-// NewCache makes the cache folder (0755: QEMU opens CD-ROM images from it).
-func NewCache(dir string, ch *Channel) (*Cache, error) {
-	if err := os.MkdirAll(dir, 0o755); err != nil {
-		return nil, fmt.Errorf("image cache %s: %w", dir, err)
-	}
-	return &Cache{dir: dir, ch: ch, verified: map[string]string{}}, nil
+// NewCache returns the cache in dir; the folder is made at the first download.
+func NewCache(dir string, ch *Channel) *Cache {
+	return &Cache{dir: dir, ch: ch, verified: map[string]string{}}
 }
 
 // Path is where image id is (or would be) cached.
@@ -89,6 +86,10 @@ func (c *Cache) download(ctx context.Context, img quantix.DesiredImage, want, pa
 	defer body.Close()
 	if length >= 0 && length != img.SizeBytes {
 		return fmt.Errorf("image %s: size mismatch: the vDC sends %d bytes, the desired state says %d", img.ID, length, img.SizeBytes)
+	}
+	// 0755: QEMU opens CD-ROM images from here.
+	if err := os.MkdirAll(c.dir, 0o755); err != nil {
+		return fmt.Errorf("image cache %s: %w", c.dir, err)
 	}
 	tmp, err := os.CreateTemp(c.dir, "."+img.ID+".part-")
 	if err != nil {

@@ -119,10 +119,7 @@ func New(cfg Config, log *slog.Logger) (*Reconciler, error) {
 	if err != nil {
 		return nil, err
 	}
-	cache, err := NewCache(cfg.ImagesDir, cfg.Channel)
-	if err != nil {
-		return nil, err
-	}
+	cache := NewCache(cfg.ImagesDir, cfg.Channel)
 	return &Reconciler{
 		cfg: cfg, log: log, cache: cache,
 		kick:     make(chan struct{}, 1),
