@@ -277,10 +277,6 @@ func (r *Reconciler) define(ctx context.Context, lv *libvirt.Libvirt, vm quantix
 			return fmt.Errorf("vm %s: nics[%d] has no MAC (the vDC assigns one)", id, i)
 		}
 	}
-	pool, err := lv.StoragePoolLookupByName(r.cfg.Pool)
-	if err != nil {
-		return fmt.Errorf("storage pool %s: %w", r.cfg.Pool, err)
-	}
 	// Every image first: a VM whose image is missing or wrong gets nothing.
 	paths := map[string]string{}
 	need := func(imgID string) error {
@@ -309,6 +305,10 @@ func (r *Reconciler) define(ctx context.Context, lv *libvirt.Libvirt, vm quantix
 		if images[vm.Spec.CDROM].Format != quantix.ImageISO {
 			return fmt.Errorf("image %s: a CD-ROM must be an %s image, not %s", vm.Spec.CDROM, quantix.ImageISO, images[vm.Spec.CDROM].Format)
 		}
+	}
+	pool, err := lv.StoragePoolLookupByName(r.cfg.Pool)
+	if err != nil {
+		return fmt.Errorf("storage pool %s: %w", r.cfg.Pool, err)
 	}
 	if err := os.MkdirAll(r.cfg.ConsoleDir, 0o755); err != nil {
 		return fmt.Errorf("console folder: %w", err)

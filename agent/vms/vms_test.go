@@ -280,9 +280,14 @@ func (e *env) waitState(id string, want libvirt.DomainState, d time.Duration) li
 
 func (e *env) waitApplied(r *vms.Reconciler, gen int64, d time.Duration) {
 	e.t.Helper()
-	e.eventually(d, fmt.Sprintf("generation %d applied", gen), func() (bool, string) {
-		return r.Applied() == gen, fmt.Sprintf("applied %d, errors %v", r.Applied(), r.Errors())
-	})
+	// A tight loop: the notice time is measured with it.
+	deadline := time.Now().Add(d)
+	for r.Applied() != gen {
+		if time.Now().After(deadline) {
+			e.t.Fatalf("generation %d applied: not within %v (applied %d, errors %v)", gen, d, r.Applied(), r.Errors())
+		}
+		time.Sleep(time.Millisecond)
+	}
 }
 
 // qemuPID is the pid of a running session guest's QEMU (libvirt's pid file).
@@ -520,4 +525,113 @@ func containsPrefix(names []string, prefix string) bool {
 		}
 	}
 	return false
+}
+
+// TestDesiredNotice measures how fast a change at the vDC reaches libvirt through
+// the long-poll (no periodic resync), and checks that a heartbeat's desired
+// generation fetches a change the long-poll was not woken for.
+func TestDesiredNotice(t *testing.T) {
+	e := newEnv(t)
+	r, _ := e.reconciler(time.Hour)
+	e.waitApplied(r, e.srv.publish(nil, nil, nil, false), 10*time.Second)
+	var worst, sum time.Duration
+	const rounds = 10
+	for i := 0; i < rounds; i++ {
+		time.Sleep(100 * time.Millisecond) // the next long-poll is open
+		t0 := time.Now()
+		e.waitApplied(r, e.srv.publish(nil, nil, nil, false), 5*time.Second)
+		d := time.Since(t0)
+		sum += d
+		worst = max(worst, d)
+	}
+	t.Logf("vDC change -> applied via the long-poll: mean %v, max %v over %d changes", (sum / rounds).Round(time.Microsecond), worst.Round(time.Microsecond), rounds)
+	if worst > 2*time.Second {
+		t.Errorf("a change took %v to be applied, want about a second at most", worst)
+	}
+
+	gen := e.srv.publish(nil, nil, nil, true)
+	time.Sleep(1500 * time.Millisecond)
+	if r.Applied() == gen {
+		t.Fatalf("a change the long-poll was not woken for was applied without a hint")
+	}
+	t0 := time.Now()
+	r.Notify(gen)
+	e.waitApplied(r, gen, 2*time.Second)
+	t.Logf("heartbeat hint -> applied %v", time.Since(t0).Round(time.Microsecond))
+}
+
+// TestFirmwareNICsAndPowerOff defines a UEFI guest (libvirt picks OVMF and keeps
+// its NVRAM), a stopped VM with a NIC on the bridge, and then powers the host's
+// guests off the way a clean host power-off does: ACPI, forced after the timeout,
+// autostart kept.
+func TestFirmwareNICsAndPowerOff(t *testing.T) {
+	e := newEnv(t)
+	r, _ := e.reconciler(time.Hour)
+	uefi := uuid.NewString()
+	nic := uuid.NewString()
+	uvm := quantix.DesiredVM{UUID: uefi, Power: quantix.WantedRunning, Generation: 1,
+		Spec: quantix.VMSpec{Name: "vm-uefi", VCPUs: 1, MemoryBytes: 32 << 20, Firmware: quantix.FirmwareUEFI,
+			Disks: []quantix.DiskSpec{{SizeBytes: 16 << 20}}, BootOrder: []string{quantix.BootNetwork, quantix.BootDisk}}}
+	nvm := quantix.DesiredVM{UUID: nic, Power: quantix.WantedStopped, Generation: 1,
+		Spec: quantix.VMSpec{Name: "vm-nic", VCPUs: 2, MemoryBytes: 16 << 20,
+			NICs: []quantix.NICSpec{{Network: quantix.NetworkManagement, MAC: "52:54:00:12:34:56"}}}}
+	gen := e.srv.publish([]quantix.DesiredVM{uvm, nvm}, nil, nil, false)
+	dom := e.waitState(uefi, libvirt.DomainRunning, 60*time.Second)
+	e.waitApplied(r, gen, 10*time.Second)
+	if errs := r.Errors(); len(errs) != 0 {
+		t.Fatalf("errors: %v", errs)
+	}
+	x, err := e.lv.DomainGetXMLDesc(dom, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !strings.Contains(x, "<nvram") || !strings.Contains(x, "OVMF") || !strings.Contains(x, "q35") {
+		t.Errorf("UEFI domain without OVMF, NVRAM or q35:\n%s", x)
+	}
+	if i, j := strings.Index(x, "<boot dev='network'/>"), strings.Index(x, "<boot dev='hd'/>"); i < 0 || j < i {
+		t.Errorf("boot order network, disk not kept:\n%s", x)
+	}
+	nvram := ""
+	if i := strings.Index(x, "<nvram"); i >= 0 {
+		rest := x[i:]
+		nvram = rest[strings.Index(rest, ">")+1 : strings.Index(rest, "</nvram>")]
+	}
+	if _, err := os.Stat(nvram); err != nil {
+		t.Errorf("NVRAM file %q: %v", nvram, err)
+	}
+	ndom, st, err := e.domain(nic)
+	if err != nil || st != libvirt.DomainShutoff {
+		t.Fatalf("vm-nic: state %d, %v; want defined and shut off", st, err)
+	}
+	nx, _ := e.lv.DomainGetXMLDesc(ndom, libvirt.DomainXMLInactive)
+	for _, want := range []string{"<interface type='bridge'>", "<mac address='52:54:00:12:34:56'/>", "<source bridge='br0'/>", "<model type='virtio'/>"} {
+		if !strings.Contains(nx, want) {
+			t.Errorf("vm-nic definition lacks %s:\n%s", want, nx)
+		}
+	}
+
+	// The host powers off: the OVMF guest idles without an OS, so ACPI does nothing
+	// and it is forced off after the timeout; autostart stays on.
+	t0 := time.Now()
+	forced, err := vms.ShutdownAll(context.Background(), e.lv, time.Second, e.logger("poweroff"))
+	if err != nil || forced != 1 {
+		t.Errorf("ShutdownAll = %d, %v; want 1 guest forced off", forced, err)
+	}
+	t.Logf("host power-off of 1 guest (1 s ACPI timeout): %v", time.Since(t0).Round(time.Millisecond))
+	if _, st, _ := e.domain(uefi); st != libvirt.DomainShutoff {
+		t.Errorf("after ShutdownAll the guest is in state %d, want shut off", st)
+	}
+	if auto, _ := e.lv.DomainGetAutostart(dom); auto != 1 {
+		t.Errorf("ShutdownAll changed autostart to %d", auto)
+	}
+
+	// Delete takes the NVRAM along.
+	gen = e.srv.publish(nil, []quantix.DeletedVM{{UUID: uefi}, {UUID: nic}}, nil, false)
+	e.waitApplied(r, gen, 20*time.Second)
+	if _, err := os.Stat(nvram); err == nil {
+		t.Errorf("NVRAM %s left after the delete", nvram)
+	}
+	if vols := e.volumes(); containsPrefix(vols, uefi) {
+		t.Errorf("volumes %v left after the delete", vols)
+	}
 }
