@@ -215,7 +215,7 @@ func (r *Reconciler) power(lv *libvirt.Libvirt, vm quantix.DesiredVM, f *found) 
 			if err := r.setRebootCount(lv, f, vm.RebootCount); err != nil {
 				return err
 			}
-			if err := lv.DomainReboot(f.dom, libvirt.DomainRebootAcpiPowerBtn); err != nil {
+			if err := lv.DomainReboot(f.dom, 0); err != nil {
 				return fmt.Errorf("reboot domain %s: %w", id, err)
 			}
 			r.log.Info("vm rebooted", "vm", id, "reboot_count", vm.RebootCount)
@@ -239,7 +239,8 @@ func (r *Reconciler) power(lv *libvirt.Libvirt, vm quantix.DesiredVM, f *found) 
 		if timeout <= 0 {
 			timeout = quantix.DefaultStopTimeoutSeconds * time.Second
 		}
-		if err := lv.DomainShutdownFlags(f.dom, libvirt.DomainShutdownAcpiPowerBtn); err != nil && !isLibvirtErr(err, libvirt.ErrOperationInvalid) {
+		// libvirt's default method: ACPI for a QEMU guest without a guest agent.
+		if err := lv.DomainShutdown(f.dom); err != nil && !isLibvirtErr(err, libvirt.ErrOperationInvalid) {
 			return fmt.Errorf("shut down domain %s: %w", id, err)
 		}
 		r.stopping[id] = time.Now().Add(timeout)

@@ -20,7 +20,7 @@ func ShutdownAll(ctx context.Context, lv *libvirt.Libvirt, timeout time.Duration
 		return 0, fmt.Errorf("list running domains: %w", err)
 	}
 	for _, d := range doms {
-		if err := lv.DomainShutdownFlags(d, libvirt.DomainShutdownAcpiPowerBtn); err != nil && !isLibvirtErr(err, libvirt.ErrOperationInvalid) && !isLibvirtErr(err, libvirt.ErrNoDomain) {
+		if err := lv.DomainShutdown(d); err != nil && !isLibvirtErr(err, libvirt.ErrOperationInvalid) && !isLibvirtErr(err, libvirt.ErrNoDomain) {
 			log.Warn("acpi shutdown failed; the guest will be forced off", "domain", d.Name, "err", err)
 		}
 	}
