@@ -251,6 +251,7 @@ func (r *Reconciler) poll(ctx context.Context) {
 			case <-stopKick:
 			}
 		}()
+		started := time.Now()
 		d, err := r.cfg.Channel.Desired(pctx, seen, wait)
 		close(stopKick)
 		kicked := pctx.Err() != nil && ctx.Err() == nil
@@ -286,9 +287,22 @@ func (r *Reconciler) poll(ctx context.Context) {
 		}
 		r.mu.Lock()
 		if r.hint != 0 && r.hint != seen {
-			fresh = true
+			// One fetch per hint: a heartbeat answered before the change the
+			// long-poll already brought must not make this loop spin.
+			fresh, r.hint = true, 0
 		}
 		r.mu.Unlock()
+		if !fresh && wait > 0 && d.Generation == seen && time.Since(started) < time.Second {
+			// A vDC that answers at once without a change (no long-poll support):
+			// ask once a second rather than in a tight loop.
+			select {
+			case <-ctx.Done():
+				return
+			case <-r.kick:
+				fresh = true
+			case <-time.After(time.Second):
+			}
+		}
 	}
 }
 
