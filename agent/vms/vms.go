@@ -274,7 +274,8 @@ func (r *Reconciler) poll(ctx context.Context) {
 			continue
 		}
 		b.Reset()
-		if fresh || d.Generation != seen {
+		unchanged := !fresh && d.Generation == seen
+		if !unchanged {
 			seen, fresh = d.Generation, false
 			r.mu.Lock()
 			r.seen = seen
@@ -292,7 +293,7 @@ func (r *Reconciler) poll(ctx context.Context) {
 			fresh, r.hint = true, 0
 		}
 		r.mu.Unlock()
-		if !fresh && wait > 0 && d.Generation == seen && time.Since(started) < time.Second {
+		if unchanged && !fresh && time.Since(started) < time.Second {
 			// A vDC that answers at once without a change (no long-poll support):
 			// ask once a second rather than in a tight loop.
 			select {
