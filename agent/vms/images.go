@@ -57,7 +57,7 @@ func (c *Cache) Ensure(ctx context.Context, img quantix.DesiredImage) (string, e
 			return path, nil
 		}
 		if fi.Size() == img.SizeBytes {
-			if sum, err := fileSHA256(path); err == nil && sum == want {
+			if sum, err := quantix.FileSHA256(path); err == nil && sum == want {
 				c.remember(img.ID, want)
 				return path, nil
 			}
@@ -121,19 +121,6 @@ func (c *Cache) download(ctx context.Context, img quantix.DesiredImage, want, pa
 		return fmt.Errorf("image %s: %w", img.ID, err)
 	}
 	return nil
-}
-
-func fileSHA256(path string) (string, error) {
-	f, err := os.Open(path)
-	if err != nil {
-		return "", err
-	}
-	defer f.Close()
-	h := sha256.New()
-	if _, err := io.Copy(h, f); err != nil {
-		return "", fmt.Errorf("hash %s: %w", path, err)
-	}
-	return hex.EncodeToString(h.Sum(nil)), nil
 }
 
 // qcow2VirtualSize reads the guest-visible size from a qcow2 header (magic
