@@ -43,8 +43,7 @@ type desiredServer struct {
 	wake     chan struct{} // closed when d changes
 	images   map[string][]byte
 	consoles map[string][]byte
-	answered time.Time // when the last long-poll was answered with a change
-	polls    int
+	down     bool // the vDC is away: every request gets 503
 }
 
 func newDesiredServer(t *testing.T) (*desiredServer, *httptest.Server) {
@@ -67,6 +66,12 @@ func (s *desiredServer) publish(vms []quantix.DesiredVM, deleted []quantix.Delet
 	return s.d.Generation
 }
 
+func (s *desiredServer) setDown(down bool) {
+	s.mu.Lock()
+	s.down = down
+	s.mu.Unlock()
+}
+
 func (s *desiredServer) console(id string) string {
 	s.mu.Lock()
 	defer s.mu.Unlock()
@@ -74,6 +79,13 @@ func (s *desiredServer) console(id string) string {
 }
 
 func (s *desiredServer) ServeHTTP(w http.ResponseWriter, r *http.Request) {
+	s.mu.Lock()
+	down := s.down
+	s.mu.Unlock()
+	if down {
+		http.Error(w, `{"error":"vdc unavailable"}`, http.StatusServiceUnavailable)
+		return
+	}
 	if r.Header.Get("Authorization") != "Bearer "+testSecret {
 		http.Error(w, `{"error":"bad node secret"}`, http.StatusUnauthorized)
 		return
@@ -85,7 +97,6 @@ func (s *desiredServer) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		after, _ := strconv.ParseInt(r.URL.Query().Get("after"), 10, 64)
 		wait, _ := strconv.Atoi(r.URL.Query().Get("wait"))
 		s.mu.Lock()
-		s.polls++
 		d, wake := s.d, s.wake
 		s.mu.Unlock()
 		if wait > 0 && d.Generation == after {
@@ -97,9 +108,6 @@ func (s *desiredServer) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 			}
 			s.mu.Lock()
 			d = s.d
-			if d.Generation != after {
-				s.answered = time.Now()
-			}
 			s.mu.Unlock()
 		}
 		w.Header().Set("Content-Type", "application/json")
@@ -349,9 +357,11 @@ func tinyVM(id, name, image string) quantix.DesiredVM {
 
 // TestReconcileLifecycle drives one TCG guest through the whole contract with a
 // real libvirtd: create running (marker on the console, console PUT), idempotent
-// re-apply, agent restart and libvirtd restart without a guest restart, an
-// unmanaged domain and a bad image next to it, stop (ACPI ignored by the boot
-// sector: forced after the timeout), start, reboot count, delete.
+// re-apply, agent restart (also while the vDC is down) and libvirtd restart
+// without a guest restart, a spec change kept for the next start, a domain of
+// another node never started, an unmanaged domain and a bad image next to it,
+// stop (ACPI ignored by the boot sector: forced after the timeout), start, reboot
+// count, delete.
 func TestReconcileLifecycle(t *testing.T) {
 	e := newEnv(t)
 	const marker = "QX-VM-AGENT-MARKER"
@@ -419,6 +429,59 @@ func TestReconcileLifecycle(t *testing.T) {
 		t.Errorf("agent restart touched the guest: id %d -> %d, state %d, pid %d -> %d", dom.ID, d.ID, st, pid, e.qemuPID("vm-a"))
 	}
 
+	// The vDC goes away and the agent restarts meanwhile: nothing is stopped.
+	e.srv.setDown(true)
+	stop()
+	r, stop = e.reconciler(time.Hour)
+	time.Sleep(3 * time.Second)
+	if d, st, _ := e.domain(id); d.ID != dom.ID || st != libvirt.DomainRunning || e.qemuPID("vm-a") != pid {
+		t.Errorf("with the vDC down the guest changed: id %d -> %d, state %d", dom.ID, d.ID, st)
+	}
+	if !strings.Contains(e.log.String(), "fetching the desired VMs failed; VMs keep their state") {
+		t.Errorf("the failing fetch was not logged")
+	}
+	e.srv.setDown(false)
+	e.waitApplied(r, gen, 10*time.Second)
+
+	// A spec change of a running VM is defined for its next start; the guest
+	// runs on as it is.
+	vm.Generation, vm.Spec.MemoryBytes = 2, 32<<20
+	gen = e.srv.publish([]quantix.DesiredVM{vm}, nil, []quantix.DesiredImage{img}, false)
+	e.waitApplied(r, gen, 10*time.Second)
+	if d, st, _ := e.domain(id); d.ID != dom.ID || st != libvirt.DomainRunning || e.qemuPID("vm-a") != pid {
+		t.Errorf("a spec change restarted the guest: id %d -> %d, state %d", dom.ID, d.ID, st)
+	}
+	x, _ = e.lv.DomainGetXMLDesc(dom, libvirt.DomainXMLInactive)
+	if !strings.Contains(x, "<memory unit='KiB'>32768</memory>") {
+		t.Errorf("the next start's definition does not have the new memory:\n%s", x)
+	}
+	live, _ := e.lv.DomainGetXMLDesc(dom, 0)
+	if !strings.Contains(live, "<memory unit='KiB'>16384</memory>") {
+		t.Errorf("the running guest's live definition changed:\n%s", live)
+	}
+
+	// A domain whose metadata names another node is never started here.
+	other := uuid.NewString()
+	ovm := tinyVM(other, "vm-other", img.ID)
+	ox, err := vms.DomainXML(ovm, "vm-other", []vms.Disk{{Volume: "none.img", Format: quantix.ImageRaw}}, vms.Metadata{Node: "node-b", Generation: 1}, vms.Layout{Pool: quantix.DefaultPool, ConsoleDir: e.consoles, DomainType: "qemu"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := e.lv.DomainDefineXML(ox); err != nil {
+		t.Fatalf("define node-b's domain: %v", err)
+	}
+	gen = e.srv.publish([]quantix.DesiredVM{vm, ovm}, nil, []quantix.DesiredImage{img}, false)
+	e.waitApplied(r, gen, 10*time.Second)
+	if err := r.Errors()[other]; !strings.Contains(err, "belongs to node node-b") {
+		t.Errorf("error of node-b's VM = %q, want it refused", err)
+	}
+	if _, st, _ := e.domain(other); st != libvirt.DomainShutoff {
+		t.Errorf("node-b's VM is in state %d, want never started", st)
+	}
+	if d, err := e.lv.DomainLookupByUUID(libvirt.UUID(uuid.MustParse(other))); err == nil {
+		e.lv.DomainUndefine(d)
+	}
+
 	// A bad image and the unmanaged domain named for deletion: errors for those
 	// two, vm-a untouched.
 	bad := bootImage(t, e.srv, "img-bad", "QX-BAD")
@@ -469,7 +532,7 @@ func TestReconcileLifecycle(t *testing.T) {
 	}
 
 	// Stop: the boot sector ignores ACPI, so it is forced off after 1 s.
-	vm.Generation, vm.Power = 2, quantix.WantedStopped
+	vm.Generation, vm.Power = 3, quantix.WantedStopped
 	t1 := time.Now()
 	gen = e.srv.publish([]quantix.DesiredVM{vm}, nil, []quantix.DesiredImage{img}, false)
 	dom = e.waitState(id, libvirt.DomainShutoff, 30*time.Second)
@@ -483,16 +546,16 @@ func TestReconcileLifecycle(t *testing.T) {
 	}
 
 	// Start again, then a reboot: the count is recorded once.
-	vm.Generation, vm.Power = 3, quantix.WantedRunning
+	vm.Generation, vm.Power = 4, quantix.WantedRunning
 	gen = e.srv.publish([]quantix.DesiredVM{vm}, nil, []quantix.DesiredImage{img}, false)
 	dom = e.waitState(id, libvirt.DomainRunning, 30*time.Second)
 	e.waitApplied(r, gen, 10*time.Second)
-	vm.Generation, vm.RebootCount = 4, 1
+	vm.Generation, vm.RebootCount = 5, 1
 	gen = e.srv.publish([]quantix.DesiredVM{vm}, nil, []quantix.DesiredImage{img}, false)
 	e.waitApplied(r, gen, 10*time.Second)
 	x, _ = e.lv.DomainGetXMLDesc(dom, libvirt.DomainXMLInactive)
-	if meta, _, _ := vms.ParseMetadata(x); meta.RebootCount != 1 || meta.Generation != 4 {
-		t.Errorf("metadata after the reboot = %+v, want reboot count 1, generation 4", meta)
+	if meta, _, _ := vms.ParseMetadata(x); meta.RebootCount != 1 || meta.Generation != 5 {
+		t.Errorf("metadata after the reboot = %+v, want reboot count 1, generation 5", meta)
 	}
 	stop()
 	r, stop = e.reconciler(time.Hour)
