@@ -11,6 +11,7 @@ import (
 	"net/http"
 	"net/http/httptest"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"strconv"
 	"strings"
@@ -624,9 +625,10 @@ func TestDesiredNotice(t *testing.T) {
 }
 
 // TestFirmwareNICsAndPowerOff defines a UEFI guest (libvirt picks OVMF and keeps
-// its NVRAM), a stopped VM with a NIC on the bridge, and then powers the host's
-// guests off the way a clean host power-off does: ACPI, forced after the timeout,
-// autostart kept.
+// its NVRAM) and a stopped VM with a NIC on the bridge, an ISO as CD-ROM and a
+// disk copied from a qcow2 image; powers the host's guests off the way a clean
+// host power-off does (ACPI, forced after the timeout, autostart kept); deletes
+// both, one keeping its disks.
 func TestFirmwareNICsAndPowerOff(t *testing.T) {
 	e := newEnv(t)
 	r, _ := e.reconciler(time.Hour)
@@ -635,10 +637,31 @@ func TestFirmwareNICsAndPowerOff(t *testing.T) {
 	uvm := quantix.DesiredVM{UUID: uefi, Power: quantix.WantedRunning, Generation: 1,
 		Spec: quantix.VMSpec{Name: "vm-uefi", VCPUs: 1, MemoryBytes: 32 << 20, Firmware: quantix.FirmwareUEFI,
 			Disks: []quantix.DiskSpec{{SizeBytes: 16 << 20}}, BootOrder: []string{quantix.BootNetwork, quantix.BootDisk}}}
+	// vm-nic: stopped, a NIC on the bridge, an ISO as CD-ROM and a disk copied
+	// from a qcow2 image and grown.
+	qcow := filepath.Join(t.TempDir(), "disk.qcow2")
+	if out, err := exec.Command("qemu-img", "create", "-q", "-f", "qcow2", qcow, "8M").CombinedOutput(); err != nil {
+		t.Fatalf("qemu-img create: %v %s (apt-get install qemu-utils)", err, out)
+	}
+	qb, err := os.ReadFile(qcow)
+	if err != nil {
+		t.Fatal(err)
+	}
+	qsum := sha256.Sum256(qb)
+	iso := []byte(strings.Repeat("not really an ISO, but QEMU reads it as one ", 100))
+	isum := sha256.Sum256(iso)
+	e.srv.mu.Lock()
+	e.srv.images["img-qcow"], e.srv.images["img-iso"] = qb, iso
+	e.srv.mu.Unlock()
+	imgs := []quantix.DesiredImage{
+		{ID: "img-qcow", Format: quantix.ImageQCOW2, SizeBytes: int64(len(qb)), SHA256: hex.EncodeToString(qsum[:])},
+		{ID: "img-iso", Format: quantix.ImageISO, SizeBytes: int64(len(iso)), SHA256: hex.EncodeToString(isum[:])},
+	}
 	nvm := quantix.DesiredVM{UUID: nic, Power: quantix.WantedStopped, Generation: 1,
-		Spec: quantix.VMSpec{Name: "vm-nic", VCPUs: 2, MemoryBytes: 16 << 20,
-			NICs: []quantix.NICSpec{{Network: quantix.NetworkManagement, MAC: "52:54:00:12:34:56"}}}}
-	gen := e.srv.publish([]quantix.DesiredVM{uvm, nvm}, nil, nil, false)
+		Spec: quantix.VMSpec{Name: "vm-nic", VCPUs: 2, MemoryBytes: 16 << 20, CDROM: "img-iso",
+			Disks: []quantix.DiskSpec{{ImageID: "img-qcow", SizeBytes: 32 << 20}},
+			NICs:  []quantix.NICSpec{{Network: quantix.NetworkManagement, MAC: "52:54:00:12:34:56"}}}}
+	gen := e.srv.publish([]quantix.DesiredVM{uvm, nvm}, nil, imgs, false)
 	dom := e.waitState(uefi, libvirt.DomainRunning, 60*time.Second)
 	e.waitApplied(r, gen, 10*time.Second)
 	if errs := r.Errors(); len(errs) != 0 {
@@ -667,10 +690,23 @@ func TestFirmwareNICsAndPowerOff(t *testing.T) {
 		t.Fatalf("vm-nic: state %d, %v; want defined and shut off", st, err)
 	}
 	nx, _ := e.lv.DomainGetXMLDesc(ndom, libvirt.DomainXMLInactive)
-	for _, want := range []string{"<interface type='bridge'>", "<mac address='52:54:00:12:34:56'/>", "<source bridge='br0'/>", "<model type='virtio'/>"} {
+	for _, want := range []string{"<interface type='bridge'>", "<mac address='52:54:00:12:34:56'/>", "<source bridge='br0'/>", "<model type='virtio'/>",
+		"<source file='" + filepath.Join(e.images, "img-iso") + "'/>", "<source pool='default' volume='" + nic + "-disk0.qcow2'/>"} {
 		if !strings.Contains(nx, want) {
 			t.Errorf("vm-nic definition lacks %s:\n%s", want, nx)
 		}
+	}
+	if auto, _ := e.lv.DomainGetAutostart(ndom); auto != 0 {
+		t.Errorf("autostart of a stopped VM = %d", auto)
+	}
+	pool, _ := e.lv.StoragePoolLookupByName(quantix.DefaultPool)
+	e.lv.StoragePoolRefresh(pool, 0)
+	vol, err := e.lv.StorageVolLookupByName(pool, nic+"-disk0.qcow2")
+	if err != nil {
+		t.Fatalf("vm-nic's disk: %v", err)
+	}
+	if _, capacity, _, err := e.lv.StorageVolGetInfo(vol); err != nil || capacity != 32<<20 {
+		t.Errorf("vm-nic's disk from the 8 MiB qcow2 image: capacity %d (%v), want grown to 32 MiB", capacity, err)
 	}
 
 	// The host powers off: the OVMF guest idles without an OS, so ACPI does nothing
@@ -689,8 +725,14 @@ func TestFirmwareNICsAndPowerOff(t *testing.T) {
 	}
 
 	// Delete takes the NVRAM along.
-	gen = e.srv.publish(nil, []quantix.DeletedVM{{UUID: uefi}, {UUID: nic}}, nil, false)
+	gen = e.srv.publish(nil, []quantix.DeletedVM{{UUID: uefi}, {UUID: nic, KeepDisks: true}}, nil, false)
 	e.waitApplied(r, gen, 20*time.Second)
+	if _, _, err := e.domain(nic); err == nil {
+		t.Errorf("vm-nic still defined after the delete")
+	}
+	if vols := e.volumes(); !containsPrefix(vols, nic) {
+		t.Errorf("vm-nic's disk went with a delete that keeps disks: %v", vols)
+	}
 	if _, err := os.Stat(nvram); err == nil {
 		t.Errorf("NVRAM %s left after the delete", nvram)
 	}
