@@ -45,6 +45,7 @@ type desiredServer struct {
 	images   map[string][]byte
 	consoles map[string][]byte
 	down     bool // the vDC is away: every request gets 503
+	waiting  int  // long-polls being held
 }
 
 func newDesiredServer(t *testing.T) (*desiredServer, *httptest.Server) {
@@ -101,6 +102,10 @@ func (s *desiredServer) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		d, wake := s.d, s.wake
 		s.mu.Unlock()
 		if wait > 0 && d.Generation == after {
+			s.mu.Lock()
+			s.waiting++
+			s.mu.Unlock()
+			defer func() { s.mu.Lock(); s.waiting--; s.mu.Unlock() }()
 			select {
 			case <-wake:
 			case <-time.After(time.Duration(min(wait, quantix.MaxDesiredWait)) * time.Second):
@@ -264,6 +269,16 @@ func (e *env) eventually(d time.Duration, what string, cond func() (bool, string
 		}
 		time.Sleep(50 * time.Millisecond)
 	}
+}
+
+// waitHeld waits until the in-test vDC holds a long-poll of the reconciler.
+func (e *env) waitHeld() {
+	e.t.Helper()
+	e.eventually(5*time.Second, "a long-poll held", func() (bool, string) {
+		e.srv.mu.Lock()
+		defer e.srv.mu.Unlock()
+		return e.srv.waiting > 0, ""
+	})
 }
 
 func (e *env) domain(id string) (libvirt.Domain, libvirt.DomainState, error) {
@@ -602,6 +617,7 @@ func TestDesiredNotice(t *testing.T) {
 	const rounds = 10
 	for i := 0; i < rounds; i++ {
 		time.Sleep(100 * time.Millisecond) // the next long-poll is open
+		e.waitHeld()
 		t0 := time.Now()
 		e.waitApplied(r, e.srv.publish(nil, nil, nil, false), 5*time.Second)
 		d := time.Since(t0)
@@ -613,6 +629,8 @@ func TestDesiredNotice(t *testing.T) {
 		t.Errorf("a change took %v to be applied, want about a second at most", worst)
 	}
 
+	// Quiet, once the long-poll is held: only a hint brings the change.
+	e.waitHeld()
 	gen := e.srv.publish(nil, nil, nil, true)
 	time.Sleep(1500 * time.Millisecond)
 	if r.Applied() == gen {
