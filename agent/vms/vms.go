@@ -154,6 +154,9 @@ func (r *Reconciler) notify() {
 // Notify tells the reconciler the desired generation a heartbeat answer carried;
 // when it is not the one last fetched, the desired state is fetched at once.
 func (r *Reconciler) Notify(generation int64) {
+	if generation == 0 {
+		return // a vDC that does not know desired generations (yet)
+	}
 	r.mu.Lock()
 	r.hint = generation
 	stale := generation != r.seen
