@@ -76,7 +76,7 @@ func New(cfg Config, log *slog.Logger) (*Service, error) {
 	api := &client{base: cfg.ControlPlane, http: &http.Client{Timeout: cfg.RequestTimeout}}
 	// The desired long-poll is held longer than any other request: its own
 	// client, bounded per request.
-	vmch := vms.NewChannel(cfg.ControlPlane, &http.Client{}, cfg.RequestTimeout)
+	vmch := vms.NewChannel(cfg.ControlPlane, &http.Client{Transport: api.http.Transport}, cfg.RequestTimeout)
 	rec, err := vms.New(vms.Config{
 		Channel:     vmch,
 		Libvirt:     mon.Conn,
@@ -294,6 +294,7 @@ func (s *Service) management() (Management, error) {
 		// A kept-alive connection is bound to the old address, which may be gone:
 		// requests on it would wait out their timeout. Dial afresh from the new one.
 		s.api.http.CloseIdleConnections()
+		s.vms.Interrupt()
 	} else if !s.lastMgmt.IP.IsValid() {
 		s.log.Info("management address", "ip", m.IP, "interface", m.Interface, "source", m.Source)
 	}

@@ -169,6 +169,16 @@ func (r *Reconciler) Notify(generation int64) {
 	}
 }
 
+// Interrupt ends the long-poll in flight and fetches again at once, on a new
+// connection: the agent calls it when the management address changed, as the
+// held connection belongs to the old address.
+func (r *Reconciler) Interrupt() {
+	select {
+	case r.kick <- struct{}{}:
+	default:
+	}
+}
+
 // Errors are the managed VMs that could not be converged, by UUID, with the reason.
 func (r *Reconciler) Errors() map[string]string {
 	r.mu.Lock()
