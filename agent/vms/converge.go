@@ -484,8 +484,9 @@ func (r *Reconciler) noteLeftAlone(lv *libvirt.Libvirt, wanted map[string]bool) 
 		if err != nil {
 			continue
 		}
+		// Checked once per agent process: managed or not does not change.
+		r.left[id] = true
 		if _, managed, _ := ParseMetadata(x); managed {
-			r.left[id] = true
 			r.log.Warn("managed domain not in the desired state; left alone", "vm", id, "name", d.Name)
 		}
 	}

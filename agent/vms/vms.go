@@ -101,7 +101,7 @@ type Reconciler struct {
 
 	// Owned by the converger.
 	stopping map[string]time.Time // VM UUID -> when a stop turns into a force-off
-	left     map[string]bool      // managed domains the vDC does not mention, logged once
+	left     map[string]bool      // domains the vDC does not mention, looked at once
 }
 
 type vmError struct {
