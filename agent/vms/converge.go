@@ -193,6 +193,12 @@ func (r *Reconciler) power(lv *libvirt.Libvirt, vm quantix.DesiredVM, f *found) 
 	id := strings.ToLower(vm.UUID)
 	if vm.Power == quantix.WantedRunning {
 		delete(r.stopping, id)
+		if _, err := os.Stat(r.cfg.HaltMarker); err == nil {
+			// The host is powering off and shutting its guests down: starting one
+			// now would only have it killed.
+			r.log.Debug("host shutting guests down; not starting", "vm", id, "marker", r.cfg.HaltMarker)
+			return nil
+		}
 		switch {
 		case !f.active():
 			// A fresh boot settles every reboot asked for so far.

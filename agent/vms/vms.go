@@ -43,6 +43,9 @@ type Config struct {
 	Pool string
 	// Bridge is the bridge of NICs on network management (default br0).
 	Bridge string
+	// HaltMarker is the file that says the host is shutting its guests down
+	// (default quantix.GuestsStoppingFile): no guest is started while it exists.
+	HaltMarker string
 
 	// Timing; zero values take the defaults in parentheses.
 	PollWait     time.Duration // how long a desired long-poll is held (55 s)
@@ -68,6 +71,7 @@ func (c Config) withDefaults() (Config, error) {
 	def(&c.ConsoleDir, quantix.LogDir+"/vms")
 	def(&c.Pool, quantix.DefaultPool)
 	def(&c.Bridge, "br0")
+	def(&c.HaltMarker, quantix.GuestsStoppingFile)
 	dur := func(d *time.Duration, v time.Duration) {
 		if *d <= 0 {
 			*d = v

@@ -169,6 +169,7 @@ type env struct {
 	images   string
 	consoles string
 	pool     string
+	marker   string // the reconciler's HaltMarker
 	log      *syncbuf.Buffer
 }
 
@@ -180,7 +181,7 @@ func newEnv(t *testing.T) *env {
 	if _, err := os.Stat("/usr/bin/qemu-system-x86_64"); err != nil {
 		t.Fatalf("qemu-system-x86_64 missing: run make deps (apt-get install qemu-system-x86)")
 	}
-	e := &env{t: t, daemon: libvirtdtest.Start(t), log: &syncbuf.Buffer{}}
+	e := &env{t: t, daemon: libvirtdtest.Start(t), log: &syncbuf.Buffer{}, marker: filepath.Join(t.TempDir(), "guests-stopping")}
 	e.pool = e.daemon.Dir(t, "pool")
 	e.consoles = e.daemon.Dir(t, "consoles")
 	e.images = e.daemon.Dir(t, "images")
@@ -242,7 +243,7 @@ func (e *env) reconciler(resync time.Duration) (*vms.Reconciler, func()) {
 	r, err := vms.New(vms.Config{
 		Channel: ch, Libvirt: e.mon.Conn,
 		Accelerator: func() string { return e.mon.Status().Accelerator },
-		ImagesDir:   e.images, ConsoleDir: e.consoles,
+		ImagesDir:   e.images, ConsoleDir: e.consoles, HaltMarker: e.marker,
 		PollWait: 30 * time.Second, RetryEvery: time.Second, ResyncEvery: resync, ConsoleEvery: 500 * time.Millisecond,
 	}, e.logger("vms"))
 	if err != nil {
@@ -741,6 +742,17 @@ func TestFirmwareNICsAndPowerOff(t *testing.T) {
 	if auto, _ := e.lv.DomainGetAutostart(dom); auto != 1 {
 		t.Errorf("ShutdownAll changed autostart to %d", auto)
 	}
+
+	// While the host shuts its guests down, a re-apply starts none.
+	if err := os.WriteFile(e.marker, nil, 0o644); err != nil {
+		t.Fatal(err)
+	}
+	gen = e.srv.publish([]quantix.DesiredVM{uvm, nvm}, nil, imgs, false)
+	e.waitApplied(r, gen, 10*time.Second)
+	if _, st, _ := e.domain(uefi); st != libvirt.DomainShutoff {
+		t.Errorf("a guest was started while the host shuts its guests down (state %d)", st)
+	}
+	os.Remove(e.marker)
 
 	// Delete takes the NVRAM along.
 	gen = e.srv.publish(nil, []quantix.DeletedVM{{UUID: uefi}, {UUID: nic, KeepDisks: true}}, nil, false)

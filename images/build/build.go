@@ -321,6 +321,7 @@ func (r *buildRun) imageConfig() error {
 	c := quantix.ImageConfig{
 		Image: img.Name, Version: img.Version, VolumeLabel: img.VolumeLabel, Hostname: img.Hostname,
 		KernelRelease: r.k.Release, Modules: img.Kernel.Modules, LateModules: img.Kernel.LateModules, Services: img.Services,
+		HaltHooks: img.HaltHooks,
 	}
 	data, err := c.Encode()
 	if err != nil {

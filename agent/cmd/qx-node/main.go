@@ -7,7 +7,8 @@
 //
 // `qx-node shutdown-guests [--timeout 60s] [--libvirt-uri URI]` is the clean host
 // power-off of the guests (docs/design.md §14): ACPI shutdown of every running
-// guest, forced off after the timeout. Run it before libvirtd stops.
+// guest, forced off after the timeout, while the agent starts none (the file
+// quantix.GuestsStoppingFile). Quantix-OS's init runs it as a halt hook.
 package main
 
 import (
@@ -136,6 +137,7 @@ func shutdownGuests(ctx context.Context, args []string, stderr io.Writer) error 
 	fl.SetOutput(stderr)
 	timeout := fl.Duration("timeout", 60*time.Second, "how long guests get for an ACPI shutdown before they are forced off")
 	libvirtURI := fl.String("libvirt-uri", hypervisor.DefaultURI, "local libvirt `URI`")
+	marker := fl.String("marker", quantix.GuestsStoppingFile, "`file` that keeps the agent from starting guests meanwhile (kept when run by init at a halt)")
 	if err := fl.Parse(args); err != nil {
 		if errors.Is(err, flag.ErrHelp) {
 			return nil
@@ -157,6 +159,14 @@ func shutdownGuests(ctx context.Context, args []string, stderr io.Writer) error 
 	lv := mon.Conn()
 	if lv == nil {
 		return fmt.Errorf("shutdown guests: libvirt %s: %s", *libvirtURI, mon.Status().Reason)
+	}
+	// The agent runs on during a halt: it must not start what is being stopped.
+	if err := quantix.WriteFileAtomic(*marker, []byte("shutting guests down\n"), 0o644); err != nil {
+		return fmt.Errorf("shutdown guests: %w", err)
+	}
+	if os.Getenv("QUANTIX_HALT") == "" {
+		// Run by hand, not by init's halt hook: the host stays up.
+		defer os.Remove(*marker)
 	}
 	forced, err := vms.ShutdownAll(ctx, lv, *timeout, log)
 	if err != nil {

@@ -132,7 +132,8 @@ func TestShutdownGuests(t *testing.T) {
 	}
 	d := libvirtdtest.Start(t)
 	var stderr bytes.Buffer
-	if err := run(context.Background(), []string{"shutdown-guests", "--timeout", "5s", "--libvirt-uri", d.URI()}, io.Discard, &stderr); err != nil {
+	marker := filepath.Join(t.TempDir(), "guests-stopping")
+	if err := run(context.Background(), []string{"shutdown-guests", "--timeout", "5s", "--libvirt-uri", d.URI(), "--marker", marker}, io.Discard, &stderr); err != nil {
 		t.Fatalf("shutdown-guests = %v\n%s", err, stderr.String())
 	}
 	if !strings.Contains(stderr.String(), "guests shut down") || !strings.Contains(stderr.String(), "forced_off=0") {
@@ -143,7 +144,10 @@ func TestShutdownGuests(t *testing.T) {
 	if !strings.Contains(stderr.String(), "guests=1") {
 		t.Errorf("shutdown-guests did not shut the running domain down:\n%s", stderr.String())
 	}
-	err := run(context.Background(), []string{"shutdown-guests", "--libvirt-uri", "test+unix:///default?socket=" + filepath.Join(t.TempDir(), "none")}, io.Discard, io.Discard)
+	if _, err := os.Stat(marker); err == nil {
+		t.Errorf("shutdown-guests run by hand left %s: the agent would start no guest", marker)
+	}
+	err := run(context.Background(), []string{"shutdown-guests", "--marker", marker, "--libvirt-uri", "test+unix:///default?socket=" + filepath.Join(t.TempDir(), "none")}, io.Discard, io.Discard)
 	if err == nil || !strings.Contains(err.Error(), "libvirt") {
 		t.Errorf("shutdown-guests without libvirt = %v, want an error naming libvirt", err)
 	}
