@@ -46,6 +46,8 @@ type desiredServer struct {
 	consoles map[string][]byte
 	down     bool // the vDC is away: every request gets 503
 	waiting  int  // long-polls being held
+	noWait   bool // answer long-polls at once, as a vDC without long-poll support
+	fetches  int  // desired requests
 }
 
 func newDesiredServer(t *testing.T) (*desiredServer, *httptest.Server) {
@@ -99,9 +101,10 @@ func (s *desiredServer) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		after, _ := strconv.ParseInt(r.URL.Query().Get("after"), 10, 64)
 		wait, _ := strconv.Atoi(r.URL.Query().Get("wait"))
 		s.mu.Lock()
-		d, wake := s.d, s.wake
+		d, wake, noWait := s.d, s.wake, s.noWait
+		s.fetches++
 		s.mu.Unlock()
-		if wait > 0 && d.Generation == after {
+		if wait > 0 && d.Generation == after && !noWait {
 			s.mu.Lock()
 			s.waiting++
 			s.mu.Unlock()
@@ -641,6 +644,20 @@ func TestDesiredNotice(t *testing.T) {
 	r.Notify(gen)
 	e.waitApplied(r, gen, 2*time.Second)
 	t.Logf("heartbeat hint -> applied %v", time.Since(t0).Round(time.Microsecond))
+
+	// A vDC that answers every long-poll at once is asked about once a second.
+	e.srv.mu.Lock()
+	e.srv.noWait, e.srv.fetches = true, 0
+	close(e.srv.wake) // ends the poll held now
+	e.srv.wake = make(chan struct{})
+	e.srv.mu.Unlock()
+	time.Sleep(3 * time.Second)
+	e.srv.mu.Lock()
+	n := e.srv.fetches
+	e.srv.mu.Unlock()
+	if n < 2 || n > 5 {
+		t.Errorf("%d fetches in 3 s from a vDC without long-poll, want about 3", n)
+	}
 }
 
 // TestFirmwareNICsAndPowerOff defines a UEFI guest (libvirt picks OVMF and keeps
