@@ -114,3 +114,61 @@ func TestDesiredVMsWiring(t *testing.T) {
 		}
 	}
 }
+
+// TestAddressChangeEndsLongPoll: the desired long-poll held when the management
+// address changes ends at the next heartbeat and is opened again (from the new
+// address), instead of waiting out its wait on a connection of the old one.
+func TestAddressChangeEndsLongPoll(t *testing.T) {
+	if testing.Short() {
+		t.Skip("starts PostgreSQL and a vDC")
+	}
+	v := startVDC(t)
+	target, err := url.Parse(v.URL)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ended := make(chan time.Time, 16)
+	var mu sync.Mutex
+	polls := 0
+	rp := httputil.NewSingleHostReverseProxy(target)
+	front := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if strings.HasSuffix(r.URL.Path, "/desired") {
+			mu.Lock()
+			polls++
+			mu.Unlock()
+			if r.URL.Query().Get("wait") == "" {
+				json.NewEncoder(w).Encode(quantix.NodeDesired{Generation: 1})
+				return
+			}
+			<-r.Context().Done() // held until the agent gives up
+			ended <- time.Now()
+			return
+		}
+		rp.ServeHTTP(w, r)
+	}))
+	t.Cleanup(front.Close)
+	ns := mgmtNS(t, "10.54.0.5/24", "10.54.0.1")
+	cfg := testConfig(t, v, ns, "node-poll")
+	cfg.ControlPlane = front.URL
+	cfg.DesiredWait = 50 * time.Second
+	a := startAgent(t, cfg)
+	a.waitMarker(t, 1)
+	eventually(t, 10*time.Second, "a long-poll held", func() (bool, string) {
+		mu.Lock()
+		defer mu.Unlock()
+		return polls >= 2, fmt.Sprintf("%d desired requests", polls)
+	})
+	moved := time.Now()
+	ns.Readdress(ns.Link("uplink0"), "10.54.0.5/24", "10.54.0.1", "10.54.9.9/24", "10.54.9.1")
+	select {
+	case at := <-ended:
+		t.Logf("the held long-poll ended %s after the address change (heartbeat interval 1 s)", at.Sub(moved).Round(10*time.Millisecond))
+	case <-time.After(10 * time.Second):
+		t.Fatalf("the long-poll was still held 10 s after the address change")
+	}
+	eventually(t, 10*time.Second, "a new long-poll", func() (bool, string) {
+		mu.Lock()
+		defer mu.Unlock()
+		return polls >= 3, fmt.Sprintf("%d desired requests", polls)
+	})
+}
