@@ -22,7 +22,33 @@ type ImageConfig struct {
 	Modules       []string  `toml:"modules"`
 	LateModules   []string  `toml:"late_modules"`
 	Services      []Service `toml:"service"`
+	// HaltHooks run, in order, when the machine powers off or reboots, before init
+	// stops the services (Quantix-OS: the guests are shut down while libvirtd and
+	// the agent still run, docs/design.md §14).
+	HaltHooks []HaltHook `toml:"halt_hook"`
 }
+
+// HaltHook is a command init runs on a power-off or reboot before it stops the
+// services. QUANTIX_HALT=poweroff|reboot is in its environment. Its output goes
+// to init's log; a failure or a timeout is logged and the halt goes on.
+type HaltHook struct {
+	Command string   `toml:"command"`
+	Args    []string `toml:"args"`
+	// TimeoutSeconds bounds the hook (default DefaultHaltHookTimeout); its process
+	// group is killed then.
+	TimeoutSeconds int `toml:"timeout_seconds"`
+}
+
+// DefaultHaltHookTimeout and MaxHaltHookTimeout bound a halt hook, in seconds.
+const (
+	DefaultHaltHookTimeout = 60
+	MaxHaltHookTimeout     = 600
+)
+
+// GuestsStoppingFile exists while `qx-node shutdown-guests` (a halt hook of
+// Quantix-OS) shuts the guests down: the agent's reconciler then starts no guest.
+// It lives in RunDir, a tmpfs, so the next boot starts without it.
+const GuestsStoppingFile = RunDir + "/guests-stopping"
 
 // How init decides that a service is ready (Service.Ready).
 const (

@@ -117,6 +117,21 @@ func TestWriteFileAtomic(t *testing.T) {
 	}
 }
 
+func TestFileSHA256(t *testing.T) {
+	p := filepath.Join(t.TempDir(), "f")
+	if err := os.WriteFile(p, []byte("abc"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	// sha256("abc"), FIPS 180-2 appendix B.1.
+	const want = "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad"
+	if got, err := FileSHA256(p); err != nil || got != want {
+		t.Errorf("FileSHA256 = %q, %v; want %q", got, err, want)
+	}
+	if _, err := FileSHA256(p + ".missing"); err == nil {
+		t.Errorf("FileSHA256 of a missing file: no error")
+	}
+}
+
 func TestParseCmdline(t *testing.T) {
 	c := ParseCmdline(`console=ttyS0 quiet ip=10.0.0.5::10.0.0.1:255.255.255.0:node1:eth0:off quantix.hostname="a b" quantix.vdc=http://x:8443 -- quantix.token=no` + "\n")
 	got := map[string]string{}

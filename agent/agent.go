@@ -21,6 +21,7 @@ import (
 	"github.com/quantix/quantix"
 	"github.com/quantix/quantix/agent/hypervisor"
 	"github.com/quantix/quantix/agent/internal/backoff"
+	"github.com/quantix/quantix/agent/vms"
 )
 
 // ErrRefused is wrapped when the vDC refuses the registration in a way only the
@@ -36,6 +37,8 @@ type Service struct {
 	id       Identity
 	api      *client
 	mon      *hypervisor.Monitor
+	vmch     *vms.Channel
+	vms      *vms.Reconciler
 	st       *statusBoard
 	cpu      cpuSampler
 
@@ -71,13 +74,30 @@ func New(cfg Config, log *slog.Logger) (*Service, error) {
 	if err != nil {
 		return nil, fmt.Errorf("%w: %w", quantix.ErrConfig, err)
 	}
+	api := newClient(strings.Split(cfg.ControlPlane, ","), &http.Client{Timeout: cfg.RequestTimeout}, log)
+	// The desired long-poll is held longer than any other request: its own
+	// client, bounded per request.
+	vmch := vms.NewChannel(api.current, &http.Client{Transport: api.http.Transport}, cfg.RequestTimeout)
+	rec, err := vms.New(vms.Config{
+		Channel:     vmch,
+		Libvirt:     mon.Conn,
+		Accelerator: func() string { return mon.Status().Accelerator },
+		ImagesDir:   cfg.ImagesDir,
+		ConsoleDir:  cfg.ConsoleDir,
+		PollWait:    cfg.DesiredWait,
+	}, log.With("component", "vms"))
+	if err != nil {
+		return nil, fmt.Errorf("%w: %w", quantix.ErrConfig, err)
+	}
 	s := &Service{
 		cfg:      cfg,
 		log:      log,
 		hostname: host,
 		id:       id,
-		api:      newClient(strings.Split(cfg.ControlPlane, ","), &http.Client{Timeout: cfg.RequestTimeout}, log),
+		api:      api,
 		mon:      mon,
+		vmch:     vmch,
+		vms:      rec,
 	}
 	s.st = newStatusBoard(Status{
 		VDC:       cfg.ControlPlane,
@@ -109,6 +129,10 @@ func (s *Service) Run(ctx context.Context) error {
 	defer func() { cancel(); wg.Wait() }()
 	wg.Add(1)
 	go func() { defer wg.Done(); s.mon.Run(ctx) }()
+	if !s.cfg.Once {
+		wg.Add(1)
+		go func() { defer wg.Done(); s.vms.Run(ctx) }()
+	}
 
 	if s.cfg.HTTPListen != "" {
 		ln, err := net.Listen("tcp", s.cfg.HTTPListen)
@@ -206,6 +230,14 @@ func (s *Service) Run(ctx context.Context) error {
 			}
 		case <-fullSync.C:
 			s.sync(ctx, true)
+		case <-s.vms.Changes():
+			// A new applied generation or a VM error: the vDC hears it now.
+			s.sync(ctx, false)
+			if s.nodeID != "" {
+				if err := s.heartbeat(ctx); err == nil {
+					heartbeat.Reset(s.interval)
+				}
+			}
 		}
 	}
 }
@@ -267,6 +299,7 @@ func (s *Service) management() (Management, error) {
 		// A kept-alive connection is bound to the old address, which may be gone:
 		// requests on it would wait out their timeout. Dial afresh from the new one.
 		s.api.http.CloseIdleConnections()
+		s.vms.Interrupt()
 	} else if !s.lastMgmt.IP.IsValid() {
 		s.log.Info("management address", "ip", m.IP, "interface", m.Interface, "source", m.Source)
 	}
@@ -334,6 +367,7 @@ func (s *Service) tryRegister(ctx context.Context) error {
 		return s.explainRegisterError(err)
 	}
 	s.nodeID = resp.NodeID
+	s.vmch.SetNode(resp.NodeID, s.id.NodeSecret)
 	s.sentHV = hv.State
 	s.interval = time.Duration(resp.HeartbeatIntervalSeconds) * time.Second
 	if s.interval <= 0 {
@@ -395,7 +429,7 @@ func (s *Service) heartbeat(ctx context.Context) error {
 		return fail(err)
 	}
 	hv := s.mon.Status()
-	req := quantix.HeartbeatRequest{ManagementIP: m.IP.String(), Hypervisor: &hv}
+	req := quantix.HeartbeatRequest{ManagementIP: m.IP.String(), Hypervisor: &hv, AppliedGeneration: s.vms.Applied()}
 	if s.reported != nil {
 		req.StateHash = s.reported.Hash()
 	}
@@ -422,6 +456,7 @@ func (s *Service) heartbeat(ctx context.Context) error {
 		return fail(err)
 	}
 	s.sentHV = hv.State
+	s.vms.Notify(resp.DesiredGeneration)
 	if resp.HeartbeatIntervalSeconds > 0 {
 		s.interval = time.Duration(resp.HeartbeatIntervalSeconds) * time.Second
 	}
@@ -448,6 +483,7 @@ func (s *Service) heartbeat(ctx context.Context) error {
 
 func (s *Service) forget() {
 	s.nodeID = ""
+	s.vmch.SetNode("", "")
 	s.reported = nil
 	s.st.update(func(st *Status) { st.State = StateRegistering })
 }
@@ -459,6 +495,9 @@ func (s *Service) sync(ctx context.Context, full bool) {
 		return
 	}
 	snap := s.mon.Snapshot(ctx)
+	if snap.Available() {
+		snap.VMs = s.vms.Annotate(snap.VMs)
+	}
 	s.st.update(func(st *Status) {
 		st.Counts.VMs, st.Counts.StoragePools = len(snap.VMs), len(snap.Pools)
 	})
@@ -495,7 +534,8 @@ func (s *Service) sync(ctx context.Context, full bool) {
 			s.log.Info("the vDC asked for the full state after events", "node_id", s.nodeID)
 		}
 	}
-	st := quantix.NodeState{VMs: snap.VMs, StoragePools: snap.Pools, StateHash: snap.Hash(), Hypervisor: &snap.Hypervisor}
+	st := quantix.NodeState{VMs: snap.VMs, StoragePools: snap.Pools, StateHash: snap.Hash(), Hypervisor: &snap.Hypervisor,
+		AppliedGeneration: s.vms.Applied()}
 	if st.VMs == nil {
 		st.VMs = []quantix.VM{}
 	}

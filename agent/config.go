@@ -37,6 +37,9 @@ type FileConfig struct {
 	HTTPListen string `toml:"http_listen,omitempty"`
 	// Labels are sent with the registration.
 	Labels map[string]string `toml:"labels,omitempty"`
+	// ImagesDir caches the vDC images the node's VMs use (default
+	// quantix.ImageCacheDir, on QUANTIX-DATA).
+	ImagesDir string `toml:"images_dir,omitempty"`
 }
 
 // Load reads agent.toml strictly. A missing file is an empty FileConfig and no error:
@@ -75,6 +78,9 @@ func (f FileConfig) Validate() error {
 		if _, _, err := net.SplitHostPort(f.HTTPListen); err != nil {
 			return fmt.Errorf("http_listen %q: want host:port, e.g. 127.0.0.1:9101: %w", f.HTTPListen, err)
 		}
+	}
+	if f.ImagesDir != "" && !filepath.IsAbs(f.ImagesDir) {
+		return fmt.Errorf("images_dir %q: want an absolute path, e.g. %s", f.ImagesDir, quantix.ImageCacheDir)
 	}
 	if strings.ContainsAny(f.Interface, " \t/") {
 		return fmt.Errorf("interface %q: not an interface name or MAC address", f.Interface)
@@ -123,6 +129,10 @@ type Config struct {
 	// Netlink is the netlink handle used to find the management address; nil uses
 	// the agent's own network namespace. Tests pass a handle into a namespace.
 	Netlink *netlink.Handle
+	// ConsoleDir holds the VMs' serial logs (default quantix.LogDir/vms).
+	ConsoleDir string
+	// DesiredWait is how long the desired long-poll is held (55 s).
+	DesiredWait time.Duration
 	// Stdout receives the ready marker lines (init reads them); nil = os.Stdout.
 	Stdout io.Writer
 
@@ -163,6 +173,7 @@ func Resolve(cmdline Cmdline, file FileConfig, flags FileConfig) Config {
 		over(&c.Interface, f.Interface)
 		over(&c.LibvirtURI, f.LibvirtURI)
 		over(&c.HTTPListen, f.HTTPListen)
+		over(&c.ImagesDir, f.ImagesDir)
 		if f.Labels != nil {
 			c.Labels = f.Labels
 		}

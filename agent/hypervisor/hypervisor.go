@@ -187,6 +187,15 @@ func (m *Monitor) Status() quantix.Hypervisor {
 	return h
 }
 
+// Conn is the current libvirt connection, nil while disconnected. Other parts of
+// the agent (the VM reconciler, agent/vms) act through it rather than dialling
+// their own.
+func (m *Monitor) Conn() *libvirt.Libvirt {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	return m.lv
+}
+
 // Run connects and keeps reconnecting until ctx ends; it returns nil then.
 func (m *Monitor) Run(ctx context.Context) error {
 	b := backoff.Backoff{Min: m.cfg.MinBackoff, Max: m.cfg.MaxBackoff}

@@ -321,6 +321,7 @@ func (r *buildRun) imageConfig() error {
 	c := quantix.ImageConfig{
 		Image: img.Name, Version: img.Version, VolumeLabel: img.VolumeLabel, Hostname: img.Hostname,
 		KernelRelease: r.k.Release, Modules: img.Kernel.Modules, LateModules: img.Kernel.LateModules, Services: img.Services,
+		HaltHooks: img.HaltHooks,
 	}
 	data, err := c.Encode()
 	if err != nil {
@@ -389,7 +390,7 @@ func (r *buildRun) isoImage() error {
 
 // manifest writes <name>.manifest.json and the ISO's line of SHA256SUMS.
 func (r *buildRun) manifest() error {
-	sum, err := fileSHA256(r.iso)
+	sum, err := quantix.FileSHA256(r.iso)
 	if err != nil {
 		return err
 	}
@@ -564,7 +565,7 @@ func (b *Builder) overlayStep(t *tree, m *Manifest) error {
 
 // bootManifest records the kernel image and bootloader files in the manifest.
 func (b *Builder) bootManifest(k *Kernel, efiSum string, m *Manifest) error {
-	vm, err := fileSHA256(k.Vmlinuz)
+	vm, err := quantix.FileSHA256(k.Vmlinuz)
 	if err != nil {
 		return err
 	}
@@ -575,7 +576,7 @@ func (b *Builder) bootManifest(k *Kernel, efiSum string, m *Manifest) error {
 	}
 	pkgs := debPackages(hostBoot)
 	for _, f := range bootFiles {
-		sum, err := fileSHA256(f.path)
+		sum, err := quantix.FileSHA256(f.path)
 		if err != nil {
 			return err
 		}

@@ -18,6 +18,7 @@ import (
 	"github.com/diskfs/go-diskfs/filesystem"
 	"github.com/diskfs/go-diskfs/filesystem/iso9660"
 
+	"github.com/quantix/quantix"
 	"github.com/quantix/quantix/images/spec"
 )
 
@@ -260,7 +261,7 @@ func MakeISO(c ISOConfig) (string, error) {
 	if err := writeISO(root, c.Out, c.VolumeLabel, efiSize, mtime); err != nil {
 		return "", err
 	}
-	return fileSHA256(bootx64)
+	return quantix.FileSHA256(bootx64)
 }
 
 // writeISO writes the ISO9660 filesystem of the folder root to out with El Torito

@@ -16,6 +16,7 @@ import (
 	"github.com/klauspost/compress/zstd"
 	"github.com/ulikunitz/xz"
 
+	"github.com/quantix/quantix"
 	"github.com/quantix/quantix/images/kmod"
 	"github.com/quantix/quantix/images/spec"
 )
@@ -58,7 +59,7 @@ func fetchKernelDeb(k spec.Kernel, cacheDir string, logf func(string, ...any)) (
 			return "", fmt.Errorf("kernel package %s: apt-get download did not produce %s: %w", want, name, err)
 		}
 	}
-	sum, err := fileSHA256(deb)
+	sum, err := quantix.FileSHA256(deb)
 	if err != nil {
 		return "", err
 	}
@@ -252,19 +253,6 @@ func findArMember(r io.ReadSeeker, prefix string) (io.Reader, string, error) {
 			return nil, "", err
 		}
 	}
-}
-
-func fileSHA256(path string) (string, error) {
-	f, err := os.Open(path)
-	if err != nil {
-		return "", err
-	}
-	defer f.Close()
-	h := sha256.New()
-	if _, err := io.Copy(h, f); err != nil {
-		return "", fmt.Errorf("hash %s: %w", path, err)
-	}
-	return hex.EncodeToString(h.Sum(nil)), nil
 }
 
 func bytesSHA256(b []byte) string {

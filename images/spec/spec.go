@@ -33,6 +33,8 @@ type Image struct {
 	Initramfs Initramfs         `toml:"initramfs"`
 	Boot      Boot              `toml:"boot"`
 	Services  []quantix.Service `toml:"service"`
+	// HaltHooks run before init stops the services on a power-off or reboot.
+	HaltHooks []quantix.HaltHook `toml:"halt_hook"`
 	// Extensions are read-only squashfs images inside the initramfs, mounted by a
 	// service after boot (Quantix-OS: libvirt and QEMU).
 	Extensions []Extension `toml:"extension"`
@@ -316,6 +318,14 @@ func (img *Image) Validate() error {
 	}
 
 	errs = append(errs, validateServices(img.Services)...)
+	for i, h := range img.HaltHooks {
+		if !path.IsAbs(h.Command) {
+			bad(fmt.Sprintf("halt_hook[%d].command", i), "%q must be an absolute path inside the image", h.Command)
+		}
+		if h.TimeoutSeconds < 0 || h.TimeoutSeconds > quantix.MaxHaltHookTimeout {
+			bad(fmt.Sprintf("halt_hook[%d].timeout_seconds", i), "%d is not between 0 (the default, %d) and %d", h.TimeoutSeconds, quantix.DefaultHaltHookTimeout, quantix.MaxHaltHookTimeout)
+		}
+	}
 	return errors.Join(errs...)
 }
 

@@ -54,6 +54,11 @@ args = ["serve"]
 name = "agent"
 command = "/bbin/qx-node"
 depends_on = ["network"]
+
+[[halt_hook]]
+command = "/bbin/qx-node"
+args = ["shutdown-guests"]
+timeout_seconds = 45
 `
 
 func TestParseValid(t *testing.T) {
@@ -97,6 +102,8 @@ func TestParseInvalid(t *testing.T) {
 		{"bad timeout", `timeout = "2s"`, `timeout = "soon"`, `boot.timeout: "soon" is not a duration`},
 		{"two defaults", `cmdline = "quantix.install=interactive"`, "cmdline = \"quantix.install=interactive\"\ndefault = true", `exactly one entry must have default = true, found 2`},
 		{"quote in cmdline", `cmdline = "panic=10"`, `cmdline = "panic=10 x=\"y\""`, `boot.cmdline:`},
+		{"relative halt hook", `args = ["shutdown-guests"]`, "args = [\"shutdown-guests\"]\n[[halt_hook]]\ncommand = \"qx-node\"", `halt_hook[1].command: "qx-node" must be an absolute path`},
+		{"halt hook timeout", `timeout_seconds = 45`, `timeout_seconds = 4500`, `halt_hook[0].timeout_seconds: 4500 is not between`},
 		{"unknown dependency", `depends_on = ["network"]`, `depends_on = ["netwrok"]`, `service[1].depends_on: "netwrok" (of agent) is not a service`},
 		{"relative command", `command = "/bbin/qx-net"`, `command = "qx-net"`, `service[0].command: "qx-net" must be an absolute path`},
 		{"bad ready", `args = ["serve"]`, "args = [\"serve\"]\nready = \"soon\"", `service[0].ready: "soon"`},

@@ -179,6 +179,7 @@ func (in *Init) Run(ctx context.Context) (quantix.HaltAction, error) {
 		action = quantix.Poweroff
 	}
 	ctl.ShuttingDown(action) // restarts are refused from now on
+	RunHaltHooks(in.cfg.HaltHooks, action, in.log)
 	in.log.Info("stopping services", "then", string(action))
 	stop()
 	<-supDone

@@ -4,6 +4,11 @@
 // Configuration, lowest precedence first: image defaults, the kernel command line
 // (quantix.vdc=, quantix.token=, quantix.hostname=), /quantix/node/agent.toml, flags.
 // Exit status 78 (EX_CONFIG) means the configuration is wrong.
+//
+// `qx-node shutdown-guests [--timeout 60s] [--libvirt-uri URI]` is the clean host
+// power-off of the guests (docs/design.md §14): ACPI shutdown of every running
+// guest, forced off after the timeout, while the agent starts none (the file
+// quantix.GuestsStoppingFile). Quantix-OS's init runs it as a halt hook.
 package main
 
 import (
@@ -17,10 +22,12 @@ import (
 	"os"
 	"os/signal"
 	"syscall"
+	"time"
 
 	"github.com/quantix/quantix"
 	"github.com/quantix/quantix/agent"
 	"github.com/quantix/quantix/agent/hypervisor"
+	"github.com/quantix/quantix/agent/vms"
 )
 
 func main() {
@@ -36,6 +43,9 @@ func main() {
 }
 
 func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
+	if len(args) > 0 && args[0] == "shutdown-guests" {
+		return shutdownGuests(ctx, args[1:], stderr)
+	}
 	fl := flag.NewFlagSet("qx-node", flag.ContinueOnError)
 	fl.SetOutput(stderr)
 	configPath := fl.String("config", quantix.AgentConfig, "agent configuration `file` (TOML)")
@@ -119,4 +129,49 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	log.Info("starting", "version", quantix.Version, "hostname", svc.Hostname(), "vdc", cfg.ControlPlane,
 		"libvirt_uri", cfg.LibvirtURI, "state_dir", cfg.StateDir, "machine_id", svc.Identity().MachineID)
 	return svc.Run(ctx)
+}
+
+// shutdownGuests shuts the host's running guests down (ACPI, then force).
+func shutdownGuests(ctx context.Context, args []string, stderr io.Writer) error {
+	fl := flag.NewFlagSet("qx-node shutdown-guests", flag.ContinueOnError)
+	fl.SetOutput(stderr)
+	timeout := fl.Duration("timeout", 60*time.Second, "how long guests get for an ACPI shutdown before they are forced off")
+	libvirtURI := fl.String("libvirt-uri", hypervisor.DefaultURI, "local libvirt `URI`")
+	marker := fl.String("marker", quantix.GuestsStoppingFile, "`file` that keeps the agent from starting guests meanwhile (kept when run by init at a halt)")
+	if err := fl.Parse(args); err != nil {
+		if errors.Is(err, flag.ErrHelp) {
+			return nil
+		}
+		return fmt.Errorf("%w: %w", quantix.ErrConfig, err)
+	}
+	if fl.NArg() > 0 || *timeout <= 0 {
+		return fmt.Errorf("%w: usage: qx-node shutdown-guests [--timeout 60s] [--libvirt-uri URI]", quantix.ErrConfig)
+	}
+	log := slog.New(slog.NewTextHandler(stderr, nil))
+	mon, err := hypervisor.New(hypervisor.Config{URI: *libvirtURI}, log.With("component", "libvirt"))
+	if err != nil {
+		return fmt.Errorf("%w: %w", quantix.ErrConfig, err)
+	}
+	ctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	go mon.Run(ctx)
+	<-mon.Tried()
+	lv := mon.Conn()
+	if lv == nil {
+		return fmt.Errorf("shutdown guests: libvirt %s: %s", *libvirtURI, mon.Status().Reason)
+	}
+	// The agent runs on during a halt: it must not start what is being stopped.
+	if err := quantix.WriteFileAtomic(*marker, []byte("shutting guests down\n"), 0o644); err != nil {
+		return fmt.Errorf("shutdown guests: %w", err)
+	}
+	if os.Getenv("QUANTIX_HALT") == "" {
+		// Run by hand, not by init's halt hook: the host stays up.
+		defer os.Remove(*marker)
+	}
+	forced, err := vms.ShutdownAll(ctx, lv, *timeout, log)
+	if err != nil {
+		return fmt.Errorf("shutdown guests: %w", err)
+	}
+	log.Info("guests shut down", "forced_off", forced)
+	return nil
 }

@@ -13,6 +13,7 @@ import (
 
 	"github.com/quantix/quantix"
 	"github.com/quantix/quantix/agent"
+	"github.com/quantix/quantix/agent/internal/libvirtdtest"
 	"github.com/quantix/quantix/vdc/vdctest"
 )
 
@@ -118,5 +119,36 @@ func TestRunRegisterPrecedence(t *testing.T) {
 	}
 	if _, err := os.Stat(filepath.Join(state, "identity.toml")); err != nil {
 		t.Errorf("identity not created: %v", err)
+	}
+}
+
+// TestShutdownGuests: `qx-node shutdown-guests` shuts the running domain of a real
+// libvirtd (test driver) down; a libvirt that is not there is an error saying so.
+// The ACPI-then-force path with a QEMU guest is TestFirmwareNICsAndPowerOff
+// (agent/vms).
+func TestShutdownGuests(t *testing.T) {
+	if testing.Short() {
+		t.Skip("starts libvirtd")
+	}
+	d := libvirtdtest.Start(t)
+	var stderr bytes.Buffer
+	marker := filepath.Join(t.TempDir(), "guests-stopping")
+	if err := run(context.Background(), []string{"shutdown-guests", "--timeout", "5s", "--libvirt-uri", d.URI(), "--marker", marker}, io.Discard, &stderr); err != nil {
+		t.Fatalf("shutdown-guests = %v\n%s", err, stderr.String())
+	}
+	if !strings.Contains(stderr.String(), "guests shut down") || !strings.Contains(stderr.String(), "forced_off=0") {
+		t.Errorf("shutdown-guests said:\n%s", stderr.String())
+	}
+	// test:///default keeps its state per connection: what the command saw is
+	// in its log (the running domain "test" shut down, none forced).
+	if !strings.Contains(stderr.String(), "guests=1") {
+		t.Errorf("shutdown-guests did not shut the running domain down:\n%s", stderr.String())
+	}
+	if _, err := os.Stat(marker); err == nil {
+		t.Errorf("shutdown-guests run by hand left %s: the agent would start no guest", marker)
+	}
+	err := run(context.Background(), []string{"shutdown-guests", "--marker", marker, "--libvirt-uri", "test+unix:///default?socket=" + filepath.Join(t.TempDir(), "none")}, io.Discard, io.Discard)
+	if err == nil || !strings.Contains(err.Error(), "libvirt") {
+		t.Errorf("shutdown-guests without libvirt = %v, want an error naming libvirt", err)
 	}
 }

@@ -61,7 +61,7 @@ func Start(t testing.TB) *Daemon {
 	}
 	t.Cleanup(func() { os.RemoveAll(dir) })
 	d.dir = dir
-	for _, sub := range []string{"sock", "run", "config", "cache", "home"} {
+	for _, sub := range []string{"sock", "run", "config/libvirt", "cache", "home"} {
 		if err := os.MkdirAll(filepath.Join(dir, sub), 0o755); err != nil {
 			t.Fatal(err)
 		}
@@ -73,6 +73,11 @@ auth_unix_ro = "none"
 auth_unix_rw = "none"
 `, filepath.Join(dir, "sock"))
 	if err := os.WriteFile(filepath.Join(dir, "libvirtd.conf"), []byte(conf), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	// QEMU guests of the session driver log their stdio to files: no virtlogd
+	// (the image's qemu.conf says the same).
+	if err := os.WriteFile(filepath.Join(dir, "config", "libvirt", "qemu.conf"), []byte("stdio_handler = \"file\"\n"), 0o644); err != nil {
 		t.Fatal(err)
 	}
 	if err := filepath.Walk(dir, func(p string, _ os.FileInfo, err error) error {
@@ -102,6 +107,32 @@ auth_unix_rw = "none"
 func (d *Daemon) URI() string {
 	return "test+unix:///default?socket=" + url.QueryEscape(d.Socket)
 }
+
+// QEMUURI is the libvirt URI of the daemon's QEMU driver (session mode: guests run
+// as the daemon's user, TCG unless KVM works for it).
+func (d *Daemon) QEMUURI() string {
+	return "qemu+unix:///session?socket=" + url.QueryEscape(d.Socket)
+}
+
+// Dir is a folder owned by the daemon's user, for files its guests use
+// (disks, serial logs, a storage pool).
+func (d *Daemon) Dir(t testing.TB, name string) string {
+	t.Helper()
+	p := filepath.Join(d.dir, "data", name)
+	if err := os.MkdirAll(p, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	for q := p; q != d.dir; q = filepath.Dir(q) {
+		if err := os.Lchown(q, d.uid, d.gid); err != nil {
+			t.Fatal(err)
+		}
+	}
+	return p
+}
+
+// ConfigHome is the daemon's XDG_CONFIG_HOME (session libvirt keeps its domain
+// definitions and run files below it).
+func (d *Daemon) ConfigHome() string { return filepath.Join(d.dir, "config") }
 
 // Output returns what the daemon printed.
 func (d *Daemon) Output() string { return d.out.String() }
