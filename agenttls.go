@@ -93,6 +93,12 @@ func SecretOfJoinToken(s string) string {
 // start time; the pin is never skipped. An expired certificate is refused.
 func PinnedTLS(pins []string, clockWarning func(msg string)) *tls.Config {
 	pins = slices.Clone(pins)
+	return PinnedTLSFunc(func() []string { return pins }, clockWarning)
+}
+
+// PinnedTLSFunc is PinnedTLS with pins read at each handshake: the agent's trusted
+// pins follow a CA rotation without a new transport.
+func PinnedTLSFunc(pins func() []string, clockWarning func(msg string)) *tls.Config {
 	return &tls.Config{
 		MinVersion: tls.VersionTLS12,
 		ServerName: AgentRoleName,
@@ -100,7 +106,7 @@ func PinnedTLS(pins []string, clockWarning func(msg string)) *tls.Config {
 		// runs on every handshake, before any application data is sent.
 		InsecureSkipVerify: true,
 		VerifyConnection: func(cs tls.ConnectionState) error {
-			return VerifyPinnedChain(cs.PeerCertificates, pins, time.Now(), clockWarning)
+			return VerifyPinnedChain(cs.PeerCertificates, pins(), time.Now(), clockWarning)
 		},
 	}
 }

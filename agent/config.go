@@ -36,6 +36,9 @@ type FileConfig struct {
 	HTTPListen string `toml:"http_listen,omitempty"`
 	// Labels are sent with the registration.
 	Labels map[string]string `toml:"labels,omitempty"`
+	// InsecurePlainHTTP allows an http:// control_plane: the node secret then
+	// travels in clear (labs only; the vDC must allow it too, agent_plain_http).
+	InsecurePlainHTTP bool `toml:"insecure_plain_http,omitempty"`
 }
 
 // Load reads agent.toml strictly. A missing file is an empty FileConfig and no error:
@@ -60,6 +63,11 @@ func (f FileConfig) Validate() error {
 	if f.ControlPlane != "" {
 		if err := validateControlPlane(f.ControlPlane); err != nil {
 			return fmt.Errorf("control_plane: %w", err)
+		}
+	}
+	if f.JoinToken != "" && !f.InsecurePlainHTTP {
+		if _, _, err := quantix.ParseJoinToken(f.JoinToken); err != nil {
+			return fmt.Errorf("join_token: %w", err)
 		}
 	}
 	if strings.ContainsAny(f.JoinToken, " \t\r\n") {
@@ -177,6 +185,7 @@ func Resolve(cmdline Cmdline, file FileConfig, flags FileConfig) Config {
 		if f.Labels != nil {
 			c.Labels = f.Labels
 		}
+		c.InsecurePlainHTTP = c.InsecurePlainHTTP || f.InsecurePlainHTTP
 	}
 	return c
 }
@@ -222,6 +231,10 @@ func (c Config) withDefaults() (Config, error) {
 		return c, fmt.Errorf("%w: %w", quantix.ErrConfig, err)
 	}
 	c.ControlPlane = strings.TrimRight(c.ControlPlane, "/")
+	if strings.HasPrefix(c.ControlPlane, "http://") && !c.InsecurePlainHTTP {
+		return c, fmt.Errorf("%w: control_plane %s is plain HTTP, which would send the node secret in clear: use https:// "+
+			"(the vDC's port speaks TLS) or, in a lab, set insecure_plain_http = true in %s", quantix.ErrConfig, c.ControlPlane, quantix.AgentConfig)
+	}
 	if c.LibvirtURI == "" {
 		c.LibvirtURI = hypervisor.DefaultURI
 	}
