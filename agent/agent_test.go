@@ -58,7 +58,7 @@ type runningAgent struct {
 func testConfig(t testing.TB, v *vdctest.VDC, ns *netlab.NS, hostname string) agent.Config {
 	return agent.Config{
 		FileConfig: agent.FileConfig{
-			ControlPlane: v.URL,
+			ControlPlane: v.AgentURL,
 			JoinToken:    v.JoinToken,
 			// No libvirtd unless the test starts one: the agent reports it unavailable.
 			LibvirtURI: "qemu+unix:///system?socket=" + filepath.Join(t.TempDir(), "no-libvirt-sock"),
@@ -174,7 +174,11 @@ func oneNode(t testing.TB, v *vdctest.VDC, hostname string) quantix.Node {
 }
 
 func startVDC(t testing.TB) *vdctest.VDC {
-	opts := vdctest.Options{HeartbeatInterval: time.Second, JoinTokens: []string{"agent-test-token"}}
+	return startVDCWith(t, vdctest.Options{})
+}
+
+func startVDCWith(t testing.TB, opts vdctest.Options) *vdctest.VDC {
+	opts.HeartbeatInterval, opts.JoinTokens = time.Second, []string{"agent-test-token"}
 	if !testing.Verbose() {
 		opts.Log = io.Discard
 	}
@@ -335,6 +339,10 @@ func TestRegisterOnce(t *testing.T) {
 	cfg = testConfig(t, v, ns, "node-once-2")
 	cfg.Once = true
 	cfg.JoinToken = "not-a-token"
+	if _, err := agent.New(cfg, logger(t, "once-2")); !errors.Is(err, quantix.ErrConfig) || !strings.Contains(err.Error(), "join_token") {
+		t.Fatalf("New() with a token without the CA pin = %v, want a config error naming join_token", err)
+	}
+	cfg.JoinToken = quantix.FormatJoinToken(v.Pin, "not-the-vdcs-secret-0123456789")
 	svc, err = agent.New(cfg, logger(t, "once-2"))
 	if err != nil {
 		t.Fatal(err)
@@ -381,7 +389,9 @@ func TestAddressChangeDuringRequest(t *testing.T) {
 	if testing.Short() {
 		t.Skip("starts PostgreSQL and a vDC")
 	}
-	v := startVDC(t)
+	// The front is a plain-HTTP reverse proxy: this test is about addresses, so the
+	// lab flags allow plain HTTP on both sides.
+	v := startVDCWith(t, vdctest.Options{PlainAgents: true})
 	target, err := url.Parse(v.URL)
 	if err != nil {
 		t.Fatal(err)
@@ -403,6 +413,7 @@ func TestAddressChangeDuringRequest(t *testing.T) {
 	ns := mgmtNS(t, "10.54.0.5/24", "10.54.0.1")
 	cfg := testConfig(t, v, ns, "node-move")
 	cfg.ControlPlane = front.URL
+	cfg.InsecurePlainHTTP = true
 	cfg.RequestTimeout = time.Minute
 	a := startAgent(t, cfg)
 	a.waitMarker(t, 1)

@@ -20,13 +20,13 @@ func TestLoad(t *testing.T) {
 		wantErr string
 	}{
 		{"full", `control_plane = "https://vdc.lab:8443"
-join_token = "tok"
+join_token = "qx1.AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA.0123456789abcdef"
 interface = "eth1"
 libvirt_uri = "qemu:///system"
 http_listen = "127.0.0.1:9101"
 [labels]
 rack = "r1"
-`, FileConfig{ControlPlane: "https://vdc.lab:8443", JoinToken: "tok", Interface: "eth1", LibvirtURI: "qemu:///system", HTTPListen: "127.0.0.1:9101", Labels: map[string]string{"rack": "r1"}}, ""},
+`, FileConfig{ControlPlane: "https://vdc.lab:8443", JoinToken: "qx1.AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA.0123456789abcdef", Interface: "eth1", LibvirtURI: "qemu:///system", HTTPListen: "127.0.0.1:9101", Labels: map[string]string{"rack": "r1"}}, ""},
 		{"empty", "", FileConfig{}, ""},
 		{"unknown key", "control_plane = \"http://v\"\ncontrolplane = \"x\"\n", FileConfig{}, `agent.toml:2: unknown key "controlplane"`},
 		{"bad url", `control_plane = "vdc.lab:8443"`, FileConfig{}, "control_plane"},
@@ -63,7 +63,7 @@ rack = "r1"
 
 func TestSaveRoundTrip(t *testing.T) {
 	path := filepath.Join(t.TempDir(), "node", "agent.toml")
-	in := FileConfig{ControlPlane: "http://10.0.0.2:8080", JoinToken: "abc", Labels: map[string]string{"zone": "a"}}
+	in := FileConfig{ControlPlane: "http://10.0.0.2:8080", JoinToken: "qx1.AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA.0123456789abcdef", Labels: map[string]string{"zone": "a"}}
 	if err := Save(path, in); err != nil {
 		t.Fatal(err)
 	}

@@ -1,8 +1,10 @@
 // Package vdctest runs real vDCs for tests: a throwaway PostgreSQL 15 server
 // (initdb into a temp folder, password authentication) and the same service code
-// `qx-vdc serve` runs, in-process, on 127.0.0.1 against a fresh database: the plain
-// API (VDC.URL) and the HTTPS web UI with its generated certificate (VDC.UIURL,
-// VDC.CertFile, VDC.HTTPSClient).
+// `qx-vdc serve` runs, in-process, on 127.0.0.1 against a fresh database: the agent
+// API over TLS from the agent CA (VDC.AgentURL, VDC.Pin, VDC.AgentClient, and a
+// VDC.JoinToken that carries the pin), the same port in plain HTTP for admin calls
+// (VDC.URL; agents are refused there unless Options.PlainAgents), and the HTTPS web
+// UI with its generated certificate (VDC.UIURL, VDC.CertFile, VDC.HTTPSClient).
 package vdctest
 
 import (
@@ -37,22 +39,32 @@ type Options struct {
 	HeartbeatInterval time.Duration // 0: 2s
 	JoinTokens        []string      // nil: one random static token
 	AdminToken        string        // "": a random one
+	// PlainAgents sets agent_plain_http: agents may use VDC.URL (plain HTTP).
+	PlainAgents bool
+	// AgentCertLifetime, AgentCAOverlap and AgentCAWarn set agent_cert_lifetime,
+	// agent_ca_overlap and agent_ca_warn; 0 keeps the defaults.
+	AgentCertLifetime, AgentCAOverlap, AgentCAWarn time.Duration
 	// Log receives the vDC's log; nil: t.Log.
 	Log io.Writer
 }
 
 // VDC is a running vDC.
 type VDC struct {
-	URL   string // http://127.0.0.1:port
+	URL   string // http://127.0.0.1:port: admin calls in plain HTTP
+	// AgentURL is https://127.0.0.1:port, the same port in TLS: what agents use.
+	AgentURL string
+	// Pin is the agent CA pin (the same after a restart: the CA is in the database).
+	Pin string
 	UIURL string // https://127.0.0.1:port: the web UI and the API over TLS
 	// CertFile is the UI's generated self-signed certificate (PEM).
 	CertFile    string
 	AdminToken  string
-	JoinToken   string // a valid static join token
+	JoinToken   string // a valid static join token, qx1.<Pin>.<secret>
 	DatabaseURL string
 	Stdout      *syncbuf.Buffer // the service's stdout: ready marker
 
 	cfg    vdc.Config
+	svc    *vdc.Service
 	log    *slog.Logger
 	mu     sync.Mutex
 	cancel context.CancelFunc
@@ -99,6 +111,15 @@ func Start(t testing.TB, opts Options) *VDC {
 	cfg.UIListen = "127.0.0.1:0"
 	cfg.SecretsFile = filepath.Join(t.TempDir(), "secrets.toml")
 	cfg.Stdout = v.Stdout
+	cfg.AgentPlainHTTP = opts.PlainAgents
+	for _, d := range []struct {
+		dst *quantix.Duration
+		v   time.Duration
+	}{{&cfg.AgentCertLifetime, opts.AgentCertLifetime}, {&cfg.AgentCAOverlap, opts.AgentCAOverlap}, {&cfg.AgentCAWarn, opts.AgentCAWarn}} {
+		if d.v != 0 {
+			d.dst.Duration = d.v
+		}
+	}
 	v.cfg = cfg
 	v.CertFile = filepath.Join(cfg.TLSDir(), vdc.TLSCertName)
 	if err := v.start(); err != nil {
@@ -130,7 +151,11 @@ func (v *VDC) start() error {
 	}
 	v.mu.Lock()
 	v.URL = "http://" + svc.Addr().String()
+	v.AgentURL = "https://" + svc.Addr().String()
+	v.Pin = svc.AgentCAPin()
+	v.JoinToken = quantix.FormatJoinToken(v.Pin, quantix.SecretOfJoinToken(v.cfg.JoinTokens[0]))
 	v.UIURL = "https://" + svc.UIAddr().String()
+	v.svc = svc
 	v.cancel, v.done = cancel, done
 	v.mu.Unlock()
 	return nil
@@ -313,6 +338,22 @@ func (v *VDC) HTTPSClient(t testing.TB) *http.Client {
 		CheckRedirect: func(*http.Request, []*http.Request) error { return http.ErrUseLastResponse },
 		Timeout:       30 * time.Second,
 	}
+}
+
+// AgentClient returns a client that checks the vDC's chain against Pin, as agents
+// do (quantix.PinnedTLS).
+func (v *VDC) AgentClient() *http.Client {
+	v.mu.Lock()
+	pin := v.Pin
+	v.mu.Unlock()
+	return &http.Client{Transport: &http.Transport{TLSClientConfig: quantix.PinnedTLS([]string{pin}, nil)}, Timeout: 30 * time.Second}
+}
+
+// Service is the running service (nil while stopped).
+func (v *VDC) Service() *vdc.Service {
+	v.mu.Lock()
+	defer v.mu.Unlock()
+	return v.svc
 }
 
 // tWriter sends the service log to t.Log.

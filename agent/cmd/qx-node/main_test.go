@@ -97,7 +97,7 @@ func TestRunRegisterPrecedence(t *testing.T) {
 	v := vdctest.Start(t, vdctest.Options{Log: io.Discard})
 	dir := t.TempDir()
 	cmdline := write(t, filepath.Join(dir, "cmdline"), "console=ttyS0 quantix.vdc=http://127.0.0.1:1 quantix.token=cmdline-token quantix.hostname=cmd-node\n")
-	conf := write(t, filepath.Join(dir, "agent.toml"), "control_plane = \""+v.URL+"\"\njoin_token = \"file-token\"\n[labels]\nrack = \"r7\"\n")
+	conf := write(t, filepath.Join(dir, "agent.toml"), "control_plane = \""+v.AgentURL+"\"\njoin_token = \""+quantix.FormatJoinToken(v.Pin, "file-token-0123456789")+"\"\n[labels]\nrack = \"r7\"\n")
 	state := filepath.Join(dir, "state")
 	var stdout, stderr bytes.Buffer
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
