@@ -42,7 +42,7 @@ func (a *haAgent) do(ctx context.Context, method, path, token string, body, out 
 	if err != nil {
 		return 0, err
 	}
-	req, err := http.NewRequestWithContext(ctx, method, a.vdc.URL+path, bytes.NewReader(b))
+	req, err := http.NewRequestWithContext(ctx, method, a.vdc.AgentURL+path, bytes.NewReader(b))
 	if err != nil {
 		return 0, err
 	}
@@ -151,13 +151,17 @@ func TestFailoverStreamingStandby(t *testing.T) {
 	opts := vdctest.Options{DatabaseURL: dbURL, HeartbeatInterval: iv, JoinTokens: []string{"ha-join-" + newSecret()},
 		AdminToken: "ha-admin-" + newSecret(), Log: logs}
 	vdcs := []*vdctest.VDC{vdctest.Start(t, opts), vdctest.Start(t, opts)}
+	// The agent CA is cluster-wide: both vDCs serve certificates agents trust by one pin.
+	if vdcs[0].Pin == "" || vdcs[0].Pin != vdcs[1].Pin {
+		t.Fatalf("agent CA pins %q and %q, want one cluster-wide pin", vdcs[0].Pin, vdcs[1].Pin)
+	}
 
 	ctx, cancel := context.WithCancel(context.Background())
 	var wg sync.WaitGroup
 	as := make([]*haAgent, agents)
 	for i := range as {
 		as[i] = &haAgent{n: newNode(fmt.Sprintf("ha-%02d", i)), vdc: vdcs[i%2],
-			hc: &http.Client{Timeout: 10 * time.Second}}
+			hc: vdcs[i%2].AgentClient()}
 		wg.Add(1)
 		go func() { defer wg.Done(); as[i].run(ctx, opts.JoinTokens[0], tick) }()
 	}

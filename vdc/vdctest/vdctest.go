@@ -20,6 +20,7 @@ import (
 	"net/http"
 	"os"
 	"path/filepath"
+	"strings"
 	"sync"
 	"testing"
 	"time"
@@ -65,6 +66,8 @@ type VDC struct {
 
 	cfg    vdc.Config
 	svc    *vdc.Service
+	// agentClient is AgentClient's, made once: the pin outlives restarts.
+	agentClient *http.Client
 	log    *slog.Logger
 	mu     sync.Mutex
 	cancel context.CancelFunc
@@ -156,6 +159,7 @@ func (v *VDC) start() error {
 	v.JoinToken = quantix.FormatJoinToken(v.Pin, quantix.SecretOfJoinToken(v.cfg.JoinTokens[0]))
 	v.UIURL = "https://" + svc.UIAddr().String()
 	v.svc = svc
+	agentURLs.Store(v.AgentURL, v)
 	v.cancel, v.done = cancel, done
 	v.mu.Unlock()
 	return nil
@@ -344,9 +348,32 @@ func (v *VDC) HTTPSClient(t testing.TB) *http.Client {
 // do (quantix.PinnedTLS).
 func (v *VDC) AgentClient() *http.Client {
 	v.mu.Lock()
-	pin := v.Pin
-	v.mu.Unlock()
-	return &http.Client{Transport: &http.Transport{TLSClientConfig: quantix.PinnedTLS([]string{pin}, nil)}, Timeout: 30 * time.Second}
+	defer v.mu.Unlock()
+	if v.agentClient == nil {
+		v.agentClient = &http.Client{Timeout: 30 * time.Second, Transport: &http.Transport{MaxIdleConnsPerHost: 64,
+			TLSClientConfig: quantix.PinnedTLS([]string{v.Pin}, nil)}}
+	}
+	return v.agentClient
+}
+
+// agentURLs maps each running vDC's AgentURL to it, for ClientFor.
+var agentURLs sync.Map
+
+// ClientFor returns the client for a request URL: AgentClient for a URL under a
+// vDC's AgentURL, else a plain client. Test helpers that only have a URL use it.
+func ClientFor(url string) *http.Client {
+	var c *http.Client
+	agentURLs.Range(func(k, val any) bool {
+		if strings.HasPrefix(url, k.(string)+"/") || url == k.(string) {
+			c = val.(*VDC).AgentClient()
+			return false
+		}
+		return true
+	})
+	if c == nil {
+		return http.DefaultClient
+	}
+	return c
 }
 
 // Service is the running service (nil while stopped).
