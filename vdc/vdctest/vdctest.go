@@ -51,11 +51,11 @@ type Options struct {
 
 // VDC is a running vDC.
 type VDC struct {
-	URL   string // http://127.0.0.1:port: admin calls in plain HTTP
+	URL string // http://127.0.0.1:port: admin calls in plain HTTP
 	// AgentURL is https://127.0.0.1:port, the same port in TLS: what agents use.
 	AgentURL string
 	// Pin is the agent CA pin (the same after a restart: the CA is in the database).
-	Pin string
+	Pin   string
 	UIURL string // https://127.0.0.1:port: the web UI and the API over TLS
 	// CertFile is the UI's generated self-signed certificate (PEM).
 	CertFile    string
@@ -64,14 +64,14 @@ type VDC struct {
 	DatabaseURL string
 	Stdout      *syncbuf.Buffer // the service's stdout: ready marker
 
-	cfg    vdc.Config
-	svc    *vdc.Service
+	cfg vdc.Config
+	svc *vdc.Service
 	// agentClient is AgentClient's, made once: the pin outlives restarts.
 	agentClient *http.Client
-	log    *slog.Logger
-	mu     sync.Mutex
-	cancel context.CancelFunc
-	done   chan error
+	log         *slog.Logger
+	mu          sync.Mutex
+	cancel      context.CancelFunc
+	done        chan error
 }
 
 // Start runs a vDC for t on a fresh database and stops it when t ends.

@@ -283,7 +283,7 @@ func TestBrowser(t *testing.T) {
 	// The token works: a new node registers with it.
 	tv := v
 	req := quantix.RegisterRequest{Hostname: "joined-by-ui", MachineID: randHex(8), NodeSecret: randHex(32), ManagementIP: "10.1.2.9"}
-	agentCall(t, c, http.MethodPost, tv.URL+quantix.PathRegister, token, req, nil, http.StatusCreated)
+	agentCall(t, c, http.MethodPost, tv.AgentURL+quantix.PathRegister, token, req, nil, http.StatusCreated)
 	secrets = append(secrets, req.NodeSecret)
 
 	// --- Delete with confirmation ---
