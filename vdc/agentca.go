@@ -109,19 +109,31 @@ func (k *agentCA) run(ctx context.Context) {
 	}
 }
 
+// switchIfDue rereads the CAs when a rotation's overlap has just ended, so that
+// certificates, pins and status move to the next CA at once, on every vDC.
+func (k *agentCA) switchIfDue() {
+	k.mu.Lock()
+	due := !k.switchAt.IsZero() && !time.Now().Before(k.switchAt)
+	if due {
+		k.switchAt = time.Time{} // one caller reloads; the others go on meanwhile
+	}
+	k.mu.Unlock()
+	if !due {
+		return
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	if err := k.load(ctx); err != nil {
+		k.log.Error("switch to the next agent CA", "err", err)
+		k.mu.Lock()
+		k.switchAt = time.Now().Add(time.Second) // try again soon
+		k.mu.Unlock()
+	}
+}
+
 // getCertificate is tls.Config.GetCertificate for the agent listener.
 func (k *agentCA) getCertificate(*tls.ClientHelloInfo) (*tls.Certificate, error) {
-	k.mu.Lock()
-	switchDue := !k.switchAt.IsZero() && !time.Now().Before(k.switchAt)
-	k.mu.Unlock()
-	if switchDue {
-		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
-		err := k.load(ctx)
-		cancel()
-		if err != nil {
-			k.log.Error("switch to the next agent CA", "err", err)
-		}
-	}
+	k.switchIfDue()
 	k.mu.Lock()
 	defer k.mu.Unlock()
 	return k.certificateLocked(time.Now())
@@ -150,6 +162,7 @@ func (k *agentCA) certificateLocked(now time.Time) (*tls.Certificate, error) {
 
 // Pins are the pins agents must trust now: the serving CA's and the next ones'.
 func (k *agentCA) Pins() []string {
+	k.switchIfDue()
 	k.mu.Lock()
 	defer k.mu.Unlock()
 	pins := []string{k.serving.Pin}
@@ -161,6 +174,7 @@ func (k *agentCA) Pins() []string {
 
 // JoinTokenPin is the pin new join tokens carry: the serving CA's.
 func (k *agentCA) JoinTokenPin() string {
+	k.switchIfDue()
 	k.mu.Lock()
 	defer k.mu.Unlock()
 	return k.serving.Pin
@@ -168,6 +182,7 @@ func (k *agentCA) JoinTokenPin() string {
 
 // Status is GET /api/v1/agent-ca.
 func (k *agentCA) Status() quantix.AgentCAStatus {
+	k.switchIfDue()
 	k.mu.Lock()
 	defer k.mu.Unlock()
 	wire := func(c store.AgentCA) quantix.AgentCA {

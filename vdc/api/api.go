@@ -341,8 +341,8 @@ func (a *API) pins() []string {
 
 // Plain is the API on the plain-HTTP side of the listen port. Unless allowAgents
 // (vdc.toml agent_plain_http, labs), it refuses every request an agent makes
-// (registration, and anything authenticated by a bearer that is not the admin
-// token): their secrets must travel inside TLS only. Health checks, metrics and the
+// (registration, and a node's own endpoints under /api/v1/nodes/{id}/ without the
+// admin token): their secrets must travel inside TLS only. Health checks, metrics and the
 // admin API stay reachable for qx-ctl.
 func (a *API) Plain(allowAgents bool) http.Handler {
 	if allowAgents {
@@ -350,8 +350,9 @@ func (a *API) Plain(allowAgents bool) http.Handler {
 	}
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		agent := r.URL.Path == quantix.PathRegister
-		if tok := bearer(r); tok != "" && !agent {
-			got := store.HashSecret(tok)
+		if sub, ok := strings.CutPrefix(r.URL.Path, quantix.PathNodes+"/"); ok && strings.Contains(sub, "/") && !agent {
+			// A node's own endpoints (/api/v1/nodes/{id}/...), unless the admin asks.
+			got := store.HashSecret(bearer(r))
 			agent = !store.SameDigest(got[:], a.cfg.AdminTokenHash[:])
 		}
 		if agent {

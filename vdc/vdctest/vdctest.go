@@ -40,6 +40,8 @@ type Options struct {
 	HeartbeatInterval time.Duration // 0: 2s
 	JoinTokens        []string      // nil: one random static token
 	AdminToken        string        // "": a random one
+	// Listen is the API address; "": 127.0.0.1:0.
+	Listen string
 	// PlainAgents sets agent_plain_http: agents may use VDC.URL (plain HTTP).
 	PlainAgents bool
 	// AgentCertLifetime, AgentCAOverlap and AgentCAWarn set agent_cert_lifetime,
@@ -107,6 +109,9 @@ func Start(t testing.TB, opts Options) *VDC {
 	}
 	cfg := vdc.DefaultConfig()
 	cfg.Listen = "127.0.0.1:0"
+	if opts.Listen != "" {
+		cfg.Listen = opts.Listen
+	}
 	cfg.DatabaseURL = v.DatabaseURL
 	cfg.HeartbeatInterval = quantix.Duration{Duration: opts.HeartbeatInterval}
 	cfg.JoinTokens = opts.JoinTokens
