@@ -230,14 +230,14 @@ func heartbeatFresh(v *vdctest.VDC, a *runningAgent, pins []string) (string, err
 	return leaf.SerialNumber.String(), nil
 }
 
-// TestServingCertRenewal: with a certificate lifetime of 3 s the vDC renews its
+// TestServingCertRenewal: with a certificate lifetime of 2 s the vDC renews its
 // serving certificate several times while agents heartbeat, without a restart and
 // without a failed heartbeat, on kept-alive and on new connections alike.
 func TestServingCertRenewal(t *testing.T) {
 	if testing.Short() {
 		t.Skip("starts PostgreSQL and a vDC")
 	}
-	v := startVDCWith(t, vdctest.Options{AgentCertLifetime: 3 * time.Second})
+	v := startVDCWith(t, vdctest.Options{AgentCertLifetime: 2 * time.Second})
 	ns := mgmtNS(t, "10.62.0.5/24", "10.62.0.1")
 	a := startAgent(t, testConfig(t, v, ns, "renew-node"))
 	a.waitMarker(t, 1)
@@ -256,7 +256,7 @@ func TestServingCertRenewal(t *testing.T) {
 	st := a.svc.Status()
 	t.Logf("renewals %d, distinct serving certificates seen %d, agent heartbeats %d", renewals, len(serials), st.Counts.Heartbeats)
 	if renewals < 3 || len(serials) < 3 {
-		t.Errorf("renewals %d, distinct certificates %d; want at least 3 each in 8 s with a 3 s lifetime", renewals, len(serials))
+		t.Errorf("renewals %d, distinct certificates %d; want at least 3 each in 8 s with a 2 s lifetime", renewals, len(serials))
 	}
 	if st.Counts.HeartbeatFailures != 0 || st.Counts.Heartbeats < 5 || failures != 0 {
 		t.Errorf("agent heartbeats %d, failed %d, fresh failures %d; want none failed", st.Counts.Heartbeats, st.Counts.HeartbeatFailures, failures)
