@@ -65,6 +65,10 @@ func (f FileConfig) Validate() error {
 			return fmt.Errorf("control_plane: %w", err)
 		}
 	}
+	if strings.HasPrefix(f.ControlPlane, "http://") && !f.InsecurePlainHTTP {
+		return fmt.Errorf("control_plane %s is plain HTTP, which would send the node secret in clear: use https:// "+
+			"(the vDC's port speaks TLS) or, in a lab, set insecure_plain_http = true", f.ControlPlane)
+	}
 	if f.JoinToken != "" && !f.InsecurePlainHTTP {
 		if _, _, err := quantix.ParseJoinToken(f.JoinToken); err != nil {
 			return fmt.Errorf("join_token: %w", err)
@@ -231,10 +235,6 @@ func (c Config) withDefaults() (Config, error) {
 		return c, fmt.Errorf("%w: %w", quantix.ErrConfig, err)
 	}
 	c.ControlPlane = strings.TrimRight(c.ControlPlane, "/")
-	if strings.HasPrefix(c.ControlPlane, "http://") && !c.InsecurePlainHTTP {
-		return c, fmt.Errorf("%w: control_plane %s is plain HTTP, which would send the node secret in clear: use https:// "+
-			"(the vDC's port speaks TLS) or, in a lab, set insecure_plain_http = true in %s", quantix.ErrConfig, c.ControlPlane, quantix.AgentConfig)
-	}
 	if c.LibvirtURI == "" {
 		c.LibvirtURI = hypervisor.DefaultURI
 	}
