@@ -44,9 +44,9 @@ type Service struct {
 
 	idMu sync.Mutex
 	id   Identity
-	mon      *hypervisor.Monitor
-	st       *statusBoard
-	cpu      cpuSampler
+	mon  *hypervisor.Monitor
+	st   *statusBoard
+	cpu  cpuSampler
 
 	// Owned by the Run loop.
 	nodeID   string
