@@ -263,6 +263,15 @@ func TestServingCertRenewal(t *testing.T) {
 	}
 }
 
+// expectPins waits until the agent's identity trusts exactly want.
+func expectPins(t testing.TB, who string, a *runningAgent, want []string) {
+	t.Helper()
+	eventually(t, 5*time.Second, fmt.Sprintf("%s trusting %v", who, want), func() (bool, string) {
+		got := a.svc.Identity().CAPins
+		return slices.Equal(got, want), fmt.Sprintf("ca_pins %v", got)
+	})
+}
+
 // TestCARotation: a rotation while one agent runs, one is stopped briefly and one
 // is away past the overlap. The running one and the one back within the overlap
 // learn both pins and carry on through the switch to the new CA; the one back too
@@ -296,20 +305,14 @@ func TestCARotation(t *testing.T) {
 	newPin := rot.Next.Pin
 	v.Do(t, http.MethodPost, quantix.PathAgentCARotate, struct{}{}, nil, http.StatusConflict)
 	both := []string{oldPin, newPin}
-	eventually(t, 5*time.Second, "the running agent learns both pins", func() (bool, string) {
-		got := a.svc.Identity().CAPins
-		return slices.Equal(got, both), fmt.Sprintf("ca_pins %v", got)
-	})
+	expectPins(t, "the running agent", a, both)
 	// B comes back within the overlap: it still trusts only the old pin, which the
 	// vDC still serves, and learns the new one.
 	b := startAgent(t, cfgB)
 	if m := b.waitMarker(t, 1); m.Get("registration") != quantix.RegistrationReregistered {
 		t.Errorf("B back within the overlap: %v, want reregistered", m)
 	}
-	eventually(t, 5*time.Second, "B learns both pins", func() (bool, string) {
-		got := b.svc.Identity().CAPins
-		return slices.Equal(got, both), fmt.Sprintf("ca_pins %v", got)
-	})
+	expectPins(t, "B", b, both)
 	if time.Since(rotated) > overlap {
 		t.Fatalf("the machine is too slow for this test: B joined %s after the rotation, past the %s overlap", time.Since(rotated), overlap)
 	}
@@ -327,10 +330,7 @@ func TestCARotation(t *testing.T) {
 		t.Errorf("heartbeat trusting only the old pin after the overlap: %v, want ErrPinMismatch", err)
 	}
 	for name, x := range map[string]*runningAgent{"A": a, "B": b} {
-		eventually(t, 5*time.Second, name+" keeps only the new pin", func() (bool, string) {
-			got := x.svc.Identity().CAPins
-			return slices.Equal(got, []string{newPin}), fmt.Sprintf("ca_pins %v", got)
-		})
+		expectPins(t, name, x, []string{newPin})
 		if st := x.svc.Status(); st.Counts.HeartbeatFailures != 0 || st.State != agent.StateRegistered {
 			t.Errorf("%s: %d failed heartbeats, state %s (%s); want none failed", name, st.Counts.HeartbeatFailures, st.State, st.Error)
 		}
