@@ -1,6 +1,7 @@
 // Package vdc is the Quantix control plane service (qx-vdc serve): it loads
 // vdc.toml and secrets.toml, connects to PostgreSQL with a password, applies the
-// schema migrations, serves the HTTP API on its plain listener (agents, qx-ctl) and
+// schema migrations, serves the HTTP API on its listen port (TLS from the agent CA for
+// agents, plain HTTP for qx-ctl and health checks, told apart by the first byte) and
 // the web UI with the whole API on its HTTPS listener, and keeps node phases current
 // from their heartbeats on the database clock.
 package vdc
