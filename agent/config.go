@@ -58,12 +58,11 @@ func Load(path string) (FileConfig, error) {
 	return f, nil
 }
 
-// Validate checks the values that are set.
+// Validate checks the values that are set, and that the transport is TLS with a
+// pinned join token unless insecure_plain_http says plain.
 func (f FileConfig) Validate() error {
-	if f.ControlPlane != "" {
-		if err := validateControlPlane(f.ControlPlane); err != nil {
-			return fmt.Errorf("control_plane: %w", err)
-		}
+	if err := f.ValidateFields(); err != nil {
+		return err
 	}
 	if strings.HasPrefix(f.ControlPlane, "http://") && !f.InsecurePlainHTTP {
 		return fmt.Errorf("control_plane %s is plain HTTP, which would send the node secret in clear: use https:// "+
@@ -72,6 +71,17 @@ func (f FileConfig) Validate() error {
 	if f.JoinToken != "" && !f.InsecurePlainHTTP {
 		if _, _, err := quantix.ParseJoinToken(f.JoinToken); err != nil {
 			return fmt.Errorf("join_token: %w", err)
+		}
+	}
+	return nil
+}
+
+// ValidateFields checks each value that is set on its own: for a part of the
+// configuration (the flags), whose transport is checked once merged.
+func (f FileConfig) ValidateFields() error {
+	if f.ControlPlane != "" {
+		if err := validateControlPlane(f.ControlPlane); err != nil {
+			return fmt.Errorf("control_plane: %w", err)
 		}
 	}
 	if strings.ContainsAny(f.JoinToken, " \t\r\n") {

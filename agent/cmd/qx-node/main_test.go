@@ -44,7 +44,8 @@ func TestRunConfigErrors(t *testing.T) {
 		{"bad flag url", []string{"--config", filepath.Join(dir, "none.toml"), "--control-plane", "vdc:8080"}, "control_plane"},
 		{"bad hostname", []string{"--config", filepath.Join(dir, "none.toml"), "--control-plane", "http://v", "--hostname", "no_underscores"}, "invalid hostname"},
 		{"remote libvirt", []string{"--config", filepath.Join(dir, "none.toml"), "--control-plane", "http://v", "--hostname", "n1", "--libvirt-uri", "qemu+tcp://h/system"}, "only local unix-socket URIs"},
-		{"corrupt identity", []string{"--config", filepath.Join(dir, "none.toml"), "--control-plane", "http://v", "--hostname", "n1", "--state-dir", corrupt}, "identity file is corrupt"},
+		{"corrupt identity", []string{"--config", filepath.Join(dir, "none.toml"), "--control-plane", "https://v", "--hostname", "n1", "--state-dir", corrupt}, "identity file is corrupt"},
+		{"plain http", []string{"--config", filepath.Join(dir, "none.toml"), "--control-plane", "http://v", "--hostname", "n1", "--state-dir", dir}, "insecure_plain_http"},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
