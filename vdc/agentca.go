@@ -156,7 +156,9 @@ func (k *agentCA) certificateLocked(now time.Time) (*tls.Certificate, error) {
 		k.renewals.Add(1)
 		k.log.Info("renewed the agent serving certificate", "ca_pin", k.serving.Pin, "not_after", c.Leaf.NotAfter)
 	}
-	k.cert, k.certPin, k.renewAt = c, k.serving.Pin, now.Add(k.certLifetime*2/3)
+	// From the certificate's own end: X.509 times are whole seconds (and the CA's end
+	// may come first), so now+lifetime could be past it with lifetimes of seconds.
+	k.cert, k.certPin, k.renewAt = c, k.serving.Pin, now.Add(c.Leaf.NotAfter.Sub(now)*2/3)
 	return c, nil
 }
 
