@@ -114,6 +114,10 @@ type RegisterResponse struct {
 	// absent when not configured): the agent moves to another of them when its vDC
 	// fails (docs/design.md §17).
 	VDCURLs []string `json:"vdc_urls,omitempty"`
+	// AgentCAPins are the CA pins agents must trust now (docs/design.md §15): the
+	// serving CA's, plus the next one's while a rotation overlaps. The agent stores
+	// them in its identity.
+	AgentCAPins []string `json:"agent_ca_pins,omitempty"`
 }
 
 // HeartbeatRequest is the body of POST /api/v1/nodes/{id}/heartbeat
@@ -137,6 +141,8 @@ type HeartbeatResponse struct {
 	DesiredGeneration int64 `json:"desired_generation"`
 	// VDCURLs: as in RegisterResponse.
 	VDCURLs []string `json:"vdc_urls,omitempty"`
+	// AgentCAPins: as in RegisterResponse.
+	AgentCAPins []string `json:"agent_ca_pins,omitempty"`
 }
 
 // VM power states as reported by the agent (libvirt domain states).
@@ -310,6 +316,33 @@ type JoinToken struct {
 	ExpiresAt   time.Time `json:"expires_at"`
 	UsesLeft    int       `json:"uses_left"`
 	Description string    `json:"description,omitempty"`
+}
+
+// AgentCA is one CA for agent traffic in GET /api/v1/agent-ca.
+type AgentCA struct {
+	Pin       string    `json:"pin"`
+	NotBefore time.Time `json:"not_before"`
+	NotAfter  time.Time `json:"not_after"`
+	// ServingFrom is when the vDCs start serving certificates from this CA; a
+	// rotation sets it to the end of the overlap.
+	ServingFrom time.Time `json:"serving_from"`
+	CertPEM     string    `json:"cert_pem"`
+}
+
+// AgentCAStatus is the body of GET /api/v1/agent-ca and POST /api/v1/agent-ca/rotate.
+type AgentCAStatus struct {
+	// Serving is the CA the serving certificates come from now.
+	Serving AgentCA `json:"serving"`
+	// Next is the CA a rotation created, served from Next.ServingFrom; nil without one.
+	Next *AgentCA `json:"next,omitempty"`
+	// Pins are the pins announced to agents (Serving's, and Next's during the overlap).
+	Pins []string `json:"pins"`
+	// ExpiresInSeconds is how long the serving CA has left; Warning is set when that is
+	// below the vDC's warning threshold (rotate the CA).
+	ExpiresInSeconds int64  `json:"expires_in_seconds"`
+	Warning          string `json:"warning,omitempty"`
+	// JoinTokenPin is the pin new join tokens carry (Serving's).
+	JoinTokenPin string `json:"join_token_pin"`
 }
 
 // Error is the body of every error response.

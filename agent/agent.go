@@ -14,8 +14,10 @@ import (
 	"net"
 	"net/http"
 	"os"
+	"slices"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/quantix/quantix"
@@ -34,13 +36,20 @@ type Service struct {
 	cfg      Config
 	log      *slog.Logger
 	hostname string
-	id       Identity
 	api      *client
-	mon      *hypervisor.Monitor
-	vmch     *vms.Channel
-	vms      *vms.Reconciler
-	st       *statusBoard
-	cpu      cpuSampler
+	// joinSecret is the secret part of the join token: all the vDC needs, sent only
+	// after the TLS handshake checked the pin.
+	joinSecret string
+	tokenPin   string
+	clockWarn  atomic.Int64 // unix nanoseconds of the last clock warning
+
+	idMu sync.Mutex
+	id   Identity
+	mon  *hypervisor.Monitor
+	vmch *vms.Channel
+	vms  *vms.Reconciler
+	st   *statusBoard
+	cpu  cpuSampler
 
 	// Owned by the Run loop.
 	nodeID   string
@@ -74,12 +83,30 @@ func New(cfg Config, log *slog.Logger) (*Service, error) {
 	if err != nil {
 		return nil, fmt.Errorf("%w: %w", quantix.ErrConfig, err)
 	}
-	api := newClient(strings.Split(cfg.ControlPlane, ","), &http.Client{Timeout: cfg.RequestTimeout}, log)
+	s := &Service{
+		cfg:        cfg,
+		log:        log,
+		hostname:   host,
+		id:         id,
+		mon:        mon,
+		joinSecret: quantix.SecretOfJoinToken(cfg.JoinToken),
+	}
+	if pin, _, err := quantix.ParseJoinToken(cfg.JoinToken); err == nil {
+		s.tokenPin = pin
+	}
+	tr := http.DefaultTransport.(*http.Transport).Clone()
+	tr.TLSClientConfig = quantix.PinnedTLSFunc(s.trustedPins, s.clockWarning)
+	urls := strings.Split(cfg.ControlPlane, ",")
+	if slices.ContainsFunc(urls, func(u string) bool { return strings.HasPrefix(u, "https://") }) && len(s.trustedPins()) == 0 {
+		return nil, fmt.Errorf("%w: no CA pin to check the vDC at %s with: configure a join token of the form %s.<CA pin>.<secret> "+
+			"(qx-ctl tokens create shows it), or restore %s with its ca_pins", quantix.ErrConfig, cfg.ControlPlane, quantix.JoinTokenPrefix, cfg.IdentityPath())
+	}
+	s.api = newClient(urls, &http.Client{Timeout: cfg.RequestTimeout, Transport: tr}, log)
 	// The desired long-poll is held longer than any other request: its own
-	// client, bounded per request.
-	vmch := vms.NewChannel(api.current, &http.Client{Transport: api.http.Transport}, cfg.RequestTimeout)
-	rec, err := vms.New(vms.Config{
-		Channel:     vmch,
+	// client, bounded per request, to the vDC the agent uses.
+	s.vmch = vms.NewChannel(s.api.current, &http.Client{Transport: tr}, cfg.RequestTimeout)
+	s.vms, err = vms.New(vms.Config{
+		Channel:     s.vmch,
 		Libvirt:     mon.Conn,
 		Accelerator: func() string { return mon.Status().Accelerator },
 		ImagesDir:   cfg.ImagesDir,
@@ -88,16 +115,6 @@ func New(cfg Config, log *slog.Logger) (*Service, error) {
 	}, log.With("component", "vms"))
 	if err != nil {
 		return nil, fmt.Errorf("%w: %w", quantix.ErrConfig, err)
-	}
-	s := &Service{
-		cfg:      cfg,
-		log:      log,
-		hostname: host,
-		id:       id,
-		api:      api,
-		mon:      mon,
-		vmch:     vmch,
-		vms:      rec,
 	}
 	s.st = newStatusBoard(Status{
 		VDC:       cfg.ControlPlane,
@@ -112,7 +129,52 @@ func New(cfg Config, log *slog.Logger) (*Service, error) {
 func (s *Service) Hostname() string { return s.hostname }
 
 // Identity is the node's persistent identity.
-func (s *Service) Identity() Identity { return s.id }
+func (s *Service) Identity() Identity {
+	s.idMu.Lock()
+	defer s.idMu.Unlock()
+	return s.id
+}
+
+// trustedPins are the CA pins the vDC's chain must hold: those in the identity
+// (learned from the vDC) and the join token's.
+func (s *Service) trustedPins() []string {
+	s.idMu.Lock()
+	pins := slices.Clone(s.id.CAPins)
+	s.idMu.Unlock()
+	if s.tokenPin != "" && !slices.Contains(pins, s.tokenPin) {
+		pins = append(pins, s.tokenPin)
+	}
+	return pins
+}
+
+// learnPins stores the pins the vDC announced, when they changed (a CA rotation).
+func (s *Service) learnPins(pins []string) {
+	if len(pins) == 0 {
+		return
+	}
+	s.idMu.Lock()
+	defer s.idMu.Unlock()
+	if slices.Equal(pins, s.id.CAPins) {
+		return
+	}
+	id := s.id
+	id.CAPins = slices.Clone(pins)
+	if err := SaveIdentity(s.cfg.IdentityPath(), id); err != nil {
+		s.log.Error("store the vDC's CA pins in the identity", "err", err, "pins", pins)
+		return
+	}
+	s.log.Info("trusting the vDC's CA pins", "pins", pins, "before", s.id.CAPins)
+	s.id = id
+}
+
+// clockWarning logs, at most every 10 minutes, that the local clock is before the
+// vDC certificate's validity.
+func (s *Service) clockWarning(msg string) {
+	now, last := time.Now().UnixNano(), s.clockWarn.Load()
+	if now-last > int64(10*time.Minute) && s.clockWarn.CompareAndSwap(last, now) {
+		s.log.Warn("clock behind the vDC certificate", "detail", msg)
+	}
+}
 
 // Status returns a copy of the agent's current status.
 func (s *Service) Status() Status {
@@ -347,10 +409,11 @@ func (s *Service) tryRegister(ctx context.Context) error {
 		return err
 	}
 	hv := s.mon.Status()
+	id := s.Identity()
 	req := quantix.RegisterRequest{
 		Hostname:     s.hostname,
-		MachineID:    s.id.MachineID,
-		NodeSecret:   s.id.NodeSecret,
+		MachineID:    id.MachineID,
+		NodeSecret:   id.NodeSecret,
 		ManagementIP: m.IP.String(),
 		AgentVersion: quantix.Version,
 		CPU:          cpuInfo(),
@@ -362,10 +425,11 @@ func (s *Service) tryRegister(ctx context.Context) error {
 	}
 	rctx, cancel := s.requestContext(ctx)
 	defer cancel()
-	resp, err := s.api.register(rctx, s.cfg.JoinToken, req)
+	resp, err := s.api.register(rctx, s.joinSecret, req)
 	if err != nil {
 		return s.explainRegisterError(err)
 	}
+	s.learnPins(resp.AgentCAPins)
 	s.nodeID = resp.NodeID
 	s.vmch.SetNode(resp.NodeID, s.id.NodeSecret)
 	s.sentHV = hv.State
@@ -391,6 +455,11 @@ func (s *Service) tryRegister(ctx context.Context) error {
 
 // explainRegisterError turns the vDC's refusals into what the operator must do.
 func (s *Service) explainRegisterError(err error) error {
+	if errors.Is(err, quantix.ErrPinMismatch) {
+		return fmt.Errorf("%w: %w: nothing was sent to it. If the vDC's agent CA was rotated while this node was away "+
+			"(past the overlap), join again with a new token (qx-ctl tokens create) in --join-token, join_token in %s or %s=",
+			ErrRefused, err, quantix.AgentConfig, quantix.ParamToken)
+	}
 	var ae *APIError
 	if !errors.As(err, &ae) {
 		return err
@@ -441,10 +510,13 @@ func (s *Service) heartbeat(ctx context.Context) error {
 	}
 	rctx, cancel := s.requestContext(ctx)
 	defer cancel()
-	resp, err := s.api.heartbeat(rctx, s.nodeID, s.id.NodeSecret, req)
+	resp, err := s.api.heartbeat(rctx, s.nodeID, s.Identity().NodeSecret, req)
 	if err != nil {
 		var ae *APIError
-		if errors.As(err, &ae) && ae.Status == http.StatusNotFound {
+		if errors.Is(err, quantix.ErrPinMismatch) {
+			s.log.Error("the vDC's certificate matches no trusted CA pin; nothing was sent, registering again", "node_id", s.nodeID, "err", err)
+			s.forget()
+		} else if errors.As(err, &ae) && ae.Status == http.StatusNotFound {
 			s.log.Warn("the vDC does not know this node any more (deleted?); registering again", "node_id", s.nodeID, "vdc", ae.Message)
 			s.forget()
 		} else if errors.As(err, &ae) && ae.Status == http.StatusUnauthorized {
@@ -457,6 +529,7 @@ func (s *Service) heartbeat(ctx context.Context) error {
 	}
 	s.sentHV = hv.State
 	s.vms.Notify(resp.DesiredGeneration)
+	s.learnPins(resp.AgentCAPins)
 	if resp.HeartbeatIntervalSeconds > 0 {
 		s.interval = time.Duration(resp.HeartbeatIntervalSeconds) * time.Second
 	}
@@ -518,7 +591,7 @@ func (s *Service) sync(ctx context.Context, full bool) {
 		if len(evs) == 0 {
 			return
 		}
-		ack, err := s.api.postEvents(rctx, s.nodeID, s.id.NodeSecret, quantix.NodeEvents{Events: evs, StateHash: snap.Hash()})
+		ack, err := s.api.postEvents(rctx, s.nodeID, s.Identity().NodeSecret, quantix.NodeEvents{Events: evs, StateHash: snap.Hash()})
 		if err == nil && !ack.FullSync {
 			s.reported = &snap
 			s.st.update(func(st *Status) { st.Counts.EventsSent += len(evs) })
@@ -542,7 +615,7 @@ func (s *Service) sync(ctx context.Context, full bool) {
 	if st.StoragePools == nil {
 		st.StoragePools = []quantix.StoragePool{}
 	}
-	_, err := s.api.putState(rctx, s.nodeID, s.id.NodeSecret, st)
+	_, err := s.api.putState(rctx, s.nodeID, s.Identity().NodeSecret, st)
 	if err != nil {
 		s.reported = nil
 		s.st.update(func(st *Status) { st.StateSync.record(now, "", err) })

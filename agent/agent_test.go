@@ -58,7 +58,7 @@ type runningAgent struct {
 func testConfig(t testing.TB, v *vdctest.VDC, ns *netlab.NS, hostname string) agent.Config {
 	return agent.Config{
 		FileConfig: agent.FileConfig{
-			ControlPlane: v.URL,
+			ControlPlane: v.AgentURL,
 			JoinToken:    v.JoinToken,
 			// No libvirtd unless the test starts one: the agent reports it unavailable.
 			LibvirtURI: "qemu+unix:///system?socket=" + filepath.Join(t.TempDir(), "no-libvirt-sock"),
@@ -174,7 +174,11 @@ func oneNode(t testing.TB, v *vdctest.VDC, hostname string) quantix.Node {
 }
 
 func startVDC(t testing.TB) *vdctest.VDC {
-	opts := vdctest.Options{HeartbeatInterval: time.Second, JoinTokens: []string{"agent-test-token"}}
+	return startVDCWith(t, vdctest.Options{})
+}
+
+func startVDCWith(t testing.TB, opts vdctest.Options) *vdctest.VDC {
+	opts.HeartbeatInterval, opts.JoinTokens = time.Second, []string{"agent-test-token"}
 	if !testing.Verbose() {
 		opts.Log = io.Discard
 	}
@@ -335,6 +339,10 @@ func TestRegisterOnce(t *testing.T) {
 	cfg = testConfig(t, v, ns, "node-once-2")
 	cfg.Once = true
 	cfg.JoinToken = "not-a-token"
+	if _, err := agent.New(cfg, logger(t, "once-2")); !errors.Is(err, quantix.ErrConfig) || !strings.Contains(err.Error(), "join_token") {
+		t.Fatalf("New() with a token without the CA pin = %v, want a config error naming join_token", err)
+	}
+	cfg.JoinToken = quantix.FormatJoinToken(v.Pin, "not-the-vdcs-secret-0123456789")
 	svc, err = agent.New(cfg, logger(t, "once-2"))
 	if err != nil {
 		t.Fatal(err)
@@ -381,7 +389,9 @@ func TestAddressChangeDuringRequest(t *testing.T) {
 	if testing.Short() {
 		t.Skip("starts PostgreSQL and a vDC")
 	}
-	v := startVDC(t)
+	// The front is a plain-HTTP reverse proxy: this test is about addresses, so the
+	// lab flags allow plain HTTP on both sides.
+	v := startVDCWith(t, vdctest.Options{PlainAgents: true})
 	target, err := url.Parse(v.URL)
 	if err != nil {
 		t.Fatal(err)
@@ -403,6 +413,7 @@ func TestAddressChangeDuringRequest(t *testing.T) {
 	ns := mgmtNS(t, "10.54.0.5/24", "10.54.0.1")
 	cfg := testConfig(t, v, ns, "node-move")
 	cfg.ControlPlane = front.URL
+	cfg.InsecurePlainHTTP = true
 	cfg.RequestTimeout = time.Minute
 	a := startAgent(t, cfg)
 	a.waitMarker(t, 1)
@@ -727,12 +738,12 @@ func TestSeveralVDCs(t *testing.T) {
 	v1, v2 := vdctest.Start(t, opts), vdctest.Start(t, opts)
 	ns := mgmtNS(t, "10.55.0.5/24", "10.55.0.1")
 	cfg := testConfig(t, v1, ns, "node-ha")
-	cfg.ControlPlane = v1.URL + "," + v2.URL
+	cfg.ControlPlane = v1.AgentURL + "," + v2.AgentURL
 	a := startAgent(t, cfg)
 	id := a.waitMarker(t, 1).Get("node_id")
 	eventually(t, 10*time.Second, "heartbeats to the first vDC", func() (bool, string) {
 		st := a.svc.Status()
-		return st.Counts.Heartbeats >= 2 && st.VDC == v1.URL, fmt.Sprintf("vdc %s counts %+v", st.VDC, st.Counts)
+		return st.Counts.Heartbeats >= 2 && st.VDC == v1.AgentURL, fmt.Sprintf("vdc %s counts %+v", st.VDC, st.Counts)
 	})
 	moved := func(to string) {
 		t.Helper()
@@ -755,21 +766,21 @@ func TestSeveralVDCs(t *testing.T) {
 		}
 	}
 	v1.Stop(t)
-	moved(v2.URL)
+	moved(v2.AgentURL)
 
 	// A third vDC the agent was never configured with, announced by the second.
 	addr3 := freeAddr(t)
 	o3 := opts
 	o3.Listen = addr3
 	v3 := vdctest.Start(t, o3)
-	v2.Announce(t, []string{v2.URL, v3.URL})
+	v2.Announce(t, []string{v2.AgentURL, v3.AgentURL})
 	eventually(t, 15*time.Second, "heartbeats after the second vDC's restart", func() (bool, string) {
 		st := a.svc.Status()
-		return st.Heartbeat.OK && st.VDC == v2.URL, fmt.Sprintf("vdc %s heartbeat %+v", st.VDC, st.Heartbeat)
+		return st.Heartbeat.OK && st.VDC == v2.AgentURL, fmt.Sprintf("vdc %s heartbeat %+v", st.VDC, st.Heartbeat)
 	})
 	time.Sleep(1500 * time.Millisecond) // a heartbeat answer with the list
 	v2.Stop(t)
-	moved(v3.URL)
+	moved(v3.AgentURL)
 	if n := oneNode(t, v3, "node-ha"); n.ID != id || n.Phase != quantix.PhaseReady {
 		t.Errorf("the third vDC has %+v, want node %s ready", n, id)
 	}

@@ -40,6 +40,9 @@ type FileConfig struct {
 	// ImagesDir caches the vDC images the node's VMs use (default
 	// quantix.ImageCacheDir, on QUANTIX-DATA).
 	ImagesDir string `toml:"images_dir,omitempty"`
+	// InsecurePlainHTTP allows an http:// control_plane: the node secret then
+	// travels in clear (labs only; the vDC must allow it too, agent_plain_http).
+	InsecurePlainHTTP bool `toml:"insecure_plain_http,omitempty"`
 }
 
 // Load reads agent.toml strictly. A missing file is an empty FileConfig and no error:
@@ -59,8 +62,27 @@ func Load(path string) (FileConfig, error) {
 	return f, nil
 }
 
-// Validate checks the values that are set.
+// Validate checks the values that are set, and that the transport is TLS with a
+// pinned join token unless insecure_plain_http says plain.
 func (f FileConfig) Validate() error {
+	if err := f.ValidateFields(); err != nil {
+		return err
+	}
+	if strings.HasPrefix(f.ControlPlane, "http://") && !f.InsecurePlainHTTP {
+		return fmt.Errorf("control_plane %s is plain HTTP, which would send the node secret in clear: use https:// "+
+			"(the vDC's port speaks TLS) or, in a lab, set insecure_plain_http = true", f.ControlPlane)
+	}
+	if f.JoinToken != "" && !f.InsecurePlainHTTP {
+		if _, _, err := quantix.ParseJoinToken(f.JoinToken); err != nil {
+			return fmt.Errorf("join_token: %w", err)
+		}
+	}
+	return nil
+}
+
+// ValidateFields checks each value that is set on its own: for a part of the
+// configuration (the flags), whose transport is checked once merged.
+func (f FileConfig) ValidateFields() error {
 	if f.ControlPlane != "" {
 		if err := validateControlPlane(f.ControlPlane); err != nil {
 			return fmt.Errorf("control_plane: %w", err)
@@ -177,6 +199,7 @@ func Resolve(cmdline Cmdline, file FileConfig, flags FileConfig) Config {
 		if f.Labels != nil {
 			c.Labels = f.Labels
 		}
+		c.InsecurePlainHTTP = c.InsecurePlainHTTP || f.InsecurePlainHTTP
 	}
 	return c
 }

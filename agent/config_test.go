@@ -20,13 +20,13 @@ func TestLoad(t *testing.T) {
 		wantErr string
 	}{
 		{"full", `control_plane = "https://vdc.lab:8443"
-join_token = "tok"
+join_token = "qx1.AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA.0123456789abcdef"
 interface = "eth1"
 libvirt_uri = "qemu:///system"
 http_listen = "127.0.0.1:9101"
 [labels]
 rack = "r1"
-`, FileConfig{ControlPlane: "https://vdc.lab:8443", JoinToken: "tok", Interface: "eth1", LibvirtURI: "qemu:///system", HTTPListen: "127.0.0.1:9101", Labels: map[string]string{"rack": "r1"}}, ""},
+`, FileConfig{ControlPlane: "https://vdc.lab:8443", JoinToken: "qx1.AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA.0123456789abcdef", Interface: "eth1", LibvirtURI: "qemu:///system", HTTPListen: "127.0.0.1:9101", Labels: map[string]string{"rack": "r1"}}, ""},
 		{"empty", "", FileConfig{}, ""},
 		{"unknown key", "control_plane = \"http://v\"\ncontrolplane = \"x\"\n", FileConfig{}, `agent.toml:2: unknown key "controlplane"`},
 		{"bad url", `control_plane = "vdc.lab:8443"`, FileConfig{}, "control_plane"},
@@ -34,6 +34,10 @@ rack = "r1"
 		{"bad listen", `http_listen = "9101"`, FileConfig{}, "http_listen"},
 		{"wrong type", `interface = 3`, FileConfig{}, "agent.toml"},
 		{"syntax", `control_plane = "http://v`, FileConfig{}, "agent.toml:1"},
+		{"plain http refused", `control_plane = "http://v:1"`, FileConfig{}, "insecure_plain_http"},
+		{"token without pin", `join_token = "0123456789abcdef"`, FileConfig{}, "join_token: malformed join token"},
+		{"plain http lab", "control_plane = \"http://v:1\"\ninsecure_plain_http = true\njoin_token = \"lab-token-without-pin\"\n",
+			FileConfig{ControlPlane: "http://v:1", InsecurePlainHTTP: true, JoinToken: "lab-token-without-pin"}, ""},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -63,7 +67,7 @@ rack = "r1"
 
 func TestSaveRoundTrip(t *testing.T) {
 	path := filepath.Join(t.TempDir(), "node", "agent.toml")
-	in := FileConfig{ControlPlane: "http://10.0.0.2:8080", JoinToken: "abc", Labels: map[string]string{"zone": "a"}}
+	in := FileConfig{ControlPlane: "https://10.0.0.2:8080", JoinToken: "qx1.AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA.0123456789abcdef", Labels: map[string]string{"zone": "a"}}
 	if err := Save(path, in); err != nil {
 		t.Fatal(err)
 	}

@@ -35,6 +35,9 @@ type Identity struct {
 	MachineIDSource string `toml:"machine_id_source"`
 	// NodeSecret is the hex of 32 random bytes.
 	NodeSecret string `toml:"node_secret"`
+	// CAPins are the vDC agent CA pins this node trusts (docs/design.md §15): the
+	// join token's at first, then what the vDC announces (both during a rotation).
+	CAPins []string `toml:"ca_pins,omitempty"`
 }
 
 // ErrCorruptIdentity is wrapped when identity.toml exists but cannot be used.
@@ -104,16 +107,25 @@ func LoadOrCreateIdentity(path, productUUIDPath string) (Identity, bool, error) 
 		return Identity{}, false, fmt.Errorf("create node secret: %w", err)
 	}
 	id.NodeSecret = hex.EncodeToString(secret)
+	if err := SaveIdentity(path, id); err != nil {
+		return Identity{}, false, err
+	}
+	return id, true, nil
+}
+
+// SaveIdentity writes id to path atomically (mode 0600): a crash leaves the old
+// identity or the new one, never a torn file.
+func SaveIdentity(path string, id Identity) error {
+	if err := id.Validate(); err != nil {
+		return fmt.Errorf("save %s: %w", path, err)
+	}
 	var b bytes.Buffer
 	b.WriteString("# Quantix node identity. Created once by qx-node; keep private (0600).\n")
 	b.WriteString("# Deleting or changing it makes the vDC refuse this host until its node is deleted there.\n")
 	if err := toml.NewEncoder(&b).Encode(id); err != nil {
-		return Identity{}, false, fmt.Errorf("encode %s: %w", path, err)
+		return fmt.Errorf("encode %s: %w", path, err)
 	}
-	if err := quantix.WriteFileAtomic(path, b.Bytes(), 0o600); err != nil {
-		return Identity{}, false, err
-	}
-	return id, true, nil
+	return quantix.WriteFileAtomic(path, b.Bytes(), 0o600)
 }
 
 // LoadIdentity reads and checks identity.toml. A missing file is fs.ErrNotExist.
@@ -144,6 +156,11 @@ func (id Identity) Validate() error {
 	}
 	if b, err := hex.DecodeString(id.NodeSecret); err != nil || len(b) != 32 {
 		return fmt.Errorf("node_secret is not 64 hex digits (32 bytes)")
+	}
+	for i, p := range id.CAPins {
+		if !quantix.ValidPin(p) {
+			return fmt.Errorf("ca_pins[%d] %q is not a CA pin (43 base64url characters)", i, p)
+		}
 	}
 	return nil
 }

@@ -4,6 +4,7 @@ import (
 	"errors"
 	"os"
 	"path/filepath"
+	"reflect"
 	"strings"
 	"testing"
 )
@@ -84,7 +85,7 @@ func TestIdentityCreatedOnceAndReused(t *testing.T) {
 			if err != nil || created {
 				t.Fatalf("second LoadOrCreateIdentity() = %v, created %v, want reuse", err, created)
 			}
-			if again != id {
+			if !reflect.DeepEqual(again, id) {
 				t.Errorf("reloaded identity %+v, want %+v", again, id)
 			}
 		})

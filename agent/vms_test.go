@@ -18,6 +18,7 @@ import (
 
 	"github.com/quantix/quantix"
 	"github.com/quantix/quantix/agent/internal/libvirtdtest"
+	"github.com/quantix/quantix/vdc/vdctest"
 )
 
 // TestDesiredVMsWiring runs the whole agent against a real vDC behind a front that
@@ -29,7 +30,7 @@ func TestDesiredVMsWiring(t *testing.T) {
 	if testing.Short() {
 		t.Skip("starts PostgreSQL, a vDC and libvirtd")
 	}
-	v := startVDC(t)
+	v := startPlainVDC(t)
 	lv := libvirtdtest.Start(t)
 	target, err := url.Parse(v.URL)
 	if err != nil {
@@ -93,6 +94,7 @@ func TestDesiredVMsWiring(t *testing.T) {
 	ns := mgmtNS(t, "10.54.0.5/24", "10.54.0.1")
 	cfg := testConfig(t, v, ns, "node-vms")
 	cfg.ControlPlane = front.URL
+	cfg.InsecurePlainHTTP = true
 	cfg.LibvirtURI = lv.URI()
 	cfg.ImagesDir = t.TempDir()
 	cfg.ConsoleDir = t.TempDir()
@@ -122,7 +124,7 @@ func TestAddressChangeEndsLongPoll(t *testing.T) {
 	if testing.Short() {
 		t.Skip("starts PostgreSQL and a vDC")
 	}
-	v := startVDC(t)
+	v := startPlainVDC(t)
 	target, err := url.Parse(v.URL)
 	if err != nil {
 		t.Fatal(err)
@@ -150,6 +152,7 @@ func TestAddressChangeEndsLongPoll(t *testing.T) {
 	ns := mgmtNS(t, "10.54.0.5/24", "10.54.0.1")
 	cfg := testConfig(t, v, ns, "node-poll")
 	cfg.ControlPlane = front.URL
+	cfg.InsecurePlainHTTP = true
 	cfg.DesiredWait = 50 * time.Second
 	a := startAgent(t, cfg)
 	a.waitMarker(t, 1)
@@ -171,4 +174,14 @@ func TestAddressChangeEndsLongPoll(t *testing.T) {
 		defer mu.Unlock()
 		return polls >= 3, fmt.Sprintf("%d desired requests", polls)
 	})
+}
+
+// startPlainVDC is a vDC that takes agents on plain HTTP (agent_plain_http), for
+// tests that put a plain in-test front between the agent and the vDC.
+func startPlainVDC(t testing.TB) *vdctest.VDC {
+	opts := vdctest.Options{HeartbeatInterval: time.Second, JoinTokens: []string{"agent-test-token"}, PlainAgents: true}
+	if !testing.Verbose() {
+		opts.Log = io.Discard
+	}
+	return vdctest.Start(t, opts)
 }

@@ -204,10 +204,10 @@ func (a *Answer) Validate(image string) error {
 			return bad("agent", "missing: %s needs [agent] with control_plane and join_token", image)
 		}
 		if a.Agent.ControlPlane == "" {
-			return bad("agent.control_plane", "missing: the vDC URL, e.g. \"http://10.0.0.2:8080\"")
+			return bad("agent.control_plane", "missing: the vDC URL, e.g. \"https://10.0.0.2:8080\"")
 		}
 		if a.Agent.JoinToken == "" {
-			return bad("agent.join_token", "missing: a join token from the vDC (qx-ctl join-token create)")
+			return bad("agent.join_token", "missing: a join token from the vDC, qx1.<CA pin>.<secret> (qx-ctl tokens create)")
 		}
 		if err := a.Agent.Validate(); err != nil {
 			return bad("agent", "%v", err)

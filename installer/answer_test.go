@@ -14,8 +14,8 @@ hostname = "node1"
 [target]
 path = "/dev/vda"
 [agent]
-control_plane = "http://10.0.0.2:8080"
-join_token = "join-token-0123456789"
+control_plane = "https://10.0.0.2:8080"
+join_token = "qx1.AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA.join-token-0123456789"
 `
 
 const goodQvDC = `
@@ -123,10 +123,10 @@ func TestParseAnswerBad(t *testing.T) {
 		{"network static address", "quantix-os", goodOS + "[network]\nmode = \"static\"\n[network.static]\naddress = \"10.0.0.300/24\"\n", "static.address"},
 		{"network unknown key", "quantix-os", goodOS + "[network]\nmtu = 9000\n", `unknown key "network.mtu"`},
 		{"agent missing", "quantix-os", "hostname = \"n\"\n[target]\npath = \"/dev/vda\"\n", "agent: missing"},
-		{"agent control_plane missing", "quantix-os", rep(goodOS, `control_plane = "http://10.0.0.2:8080"`, ""), "agent.control_plane: missing"},
-		{"agent control_plane bad", "quantix-os", rep(goodOS, `"http://10.0.0.2:8080"`, `"ftp://x"`), "agent: control_plane"},
-		{"agent join_token missing", "quantix-os", rep(goodOS, `join_token = "join-token-0123456789"`, ""), "agent.join_token: missing"},
-		{"agent join_token space", "quantix-os", rep(goodOS, `"join-token-0123456789"`, `"join token"`), "agent: join_token"},
+		{"agent control_plane missing", "quantix-os", rep(goodOS, `control_plane = "https://10.0.0.2:8080"`, ""), "agent.control_plane: missing"},
+		{"agent control_plane bad", "quantix-os", rep(goodOS, `"https://10.0.0.2:8080"`, `"ftp://x"`), "agent: control_plane"},
+		{"agent join_token missing", "quantix-os", rep(goodOS, `join_token = "qx1.AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA.join-token-0123456789"`, ""), "agent.join_token: missing"},
+		{"agent join_token space", "quantix-os", rep(goodOS, `"qx1.AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA.join-token-0123456789"`, `"join token"`), "agent: join_token"},
 		{"vdc on quantix-os", "quantix-os", goodOS + "[vdc]\nadmin_token = \"admin-token-0123456789\"\n", "vdc: only for the qvdc image"},
 		{"agent on qvdc", "qvdc", goodQvDC + "[agent]\ncontrol_plane = \"http://x:1\"\n", "agent: only for the quantix-os image"},
 		{"vdc admin_token short", "qvdc", rep(goodQvDC, `"admin-token-0123456789"`, `"short"`), "vdc: admin_token is 5 characters"},

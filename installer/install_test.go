@@ -35,8 +35,8 @@ address = "10.0.0.7/24"
 gateway = "10.0.0.1"
 
 [agent]
-control_plane = "http://10.0.0.2:8080"
-join_token = "join-token-0123456789"
+control_plane = "https://10.0.0.2:8080"
+join_token = "qx1.AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA.join-token-0123456789"
 `
 
 // install runs the real installer against the disks of s with the test medium.
@@ -161,7 +161,7 @@ func TestInstallOntoImageFile(t *testing.T) {
 		t.Errorf("network.toml: %+v, %v", ns, err)
 	}
 	ac, err := agent.Load(filepath.Join(dir, "node/agent.toml"))
-	if err != nil || ac.ControlPlane != "http://10.0.0.2:8080" || ac.JoinToken != "join-token-0123456789" {
+	if err != nil || ac.ControlPlane != "https://10.0.0.2:8080" || ac.JoinToken != "qx1.AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA.join-token-0123456789" {
 		t.Errorf("agent.toml: %+v, %v", ac, err)
 	}
 	if _, err := agent.LoadIdentity(filepath.Join(dir, "node/identity.toml")); err != nil {

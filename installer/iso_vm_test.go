@@ -101,10 +101,12 @@ func runInstaller(t *testing.T, name, iso string, disks []string, answer string)
 	return m, ans
 }
 
-func isoAnswer(image, hostname, target string, wipe bool) string {
+// isoAnswer is an answer file; token is the agent's join token (qx1.<pin>.<secret>:
+// labVDC's for a node that joins, offlineToken for one that never reaches a vDC).
+func isoAnswer(image, hostname, target string, wipe bool, token string) string {
 	s := fmt.Sprintf("hostname = %q\nwipe = %v\nafter = \"poweroff\"\n[target]\n%s\n[network]\nmode = \"dhcp\"\n[network.dhcp]\ntimeout = \"3s\"\nfallback = \"link-local\"\n", hostname, wipe, target)
 	if image == quantix.ImageQuantixOS {
-		s += fmt.Sprintf("[agent]\ncontrol_plane = %q\njoin_token = %q\n", labVDCURL, labJoinToken)
+		s += fmt.Sprintf("[agent]\ncontrol_plane = %q\njoin_token = %q\n", labVDCURL, token)
 	} else {
 		s += "[vdc]\nadmin_token = \"admin-token-0123456789\"\n"
 	}
@@ -118,19 +120,22 @@ func TestISOInstall(t *testing.T) {
 			target := blankDisk(t, 4<<30)
 			hostname := "installed-" + strings.ReplaceAll(image, "-", "")
 			t0 := time.Now()
-			m, ans := runInstaller(t, "install-"+image, iso, []string{target}, isoAnswer(image, hostname, "only_empty = true", false))
+			// The installed node joins a real vDC on the lab segment: the one
+			// node_id it gets on its first boot must come back on every later boot.
+			// Its join token carries that vDC's agent CA pin.
+			hub := vm.NewHub(t, vm.HubConfig{Name: "hub-" + image})
+			var vdc *vdctest.VDC
+			token := offlineToken
+			if image == quantix.ImageQuantixOS {
+				vdc = labVDC(t, hub)
+				token = vdc.JoinToken
+			}
+			m, ans := runInstaller(t, "install-"+image, iso, []string{target}, isoAnswer(image, hostname, "only_empty = true", false, token))
 			mk := m.WaitMarker(t, quantix.MarkerInstallComplete, 10*time.Minute, "hostname", hostname)
 			m.WaitExit(t, 2*time.Minute)
 			t.Logf("%s: install took %s in the guest, %.1fs from QEMU start to power-off (%s)", image, mk.Get("seconds"), time.Since(t0).Seconds(), m.Accel())
 			if log, err := exec.Command("debugfs", "-R", "cat /qx-install.log", ans).Output(); err != nil || !strings.Contains(string(log), "Install complete") {
 				t.Errorf("qx-install.log on the answer disk: %v\n%s", err, log)
-			}
-			// The installed node joins a real vDC on the lab segment: the one
-			// node_id it gets on its first boot must come back on every later boot.
-			hub := vm.NewHub(t, vm.HubConfig{Name: "hub-" + image})
-			var vdc *vdctest.VDC
-			if image == quantix.ImageQuantixOS {
-				vdc = labVDC(t, hub)
 			}
 			nodeID := ""
 			for i, fw := range []vm.Firmware{vm.BIOS, vm.UEFI, vm.UEFI} {
@@ -166,7 +171,7 @@ func TestISOInstallRefusesDataDisk(t *testing.T) {
 		t.Fatalf("mkfs.ext4: %v: %s (apt-get install e2fsprogs)", err, out)
 	}
 	before := fileSHA(t, target)
-	m, _ := runInstaller(t, "install-refused", iso, []string{target}, isoAnswer(quantix.ImageQuantixOS, "refused", `path = "/dev/vda"`, false))
+	m, _ := runInstaller(t, "install-refused", iso, []string{target}, isoAnswer(quantix.ImageQuantixOS, "refused", `path = "/dev/vda"`, false, offlineToken))
 	_, err := m.AwaitMarker(quantix.MarkerInstallComplete, 10*time.Minute)
 	var me *quantix.MarkerError
 	if !errors.As(err, &me) || !strings.Contains(me.Marker.Get("err"), "set wipe = true") {
@@ -190,7 +195,7 @@ func TestISOInstallIgnoresStaleDisk(t *testing.T) {
 	}
 	stale := filepath.Join(s.DevDir, "vda")
 	target := blankDisk(t, 4<<30)
-	m, _ := runInstaller(t, "install-stale", iso, []string{stale, target}, isoAnswer(quantix.ImageQuantixOS, "fresh-node", `path = "/dev/vdb"`, false))
+	m, _ := runInstaller(t, "install-stale", iso, []string{stale, target}, isoAnswer(quantix.ImageQuantixOS, "fresh-node", `path = "/dev/vdb"`, false, offlineToken))
 	m.WaitMarker(t, quantix.MarkerInstallComplete, 10*time.Minute, "hostname", "fresh-node")
 	// The stale labels were reported (before the marker, so look back, not ahead).
 	if len(m.Find(vm.Contains("carries QUANTIX-CFG"))) == 0 {
@@ -209,7 +214,11 @@ const (
 	labVDCPort   = 8080
 )
 
-var labVDCURL = fmt.Sprintf("http://%s:%d", vm.WorkstationAddr.Addr(), labVDCPort)
+// labVDCURL is TLS: the agent port speaks both, agents only TLS.
+var labVDCURL = fmt.Sprintf("https://%s:%d", vm.WorkstationAddr.Addr(), labVDCPort)
+
+// offlineToken is a well-formed join token for nodes that never reach a vDC.
+var offlineToken = quantix.FormatJoinToken(strings.Repeat("A", 43), labJoinToken)
 
 func labVDC(t *testing.T, hub *vm.Hub) *vdctest.VDC {
 	v := vdctest.Start(t, vdctest.Options{JoinTokens: []string{labJoinToken}})

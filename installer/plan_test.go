@@ -210,7 +210,7 @@ func TestInterview(t *testing.T) {
 		"10.0.0.9/24", // address
 		"10.0.0.1",    // gateway
 		"10.0.0.1",    // dns
-		"http://10.0.0.2:8080", "join-token-0123456789",
+		"https://10.0.0.2:8080", "qx1.AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA.join-token-0123456789",
 		"short",                  // the console's rules: asked again
 		"password1", "password2", // differ: asked again
 		"password1", "password1",
@@ -222,7 +222,7 @@ func TestInterview(t *testing.T) {
 		t.Fatalf("Interview: %v\n%s", err, out.String())
 	}
 	if d.Name != "sda" || !a.Wipe || a.Hostname != "node9" || a.Network.Static.Address != "10.0.0.9/24" ||
-		a.Agent.JoinToken != "join-token-0123456789" || a.ConsolePassword != "password1" {
+		a.Agent.JoinToken != "qx1.AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA.join-token-0123456789" || a.ConsolePassword != "password1" {
 		t.Errorf("Interview = %+v on %s", a, d.Name)
 	}
 	for _, want := range []string{"not selectable: it holds the running boot medium", "EVERYTHING ON IT WILL BE ERASED", "the passwords differ", "password: at least 8 characters needed, got 5", "invalid hostname"} {

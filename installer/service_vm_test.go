@@ -99,7 +99,7 @@ func serviceMode(t *testing.T, image string) {
 	makeISO(t, root, mediumISO, testVolume)
 
 	target := blankDisk(t, 3<<30)
-	answer := isoAnswer(image, "service-node", "only_empty = true", false)
+	answer := isoAnswer(image, "service-node", "only_empty = true", false, offlineToken)
 	ans := answerDisk(t, answer)
 	m := vm.Start(t, vm.Config{
 		Name: "service-mode-" + image, Kernel: kernel, Initrd: initrd, MemoryMB: 1536,

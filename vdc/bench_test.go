@@ -34,7 +34,7 @@ func BenchmarkHeartbeats(b *testing.B) {
 		body, _ := json.Marshal(quantix.HeartbeatRequest{ManagementIP: n.IP})
 		sims[i] = sim{n, body}
 	}
-	client := &http.Client{Transport: &http.Transport{MaxIdleConnsPerHost: 256}}
+	client := &http.Client{Transport: &http.Transport{MaxIdleConnsPerHost: 256, TLSClientConfig: quantix.PinnedTLS([]string{v.Pin}, nil)}}
 	var next atomic.Int64
 	var mu sync.Mutex
 	var lat []time.Duration
@@ -45,7 +45,7 @@ func BenchmarkHeartbeats(b *testing.B) {
 		var mine []time.Duration
 		for pb.Next() {
 			s := sims[int(next.Add(1))%nodes]
-			req, _ := http.NewRequest(http.MethodPost, v.URL+quantix.PathHeartbeat(s.n.ID), bytes.NewReader(s.body))
+			req, _ := http.NewRequest(http.MethodPost, v.AgentURL+quantix.PathHeartbeat(s.n.ID), bytes.NewReader(s.body))
 			req.Header.Set("Authorization", "Bearer "+s.n.Secret)
 			t0 := time.Now()
 			resp, err := client.Do(req)

@@ -48,7 +48,7 @@ func TestChurnNoDeadlocks(t *testing.T) {
 				}
 				switch i % 10 {
 				case 3:
-					if code, b := call(t, http.MethodPut, v.URL+quantix.PathState(n.ID), n.Secret, quantix.NodeState{
+					if code, b := call(t, http.MethodPut, v.AgentURL+quantix.PathState(n.ID), n.Secret, quantix.NodeState{
 						VMs: []quantix.VM{{UUID: "6ba7b810-9dad-11d1-80b4-00c04fd430c8", Name: "vm", PowerState: "running"}}}); code != 200 {
 						report("state %s: %d %s", n.Hostname, code, b)
 					}

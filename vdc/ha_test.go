@@ -160,12 +160,17 @@ func startHA(t *testing.T, dbURL string, n int, iv, tick time.Duration) *haClust
 	opts := vdctest.Options{DatabaseURL: dbURL, HeartbeatInterval: iv, JoinTokens: []string{"ha-join-" + newSecret()},
 		AdminToken: "ha-admin-" + newSecret(), Log: logs}
 	c := &haCluster{vdcs: []*vdctest.VDC{vdctest.Start(t, opts), vdctest.Start(t, opts)}, iv: iv}
+	// The agent CA is cluster-wide: both vDCs serve certificates agents trust by one pin.
+	if c.vdcs[0].Pin == "" || c.vdcs[0].Pin != c.vdcs[1].Pin {
+		t.Fatalf("agent CA pins %q and %q, want one cluster-wide pin", c.vdcs[0].Pin, c.vdcs[1].Pin)
+	}
 	ctx, cancel := context.WithCancel(context.Background())
 	c.cancel = cancel
 	c.agents = make([]*haAgent, n)
 	for i := range c.agents {
-		c.agents[i] = &haAgent{n: newNode(fmt.Sprintf("ha-%02d", i)), url: c.vdcs[i%2].URL,
-			hc: &http.Client{Timeout: 10 * time.Second}}
+		v := c.vdcs[i%2]
+		c.agents[i] = &haAgent{n: newNode(fmt.Sprintf("ha-%02d", i)), url: v.AgentURL,
+			hc: &http.Client{Timeout: 10 * time.Second, Transport: v.AgentClient().Transport}}
 		c.wg.Add(1)
 		go func() { defer c.wg.Done(); c.agents[i].run(ctx, opts.JoinTokens[0], tick) }()
 	}
@@ -495,7 +500,8 @@ func TestFrozenVDC(t *testing.T) {
 	var wg sync.WaitGroup
 	as := make([]*haAgent, agents)
 	for i := range as {
-		as[i] = &haAgent{n: newNode(fmt.Sprintf("frozen-%d", i)), url: running.URL, hc: &http.Client{Timeout: 10 * time.Second}}
+		as[i] = &haAgent{n: newNode(fmt.Sprintf("frozen-%d", i)), url: running.AgentURL,
+			hc: &http.Client{Timeout: 10 * time.Second, Transport: running.AgentClient().Transport}}
 		wg.Add(1)
 		go func() { defer wg.Done(); as[i].run(ctx, opts.JoinTokens[0], 200*time.Millisecond) }()
 	}
@@ -615,8 +621,9 @@ func TestPartitionPrimary(t *testing.T) {
 	var wg sync.WaitGroup
 	as := make([]*haAgent, agents)
 	for i := range as {
-		as[i] = &haAgent{n: newNode(fmt.Sprintf("part-%d", i)), url: v.URL,
-			hc: &http.Client{Timeout: 10 * time.Second, Transport: &http.Transport{DialContext: fromVDC}}}
+		tr := v.AgentTransport()
+		tr.DialContext = fromVDC
+		as[i] = &haAgent{n: newNode(fmt.Sprintf("part-%d", i)), url: v.URL, hc: &http.Client{Timeout: 10 * time.Second, Transport: tr}}
 		wg.Add(1)
 		go func() { defer wg.Done(); as[i].run(ctx, opts.JoinTokens[0], 200*time.Millisecond) }()
 	}

@@ -68,7 +68,7 @@ func call(t testing.TB, method, url, token string, body any) (int, []byte) {
 	if token != "" {
 		req.Header.Set("Authorization", "Bearer "+token)
 	}
-	resp, err := http.DefaultClient.Do(req)
+	resp, err := vdctest.ClientFor(url).Do(req)
 	if err != nil {
 		t.Fatalf("%s %s: %v", method, url, err)
 	}
@@ -97,7 +97,7 @@ func errMsg(t testing.TB, b []byte) string {
 // register registers n with token and returns status and response.
 func register(t testing.TB, v *vdctest.VDC, n *node, token string) (int, quantix.RegisterResponse, []byte) {
 	t.Helper()
-	code, b := call(t, http.MethodPost, v.URL+quantix.PathRegister, token, n.req())
+	code, b := call(t, http.MethodPost, v.AgentURL+quantix.PathRegister, token, n.req())
 	var r quantix.RegisterResponse
 	if code < 300 {
 		decodeInto(t, b, &r)
@@ -120,7 +120,7 @@ func heartbeat(t testing.TB, v *vdctest.VDC, n *node, req quantix.HeartbeatReque
 	if req.ManagementIP == "" {
 		req.ManagementIP = n.IP
 	}
-	code, b := call(t, http.MethodPost, v.URL+quantix.PathHeartbeat(n.ID), n.Secret, req)
+	code, b := call(t, http.MethodPost, v.AgentURL+quantix.PathHeartbeat(n.ID), n.Secret, req)
 	var r quantix.HeartbeatResponse
 	if code == http.StatusOK {
 		decodeInto(t, b, &r)

@@ -24,7 +24,7 @@ func TestHypervisorFacts(t *testing.T) {
 	req := n.req()
 	req.Hypervisor = &quantix.Hypervisor{State: quantix.HypervisorAvailable, URI: "qemu:///system", Version: "9.0.0",
 		QEMUVersion: "7.2.22", Accelerator: quantix.AccelTCG, AcceleratorReason: "neither kvm_intel nor kvm_amd is loaded", Persistent: &no}
-	code, b := call(t, http.MethodPost, v.URL+quantix.PathRegister, v.JoinToken, req)
+	code, b := call(t, http.MethodPost, v.AgentURL+quantix.PathRegister, v.JoinToken, req)
 	if code != http.StatusCreated {
 		t.Fatalf("register: %d %s", code, b)
 	}
@@ -51,7 +51,7 @@ func TestHypervisorFacts(t *testing.T) {
 	}
 	down := quantix.Hypervisor{State: quantix.HypervisorUnavailable, Reason: "connection to libvirt lost", URI: "qemu:///system", Persistent: &yes}
 	st := quantix.NodeState{StateHash: quantix.StateHash(nil, nil), Hypervisor: &down}
-	if code, b := call(t, http.MethodPut, v.URL+quantix.PathState(n.ID), n.Secret, st); code != http.StatusOK {
+	if code, b := call(t, http.MethodPut, v.AgentURL+quantix.PathState(n.ID), n.Secret, st); code != http.StatusOK {
 		t.Fatalf("PUT state: %d %s", code, b)
 	}
 	want := down
@@ -82,7 +82,7 @@ func TestHypervisorFacts(t *testing.T) {
 	want = hb
 	bad := n.req()
 	bad.Hypervisor = &quantix.Hypervisor{State: quantix.HypervisorAvailable, Accelerator: "hvf"}
-	code, b = call(t, http.MethodPost, v.URL+quantix.PathRegister, v.JoinToken, bad)
+	code, b = call(t, http.MethodPost, v.AgentURL+quantix.PathRegister, v.JoinToken, bad)
 	if code != http.StatusBadRequest || !strings.Contains(errMsg(t, b), "hypervisor.accelerator") {
 		t.Errorf("bad accelerator: %d %s, want 400 naming hypervisor.accelerator", code, b)
 	}

@@ -89,7 +89,7 @@ func TestRestartGrace(t *testing.T) {
 	v := vdctest.Start(t, vdctest.Options{HeartbeatInterval: iv})
 	n := newNode("survivor")
 	mustRegister(t, v, n, v.JoinToken, 201, quantix.RegistrationRegistered)
-	if code, b := call(t, http.MethodPut, v.URL+quantix.PathState(n.ID), n.Secret, quantix.NodeState{}); code != 200 {
+	if code, b := call(t, http.MethodPut, v.AgentURL+quantix.PathState(n.ID), n.Secret, quantix.NodeState{}); code != 200 {
 		t.Fatalf("state: %d %s", code, b)
 	}
 	if _, hb, _ := heartbeat(t, v, n, quantix.HeartbeatRequest{StateHash: quantix.StateHash(nil, nil)}); hb.FullSync {

@@ -393,7 +393,7 @@ func TestBadInputChangesNothing(t *testing.T) {
 		{"unknown endpoint", "GET", "/api/v1/nope", "", nil, 404, "no such endpoint"},
 	}
 	for _, tc := range cases {
-		code, b := call(t, tc.method, v.URL+tc.path, tc.token, tc.body)
+		code, b := call(t, tc.method, v.AgentURL+tc.path, tc.token, tc.body)
 		if code != tc.wantCode {
 			t.Errorf("%s: status %d %s, want %d", tc.name, code, b, tc.wantCode)
 			continue
@@ -428,7 +428,7 @@ func TestDeletedNode(t *testing.T) {
 	if code != http.StatusNotFound || !strings.Contains(errMsg(t, b), "register again") {
 		t.Errorf("heartbeat of a deleted node: %d %s, want 404 telling it to register again", code, b)
 	}
-	if code, b := call(t, http.MethodPut, v.URL+quantix.PathState(n.ID), n.Secret, quantix.NodeState{}); code != 404 {
+	if code, b := call(t, http.MethodPut, v.AgentURL+quantix.PathState(n.ID), n.Secret, quantix.NodeState{}); code != 404 {
 		t.Errorf("state PUT of a deleted node: %d %s, want 404", code, b)
 	}
 	v.Do(t, http.MethodGet, quantix.PathNode(n.ID), nil, nil, http.StatusNotFound)

@@ -14,7 +14,7 @@ import (
 func putState(t *testing.T, v *vdctest.VDC, n *node, vms []quantix.VM, pools []quantix.StoragePool) quantix.StateAck {
 	t.Helper()
 	st := quantix.NodeState{VMs: vms, StoragePools: pools, StateHash: quantix.StateHash(vms, pools)}
-	code, b := call(t, http.MethodPut, v.URL+quantix.PathState(n.ID), n.Secret, st)
+	code, b := call(t, http.MethodPut, v.AgentURL+quantix.PathState(n.ID), n.Secret, st)
 	if code != 200 {
 		t.Fatalf("PUT state: %d %s", code, b)
 	}
@@ -101,7 +101,7 @@ func TestStateReconciliation(t *testing.T) {
 		{Kind: quantix.EventKindVM, Action: quantix.EventActionUpsert, At: time.Now(), VM: &cache},
 		{Kind: quantix.EventKindStoragePool, Action: quantix.EventActionUpsert, At: time.Now(), StoragePool: &pool},
 	}, StateHash: quantix.StateHash([]quantix.VM{db, cache}, []quantix.StoragePool{pool})}
-	code, b := call(t, http.MethodPost, v.URL+quantix.PathEvents(n.ID), n.Secret, evs)
+	code, b := call(t, http.MethodPost, v.AgentURL+quantix.PathEvents(n.ID), n.Secret, evs)
 	var eack quantix.StateAck
 	if code != 200 {
 		t.Fatalf("events: %d %s", code, b)
@@ -128,7 +128,7 @@ func TestStateReconciliation(t *testing.T) {
 	evs = quantix.NodeEvents{Events: []quantix.StateEvent{
 		{Kind: quantix.EventKindStoragePool, Action: quantix.EventActionRemoved, StoragePool: &quantix.StoragePool{Name: "default"}},
 	}, StateHash: strings.Repeat("f", 64)}
-	code, b = call(t, http.MethodPost, v.URL+quantix.PathEvents(n.ID), n.Secret, evs)
+	code, b = call(t, http.MethodPost, v.AgentURL+quantix.PathEvents(n.ID), n.Secret, evs)
 	decodeInto(t, b, &eack)
 	if code != 200 || !eack.FullSync {
 		t.Errorf("events with a mismatching hash: %d %s, want full_sync", code, b)

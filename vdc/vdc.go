@@ -1,6 +1,7 @@
 // Package vdc is the Quantix control plane service (qx-vdc serve): it loads
 // vdc.toml and secrets.toml, connects to PostgreSQL with a password, applies the
-// schema migrations, serves the HTTP API on its plain listener (agents, qx-ctl) and
+// schema migrations, serves the HTTP API on its listen port (TLS from the agent CA for
+// agents, plain HTTP for qx-ctl and health checks, told apart by the first byte) and
 // the web UI with the whole API on its HTTPS listener, and keeps node phases current
 // from their heartbeats on the database clock.
 package vdc
@@ -44,6 +45,11 @@ import (
 //	tls_cert = ""                 # with tls_key; else a generated self-signed pair
 //	tls_key = ""
 //	agent_urls = ["https://vdc-1:8080", "https://vdc-2:8080"]  # announced to agents
+//	agent_plain_http = false      # lab only: agents may use plain HTTP on listen
+//	agent_cert_lifetime = "2160h" # the agent serving certificate (90 days), renewed at 2/3
+//	agent_ca_lifetime = "87600h"  # a new agent CA (10 years)
+//	agent_ca_overlap = "720h"     # a rotation announces both pins this long (30 days)
+//	agent_ca_warn = "8760h"       # warn when the agent CA has less than this left (1 year)
 type Config struct {
 	Listen            string           `toml:"listen"`
 	DatabaseURL       string           `toml:"database_url"`
@@ -68,6 +74,15 @@ type Config struct {
 	// announced (an agent keeps what it was configured with).
 	AgentURLs []string `toml:"agent_urls"`
 
+	// Agent transport (docs/design.md §15): listen serves TLS with certificates from
+	// the agent CA, and plain HTTP only for browsers, health checks and admin tools;
+	// AgentPlainHTTP lets agents use plain HTTP too (labs only, warned at start).
+	AgentPlainHTTP    bool             `toml:"agent_plain_http"`
+	AgentCertLifetime quantix.Duration `toml:"agent_cert_lifetime"`
+	AgentCALifetime   quantix.Duration `toml:"agent_ca_lifetime"`
+	AgentCAOverlap    quantix.Duration `toml:"agent_ca_overlap"`
+	AgentCAWarn       quantix.Duration `toml:"agent_ca_warn"`
+
 	// Stdout receives the ready marker and the one-time admin token line.
 	Stdout io.Writer `toml:"-"`
 }
@@ -91,6 +106,10 @@ func DefaultConfig() Config {
 		HeartbeatWriters:  DefaultHeartbeatWriters,
 		HeartbeatInterval: quantix.Duration{Duration: quantix.DefaultHeartbeatInterval},
 		SecretsFile:       quantix.VDCSecrets,
+		AgentCertLifetime: quantix.Duration{Duration: DefaultAgentCertLifetime},
+		AgentCALifetime:   quantix.Duration{Duration: DefaultAgentCALifetime},
+		AgentCAOverlap:    quantix.Duration{Duration: DefaultAgentCAOverlap},
+		AgentCAWarn:       quantix.Duration{Duration: DefaultAgentCAWarn},
 	}
 }
 
@@ -126,6 +145,16 @@ func (c *Config) Validate() error {
 	}
 	if err := c.validateUI(); err != nil {
 		return err
+	}
+	switch {
+	case c.AgentCertLifetime.Duration < time.Second:
+		return fmt.Errorf("%w: agent_cert_lifetime %s is below 1s", quantix.ErrConfig, c.AgentCertLifetime.Duration)
+	case c.AgentCALifetime.Duration < c.AgentCertLifetime.Duration:
+		return fmt.Errorf("%w: agent_ca_lifetime %s is shorter than agent_cert_lifetime %s", quantix.ErrConfig, c.AgentCALifetime.Duration, c.AgentCertLifetime.Duration)
+	case c.AgentCAOverlap.Duration < time.Second || c.AgentCAOverlap.Duration >= c.AgentCALifetime.Duration:
+		return fmt.Errorf("%w: agent_ca_overlap %s is outside 1s..agent_ca_lifetime", quantix.ErrConfig, c.AgentCAOverlap.Duration)
+	case c.AgentCAWarn.Duration < 0:
+		return fmt.Errorf("%w: agent_ca_warn %s is negative", quantix.ErrConfig, c.AgentCAWarn.Duration)
 	}
 	for i, t := range c.JoinTokens {
 		if len(t) < 16 {
@@ -220,6 +249,28 @@ type Service struct {
 	mu     sync.Mutex
 	addr   net.Addr
 	uiAddr net.Addr
+	ca     *agentCA
+}
+
+// AgentCAPin is the pin join tokens carry (the serving agent CA's) once Ready.
+func (s *Service) AgentCAPin() string {
+	s.mu.Lock()
+	ca := s.ca
+	s.mu.Unlock()
+	if ca == nil {
+		return ""
+	}
+	return ca.JoinTokenPin()
+}
+
+// AgentCARenewals counts the serving certificate renewals of this process (tests).
+func (s *Service) AgentCARenewals() int64 {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.ca == nil {
+		return 0
+	}
+	return s.ca.renewals.Load()
 }
 
 // New checks cfg and returns a service to Run.
@@ -317,8 +368,16 @@ func (s *Service) Run(ctx context.Context) error {
 	workers := s.cfg.HeartbeatWriters
 	hb := store.NewBatcher(st, workers, 1000, s.log)
 	defer hb.Close()
+	ca := &agentCA{st: st, log: s.log.With("component", "agent-ca"), caLifetime: s.cfg.AgentCALifetime.Duration,
+		certLifetime: s.cfg.AgentCertLifetime.Duration, warnBefore: s.cfg.AgentCAWarn.Duration, overlap: s.cfg.AgentCAOverlap.Duration}
+	if err := ca.load(ctx); err != nil {
+		if ctx.Err() != nil {
+			return nil
+		}
+		return err
+	}
 	a := api.New(api.Config{Store: st, Heartbeats: hb, HeartbeatInterval: interval,
-		AdminTokenHash: adminHash, AgentURLs: s.cfg.AgentURLs}, s.log)
+		AdminTokenHash: adminHash, AgentURLs: s.cfg.AgentURLs, AgentCA: ca}, s.log)
 
 	cert, err := s.loadTLS()
 	if err != nil {
@@ -328,14 +387,15 @@ func (s *Service) Run(ctx context.Context) error {
 	if err != nil {
 		return fmt.Errorf("listen %s: %w", s.cfg.Listen, err)
 	}
-	defer l.Close()
+	sl := newSniffListener(l)
+	defer sl.close()
 	uiL, err := net.Listen("tcp", s.cfg.UIListen)
 	if err != nil {
 		return fmt.Errorf("listen %s (ui_listen): %w", s.cfg.UIListen, err)
 	}
 	defer uiL.Close()
 	s.mu.Lock()
-	s.addr, s.uiAddr = l.Addr(), uiL.Addr()
+	s.addr, s.uiAddr, s.ca = l.Addr(), uiL.Addr(), ca
 	s.mu.Unlock()
 	ui, err := web.New(web.Config{Store: st, API: a, AdminTokenHash: adminHash,
 		AgentPort: l.Addr().(*net.TCPAddr).Port}, s.log)
@@ -343,19 +403,31 @@ func (s *Service) Run(ctx context.Context) error {
 		return err
 	}
 	errLog := slog.NewLogLogger(s.log.Handler(), slog.LevelWarn)
-	// The plain listener serves agents and qx-ctl; browsers are sent to HTTPS.
-	srv := &http.Server{Handler: web.RedirectBrowsers(a, uiL.Addr().(*net.TCPAddr).Port),
+	// The listen port serves agents over TLS (certificates of the agent CA) and, in
+	// plain HTTP, qx-ctl and health checks; browsers are sent to the UI's HTTPS.
+	if s.cfg.AgentPlainHTTP {
+		s.log.Warn("agent_plain_http is on: agents may send their secrets in plain HTTP (labs only)", "listen", l.Addr().String())
+	}
+	srv := &http.Server{Handler: web.RedirectBrowsers(a.Plain(s.cfg.AgentPlainHTTP), uiL.Addr().(*net.TCPAddr).Port),
 		ReadHeaderTimeout: 10 * time.Second, ReadTimeout: 30 * time.Second,
 		WriteTimeout: 30 * time.Second, IdleTimeout: 120 * time.Second, ErrorLog: errLog}
+	agentSrv := &http.Server{Handler: a, ReadHeaderTimeout: 10 * time.Second, ReadTimeout: 30 * time.Second,
+		WriteTimeout: 30 * time.Second, IdleTimeout: 120 * time.Second, ErrorLog: errLog,
+		TLSConfig: &tls.Config{GetCertificate: ca.getCertificate, MinVersion: tls.VersionTLS12}}
 	uiSrv := &http.Server{Handler: ui, ReadHeaderTimeout: 10 * time.Second, ReadTimeout: 30 * time.Second,
 		WriteTimeout: 30 * time.Second, IdleTimeout: 120 * time.Second, ErrorLog: errLog,
 		TLSConfig: &tls.Config{Certificates: []tls.Certificate{cert}, MinVersion: tls.VersionTLS12}}
 	// Connections that never sent a request (a client's spare keep-alive dial)
 	// would hold a graceful shutdown for 5 s: they are closed when it begins.
 	var fresh freshConns
-	srv.ConnState, uiSrv.ConnState = fresh.track, fresh.track
-	serveErr := make(chan error, 2)
-	go func() { serveErr <- srv.Serve(l) }()
+	srv.ConnState, uiSrv.ConnState, agentSrv.ConnState = fresh.track, fresh.track, fresh.track
+	serveErr := make(chan error, 3)
+	go func() { serveErr <- srv.Serve(sl.plain) }()
+	go func() {
+		if err := agentSrv.ServeTLS(sl.tls, "", ""); err != nil {
+			serveErr <- fmt.Errorf("agent TLS: %w", err)
+		}
+	}()
 	go func() {
 		if err := uiSrv.ServeTLS(uiL, "", ""); err != nil {
 			serveErr <- fmt.Errorf("ui: %w", err)
@@ -363,7 +435,11 @@ func (s *Service) Run(ctx context.Context) error {
 	}()
 
 	sweepCtx, stopSweep := context.WithCancel(ctx)
-	sweepDone := make(chan struct{}, 2)
+	sweepDone := make(chan struct{}, 3)
+	go func() {
+		defer func() { sweepDone <- struct{}{} }()
+		ca.run(sweepCtx)
+	}()
 	go func() {
 		defer func() { sweepDone <- struct{}{} }()
 		s.sweep(sweepCtx, st, interval)
@@ -382,9 +458,9 @@ func (s *Service) Run(ctx context.Context) error {
 		}
 	}()
 
-	fmt.Fprintln(s.cfg.Stdout, quantix.ReadyMarker("vdc", "url", "http://"+l.Addr().String(),
-		"ui", "https://"+uiL.Addr().String(), "epoch", st.Epoch()))
-	s.log.Info("serving", "addr", l.Addr().String(), "ui", "https://"+uiL.Addr().String(),
+	fmt.Fprintln(s.cfg.Stdout, quantix.ReadyMarker("vdc", "url", "https://"+l.Addr().String(),
+		"agent_ca_pin", ca.JoinTokenPin(), "ui", "https://"+uiL.Addr().String(), "epoch", st.Epoch()))
+	s.log.Info("serving", "addr", l.Addr().String(), "agent_ca_pin", ca.JoinTokenPin(), "agent_plain_http", s.cfg.AgentPlainHTTP, "ui", "https://"+uiL.Addr().String(),
 		"heartbeat_interval", interval, "epoch", cs.Epoch, "grace_until", cs.GraceUntil, "grace_reason", cs.GraceReason)
 	close(s.ready)
 
@@ -396,8 +472,9 @@ func (s *Service) Run(ctx context.Context) error {
 		sctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 		srv.SetKeepAlivesEnabled(false)
 		uiSrv.SetKeepAlivesEnabled(false)
+		agentSrv.SetKeepAlivesEnabled(false)
 		fresh.closeAll()
-		err = errors.Join(srv.Shutdown(sctx), uiSrv.Shutdown(sctx))
+		err = errors.Join(srv.Shutdown(sctx), uiSrv.Shutdown(sctx), agentSrv.Shutdown(sctx))
 		cancel()
 		if err != nil {
 			err = fmt.Errorf("shutdown: %w", err)
@@ -407,8 +484,10 @@ func (s *Service) Run(ctx context.Context) error {
 		// Serve failed on one listener: stop the other too.
 		srv.Close()
 		uiSrv.Close()
+		agentSrv.Close()
 	}
 	stopSweep()
+	<-sweepDone
 	<-sweepDone
 	<-sweepDone
 	return err

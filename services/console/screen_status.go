@@ -100,6 +100,9 @@ func (statusScreen) view(u *ui) ([]string, string) {
 		} else {
 			b = append(b, row("Nodes", "unknown: "+errString(s.VDCErr)))
 		}
+		if s.AgentCAPin != "" {
+			b = append(b, row("Agent CA pin", s.AgentCAPin))
+		}
 	} else if a := s.Agent; a != nil {
 		reg := a.State
 		if a.Registration.Result != "" {

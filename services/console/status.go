@@ -41,6 +41,9 @@ type Snapshot struct {
 	// VDCUI is the web UI address the vDC announced in its ready marker (ui=),
 	// e.g. https://[::]:8443, from its log; "" when not known (yet).
 	VDCUI string
+	// AgentCAPin is the pin of the vDC's agent CA (agent_ca_pin= in its ready
+	// marker): what join tokens carry, shown so an operator can check a token.
+	AgentCAPin string
 
 	Services    []ServiceState
 	ServicesErr error
@@ -118,6 +121,7 @@ func gather(ctx context.Context, c *Config) *Snapshot {
 		if c.VDCUIURL == "" {
 			s.VDCUI = readyField(filepath.Join(c.LogDir, "vdc.log"), "vdc", "ui")
 		}
+		s.AgentCAPin = readyField(filepath.Join(c.LogDir, "vdc.log"), "vdc", "agent_ca_pin")
 	} else if c.AgentURL != "" {
 		wg.Go(func() { s.Agent, s.AgentErr = agentStatus(ctx, c.AgentURL) })
 	}

@@ -61,6 +61,9 @@ type Lab struct {
 	NodeDisk string
 	// QvDCFirstBoot is how long the QvDC took from QEMU start to an answering API.
 	QvDCFirstBoot time.Duration
+	// AgentCAPin is the pin of the QvDC's agent CA, from its ready marker: nodes join
+	// with qx1.<AgentCAPin>.<JoinToken> over TLS.
+	AgentCAPin string
 
 	dir   string
 	osISO string
@@ -115,6 +118,14 @@ func NewLab(t *testing.T) *Lab {
 func (l *Lab) WaitVDC(t testing.TB, timeout time.Duration) quantix.Marker {
 	t.Helper()
 	mk := l.QvDC.WaitMarker(t, quantix.MarkerReady, timeout, "service", "vdc")
+	pin := mk.Get("agent_ca_pin")
+	if !quantix.ValidPin(pin) {
+		t.Fatalf("the vDC ready marker %v has no agent_ca_pin", mk)
+	}
+	if l.AgentCAPin != "" && l.AgentCAPin != pin {
+		t.Errorf("the vDC's agent CA pin changed across a restart: %s, then %s (the CA lives in its database)", l.AgentCAPin, pin)
+	}
+	l.AgentCAPin = pin
 	poll(t, "vDC /readyz through the workstation", APITimeout, func(ctx context.Context) (bool, string, error) {
 		err := l.VDC.Readyz(ctx)
 		return err == nil, "", err
@@ -171,17 +182,18 @@ format_blank_data = true
 	}
 }
 
-// nodeConfig completes c with the lab vDC's URL and join token.
-func nodeConfig(c vm.NodeConfig) vm.NodeConfig {
-	c.VDC = fmt.Sprintf("http://%s:%d", QvDCAddr.Addr(), VDCPort)
-	c.JoinToken = JoinToken
+// nodeConfig completes c with the lab vDC's URL (TLS) and the join token with the
+// vDC's agent CA pin.
+func (l *Lab) nodeConfig(c vm.NodeConfig) vm.NodeConfig {
+	c.VDC = fmt.Sprintf("https://%s:%d", QvDCAddr.Addr(), VDCPort)
+	c.JoinToken = quantix.FormatJoinToken(l.AgentCAPin, JoinToken)
 	return c
 }
 
 // WriteNodeDisk writes the node machine's config disk for c.
 func (l *Lab) WriteNodeDisk(t testing.TB, c vm.NodeConfig) {
 	t.Helper()
-	vm.NodeConfigDisk(t, l.NodeDisk, nodeConfig(c))
+	vm.NodeConfigDisk(t, l.NodeDisk, l.nodeConfig(c))
 }
 
 // StartNode writes the node's config disk and boots the node machine the first

@@ -30,6 +30,17 @@ type Config struct {
 	Metrics        *Metrics
 	// AgentURLs is announced to agents (vdc.toml agent_urls).
 	AgentURLs []string
+	// AgentCA is the CA agents pin (docs/design.md §15).
+	AgentCA AgentCA
+}
+
+// AgentCA is what the API needs of the agent CA: the pins to announce, the state to
+// show, and a rotation.
+type AgentCA interface {
+	Pins() []string
+	JoinTokenPin() string
+	Status() quantix.AgentCAStatus
+	Rotate(ctx context.Context) (quantix.AgentCAStatus, error)
 }
 
 // API serves the vDC's HTTP API.
@@ -70,6 +81,8 @@ func New(cfg Config, log *slog.Logger) *API {
 	m.HandleFunc("GET "+quantix.PathVMs, a.admin(a.listVMs))
 	m.HandleFunc("GET "+quantix.PathPools, a.admin(a.listPools))
 	m.HandleFunc("POST "+quantix.PathJoinTokens, a.admin(a.createJoinToken))
+	m.HandleFunc("GET "+quantix.PathAgentCA, a.admin(a.agentCA))
+	m.HandleFunc("POST "+quantix.PathAgentCARotate, a.admin(a.rotateAgentCA))
 
 	m.HandleFunc("GET "+quantix.PathHealthz, a.healthz)
 	m.HandleFunc("GET "+quantix.PathReadyz, a.readyz)
@@ -315,4 +328,68 @@ func (a *API) metrics(w http.ResponseWriter, r *http.Request) {
 	w.Header().Set("Content-Type", "text/plain; version=0.0.4; charset=utf-8")
 	batches, _ := a.cfg.Heartbeats.Stats()
 	a.cfg.Metrics.Write(w, phases, batches)
+	if a.cfg.AgentCA != nil {
+		WriteAgentCA(w, a.cfg.AgentCA.Status())
+	}
+}
+
+// pins are the agent CA pins every register and heartbeat answer announces.
+func (a *API) pins() []string {
+	if a.cfg.AgentCA == nil {
+		return nil
+	}
+	return a.cfg.AgentCA.Pins()
+}
+
+// Plain is the API on the plain-HTTP side of the listen port. Unless allowAgents
+// (vdc.toml agent_plain_http, labs), it refuses every request an agent makes
+// (registration, and a node's own endpoints under /api/v1/nodes/{id}/ without the
+// admin token): their secrets must travel inside TLS only. Health checks, metrics and the
+// admin API stay reachable for qx-ctl.
+func (a *API) Plain(allowAgents bool) http.Handler {
+	if allowAgents {
+		return a
+	}
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		agent := r.URL.Path == quantix.PathRegister
+		if sub, ok := strings.CutPrefix(r.URL.Path, quantix.PathNodes+"/"); ok && strings.Contains(sub, "/") && !agent {
+			// A node's own endpoints (/api/v1/nodes/{id}/...), unless the admin asks.
+			got := store.HashSecret(bearer(r))
+			agent = !store.SameDigest(got[:], a.cfg.AdminTokenHash[:])
+		}
+		if agent {
+			// 403, not 426: an agent reads the JSON error, and an upgrade on the
+			// same port is what it must do anyway.
+			writeError(w, http.StatusForbidden, "agents must use https:// on this port (TLS with the join token's CA pin); "+
+				"plain HTTP for agents is off unless vdc.toml sets agent_plain_http = true (labs only)")
+			return
+		}
+		a.ServeHTTP(w, r)
+	})
+}
+
+func (a *API) agentCA(w http.ResponseWriter, r *http.Request) {
+	if a.cfg.AgentCA == nil {
+		writeError(w, http.StatusServiceUnavailable, "this vDC has no agent CA")
+		return
+	}
+	writeJSON(w, http.StatusOK, a.cfg.AgentCA.Status())
+}
+
+func (a *API) rotateAgentCA(w http.ResponseWriter, r *http.Request) {
+	if a.cfg.AgentCA == nil {
+		writeError(w, http.StatusServiceUnavailable, "this vDC has no agent CA")
+		return
+	}
+	st, err := a.cfg.AgentCA.Rotate(r.Context())
+	if errors.Is(err, store.ErrRotationPending) {
+		writeError(w, http.StatusConflict, err.Error())
+		return
+	}
+	if err != nil {
+		a.fail(w, r, err)
+		return
+	}
+	a.log.Info("agent CA rotation started", "pins", st.Pins, "next_serves_from", st.Next.ServingFrom)
+	writeJSON(w, http.StatusOK, st)
 }

@@ -51,7 +51,7 @@ func (a *API) register(w http.ResponseWriter, r *http.Request) {
 		code = http.StatusCreated
 	}
 	writeJSON(w, code, quantix.RegisterResponse{NodeID: res.NodeID, Registration: res.Kind,
-		HeartbeatIntervalSeconds: a.intervalSeconds(), VDCURLs: a.cfg.AgentURLs})
+		HeartbeatIntervalSeconds: a.intervalSeconds(), AgentCAPins: a.pins(), VDCURLs: a.cfg.AgentURLs})
 }
 
 // nodeAuth reads the node id from the path and checks the node's bearer secret.
@@ -117,7 +117,7 @@ func (a *API) heartbeat(w http.ResponseWriter, r *http.Request) {
 	}
 	a.cfg.Metrics.Heartbeat()
 	writeJSON(w, http.StatusOK, quantix.HeartbeatResponse{HeartbeatIntervalSeconds: a.intervalSeconds(), FullSync: res.FullSync,
-		VDCURLs: a.cfg.AgentURLs})
+		AgentCAPins: a.pins(), VDCURLs: a.cfg.AgentURLs})
 }
 
 func (a *API) putState(w http.ResponseWriter, r *http.Request) {
@@ -348,6 +348,9 @@ func (a *API) createJoinToken(w http.ResponseWriter, r *http.Request) {
 	if err != nil {
 		a.fail(w, r, err)
 		return
+	}
+	if a.cfg.AgentCA != nil {
+		tok.Token = quantix.FormatJoinToken(a.cfg.AgentCA.JoinTokenPin(), tok.Token)
 	}
 	a.log.Info("join token created", "id", tok.ID, "uses", uses, "expires_at", tok.ExpiresAt)
 	writeJSON(w, http.StatusCreated, tok)

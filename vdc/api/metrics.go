@@ -9,6 +9,8 @@ import (
 	"sync"
 	"sync/atomic"
 	"time"
+
+	"github.com/quantix/quantix"
 )
 
 // Metrics is the vDC's Prometheus exposition, written by hand: four metric families
@@ -112,4 +114,19 @@ func (m *Metrics) Write(w io.Writer, phases map[string]int, batches int64) {
 		fmt.Fprintf(&b, "qx_vdc_http_request_duration_seconds_count{%s} %d\n", labels, cum)
 	}
 	io.WriteString(w, b.String())
+}
+
+// WriteAgentCA writes the agent CA's families: seconds until the serving CA expires,
+// and whether that is within the warning threshold (rotate it).
+func WriteAgentCA(w io.Writer, st quantix.AgentCAStatus) {
+	warn := 0
+	if st.Warning != "" {
+		warn = 1
+	}
+	fmt.Fprintf(w, "# HELP qx_vdc_agent_ca_expiry_seconds Seconds until the serving agent CA expires.\n"+
+		"# TYPE qx_vdc_agent_ca_expiry_seconds gauge\nqx_vdc_agent_ca_expiry_seconds{pin=%q} %d\n"+
+		"# HELP qx_vdc_agent_ca_expiring 1 when the serving agent CA expires within agent_ca_warn: rotate it.\n"+
+		"# TYPE qx_vdc_agent_ca_expiring gauge\nqx_vdc_agent_ca_expiring %d\n"+
+		"# HELP qx_vdc_agent_ca_pins Agent CA pins announced to agents (2 during a rotation's overlap).\n"+
+		"# TYPE qx_vdc_agent_ca_pins gauge\nqx_vdc_agent_ca_pins %d\n", st.Serving.Pin, st.ExpiresInSeconds, warn, len(st.Pins))
 }

@@ -382,6 +382,20 @@ func (c *Client) Pools(ctx context.Context) ([]quantix.InventoryPool, error) {
 }
 
 // CreateJoinToken creates a join token; its secret is in the answer only.
+// AgentCA returns the agent CA's state (pins, expiry, a rotation in progress).
+func (c *Client) AgentCA(ctx context.Context) (quantix.AgentCAStatus, error) {
+	var st quantix.AgentCAStatus
+	err := c.do(ctx, http.MethodGet, quantix.PathAgentCA, nil, &st)
+	return st, err
+}
+
+// RotateAgentCA starts an agent CA rotation: the next CA serves after the overlap.
+func (c *Client) RotateAgentCA(ctx context.Context) (quantix.AgentCAStatus, error) {
+	var st quantix.AgentCAStatus
+	err := c.do(ctx, http.MethodPost, quantix.PathAgentCARotate, struct{}{}, &st)
+	return st, err
+}
+
 func (c *Client) CreateJoinToken(ctx context.Context, req quantix.JoinTokenRequest) (quantix.JoinToken, error) {
 	var tok quantix.JoinToken
 	err := c.do(ctx, http.MethodPost, quantix.PathJoinTokens, req, &tok)

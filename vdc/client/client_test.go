@@ -50,7 +50,7 @@ func newUUID() string {
 func register(t *testing.T, v *vdctest.VDC, hostname string) (string, string) {
 	t.Helper()
 	secret := randHex(32)
-	r, err := newClient(t, v.URL, "").Register(context.Background(), v.JoinToken, quantix.RegisterRequest{Hostname: hostname,
+	r, err := newClient(t, v.AgentURL, "").Register(context.Background(), v.JoinToken, quantix.RegisterRequest{Hostname: hostname,
 		MachineID: newUUID(), NodeSecret: secret, ManagementIP: "10.0.0.7", AgentVersion: "test-1"})
 	if err != nil || r.Registration != quantix.RegistrationRegistered {
 		t.Fatalf("register %s: %+v, %v", hostname, r, err)
@@ -61,9 +61,9 @@ func register(t *testing.T, v *vdctest.VDC, hostname string) (string, string) {
 func putState(t *testing.T, v *vdctest.VDC, id, secret string, vms []quantix.VM, pools []quantix.StoragePool) {
 	t.Helper()
 	body, _ := json.Marshal(quantix.NodeState{VMs: vms, StoragePools: pools, StateHash: quantix.StateHash(vms, pools)})
-	req, _ := http.NewRequest(http.MethodPut, v.URL+quantix.PathState(id), bytes.NewReader(body))
+	req, _ := http.NewRequest(http.MethodPut, v.AgentURL+quantix.PathState(id), bytes.NewReader(body))
 	req.Header.Set("Authorization", "Bearer "+secret)
-	resp, err := http.DefaultClient.Do(req)
+	resp, err := v.AgentClient().Do(req)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -75,7 +75,7 @@ func putState(t *testing.T, v *vdctest.VDC, id, secret string, vms []quantix.VM,
 
 func newClient(t *testing.T, base, token string) *client.Client {
 	t.Helper()
-	c, err := client.New(client.Config{URL: base, Token: token})
+	c, err := client.New(client.Config{URL: base, Token: token, HTTPClient: vdctest.ClientFor(base)})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -366,7 +366,7 @@ func TestNodeSide(t *testing.T) {
 	skipShort(t)
 	v := vdctest.Start(t, vdctest.Options{HeartbeatInterval: time.Minute})
 	ctx := context.Background()
-	c := newClient(t, v.URL, "")
+	c := newClient(t, v.AgentURL, "")
 	if err := c.Readyz(ctx); err != nil {
 		t.Fatalf("Readyz: %v", err)
 	}

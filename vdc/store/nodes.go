@@ -44,6 +44,8 @@ func (s *Store) checkToken(ctx context.Context, token string) (tokenCheck, error
 	if token == "" {
 		return tokenCheck{reason: "no join token was presented (Authorization: Bearer <join token>)"}, nil
 	}
+	// Agents send the secret; a full qx1.<pin>.<secret> is accepted as well.
+	token = quantix.SecretOfJoinToken(token)
 	if s.staticTokenOK(token) {
 		return tokenCheck{ok: true}, nil
 	}

@@ -25,6 +25,8 @@ import (
 	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgxpool"
 
+	"github.com/quantix/quantix"
+
 	"github.com/quantix/quantix/vdc/migrations"
 )
 
@@ -113,7 +115,7 @@ func Open(ctx context.Context, cfg Config, log *slog.Logger) (*Store, error) {
 	}
 	s := &Store{pool: pool, log: log, timeout: cfg.Timeout}
 	for _, t := range cfg.StaticJoinTokens {
-		s.staticTokens = append(s.staticTokens, sha256.Sum256([]byte(t)))
+		s.staticTokens = append(s.staticTokens, sha256.Sum256([]byte(quantix.SecretOfJoinToken(t))))
 	}
 	return s, nil
 }

@@ -3,6 +3,7 @@ package vdctest
 import (
 	"bufio"
 	"fmt"
+	"net/http"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -17,7 +18,8 @@ import (
 // Process is a qx-vdc running as its own process, for faults a goroutine cannot
 // have: frozen with SIGSTOP (a stalled machine or VM), killed with SIGKILL.
 type Process struct {
-	URL string // http://127.0.0.1:port
+	URL string // https://127.0.0.1:port: the agents' URL (its ready marker's)
+	Pin string // the agent CA pin (its ready marker's agent_ca_pin)
 	Log *syncbuf.Buffer
 
 	cmd    *exec.Cmd
@@ -76,13 +78,13 @@ func StartProcess(t testing.TB, bin string, opts Options) *Process {
 	if err := start(); err != nil {
 		t.Fatalf("start %s: %v", bin, err)
 	}
-	ready := make(chan string, 1)
+	ready := make(chan quantix.Marker, 1)
 	go func() {
 		sc := bufio.NewScanner(stdout)
 		for sc.Scan() {
 			if m, ok := quantix.ParseMarker(sc.Text()); ok && m.Kind == quantix.MarkerReady {
 				select {
-				case ready <- m.Get("url"):
+				case ready <- m:
 				default:
 				}
 			}
@@ -103,13 +105,20 @@ func StartProcess(t testing.TB, bin string, opts Options) *Process {
 		}
 	})
 	select {
-	case p.URL = <-ready:
+	case m := <-ready:
+		p.URL, p.Pin = m.Get("url"), m.Get("agent_ca_pin")
 	case <-p.exited:
 		t.Fatalf("qx-vdc exited before it was ready (%v):\n%s", p.cmd.ProcessState, p.Log.String())
 	case <-time.After(60 * time.Second):
 		t.Fatalf("qx-vdc not ready after 60s:\n%s", p.Log.String())
 	}
 	return p
+}
+
+// AgentTransport is an HTTP transport that trusts the process's agent CA (by its
+// pin), as an agent does.
+func (p *Process) AgentTransport() *http.Transport {
+	return &http.Transport{MaxIdleConnsPerHost: 64, TLSClientConfig: quantix.PinnedTLS([]string{p.Pin}, nil)}
 }
 
 // Freeze stops the process with SIGSTOP; Thaw resumes it (SIGCONT).

@@ -1,8 +1,10 @@
 // Package vdctest runs real vDCs for tests: a throwaway PostgreSQL 15 server
 // (initdb into a temp folder, password authentication) and the same service code
-// `qx-vdc serve` runs, in-process, on 127.0.0.1 against a fresh database: the plain
-// API (VDC.URL) and the HTTPS web UI with its generated certificate (VDC.UIURL,
-// VDC.CertFile, VDC.HTTPSClient).
+// `qx-vdc serve` runs, in-process, on 127.0.0.1 against a fresh database: the agent
+// API over TLS from the agent CA (VDC.AgentURL, VDC.Pin, VDC.AgentClient, and a
+// VDC.JoinToken that carries the pin), the same port in plain HTTP for admin calls
+// (VDC.URL; agents are refused there unless Options.PlainAgents), and the HTTPS web
+// UI with its generated certificate (VDC.UIURL, VDC.CertFile, VDC.HTTPSClient).
 package vdctest
 
 import (
@@ -19,6 +21,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"strings"
 	"sync"
 	"testing"
 	"time"
@@ -38,12 +41,17 @@ type Options struct {
 	HeartbeatInterval time.Duration // 0: 2s
 	JoinTokens        []string      // nil: one random static token
 	AdminToken        string        // "": a random one
+	// Listen is the API address; "": 127.0.0.1:0.
+	Listen string
+	// PlainAgents sets agent_plain_http: agents may use VDC.URL (plain HTTP).
+	PlainAgents bool
+	// AgentCertLifetime, AgentCAOverlap and AgentCAWarn set agent_cert_lifetime,
+	// agent_ca_overlap and agent_ca_warn; 0 keeps the defaults.
+	AgentCertLifetime, AgentCAOverlap, AgentCAWarn time.Duration
 	// Log receives the vDC's log; nil: t.Log.
 	Log io.Writer
 	// DatabaseTimeout is vdc.toml's database_timeout (0: the default).
 	DatabaseTimeout time.Duration
-	// Listen is the agent API's address (default 127.0.0.1:0, a free port).
-	Listen string
 	// AgentURLs is vdc.toml's agent_urls: the vDC URLs announced to agents.
 	AgentURLs []string
 	// StartCmd starts a StartProcess vDC's command (nil: cmd.Start), e.g. in a
@@ -53,20 +61,27 @@ type Options struct {
 
 // VDC is a running vDC.
 type VDC struct {
-	URL   string // http://127.0.0.1:port
+	URL string // http://127.0.0.1:port: admin calls in plain HTTP
+	// AgentURL is https://127.0.0.1:port, the same port in TLS: what agents use.
+	AgentURL string
+	// Pin is the agent CA pin (the same after a restart: the CA is in the database).
+	Pin   string
 	UIURL string // https://127.0.0.1:port: the web UI and the API over TLS
 	// CertFile is the UI's generated self-signed certificate (PEM).
 	CertFile    string
 	AdminToken  string
-	JoinToken   string // a valid static join token
+	JoinToken   string // a valid static join token, qx1.<Pin>.<secret>
 	DatabaseURL string
 	Stdout      *syncbuf.Buffer // the service's stdout: ready marker
 
-	cfg    vdc.Config
-	log    *slog.Logger
-	mu     sync.Mutex
-	cancel context.CancelFunc
-	done   chan error
+	cfg vdc.Config
+	svc *vdc.Service
+	// agentClient is AgentClient's, made once: the pin outlives restarts.
+	agentClient *http.Client
+	log         *slog.Logger
+	mu          sync.Mutex
+	cancel      context.CancelFunc
+	done        chan error
 }
 
 // Start runs a vDC for t on a fresh database and stops it when t ends.
@@ -116,6 +131,15 @@ func Start(t testing.TB, opts Options) *VDC {
 	cfg.UIListen = "127.0.0.1:0"
 	cfg.SecretsFile = filepath.Join(t.TempDir(), "secrets.toml")
 	cfg.Stdout = v.Stdout
+	cfg.AgentPlainHTTP = opts.PlainAgents
+	for _, d := range []struct {
+		dst *quantix.Duration
+		v   time.Duration
+	}{{&cfg.AgentCertLifetime, opts.AgentCertLifetime}, {&cfg.AgentCAOverlap, opts.AgentCAOverlap}, {&cfg.AgentCAWarn, opts.AgentCAWarn}} {
+		if d.v != 0 {
+			d.dst.Duration = d.v
+		}
+	}
 	v.cfg = cfg
 	v.CertFile = filepath.Join(cfg.TLSDir(), vdc.TLSCertName)
 	if err := v.start(); err != nil {
@@ -147,7 +171,12 @@ func (v *VDC) start() error {
 	}
 	v.mu.Lock()
 	v.URL = "http://" + svc.Addr().String()
+	v.AgentURL = "https://" + svc.Addr().String()
+	v.Pin = svc.AgentCAPin()
+	v.JoinToken = quantix.FormatJoinToken(v.Pin, quantix.SecretOfJoinToken(v.cfg.JoinTokens[0]))
 	v.UIURL = "https://" + svc.UIAddr().String()
+	v.svc = svc
+	agentURLs.Store(v.AgentURL, v)
 	v.cancel, v.done = cancel, done
 	v.mu.Unlock()
 	return nil
@@ -337,6 +366,45 @@ func (v *VDC) HTTPSClient(t testing.TB) *http.Client {
 		CheckRedirect: func(*http.Request, []*http.Request) error { return http.ErrUseLastResponse },
 		Timeout:       30 * time.Second,
 	}
+}
+
+// AgentClient returns a client that checks the vDC's chain against Pin, as agents
+// do (quantix.PinnedTLS).
+func (v *VDC) AgentClient() *http.Client {
+	v.mu.Lock()
+	defer v.mu.Unlock()
+	if v.agentClient == nil {
+		v.agentClient = &http.Client{Timeout: 30 * time.Second, Transport: &http.Transport{MaxIdleConnsPerHost: 64,
+			TLSClientConfig: quantix.PinnedTLS([]string{v.Pin}, nil)}}
+	}
+	return v.agentClient
+}
+
+// agentURLs maps each running vDC's AgentURL to it, for ClientFor.
+var agentURLs sync.Map
+
+// ClientFor returns the client for a request URL: AgentClient for a URL under a
+// vDC's AgentURL, else a plain client. Test helpers that only have a URL use it.
+func ClientFor(url string) *http.Client {
+	var c *http.Client
+	agentURLs.Range(func(k, val any) bool {
+		if strings.HasPrefix(url, k.(string)+"/") || url == k.(string) {
+			c = val.(*VDC).AgentClient()
+			return false
+		}
+		return true
+	})
+	if c == nil {
+		return http.DefaultClient
+	}
+	return c
+}
+
+// Service is the running service (nil while stopped).
+func (v *VDC) Service() *vdc.Service {
+	v.mu.Lock()
+	defer v.mu.Unlock()
+	return v.svc
 }
 
 // tWriter sends the service log to t.Log.

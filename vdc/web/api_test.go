@@ -29,7 +29,7 @@ func registerAgent(t testing.TB, v *vdctest.VDC, client *http.Client, hostname s
 		CPU:        &quantix.CPUInfo{Model: "AMD EPYC 7302P", Sockets: 1, Cores: 16, Threads: 32},
 		Hypervisor: &quantix.Hypervisor{State: quantix.HypervisorAvailable, Version: "9.0.0", URI: "qemu:///system"}}
 	var res quantix.RegisterResponse
-	agentCall(t, client, http.MethodPost, v.URL+quantix.PathRegister, v.JoinToken, req, &res, http.StatusCreated)
+	agentCall(t, client, http.MethodPost, v.AgentURL+quantix.PathRegister, v.JoinToken, req, &res, http.StatusCreated)
 	a.ID = res.NodeID
 	return a
 }
@@ -37,14 +37,14 @@ func registerAgent(t testing.TB, v *vdctest.VDC, client *http.Client, hostname s
 func (a agent) heartbeat(t testing.TB, v *vdctest.VDC, client *http.Client) {
 	t.Helper()
 	cpu, mem := 23.5, int64(20<<30)
-	agentCall(t, client, http.MethodPost, v.URL+quantix.PathHeartbeat(a.ID), a.Secret,
+	agentCall(t, client, http.MethodPost, v.AgentURL+quantix.PathHeartbeat(a.ID), a.Secret,
 		quantix.HeartbeatRequest{ManagementIP: "10.1.2.3", CPUPercent: &cpu, MemoryUsedBytes: &mem}, nil, http.StatusOK)
 }
 
 func (a agent) putState(t testing.TB, v *vdctest.VDC, client *http.Client, vms []quantix.VM, pools []quantix.StoragePool) {
 	t.Helper()
 	st := quantix.NodeState{VMs: vms, StoragePools: pools, StateHash: quantix.StateHash(vms, pools)}
-	agentCall(t, client, http.MethodPut, v.URL+quantix.PathState(a.ID), a.Secret, st, nil, http.StatusOK)
+	agentCall(t, client, http.MethodPut, v.AgentURL+quantix.PathState(a.ID), a.Secret, st, nil, http.StatusOK)
 }
 
 func agentCall(t testing.TB, client *http.Client, method, url, bearer string, body, out any, want int) {
@@ -62,6 +62,9 @@ func agentCall(t testing.TB, client *http.Client, method, url, bearer string, bo
 
 func rawCall(t testing.TB, client *http.Client, method, url, bearer string, body any) (int, []byte) {
 	t.Helper()
+	if c := vdctest.ClientFor(url); c != http.DefaultClient {
+		client = c // an agent endpoint: TLS with the pin, as agents do
+	}
 	var rd io.Reader
 	if body != nil {
 		j, _ := json.Marshal(body)

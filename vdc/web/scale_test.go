@@ -56,7 +56,7 @@ func tenThousandHosts(t testing.TB) *vdctest.VDC {
 					ManagementIP: fmt.Sprintf("10.%d.%d.%d", i/65536, i/256%256, i%256), AgentVersion: "1.0.0",
 					CPU: cpu, MemoryBytes: 512 << 30, Labels: map[string]string{"rack": fmt.Sprint(i % 40)},
 					Hypervisor: &quantix.Hypervisor{State: quantix.HypervisorAvailable, Version: "9.0.0"}}
-				code, b := rawCall(t, client, http.MethodPost, v.URL+quantix.PathRegister, v.JoinToken, req)
+				code, b := rawCall(t, client, http.MethodPost, v.AgentURL+quantix.PathRegister, v.JoinToken, req)
 				if code != http.StatusCreated {
 					errs <- fmt.Errorf("register %s: %d %s", h, code, b)
 					return

@@ -260,21 +260,24 @@ func TestBrowser(t *testing.T) {
 		chromedp.Click(chromedp.CSS("#create-token")))
 	b.Wait("the new token", `document.body.dataset.created === 'true'`, 10*time.Second)
 	token := b.Text("#token-value")
-	if len(token) != 64 {
-		t.Fatalf("token shown = %q, want 64 hex characters", token)
+	if pin, secret, err := quantix.ParseJoinToken(token); err != nil || pin != v.Pin || len(secret) != 64 {
+		t.Fatalf("token shown = %q (%v), want qx1.%s.<64 hex characters>", token, err, v.Pin)
+	}
+	if got := b.Text("#ca-pin"); got != v.Pin {
+		t.Errorf("agent CA pin shown = %q, want %q", got, v.Pin)
 	}
 	secrets = append(secrets, token)
-	wantCmdline := quantix.ParamVDC + "=" + v.URL + " " + quantix.ParamToken + "=" + token
+	wantCmdline := quantix.ParamVDC + "=" + v.AgentURL + " " + quantix.ParamToken + "=" + token
 	if got := b.Text("#cmdline"); got != wantCmdline {
 		t.Errorf("kernel command line = %q, want %q", got, wantCmdline)
 	}
 	cl := quantix.ParseCmdline(b.Text("#cmdline"))
-	if cl.Value(quantix.ParamVDC) != v.URL || cl.Value(quantix.ParamToken) != token {
+	if cl.Value(quantix.ParamVDC) != v.AgentURL || cl.Value(quantix.ParamToken) != token {
 		t.Errorf("the command line parses to vdc %q token %q", cl.Value(quantix.ParamVDC), cl.Value(quantix.ParamToken))
 	}
 	var fc qxagent.FileConfig
-	if err := quantix.DecodeTOML("agent.toml", []byte(b.Text("#agent-toml")), &fc); err != nil || fc.ControlPlane != v.URL || fc.JoinToken != token || fc.Validate() != nil {
-		t.Errorf("agent.toml lines %q decode to %+v, %v; want control_plane %s and the token", b.Text("#agent-toml"), fc, err, v.URL)
+	if err := quantix.DecodeTOML("agent.toml", []byte(b.Text("#agent-toml")), &fc); err != nil || fc.ControlPlane != v.AgentURL || fc.JoinToken != token || fc.Validate() != nil {
+		t.Errorf("agent.toml lines %q decode to %+v, %v; want control_plane %s and the token", b.Text("#agent-toml"), fc, err, v.AgentURL)
 	}
 	if meta := b.Text("#token-meta"); !strings.Contains(meta, "2 uses") || !strings.Contains(meta, "rack 4") {
 		t.Errorf("token details = %q", meta)
@@ -283,7 +286,7 @@ func TestBrowser(t *testing.T) {
 	// The token works: a new node registers with it.
 	tv := v
 	req := quantix.RegisterRequest{Hostname: "joined-by-ui", MachineID: randHex(8), NodeSecret: randHex(32), ManagementIP: "10.1.2.9"}
-	agentCall(t, c, http.MethodPost, tv.URL+quantix.PathRegister, token, req, nil, http.StatusCreated)
+	agentCall(t, c, http.MethodPost, tv.AgentURL+quantix.PathRegister, token, req, nil, http.StatusCreated)
 	secrets = append(secrets, req.NodeSecret)
 
 	// --- Delete with confirmation ---

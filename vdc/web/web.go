@@ -40,8 +40,8 @@ type Config struct {
 	API http.Handler
 	// AdminTokenHash is the SHA-256 digest of the admin token, the login credential.
 	AdminTokenHash [32]byte
-	// AgentPort is the plain HTTP API port agents use; the Join tokens page shows
-	// http://<the host the browser used>:<AgentPort> as the vDC URL.
+	// AgentPort is the API port agents use (TLS with the agent CA); the Join tokens
+	// page shows https://<the host the browser used>:<AgentPort> as the vDC URL.
 	AgentPort int
 	// Now is the clock for sessions and login throttling (nil: time.Now). Tests
 	// pass a fake one.
@@ -329,10 +329,11 @@ func (u *UI) baseData(r *http.Request, page, title string) pageData {
 	return d
 }
 
-// agentURL is the plain API URL agents use, on the host the browser reached.
+// agentURL is the API URL agents use (TLS, the agent CA), on the host the browser
+// reached.
 func (u *UI) agentURL(r *http.Request) string {
 	host := requestHost(r)
-	return "http://" + net.JoinHostPort(host, strconv.Itoa(u.cfg.AgentPort))
+	return "https://" + net.JoinHostPort(host, strconv.Itoa(u.cfg.AgentPort))
 }
 
 // requestHost is the host part of the request's Host header, else the local

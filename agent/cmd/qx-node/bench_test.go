@@ -63,7 +63,7 @@ func measureProcess(b *testing.B, bin string, v *vdctest.VDC, libvirtURI, hostna
 	}
 	addr := ln.Addr().String()
 	ln.Close()
-	cmd := exec.Command(bin, "--control-plane", v.URL, "--join-token", v.JoinToken, "--hostname", hostname,
+	cmd := exec.Command(bin, "--control-plane", v.AgentURL, "--join-token", v.JoinToken, "--hostname", hostname,
 		"--state-dir", dir, "--config", filepath.Join(dir, "none.toml"), "--cmdline", filepath.Join(dir, "none"),
 		"--libvirt-uri", libvirtURI, "--http-listen", addr)
 	stdout, err := cmd.StdoutPipe()

@@ -100,7 +100,7 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 			given.LibvirtURI = *libvirtURI
 		}
 	})
-	if err := given.Validate(); err != nil {
+	if err := given.ValidateFields(); err != nil {
 		return fmt.Errorf("%w: flags: %w", quantix.ErrConfig, err)
 	}
 	cmdline := agent.CmdlineFrom(cl)

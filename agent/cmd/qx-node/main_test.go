@@ -45,7 +45,8 @@ func TestRunConfigErrors(t *testing.T) {
 		{"bad flag url", []string{"--config", filepath.Join(dir, "none.toml"), "--control-plane", "vdc:8080"}, "control_plane"},
 		{"bad hostname", []string{"--config", filepath.Join(dir, "none.toml"), "--control-plane", "http://v", "--hostname", "no_underscores"}, "invalid hostname"},
 		{"remote libvirt", []string{"--config", filepath.Join(dir, "none.toml"), "--control-plane", "http://v", "--hostname", "n1", "--libvirt-uri", "qemu+tcp://h/system"}, "only local unix-socket URIs"},
-		{"corrupt identity", []string{"--config", filepath.Join(dir, "none.toml"), "--control-plane", "http://v", "--hostname", "n1", "--state-dir", corrupt}, "identity file is corrupt"},
+		{"corrupt identity", []string{"--config", filepath.Join(dir, "none.toml"), "--control-plane", "https://v", "--hostname", "n1", "--state-dir", corrupt}, "identity file is corrupt"},
+		{"plain http", []string{"--config", filepath.Join(dir, "none.toml"), "--control-plane", "http://v", "--hostname", "n1", "--state-dir", dir}, "insecure_plain_http"},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -98,7 +99,7 @@ func TestRunRegisterPrecedence(t *testing.T) {
 	v := vdctest.Start(t, vdctest.Options{Log: io.Discard})
 	dir := t.TempDir()
 	cmdline := write(t, filepath.Join(dir, "cmdline"), "console=ttyS0 quantix.vdc=http://127.0.0.1:1 quantix.token=cmdline-token quantix.hostname=cmd-node\n")
-	conf := write(t, filepath.Join(dir, "agent.toml"), "control_plane = \""+v.URL+"\"\njoin_token = \"file-token\"\n[labels]\nrack = \"r7\"\n")
+	conf := write(t, filepath.Join(dir, "agent.toml"), "control_plane = \""+v.AgentURL+"\"\njoin_token = \""+quantix.FormatJoinToken(v.Pin, "file-token-0123456789")+"\"\n[labels]\nrack = \"r7\"\n")
 	state := filepath.Join(dir, "state")
 	var stdout, stderr bytes.Buffer
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)

@@ -148,7 +148,7 @@ func TestVMSerialConsoleStaticAtVDC(t *testing.T) {
 	// The lab segment: the hub (gateway, DHCP) and the workstation carrying the vDC.
 	hub := vm.NewHub(t, vm.HubConfig{})
 	ws := vm.NewWorkstation(t, hub, vm.WorkstationMAC, vm.WorkstationAddr)
-	vdcURL := serveOnWorkstation(t, ws, vmVDCPort, v.URL)
+	vdcURL := serveOnWorkstation(t, ws, vmVDCPort, v.AgentURL) // the agent port, TLS with the pin
 
 	subnet, gw := hub.Config().Subnet, hub.Gateway()
 	staticIP := subnet.Addr()

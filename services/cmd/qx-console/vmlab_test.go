@@ -223,7 +223,7 @@ func serveOnWorkstation(t *testing.T, ws *vm.Workstation, port uint16, target st
 		t.Fatalf("vDC URL %q: %v", target, err)
 	}
 	ws.Forward(t, port, u.Host)
-	return fmt.Sprintf("http://%s:%d", ws.Addr.Addr(), port)
+	return fmt.Sprintf("%s://%s:%d", u.Scheme, ws.Addr.Addr(), port)
 }
 
 // shortDir is a folder for unix sockets (paths are limited to 107 bytes, test

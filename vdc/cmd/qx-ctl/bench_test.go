@@ -36,9 +36,9 @@ func BenchmarkLargeRegistry(b *testing.B) {
 			for i := range work {
 				body := fmt.Sprintf(`{"hostname":"node-%05d","machine_id":"m-%d","node_secret":"%s","management_ip":"10.%d.%d.%d","agent_version":"bench","memory_bytes":%d}`,
 					i, i, randHex(32), i/62500, i/250%250, i%250+1, int64(16)<<30)
-				req, _ := http.NewRequest(http.MethodPost, v.URL+quantix.PathRegister, strings.NewReader(body))
+				req, _ := http.NewRequest(http.MethodPost, v.AgentURL+quantix.PathRegister, strings.NewReader(body))
 				req.Header.Set("Authorization", "Bearer "+v.JoinToken)
-				resp, err := http.DefaultClient.Do(req)
+				resp, err := v.AgentClient().Do(req)
 				if err == nil {
 					resp.Body.Close()
 				}

@@ -519,6 +519,53 @@ func (c *cli) poolTable(pools []quantix.InventoryPool, withNode bool) error {
 	return t.flush()
 }
 
+func (c *cli) agentCA(ctx context.Context, verb string, args []string) error {
+	fs := c.flagSet("ca " + verb)
+	rest, err := parseFlags(fs, args, false)
+	if err != nil {
+		return err
+	}
+	if len(rest) > 0 {
+		return usagef("ca %s: unexpected argument %q", verb, rest[0])
+	}
+	if err := c.connect(); err != nil {
+		return err
+	}
+	cctx, cancel := c.call(ctx)
+	defer cancel()
+	get := c.client.AgentCA
+	if verb == "rotate" {
+		get = c.client.RotateAgentCA
+	}
+	st, err := get(cctx)
+	if err != nil {
+		return fmt.Errorf("ca %s: %w", verb, err)
+	}
+	if c.opts.output == "json" {
+		return writeJSON(c.stdout, st)
+	}
+	now := c.now()
+	kv := newTable(c.stdout)
+	kv.row("serving pin:", st.Serving.Pin)
+	kv.row("expires:", stamp(st.Serving.NotAfter)+" ("+until(now, st.Serving.NotAfter)+")")
+	if st.Next != nil {
+		kv.row("next pin:", st.Next.Pin)
+		kv.row("next serves from:", stamp(st.Next.ServingFrom)+" ("+until(now, st.Next.ServingFrom)+")")
+	}
+	kv.row("announced pins:", strings.Join(st.Pins, " "))
+	kv.row("join tokens carry:", st.JoinTokenPin)
+	if err := kv.flush(); err != nil {
+		return err
+	}
+	if st.Warning != "" {
+		fmt.Fprintln(c.stdout, "\nWARNING: "+st.Warning)
+	}
+	if st.Next != nil {
+		fmt.Fprintln(c.stdout, "\nNodes online during the overlap learn the next pin; a node away past it must join again with a new token.")
+	}
+	return nil
+}
+
 // tokenOutput is `tokens create -o json`: the API's join token plus the lines a node
 // needs.
 type tokenOutput struct {
@@ -556,6 +603,10 @@ func (c *cli) tokensCreate(ctx context.Context, args []string) error {
 		if forNodes, err = client.ParseURL(*nodeURL); err != nil {
 			return usagef("tokens create: --node-url: %v", err)
 		}
+	}
+	// The agent port speaks TLS too; agents refuse plain HTTP.
+	if p, ok := strings.CutPrefix(forNodes, "http://"); ok {
+		forNodes = "https://" + p
 	}
 	if strings.ContainsAny(forNodes, " \t\"") {
 		return usagef("tokens create: vDC URL %q holds white space or quotes; the kernel command line cannot carry it", forNodes)

@@ -444,13 +444,16 @@ func TestTokensCreate(t *testing.T) {
 	}
 	// The kernel command line and agent.toml say the same to the real agent parsers.
 	cl := agent.CmdlineFrom(quantix.ParseCmdline("console=ttyS0 " + cmdline))
-	if cl.VDC != l.v.URL || cl.Token != token {
-		t.Errorf("kernel command line %q gives vdc %q token %q, want %q %q", cmdline, cl.VDC, cl.Token, l.v.URL, token)
+	if cl.VDC != l.v.AgentURL || cl.Token != token {
+		t.Errorf("kernel command line %q gives vdc %q token %q, want %q %q", cmdline, cl.VDC, cl.Token, l.v.AgentURL, token)
+	}
+	if pin, _, err := quantix.ParseJoinToken(token); err != nil || pin != l.v.Pin {
+		t.Errorf("token %q: pin %q, %v; want the agent CA pin %s", token, pin, err, l.v.Pin)
 	}
 	path := filepath.Join(t.TempDir(), "agent.toml")
 	writeFile(t, path, agentTOML, 0o600)
 	fc, err := agent.Load(path)
-	if err != nil || fc.ControlPlane != l.v.URL || fc.JoinToken != token {
+	if err != nil || fc.ControlPlane != l.v.AgentURL || fc.JoinToken != token {
 		t.Errorf("agent.toml %q loads as %+v, %v", agentTOML, fc, err)
 	}
 	// The token registers exactly one node.
@@ -473,10 +476,10 @@ func TestTokensCreate(t *testing.T) {
 	if tok.UsesLeft != 2 || tok.Description != "rack 3" || tok.ID == "" || left < 59*time.Minute || left > 61*time.Minute {
 		t.Errorf("tokens create -o json = %+v (expires in %s)", tok, left)
 	}
-	if want := "quantix.vdc=http://10.0.0.1:8080 quantix.token=" + tok.Token; full.KernelCmdline != want {
+	if want := "quantix.vdc=https://10.0.0.1:8080 quantix.token=" + tok.Token; full.KernelCmdline != want {
 		t.Errorf("kernel_cmdline = %q, want %q", full.KernelCmdline, want)
 	}
-	if want := "control_plane = \"http://10.0.0.1:8080\"\njoin_token = \"" + tok.Token + "\"\n"; full.AgentTOML != want {
+	if want := "control_plane = \"https://10.0.0.1:8080\"\njoin_token = \"" + tok.Token + "\"\n"; full.AgentTOML != want {
 		t.Errorf("agent_toml = %q, want %q", full.AgentTOML, want)
 	}
 	l.register("new-3", "10.0.0.23", tok.Token, http.StatusCreated)

@@ -64,6 +64,9 @@ Commands:
   tokens create [--ttl 24h] [--uses 1] [--description D] [--node-url URL]
                                                a join token, with the kernel command
                                                line and agent.toml lines for nodes
+  ca show                                      the agent CA: pins, expiry, rotation
+  ca rotate                                    create the next agent CA; agents that are
+                                               online learn it during the overlap
   version                                      qx-ctl's version
   help                                         this text
 
@@ -242,6 +245,11 @@ func (c *cli) run(ctx context.Context, args []string) error {
 			return usagef("tokens: want 'tokens create'")
 		}
 		return c.tokensCreate(ctx, rest[1:])
+	case "ca", "agent-ca":
+		if len(rest) == 0 || (rest[0] != "show" && rest[0] != "rotate") {
+			return usagef("ca: want 'ca show' or 'ca rotate'")
+		}
+		return c.agentCA(ctx, rest[0], rest[1:])
 	}
 	return usagef("unknown command %q", cmd)
 }

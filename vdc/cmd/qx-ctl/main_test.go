@@ -146,7 +146,7 @@ func call(t *testing.T, method, url, bearer string, body, out any) int {
 	if bearer != "" {
 		req.Header.Set("Authorization", "Bearer "+bearer)
 	}
-	resp, err := http.DefaultClient.Do(req)
+	resp, err := vdctest.ClientFor(url).Do(req)
 	if err != nil {
 		t.Fatalf("%s %s: %v", method, url, err)
 	}
@@ -169,7 +169,7 @@ func (l *lab) register(hostname, ip, joinToken string, want int) *agentNode {
 	}
 	n := &agentNode{Hostname: hostname, Secret: randHex(32), MachineID: newUUID(), IP: ip}
 	var r quantix.RegisterResponse
-	code := call(l.t, http.MethodPost, l.v.URL+quantix.PathRegister, joinToken, quantix.RegisterRequest{
+	code := call(l.t, http.MethodPost, l.v.AgentURL+quantix.PathRegister, joinToken, quantix.RegisterRequest{
 		Hostname: hostname, MachineID: n.MachineID, NodeSecret: n.Secret, ManagementIP: ip, AgentVersion: "test-1",
 		CPU: &quantix.CPUInfo{Model: "qemu64", Sockets: 1, Cores: 4, Threads: 4}, MemoryBytes: 8 << 30,
 		Labels:     map[string]string{"rack": "r-" + hostname},
@@ -185,7 +185,7 @@ func (l *lab) register(hostname, ip, joinToken string, want int) *agentNode {
 // heartbeat sends one heartbeat and returns the status.
 func (l *lab) heartbeat(n *agentNode, cpu float64, memUsed int64) int {
 	l.t.Helper()
-	return call(l.t, http.MethodPost, l.v.URL+quantix.PathHeartbeat(n.ID), n.Secret,
+	return call(l.t, http.MethodPost, l.v.AgentURL+quantix.PathHeartbeat(n.ID), n.Secret,
 		quantix.HeartbeatRequest{ManagementIP: n.IP, CPUPercent: &cpu, MemoryUsedBytes: &memUsed}, nil)
 }
 
@@ -193,7 +193,7 @@ func (l *lab) heartbeat(n *agentNode, cpu float64, memUsed int64) int {
 func (l *lab) putState(n *agentNode, vms []quantix.VM, pools []quantix.StoragePool) {
 	l.t.Helper()
 	st := quantix.NodeState{VMs: vms, StoragePools: pools, StateHash: quantix.StateHash(vms, pools)}
-	if code := call(l.t, http.MethodPut, l.v.URL+quantix.PathState(n.ID), n.Secret, st, nil); code != http.StatusOK {
+	if code := call(l.t, http.MethodPut, l.v.AgentURL+quantix.PathState(n.ID), n.Secret, st, nil); code != http.StatusOK {
 		l.t.Fatalf("PUT state of %s: HTTP %d", n.Hostname, code)
 	}
 }

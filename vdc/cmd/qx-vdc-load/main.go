@@ -2,7 +2,9 @@
 // PostgreSQL 15 (fsync on) and a real qx-vdc process, runs a registration storm with
 // a duplicate check, drives N simulated nodes heartbeating (open loop at a target
 // rate, or closed loop at full speed) reporting heartbeats/s with p50/p99 latency,
-// and runs pgbench's single-row UPDATE against the same server for comparison.
+// and runs pgbench's single-row UPDATE against the same server for comparison. The
+// heartbeat phase runs over TLS with the agent CA pin, as agents do, and (--transport
+// both, the default) over plain HTTP too, so the cost of TLS is measured in one run.
 //
 //	go build -o /tmp/qx-vdc ./vdc/cmd/qx-vdc
 //	go run ./vdc/cmd/qx-vdc-load --qx-vdc /tmp/qx-vdc --nodes 10000 --rate 10000 --duration 20s
@@ -13,6 +15,7 @@ import (
 	"bytes"
 	"context"
 	"crypto/rand"
+	"crypto/tls"
 	"encoding/hex"
 	"encoding/json"
 	"errors"
@@ -63,6 +66,7 @@ type options struct {
 	pgbenchTime time.Duration
 	vdcLog      string
 	writers     int
+	transport   string
 }
 
 func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
@@ -80,8 +84,18 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	fs.DurationVar(&o.pgbenchTime, "pgbench-time", 10*time.Second, "pgbench run length per client count")
 	fs.StringVar(&o.vdcLog, "vdc-log", "", "write the qx-vdc log to this `file` (default: discard)")
 	fs.IntVar(&o.writers, "heartbeat-writers", 0, "qx-vdc's heartbeat_writers (0: its default)")
+	fs.StringVar(&o.transport, "transport", "both", "heartbeat phase over \"tls\" (pinned, as agents), \"plain\" HTTP (agent_plain_http), or \"both\"")
 	if err := fs.Parse(args); err != nil {
 		return err
+	}
+	var transports []string
+	switch o.transport {
+	case "tls", "plain":
+		transports = []string{o.transport}
+	case "both":
+		transports = []string{"tls", "plain"}
+	default:
+		return fmt.Errorf("--transport %q: want tls, plain or both", o.transport)
 	}
 	bin, err := exec.LookPath(o.qxVDC)
 	if err != nil {
@@ -104,6 +118,9 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	// The UI's HTTPS listener and its generated certificate stay on loopback and in
 	// the throwaway folder, never on the host's :8443 and /quantix.
 	toml := fmt.Sprintf("ui_listen = \"127.0.0.1:0\"\nsecrets_file = %q\n", filepath.Join(pg.Dir, "secrets.toml"))
+	if slices.Contains(transports, "plain") {
+		toml += "agent_plain_http = true\n" // the lab flag: plain-HTTP heartbeats for comparison
+	}
 	if o.writers > 0 {
 		toml += fmt.Sprintf("heartbeat_writers = %d\ndatabase_max_conns = %d\n", o.writers, max(16, o.writers+4))
 	}
@@ -117,9 +134,11 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	defer v.stop()
 	fmt.Fprintf(stdout, "qx-vdc: %s (pid %d), vdc.toml: %q\n\n", v.url, v.cmd.Process.Pid, toml)
 
+	pinned := quantix.PinnedTLS([]string{v.pin}, nil)
 	c, err := client.New(client.Config{URL: v.url, UserAgent: "qx-vdc-load/" + quantix.Version, HTTPClient: &http.Client{
-		Transport: &http.Transport{MaxIdleConns: o.conns, MaxIdleConnsPerHost: o.conns, MaxConnsPerHost: o.conns, IdleConnTimeout: time.Minute},
-		Timeout:   30 * time.Second}})
+		Transport: &http.Transport{MaxIdleConns: o.conns, MaxIdleConnsPerHost: o.conns, MaxConnsPerHost: o.conns, IdleConnTimeout: time.Minute,
+			TLSClientConfig: pinned},
+		Timeout: 30 * time.Second}})
 	if err != nil {
 		return err
 	}
@@ -137,7 +156,7 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 		// and checkpointed after the bulk inserts, so autovacuum and a checkpoint do
 		// not land in the middle of it by chance.
 		settle := func() error { return settleDB(ctx, pg.AdminURL(), dbURL) }
-		if err := heartbeats(ctx, c, joinToken, o, cpu, settle, stdout); err != nil {
+		if err := heartbeats(ctx, c, joinToken, o, transports, pinned, cpu, settle, stdout); err != nil {
 			return err
 		}
 	}
@@ -180,7 +199,8 @@ func machineID() string {
 
 type vdcProc struct {
 	cmd  *exec.Cmd
-	url  string
+	url  string // https://: agents' TLS
+	pin  string // the agent CA pin
 	once sync.Once
 	done chan struct{}
 }
@@ -212,13 +232,13 @@ func startVDC(ctx context.Context, bin, conf, dbURL, joinToken, adminToken, logP
 		return nil, fmt.Errorf("start %s: %w", bin, err)
 	}
 	p := &vdcProc{cmd: cmd, done: make(chan struct{})}
-	ready := make(chan string, 1)
+	ready := make(chan quantix.Marker, 1)
 	go func() {
 		sc := bufio.NewScanner(out)
 		for sc.Scan() {
 			if m, ok := quantix.ParseMarker(sc.Text()); ok && m.Kind == quantix.MarkerReady {
 				select {
-				case ready <- m.Get("url"):
+				case ready <- m:
 				default:
 				}
 			}
@@ -226,7 +246,8 @@ func startVDC(ctx context.Context, bin, conf, dbURL, joinToken, adminToken, logP
 	}()
 	go func() { cmd.Wait(); close(p.done) }()
 	select {
-	case p.url = <-ready:
+	case m := <-ready:
+		p.url, p.pin = m.Get("url"), m.Get("agent_ca_pin")
 		return p, nil
 	case <-p.done:
 		return nil, fmt.Errorf("qx-vdc exited before it was ready (%v); see --vdc-log", cmd.ProcessState)
@@ -366,7 +387,7 @@ func storm(ctx context.Context, c *client.Client, token, dbURL string, o options
 	return nil
 }
 
-func heartbeats(ctx context.Context, c *client.Client, token string, o options,
+func heartbeats(ctx context.Context, c *client.Client, token string, o options, transports []string, pinned *tls.Config,
 	cpu func() (time.Duration, time.Duration), settle func() error, out io.Writer) error {
 	nodes := make([]*simNode, o.nodes)
 	for i := range nodes {
@@ -386,7 +407,23 @@ func heartbeats(ctx context.Context, c *client.Client, token string, o options,
 		return e.(error)
 	}
 	fmt.Fprintf(out, "registered %d heartbeat nodes in %.1fs\n", len(nodes), time.Since(regStart).Seconds())
-	pool, err := newConnPool(c.URL(), o.conns)
+	for _, tr := range transports {
+		base, cfg := c.URL(), pinned
+		if tr == "plain" {
+			base, cfg = "http://"+strings.TrimPrefix(base, "https://"), nil
+		}
+		if err := heartbeatPhase(ctx, c, nodes, base, tr, cfg, o, cpu, settle, out); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// heartbeatPhase measures heartbeats over one transport (new keep-alive connections:
+// TLS handshakes are in the warm-up, as an agent makes one per connection).
+func heartbeatPhase(ctx context.Context, c *client.Client, nodes []*simNode, base, transport string, tlsCfg *tls.Config, o options,
+	cpu func() (time.Duration, time.Duration), settle func() error, out io.Writer) error {
+	pool, err := newConnPool(base, o.conns, tlsCfg)
 	if err != nil {
 		return err
 	}
@@ -502,7 +539,7 @@ func heartbeats(ctx context.Context, c *client.Client, token string, o options,
 		}
 		return lat[min(len(lat)-1, int(float64(len(lat))*p))]
 	}
-	fmt.Fprintf(out, "heartbeats: %d nodes, %s, %s\n", len(nodes), mode, elapsed.Round(time.Millisecond))
+	fmt.Fprintf(out, "heartbeats over %s: %d nodes, %s, %s\n", transport, len(nodes), mode, elapsed.Round(time.Millisecond))
 	fmt.Fprintf(out, "  acknowledged %d (%.0f heartbeats/s), errors %d\n", len(lat), float64(len(lat))/elapsed.Seconds(), errs.Load())
 	fmt.Fprintf(out, "  latency p50 %.2f ms, p99 %.2f ms, max %.2f ms\n",
 		ms(pct(0.50)), ms(pct(0.99)), ms(pct(1)))

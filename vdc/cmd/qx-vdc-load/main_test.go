@@ -25,7 +25,7 @@ func TestLoadSmoke(t *testing.T) {
 	if err != nil {
 		t.Fatalf("qx-vdc-load: %v\n%s\n%s", err, out.String(), errb.String())
 	}
-	for _, want := range []string{"no duplicates", "heartbeats/s), errors 0", "latency p50", "2 clients:", "TPS", "peak RSS"} {
+	for _, want := range []string{"no duplicates", "heartbeats/s), errors 0", "heartbeats over tls", "heartbeats over plain", "latency p50", "2 clients:", "TPS", "peak RSS"} {
 		if !strings.Contains(out.String(), want) {
 			t.Errorf("output lacks %q:\n%s", want, out.String())
 		}

@@ -2,6 +2,7 @@ package main
 
 import (
 	"bufio"
+	"crypto/tls"
 	"fmt"
 	"io"
 	"net"
@@ -15,6 +16,7 @@ import (
 // machine every cycle the generator burns is taken from the vDC and PostgreSQL.
 type connPool struct {
 	addr  string
+	tls   *tls.Config // nil: plain HTTP
 	conns chan *rawConn
 }
 
@@ -23,12 +25,12 @@ type rawConn struct {
 	br *bufio.Reader
 }
 
-func newConnPool(base string, n int) (*connPool, error) {
+func newConnPool(base string, n int, tlsCfg *tls.Config) (*connPool, error) {
 	u, err := url.Parse(base)
 	if err != nil {
 		return nil, err
 	}
-	p := &connPool{addr: u.Host, conns: make(chan *rawConn, n)}
+	p := &connPool{addr: u.Host, tls: tlsCfg, conns: make(chan *rawConn, n)}
 	for range n {
 		p.conns <- &rawConn{}
 	}
@@ -48,7 +50,13 @@ func (p *connPool) do(req []byte) (int, []byte, error) {
 	defer func() { p.conns <- rc }()
 	for attempt := 0; ; attempt++ {
 		if rc.c == nil {
-			c, err := net.Dial("tcp", p.addr)
+			var c net.Conn
+			var err error
+			if p.tls != nil {
+				c, err = tls.Dial("tcp", p.addr, p.tls)
+			} else {
+				c, err = net.Dial("tcp", p.addr)
+			}
 			if err != nil {
 				return 0, nil, err
 			}

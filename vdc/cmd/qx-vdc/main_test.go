@@ -63,10 +63,10 @@ func TestMigrateCommands(t *testing.T) {
 		args []string
 		want string
 	}{
-		{[]string{"migrate", "status", "--database-url", dbURL}, "schema version 0 of 6 (6 pending)"},
-		{[]string{"migrate", "up", "--database-url", dbURL}, "applied 6 migration(s)\nschema version 6 of 6 (0 pending)"},
+		{[]string{"migrate", "status", "--database-url", dbURL}, "schema version 0 of 8 (8 pending)"},
+		{[]string{"migrate", "up", "--database-url", dbURL}, "applied 8 migration(s)\nschema version 8 of 8 (0 pending)"},
 		{[]string{"migrate", "up", "--database-url", dbURL}, "applied 0 migration(s)"},
-		{[]string{"migrate", "status", "--database-url", dbURL}, "schema version 6 of 6 (0 pending)"},
+		{[]string{"migrate", "status", "--database-url", dbURL}, "schema version 8 of 8 (0 pending)"},
 	}
 	for _, s := range steps {
 		var out, errb bytes.Buffer
@@ -131,7 +131,7 @@ func TestServeProcess(t *testing.T) {
 			t.Fatalf("no ready marker in 30s:\n%s", stderr.String())
 		}
 	}
-	if ready.Get("service") != "vdc" || !strings.HasPrefix(ready.Get("url"), "http://127.0.0.1:") ||
+	if ready.Get("service") != "vdc" || !strings.HasPrefix(ready.Get("url"), "https://127.0.0.1:") || !quantix.ValidPin(ready.Get("agent_ca_pin")) ||
 		!strings.HasPrefix(ready.Get("ui"), "https://127.0.0.1:") {
 		t.Errorf("ready marker = %v", ready)
 	}

@@ -600,6 +600,13 @@
       setText($('#agent-toml'), 'control_plane = ' + tomlString(url) + '\njoin_token = ' + tomlString(token) + '\n');
     }
     urlInput.addEventListener('input', paint);
+    api('GET', '/api/v1/agent-ca').then(({ data }) => {
+      setText($('#ca-pin'), data.join_token_pin);
+      if (data.warning) {
+        setText($('#ca-warning'), data.warning);
+        $('#ca-warning').hidden = false;
+      }
+    }).catch(() => {});
 
     form.addEventListener('submit', async (ev) => {
       ev.preventDefault();
