@@ -63,10 +63,10 @@ func TestMigrateCommands(t *testing.T) {
 		args []string
 		want string
 	}{
-		{[]string{"migrate", "status", "--database-url", dbURL}, "schema version 0 of 6 (6 pending)"},
-		{[]string{"migrate", "up", "--database-url", dbURL}, "applied 6 migration(s)\nschema version 6 of 6 (0 pending)"},
+		{[]string{"migrate", "status", "--database-url", dbURL}, "schema version 0 of 7 (7 pending)"},
+		{[]string{"migrate", "up", "--database-url", dbURL}, "applied 7 migration(s)\nschema version 7 of 7 (0 pending)"},
 		{[]string{"migrate", "up", "--database-url", dbURL}, "applied 0 migration(s)"},
-		{[]string{"migrate", "status", "--database-url", dbURL}, "schema version 6 of 6 (0 pending)"},
+		{[]string{"migrate", "status", "--database-url", dbURL}, "schema version 7 of 7 (0 pending)"},
 	}
 	for _, s := range steps {
 		var out, errb bytes.Buffer
