@@ -87,6 +87,7 @@ func TestAdminTokenAndSecrets(t *testing.T) {
 	cfg.Listen, cfg.UIListen = "127.0.0.1:0", "127.0.0.1:0"
 	cfg.DatabaseURL = withoutPassword(t, dbURL)
 	cfg.SecretsFile = secrets
+	cfg.DataDir = t.TempDir()
 	cfg.Stdout = out
 	base, stop := runService(t, cfg)
 
@@ -223,6 +224,7 @@ func TestHealthReadyMetrics(t *testing.T) {
 	// And the vDC refuses to start on it.
 	cfg := vdc.DefaultConfig()
 	cfg.Listen, cfg.DatabaseURL, cfg.AdminToken = "127.0.0.1:0", v.DatabaseURL, v.AdminToken
+	cfg.DataDir = t.TempDir()
 	svc, err := vdc.New(cfg, quiet)
 	if err != nil {
 		t.Fatal(err)
@@ -248,7 +250,7 @@ func TestTwoServicesStartTogether(t *testing.T) {
 			defer wg.Done()
 			cfg := vdc.DefaultConfig()
 			cfg.Listen, cfg.DatabaseURL, cfg.AdminToken, cfg.Stdout = "127.0.0.1:0", dbURL, "admin-0123456789abcdef", io.Discard
-			cfg.UIListen, cfg.SecretsFile = "127.0.0.1:0", filepath.Join(dir, "secrets.toml")
+			cfg.UIListen, cfg.SecretsFile, cfg.DataDir = "127.0.0.1:0", filepath.Join(dir, "secrets.toml"), dir
 			urls[i], stops[i], errs[i] = startService(cfg)
 		}()
 	}

@@ -28,6 +28,11 @@ type Config struct {
 	// AdminTokenHash is the SHA-256 digest of the admin bearer token.
 	AdminTokenHash [32]byte
 	Metrics        *Metrics
+	// Desired wakes desired-state long-polls; nil answers them without waiting.
+	Desired *store.Listener
+	// DataDir holds the image files; MaxImageBytes bounds one upload.
+	DataDir       string
+	MaxImageBytes int64
 }
 
 // API serves the vDC's HTTP API.
@@ -59,6 +64,9 @@ func New(cfg Config, log *slog.Logger) *API {
 	m.HandleFunc("POST "+quantix.PathNodes+"/{id}/heartbeat", a.heartbeat)
 	m.HandleFunc("PUT "+quantix.PathNodes+"/{id}/state", a.putState)
 	m.HandleFunc("POST "+quantix.PathNodes+"/{id}/events", a.postEvents)
+	m.HandleFunc("GET "+quantix.PathNodes+"/{id}/desired", a.desired)
+	m.HandleFunc("GET "+quantix.PathNodes+"/{id}/images/{image}", a.nodeImage)
+	m.HandleFunc("PUT "+quantix.PathNodes+"/{id}/vms/{vm}/console", a.putConsole)
 
 	m.HandleFunc("GET "+quantix.PathNodes, a.admin(a.listNodes))
 	m.HandleFunc("GET "+quantix.PathNodes+"/{id}", a.admin(a.getNode))
@@ -66,6 +74,17 @@ func New(cfg Config, log *slog.Logger) *API {
 	m.HandleFunc("GET "+quantix.PathNodes+"/{id}/events", a.admin(a.nodeEvents))
 	m.HandleFunc("PUT "+quantix.PathNodes+"/{id}/maintenance", a.admin(a.maintenance))
 	m.HandleFunc("GET "+quantix.PathVMs, a.admin(a.listVMs))
+	m.HandleFunc("POST "+quantix.PathVMs, a.admin(a.createVM))
+	m.HandleFunc("GET "+quantix.PathVMs+"/{ref}", a.admin(a.getVM))
+	m.HandleFunc("PATCH "+quantix.PathVMs+"/{ref}", a.admin(a.patchVM))
+	m.HandleFunc("DELETE "+quantix.PathVMs+"/{ref}", a.admin(a.deleteVM))
+	m.HandleFunc("POST "+quantix.PathVMs+"/{ref}/actions", a.admin(a.vmAction))
+	m.HandleFunc("GET "+quantix.PathVMs+"/{ref}/console", a.admin(a.vmConsole))
+	m.HandleFunc("GET "+quantix.PathVMs+"/{ref}/events", a.admin(a.vmEvents))
+	m.HandleFunc("GET "+quantix.PathImages, a.admin(a.listImages))
+	m.HandleFunc("POST "+quantix.PathImages, a.admin(a.uploadImage))
+	m.HandleFunc("GET "+quantix.PathImages+"/{ref}", a.admin(a.getImage))
+	m.HandleFunc("DELETE "+quantix.PathImages+"/{ref}", a.admin(a.deleteImage))
 	m.HandleFunc("GET "+quantix.PathPools, a.admin(a.listPools))
 	m.HandleFunc("POST "+quantix.PathJoinTokens, a.admin(a.createJoinToken))
 
@@ -136,11 +155,17 @@ func writeError(w http.ResponseWriter, code int, msg string) {
 func (a *API) fail(w http.ResponseWriter, r *http.Request, err error) {
 	var he *httpError
 	var te *store.TakeoverError
+	var ce *store.ConflictError
+	fe, isField := quantix.ErrFieldError(err)
 	switch {
 	case errors.As(err, &he):
 		writeError(w, he.code, he.msg)
+	case isField:
+		writeError(w, http.StatusBadRequest, fe.Error())
 	case errors.As(err, &te):
 		writeError(w, http.StatusConflict, te.Error())
+	case errors.As(err, &ce):
+		writeError(w, http.StatusConflict, ce.Error())
 	case errors.Is(err, store.ErrNotFound):
 		writeError(w, http.StatusNotFound, err.Error())
 	case errors.Is(err, store.ErrUnauthorized):

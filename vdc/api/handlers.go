@@ -104,7 +104,8 @@ func (a *API) heartbeat(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	res, err := a.cfg.Heartbeats.Submit(r.Context(), store.Heartbeat{NodeID: id, SecretHash: secret, ManagementIP: ip,
-		CPUPercent: req.CPUPercent, MemoryUsedBytes: req.MemoryUsedBytes, Hypervisor: req.Hypervisor, StateHash: req.StateHash})
+		CPUPercent: req.CPUPercent, MemoryUsedBytes: req.MemoryUsedBytes, Hypervisor: req.Hypervisor, StateHash: req.StateHash,
+		AppliedGeneration: req.AppliedGeneration})
 	if err == nil {
 		err = res.Err
 	}
@@ -116,7 +117,8 @@ func (a *API) heartbeat(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	a.cfg.Metrics.Heartbeat()
-	writeJSON(w, http.StatusOK, quantix.HeartbeatResponse{HeartbeatIntervalSeconds: a.intervalSeconds(), FullSync: res.FullSync})
+	writeJSON(w, http.StatusOK, quantix.HeartbeatResponse{HeartbeatIntervalSeconds: a.intervalSeconds(), FullSync: res.FullSync,
+		DesiredGeneration: res.DesiredGeneration})
 }
 
 func (a *API) putState(w http.ResponseWriter, r *http.Request) {
@@ -220,11 +222,21 @@ func (a *API) deleteNode(w http.ResponseWriter, r *http.Request) {
 		a.fail(w, r, err)
 		return
 	}
-	if err := a.cfg.Store.DeleteNode(r.Context(), id); err != nil {
+	q := r.URL.Query()
+	if err := checkParams(q, "force"); err != nil {
 		a.fail(w, r, err)
 		return
 	}
-	a.log.Info("node deleted", "node_id", id)
+	force, err := boolParam(q.Get("force"), "force")
+	if err != nil {
+		a.fail(w, r, err)
+		return
+	}
+	if err := a.cfg.Store.DeleteNode(r.Context(), id, force); err != nil {
+		a.fail(w, r, err)
+		return
+	}
+	a.log.Info("node deleted", "node_id", id, "force", force)
 	w.WriteHeader(http.StatusNoContent)
 }
 
@@ -296,8 +308,22 @@ func (a *API) listVMs(w http.ResponseWriter, r *http.Request) {
 		a.fail(w, r, err)
 		return
 	}
+	managed, err := a.cfg.Store.ListManagedVMs(r.Context())
+	if err != nil {
+		a.fail(w, r, err)
+		return
+	}
+	if f.NodeID != "" {
+		mine := []quantix.ManagedVM{}
+		for _, m := range managed {
+			if m.NodeID == f.NodeID {
+				mine = append(mine, m)
+			}
+		}
+		managed = mine
+	}
 	w.Header().Set(HeaderTotalCount, strconv.Itoa(total))
-	writeJSON(w, http.StatusOK, quantix.VMList{VMs: vms})
+	writeJSON(w, http.StatusOK, quantix.VMList{VMs: vms, Managed: managed})
 }
 
 func (a *API) listPools(w http.ResponseWriter, r *http.Request) {

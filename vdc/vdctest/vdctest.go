@@ -98,6 +98,7 @@ func Start(t testing.TB, opts Options) *VDC {
 	cfg.AdminToken = opts.AdminToken
 	cfg.UIListen = "127.0.0.1:0"
 	cfg.SecretsFile = filepath.Join(t.TempDir(), "secrets.toml")
+	cfg.DataDir = t.TempDir()
 	cfg.Stdout = v.Stdout
 	v.cfg = cfg
 	v.CertFile = filepath.Join(cfg.TLSDir(), vdc.TLSCertName)

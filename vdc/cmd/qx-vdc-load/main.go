@@ -103,7 +103,7 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	conf := filepath.Join(pg.Dir, "vdc.toml")
 	// The UI's HTTPS listener and its generated certificate stay on loopback and in
 	// the throwaway folder, never on the host's :8443 and /quantix.
-	toml := fmt.Sprintf("ui_listen = \"127.0.0.1:0\"\nsecrets_file = %q\n", filepath.Join(pg.Dir, "secrets.toml"))
+	toml := fmt.Sprintf("ui_listen = \"127.0.0.1:0\"\nsecrets_file = %q\ndata_dir = %q\n", filepath.Join(pg.Dir, "secrets.toml"), pg.Dir)
 	if o.writers > 0 {
 		toml += fmt.Sprintf("heartbeat_writers = %d\ndatabase_max_conns = %d\n", o.writers, max(16, o.writers+4))
 	}
