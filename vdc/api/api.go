@@ -224,11 +224,24 @@ func decode(w http.ResponseWriter, r *http.Request, v any) error {
 		if ute.Field == "" {
 			return badRequest("request body is a JSON %s, want an object", ute.Value)
 		}
-		return badRequest("field %q: got JSON %s, want %s", ute.Field, ute.Value, ute.Type)
+		return badRequest("field %q: got JSON %s, want %s", jsonField(ute.Field), ute.Value, ute.Type)
 	case strings.HasPrefix(err.Error(), "json: unknown field "):
 		return badRequest("unknown field %s in request body", strings.TrimPrefix(err.Error(), "json: unknown field "))
 	}
 	return badRequest("request body: %v", err)
+}
+
+// jsonField drops the Go names of embedded structs from a JSON field path
+// ("VMSpec.vcpus" is "vcpus" on the wire); wire names are lower case.
+func jsonField(path string) string {
+	parts := strings.Split(path, ".")
+	out := parts[:0]
+	for _, p := range parts {
+		if p != "" && (p[0] < 'A' || p[0] > 'Z') {
+			out = append(out, p)
+		}
+	}
+	return strings.Join(out, ".")
 }
 
 // bearer returns the Authorization bearer token, or "".

@@ -433,6 +433,9 @@ func (s *Store) CreateVM(ctx context.Context, c quantix.VMCreate) (quantix.Manag
 
 // vmErr wraps err unless it is one the API shows as it is.
 func vmErr(op, ref string, err error) error {
+	if err == nil {
+		return nil
+	}
 	var fe *quantix.FieldError
 	var ce *ConflictError
 	if errors.As(err, &fe) || errors.As(err, &ce) {

@@ -39,6 +39,8 @@ type Options struct {
 	AdminToken        string        // "": a random one
 	// Log receives the vDC's log; nil: t.Log.
 	Log io.Writer
+	// MaxImageBytes bounds image uploads; 0: the vDC default.
+	MaxImageBytes int64
 }
 
 // VDC is a running vDC.
@@ -47,6 +49,7 @@ type VDC struct {
 	UIURL string // https://127.0.0.1:port: the web UI and the API over TLS
 	// CertFile is the UI's generated self-signed certificate (PEM).
 	CertFile    string
+	DataDir     string // the images
 	AdminToken  string
 	JoinToken   string // a valid static join token
 	DatabaseURL string
@@ -99,6 +102,10 @@ func Start(t testing.TB, opts Options) *VDC {
 	cfg.UIListen = "127.0.0.1:0"
 	cfg.SecretsFile = filepath.Join(t.TempDir(), "secrets.toml")
 	cfg.DataDir = t.TempDir()
+	v.DataDir = cfg.DataDir
+	if opts.MaxImageBytes > 0 {
+		cfg.MaxImageBytes = opts.MaxImageBytes
+	}
 	cfg.Stdout = v.Stdout
 	v.cfg = cfg
 	v.CertFile = filepath.Join(cfg.TLSDir(), vdc.TLSCertName)
