@@ -112,7 +112,9 @@ func TestVMInvalidSpecsCreateNothing(t *testing.T) {
 		}), "disks[0].image_id"},
 		{"image not a uuid", ok(func(c *quantix.VMCreate) { c.CDROM = "debian.iso" }), "cdrom_image_id"},
 		{"network", ok(func(c *quantix.VMCreate) { c.NICs = []quantix.NICSpec{{Network: "dmz"}} }), "nics[0].network"},
-		{"mac", ok(func(c *quantix.VMCreate) { c.NICs = []quantix.NICSpec{{Network: "management", MAC: "01:00:5e:00:00:01"}} }), "nics[0].mac"},
+		{"mac", ok(func(c *quantix.VMCreate) {
+			c.NICs = []quantix.NICSpec{{Network: "management", MAC: "01:00:5e:00:00:01"}}
+		}), "nics[0].mac"},
 		{"same mac twice", ok(func(c *quantix.VMCreate) {
 			c.NICs = []quantix.NICSpec{{Network: "management", MAC: "52:51:58:00:00:01"}, {Network: "management", MAC: "52:51:58:00:00:01"}}
 		}), "nics[1].mac"},
