@@ -2,10 +2,14 @@
 // PostgreSQL 15 (fsync on) and a real qx-vdc process, runs a registration storm with
 // a duplicate check, drives N simulated nodes heartbeating (open loop at a target
 // rate, or closed loop at full speed) reporting heartbeats/s with p50/p99 latency,
-// and runs pgbench's single-row UPDATE against the same server for comparison.
+// and runs pgbench's single-row UPDATE against the same server for comparison. With
+// --desired-vms it then gives every node that many managed VMs and a desired-state
+// long-poll held open, as agents do, measures the heartbeats again in the same run,
+// and measures desired-state fetches.
 //
 //	go build -o /tmp/qx-vdc ./vdc/cmd/qx-vdc
 //	go run ./vdc/cmd/qx-vdc-load --qx-vdc /tmp/qx-vdc --nodes 10000 --rate 10000 --duration 20s
+//	go run ./vdc/cmd/qx-vdc-load --qx-vdc /tmp/qx-vdc --nodes 100 --desired-vms 50 --rate 0 --storm 0
 package main
 
 import (
@@ -63,6 +67,7 @@ type options struct {
 	pgbenchTime time.Duration
 	vdcLog      string
 	writers     int
+	desiredVMs  int
 }
 
 func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
@@ -80,6 +85,8 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	fs.DurationVar(&o.pgbenchTime, "pgbench-time", 10*time.Second, "pgbench run length per client count")
 	fs.StringVar(&o.vdcLog, "vdc-log", "", "write the qx-vdc log to this `file` (default: discard)")
 	fs.IntVar(&o.writers, "heartbeat-writers", 0, "qx-vdc's heartbeat_writers (0: its default)")
+	fs.IntVar(&o.desiredVMs, "desired-vms", 0, "then create this many managed VMs per heartbeat node, hold a desired-state long-poll per node "+
+		"and measure the heartbeats again (against the run without VMs), then desired-state fetches/s")
 	if err := fs.Parse(args); err != nil {
 		return err
 	}
@@ -117,7 +124,7 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	defer v.stop()
 	fmt.Fprintf(stdout, "qx-vdc: %s (pid %d), vdc.toml: %q\n\n", v.url, v.cmd.Process.Pid, toml)
 
-	c, err := client.New(client.Config{URL: v.url, UserAgent: "qx-vdc-load/" + quantix.Version, HTTPClient: &http.Client{
+	c, err := client.New(client.Config{URL: v.url, Token: adminToken, UserAgent: "qx-vdc-load/" + quantix.Version, HTTPClient: &http.Client{
 		Transport: &http.Transport{MaxIdleConns: o.conns, MaxIdleConnsPerHost: o.conns, MaxConnsPerHost: o.conns, IdleConnTimeout: time.Minute},
 		Timeout:   30 * time.Second}})
 	if err != nil {
@@ -277,7 +284,7 @@ func newSimNode(prefix string, i int) *simNode {
 		ip += ":9000" // as seen on a socket: the vDC strips the port
 	}
 	n := &simNode{req: quantix.RegisterRequest{Hostname: fmt.Sprintf("%s-%06d.load", prefix, i), MachineID: machineID(),
-		NodeSecret: secret(), ManagementIP: ip, AgentVersion: "load"}}
+		NodeSecret: secret(), ManagementIP: ip, AgentVersion: "load", MemoryBytes: 1 << 40}}
 	return n
 }
 
@@ -409,6 +416,30 @@ func heartbeats(ctx context.Context, c *client.Client, token string, o options,
 		return err
 	}
 
+	base := measureHeartbeats(ctx, c, nodes, send, o, cpu, "", out)
+	if o.desiredVMs == 0 {
+		return nil
+	}
+	return desiredLoad(ctx, c, nodes, o, out, func() {
+		if err := settle(); err != nil {
+			fmt.Fprintf(out, "settle: %v\n", err)
+		}
+		with := measureHeartbeats(ctx, c, nodes, send, o, cpu,
+			fmt.Sprintf(", %d managed VMs per node, one desired long-poll per node held open", o.desiredVMs), out)
+		fmt.Fprintf(out, "  against no VMs: heartbeats/s %+.1f%%, p99 %+.1f%%\n\n",
+			100*(with.rate/base.rate-1), 100*(float64(with.p99)/float64(base.p99)-1))
+	})
+}
+
+// hbResult is one heartbeat measurement.
+type hbResult struct {
+	rate float64
+	p99  time.Duration
+}
+
+// measureHeartbeats runs the heartbeat phase once and prints it.
+func measureHeartbeats(ctx context.Context, c *client.Client, nodes []*simNode, send func(*simNode) error, o options,
+	cpu func() (time.Duration, time.Duration), label string, out io.Writer) hbResult {
 	var (
 		mu       sync.Mutex
 		lat      = make([]time.Duration, 0, 1<<20)
@@ -502,7 +533,7 @@ func heartbeats(ctx context.Context, c *client.Client, token string, o options,
 		}
 		return lat[min(len(lat)-1, int(float64(len(lat))*p))]
 	}
-	fmt.Fprintf(out, "heartbeats: %d nodes, %s, %s\n", len(nodes), mode, elapsed.Round(time.Millisecond))
+	fmt.Fprintf(out, "heartbeats: %d nodes%s, %s, %s\n", len(nodes), label, mode, elapsed.Round(time.Millisecond))
 	fmt.Fprintf(out, "  acknowledged %d (%.0f heartbeats/s), errors %d\n", len(lat), float64(len(lat))/elapsed.Seconds(), errs.Load())
 	fmt.Fprintf(out, "  latency p50 %.2f ms, p99 %.2f ms, max %.2f ms\n",
 		ms(pct(0.50)), ms(pct(0.99)), ms(pct(1)))
@@ -522,7 +553,7 @@ func heartbeats(ctx context.Context, c *client.Client, token string, o options,
 		fmt.Fprintf(out, "  first error: %s\n", e)
 	}
 	fmt.Fprintln(out)
-	return nil
+	return hbResult{rate: float64(len(lat)) / elapsed.Seconds(), p99: pct(0.99)}
 }
 
 // settleDB vacuums and analyzes the vDC's database and forces a checkpoint.
