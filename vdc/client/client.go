@@ -357,9 +357,15 @@ func (c *Client) Node(ctx context.Context, id string) (quantix.Node, error) {
 	return n, err
 }
 
-// DeleteNode removes a node from the registry. Its history stays.
+// DeleteNode removes a node from the registry. Its history stays. A node with
+// managed VMs is refused (409) unless DeleteNodeForce.
 func (c *Client) DeleteNode(ctx context.Context, id string) error {
 	return c.do(ctx, http.MethodDelete, quantix.PathNode(url.PathEscape(id)), nil, nil)
+}
+
+// DeleteNodeForce removes a node and the managed VMs assigned to it.
+func (c *Client) DeleteNodeForce(ctx context.Context, id string) error {
+	return c.do(ctx, http.MethodDelete, quantix.PathNode(url.PathEscape(id))+"?force=1", nil, nil)
 }
 
 // NodeEvents returns a node's history, oldest first.

@@ -22,7 +22,11 @@ const longPollWait = 20
 // long-poll per node open (as agents do) while measure runs, then measures how fast
 // a change wakes a waiting long-poll and how many desired-state fetches per second
 // the vDC answers.
-func desiredLoad(ctx context.Context, c *client.Client, nodes []*simNode, o options, out io.Writer, measure func()) error {
+func desiredLoad(ctx context.Context, c *client.Client, nodes []*simNode, send func(*simNode) error, o options,
+	out io.Writer, measure func()) error {
+	// Outside the measured heartbeat phase the nodes still heartbeat, or they would
+	// stop being ready (and placeable) during the minutes of creates.
+	stopBeats := keepAlive(nodes, send)
 	total := len(nodes) * o.desiredVMs
 	var failed atomic.Int64
 	var firstErr atomic.Value
@@ -73,7 +77,10 @@ func desiredLoad(ctx context.Context, c *client.Client, nodes []*simNode, o opti
 	}
 	time.Sleep(time.Second) // every node fetched once and waits
 	fmt.Fprintln(out)
+	stopBeats()
 	measure()
+	stopBeats = keepAlive(nodes, send)
+	defer func() { stopBeats() }()
 	wake, err := wakeLatency(ctx, c, lp, nodes[0])
 	stopPolls()
 	wg.Wait()
@@ -166,4 +173,24 @@ func fetches(ctx context.Context, lp *client.Client, nodes []*simNode, o options
 	fmt.Fprintf(out, "  answered %d (%.0f fetches/s), errors %d, latency p50 %.2f ms, p99 %.2f ms\n\n", len(lat),
 		float64(len(lat))/elapsed.Seconds(), errs.Load(), ms(lat[len(lat)/2]), ms(lat[min(len(lat)-1, len(lat)*99/100)]))
 	return nil
+}
+
+// keepAlive heartbeats every node every 2 s until the returned function is called.
+func keepAlive(nodes []*simNode, send func(*simNode) error) func() {
+	stop := make(chan struct{})
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		t := time.NewTicker(2 * time.Second)
+		defer t.Stop()
+		for {
+			select {
+			case <-stop:
+				return
+			case <-t.C:
+				parallel(len(nodes), 8, func(i int) { send(nodes[i]) })
+			}
+		}
+	}()
+	return func() { close(stop); <-done }
 }

@@ -420,7 +420,7 @@ func heartbeats(ctx context.Context, c *client.Client, token string, o options,
 	if o.desiredVMs == 0 {
 		return nil
 	}
-	return desiredLoad(ctx, c, nodes, o, out, func() {
+	return desiredLoad(ctx, c, nodes, send, o, out, func() {
 		if err := settle(); err != nil {
 			fmt.Fprintf(out, "settle: %v\n", err)
 		}
