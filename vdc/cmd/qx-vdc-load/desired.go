@@ -27,6 +27,7 @@ func desiredLoad(ctx context.Context, c *client.Client, nodes []*simNode, send f
 	// Outside the measured heartbeat phase the nodes still heartbeat, or they would
 	// stop being ready (and placeable) during the minutes of creates.
 	stopBeats := keepAlive(nodes, send)
+	defer func() { stopBeats() }()
 	total := len(nodes) * o.desiredVMs
 	var failed atomic.Int64
 	var firstErr atomic.Value
@@ -80,7 +81,6 @@ func desiredLoad(ctx context.Context, c *client.Client, nodes []*simNode, send f
 	stopBeats()
 	measure()
 	stopBeats = keepAlive(nodes, send)
-	defer func() { stopBeats() }()
 	wake, err := wakeLatency(ctx, c, lp, nodes[0])
 	stopPolls()
 	wg.Wait()
