@@ -78,7 +78,7 @@ const (
 	DefaultListen           = ":8080"
 	DefaultUIListen         = ":8443"
 	DefaultDatabaseURL      = "postgres://quantix@127.0.0.1:5432/quantix_vdc?sslmode=disable"
-	DefaultDataDir          = "/var/lib/quantix/vdc"
+	DefaultDataDir          = quantix.DataDir + "/vdc"
 	DefaultMaxImageBytes    = 64 << 30
 )
 

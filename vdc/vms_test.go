@@ -308,6 +308,11 @@ func TestVMObservedStates(t *testing.T) {
 	if vm.Observed != quantix.ObservedPending {
 		t.Errorf("before the node reports: %s, want pending", vm.Observed)
 	}
+	// The node applied the generation that created it and does not report it.
+	putManaged(t, v, n, 1)
+	if got := getVM(t, v, "web"); got.Observed != quantix.ObservedLost || !strings.Contains(got.Error, "does not report") {
+		t.Errorf("applied but not reported: %s %q, want lost", got.Observed, got.Error)
+	}
 	dom := quantix.VM{UUID: strings.ToUpper(vm.UUID), Name: "web", PowerState: quantix.PowerRunning, VCPUs: 1, MemoryBytes: 512 << 20}
 	unmanaged := quantix.VM{UUID: newMachineID(), Name: "legacy", PowerState: quantix.PowerShutoff, VCPUs: 1, MemoryBytes: 1 << 30}
 	putManaged(t, v, n, 1, dom, unmanaged)
