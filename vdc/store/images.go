@@ -70,12 +70,17 @@ func (s *Store) ListImages(ctx context.Context) ([]StoredImage, error) {
 	return imgs, nil
 }
 
+// imageWhere selects an image by its id or name.
+func imageWhere(ref string) (string, any) {
+	if isUUIDText(ref) {
+		return ` WHERE i.id = $1::uuid`, strings.ToLower(ref)
+	}
+	return ` WHERE i.name = $1`, ref
+}
+
 // GetImage returns an image by id or name, or ErrNotFound.
 func (s *Store) GetImage(ctx context.Context, ref string) (StoredImage, error) {
-	w, arg := ` WHERE i.name = $1`, any(ref)
-	if isUUIDText(ref) {
-		w, arg = ` WHERE i.id = $1::uuid`, strings.ToLower(ref)
-	}
+	w, arg := imageWhere(ref)
 	i, err := scanImage(s.pool.QueryRow(ctx, `SELECT `+imageColumns+w, arg))
 	if isNoRows(err) {
 		return i, fmt.Errorf("image %s: %w", ref, ErrNotFound)
@@ -96,10 +101,7 @@ func (s *Store) DeleteImage(ctx context.Context, ref string) (StoredImage, error
 			return err
 		}
 		var err error
-		w, arg := ` WHERE i.name = $1`, any(ref)
-		if isUUIDText(ref) {
-			w, arg = ` WHERE i.id = $1::uuid`, strings.ToLower(ref)
-		}
+		w, arg := imageWhere(ref)
 		img, err = scanImage(tx.QueryRow(ctx, `SELECT `+imageColumns+w, arg))
 		if isNoRows(err) {
 			return fmt.Errorf("image %s: %w", ref, ErrNotFound)

@@ -4,6 +4,7 @@ import (
 	"context"
 	"crypto/sha256"
 	"encoding/hex"
+	"flag"
 	"fmt"
 	"io"
 	"os"
@@ -47,6 +48,21 @@ func parseSize(s string) (int64, error) {
 		return 0, fmt.Errorf("%q is not a size like 512M, 4G or 4GiB", s)
 	}
 	return int64(f * float64(mult)), nil
+}
+
+// begin parses a subcommand's flags and its want arguments, connects to the vDC
+// and bounds the call with --timeout.
+func (c *cli) begin(ctx context.Context, fs *flag.FlagSet, args []string, name string, want int, what string) (
+	[]string, context.Context, context.CancelFunc, error) {
+	rest, err := c.nodeArgs(fs, args, name, want, what)
+	if err != nil {
+		return nil, nil, nil, err
+	}
+	if err := c.connect(); err != nil {
+		return nil, nil, nil, err
+	}
+	cctx, cancel := c.call(ctx)
+	return rest, cctx, cancel, nil
 }
 
 func (c *cli) vms(ctx context.Context, args []string) error {
@@ -168,13 +184,10 @@ func (c *cli) awaitConverged(ctx context.Context, ref string, timeout time.Durat
 
 func (c *cli) vmsManaged(ctx context.Context, args []string) error {
 	fs := c.flagSet("vms list --managed")
-	if _, err := c.nodeArgs(fs, args, "vms list --managed", 0, ""); err != nil {
+	_, cctx, cancel, err := c.begin(ctx, fs, args, "vms list --managed", 0, "")
+	if err != nil {
 		return err
 	}
-	if err := c.connect(); err != nil {
-		return err
-	}
-	cctx, cancel := c.call(ctx)
 	defer cancel()
 	vms, err := c.client.ManagedVMs(cctx)
 	if err != nil {
@@ -200,14 +213,10 @@ func (c *cli) vmsManaged(ctx context.Context, args []string) error {
 
 func (c *cli) vmsShow(ctx context.Context, args []string) error {
 	fs := c.flagSet("vms show")
-	rest, err := c.nodeArgs(fs, args, "vms show", 1, "the VM (name or uuid)")
+	rest, cctx, cancel, err := c.begin(ctx, fs, args, "vms show", 1, "the VM (name or uuid)")
 	if err != nil {
 		return err
 	}
-	if err := c.connect(); err != nil {
-		return err
-	}
-	cctx, cancel := c.call(ctx)
 	defer cancel()
 	vm, err := c.client.VM(cctx, rest[0])
 	if err != nil {
@@ -318,14 +327,10 @@ func (c *cli) vmsDelete(ctx context.Context, args []string) error {
 
 func (c *cli) vmsConsole(ctx context.Context, args []string) error {
 	fs := c.flagSet("vms console")
-	rest, err := c.nodeArgs(fs, args, "vms console", 1, "the VM (name or uuid)")
+	rest, cctx, cancel, err := c.begin(ctx, fs, args, "vms console", 1, "the VM (name or uuid)")
 	if err != nil {
 		return err
 	}
-	if err := c.connect(); err != nil {
-		return err
-	}
-	cctx, cancel := c.call(ctx)
 	defer cancel()
 	out, err := c.client.VMConsole(cctx, rest[0])
 	if err != nil {
@@ -433,13 +438,10 @@ func (c *cli) imagesUpload(ctx context.Context, args []string) error {
 
 func (c *cli) imagesList(ctx context.Context, args []string) error {
 	fs := c.flagSet("images list")
-	if _, err := c.nodeArgs(fs, args, "images list", 0, ""); err != nil {
+	_, cctx, cancel, err := c.begin(ctx, fs, args, "images list", 0, "")
+	if err != nil {
 		return err
 	}
-	if err := c.connect(); err != nil {
-		return err
-	}
-	cctx, cancel := c.call(ctx)
 	defer cancel()
 	imgs, err := c.client.Images(cctx)
 	if err != nil {
@@ -460,14 +462,10 @@ func (c *cli) imagesList(ctx context.Context, args []string) error {
 
 func (c *cli) imagesDelete(ctx context.Context, args []string) error {
 	fs := c.flagSet("images delete")
-	rest, err := c.nodeArgs(fs, args, "images delete", 1, "the image (id or name)")
+	rest, cctx, cancel, err := c.begin(ctx, fs, args, "images delete", 1, "the image (id or name)")
 	if err != nil {
 		return err
 	}
-	if err := c.connect(); err != nil {
-		return err
-	}
-	cctx, cancel := c.call(ctx)
 	defer cancel()
 	if err := c.client.DeleteImage(cctx, rest[0]); err != nil {
 		return fmt.Errorf("delete image %s: %w", rest[0], err)

@@ -182,6 +182,16 @@
     };
   }
 
+  // eventRows renders a history (time, kind, message) into tbody.
+  function eventRows(tbody) {
+    return keyedRows(tbody, () => {
+      const tr = el('tr');
+      const r = { tr, t: el('td'), k: el('td'), m: el('td', 'wrap') };
+      tr.append(r.t, r.k, r.m);
+      return r;
+    }, (r, e) => { setText(r.t, fmtTime(e.at)); setText(r.k, e.kind); setText(r.m, e.message); });
+  }
+
   function readParams(defaults) {
     const p = new URLSearchParams(location.search);
     const s = {};
@@ -422,12 +432,7 @@
       setText(r.note, lostNote(p));
     });
     const MAX_EVENTS = 200;
-    const renderEvents = keyedRows($('#h-events tbody'), () => {
-      const tr = el('tr');
-      const r = { tr, t: el('td'), k: el('td'), m: el('td', 'wrap') };
-      tr.append(r.t, r.k, r.m);
-      return r;
-    }, (r, e) => { setText(r.t, fmtTime(e.at)); setText(r.k, e.kind); setText(r.m, e.message); });
+    const renderEvents = eventRows($('#h-events tbody'));
 
     async function refresh() {
       try {
@@ -733,12 +738,7 @@
     const dds = fieldDefs.map(([label]) => { const dd = el('dd'); dl.append(el('dt', '', label), dd); return dd; });
     const buttons = $$('.page-head button[data-action]');
     const del = $('#delete-btn');
-    const renderEvents = keyedRows($('#v-events tbody'), () => {
-      const tr = el('tr');
-      const r = { tr, t: el('td'), k: el('td'), m: el('td', 'wrap') };
-      tr.append(r.t, r.k, r.m);
-      return r;
-    }, (r, e) => { setText(r.t, fmtTime(e.at)); setText(r.k, e.kind); setText(r.m, e.message); });
+    const renderEvents = eventRows($('#v-events tbody'));
 
     async function refresh() {
       try {
