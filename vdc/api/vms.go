@@ -187,7 +187,10 @@ func (a *API) desired(w http.ResponseWriter, r *http.Request) {
 			return
 		}
 		// The server's write timeout is for ordinary requests.
-		http.NewResponseController(w).SetWriteDeadline(time.Now().Add(time.Duration(wait)*time.Second + 30*time.Second))
+		if err := http.NewResponseController(w).SetWriteDeadline(time.Now().Add(time.Duration(wait)*time.Second + 30*time.Second)); err != nil {
+			a.fail(w, r, fmt.Errorf("long-poll of node %s: extend the write deadline: %w", id, err))
+			return
+		}
 		if _, err := a.cfg.Desired.AwaitDesired(r.Context(), id, after, time.Duration(wait)*time.Second); err != nil {
 			a.fail(w, r, err)
 			return
@@ -246,7 +249,10 @@ func (a *API) serveImage(w http.ResponseWriter, r *http.Request, img store.Store
 	}
 	defer f.Close()
 	// Large images take longer than the server's write timeout.
-	http.NewResponseController(w).SetWriteDeadline(time.Time{})
+	if err := http.NewResponseController(w).SetWriteDeadline(time.Time{}); err != nil {
+		a.fail(w, r, fmt.Errorf("image %s: lift the write deadline: %w", img.ID, err))
+		return
+	}
 	w.Header().Set("Content-Type", "application/octet-stream")
 	w.Header().Set("X-Quantix-SHA256", img.SHA256)
 	created, _ := time.Parse(time.RFC3339, img.CreatedAt)
@@ -288,7 +294,11 @@ func (a *API) uploadImage(w http.ResponseWriter, r *http.Request) {
 		a.fail(w, r, err)
 		return
 	}
-	http.NewResponseController(w).SetReadDeadline(time.Time{})
+	// Large images take longer than the server's read timeout.
+	if err := http.NewResponseController(w).SetReadDeadline(time.Time{}); err != nil {
+		a.fail(w, r, fmt.Errorf("image upload: lift the read deadline: %w", err))
+		return
+	}
 	img := store.StoredImage{Image: quantix.Image{ID: store.NewEpoch(), Name: name, Format: format}}
 	img.Path = img.ID + "." + format
 	final := filepath.Join(a.cfg.DataDir, img.Path)
