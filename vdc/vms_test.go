@@ -5,6 +5,7 @@ import (
 	"context"
 	"crypto/sha256"
 	"encoding/hex"
+	"fmt"
 	"io"
 	"net/http"
 	"os"
@@ -16,6 +17,7 @@ import (
 	"github.com/jackc/pgx/v5"
 
 	"github.com/quantix/quantix"
+	"github.com/quantix/quantix/vdc/store"
 	"github.com/quantix/quantix/vdc/vdctest"
 )
 
@@ -559,4 +561,64 @@ func vdctestPool(t *testing.T, v *vdctest.VDC) *pgx.Conn {
 	}
 	t.Cleanup(func() { c.Close(context.Background()) })
 	return c
+}
+
+// TestDesiredAcrossVDCs: a change made through one vDC wakes a long-poll held by
+// another on the same database, also after the listening connection was cut.
+func TestDesiredAcrossVDCs(t *testing.T) {
+	skipShort(t)
+	a := vdctest.Start(t, vdctest.Options{})
+	b := vdctest.Start(t, vdctest.Options{DatabaseURL: a.DatabaseURL, JoinTokens: []string{a.JoinToken}, AdminToken: a.AdminToken})
+	n := startNode(t, a, "node-a", 8<<30)
+	poll := func(after int64) <-chan time.Time {
+		got := make(chan time.Time, 1)
+		go func() {
+			d := desired(t, b, n, fmt.Sprintf("?after=%d&wait=20", after))
+			if d.Generation == after {
+				t.Errorf("long-poll on the second vDC answered generation %d unchanged", d.Generation)
+			}
+			got <- time.Now()
+		}()
+		time.Sleep(300 * time.Millisecond)
+		return got
+	}
+	wait := func(got <-chan time.Time, what string) {
+		t.Helper()
+		changed := time.Now()
+		select {
+		case at := <-got:
+			t.Logf("%s: long-poll on the other vDC answered %v after the change returned", what, at.Sub(changed))
+			if at.Sub(changed) > 2*time.Second {
+				t.Errorf("%s: answered %v after the change, want within 2s", what, at.Sub(changed))
+			}
+		case <-time.After(10 * time.Second):
+			t.Fatalf("%s: the other vDC's long-poll did not answer within 10s", what)
+		}
+	}
+	got := poll(0)
+	mustCreateVM(t, a, quantix.VMCreate{VMSpec: vmSpec("web", 512<<20)})
+	wait(got, "create through vDC a")
+
+	// Cut the listening connections: the listeners reconnect and wake again.
+	conn := vdctestPool(t, a)
+	var cut int
+	if err := conn.QueryRow(t.Context(), `SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity
+		WHERE datname = current_database() AND query = 'LISTEN `+store.DesiredChannel+`'`).Scan(&cut); err != nil || cut != 2 {
+		t.Fatalf("terminated %d listening connections (%v), want 2 (one per vDC)", cut, err)
+	}
+	for deadline := time.Now().Add(10 * time.Second); ; time.Sleep(50 * time.Millisecond) {
+		var listening int
+		conn.QueryRow(t.Context(), `SELECT count(*) FROM pg_stat_activity WHERE datname = current_database()
+			AND query = 'LISTEN `+store.DesiredChannel+`' AND state = 'idle'`).Scan(&listening)
+		if listening == 2 {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("%d of 2 listeners back 10s after their connections were cut", listening)
+		}
+	}
+	got = poll(1)
+	v2 := quantix.VMActionRequest{Action: quantix.VMActionStop}
+	a.Do(t, http.MethodPost, quantix.PathVMAction("web"), v2, nil, http.StatusOK)
+	wait(got, "stop after the listener's reconnect")
 }

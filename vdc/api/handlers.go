@@ -95,6 +95,10 @@ func (a *API) heartbeat(w http.ResponseWriter, r *http.Request) {
 		a.fail(w, r, badRequest("memory_used_bytes is %d, want 0 or more", *req.MemoryUsedBytes))
 		return
 	}
+	if req.AppliedGeneration < 0 {
+		a.fail(w, r, badRequest("applied_generation is %d, want 0 or more", req.AppliedGeneration))
+		return
+	}
 	if err := checkText("state_hash", req.StateHash, 128, false); err != nil {
 		a.fail(w, r, err)
 		return
