@@ -1,7 +1,12 @@
 package web_test
 
 import (
+	"bytes"
+	"crypto/sha256"
+	"encoding/hex"
 	"net/http"
+	"os"
+	"path/filepath"
 	"strings"
 	"testing"
 	"time"
@@ -77,9 +82,22 @@ func TestBrowserVMs(t *testing.T) {
 	b.Do("open the host", chromedp.Navigate(v.UIURL+"/ui/hosts/"+a.ID))
 	b.Wait("host's managed VMs", `document.querySelector('#h-managed tbody').textContent.includes('web-1')`, 15*time.Second)
 
-	// The image library shows an image uploaded through the API, in use and so not deletable.
+	// An upload from the image library: streamed, hashed, listed.
+	img := bytes.Repeat([]byte{0xeb, 0xfe}, 128<<10)
+	file := filepath.Join(t.TempDir(), "boot.img")
+	if err := os.WriteFile(file, img, 0o644); err != nil {
+		t.Fatal(err)
+	}
 	b.Do("open images", chromedp.Navigate(v.UIURL+"/ui/images"))
 	b.Wait("images page", `document.body.dataset.loaded === 'true' && !document.querySelector('#images-empty').hidden`, 15*time.Second)
+	b.Do("upload", chromedp.SetUploadFiles(chromedp.CSS("#img-file"), []string{file}), chromedp.Click(chromedp.CSS("#upload-btn")))
+	b.Wait("uploaded", `document.body.dataset.uploaded === 'true' && document.querySelector('#images tbody').textContent.includes('boot.img')`, 15*time.Second)
+	sum := sha256.Sum256(img)
+	var list quantix.ImageList
+	v.Do(t, http.MethodGet, quantix.PathImages, nil, &list, http.StatusOK)
+	if len(list.Images) != 1 || list.Images[0].SHA256 != hex.EncodeToString(sum[:]) || list.Images[0].Format != quantix.ImageRaw {
+		t.Errorf("images after the browser upload = %+v, want boot.img, raw, with its sha256", list.Images)
+	}
 	b.NoErrors("images page")
 	b.Screenshot("images")
 }
