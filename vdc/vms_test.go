@@ -210,7 +210,7 @@ func TestVMPlacement(t *testing.T) {
 	}
 	// Growing a VM on its node is checked the same way, and nothing changes.
 	code, b2 := call(t, http.MethodPatch, v.URL+quantix.PathVM("vm1"), v.AdminToken, `{"memory_bytes": 8589934592}`)
-	if code != http.StatusConflict || getVM(t, v, "vm1").Spec.MemoryBytes != 4<<30 {
+	if code != http.StatusConflict || !strings.Contains(string(b2), "node-b cannot take 8 GiB: 7.2 GiB free") || getVM(t, v, "vm1").Spec.MemoryBytes != 4<<30 {
 		t.Errorf("grow vm1 past its node: %d %s, want 409 and memory unchanged", code, b2)
 	}
 }
@@ -352,6 +352,10 @@ func TestVMObservedStates(t *testing.T) {
 	v.WaitPhase(t, n.ID, quantix.PhaseDisconnected, 20*time.Second)
 	if got := getVM(t, v, "web"); got.Observed != quantix.ObservedUnknown {
 		t.Errorf("node disconnected: %s, want unknown", got.Observed)
+	}
+	// Its spec can change meanwhile; the node converges when it is back.
+	if code, b := call(t, http.MethodPatch, v.URL+quantix.PathVM("web"), v.AdminToken, `{"vcpus": 2}`); code != http.StatusOK {
+		t.Errorf("patch while the node is disconnected: %d %s, want 200", code, b)
 	}
 	heartbeat(t, v, n, quantix.HeartbeatRequest{AppliedGeneration: 1})
 	if got := getVM(t, v, "web"); got.Observed != quantix.ObservedRunning {

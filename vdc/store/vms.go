@@ -215,7 +215,25 @@ func place(ctx context.Context, tx pgx.Tx, node string, need int64, self string)
 	return nodeRoom{}, conflict("no ready node has %s free: %s", quantix.FormatBytes(need), strings.Join(whys, ", "))
 }
 
-// imageRefs checks the images a spec names and returns the ids it uses.
+// room checks that nodeID has need bytes free for VM self.
+func room(ctx context.Context, tx pgx.Tx, nodeID string, need int64, self string) error {
+	var n nodeRoom
+	err := tx.QueryRow(ctx, `SELECT n.id::text, n.hostname, n.phase, n.memory_bytes,
+		    coalesce((SELECT sum(memory_bytes) FROM managed_vms WHERE node_id = n.id AND uuid::text <> $2), 0)::int8
+		FROM nodes n WHERE n.id = $1`, nodeID, self).Scan(&n.id, &n.hostname, &n.phase, &n.memory, &n.used)
+	if err != nil {
+		return fmt.Errorf("room on node %s: %w", nodeID, err)
+	}
+	switch {
+	case n.memory == 0:
+		return conflict("node %s cannot take %s: it has not reported its memory", n.hostname, quantix.FormatBytes(need))
+	case n.free() < need:
+		return conflict("node %s cannot take %s: %s free", n.hostname, quantix.FormatBytes(need), quantix.FormatBytes(max(n.free(), 0)))
+	}
+	return nil
+}
+
+// imageRefs checks the images a spec names.
 func imageRefs(ctx context.Context, tx pgx.Tx, spec *quantix.VMSpec) error {
 	check := func(field, id string, iso bool) error {
 		if !isUUIDText(id) {
@@ -502,8 +520,12 @@ func (s *Store) UpdateVM(ctx context.Context, ref string, change func(*quantix.V
 		if err := imageRefs(ctx, tx, &spec); err != nil {
 			return err
 		}
-		if _, err := place(ctx, tx, v.node, spec.MemoryBytes, v.uuid); err != nil {
-			return err
+		// More memory needs room on its node; the node's phase does not matter
+		// (a spec can change while the node is away: it converges when back).
+		if spec.MemoryBytes > v.spec.MemoryBytes {
+			if err := room(ctx, tx, v.node, spec.MemoryBytes, v.uuid); err != nil {
+				return err
+			}
 		}
 		if err := assignMACs(ctx, tx, &spec, v.spec.NICs, v.uuid); err != nil {
 			return err
