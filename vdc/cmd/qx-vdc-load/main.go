@@ -416,6 +416,16 @@ func heartbeats(ctx context.Context, c *client.Client, token string, o options,
 		return err
 	}
 
+	if o.desiredVMs > 0 {
+		// The first phase of a run is the slowest (cold caches, a young heap):
+		// warm up before the phase the one with VMs is compared to.
+		warm := o
+		warm.duration = max(o.duration/4, time.Second)
+		measureHeartbeats(ctx, c, nodes, send, warm, cpu, ", warm-up (not compared)", out)
+		if err := settle(); err != nil {
+			return err
+		}
+	}
 	base := measureHeartbeats(ctx, c, nodes, send, o, cpu, "", out)
 	if o.desiredVMs == 0 {
 		return nil
