@@ -22,11 +22,11 @@ const longPollWait = 20
 // long-poll per node open (as agents do) while measure runs, then measures how fast
 // a change wakes a waiting long-poll and how many desired-state fetches per second
 // the vDC answers.
-func desiredLoad(ctx context.Context, c *client.Client, nodes []*simNode, send func(*simNode) error, o options,
+func desiredLoad(ctx context.Context, c *client.Client, nodes, all []*simNode, send func(*simNode) error, o options,
 	out io.Writer, measure func()) error {
 	// Outside the measured heartbeat phase the nodes still heartbeat, or they would
 	// stop being ready (and placeable) during the minutes of creates.
-	stopBeats := keepAlive(nodes, send)
+	stopBeats := keepAlive(all, send)
 	defer func() { stopBeats() }()
 	total := len(nodes) * o.desiredVMs
 	var failed atomic.Int64
@@ -80,7 +80,7 @@ func desiredLoad(ctx context.Context, c *client.Client, nodes []*simNode, send f
 	fmt.Fprintln(out)
 	stopBeats()
 	measure()
-	stopBeats = keepAlive(nodes, send)
+	stopBeats = keepAlive(all, send)
 	wake, err := wakeLatency(ctx, c, lp, nodes[0])
 	stopPolls()
 	wg.Wait()

@@ -276,6 +276,9 @@ type simNode struct {
 	req quantix.RegisterRequest
 	id  string
 	hb  []byte // the whole heartbeat request, prebuilt
+	// control marks the nodes without VMs that --desired-vms heartbeats in the
+	// same phase as those with VMs, for a comparison under the same machine load.
+	control bool
 }
 
 func newSimNode(prefix string, i int) *simNode {
@@ -375,10 +378,18 @@ func storm(ctx context.Context, c *client.Client, token, dbURL string, o options
 
 func heartbeats(ctx context.Context, c *client.Client, token string, o options,
 	cpu func() (time.Duration, time.Duration), settle func() error, out io.Writer) error {
-	nodes := make([]*simNode, o.nodes)
-	for i := range nodes {
-		nodes[i] = newSimNode("hb", i)
+	all := make([]*simNode, o.nodes)
+	for i := range all {
+		all[i] = newSimNode("hb", i)
 	}
+	if o.desiredVMs > 0 {
+		for i := range o.nodes {
+			n := newSimNode("control", i)
+			n.control = true
+			all = append(all, n)
+		}
+	}
+	nodes := all // registered and warmed up; the phases use the first o.nodes
 	regStart := time.Now()
 	var regErr atomic.Value
 	parallel(len(nodes), o.conns, func(i int) {
@@ -426,18 +437,26 @@ func heartbeats(ctx context.Context, c *client.Client, token string, o options,
 			return err
 		}
 	}
+	nodes = all[:o.nodes]
 	base := measureHeartbeats(ctx, c, nodes, send, o, cpu, "", out)
 	if o.desiredVMs == 0 {
 		return nil
 	}
-	return desiredLoad(ctx, c, nodes, send, o, out, func() {
+	// Heartbeats alternate between a node with VMs and a control node without.
+	var mixed []*simNode
+	for i := range o.nodes {
+		mixed = append(mixed, all[i], all[o.nodes+i])
+	}
+	return desiredLoad(ctx, c, nodes, all, send, o, out, func() {
 		if err := settle(); err != nil {
 			fmt.Fprintf(out, "settle: %v\n", err)
 		}
 		with := measureHeartbeats(ctx, c, nodes, send, o, cpu,
 			fmt.Sprintf(", %d managed VMs per node, one desired long-poll per node held open", o.desiredVMs), out)
-		fmt.Fprintf(out, "  against no VMs: heartbeats/s %+.1f%%, p99 %+.1f%%\n\n",
+		fmt.Fprintf(out, "  against no VMs (the phase before, so the machine's other load differs): heartbeats/s %+.1f%%, p99 %+.1f%%\n\n",
 			100*(with.rate/base.rate-1), 100*(float64(with.p99)/float64(base.p99)-1))
+		measureHeartbeats(ctx, c, mixed, send, o, cpu,
+			fmt.Sprintf(" (%d with %d VMs and a long-poll each, %d control nodes without, alternating)", o.nodes, o.desiredVMs, o.nodes), out)
 	})
 }
 
@@ -453,20 +472,26 @@ func measureHeartbeats(ctx context.Context, c *client.Client, nodes []*simNode, 
 	var (
 		mu       sync.Mutex
 		lat      = make([]time.Duration, 0, 1<<20)
+		groups   [2][]time.Duration // latencies of nodes with VMs, of control nodes
 		errs     atomic.Int64
 		firstErr atomic.Value
 		sent     atomic.Int64
 		wg       sync.WaitGroup
 		mode     string
 	)
-	record := func(d time.Duration, err error) {
+	record := func(n *simNode, d time.Duration, err error) {
 		if err != nil {
 			errs.Add(1)
 			firstErr.CompareAndSwap(nil, err.Error())
 			return
 		}
+		g := 0
+		if n.control {
+			g = 1
+		}
 		mu.Lock()
 		lat = append(lat, d)
+		groups[g] = append(groups[g], d)
 		mu.Unlock()
 	}
 	vdcCPU0, pgCPU0 := cpu()
@@ -489,7 +514,7 @@ func measureHeartbeats(ctx context.Context, c *client.Client, nodes []*simNode, 
 				for j := range jobs {
 					err := send(j.n)
 					// Latency from the due time: a late start counts against the vDC.
-					record(time.Since(j.due), err)
+					record(j.n, time.Since(j.due), err)
 				}
 			}()
 		}
@@ -527,7 +552,7 @@ func measureHeartbeats(ctx context.Context, c *client.Client, nodes []*simNode, 
 					t0 := time.Now()
 					sent.Add(1)
 					err := send(n)
-					record(time.Since(t0), err)
+					record(n, time.Since(t0), err)
 				}
 			}()
 		}
@@ -537,12 +562,13 @@ func measureHeartbeats(ctx context.Context, c *client.Client, nodes []*simNode, 
 	vdcCPU1, pgCPU1 := cpu()
 	selfCPU1 := cpuTime(os.Getpid(), false)
 	slices.Sort(lat)
-	pct := func(p float64) time.Duration {
+	pctOf := func(lat []time.Duration, p float64) time.Duration {
 		if len(lat) == 0 {
 			return 0
 		}
 		return lat[min(len(lat)-1, int(float64(len(lat))*p))]
 	}
+	pct := func(p float64) time.Duration { return pctOf(lat, p) }
 	fmt.Fprintf(out, "heartbeats: %d nodes%s, %s, %s\n", len(nodes), label, mode, elapsed.Round(time.Millisecond))
 	fmt.Fprintf(out, "  acknowledged %d (%.0f heartbeats/s), errors %d\n", len(lat), float64(len(lat))/elapsed.Seconds(), errs.Load())
 	fmt.Fprintf(out, "  latency p50 %.2f ms, p99 %.2f ms, max %.2f ms\n",
@@ -558,6 +584,14 @@ func measureHeartbeats(ctx context.Context, c *client.Client, nodes []*simNode, 
 	m, _ := c.Metrics(ctx)
 	if hb, st := m["qx_vdc_heartbeats_total"], m["qx_vdc_heartbeat_batches_total"]; st > 0 {
 		fmt.Fprintf(out, "  heartbeats per SQL statement (whole run, warm-up included): %.1f\n", hb/st)
+	}
+	if len(groups[0]) > 0 && len(groups[1]) > 0 {
+		slices.Sort(groups[0])
+		slices.Sort(groups[1])
+		vm50, vm99, c50, c99 := pctOf(groups[0], 0.5), pctOf(groups[0], 0.99), pctOf(groups[1], 0.5), pctOf(groups[1], 0.99)
+		fmt.Fprintf(out, "  same phase: nodes with VMs p50 %.2f ms, p99 %.2f ms (%d); control nodes p50 %.2f ms, p99 %.2f ms (%d): p50 %+.1f%%, p99 %+.1f%%\n",
+			ms(vm50), ms(vm99), len(groups[0]), ms(c50), ms(c99), len(groups[1]),
+			100*(float64(vm50)/float64(c50)-1), 100*(float64(vm99)/float64(c99)-1))
 	}
 	if e := firstErr.Load(); e != nil {
 		fmt.Fprintf(out, "  first error: %s\n", e)

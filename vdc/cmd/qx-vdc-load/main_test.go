@@ -26,7 +26,7 @@ func TestLoadSmoke(t *testing.T) {
 		t.Fatalf("qx-vdc-load: %v\n%s\n%s", err, out.String(), errb.String())
 	}
 	for _, want := range []string{"no duplicates", "heartbeats/s), errors 0", "latency p50", "2 clients:", "TPS", "peak RSS",
-		"created 100 managed VMs (2 per node)", "against no VMs:", "long-poll wake-up", "fetches/s), errors 0"} {
+		"created 100 managed VMs (2 per node)", "against no VMs", "same phase: nodes with VMs", "long-poll wake-up", "fetches/s), errors 0"} {
 		if !strings.Contains(out.String(), want) {
 			t.Errorf("output lacks %q:\n%s", want, out.String())
 		}
