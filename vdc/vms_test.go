@@ -600,6 +600,9 @@ func TestDesiredAcrossVDCs(t *testing.T) {
 		}
 	}
 	got := poll(0)
+	if up, waiting := metricValue(t, b, "qx_vdc_desired_listener_up"), metricValue(t, b, "qx_vdc_desired_waiters"); up != 1 || waiting != 1 {
+		t.Errorf("metrics of the second vDC: listener up %v, waiters %v; want 1 and 1", up, waiting)
+	}
 	mustCreateVM(t, a, quantix.VMCreate{VMSpec: vmSpec("web", 512<<20)})
 	wait(got, "create through vDC a")
 

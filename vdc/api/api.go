@@ -355,4 +355,14 @@ func (a *API) metrics(w http.ResponseWriter, r *http.Request) {
 	w.Header().Set("Content-Type", "text/plain; version=0.0.4; charset=utf-8")
 	batches, _ := a.cfg.Heartbeats.Stats()
 	a.cfg.Metrics.Write(w, phases, batches)
+	if d := a.cfg.Desired; d != nil {
+		up := 0
+		if d.Up() {
+			up = 1
+		}
+		fmt.Fprintf(w, "# HELP qx_vdc_desired_listener_up Whether desired-state changes wake long-polls at once (LISTEN in place).\n"+
+			"# TYPE qx_vdc_desired_listener_up gauge\nqx_vdc_desired_listener_up %d\n"+
+			"# HELP qx_vdc_desired_waiters Desired-state long-polls waiting.\n# TYPE qx_vdc_desired_waiters gauge\nqx_vdc_desired_waiters %d\n",
+			up, d.Waiters())
+	}
 }

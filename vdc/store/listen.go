@@ -110,6 +110,17 @@ func (l *Listener) Up() bool {
 	return l.up
 }
 
+// Waiters counts the long-polls waiting now.
+func (l *Listener) Waiters() int {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	n := 0
+	for _, ws := range l.waiters {
+		n += len(ws)
+	}
+	return n
+}
+
 func signal(c chan struct{}) {
 	select {
 	case c <- struct{}{}:
