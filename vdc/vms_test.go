@@ -175,6 +175,36 @@ func TestVMConcurrentCreatesOneName(t *testing.T) {
 	}
 }
 
+// TestVMConcurrentPlacement: creates racing for the last room of a node never
+// overbook it.
+func TestVMConcurrentPlacement(t *testing.T) {
+	skipShort(t)
+	v := vdctest.Start(t, vdctest.Options{})
+	startNode(t, v, "node-a", 4<<30) // 3.6 GiB free: three VMs of 1 GiB
+	const n = 8
+	codes := make([]int, n)
+	var wg sync.WaitGroup
+	for i := range n {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			codes[i], _, _ = createVM(t, v, quantix.VMCreate{VMSpec: vmSpec(fmt.Sprintf("vm-%d", i), 1<<30)})
+		}()
+	}
+	wg.Wait()
+	created := 0
+	for _, c := range codes {
+		if c == http.StatusCreated {
+			created++
+		} else if c != http.StatusConflict {
+			t.Errorf("create: %d, want 201 or 409", c)
+		}
+	}
+	if got := len(managed(t, v)); created != 3 || got != 3 {
+		t.Errorf("%d concurrent 1 GiB creates on 3.6 GiB free: %d created, %d stored; want 3", n, created, got)
+	}
+}
+
 func TestVMPlacement(t *testing.T) {
 	skipShort(t)
 	v := vdctest.Start(t, vdctest.Options{})
