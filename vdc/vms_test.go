@@ -340,7 +340,12 @@ func TestVMObservedStates(t *testing.T) {
 	if vm.Observed != quantix.ObservedPending {
 		t.Errorf("before the node reports: %s, want pending", vm.Observed)
 	}
-	// The node applied the generation that created it and does not report it.
+	// A heartbeat saying the generation is applied is not yet a report.
+	heartbeat(t, v, n, quantix.HeartbeatRequest{AppliedGeneration: 1})
+	if got := getVM(t, v, "web"); got.Observed != quantix.ObservedPending || got.AppliedGeneration != 1 {
+		t.Errorf("applied per heartbeat, no state yet: %s (applied %d), want pending (applied 1)", got.Observed, got.AppliedGeneration)
+	}
+	// A full state at the generation that created it, without it: lost.
 	putManaged(t, v, n, 1)
 	if got := getVM(t, v, "web"); got.Observed != quantix.ObservedLost || !strings.Contains(got.Error, "does not report") {
 		t.Errorf("applied but not reported: %s %q, want lost", got.Observed, got.Error)

@@ -5,7 +5,10 @@
 
 ALTER TABLE nodes
     ADD COLUMN desired_generation bigint NOT NULL DEFAULT 0,
-    ADD COLUMN applied_generation bigint NOT NULL DEFAULT 0;
+    ADD COLUMN applied_generation bigint NOT NULL DEFAULT 0,
+    -- The applied generation of the node's last full state: a managed VM created at
+    -- or before it that the state does not list is lost, not pending.
+    ADD COLUMN state_generation bigint NOT NULL DEFAULT 0;
 
 -- Why the node could not converge a managed VM (quantix.VM.Error).
 ALTER TABLE virtual_machines ADD COLUMN error text NOT NULL DEFAULT '';

@@ -376,7 +376,7 @@ func (s *Store) CreateJoinToken(ctx context.Context, ttl time.Duration, uses int
 // tombstones it has dealt with: applied at or after their deletion and no longer
 // reported (reported lists the UUIDs of its full state).
 func applied(ctx context.Context, tx pgx.Tx, nodeID string, gen int64, reported []string) error {
-	if _, err := tx.Exec(ctx, `UPDATE nodes SET applied_generation = $2 WHERE id = $1`, nodeID, gen); err != nil {
+	if _, err := tx.Exec(ctx, `UPDATE nodes SET applied_generation = $2, state_generation = $2 WHERE id = $1`, nodeID, gen); err != nil {
 		return fmt.Errorf("applied generation: %w", err)
 	}
 	lower := make([]string, len(reported))

@@ -47,7 +47,7 @@ func MemoryReserve(total int64) int64 { return max(total/10, 256<<20) }
 
 // vmColumns and scanVM read a ManagedVM with its node and its observed state.
 const vmColumns = `m.uuid::text, m.name, m.spec, m.wanted, m.force_stop, m.reboot_count, m.generation, m.created_generation,
-    m.created_at, m.updated_at, m.node_id::text, n.hostname, n.phase, n.applied_generation,
+    m.created_at, m.updated_at, m.node_id::text, n.hostname, n.phase, n.applied_generation, n.state_generation,
     v.power_state, coalesce(v.error, ''), v.lost_at, coalesce(v.lost_reason, '')
 FROM managed_vms m JOIN nodes n ON n.id = m.node_id
 LEFT JOIN virtual_machines v ON v.node_id = m.node_id AND lower(v.uuid) = m.uuid::text`
@@ -56,6 +56,7 @@ func scanVM(row pgx.Row) (quantix.ManagedVM, error) {
 	var (
 		m          quantix.ManagedVM
 		created    int64
+		stateGen   int64
 		spec       []byte
 		phase      string
 		power      *string
@@ -64,7 +65,7 @@ func scanVM(row pgx.Row) (quantix.ManagedVM, error) {
 		lostReason string
 	)
 	err := row.Scan(&m.UUID, &m.Name, &spec, &m.Wanted, &m.ForceStop, &m.RebootCount, &m.Generation, &created,
-		&m.CreatedAt, &m.UpdatedAt, &m.NodeID, &m.Hostname, &phase, &m.AppliedGeneration,
+		&m.CreatedAt, &m.UpdatedAt, &m.NodeID, &m.Hostname, &phase, &m.AppliedGeneration, &stateGen,
 		&power, &vmErr, &lostAt, &lostReason)
 	if err != nil {
 		return m, err
@@ -73,9 +74,9 @@ func scanVM(row pgx.Row) (quantix.ManagedVM, error) {
 		return m, fmt.Errorf("vm %s: stored spec: %w", m.UUID, err)
 	}
 	m.Observed, m.Error = observe(m.Hostname, phase, power, vmErr, lostAt, lostReason)
-	if m.Observed == quantix.ObservedPending && m.AppliedGeneration >= created {
-		// The node converged past the VM's creation and does not report it.
-		m.Observed, m.Error = quantix.ObservedLost, fmt.Sprintf("node %s applied generation %d but does not report the VM", m.Hostname, m.AppliedGeneration)
+	if m.Observed == quantix.ObservedPending && stateGen >= created {
+		// The node's full state at a generation past the VM's creation lacks it.
+		m.Observed, m.Error = quantix.ObservedLost, fmt.Sprintf("node %s applied generation %d but does not report the VM", m.Hostname, stateGen)
 	}
 	return m, nil
 }
