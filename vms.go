@@ -6,6 +6,7 @@ import (
 	"net"
 	"regexp"
 	"strings"
+	"time"
 )
 
 // This file holds the contract of VMs driven from the vDC (docs/design.md §14): the
@@ -320,4 +321,82 @@ type NodeDesired struct {
 	VMs        []DesiredVM    `json:"vms"`
 	Deleted    []DeletedVM    `json:"deleted,omitempty"`
 	Images     []DesiredImage `json:"images,omitempty"` // every image a VM above uses
+}
+
+// VMCreate is the body of POST PathVMs: the spec, the node (its id or hostname;
+// empty lets the vDC place the VM) and the wanted power state (WantedRunning when
+// empty).
+type VMCreate struct {
+	VMSpec
+	Node  string `json:"node,omitempty"`
+	Power string `json:"power,omitempty"`
+}
+
+// VMActionRequest is the body of POST PathVMAction.
+type VMActionRequest struct {
+	Action string `json:"action"` // VMAction*
+}
+
+// ManagedVM is a VM the vDC created, its wanted state next to what its node
+// observes (GET PathVM, and VMList.Managed).
+type ManagedVM struct {
+	UUID     string `json:"uuid"`
+	Name     string `json:"name"`
+	Spec     VMSpec `json:"spec"` // NICs with their MACs filled in
+	Wanted   string `json:"wanted"`
+	Observed string `json:"observed"` // Observed*
+	// Error is the reason of ObservedError, or why the state is unknown or lost.
+	Error     string `json:"error,omitempty"`
+	ForceStop bool   `json:"force_stop,omitempty"`
+	NodeID    string `json:"node_id"`
+	Hostname  string `json:"hostname"`
+	// Generation is the VM's last change; AppliedGeneration is what its node last
+	// converged to. The change reached the node once AppliedGeneration >= Generation.
+	Generation        int64     `json:"generation"`
+	AppliedGeneration int64     `json:"applied_generation"`
+	RebootCount       int64     `json:"reboot_count"`
+	CreatedAt         time.Time `json:"created_at"`
+	UpdatedAt         time.Time `json:"updated_at"`
+}
+
+// Converged says whether the node observes what the vDC wants.
+func (v *ManagedVM) Converged() bool {
+	return v.AppliedGeneration >= v.Generation && v.Observed == v.Wanted
+}
+
+// VMEvent is one entry of a managed VM's history.
+type VMEvent struct {
+	ID      int64     `json:"id"`
+	Kind    string    `json:"kind"`
+	Message string    `json:"message"`
+	At      time.Time `json:"at"`
+}
+
+// VMEventList is the body of GET PathVMEvents.
+type VMEventList struct {
+	Events []VMEvent `json:"events"`
+}
+
+// PathVMEvents is GET of a managed VM's history.
+func PathVMEvents(ref string) string { return PathVMs + "/" + ref + "/events" }
+
+// FormatBytes prints a size in binary units the way the vDC's messages do:
+// "512 B", "1.5 KiB", "4 GiB".
+func FormatBytes(n int64) string {
+	const unit = 1024
+	if n < unit && n > -unit {
+		return fmt.Sprintf("%d B", n)
+	}
+	f := float64(n)
+	i := -1
+	for f >= unit || f <= -unit {
+		f /= unit
+		i++
+		if i == 5 {
+			break
+		}
+	}
+	s := fmt.Sprintf("%.1f", f)
+	s = strings.TrimSuffix(s, ".0")
+	return s + " " + [...]string{"KiB", "MiB", "GiB", "TiB", "PiB", "EiB"}[i]
 }

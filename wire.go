@@ -283,6 +283,9 @@ type InventoryVM struct {
 // VMList is the body of GET /api/v1/vms.
 type VMList struct {
 	VMs []InventoryVM `json:"vms"`
+	// Managed is every VM the vDC created, wanted next to observed (vms.go); VMs
+	// holds what the nodes report, the unmanaged ones with is_managed false.
+	Managed []ManagedVM `json:"managed"`
 }
 
 // InventoryPool is one storage pool on one node in GET /api/v1/storage-pools.

@@ -2,6 +2,7 @@ package vdc_test
 
 import (
 	"bytes"
+	"cmp"
 	"crypto/rand"
 	"encoding/hex"
 	"encoding/json"
@@ -31,6 +32,7 @@ func newMachineID() string {
 type node struct {
 	Hostname, MachineID, Secret, IP string
 	ID                              string
+	Memory                          int64 // 0: 4 GiB
 }
 
 func newNode(hostname string) *node {
@@ -40,7 +42,7 @@ func newNode(hostname string) *node {
 func (n *node) req() quantix.RegisterRequest {
 	return quantix.RegisterRequest{Hostname: n.Hostname, MachineID: n.MachineID, NodeSecret: n.Secret,
 		ManagementIP: n.IP, AgentVersion: "test-1", CPU: &quantix.CPUInfo{Model: "qemu", Sockets: 1, Cores: 2, Threads: 2},
-		MemoryBytes: 4 << 30, Labels: map[string]string{"rack": "r1"}}
+		MemoryBytes: cmp.Or(n.Memory, 4<<30), Labels: map[string]string{"rack": "r1"}}
 }
 
 // call sends body (marshalled unless it is []byte or string) with a bearer token and

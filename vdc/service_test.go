@@ -87,6 +87,7 @@ func TestAdminTokenAndSecrets(t *testing.T) {
 	cfg.Listen, cfg.UIListen = "127.0.0.1:0", "127.0.0.1:0"
 	cfg.DatabaseURL = withoutPassword(t, dbURL)
 	cfg.SecretsFile = secrets
+	cfg.DataDir = t.TempDir()
 	cfg.Stdout = out
 	base, stop := runService(t, cfg)
 
@@ -223,6 +224,7 @@ func TestHealthReadyMetrics(t *testing.T) {
 	// And the vDC refuses to start on it.
 	cfg := vdc.DefaultConfig()
 	cfg.Listen, cfg.DatabaseURL, cfg.AdminToken = "127.0.0.1:0", v.DatabaseURL, v.AdminToken
+	cfg.DataDir = t.TempDir()
 	svc, err := vdc.New(cfg, quiet)
 	if err != nil {
 		t.Fatal(err)
@@ -248,7 +250,7 @@ func TestTwoServicesStartTogether(t *testing.T) {
 			defer wg.Done()
 			cfg := vdc.DefaultConfig()
 			cfg.Listen, cfg.DatabaseURL, cfg.AdminToken, cfg.Stdout = "127.0.0.1:0", dbURL, "admin-0123456789abcdef", io.Discard
-			cfg.UIListen, cfg.SecretsFile = "127.0.0.1:0", filepath.Join(dir, "secrets.toml")
+			cfg.UIListen, cfg.SecretsFile, cfg.DataDir = "127.0.0.1:0", filepath.Join(dir, "secrets.toml"), dir
 			urls[i], stops[i], errs[i] = startService(cfg)
 		}()
 	}
@@ -264,5 +266,42 @@ func TestTwoServicesStartTogether(t *testing.T) {
 		if err := stops[i](); err != nil {
 			t.Errorf("vdc %d stopped with %v", i, err)
 		}
+	}
+}
+
+// TestDataDirChecked: a data_dir the vDC cannot use stops it at start with a
+// configuration error naming it; a missing last folder is created.
+func TestDataDirChecked(t *testing.T) {
+	skipShort(t)
+	dir := t.TempDir()
+	file := filepath.Join(dir, "a-file")
+	os.WriteFile(file, nil, 0o644)
+	dbURL := vdctest.Shared(t).NewDatabase(t)
+	for _, tc := range []struct{ dataDir, want string }{
+		{filepath.Join(dir, "no", "such", "parent"), "create its parent"},
+		{file, "not writable"},
+	} {
+		cfg := vdc.DefaultConfig()
+		cfg.Listen, cfg.UIListen, cfg.DatabaseURL, cfg.AdminToken, cfg.Stdout = "127.0.0.1:0", "127.0.0.1:0", dbURL, "admin-0123456789abcdef", io.Discard
+		cfg.SecretsFile, cfg.DataDir = filepath.Join(dir, "secrets.toml"), tc.dataDir
+		svc, err := vdc.New(cfg, quiet)
+		if err != nil {
+			t.Fatal(err)
+		}
+		err = svc.Run(context.Background())
+		if !errors.Is(err, quantix.ErrConfig) || !strings.Contains(err.Error(), "data_dir "+tc.dataDir) || !strings.Contains(err.Error(), tc.want) {
+			t.Errorf("start with data_dir %s: %v, want a configuration error naming it (%s)", tc.dataDir, err, tc.want)
+		}
+	}
+	cfg := vdc.DefaultConfig()
+	cfg.Listen, cfg.DatabaseURL, cfg.AdminToken, cfg.Stdout = "127.0.0.1:0", dbURL, "admin-0123456789abcdef", io.Discard
+	cfg.UIListen, cfg.SecretsFile, cfg.DataDir = "127.0.0.1:0", filepath.Join(dir, "secrets.toml"), filepath.Join(dir, "images")
+	_, stop, err := startService(cfg)
+	if err != nil {
+		t.Fatalf("start with a new data_dir under an existing folder: %v", err)
+	}
+	stop()
+	if st, err := os.Stat(cfg.DataDir); err != nil || !st.IsDir() {
+		t.Errorf("data_dir %s after the start: %v, want a folder", cfg.DataDir, err)
 	}
 }

@@ -95,6 +95,7 @@ func TestConfiguredCertificate(t *testing.T) {
 	cfg.Listen, cfg.UIListen = "127.0.0.1:0", "127.0.0.1:0"
 	cfg.DatabaseURL, cfg.AdminToken, cfg.Stdout = pg.NewDatabase(t), "admin-0123456789abcdef", io.Discard
 	cfg.SecretsFile = filepath.Join(dir, "vdc", "secrets.toml")
+	cfg.DataDir = dir
 	cfg.TLSCert, cfg.TLSKey = filepath.Join(dir, "c.pem"), filepath.Join(dir, "k.pem")
 	svc, err := vdc.New(cfg, quiet)
 	if err != nil {

@@ -50,6 +50,8 @@ import (
 //	agent_ca_lifetime = "87600h"  # a new agent CA (10 years)
 //	agent_ca_overlap = "720h"     # a rotation announces both pins this long (30 days)
 //	agent_ca_warn = "8760h"       # warn when the agent CA has less than this left (1 year)
+//	data_dir = "/var/lib/quantix/vdc"  # VM images (docs/design.md §14), on QUANTIX-DATA
+//	max_image_bytes = 68719476736     # one image upload at most (64 GiB)
 type Config struct {
 	Listen            string           `toml:"listen"`
 	DatabaseURL       string           `toml:"database_url"`
@@ -83,6 +85,11 @@ type Config struct {
 	AgentCAOverlap    quantix.Duration `toml:"agent_ca_overlap"`
 	AgentCAWarn       quantix.Duration `toml:"agent_ca_warn"`
 
+	// DataDir holds the uploaded VM images. It must exist or its parent must (the
+	// vDC creates the last folder), and be writable: else the vDC does not start.
+	DataDir       string `toml:"data_dir"`
+	MaxImageBytes int64  `toml:"max_image_bytes"`
+
 	// Stdout receives the ready marker and the one-time admin token line.
 	Stdout io.Writer `toml:"-"`
 }
@@ -93,6 +100,8 @@ const (
 	DefaultListen           = ":8080"
 	DefaultUIListen         = ":8443"
 	DefaultDatabaseURL      = "postgres://quantix@127.0.0.1:5432/quantix_vdc?sslmode=disable"
+	DefaultDataDir          = quantix.DataDir + "/vdc"
+	DefaultMaxImageBytes    = 64 << 30
 )
 
 // DefaultConfig is the configuration without vdc.toml or flags.
@@ -110,6 +119,8 @@ func DefaultConfig() Config {
 		AgentCALifetime:   quantix.Duration{Duration: DefaultAgentCALifetime},
 		AgentCAOverlap:    quantix.Duration{Duration: DefaultAgentCAOverlap},
 		AgentCAWarn:       quantix.Duration{Duration: DefaultAgentCAWarn},
+		DataDir:           DefaultDataDir,
+		MaxImageBytes:     DefaultMaxImageBytes,
 	}
 }
 
@@ -139,6 +150,12 @@ func (c *Config) Validate() error {
 		return fmt.Errorf("%w: database_max_conns %d is outside 1..1000", quantix.ErrConfig, c.DatabaseMaxConns)
 	case c.HeartbeatWriters < 1 || c.HeartbeatWriters >= c.DatabaseMaxConns:
 		return fmt.Errorf("%w: heartbeat_writers %d is outside 1..database_max_conns-1 (%d)", quantix.ErrConfig, c.HeartbeatWriters, c.DatabaseMaxConns-1)
+	}
+	if c.DataDir == "" {
+		return fmt.Errorf("%w: data_dir is empty (the folder for VM images, default %s)", quantix.ErrConfig, DefaultDataDir)
+	}
+	if c.MaxImageBytes < 1<<20 {
+		return fmt.Errorf("%w: max_image_bytes %d is below 1 MiB", quantix.ErrConfig, c.MaxImageBytes)
 	}
 	if _, _, err := net.SplitHostPort(c.Listen); err != nil {
 		return fmt.Errorf("%w: listen %q: %v", quantix.ErrConfig, c.Listen, err)
@@ -341,6 +358,9 @@ func (s *Service) Run(ctx context.Context) error {
 	if err != nil {
 		return err
 	}
+	if err := checkDataDir(s.cfg.DataDir); err != nil {
+		return err
+	}
 	st, err := store.Open(ctx, store.Config{DatabaseURL: dbURL, MaxConns: int32(s.cfg.DatabaseMaxConns), Timeout: s.cfg.DatabaseTimeout.Duration,
 		StaticJoinTokens: s.cfg.JoinTokens}, s.log)
 	if err != nil {
@@ -376,8 +396,10 @@ func (s *Service) Run(ctx context.Context) error {
 		}
 		return err
 	}
+	desired := store.NewListener(st, s.log)
 	a := api.New(api.Config{Store: st, Heartbeats: hb, HeartbeatInterval: interval,
-		AdminTokenHash: adminHash, AgentURLs: s.cfg.AgentURLs, AgentCA: ca}, s.log)
+		AdminTokenHash: adminHash, AgentURLs: s.cfg.AgentURLs, AgentCA: ca, Desired: desired, DataDir: s.cfg.DataDir,
+		MaxImageBytes: s.cfg.MaxImageBytes}, s.log)
 
 	cert, err := s.loadTLS()
 	if err != nil {
@@ -421,6 +443,9 @@ func (s *Service) Run(ctx context.Context) error {
 	// would hold a graceful shutdown for 5 s: they are closed when it begins.
 	var fresh freshConns
 	srv.ConnState, uiSrv.ConnState, agentSrv.ConnState = fresh.track, fresh.track, fresh.track
+	srv.RegisterOnShutdown(desired.Stop)
+	uiSrv.RegisterOnShutdown(desired.Stop)
+	agentSrv.RegisterOnShutdown(desired.Stop)
 	serveErr := make(chan error, 3)
 	go func() { serveErr <- srv.Serve(sl.plain) }()
 	go func() {
@@ -435,10 +460,14 @@ func (s *Service) Run(ctx context.Context) error {
 	}()
 
 	sweepCtx, stopSweep := context.WithCancel(ctx)
-	sweepDone := make(chan struct{}, 3)
+	sweepDone := make(chan struct{}, 4)
 	go func() {
 		defer func() { sweepDone <- struct{}{} }()
 		ca.run(sweepCtx)
+	}()
+	go func() {
+		defer func() { sweepDone <- struct{}{} }()
+		desired.Run(sweepCtx)
 	}()
 	go func() {
 		defer func() { sweepDone <- struct{}{} }()
@@ -487,9 +516,9 @@ func (s *Service) Run(ctx context.Context) error {
 		agentSrv.Close()
 	}
 	stopSweep()
-	<-sweepDone
-	<-sweepDone
-	<-sweepDone
+	for range cap(sweepDone) {
+		<-sweepDone
+	}
 	return err
 }
 
@@ -581,4 +610,18 @@ func (s *Service) sweep(ctx context.Context, st *store.Store, interval time.Dura
 			s.log.Info("node phase changed", "node_id", c.NodeID, "hostname", c.Hostname, "from", c.From, "to", c.To)
 		}
 	}
+}
+
+// checkDataDir makes sure the image folder exists (creating its last element) and
+// takes files.
+func checkDataDir(dir string) error {
+	if err := os.Mkdir(dir, 0o700); err != nil && !errors.Is(err, os.ErrExist) {
+		return fmt.Errorf("%w: data_dir %s: %v (create its parent, or set data_dir in vdc.toml)", quantix.ErrConfig, dir, err)
+	}
+	f, err := os.CreateTemp(dir, ".probe-*")
+	if err != nil {
+		return fmt.Errorf("%w: data_dir %s is not writable: %v", quantix.ErrConfig, dir, err)
+	}
+	f.Close()
+	return os.Remove(f.Name())
 }

@@ -32,6 +32,11 @@ type Config struct {
 	AgentURLs []string
 	// AgentCA is the CA agents pin (docs/design.md §15).
 	AgentCA AgentCA
+	// Desired wakes desired-state long-polls; nil answers them without waiting.
+	Desired *store.Listener
+	// DataDir holds the image files; MaxImageBytes bounds one upload.
+	DataDir       string
+	MaxImageBytes int64
 }
 
 // AgentCA is what the API needs of the agent CA: the pins to announce, the state to
@@ -72,6 +77,9 @@ func New(cfg Config, log *slog.Logger) *API {
 	m.HandleFunc("POST "+quantix.PathNodes+"/{id}/heartbeat", a.heartbeat)
 	m.HandleFunc("PUT "+quantix.PathNodes+"/{id}/state", a.putState)
 	m.HandleFunc("POST "+quantix.PathNodes+"/{id}/events", a.postEvents)
+	m.HandleFunc("GET "+quantix.PathNodes+"/{id}/desired", a.desired)
+	m.HandleFunc("GET "+quantix.PathNodes+"/{id}/images/{image}", a.nodeImage)
+	m.HandleFunc("PUT "+quantix.PathNodes+"/{id}/vms/{vm}/console", a.putConsole)
 
 	m.HandleFunc("GET "+quantix.PathNodes, a.admin(a.listNodes))
 	m.HandleFunc("GET "+quantix.PathNodes+"/{id}", a.admin(a.getNode))
@@ -79,6 +87,17 @@ func New(cfg Config, log *slog.Logger) *API {
 	m.HandleFunc("GET "+quantix.PathNodes+"/{id}/events", a.admin(a.nodeEvents))
 	m.HandleFunc("PUT "+quantix.PathNodes+"/{id}/maintenance", a.admin(a.maintenance))
 	m.HandleFunc("GET "+quantix.PathVMs, a.admin(a.listVMs))
+	m.HandleFunc("POST "+quantix.PathVMs, a.admin(a.createVM))
+	m.HandleFunc("GET "+quantix.PathVMs+"/{ref}", a.admin(a.getVM))
+	m.HandleFunc("PATCH "+quantix.PathVMs+"/{ref}", a.admin(a.patchVM))
+	m.HandleFunc("DELETE "+quantix.PathVMs+"/{ref}", a.admin(a.deleteVM))
+	m.HandleFunc("POST "+quantix.PathVMs+"/{ref}/actions", a.admin(a.vmAction))
+	m.HandleFunc("GET "+quantix.PathVMs+"/{ref}/console", a.admin(a.vmConsole))
+	m.HandleFunc("GET "+quantix.PathVMs+"/{ref}/events", a.admin(a.vmEvents))
+	m.HandleFunc("GET "+quantix.PathImages, a.admin(a.listImages))
+	m.HandleFunc("POST "+quantix.PathImages, a.admin(a.uploadImage))
+	m.HandleFunc("GET "+quantix.PathImages+"/{ref}", a.admin(a.getImage))
+	m.HandleFunc("DELETE "+quantix.PathImages+"/{ref}", a.admin(a.deleteImage))
 	m.HandleFunc("GET "+quantix.PathPools, a.admin(a.listPools))
 	m.HandleFunc("POST "+quantix.PathJoinTokens, a.admin(a.createJoinToken))
 	m.HandleFunc("GET "+quantix.PathAgentCA, a.admin(a.agentCA))
@@ -116,6 +135,10 @@ type statusWriter struct {
 	code int
 }
 
+// Unwrap lets http.ResponseController reach the connection (long-polls and image
+// transfers set their own deadlines).
+func (w *statusWriter) Unwrap() http.ResponseWriter { return w.ResponseWriter }
+
 func (w *statusWriter) WriteHeader(code int) {
 	w.code = code
 	w.ResponseWriter.WriteHeader(code)
@@ -151,11 +174,17 @@ func writeError(w http.ResponseWriter, code int, msg string) {
 func (a *API) fail(w http.ResponseWriter, r *http.Request, err error) {
 	var he *httpError
 	var te *store.TakeoverError
+	var ce *store.ConflictError
+	fe, isField := quantix.ErrFieldError(err)
 	switch {
 	case errors.As(err, &he):
 		writeError(w, he.code, he.msg)
+	case isField:
+		writeError(w, http.StatusBadRequest, fe.Error())
 	case errors.As(err, &te):
 		writeError(w, http.StatusConflict, te.Error())
+	case errors.As(err, &ce):
+		writeError(w, http.StatusConflict, ce.Error())
 	case errors.Is(err, store.ErrNotFound):
 		writeError(w, http.StatusNotFound, err.Error())
 	case errors.Is(err, store.ErrUnauthorized):
@@ -214,11 +243,24 @@ func decode(w http.ResponseWriter, r *http.Request, v any) error {
 		if ute.Field == "" {
 			return badRequest("request body is a JSON %s, want an object", ute.Value)
 		}
-		return badRequest("field %q: got JSON %s, want %s", ute.Field, ute.Value, ute.Type)
+		return badRequest("field %q: got JSON %s, want %s", jsonField(ute.Field), ute.Value, ute.Type)
 	case strings.HasPrefix(err.Error(), "json: unknown field "):
 		return badRequest("unknown field %s in request body", strings.TrimPrefix(err.Error(), "json: unknown field "))
 	}
 	return badRequest("request body: %v", err)
+}
+
+// jsonField drops the Go names of embedded structs from a JSON field path
+// ("VMSpec.vcpus" is "vcpus" on the wire); wire names are lower case.
+func jsonField(path string) string {
+	parts := strings.Split(path, ".")
+	out := parts[:0]
+	for _, p := range parts {
+		if p != "" && (p[0] < 'A' || p[0] > 'Z') {
+			out = append(out, p)
+		}
+	}
+	return strings.Join(out, ".")
 }
 
 // bearer returns the Authorization bearer token, or "".
@@ -330,6 +372,16 @@ func (a *API) metrics(w http.ResponseWriter, r *http.Request) {
 	a.cfg.Metrics.Write(w, phases, batches)
 	if a.cfg.AgentCA != nil {
 		WriteAgentCA(w, a.cfg.AgentCA.Status())
+	}
+	if d := a.cfg.Desired; d != nil {
+		up := 0
+		if d.Up() {
+			up = 1
+		}
+		fmt.Fprintf(w, "# HELP qx_vdc_desired_listener_up Whether desired-state changes wake long-polls at once (LISTEN in place).\n"+
+			"# TYPE qx_vdc_desired_listener_up gauge\nqx_vdc_desired_listener_up %d\n"+
+			"# HELP qx_vdc_desired_waiters Desired-state long-polls waiting.\n# TYPE qx_vdc_desired_waiters gauge\nqx_vdc_desired_waiters %d\n",
+			up, d.Waiters())
 	}
 }
 

@@ -95,6 +95,10 @@ func (a *API) heartbeat(w http.ResponseWriter, r *http.Request) {
 		a.fail(w, r, badRequest("memory_used_bytes is %d, want 0 or more", *req.MemoryUsedBytes))
 		return
 	}
+	if req.AppliedGeneration < 0 {
+		a.fail(w, r, badRequest("applied_generation is %d, want 0 or more", req.AppliedGeneration))
+		return
+	}
 	if err := checkText("state_hash", req.StateHash, 128, false); err != nil {
 		a.fail(w, r, err)
 		return
@@ -104,7 +108,8 @@ func (a *API) heartbeat(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	res, err := a.cfg.Heartbeats.Submit(r.Context(), store.Heartbeat{NodeID: id, SecretHash: secret, ManagementIP: ip,
-		CPUPercent: req.CPUPercent, MemoryUsedBytes: req.MemoryUsedBytes, Hypervisor: req.Hypervisor, StateHash: req.StateHash})
+		CPUPercent: req.CPUPercent, MemoryUsedBytes: req.MemoryUsedBytes, Hypervisor: req.Hypervisor, StateHash: req.StateHash,
+		AppliedGeneration: req.AppliedGeneration})
 	if err == nil {
 		err = res.Err
 	}
@@ -117,7 +122,7 @@ func (a *API) heartbeat(w http.ResponseWriter, r *http.Request) {
 	}
 	a.cfg.Metrics.Heartbeat()
 	writeJSON(w, http.StatusOK, quantix.HeartbeatResponse{HeartbeatIntervalSeconds: a.intervalSeconds(), FullSync: res.FullSync,
-		AgentCAPins: a.pins(), VDCURLs: a.cfg.AgentURLs})
+		DesiredGeneration: res.DesiredGeneration, AgentCAPins: a.pins(), VDCURLs: a.cfg.AgentURLs})
 }
 
 func (a *API) putState(w http.ResponseWriter, r *http.Request) {
@@ -221,11 +226,21 @@ func (a *API) deleteNode(w http.ResponseWriter, r *http.Request) {
 		a.fail(w, r, err)
 		return
 	}
-	if err := a.cfg.Store.DeleteNode(r.Context(), id); err != nil {
+	q := r.URL.Query()
+	if err := checkParams(q, "force"); err != nil {
 		a.fail(w, r, err)
 		return
 	}
-	a.log.Info("node deleted", "node_id", id)
+	force, err := boolParam(q.Get("force"), "force")
+	if err != nil {
+		a.fail(w, r, err)
+		return
+	}
+	if err := a.cfg.Store.DeleteNode(r.Context(), id, force); err != nil {
+		a.fail(w, r, err)
+		return
+	}
+	a.log.Info("node deleted", "node_id", id, "force", force)
 	w.WriteHeader(http.StatusNoContent)
 }
 
@@ -297,8 +312,22 @@ func (a *API) listVMs(w http.ResponseWriter, r *http.Request) {
 		a.fail(w, r, err)
 		return
 	}
+	managed, err := a.cfg.Store.ListManagedVMs(r.Context())
+	if err != nil {
+		a.fail(w, r, err)
+		return
+	}
+	if f.NodeID != "" {
+		mine := []quantix.ManagedVM{}
+		for _, m := range managed {
+			if m.NodeID == f.NodeID {
+				mine = append(mine, m)
+			}
+		}
+		managed = mine
+	}
 	w.Header().Set(HeaderTotalCount, strconv.Itoa(total))
-	writeJSON(w, http.StatusOK, quantix.VMList{VMs: vms})
+	writeJSON(w, http.StatusOK, quantix.VMList{VMs: vms, Managed: managed})
 }
 
 func (a *API) listPools(w http.ResponseWriter, r *http.Request) {

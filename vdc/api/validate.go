@@ -153,7 +153,7 @@ func checkVM(field string, v *quantix.VM) error {
 	if v.MemoryBytes < 0 {
 		return badRequest("%s.memory_bytes is %d, want 0 or more", field, v.MemoryBytes)
 	}
-	return nil
+	return checkText(field+".error", v.Error, 4096, false)
 }
 
 func checkPool(field string, p *quantix.StoragePool) error {
@@ -198,6 +198,9 @@ func checkState(st *quantix.NodeState) error {
 		if want := quantix.StateHash(st.VMs, st.StoragePools); st.StateHash != want {
 			return badRequest("state_hash %s does not match the VMs and storage pools sent (want %s, quantix.StateHash)", st.StateHash, want)
 		}
+	}
+	if st.AppliedGeneration < 0 {
+		return badRequest("applied_generation is %d, want 0 or more", st.AppliedGeneration)
 	}
 	return checkHypervisor(st.Hypervisor)
 }

@@ -227,12 +227,24 @@ func (c *Client) send(ctx context.Context, method, path, bearer string, in, out 
 
 // roundTrip sends one request and returns the status and body of a 2xx answer.
 func (c *Client) roundTrip(ctx context.Context, method, path, bearer string, body io.Reader) (int, []byte, error) {
+	ct := ""
+	if body != nil {
+		ct = "application/json"
+	}
+	return c.roundTripType(ctx, method, path, bearer, ct, -1, body)
+}
+
+// roundTripType is roundTrip with a body of contentType and size (-1: unknown).
+func (c *Client) roundTripType(ctx context.Context, method, path, bearer, contentType string, size int64, body io.Reader) (int, []byte, error) {
 	req, err := http.NewRequestWithContext(ctx, method, c.base+path, body)
 	if err != nil {
 		return 0, nil, fmt.Errorf("%s %s: %w", method, path, err)
 	}
-	if body != nil {
-		req.Header.Set("Content-Type", "application/json")
+	if contentType != "" {
+		req.Header.Set("Content-Type", contentType)
+	}
+	if size >= 0 {
+		req.ContentLength = size
 	}
 	req.Header.Set("Accept", "application/json")
 	req.Header.Set("User-Agent", c.ua)
@@ -345,9 +357,15 @@ func (c *Client) Node(ctx context.Context, id string) (quantix.Node, error) {
 	return n, err
 }
 
-// DeleteNode removes a node from the registry. Its history stays.
+// DeleteNode removes a node from the registry. Its history stays. A node with
+// managed VMs is refused (409) unless DeleteNodeForce.
 func (c *Client) DeleteNode(ctx context.Context, id string) error {
 	return c.do(ctx, http.MethodDelete, quantix.PathNode(url.PathEscape(id)), nil, nil)
+}
+
+// DeleteNodeForce removes a node and the managed VMs assigned to it.
+func (c *Client) DeleteNodeForce(ctx context.Context, id string) error {
+	return c.do(ctx, http.MethodDelete, quantix.PathNode(url.PathEscape(id))+"?force=1", nil, nil)
 }
 
 // NodeEvents returns a node's history, oldest first.

@@ -62,9 +62,8 @@ func TestFreshThenRerun(t *testing.T) {
 	if err != nil || n != migrations.Latest() {
 		t.Fatalf("Up on a fresh database = %d, %v; want %d", n, err, migrations.Latest())
 	}
-	// This branch holds 001..008 (007 a placeholder for the VM work's 007_vms.sql;
-	// its tables join this list when both are merged).
-	want := "agent_ca cluster_state join_tokens node_events nodes schema_version storage_pools ui_sessions virtual_machines"
+	want := "agent_ca cluster_state images join_tokens managed_vms node_events nodes schema_version storage_pools ui_sessions " +
+		"virtual_machines vm_consoles vm_disks vm_events vm_nics vm_tombstones"
 	if got := strings.Join(tables(t, conn), " "); got != want {
 		t.Errorf("tables = %s, want %s", got, want)
 	}

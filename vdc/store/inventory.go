@@ -3,6 +3,7 @@ package store
 import (
 	"context"
 	"fmt"
+	"strings"
 	"time"
 
 	"github.com/jackc/pgx/v5"
@@ -17,11 +18,11 @@ const (
 )
 
 const upsertVMsSQL = `
-INSERT INTO virtual_machines AS v (node_id, uuid, name, power_state, vcpus, memory_bytes)
-SELECT $1, * FROM unnest($2::text[], $3::text[], $4::text[], $5::int[], $6::int8[])
+INSERT INTO virtual_machines AS v (node_id, uuid, name, power_state, vcpus, memory_bytes, error)
+SELECT $1, * FROM unnest($2::text[], $3::text[], $4::text[], $5::int[], $6::int8[], $7::text[])
 ON CONFLICT (node_id, uuid) DO UPDATE SET
     name = excluded.name, power_state = excluded.power_state, vcpus = excluded.vcpus,
-    memory_bytes = excluded.memory_bytes, last_seen = now(), lost_reason = NULL, lost_at = NULL`
+    memory_bytes = excluded.memory_bytes, error = excluded.error, last_seen = now(), lost_reason = NULL, lost_at = NULL`
 
 const upsertPoolsSQL = `
 INSERT INTO storage_pools AS p (node_id, name, uuid, type, path, state, capacity_bytes, available_bytes, allocation_bytes)
@@ -37,11 +38,11 @@ func upsertVMs(ctx context.Context, tx pgx.Tx, nodeID string, vms []quantix.VM) 
 		return nil
 	}
 	uuids, names, states := make([]string, len(vms)), make([]string, len(vms)), make([]string, len(vms))
-	vcpus, mems := make([]int32, len(vms)), make([]int64, len(vms))
+	vcpus, mems, errs := make([]int32, len(vms)), make([]int64, len(vms)), make([]string, len(vms))
 	for i, v := range vms {
-		uuids[i], names[i], states[i], vcpus[i], mems[i] = v.UUID, v.Name, v.PowerState, int32(v.VCPUs), v.MemoryBytes
+		uuids[i], names[i], states[i], vcpus[i], mems[i], errs[i] = v.UUID, v.Name, v.PowerState, int32(v.VCPUs), v.MemoryBytes, v.Error
 	}
-	if _, err := tx.Exec(ctx, upsertVMsSQL, nodeID, uuids, names, states, vcpus, mems); err != nil {
+	if _, err := tx.Exec(ctx, upsertVMsSQL, nodeID, uuids, names, states, vcpus, mems, errs); err != nil {
 		return fmt.Errorf("upsert %d vms: %w", len(vms), err)
 	}
 	return nil
@@ -156,6 +157,9 @@ func (s *Store) PutState(ctx context.Context, nodeID string, secret [32]byte, st
 			nodeID, vmIDs, poolNames, LostMissingFromState); err != nil {
 			return err
 		}
+		if err := applied(ctx, tx, nodeID, st.AppliedGeneration, vmIDs); err != nil {
+			return err
+		}
 		return s.setNodeState(ctx, tx, nodeID, hash, true, st.Hypervisor)
 	})
 	if err != nil {
@@ -247,14 +251,14 @@ func (s *Store) ApplyEvents(ctx context.Context, nodeID string, secret [32]byte,
 // currentState is the node's VMs and pools that are not lost, as the agent would
 // report them.
 func currentState(ctx context.Context, tx pgx.Tx, nodeID string) ([]quantix.VM, []quantix.StoragePool, error) {
-	rows, err := tx.Query(ctx, `SELECT uuid, name, power_state, vcpus, memory_bytes FROM virtual_machines
+	rows, err := tx.Query(ctx, `SELECT uuid, name, power_state, vcpus, memory_bytes, error FROM virtual_machines
 		WHERE node_id = $1 AND lost_at IS NULL`, nodeID)
 	if err != nil {
 		return nil, nil, err
 	}
 	vms, err := pgx.CollectRows(rows, func(r pgx.CollectableRow) (quantix.VM, error) {
 		var v quantix.VM
-		err := r.Scan(&v.UUID, &v.Name, &v.PowerState, &v.VCPUs, &v.MemoryBytes)
+		err := r.Scan(&v.UUID, &v.Name, &v.PowerState, &v.VCPUs, &v.MemoryBytes, &v.Error)
 		return v, err
 	})
 	if err != nil {
@@ -284,15 +288,18 @@ func (s *Store) ListVMs(ctx context.Context) ([]quantix.InventoryVM, error) {
 func (s *Store) FindVMs(ctx context.Context, f InventoryFilter) ([]quantix.InventoryVM, int, error) {
 	w, args := f.sql("v")
 	lim, args := f.page(args)
-	rows, err := s.pool.Query(ctx, `SELECT v.uuid, v.name, v.power_state, v.vcpus, v.memory_bytes, v.node_id::text,
-		    n.hostname, v.origin, v.is_managed, v.last_seen, coalesce(v.lost_reason, ''), v.lost_at
-		FROM virtual_machines v JOIN nodes n ON n.id = v.node_id`+w+` ORDER BY n.hostname, v.name, v.uuid`+lim, args...)
+	// A domain is managed when the vDC created it: a managed VM of its node by UUID.
+	rows, err := s.pool.Query(ctx, `SELECT v.uuid, v.name, v.power_state, v.vcpus, v.memory_bytes, v.error, v.node_id::text,
+		    n.hostname, CASE WHEN m.uuid IS NULL THEN v.origin ELSE 'managed' END, v.is_managed OR m.uuid IS NOT NULL,
+		    v.last_seen, coalesce(v.lost_reason, ''), v.lost_at
+		FROM virtual_machines v JOIN nodes n ON n.id = v.node_id
+		LEFT JOIN managed_vms m ON m.node_id = v.node_id AND m.uuid::text = lower(v.uuid)`+w+` ORDER BY n.hostname, v.name, v.uuid`+lim, args...)
 	if err != nil {
 		return nil, 0, fmt.Errorf("list vms: %w", err)
 	}
 	vms, err := pgx.CollectRows(rows, func(r pgx.CollectableRow) (quantix.InventoryVM, error) {
 		var v quantix.InventoryVM
-		err := r.Scan(&v.UUID, &v.Name, &v.PowerState, &v.VCPUs, &v.MemoryBytes, &v.NodeID, &v.Hostname,
+		err := r.Scan(&v.UUID, &v.Name, &v.PowerState, &v.VCPUs, &v.MemoryBytes, &v.Error, &v.NodeID, &v.Hostname,
 			&v.Origin, &v.IsManaged, &v.LastSeen, &v.LostReason, &v.LostAt)
 		v.Lost = v.LostAt != nil
 		return v, err
@@ -363,4 +370,22 @@ func (s *Store) CreateJoinToken(ctx context.Context, ttl time.Duration, uses int
 		return quantix.JoinToken{}, fmt.Errorf("create join token: %w", err)
 	}
 	return tok, nil
+}
+
+// applied records the desired generation a node converged to and drops the
+// tombstones it has dealt with: applied at or after their deletion and no longer
+// reported (reported lists the UUIDs of its full state).
+func applied(ctx context.Context, tx pgx.Tx, nodeID string, gen int64, reported []string) error {
+	if _, err := tx.Exec(ctx, `UPDATE nodes SET applied_generation = $2, state_generation = $2 WHERE id = $1`, nodeID, gen); err != nil {
+		return fmt.Errorf("applied generation: %w", err)
+	}
+	lower := make([]string, len(reported))
+	for i, u := range reported {
+		lower[i] = strings.ToLower(u)
+	}
+	if _, err := tx.Exec(ctx, `DELETE FROM vm_tombstones WHERE node_id = $1 AND generation <= $2 AND NOT (uuid::text = ANY($3))`,
+		nodeID, gen, lower); err != nil {
+		return fmt.Errorf("drop tombstones: %w", err)
+	}
+	return nil
 }

@@ -31,12 +31,16 @@ type Heartbeat struct {
 	MemoryUsedBytes *int64
 	Hypervisor      *quantix.Hypervisor
 	StateHash       string
+	// AppliedGeneration is the desired generation the node last converged to.
+	AppliedGeneration int64
 }
 
 // HeartbeatResult answers one heartbeat of a batch.
 type HeartbeatResult struct {
 	FullSync bool
-	Err      error // wraps ErrNotFound or ErrUnauthorized; nil when recorded
+	// DesiredGeneration is the node's desired generation (docs/design.md §14).
+	DesiredGeneration int64
+	Err               error // wraps ErrNotFound or ErrUnauthorized; nil when recorded
 }
 
 // heartbeatSQL records a batch of heartbeats in one statement (one commit). prev
@@ -45,8 +49,8 @@ type HeartbeatResult struct {
 var heartbeatSQL = `
 WITH hb AS (
     SELECT * FROM unnest($1::uuid[], $2::bytea[], $3::inet[], $4::float8[], $5::int8[],
-                         $6::text[], $7::text[], $8::text[], $9::text[], $10::jsonb[])
-        AS hb(id, secret_hash, ip, cpu, mem, hs, hr, hu, hv, hf)
+                         $6::text[], $7::text[], $8::text[], $9::text[], $10::jsonb[], $11::int8[])
+        AS hb(id, secret_hash, ip, cpu, mem, hs, hr, hu, hv, hf, applied)
 ), prev AS (
     SELECT n.id, n.phase, n.management_ip, n.hypervisor_state FROM nodes n
     JOIN hb ON hb.id = n.id AND hb.secret_hash = n.secret_hash
@@ -62,11 +66,12 @@ WITH hb AS (
         hypervisor_uri = coalesce(hb.hu, n.hypervisor_uri),
         hypervisor_version = coalesce(hb.hv, n.hypervisor_version),
         hypervisor_facts = coalesce(hb.hf, n.hypervisor_facts),
+        applied_generation = hb.applied,
         phase = CASE WHEN n.phase = 'maintenance' THEN n.phase ELSE 'ready' END
     FROM hb JOIN prev ON prev.id = hb.id
     WHERE n.id = hb.id AND n.secret_hash = hb.secret_hash
     RETURNING n.id, n.secret_hash, n.hostname, prev.phase AS old_phase, n.phase, prev.management_ip AS old_ip,
-        n.management_ip AS ip, n.state_hash, n.state_epoch,
+        n.management_ip AS ip, n.state_hash, n.state_epoch, n.desired_generation,
         prev.hypervisor_state AS old_hs, n.hypervisor_state AS hs, n.hypervisor_reason AS hr
 ), ev AS (
     INSERT INTO node_events (node_id, hostname, kind, message)
@@ -79,7 +84,7 @@ WITH hb AS (
     SELECT id, hostname, 'hypervisor', ` + hypervisorEvent("heartbeat") + ` FROM up
         WHERE hs IS DISTINCT FROM old_hs
 )
-SELECT id::text, secret_hash, state_hash, coalesce(state_epoch::text, '') FROM up`
+SELECT id::text, secret_hash, state_hash, coalesce(state_epoch::text, ''), desired_generation FROM up`
 
 // hypervisorEvent is the SQL text of a 'hypervisor' node event for a row with the
 // old state old_hs, the new one hs and its reason hr, learnt via a heartbeat or a
@@ -105,6 +110,7 @@ func (s *Store) Heartbeats(ctx context.Context, hbs []Heartbeat) ([]HeartbeatRes
 		mems           []*int64
 		hs, hr, hu, hv []*string
 		hf             [][]byte
+		applied        []int64
 	)
 	for _, h := range hbs {
 		k := key(h.NodeID, h.SecretHash[:])
@@ -122,7 +128,9 @@ func (s *Store) Heartbeats(ctx context.Context, hbs []Heartbeat) ([]HeartbeatRes
 			secrets, ips, cpus, mems = append(secrets, nil), append(ips, netip.Addr{}), append(cpus, nil), append(mems, nil)
 			hs, hr, hu, hv = append(hs, nil), append(hr, nil), append(hu, nil), append(hv, nil)
 			hf = append(hf, nil)
+			applied = append(applied, 0)
 		}
+		applied[j] = h.AppliedGeneration
 		sh := h.SecretHash
 		secrets[j], ips[j], cpus[j], mems[j] = sh[:], h.ManagementIP, h.CPUPercent, h.MemoryUsedBytes
 		if hy := h.Hypervisor; hy != nil {
@@ -130,17 +138,20 @@ func (s *Store) Heartbeats(ctx context.Context, hbs []Heartbeat) ([]HeartbeatRes
 			hf[j] = hypervisorFactsJSON(hy)
 		}
 	}
-	rows, err := s.pool.Query(ctx, heartbeatSQL, ids, secrets, ips, cpus, mems, hs, hr, hu, hv, hf)
+	rows, err := s.pool.Query(ctx, heartbeatSQL, ids, secrets, ips, cpus, mems, hs, hr, hu, hv, hf, applied)
 	if err != nil {
 		return nil, fmt.Errorf("record %d heartbeats: %w", len(hbs), err)
 	}
-	type stored struct{ hash, epoch string }
+	type stored struct {
+		hash, epoch string
+		desired     int64
+	}
 	done := make(map[string]stored, len(ids))
 	for rows.Next() {
 		var id string
 		var secret []byte
 		var st stored
-		if err := rows.Scan(&id, &secret, &st.hash, &st.epoch); err != nil {
+		if err := rows.Scan(&id, &secret, &st.hash, &st.epoch, &st.desired); err != nil {
 			rows.Close()
 			return nil, fmt.Errorf("record %d heartbeats: %w", len(hbs), err)
 		}
@@ -176,6 +187,7 @@ func (s *Store) Heartbeats(ctx context.Context, hbs []Heartbeat) ([]HeartbeatRes
 		switch {
 		case ok:
 			out[i].FullSync = st.epoch != s.Epoch() || (h.StateHash != "" && h.StateHash != st.hash)
+			out[i].DesiredGeneration = st.desired
 		case exists[h.NodeID]:
 			out[i].Err = fmt.Errorf("node %s: node_secret changed (re-enrolled?): %w", h.NodeID, ErrUnauthorized)
 		default:

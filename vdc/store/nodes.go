@@ -338,11 +338,28 @@ func (s *Store) GetNode(ctx context.Context, id string) (quantix.Node, error) {
 	return n, nil
 }
 
-// DeleteNode removes a node and its inventory; its history stays.
-func (s *Store) DeleteNode(ctx context.Context, id string) error {
+// DeleteNode removes a node and its inventory; its history stays. A node that still
+// has managed VMs is a *ConflictError unless force, which deletes those VMs too.
+func (s *Store) DeleteNode(ctx context.Context, id string, force bool) error {
 	err := pgx.BeginFunc(ctx, s.pool, func(tx pgx.Tx) error {
+		vms, err := nodeManagedVMs(ctx, tx, id)
+		if err != nil {
+			return err
+		}
+		if len(vms) > 0 && !force {
+			return conflict("node %s has %d managed VMs (%s): delete them first, or delete the node with ?force=1 to delete them too",
+				id, len(vms), vmNames(vms))
+		}
+		for _, v := range vms {
+			if err := vmEvent(ctx, tx, v.uuid, "deleted", "deleted with its node "+id); err != nil {
+				return err
+			}
+		}
+		if _, err := tx.Exec(ctx, `DELETE FROM managed_vms WHERE node_id = $1`, id); err != nil {
+			return err
+		}
 		var hostname string
-		err := tx.QueryRow(ctx, `DELETE FROM nodes WHERE id = $1 RETURNING hostname`, id).Scan(&hostname)
+		err = tx.QueryRow(ctx, `DELETE FROM nodes WHERE id = $1 RETURNING hostname`, id).Scan(&hostname)
 		if isNoRows(err) {
 			return ErrNotFound
 		}
@@ -353,7 +370,7 @@ func (s *Store) DeleteNode(ctx context.Context, id string) error {
 	})
 	s.forget(id)
 	if err != nil {
-		return fmt.Errorf("delete node %s: %w", id, err)
+		return vmErr("delete node", id, err)
 	}
 	return nil
 }

@@ -122,7 +122,7 @@ func TestHeartbeatBatch(t *testing.T) {
 	a := reg(t, s, "batch-a", "sa")
 	b := reg(t, s, "batch-b", "sb")
 	c := reg(t, s, "batch-c", "sc")
-	if err := s.DeleteNode(ctx, b); err != nil {
+	if err := s.DeleteNode(ctx, b, false); err != nil {
 		t.Fatal(err)
 	}
 	ip := func(s string) netip.Addr { return netip.MustParseAddr(s) }

@@ -46,7 +46,7 @@ func StartProcess(t testing.TB, bin string, opts Options) *Process {
 	}
 	dir := t.TempDir()
 	conf := filepath.Join(dir, "vdc.toml")
-	toml := fmt.Sprintf("ui_listen = \"127.0.0.1:0\"\nsecrets_file = %q\n", filepath.Join(dir, "secrets.toml"))
+	toml := fmt.Sprintf("ui_listen = \"127.0.0.1:0\"\nsecrets_file = %q\ndata_dir = %q\n", filepath.Join(dir, "secrets.toml"), filepath.Join(dir, "data"))
 	if opts.DatabaseTimeout != 0 {
 		toml += fmt.Sprintf("database_timeout = %q\n", opts.DatabaseTimeout)
 	}

@@ -57,6 +57,8 @@ type Options struct {
 	// StartCmd starts a StartProcess vDC's command (nil: cmd.Start), e.g. in a
 	// network namespace.
 	StartCmd func(*exec.Cmd) error
+	// MaxImageBytes bounds image uploads; 0: the vDC default.
+	MaxImageBytes int64
 }
 
 // VDC is a running vDC.
@@ -69,6 +71,7 @@ type VDC struct {
 	UIURL string // https://127.0.0.1:port: the web UI and the API over TLS
 	// CertFile is the UI's generated self-signed certificate (PEM).
 	CertFile    string
+	DataDir     string // the images
 	AdminToken  string
 	JoinToken   string // a valid static join token, qx1.<Pin>.<secret>
 	DatabaseURL string
@@ -130,6 +133,11 @@ func Start(t testing.TB, opts Options) *VDC {
 	cfg.AdminToken = opts.AdminToken
 	cfg.UIListen = "127.0.0.1:0"
 	cfg.SecretsFile = filepath.Join(t.TempDir(), "secrets.toml")
+	cfg.DataDir = t.TempDir()
+	v.DataDir = cfg.DataDir
+	if opts.MaxImageBytes > 0 {
+		cfg.MaxImageBytes = opts.MaxImageBytes
+	}
 	cfg.Stdout = v.Stdout
 	cfg.AgentPlainHTTP = opts.PlainAgents
 	for _, d := range []struct {

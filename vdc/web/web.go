@@ -1,6 +1,7 @@
 // Package web is the vDC's web UI, served by qx-vdc itself on its HTTPS listener:
 // login with the admin token, server-side sessions in PostgreSQL, and pages (Hosts,
-// host detail, VMs, Storage pools, Join tokens) whose small hand-written JavaScript
+// host detail, VMs with the create form, VM detail with its console, Images,
+// Storage pools, Join tokens) whose small hand-written JavaScript
 // talks to the same API v1 as qx-ctl. Templates, CSS and JavaScript are embedded;
 // nothing is fetched from elsewhere, so the UI works offline.
 //
@@ -108,7 +109,7 @@ func New(cfg Config, log *slog.Logger) (*UI, error) {
 	if err := u.loadStatic(); err != nil {
 		return nil, err
 	}
-	for _, p := range []string{"login", "hosts", "host", "vms", "pools", "tokens"} {
+	for _, p := range []string{"login", "hosts", "host", "vms", "vm", "images", "pools", "tokens"} {
 		files := []string{"assets/templates/base.html", "assets/templates/" + p + ".html"}
 		if p == "login" {
 			files = files[1:]
@@ -132,6 +133,8 @@ func New(cfg Config, log *slog.Logger) (*UI, error) {
 	m.HandleFunc("GET /ui/hosts", u.page("hosts", "Hosts"))
 	m.HandleFunc("GET /ui/hosts/{id}", u.page("host", "Host"))
 	m.HandleFunc("GET /ui/vms", u.page("vms", "Virtual machines"))
+	m.HandleFunc("GET /ui/vms/{ref}", u.page("vm", "Virtual machine"))
+	m.HandleFunc("GET /ui/images", u.page("images", "Images"))
 	m.HandleFunc("GET /ui/pools", u.page("pools", "Storage pools"))
 	m.HandleFunc("GET /ui/tokens", u.page("tokens", "Join tokens"))
 	m.HandleFunc("/ui/", func(w http.ResponseWriter, r *http.Request) {
@@ -278,6 +281,14 @@ func (u *UI) page(name, title string) http.HandlerFunc {
 			}
 			d.NodeID = id
 		}
+		if name == "vm" {
+			ref := r.PathValue("ref")
+			if quantix.ValidVMName(ref) != nil && !api.IsUUID(ref) {
+				u.plainError(w, http.StatusNotFound, "No such VM: "+ref)
+				return
+			}
+			d.VMRef = ref
+		}
 		u.render(w, http.StatusOK, name, d)
 	}
 }
@@ -306,6 +317,7 @@ type pageData struct {
 	Title, Page string
 	CSRF        string
 	NodeID      string
+	VMRef       string // the vm page's VM, a name or UUID
 	AgentURL    string
 	Version     string
 	Nav         []navItem
@@ -321,10 +333,10 @@ type navItem struct {
 func (u *UI) baseData(r *http.Request, page, title string) pageData {
 	d := pageData{Title: title, Page: page, Version: quantix.Version, AgentURL: u.agentURL(r)}
 	for _, n := range []struct{ page, href, label string }{
-		{"hosts", "/ui/hosts", "Hosts"}, {"vms", "/ui/vms", "VMs"}, {"pools", "/ui/pools", "Storage pools"},
+		{"hosts", "/ui/hosts", "Hosts"}, {"vms", "/ui/vms", "VMs"}, {"images", "/ui/images", "Images"}, {"pools", "/ui/pools", "Storage pools"},
 		{"tokens", "/ui/tokens", "Join tokens"},
 	} {
-		d.Nav = append(d.Nav, navItem{n.href, n.label, n.page == page || (page == "host" && n.page == "hosts")})
+		d.Nav = append(d.Nav, navItem{n.href, n.label, n.page == page || (page == "host" && n.page == "hosts") || (page == "vm" && n.page == "vms")})
 	}
 	return d
 }

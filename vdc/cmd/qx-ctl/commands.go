@@ -270,6 +270,7 @@ func (c *cli) nodesDelete(ctx context.Context, args []string) error {
 	fs := c.flagSet("nodes delete")
 	yes := fs.Bool("yes", false, "delete without asking")
 	fs.BoolVar(yes, "y", false, "delete without asking")
+	force := fs.Bool("force", false, "also delete the managed VMs assigned to the node")
 	rest, err := c.nodeArgs(fs, args, "nodes delete", 1, "the node (id or hostname)")
 	if err != nil {
 		return err
@@ -296,7 +297,11 @@ func (c *cli) nodesDelete(ctx context.Context, args []string) error {
 	}
 	cctx, cancel := c.call(ctx)
 	defer cancel()
-	if err := c.client.DeleteNode(cctx, n.ID); err != nil {
+	del := c.client.DeleteNode
+	if *force {
+		del = c.client.DeleteNodeForce
+	}
+	if err := del(cctx, n.ID); err != nil {
 		return fmt.Errorf("delete node %s: %w", n.Hostname, err)
 	}
 	if c.opts.output == "json" {

@@ -14,6 +14,7 @@ import (
 	"net/http"
 	"os"
 	"os/signal"
+	"slices"
 	"strings"
 	"syscall"
 	"time"
@@ -57,9 +58,20 @@ const usage = `usage: qx-ctl [global flags] <command> [flags] [arguments]
 Commands:
   nodes list [--phase P[,P...]] [--search S]   the registry, sorted by hostname
   nodes show <id|hostname> [--events N]        a node with its events, VMs and pools
-  nodes delete <id|hostname> [--yes]           remove a node (asks on a terminal)
+  nodes delete <id|hostname> [--yes] [--force] remove a node (asks on a terminal);
+                                               --force deletes its managed VMs too
   nodes maintenance <id|hostname> on|off       put a node into maintenance or back
-  vms list [--node id|hostname] [--lost]       the VM inventory
+  vms list [--node id|hostname] [--lost]       the VM inventory (managed and found)
+  vms list --managed                           the VMs the vDC manages: wanted, observed
+  vms create <name> [--vcpus N] [--memory 1G] [--disk 10G|image:ID]... [--cdrom ID]
+                    [--nic management]... [--firmware bios|uefi] [--boot disk,cdrom]
+                    [--node id|hostname] [--stopped] [--wait]
+  vms show <name|uuid> [--events N]            spec, wanted vs observed, history
+  vms start|stop|force-off|reboot <name|uuid> [--wait] [--wait-timeout 5m]
+  vms delete <name|uuid> [--keep-disks] [--yes]
+  vms console <name|uuid>                      the last serial console output
+  images upload <file> [--name N] [--format raw|qcow2|iso]  (progress on stderr)
+  images list | images delete <id|name>
   pools list [--node id|hostname] [--lost]     the storage pool inventory
   tokens create [--ttl 24h] [--uses 1] [--description D] [--node-url URL]
                                                a join token, with the kernel command
@@ -237,7 +249,15 @@ func (c *cli) run(ctx context.Context, args []string) error {
 	case "nodes", "node":
 		return c.nodes(ctx, rest)
 	case "vms", "vm":
+		if len(rest) > 0 && rest[0] != "list" && rest[0] != "ls" {
+			return c.vms(ctx, rest)
+		}
+		if slices.Contains(rest, "--managed") {
+			return c.vmsManaged(ctx, slices.DeleteFunc(slices.Clone(rest[1:]), func(s string) bool { return s == "--managed" }))
+		}
 		return c.listCommand(ctx, "vms", rest, c.vmsList)
+	case "images", "image":
+		return c.images(ctx, rest)
 	case "pools", "pool", "storage-pools":
 		return c.listCommand(ctx, "pools", rest, c.poolsList)
 	case "tokens", "token", "join-tokens":

@@ -2,12 +2,16 @@
 // PostgreSQL 15 (fsync on) and a real qx-vdc process, runs a registration storm with
 // a duplicate check, drives N simulated nodes heartbeating (open loop at a target
 // rate, or closed loop at full speed) reporting heartbeats/s with p50/p99 latency,
-// and runs pgbench's single-row UPDATE against the same server for comparison. The
-// heartbeat phase runs over TLS with the agent CA pin, as agents do, and (--transport
-// both, the default) over plain HTTP too, so the cost of TLS is measured in one run.
+// and runs pgbench's single-row UPDATE against the same server for comparison. With
+// --desired-vms it then gives every node that many managed VMs and a desired-state
+// long-poll held open, as agents do, measures the heartbeats again in the same run,
+// and measures desired-state fetches. The simulated agents talk TLS with the agent
+// CA pin, as agents do; --transport plain runs the same over plain HTTP
+// (agent_plain_http) to compare what TLS costs (farm-bench --vs pairs the two runs).
 //
 //	go build -o /tmp/qx-vdc ./vdc/cmd/qx-vdc
 //	go run ./vdc/cmd/qx-vdc-load --qx-vdc /tmp/qx-vdc --nodes 10000 --rate 10000 --duration 20s
+//	go run ./vdc/cmd/qx-vdc-load --qx-vdc /tmp/qx-vdc --nodes 100 --desired-vms 50 --rate 0 --storm 0
 package main
 
 import (
@@ -67,6 +71,9 @@ type options struct {
 	vdcLog      string
 	writers     int
 	transport   string
+	// tlsCfg trusts the vDC's agent CA (nil over plain HTTP).
+	tlsCfg     *tls.Config
+	desiredVMs int
 }
 
 func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
@@ -84,25 +91,21 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	fs.DurationVar(&o.pgbenchTime, "pgbench-time", 10*time.Second, "pgbench run length per client count")
 	fs.StringVar(&o.vdcLog, "vdc-log", "", "write the qx-vdc log to this `file` (default: discard)")
 	fs.IntVar(&o.writers, "heartbeat-writers", 0, "qx-vdc's heartbeat_writers (0: its default)")
-	fs.StringVar(&o.transport, "transport", "both", "heartbeat phase over \"tls\" (pinned, as agents), \"plain\" HTTP (agent_plain_http), or \"both\"")
+	fs.StringVar(&o.transport, "transport", "tls", "agents' requests over \"tls\" (pinned, as agents) or \"plain\" HTTP (agent_plain_http)")
+	fs.IntVar(&o.desiredVMs, "desired-vms", 0, "then create this many managed VMs per heartbeat node, hold a desired-state long-poll per node "+
+		"and measure the heartbeats again (against the run without VMs), then desired-state fetches/s")
 	if err := fs.Parse(args); err != nil {
 		return err
 	}
-	var transports []string
-	switch o.transport {
-	case "tls", "plain":
-		transports = []string{o.transport}
-	case "both":
-		transports = []string{"tls", "plain"}
-	default:
-		return fmt.Errorf("--transport %q: want tls, plain or both", o.transport)
+	if o.transport != "tls" && o.transport != "plain" {
+		return fmt.Errorf("--transport %q: want tls or plain", o.transport)
 	}
 	bin, err := exec.LookPath(o.qxVDC)
 	if err != nil {
 		return fmt.Errorf("qx-vdc binary: %w (build it: go build -o /tmp/qx-vdc ./vdc/cmd/qx-vdc)", err)
 	}
 
-	fmt.Fprintf(stdout, "machine: %d CPUs, load average %s; PostgreSQL 15 durable (fsync on, synchronous_commit on)\n", numCPU(), loadAvg())
+	fmt.Fprintf(stdout, "machine: %d CPUs, load average %s; PostgreSQL 15 durable (fsync on, synchronous_commit on); agents over %s\n", numCPU(), loadAvg(), o.transport)
 	defer func() { fmt.Fprintf(stdout, "load average at the end: %s\n", loadAvg()) }()
 	pg, err := vdctest.RunPostgres(vdctest.PostgresConfig{Durable: true, MaxConnections: 300})
 	if err != nil {
@@ -117,9 +120,9 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	conf := filepath.Join(pg.Dir, "vdc.toml")
 	// The UI's HTTPS listener and its generated certificate stay on loopback and in
 	// the throwaway folder, never on the host's :8443 and /quantix.
-	toml := fmt.Sprintf("ui_listen = \"127.0.0.1:0\"\nsecrets_file = %q\n", filepath.Join(pg.Dir, "secrets.toml"))
-	if slices.Contains(transports, "plain") {
-		toml += "agent_plain_http = true\n" // the lab flag: plain-HTTP heartbeats for comparison
+	toml := fmt.Sprintf("ui_listen = \"127.0.0.1:0\"\nsecrets_file = %q\ndata_dir = %q\n", filepath.Join(pg.Dir, "secrets.toml"), pg.Dir)
+	if o.transport == "plain" {
+		toml += "agent_plain_http = true\n" // the lab flag: plain-HTTP agents for comparison
 	}
 	if o.writers > 0 {
 		toml += fmt.Sprintf("heartbeat_writers = %d\ndatabase_max_conns = %d\n", o.writers, max(16, o.writers+4))
@@ -134,10 +137,15 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	defer v.stop()
 	fmt.Fprintf(stdout, "qx-vdc: %s (pid %d), vdc.toml: %q\n\n", v.url, v.cmd.Process.Pid, toml)
 
-	pinned := quantix.PinnedTLS([]string{v.pin}, nil)
-	c, err := client.New(client.Config{URL: v.url, UserAgent: "qx-vdc-load/" + quantix.Version, HTTPClient: &http.Client{
+	url := v.url
+	if o.transport == "plain" {
+		url = "http://" + strings.TrimPrefix(url, "https://")
+	} else {
+		o.tlsCfg = quantix.PinnedTLS([]string{v.pin}, nil)
+	}
+	c, err := client.New(client.Config{URL: url, Token: adminToken, UserAgent: "qx-vdc-load/" + quantix.Version, HTTPClient: &http.Client{
 		Transport: &http.Transport{MaxIdleConns: o.conns, MaxIdleConnsPerHost: o.conns, MaxConnsPerHost: o.conns, IdleConnTimeout: time.Minute,
-			TLSClientConfig: pinned},
+			TLSClientConfig: o.tlsCfg},
 		Timeout: 30 * time.Second}})
 	if err != nil {
 		return err
@@ -156,7 +164,7 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 		// and checkpointed after the bulk inserts, so autovacuum and a checkpoint do
 		// not land in the middle of it by chance.
 		settle := func() error { return settleDB(ctx, pg.AdminURL(), dbURL) }
-		if err := heartbeats(ctx, c, joinToken, o, transports, pinned, cpu, settle, stdout); err != nil {
+		if err := heartbeats(ctx, c, joinToken, o, cpu, settle, stdout); err != nil {
 			return err
 		}
 	}
@@ -290,6 +298,9 @@ type simNode struct {
 	req quantix.RegisterRequest
 	id  string
 	hb  []byte // the whole heartbeat request, prebuilt
+	// control marks the nodes without VMs that --desired-vms heartbeats in the
+	// same phase as those with VMs, for a comparison under the same machine load.
+	control bool
 }
 
 func newSimNode(prefix string, i int) *simNode {
@@ -298,7 +309,7 @@ func newSimNode(prefix string, i int) *simNode {
 		ip += ":9000" // as seen on a socket: the vDC strips the port
 	}
 	n := &simNode{req: quantix.RegisterRequest{Hostname: fmt.Sprintf("%s-%06d.load", prefix, i), MachineID: machineID(),
-		NodeSecret: secret(), ManagementIP: ip, AgentVersion: "load"}}
+		NodeSecret: secret(), ManagementIP: ip, AgentVersion: "load", MemoryBytes: 1 << 40}}
 	return n
 }
 
@@ -387,12 +398,20 @@ func storm(ctx context.Context, c *client.Client, token, dbURL string, o options
 	return nil
 }
 
-func heartbeats(ctx context.Context, c *client.Client, token string, o options, transports []string, pinned *tls.Config,
+func heartbeats(ctx context.Context, c *client.Client, token string, o options,
 	cpu func() (time.Duration, time.Duration), settle func() error, out io.Writer) error {
-	nodes := make([]*simNode, o.nodes)
-	for i := range nodes {
-		nodes[i] = newSimNode("hb", i)
+	all := make([]*simNode, o.nodes)
+	for i := range all {
+		all[i] = newSimNode("hb", i)
 	}
+	if o.desiredVMs > 0 {
+		for i := range o.nodes {
+			n := newSimNode("control", i)
+			n.control = true
+			all = append(all, n)
+		}
+	}
+	nodes := all // registered and warmed up; the phases use the first o.nodes
 	regStart := time.Now()
 	var regErr atomic.Value
 	parallel(len(nodes), o.conns, func(i int) {
@@ -407,23 +426,7 @@ func heartbeats(ctx context.Context, c *client.Client, token string, o options, 
 		return e.(error)
 	}
 	fmt.Fprintf(out, "registered %d heartbeat nodes in %.1fs\n", len(nodes), time.Since(regStart).Seconds())
-	for _, tr := range transports {
-		base, cfg := c.URL(), pinned
-		if tr == "plain" {
-			base, cfg = "http://"+strings.TrimPrefix(base, "https://"), nil
-		}
-		if err := heartbeatPhase(ctx, c, nodes, base, tr, cfg, o, cpu, settle, out); err != nil {
-			return err
-		}
-	}
-	return nil
-}
-
-// heartbeatPhase measures heartbeats over one transport (new keep-alive connections:
-// TLS handshakes are in the warm-up, as an agent makes one per connection).
-func heartbeatPhase(ctx context.Context, c *client.Client, nodes []*simNode, base, transport string, tlsCfg *tls.Config, o options,
-	cpu func() (time.Duration, time.Duration), settle func() error, out io.Writer) error {
-	pool, err := newConnPool(base, o.conns, tlsCfg)
+	pool, err := newConnPool(c.URL(), o.conns, o.tlsCfg)
 	if err != nil {
 		return err
 	}
@@ -446,23 +449,71 @@ func heartbeatPhase(ctx context.Context, c *client.Client, nodes []*simNode, bas
 		return err
 	}
 
+	if o.desiredVMs > 0 {
+		// The first phase of a run is the slowest (cold caches, a young heap):
+		// warm up before the phase the one with VMs is compared to.
+		warm := o
+		warm.duration = max(o.duration/4, time.Second)
+		measureHeartbeats(ctx, c, nodes, send, warm, cpu, ", warm-up (not compared)", out)
+		if err := settle(); err != nil {
+			return err
+		}
+	}
+	nodes = all[:o.nodes]
+	base := measureHeartbeats(ctx, c, nodes, send, o, cpu, "", out)
+	if o.desiredVMs == 0 {
+		return nil
+	}
+	// Heartbeats alternate between a node with VMs and a control node without.
+	var mixed []*simNode
+	for i := range o.nodes {
+		mixed = append(mixed, all[i], all[o.nodes+i])
+	}
+	return desiredLoad(ctx, c, nodes, all, send, o, out, func() {
+		if err := settle(); err != nil {
+			fmt.Fprintf(out, "settle: %v\n", err)
+		}
+		with := measureHeartbeats(ctx, c, nodes, send, o, cpu,
+			fmt.Sprintf(", %d managed VMs per node, one desired long-poll per node held open", o.desiredVMs), out)
+		fmt.Fprintf(out, "  against no VMs (the phase before, so the machine's other load differs): heartbeats/s %+.1f%%, p99 %+.1f%%\n\n",
+			100*(with.rate/base.rate-1), 100*(float64(with.p99)/float64(base.p99)-1))
+		measureHeartbeats(ctx, c, mixed, send, o, cpu,
+			fmt.Sprintf(" (%d with %d VMs and a long-poll each, %d control nodes without, alternating)", o.nodes, o.desiredVMs, o.nodes), out)
+	})
+}
+
+// hbResult is one heartbeat measurement.
+type hbResult struct {
+	rate float64
+	p99  time.Duration
+}
+
+// measureHeartbeats runs the heartbeat phase once and prints it.
+func measureHeartbeats(ctx context.Context, c *client.Client, nodes []*simNode, send func(*simNode) error, o options,
+	cpu func() (time.Duration, time.Duration), label string, out io.Writer) hbResult {
 	var (
 		mu       sync.Mutex
 		lat      = make([]time.Duration, 0, 1<<20)
+		groups   [2][]time.Duration // latencies of nodes with VMs, of control nodes
 		errs     atomic.Int64
 		firstErr atomic.Value
 		sent     atomic.Int64
 		wg       sync.WaitGroup
 		mode     string
 	)
-	record := func(d time.Duration, err error) {
+	record := func(n *simNode, d time.Duration, err error) {
 		if err != nil {
 			errs.Add(1)
 			firstErr.CompareAndSwap(nil, err.Error())
 			return
 		}
+		g := 0
+		if n.control {
+			g = 1
+		}
 		mu.Lock()
 		lat = append(lat, d)
+		groups[g] = append(groups[g], d)
 		mu.Unlock()
 	}
 	vdcCPU0, pgCPU0 := cpu()
@@ -485,7 +536,7 @@ func heartbeatPhase(ctx context.Context, c *client.Client, nodes []*simNode, bas
 				for j := range jobs {
 					err := send(j.n)
 					// Latency from the due time: a late start counts against the vDC.
-					record(time.Since(j.due), err)
+					record(j.n, time.Since(j.due), err)
 				}
 			}()
 		}
@@ -523,7 +574,7 @@ func heartbeatPhase(ctx context.Context, c *client.Client, nodes []*simNode, bas
 					t0 := time.Now()
 					sent.Add(1)
 					err := send(n)
-					record(time.Since(t0), err)
+					record(n, time.Since(t0), err)
 				}
 			}()
 		}
@@ -533,13 +584,14 @@ func heartbeatPhase(ctx context.Context, c *client.Client, nodes []*simNode, bas
 	vdcCPU1, pgCPU1 := cpu()
 	selfCPU1 := cpuTime(os.Getpid(), false)
 	slices.Sort(lat)
-	pct := func(p float64) time.Duration {
+	pctOf := func(lat []time.Duration, p float64) time.Duration {
 		if len(lat) == 0 {
 			return 0
 		}
 		return lat[min(len(lat)-1, int(float64(len(lat))*p))]
 	}
-	fmt.Fprintf(out, "heartbeats over %s: %d nodes, %s, %s\n", transport, len(nodes), mode, elapsed.Round(time.Millisecond))
+	pct := func(p float64) time.Duration { return pctOf(lat, p) }
+	fmt.Fprintf(out, "heartbeats: %d nodes%s, %s, %s\n", len(nodes), label, mode, elapsed.Round(time.Millisecond))
 	fmt.Fprintf(out, "  acknowledged %d (%.0f heartbeats/s), errors %d\n", len(lat), float64(len(lat))/elapsed.Seconds(), errs.Load())
 	fmt.Fprintf(out, "  latency p50 %.2f ms, p99 %.2f ms, max %.2f ms\n",
 		ms(pct(0.50)), ms(pct(0.99)), ms(pct(1)))
@@ -555,11 +607,19 @@ func heartbeatPhase(ctx context.Context, c *client.Client, nodes []*simNode, bas
 	if hb, st := m["qx_vdc_heartbeats_total"], m["qx_vdc_heartbeat_batches_total"]; st > 0 {
 		fmt.Fprintf(out, "  heartbeats per SQL statement (whole run, warm-up included): %.1f\n", hb/st)
 	}
+	if len(groups[0]) > 0 && len(groups[1]) > 0 {
+		slices.Sort(groups[0])
+		slices.Sort(groups[1])
+		vm50, vm99, c50, c99 := pctOf(groups[0], 0.5), pctOf(groups[0], 0.99), pctOf(groups[1], 0.5), pctOf(groups[1], 0.99)
+		fmt.Fprintf(out, "  same phase: nodes with VMs p50 %.2f ms, p99 %.2f ms (%d); control nodes p50 %.2f ms, p99 %.2f ms (%d): p50 %+.1f%%, p99 %+.1f%%\n",
+			ms(vm50), ms(vm99), len(groups[0]), ms(c50), ms(c99), len(groups[1]),
+			100*(float64(vm50)/float64(c50)-1), 100*(float64(vm99)/float64(c99)-1))
+	}
 	if e := firstErr.Load(); e != nil {
 		fmt.Fprintf(out, "  first error: %s\n", e)
 	}
 	fmt.Fprintln(out)
-	return nil
+	return hbResult{rate: float64(len(lat)) / elapsed.Seconds(), p99: pct(0.99)}
 }
 
 // settleDB vacuums and analyzes the vDC's database and forces a checkpoint.

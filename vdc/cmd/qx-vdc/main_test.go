@@ -90,7 +90,7 @@ func TestServeProcess(t *testing.T) {
 	dbURL := pg.NewDatabase(t)
 	dir := t.TempDir()
 	conf := filepath.Join(dir, "vdc.toml")
-	os.WriteFile(conf, []byte("listen = \"127.0.0.1:0\"\nui_listen = \"127.0.0.1:0\"\nheartbeat_interval = \"3s\"\nsecrets_file = \""+filepath.Join(dir, "secrets.toml")+"\"\n"), 0o644)
+	os.WriteFile(conf, []byte("listen = \"127.0.0.1:0\"\nui_listen = \"127.0.0.1:0\"\nheartbeat_interval = \"3s\"\nsecrets_file = \""+filepath.Join(dir, "secrets.toml")+"\"\ndata_dir = \""+dir+"\"\n"), 0o644)
 	cmd := exec.Command(os.Args[0], "-test.run=^$")
 	cmd.Env = append(os.Environ(), "QX_VDC_RUN_MAIN=1",
 		"QX_VDC_ARGS=serve --config "+conf+" --database-url "+dbURL+" --join-token 0123456789abcdef0123")

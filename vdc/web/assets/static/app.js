@@ -182,6 +182,16 @@
     };
   }
 
+  // eventRows renders a history (time, kind, message) into tbody.
+  function eventRows(tbody) {
+    return keyedRows(tbody, () => {
+      const tr = el('tr');
+      const r = { tr, t: el('td'), k: el('td'), m: el('td', 'wrap') };
+      tr.append(r.t, r.k, r.m);
+      return r;
+    }, (r, e) => { setText(r.t, fmtTime(e.at)); setText(r.k, e.kind); setText(r.m, e.message); });
+  }
+
   function readParams(defaults) {
     const p = new URLSearchParams(location.search);
     const s = {};
@@ -404,6 +414,7 @@
       setText(r.status, v.lost ? 'Lost' : 'Present');
       setText(r.note, lostNote(v));
     });
+    const paintManaged = hostManaged(id);
     const renderPools = keyedRows($('#h-pools tbody'), () => {
       const tr = el('tr');
       const r = { tr, c: [] };
@@ -421,12 +432,7 @@
       setText(r.note, lostNote(p));
     });
     const MAX_EVENTS = 200;
-    const renderEvents = keyedRows($('#h-events tbody'), () => {
-      const tr = el('tr');
-      const r = { tr, t: el('td'), k: el('td'), m: el('td', 'wrap') };
-      tr.append(r.t, r.k, r.m);
-      return r;
-    }, (r, e) => { setText(r.t, fmtTime(e.at)); setText(r.k, e.kind); setText(r.m, e.message); });
+    const renderEvents = eventRows($('#h-events tbody'));
 
     async function refresh() {
       try {
@@ -458,6 +464,7 @@
           setText(more, 'Showing the latest ' + MAX_EVENTS + ' events; qx-ctl or the API (GET /api/v1/nodes/{id}/events) has them all.');
         }
         if (vms.status === 'fulfilled') {
+          paintManaged(vms.value.data);
           const list = vms.value.data.vms;
           renderVMs(list, (v) => v.uuid);
           $('#vms-empty').hidden = list.length > 0;
@@ -583,6 +590,319 @@
     poll.poke();
   }
 
+  // ---- Managed VMs, the VM page and images (docs/design.md §14) --------------
+
+  const VM_POLL_MS = 2000;
+  const OBSERVED = { running: 'Running', stopped: 'Stopped', paused: 'Paused', crashed: 'Crashed', error: 'Error', unknown: 'Unknown', lost: 'Lost', pending: 'Pending' };
+  function setState(node, kind, state) {
+    setClass(node, 'badge state-' + state);
+    setText(node, (kind ? kind + ' ' : '') + (OBSERVED[state] || state));
+  }
+  function vmPath(ref) { return '/api/v1/vms/' + encodeURIComponent(ref); }
+  async function vmAction(ref, action) {
+    const { data } = await api('POST', vmPath(ref) + '/actions', { action });
+    toast(data.name + ': ' + action + ' requested');
+    return data;
+  }
+
+  function managedSection() {
+    const render = keyedRows($('#managed tbody'), () => {
+      const tr = el('tr');
+      const r = { tr, c: [] };
+      for (let i = 0; i < 7; i++) { const td = el('td', i === 4 ? 'num' : ''); r.c.push(td); tr.append(td); }
+      r.link = el('a'); r.c[0].append(r.link);
+      r.wanted = el('span'); r.c[1].append(r.wanted);
+      r.obs = el('span'); r.err = el('span', 'sub'); r.c[2].append(r.obs, r.err);
+      r.host = el('a'); r.c[3].append(r.host);
+      r.buttons = {};
+      for (const [a, label] of [['start', 'Start'], ['stop', 'Stop'], ['force-off', 'Force off'], ['reboot', 'Reboot']]) {
+        const b = el('button', 'small', label);
+        b.type = 'button';
+        b.dataset.action = a;
+        r.buttons[a] = b;
+        r.c[6].append(b);
+      }
+      return r;
+    }, (r, v) => {
+      setText(r.link, v.name);
+      const href = '/ui/vms/' + encodeURIComponent(v.name);
+      if (r.link.getAttribute('href') !== href) r.link.setAttribute('href', href);
+      setState(r.wanted, '', v.wanted);
+      setState(r.obs, '', v.observed);
+      setText(r.err, v.error || '');
+      setText(r.host, v.hostname);
+      const hh = '/ui/hosts/' + v.node_id;
+      if (r.host.getAttribute('href') !== hh) r.host.setAttribute('href', hh);
+      setText(r.c[4], v.spec.vcpus); setText(r.c[5], fmtBytes(v.spec.memory_bytes));
+      r.buttons.start.disabled = v.wanted === 'running';
+      r.buttons.stop.disabled = v.wanted === 'stopped';
+      r.buttons['force-off'].disabled = v.wanted === 'stopped' && v.force_stop;
+      r.buttons.reboot.disabled = v.wanted !== 'running';
+      r.tr.dataset.name = v.name;
+    });
+    $('#managed tbody').addEventListener('click', async (ev) => {
+      const b = ev.target.closest('button[data-action]');
+      if (!b) return;
+      b.disabled = true;
+      try { await vmAction(b.closest('tr').dataset.name, b.dataset.action); clearError(); } catch (e) {
+        if (e.status !== 401) showError('Could not ' + b.dataset.action + ': ' + e.message);
+      }
+      poll.poke();
+    });
+    async function refresh() {
+      try {
+        const { data } = await api('GET', '/api/v1/vms?limit=1');
+        render(data.managed, (v) => v.uuid);
+        $('#managed-empty').hidden = data.managed.length > 0;
+        setText($('#managed-count'), data.managed.length);
+        document.body.dataset.managedLoaded = 'true';
+      } catch (e) {
+        if (e.status !== 401) showError('Could not refresh the managed VMs: ' + e.message);
+      }
+    }
+    const poll = poller(refresh, INVENTORY_POLL_MS);
+    poll.poke();
+
+    // The create form: hosts and images fill its selects when it opens.
+    const card = $('#create-card');
+    $('#new-vm').addEventListener('click', async () => {
+      card.hidden = !card.hidden;
+      if (card.hidden) return;
+      try {
+        const [nodes, images] = await Promise.all([api('GET', '/api/v1/nodes'), api('GET', '/api/v1/images')]);
+        const fill = (sel, items, keep) => {
+          const s = $(sel);
+          while (s.options.length > 1) s.remove(1);
+          for (const [value, label] of items) { const o = el('option', '', label); o.value = value; s.append(o); }
+          s.value = keep;
+        };
+        fill('#vm-node', nodes.data.nodes.map((n) => [n.id, n.hostname + ' (' + (PHASES[n.phase] || n.phase) + ')']), '');
+        const imgs = images.data.images;
+        fill('#vm-disk', imgs.filter((i) => i.format !== 'iso').map((i) => [i.id, 'copy of ' + i.name + ' (' + fmtBytes(i.size_bytes) + ')']), '');
+        fill('#vm-cdrom', imgs.filter((i) => i.format === 'iso').map((i) => [i.id, i.name]), '');
+        $('#vm-name').focus();
+      } catch (e) {
+        if (e.status !== 401) showError('Could not load hosts and images: ' + e.message);
+      }
+    });
+    $('#vm-form').addEventListener('submit', async (ev) => {
+      ev.preventDefault();
+      const btn = $('#create-vm');
+      btn.disabled = true;
+      const size = parseInt($('#vm-disk-size').value, 10) || 0;
+      const disk = { size_bytes: size * 1024 * 1024 * 1024 };
+      if ($('#vm-disk').value) disk.image_id = $('#vm-disk').value;
+      const body = {
+        name: $('#vm-name').value.trim(),
+        vcpus: parseInt($('#vm-vcpus').value, 10),
+        memory_bytes: parseInt($('#vm-memory').value, 10) * 1024 * 1024,
+        disks: (disk.image_id || disk.size_bytes) ? [disk] : [],
+        nics: [{ network: 'management' }],
+        firmware: $('#vm-firmware').value,
+        power: $('#vm-start').checked ? 'running' : 'stopped',
+      };
+      if ($('#vm-cdrom').value) body.cdrom_image_id = $('#vm-cdrom').value;
+      if ($('#vm-node').value) body.node = $('#vm-node').value;
+      try {
+        const { data } = await api('POST', '/api/v1/vms', body);
+        toast('Created ' + data.name + ' on ' + data.hostname);
+        $('#vm-form').reset();
+        card.hidden = true;
+        clearError();
+        poll.poke();
+      } catch (e) {
+        if (e.status !== 401) showError('Could not create the VM: ' + e.message);
+      } finally {
+        btn.disabled = false;
+      }
+    });
+  }
+
+  function vmPage() {
+    const ref = document.body.dataset.vm;
+    let vm = null;
+    const fieldDefs = [
+      ['Name', (v) => v.name], ['UUID', (v) => v.uuid], ['Host', (v) => v.hostname],
+      ['Wanted', (v) => v.wanted + (v.force_stop ? ' (forced off)' : '')],
+      ['Observed', (v) => v.observed + (v.error ? ': ' + v.error : '')],
+      ['Generation', (v) => v.generation + ' (host applied ' + v.applied_generation + ')'],
+      ['vCPUs', (v) => String(v.spec.vcpus)], ['Memory', (v) => fmtBytes(v.spec.memory_bytes)],
+      ['Disks', (v) => (v.spec.disks || []).map((d) => (d.size_bytes ? fmtBytes(d.size_bytes) : 'image size') + (d.image_id ? ' copy of ' + d.image_id : ' blank')).join(', ') || '—'],
+      ['CD-ROM', (v) => v.spec.cdrom_image_id || '—'],
+      ['NICs', (v) => (v.spec.nics || []).map((n) => n.network + ' ' + n.mac).join(', ') || '—'],
+      ['Firmware', (v) => v.spec.firmware || 'bios'],
+      ['Reboots', (v) => String(v.reboot_count)],
+      ['Created', (v) => fmtTime(v.created_at)], ['Updated', (v) => fmtTime(v.updated_at)],
+    ];
+    const dl = $('#v-fields');
+    const dds = fieldDefs.map(([label]) => { const dd = el('dd'); dl.append(el('dt', '', label), dd); return dd; });
+    const buttons = $$('.page-head button[data-action]');
+    const del = $('#delete-btn');
+    const renderEvents = eventRows($('#v-events tbody'));
+
+    async function refresh() {
+      try {
+        const { data } = await api('GET', vmPath(ref));
+        vm = data;
+        setText($('#v-title'), vm.name); setText($('#crumb'), vm.name);
+        document.title = vm.name + ' · Quantix vDC';
+        setState($('#v-wanted'), 'wanted', vm.wanted);
+        setState($('#v-observed'), 'observed', vm.observed);
+        fieldDefs.forEach(([, f], i) => setText(dds[i], f(vm)));
+        for (const b of buttons) {
+          const a = b.dataset.action;
+          b.disabled = (a === 'start' && vm.wanted === 'running') || (a === 'stop' && vm.wanted === 'stopped') || (a === 'reboot' && vm.wanted !== 'running');
+        }
+        del.disabled = false;
+        const [ev, con] = await Promise.allSettled([api('GET', vmPath(vm.uuid) + '/events'), fetch(vmPath(vm.uuid) + '/console', { credentials: 'same-origin', cache: 'no-store' })]);
+        if (ev.status === 'fulfilled') renderEvents(ev.value.data.events.slice().reverse(), (e) => String(e.id));
+        if (con.status === 'fulfilled' && con.value.ok) {
+          const text = await con.value.text();
+          const pre = $('#console');
+          const atEnd = pre.scrollTop + pre.clientHeight >= pre.scrollHeight - 4;
+          setText(pre, text || '(no console output yet)');
+          if (atEnd) pre.scrollTop = pre.scrollHeight;
+          const at = con.value.headers.get('X-Quantix-Console-Updated');
+          setText($('#console-age'), at ? 'sent by its host ' + fmtAge(at) : '');
+        }
+        $('#gone').hidden = true;
+        document.body.dataset.loaded = 'true';
+        clearError();
+      } catch (e) {
+        if (e.status === 404) {
+          $('#gone').hidden = false;
+          buttons.forEach((b) => { b.disabled = true; });
+          del.disabled = true;
+          return;
+        }
+        if (e.status !== 401) showError('Could not refresh the VM: ' + e.message);
+      }
+    }
+    const poll = poller(refresh, VM_POLL_MS);
+    for (const b of buttons) {
+      b.addEventListener('click', async () => {
+        b.disabled = true;
+        try { await vmAction(vm.uuid, b.dataset.action); } catch (e) {
+          if (e.status !== 401) showError('Could not ' + b.dataset.action + ': ' + e.message);
+        }
+        poll.poke();
+      });
+    }
+    const dialog = $('#delete-dialog');
+    del.addEventListener('click', () => { if (!vm) return; setText($('#dlg-name'), vm.name); dialog.returnValue = ''; dialog.showModal(); });
+    dialog.addEventListener('close', async () => {
+      if (dialog.returnValue !== 'delete' || !vm) return;
+      try {
+        await api('DELETE', vmPath(vm.uuid) + ($('#keep-disks').checked ? '?keep_disks=1' : ''));
+        location.assign('/ui/vms');
+      } catch (e) {
+        if (e.status !== 401) showError('Could not delete the VM: ' + e.message);
+      }
+    });
+    poll.poke();
+  }
+
+  function imagesPage() {
+    const render = keyedRows($('#images tbody'), () => {
+      const tr = el('tr');
+      const r = { tr, c: [] };
+      for (let i = 0; i < 7; i++) { const td = el('td', i === 5 ? 'mono' : ''); r.c.push(td); tr.append(td); }
+      r.del = el('button', 'small danger', 'Delete');
+      r.del.type = 'button';
+      r.c[6].append(r.del);
+      return r;
+    }, (r, i) => {
+      setText(r.c[0], i.name); setText(r.c[1], i.format); setText(r.c[2], fmtBytes(i.size_bytes));
+      setText(r.c[3], i.used_by + (i.used_by === 1 ? ' VM' : ' VMs')); setText(r.c[4], fmtTime(i.created_at));
+      setText(r.c[5], i.sha256.slice(0, 16) + '…'); setTitle(r.c[5], i.sha256);
+      r.del.disabled = i.used_by > 0;
+      setTitle(r.del, i.used_by > 0 ? 'In use by VMs: delete them first' : '');
+      r.tr.dataset.id = i.id;
+    });
+    async function refresh() {
+      try {
+        const { data } = await api('GET', '/api/v1/images');
+        render(data.images, (i) => i.id);
+        $('#images-empty').hidden = data.images.length > 0;
+        setText($('#img-count'), data.images.length);
+        document.body.dataset.loaded = 'true';
+        clearError();
+      } catch (e) {
+        if (e.status !== 401) showError('Could not refresh the images: ' + e.message);
+      }
+    }
+    const poll = poller(refresh, INVENTORY_POLL_MS);
+    $('#images tbody').addEventListener('click', async (ev) => {
+      const b = ev.target.closest('button');
+      if (!b) return;
+      try { await api('DELETE', '/api/v1/images/' + b.closest('tr').dataset.id); toast('Image deleted'); } catch (e) {
+        if (e.status !== 401) showError('Could not delete the image: ' + e.message);
+      }
+      poll.poke();
+    });
+    $('#upload-form').addEventListener('submit', (ev) => {
+      ev.preventDefault();
+      const file = $('#img-file').files[0];
+      if (!file) return;
+      const name = $('#img-name').value.trim() || file.name;
+      let format = $('#img-format').value;
+      if (!format) format = /\.iso$/i.test(file.name) ? 'iso' : (/\.qcow2$/i.test(file.name) ? 'qcow2' : 'raw');
+      const bar = $('#upload-progress');
+      const btn = $('#upload-btn');
+      bar.hidden = false; bar.value = 0; btn.disabled = true;
+      // XMLHttpRequest, not fetch: it reports upload progress.
+      const xhr = new XMLHttpRequest();
+      xhr.open('POST', '/api/v1/images?' + new URLSearchParams({ name, format }).toString());
+      xhr.setRequestHeader('X-CSRF-Token', csrfToken());
+      xhr.setRequestHeader('Content-Type', 'application/octet-stream');
+      xhr.upload.onprogress = (e) => {
+        if (e.lengthComputable) { bar.value = Math.floor(100 * e.loaded / e.total); setText($('#upload-text'), fmtBytes(e.loaded) + ' of ' + fmtBytes(e.total)); }
+      };
+      xhr.onloadend = () => {
+        btn.disabled = false;
+        bar.hidden = true;
+        let data = null;
+        try { data = JSON.parse(xhr.responseText); } catch (e) { data = null; }
+        if (xhr.status === 201) {
+          setText($('#upload-text'), 'Uploaded ' + data.name + ', sha256 ' + data.sha256);
+          $('#upload-form').reset();
+          clearError();
+          document.body.dataset.uploaded = 'true';
+        } else {
+          setText($('#upload-text'), '');
+          showError('Could not upload the image: ' + ((data && data.error) || xhr.statusText || 'the vDC is not reachable'));
+        }
+        poll.poke();
+      };
+      xhr.send(file);
+    });
+    poll.poke();
+  }
+
+  // hostManaged fills the host page's table of the managed VMs placed on it.
+  function hostManaged(id) {
+    const render = keyedRows($('#h-managed tbody'), () => {
+      const tr = el('tr');
+      const r = { tr, c: [] };
+      for (let i = 0; i < 5; i++) { const td = el('td', i === 3 ? 'num' : ''); r.c.push(td); tr.append(td); }
+      r.link = el('a'); r.c[0].append(r.link);
+      r.wanted = el('span'); r.c[1].append(r.wanted);
+      r.obs = el('span'); r.c[2].append(r.obs);
+      return r;
+    }, (r, v) => {
+      setText(r.link, v.name);
+      const href = '/ui/vms/' + encodeURIComponent(v.name);
+      if (r.link.getAttribute('href') !== href) r.link.setAttribute('href', href);
+      setState(r.wanted, '', v.wanted); setState(r.obs, '', v.observed);
+      setText(r.c[3], v.spec.vcpus); setText(r.c[4], fmtBytes(v.spec.memory_bytes));
+    });
+    return (data) => {
+      render(data.managed, (v) => v.uuid);
+      $('#managed-empty').hidden = data.managed.length > 0;
+      setText($('#managed-count'), data.managed.length);
+    };
+  }
+
   // ---- Join tokens -----------------------------------------------------------
 
   function tokensPage() {
@@ -652,7 +972,10 @@
     }
   }
 
-  const pages = { hosts: hostsPage, host: hostPage, vms: () => inventoryPage('vms'), pools: () => inventoryPage('pools'), tokens: tokensPage };
+  const pages = {
+    hosts: hostsPage, host: hostPage, vms: () => { managedSection(); inventoryPage('vms'); }, vm: vmPage, images: imagesPage,
+    pools: () => inventoryPage('pools'), tokens: tokensPage,
+  };
   const start = pages[document.body.dataset.page];
   if (start) start();
 })();
