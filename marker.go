@@ -23,6 +23,9 @@ const (
 	// MarkerAdminToken: QUANTIX: admin-token service=vdc token=<token> ..., printed
 	// once when the vDC generated its admin token.
 	MarkerAdminToken = "admin-token"
+	// MarkerBootSlot: QUANTIX: boot-slot slot=<a|b> trial=<0|1> [tries_left=<n>]
+	// env=<file>, echoed by GRUB on the installed disk when it chose the slot.
+	MarkerBootSlot = "boot-slot"
 )
 
 // Marker is one parsed console marker.
