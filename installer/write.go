@@ -156,10 +156,8 @@ func (w *Writer) Write() error {
 		if err != nil {
 			return err
 		}
-		for _, fl := range files {
-			if err := writeFAT(fsys, fl.name, fl.data); err != nil {
-				return err
-			}
+		if err := writeESPFiles(fsys, files); err != nil {
+			return err
 		}
 		return fixFAT(f, esp.Start)
 	}); err != nil {
@@ -316,7 +314,7 @@ func writeFAT(fsys filesystem.FileSystem, name string, data []byte) error {
 			return fmt.Errorf("QUANTIX-EFI: mkdir %s: %w", dir, err)
 		}
 	}
-	fl, err := fsys.OpenFile("/"+name, os.O_CREATE|os.O_RDWR)
+	fl, err := fsys.OpenFile("/"+name, os.O_CREATE|os.O_RDWR|os.O_TRUNC)
 	if err != nil {
 		return fmt.Errorf("QUANTIX-EFI: create %s: %w", name, err)
 	}
