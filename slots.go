@@ -77,3 +77,14 @@ func ParseSlotManifest(b []byte) (SlotManifestInfo, error) {
 	}
 	return m, nil
 }
+
+// Release bundles (docs/design.md §16): a folder holding <image>.iso, its
+// <image>.manifest.json (images/build), BundleSums over both and BundleSignature,
+// an ed25519 signature of BundleSums made by `qx-image sign`.
+const (
+	BundleSums      = "SHA256SUMS"
+	BundleSignature = "SHA256SUMS.sig"
+	// TrustedKeysPath is where the image builder writes the public keys an image
+	// accepts bundles from (the image definition's trusted_keys), one a line.
+	TrustedKeysPath = "/etc/quantix/trusted-keys"
+)

@@ -1,0 +1,130 @@
+package upgrade
+
+import (
+	"bytes"
+	"errors"
+	"fmt"
+	"log/slog"
+	"os"
+	"path/filepath"
+	"time"
+
+	"github.com/quantix/quantix"
+	"github.com/quantix/quantix/installer"
+	"github.com/quantix/quantix/installer/bootenv"
+)
+
+// ErrOnTrial is returned by Stage while the running slot is itself a trial: the
+// other slot is then the fallback and must not be overwritten.
+var ErrOnTrial = errors.New("the running slot is on trial")
+
+// Staged is the result of Stage.
+type Staged struct {
+	Slot  string // the slot written
+	State bootenv.State
+	Took  time.Duration
+}
+
+// Stage writes b's kernel and initramfs into the slot that is not booted, on the
+// ESP mounted at esp, and makes it the next boot's trial. First the target slot is
+// taken out of the environment (no tries, not good), so a power cut while its
+// files are written never boots them half-written; each file goes in through a
+// temp file, fsync and rename, and is read back; last the environment says "new
+// old" with SlotMaxTries tries for the new slot, not yet good. Nothing is written
+// when the booted slot is not the good one (a trial: commit it first).
+func Stage(b *Bundle, esp, booted string, log *slog.Logger) (*Staged, error) {
+	t0 := time.Now()
+	fail := func(err error) (*Staged, error) { return nil, fmt.Errorf("stage %s %s: %w", b.Image, b.Version, err) }
+	if !quantix.ValidSlot(booted) {
+		return fail(fmt.Errorf("booted slot %q: want a or b (%s on the kernel command line)", booted, quantix.ParamSlot))
+	}
+	env := bootenv.OnESP(esp)
+	st, _, err := env.Read()
+	if err != nil {
+		return fail(err)
+	}
+	if !st.Slot(booted).OK {
+		return fail(fmt.Errorf("%w (slot %s): let it prove itself and commit it before staging another release", ErrOnTrial, booted))
+	}
+	target := quantix.OtherSlot(booted)
+
+	// Read the new boot files from the verified ISO before anything is written.
+	med, err := installer.OpenMedium(b.ISO)
+	if err != nil {
+		return fail(err)
+	}
+	kernel, kerr := med.ReadFile(installer.MediumKernel)
+	initrd, ierr := med.ReadFile(installer.MediumInitrd)
+	med.Close()
+	if err := errors.Join(kerr, ierr); err != nil {
+		return fail(fmt.Errorf("read the boot files from %s: %w", b.ISO, err))
+	}
+	man, err := quantix.SlotManifestInfo{Image: b.Image, Version: b.Version, KernelSHA256: sha(kernel), InitrdSHA256: sha(initrd)}.Encode()
+	if err != nil {
+		return fail(err)
+	}
+
+	*st.Slot(target) = bootenv.Slot{}
+	if err := env.Write(st); err != nil {
+		return fail(fmt.Errorf("take slot %s out of the boot order: %w", target, err))
+	}
+	log.Info("staging", "slot", target, "image", b.Image, "version", b.Version)
+	// The manifest last: a slot with a manifest has all its files.
+	for _, f := range []struct {
+		name string
+		data []byte
+	}{{quantix.SlotKernel, kernel}, {quantix.SlotInitrd, initrd}, {quantix.SlotManifest, man}} {
+		p := filepath.Join(esp, filepath.FromSlash(quantix.ESPSlotFile(target, f.name)))
+		if err := quantix.WriteFileAtomic(p, f.data, 0o644); err != nil {
+			return fail(err)
+		}
+		got, err := os.ReadFile(p)
+		if err != nil {
+			return fail(err)
+		}
+		if !bytes.Equal(got, f.data) {
+			return fail(fmt.Errorf("read back %s: sha256 %s, wrote %s", p, sha(got), sha(f.data)))
+		}
+	}
+	st.Order = [2]string{target, booted}
+	*st.Slot(target) = bootenv.Slot{Tries: quantix.SlotMaxTries}
+	if err := env.Write(st); err != nil {
+		return fail(fmt.Errorf("make slot %s the next boot's trial: %w", target, err))
+	}
+	d := time.Since(t0)
+	log.Info("staged", "slot", target, "version", b.Version, "took", d.Round(time.Millisecond))
+	return &Staged{Slot: target, State: st, Took: d}, nil
+}
+
+// Committed is the result of Commit.
+type Committed struct {
+	Slot string
+	// RolledBack names the slot that was tried and failed (its tries ran out and
+	// GRUB booted this one), or "".
+	RolledBack string
+	State      bootenv.State
+}
+
+// Commit marks the booted slot good and first: init calls it once the health gates
+// passed. On a slot GRUB fell back to, it says which trial failed.
+func Commit(esp, booted string) (*Committed, error) {
+	if !quantix.ValidSlot(booted) {
+		return nil, fmt.Errorf("commit slot %q: want a or b (%s on the kernel command line)", booted, quantix.ParamSlot)
+	}
+	env := bootenv.OnESP(esp)
+	st, _, err := env.Read()
+	if err != nil {
+		return nil, fmt.Errorf("commit slot %s: %w", booted, err)
+	}
+	c := &Committed{Slot: booted}
+	if first := st.Order[0]; first != booted && !st.Slot(first).OK {
+		c.RolledBack = first
+	}
+	st.Order = [2]string{booted, quantix.OtherSlot(booted)}
+	*st.Slot(booted) = bootenv.Slot{OK: true}
+	if err := env.Write(st); err != nil {
+		return nil, fmt.Errorf("commit slot %s: %w", booted, err)
+	}
+	c.State = st
+	return c, nil
+}
