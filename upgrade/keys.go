@@ -22,84 +22,41 @@ import (
 	"github.com/quantix/quantix"
 )
 
-// Key file formats: one line each, the algorithm first, then the base64 key, then
-// (public keys) a name.
+// Private key and signature file formats: one line each, the algorithm first.
 const (
-	publicPrefix  = "ed25519 "
 	privatePrefix = "quantix-release-key ed25519 "
 	sigPrefix     = "ed25519 "
 )
 
-// PublicKey is a release signing key an image trusts.
-type PublicKey struct {
-	Name string
-	Key  ed25519.PublicKey
-}
-
-// String is the key's line, as in an image definition's trusted_keys.
-func (k PublicKey) String() string {
-	return publicPrefix + base64.StdEncoding.EncodeToString(k.Key) + " " + k.Name
-}
-
-// ParsePublicKey parses "ed25519 <base64> <name>".
-func ParsePublicKey(s string) (PublicKey, error) {
-	f := strings.Fields(s)
-	if len(f) != 3 || f[0]+" " != publicPrefix {
-		return PublicKey{}, fmt.Errorf("public key %q: want \"ed25519 <base64 key> <name>\" (qx-image keygen writes it)", s)
-	}
-	b, err := base64.StdEncoding.DecodeString(f[1])
-	if err != nil || len(b) != ed25519.PublicKeySize {
-		return PublicKey{}, fmt.Errorf("public key %s: not a base64 ed25519 public key of %d bytes", f[2], ed25519.PublicKeySize)
-	}
-	return PublicKey{Name: f[2], Key: b}, nil
-}
-
-// ParsePublicKeys parses one key a line; empty lines and # comments are skipped.
-func ParsePublicKeys(b []byte) ([]PublicKey, error) {
-	var keys []PublicKey
-	for _, l := range strings.Split(string(b), "\n") {
-		l = strings.TrimSpace(l)
-		if l == "" || strings.HasPrefix(l, "#") {
-			continue
-		}
-		k, err := ParsePublicKey(l)
-		if err != nil {
-			return nil, err
-		}
-		keys = append(keys, k)
-	}
-	return keys, nil
-}
-
 // LoadTrustedKeys reads the running image's trusted keys (quantix.TrustedKeysPath).
 // An image built without any has none and accepts no bundle.
-func LoadTrustedKeys(path string) ([]PublicKey, error) {
+func LoadTrustedKeys(path string) ([]quantix.PublicKey, error) {
 	b, err := os.ReadFile(path)
 	if err != nil {
 		return nil, fmt.Errorf("trusted release keys: %w", err)
 	}
-	return ParsePublicKeys(b)
+	return quantix.ParsePublicKeys(b)
 }
 
 // Keygen writes a new key pair: <base>.key (private, 0600) and <base>.pub; the
 // public key's name is the base name.
-func Keygen(base string, rnd io.Reader) (PublicKey, error) {
+func Keygen(base string, rnd io.Reader) (quantix.PublicKey, error) {
 	if rnd == nil {
 		rnd = rand.Reader
 	}
 	pub, priv, err := ed25519.GenerateKey(rnd)
 	if err != nil {
-		return PublicKey{}, fmt.Errorf("keygen %s: %w", base, err)
+		return quantix.PublicKey{}, fmt.Errorf("keygen %s: %w", base, err)
 	}
-	k := PublicKey{Name: filepath.Base(base), Key: pub}
+	k := quantix.PublicKey{Name: filepath.Base(base), Key: pub}
 	if _, err := os.Stat(base + ".key"); err == nil {
-		return PublicKey{}, fmt.Errorf("keygen %s: %s.key exists: refusing to overwrite a signing key", base, base)
+		return quantix.PublicKey{}, fmt.Errorf("keygen %s: %s.key exists: refusing to overwrite a signing key", base, base)
 	}
 	if err := quantix.WriteFileAtomic(base+".key", []byte(privatePrefix+base64.StdEncoding.EncodeToString(priv.Seed())+"\n"), 0o600); err != nil {
-		return PublicKey{}, err
+		return quantix.PublicKey{}, err
 	}
 	if err := quantix.WriteFileAtomic(base+".pub", []byte(k.String()+"\n"), 0o644); err != nil {
-		return PublicKey{}, err
+		return quantix.PublicKey{}, err
 	}
 	return k, nil
 }

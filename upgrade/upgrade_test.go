@@ -72,7 +72,7 @@ func makeBundle(t testing.TB, image, version string, size int) (string, release)
 	return dir, r
 }
 
-func keypair(t testing.TB, name string) (PublicKey, string) {
+func keypair(t testing.TB, name string) (quantix.PublicKey, string) {
 	t.Helper()
 	base := filepath.Join(t.TempDir(), name)
 	pub, err := Keygen(base, nil)
@@ -102,14 +102,14 @@ func TestKeygenFiles(t *testing.T) {
 		t.Fatalf("private key %s: %v, mode %v; want 0600", keyFile, err, st.Mode().Perm())
 	}
 	b, _ := os.ReadFile(strings.TrimSuffix(keyFile, ".key") + ".pub")
-	keys, err := ParsePublicKeys(b)
+	keys, err := quantix.ParsePublicKeys(b)
 	if err != nil || len(keys) != 1 || !bytes.Equal(keys[0].Key, pub.Key) || keys[0].Name != "release-2026" {
 		t.Errorf("ParsePublicKeys(%q) = %+v, %v", b, keys, err)
 	}
 	if _, err := Keygen(strings.TrimSuffix(keyFile, ".key"), nil); err == nil {
 		t.Error("Keygen over an existing key succeeded, want a refusal")
 	}
-	if _, err := ParsePublicKey("ed25519 AAAA x"); err == nil {
+	if _, err := quantix.ParsePublicKey("ed25519 AAAA x"); err == nil {
 		t.Error("ParsePublicKey of a short key succeeded")
 	}
 }
@@ -118,7 +118,7 @@ func TestVerify(t *testing.T) {
 	pub, keyFile := keypair(t, "release")
 	dir, _ := makeBundle(t, quantix.ImageQuantixOS, "0.3.0", 4096)
 	sign(t, dir, keyFile)
-	b, err := Verify(dir, []PublicKey{pub}, nodeRules)
+	b, err := Verify(dir, []quantix.PublicKey{pub}, nodeRules)
 	if err != nil {
 		t.Fatalf("Verify: %v", err)
 	}
@@ -135,7 +135,7 @@ func TestVerifyRefuses(t *testing.T) {
 		image   string
 		version string
 		prepare func(t *testing.T, dir string)
-		trusted []PublicKey
+		trusted []quantix.PublicKey
 		rules   Rules
 		want    error
 		says    string
@@ -146,7 +146,7 @@ func TestVerifyRefuses(t *testing.T) {
 			os.Remove(filepath.Join(dir, quantix.BundleSignature))
 		}, want: ErrUnsigned},
 		{name: "untrusted key", prepare: func(t *testing.T, dir string) { sign(t, dir, otherKey) }, want: ErrBadSignature, says: "trusted: release"},
-		{name: "no trusted keys", trusted: []PublicKey{}, prepare: func(t *testing.T, dir string) { sign(t, dir, keyFile) }, want: ErrBadSignature, says: "trusts no release keys"},
+		{name: "no trusted keys", trusted: []quantix.PublicKey{}, prepare: func(t *testing.T, dir string) { sign(t, dir, keyFile) }, want: ErrBadSignature, says: "trusts no release keys"},
 		{name: "sums edited", prepare: func(t *testing.T, dir string) {
 			sign(t, dir, keyFile)
 			p := filepath.Join(dir, quantix.BundleSums)
@@ -176,7 +176,7 @@ func TestVerifyRefuses(t *testing.T) {
 			c.prepare(t, dir)
 			trusted := c.trusted
 			if trusted == nil {
-				trusted = []PublicKey{pub}
+				trusted = []quantix.PublicKey{pub}
 			}
 			rules := c.rules
 			if rules.Image == "" {
@@ -191,7 +191,7 @@ func TestVerifyRefuses(t *testing.T) {
 	// Forced, an older release is accepted.
 	dir, _ := makeBundle(t, quantix.ImageQuantixOS, "0.1.0", 4096)
 	sign(t, dir, keyFile)
-	if _, err := Verify(dir, []PublicKey{pub}, Rules{Image: quantix.ImageQuantixOS, Running: "0.2.0", Force: true}); err != nil {
+	if _, err := Verify(dir, []quantix.PublicKey{pub}, Rules{Image: quantix.ImageQuantixOS, Running: "0.2.0", Force: true}); err != nil {
 		t.Errorf("forced Verify of an older bundle: %v", err)
 	}
 }
@@ -233,7 +233,7 @@ func TestStageAndCommit(t *testing.T) {
 	pub, keyFile := keypair(t, "release")
 	dir, rel := makeBundle(t, quantix.ImageQuantixOS, "0.3.0", 256<<10)
 	sign(t, dir, keyFile)
-	b, err := Verify(dir, []PublicKey{pub}, nodeRules)
+	b, err := Verify(dir, []quantix.PublicKey{pub}, nodeRules)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -309,7 +309,7 @@ func TestStageFailureKeepsBootedSlot(t *testing.T) {
 	pub, keyFile := keypair(t, "release")
 	dir, _ := makeBundle(t, quantix.ImageQuantixOS, "0.3.0", 4096)
 	sign(t, dir, keyFile)
-	b, err := Verify(dir, []PublicKey{pub}, nodeRules)
+	b, err := Verify(dir, []quantix.PublicKey{pub}, nodeRules)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -343,7 +343,7 @@ func BenchmarkVerify32MiB(b *testing.B) {
 	b.SetBytes(st.Size())
 	b.ResetTimer()
 	for range b.N {
-		if _, err := Verify(dir, []PublicKey{pub}, nodeRules); err != nil {
+		if _, err := Verify(dir, []quantix.PublicKey{pub}, nodeRules); err != nil {
 			b.Fatal(err)
 		}
 	}

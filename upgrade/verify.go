@@ -52,7 +52,7 @@ type manifest struct {
 // Verify checks a bundle folder before anything is written: the signature of
 // SHA256SUMS by one of trusted, the sha256 of the ISO and its manifest, the image
 // and the version against r.
-func Verify(dir string, trusted []PublicKey, r Rules) (*Bundle, error) {
+func Verify(dir string, trusted []quantix.PublicKey, r Rules) (*Bundle, error) {
 	t0 := time.Now()
 	fail := func(err error) (*Bundle, error) { return nil, fmt.Errorf("verify bundle %s: %w", dir, err) }
 	sums, err := os.ReadFile(filepath.Join(dir, quantix.BundleSums))
