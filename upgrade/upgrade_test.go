@@ -348,3 +348,26 @@ func BenchmarkVerify32MiB(b *testing.B) {
 		}
 	}
 }
+
+// BenchmarkStage32MiB stages a bundle of about 32 MiB (kernel and initramfs of
+// 16 MiB each) onto an ESP folder on the test's temp filesystem, with the fsyncs.
+func BenchmarkStage32MiB(b *testing.B) {
+	pub, keyFile := keypair(b, "release")
+	dir, _ := makeBundle(b, quantix.ImageQuantixOS, "0.3.0", 16<<20)
+	sign(b, dir, keyFile)
+	bundle, err := Verify(dir, []quantix.PublicKey{pub}, nodeRules)
+	if err != nil {
+		b.Fatal(err)
+	}
+	esp := b.TempDir()
+	if err := bootenv.OnESP(esp).Write(bootenv.Initial()); err != nil {
+		b.Fatal(err)
+	}
+	b.SetBytes(32 << 20)
+	b.ResetTimer()
+	for range b.N {
+		if _, err := Stage(bundle, esp, "a", testLog(b)); err != nil {
+			b.Fatal(err)
+		}
+	}
+}
