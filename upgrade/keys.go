@@ -2,7 +2,8 @@
 // A/B boot slots (docs/design.md §16): release bundles are signed (Keygen, Sign) and
 // verified against the keys the running image trusts (Verify), staged into the slot
 // that is not running (Stage) and, once the new release has proved itself, committed
-// (Commit). GRUB does the trial and the rollback (installer.GrubConfig).
+// (bootenv.Files.Commit, called by init). GRUB does the trial and the rollback
+// (installer.GrubConfig).
 package upgrade
 
 import (

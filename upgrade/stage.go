@@ -95,36 +95,3 @@ func Stage(b *Bundle, esp, booted string, log *slog.Logger) (*Staged, error) {
 	log.Info("staged", "slot", target, "version", b.Version, "took", d.Round(time.Millisecond))
 	return &Staged{Slot: target, State: st, Took: d}, nil
 }
-
-// Committed is the result of Commit.
-type Committed struct {
-	Slot string
-	// RolledBack names the slot that was tried and failed (its tries ran out and
-	// GRUB booted this one), or "".
-	RolledBack string
-	State      bootenv.State
-}
-
-// Commit marks the booted slot good and first: init calls it once the health gates
-// passed. On a slot GRUB fell back to, it says which trial failed.
-func Commit(esp, booted string) (*Committed, error) {
-	if !quantix.ValidSlot(booted) {
-		return nil, fmt.Errorf("commit slot %q: want a or b (%s on the kernel command line)", booted, quantix.ParamSlot)
-	}
-	env := bootenv.OnESP(esp)
-	st, _, err := env.Read()
-	if err != nil {
-		return nil, fmt.Errorf("commit slot %s: %w", booted, err)
-	}
-	c := &Committed{Slot: booted}
-	if first := st.Order[0]; first != booted && !st.Slot(first).OK {
-		c.RolledBack = first
-	}
-	st.Order = [2]string{booted, quantix.OtherSlot(booted)}
-	*st.Slot(booted) = bootenv.Slot{OK: true}
-	if err := env.Write(st); err != nil {
-		return nil, fmt.Errorf("commit slot %s: %w", booted, err)
-	}
-	c.State = st
-	return c, nil
-}

@@ -276,7 +276,7 @@ func TestStageAndCommit(t *testing.T) {
 		t.Error("a refused Stage changed the environment")
 	}
 
-	c, err := Commit(esp, "b")
+	c, err := bootenv.OnESP(esp).Commit("b")
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -294,12 +294,31 @@ func TestCommitAfterRollback(t *testing.T) {
 	if err := bootenv.OnESP(esp).Write(bootenv.State{Order: [2]string{"b", "a"}, A: bootenv.Slot{OK: true}}); err != nil {
 		t.Fatal(err)
 	}
-	c, err := Commit(esp, "a")
+	c, err := bootenv.OnESP(esp).Commit("a")
 	if err != nil {
 		t.Fatal(err)
 	}
 	if c.RolledBack != "b" || c.State.Order != [2]string{"a", "b"} {
 		t.Errorf("Commit(a) after b's failed trial = %+v, want rolled back from b, order a b", c)
+	}
+}
+
+// A rejected trial (a health gate failed) boots the other slot next.
+func TestRejectTrial(t *testing.T) {
+	esp := espWithSlotA(t)
+	env := bootenv.OnESP(esp)
+	if err := env.Write(bootenv.State{Order: [2]string{"b", "a"}, A: bootenv.Slot{OK: true}, B: bootenv.Slot{Tries: 2}}); err != nil {
+		t.Fatal(err)
+	}
+	st, err := env.Reject("b")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if slot, trial, _ := st.Boot(); slot != "a" || trial {
+		t.Errorf("after Reject(b) the next boot is %s (trial %v), want a", slot, trial)
+	}
+	if _, err := env.Reject("a"); err == nil {
+		t.Error("Reject of the good slot a succeeded")
 	}
 }
 

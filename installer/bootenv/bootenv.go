@@ -343,3 +343,56 @@ func writeInPlace(path string, b []byte) error {
 	}
 	return fl.Close()
 }
+
+// Committed is the result of Commit.
+type Committed struct {
+	Slot string
+	// RolledBack names the slot that was tried and failed (its tries ran out or
+	// it was rejected, and GRUB booted this one), or "".
+	RolledBack string
+	State      State
+}
+
+// Commit marks the booted slot good and first: init calls it once the health gates
+// of a trial passed, and on a slot GRUB fell back to, which then says which trial
+// failed.
+func (f Files) Commit(booted string) (*Committed, error) {
+	if !quantix.ValidSlot(booted) {
+		return nil, fmt.Errorf("commit slot %q: want a or b (%s on the kernel command line)", booted, quantix.ParamSlot)
+	}
+	st, _, err := f.Read()
+	if err != nil {
+		return nil, fmt.Errorf("commit slot %s: %w", booted, err)
+	}
+	c := &Committed{Slot: booted}
+	if first := st.Order[0]; first != booted && !st.Slot(first).OK {
+		c.RolledBack = first
+	}
+	st.Order = [2]string{booted, quantix.OtherSlot(booted)}
+	*st.Slot(booted) = Slot{OK: true}
+	if err := f.Write(st); err != nil {
+		return nil, fmt.Errorf("commit slot %s: %w", booted, err)
+	}
+	c.State = st
+	return c, nil
+}
+
+// Reject ends the trial of slot: no tries left, not good, so the next boot is the
+// other slot. A good slot is not rejected (it is not on trial).
+func (f Files) Reject(slot string) (State, error) {
+	if !quantix.ValidSlot(slot) {
+		return State{}, fmt.Errorf("reject slot %q: want a or b", slot)
+	}
+	st, _, err := f.Read()
+	if err != nil {
+		return State{}, fmt.Errorf("reject slot %s: %w", slot, err)
+	}
+	if st.Slot(slot).OK {
+		return st, fmt.Errorf("reject slot %s: it is marked good, not on trial", slot)
+	}
+	st.Slot(slot).Tries = 0
+	if err := f.Write(st); err != nil {
+		return State{}, fmt.Errorf("reject slot %s: %w", slot, err)
+	}
+	return st, nil
+}
