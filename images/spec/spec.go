@@ -389,6 +389,11 @@ func validateServices(svcs []quantix.Service) []error {
 		default:
 			errs = append(errs, fmt.Errorf("%s.ready: %q must be %q or %q", key, s.Ready, quantix.ReadyOnMarker, quantix.ReadyOnStart))
 		}
+		switch s.HealthGate {
+		case "", quantix.GateReady, quantix.GateIfVDC:
+		default:
+			errs = append(errs, fmt.Errorf("%s.health_gate: %q must be %q or %q", key, s.HealthGate, quantix.GateReady, quantix.GateIfVDC))
+		}
 	}
 	for i, s := range svcs {
 		for _, d := range s.DependsOn {

@@ -109,6 +109,7 @@ func TestParseInvalid(t *testing.T) {
 		{"bad ready", `args = ["serve"]`, "args = [\"serve\"]\nready = \"soon\"", `service[0].ready: "soon"`},
 		{"bad trusted key", `hostname = "quantix"`, "hostname = \"quantix\"\ntrusted_keys = [\"rsa AAAA me\"]", `trusted_keys[0]: public key "rsa AAAA me": want "ed25519 <base64 key> <name>"`},
 		{"short trusted key", `hostname = "quantix"`, "hostname = \"quantix\"\ntrusted_keys = [\"ed25519 AAAA me\"]", `trusted_keys[0]: public key me: not a base64 ed25519 public key`},
+		{"bad health gate", `args = ["serve"]`, "args = [\"serve\"]\nhealth_gate = \"maybe\"", `service[0].health_gate: "maybe" must be`},
 		{"cycle", `args = ["serve"]`, "args = [\"serve\"]\ndepends_on = [\"agent\"]", `dependency cycle network -> agent -> network`},
 	}
 	for _, tt := range tests {
