@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
+	"strings"
 	"time"
 
 	"github.com/BurntSushi/toml"
@@ -102,19 +103,14 @@ func VDCConfigured(cmdline quantix.Cmdline, agentConfig string) bool {
 	if cmdline.Value(quantix.ParamVDC) != "" {
 		return true
 	}
+	// agent.FileConfig's key; init does not import the agent for one string.
 	var c struct {
-		ControlPlane any `toml:"control_plane"`
+		ControlPlane string `toml:"control_plane"`
 	}
 	if _, err := toml.DecodeFile(agentConfig, &c); err != nil {
 		return false
 	}
-	switch v := c.ControlPlane.(type) {
-	case string:
-		return v != ""
-	case []any:
-		return len(v) > 0
-	}
-	return false
+	return strings.TrimSpace(c.ControlPlane) != ""
 }
 
 // trialOutcome is what judgeSlot does with a verdict, separated from the mounts
@@ -229,4 +225,3 @@ func (in *Init) withESP(fn func(esp string) error) error {
 	}
 	return err
 }
-

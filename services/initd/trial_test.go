@@ -127,8 +127,8 @@ func TestVDCConfigured(t *testing.T) {
 	if !VDCConfigured(quantix.ParseCmdline(""), cfg) {
 		t.Error("control_plane in agent.toml: not configured")
 	}
-	os.WriteFile(cfg, []byte("control_plane = []\n"), 0o600)
+	os.WriteFile(cfg, []byte("control_plane = \"\"\njoin_token = \"x\"\n"), 0o600)
 	if VDCConfigured(quantix.ParseCmdline(""), cfg) {
-		t.Error("empty control_plane list: configured")
+		t.Error("empty control_plane: configured")
 	}
 }
