@@ -81,21 +81,7 @@ func partSHA256(t *testing.T, img string, q PlannedPart) string {
 // fsckESP copies the ESP out of the image and runs fsck.fat -n on it.
 func fsckESP(t *testing.T, img string, q PlannedPart) string {
 	t.Helper()
-	f, err := os.Open(img)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer f.Close()
-	out := filepath.Join(t.TempDir(), "esp.img")
-	o, err := os.Create(out)
-	if err != nil {
-		t.Fatal(err)
-	}
-	if _, err := io.Copy(o, io.NewSectionReader(f, q.Start, q.Size)); err != nil {
-		t.Fatal(err)
-	}
-	o.Close()
-	b, _ := exec.Command("fsck.fat", "-n", out).CombinedOutput()
+	b, _ := exec.Command("fsck.fat", "-n", sparseCopy(t, img, q.Start, q.Size)).CombinedOutput()
 	return string(b)
 }
 

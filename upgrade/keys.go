@@ -88,7 +88,7 @@ func Sign(dir string, key ed25519.PrivateKey) error {
 	}
 	var sums bytes.Buffer
 	for _, name := range []string{iso, manifest} {
-		s, err := fileSHA256(filepath.Join(dir, name))
+		s, err := quantix.FileSHA256(filepath.Join(dir, name))
 		if err != nil {
 			return fmt.Errorf("sign %s: %w", dir, err)
 		}
@@ -122,19 +122,6 @@ func bundleFiles(dir string) (iso, manifest string, err error) {
 		return "", "", fmt.Errorf("%s needs its %s (qx-image build writes both): %w", isos[0], manifest, err)
 	}
 	return isos[0], manifest, nil
-}
-
-func fileSHA256(path string) (string, error) {
-	f, err := os.Open(path)
-	if err != nil {
-		return "", err
-	}
-	defer f.Close()
-	h := sha256.New()
-	if _, err := io.Copy(h, f); err != nil {
-		return "", fmt.Errorf("read %s: %w", path, err)
-	}
-	return hex.EncodeToString(h.Sum(nil)), nil
 }
 
 func sha(b []byte) string {

@@ -105,7 +105,7 @@ func Verify(dir string, trusted []quantix.PublicKey, r Rules) (*Bundle, error) {
 		return fail(fmt.Errorf("%w: %s must list one <image>.iso and its <image>.manifest.json", ErrDamaged, quantix.BundleSums))
 	}
 	for name, want := range listed {
-		got, err := fileSHA256(filepath.Join(dir, name))
+		got, err := quantix.FileSHA256(filepath.Join(dir, name))
 		if err != nil {
 			return fail(fmt.Errorf("%w: %v", ErrDamaged, err))
 		}
