@@ -1,12 +1,18 @@
 package installer
 
 import (
+	"context"
 	"os"
 	"os/exec"
 	"path/filepath"
 	"regexp"
 	"strings"
 	"testing"
+	"time"
+
+	diskfs "github.com/diskfs/go-diskfs"
+	"github.com/diskfs/go-diskfs/disk"
+	"github.com/diskfs/go-diskfs/filesystem"
 
 	"github.com/quantix/quantix"
 	"github.com/quantix/quantix/installer/bootenv"
@@ -26,112 +32,159 @@ func TestGrubConfigScriptCheck(t *testing.T) {
 	}
 }
 
-// shGrub runs the slot choice of grub.cfg with /bin/sh against an ESP folder, with
-// load_env and save_env done by Debian's grub-editenv, and returns the default and
-// fallback entries and the echoed lines. GRUB's script language is close enough to
-// sh for this part (set x=y becomes x=y); GRUB itself runs it in the VM tests.
-func shGrub(t *testing.T, esp string) (def, fallback, out string) {
+// grubEmu runs the slot choice in Debian's grub-emu (the real GRUB script engine,
+// fat and loadenv modules) against the FAT image esp as (hd0), and returns the
+// chosen default and fallback entries and GRUB's output.
+func grubEmu(t *testing.T, esp string) (def, fallback, out string) {
 	t.Helper()
-	script := grubSlotScript()
-	script = regexp.MustCompile(`\bset (\w+=)`).ReplaceAllString(script, "$1")
-	prelude := `
-cd "$ESP"
-load_env() { f="$2"; shift 2; l=$(grub-editenv ".$f" list) || return 1
-  for v in "$@"; do val=$(printf '%s\n' "$l" | sed -n "s/^$v=//p"); [ -n "$val" ] && eval "$v=\"\$val\""; done; return 0; }
-save_env() { f="$2"; shift 2; for v in "$@"; do eval "a=\"$v=\$$v\""; grub-editenv ".$f" set "$a" 2>/dev/null || return 1; done; }
-`
-	cmd := exec.Command("/bin/sh", "-c", prelude+script+"\necho \"DEFAULT=$default FALLBACK=$fallback\"\n")
-	cmd.Env = append(os.Environ(), "ESP="+esp)
-	b, err := cmd.CombinedOutput()
-	if err != nil {
-		t.Fatalf("slot script: %v\n%s", err, b)
+	dir := t.TempDir()
+	prefix := filepath.Join(dir, "prefix")
+	if err := os.MkdirAll(prefix, 0o755); err != nil {
+		t.Fatal(err)
 	}
-	out = string(b)
-	m := regexp.MustCompile(`DEFAULT=(\S+) FALLBACK=(\S+)`).FindStringSubmatch(out)
+	if err := os.Symlink(grubEmuDir, filepath.Join(prefix, "x86_64-emu")); err != nil {
+		t.Fatal(err)
+	}
+	cfg := "set root=hd0\n" + grubSlotScript() + "echo \"QX-CHOICE default=$default fallback=$fallback\"\nhalt\n"
+	if err := os.WriteFile(filepath.Join(prefix, "grub.cfg"), []byte(cfg), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	devmap := filepath.Join(dir, "device.map")
+	if err := os.WriteFile(devmap, []byte("(hd0) "+esp+"\n"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	cmd := exec.CommandContext(ctx, "grub-emu", "-d", prefix, "-m", devmap, "-r", "host")
+	b, err := cmd.CombinedOutput()
+	out = regexp.MustCompile("\x1b\\[[0-9;?]*[A-Za-z]").ReplaceAllString(string(b), "")
+	if err != nil {
+		t.Fatalf("grub-emu: %v\n%s", err, out)
+	}
+	m := regexp.MustCompile(`QX-CHOICE default=(\S+) fallback=(\S+)`).FindStringSubmatch(out)
 	if m == nil {
-		t.Fatalf("slot script printed no choice:\n%s", out)
+		t.Fatalf("grub-emu printed no choice:\n%s", out)
 	}
 	return m[1], m[2], out
 }
 
-// The slot choice over several boots: a trial takes a try per boot and is saved to
-// both copies; when its tries are gone the good slot boots; a committed slot boots
-// without a trial; a corrupt first copy is read from the second.
-func TestGrubSlotChoice(t *testing.T) {
-	if _, err := exec.LookPath("grub-editenv"); err != nil {
-		t.Fatal("grub-editenv not found: run make deps (apt-get install grub-common)")
-	}
-	esp := t.TempDir()
-	files := bootenv.OnESP(esp)
-	if err := files.Write(bootenv.Initial()); err != nil {
-		t.Fatal(err)
-	}
-	boot := func(wantDef, wantFallback string) string {
-		t.Helper()
-		def, fb, out := shGrub(t, esp)
-		if def != wantDef || fb != wantFallback {
-			t.Fatalf("boot chose %s (fallback %s), want %s (fallback %s):\n%s", def, fb, wantDef, wantFallback, out)
-		}
-		return out
-	}
-	boot("quantix-a", "quantix-b")
-	boot("quantix-a", "quantix-b") // a good slot takes no tries
+// grubEmuDir holds grub-emu's modules (Debian: grub-emu).
+var grubEmuDir = "/usr/lib/grub/x86_64-emu"
 
-	// An upgrade staged slot b.
-	if err := files.Write(bootenv.State{Order: [2]string{"b", "a"}, A: bootenv.Slot{OK: true}, B: bootenv.Slot{Tries: quantix.SlotMaxTries}}); err != nil {
-		t.Fatal(err)
-	}
-	for left := quantix.SlotMaxTries - 1; left >= 0; left-- {
-		out := boot("quantix-b-trial", "quantix-a")
-		if !strings.Contains(out, quantix.MarkerPrefix+quantix.MarkerBootSlot+" slot=b trial=1") {
-			t.Errorf("no boot-slot marker for the trial:\n%s", out)
-		}
-		for _, p := range []string{files.Primary, files.Backup} {
-			b, _ := os.ReadFile(p)
-			s, err := bootenv.Decode(b)
-			if err != nil || s.B.Tries != left || !s.A.OK {
-				t.Fatalf("%s after a trial boot = %+v, %v; want b with %d tries left, a good", p, s, err, left)
-			}
-		}
-	}
-	// The trial never proved itself: back on a.
-	boot("quantix-a", "quantix-b")
-
-	// Staged again, committed after the first boot.
-	if err := files.Write(bootenv.State{Order: [2]string{"b", "a"}, A: bootenv.Slot{OK: true}, B: bootenv.Slot{Tries: quantix.SlotMaxTries}}); err != nil {
-		t.Fatal(err)
-	}
-	boot("quantix-b-trial", "quantix-a")
-	s, _, err := files.Read()
+// fatESP is a whole-disk FAT32 image made by go-diskfs, as the installer makes
+// QUANTIX-EFI, with the environment's two copies holding s (none when s is nil).
+func fatESP(t *testing.T, s *bootenv.State) string {
+	t.Helper()
+	img := filepath.Join(t.TempDir(), "esp.img")
+	d, err := diskfs.Create(img, 64<<20, diskfs.SectorSizeDefault)
 	if err != nil {
 		t.Fatal(err)
 	}
-	s.B.OK = true
-	if err := files.Write(s); err != nil {
+	defer d.Close()
+	fsys, err := d.CreateFilesystem(disk.FilesystemSpec{Partition: 0, FSType: filesystem.TypeFat32, VolumeLabel: quantix.LabelEFI})
+	if err != nil {
 		t.Fatal(err)
 	}
-	boot("quantix-b", "quantix-a")
+	files := []espFile{{ESPInstalled, []byte("installed\n")}}
+	if s != nil {
+		b, err := s.Encode()
+		if err != nil {
+			t.Fatal(err)
+		}
+		files = append(files, espFile{quantix.ESPEnv, b}, espFile{quantix.ESPEnvBackup, b})
+	}
+	if err := writeESPFiles(fsys, files); err != nil {
+		t.Fatal(err)
+	}
+	return img
+}
 
-	// A corrupt first copy: the second one decides, and takes the trial's try.
-	if err := files.Write(bootenv.State{Order: [2]string{"a", "b"}, A: bootenv.Slot{Tries: 2}, B: bootenv.Slot{OK: true}}); err != nil {
+// readESPEnv reads both copies back with go-diskfs.
+func readESPEnv(t *testing.T, img string) (primary, backup bootenv.State, perr, berr error) {
+	t.Helper()
+	d, err := diskfs.Open(img, diskfs.WithOpenMode(diskfs.ReadOnly))
+	if err != nil {
 		t.Fatal(err)
 	}
-	if err := os.WriteFile(files.Primary, []byte(strings.Repeat("x", bootenv.Size)), 0o644); err != nil {
+	defer d.Close()
+	fsys, err := d.GetFilesystem(0)
+	if err != nil {
 		t.Fatal(err)
 	}
-	out := boot("quantix-a-trial", "quantix-b")
-	if !strings.Contains(out, "env=/"+quantix.ESPEnvBackup) {
-		t.Errorf("the choice did not come from the backup:\n%s", out)
+	read := func(name string) (bootenv.State, error) {
+		b, err := readFS(fsys, "/"+name)
+		if err != nil {
+			return bootenv.State{}, err
+		}
+		return bootenv.Decode(b)
 	}
-	s, from, err := files.Read()
-	if err != nil || from != files.Backup || s.A.Tries != 1 {
-		t.Errorf("after a trial from the backup: Read() = %+v from %s, %v; want a with 1 try left from the backup", s, from, err)
+	primary, perr = read(quantix.ESPEnv)
+	backup, berr = read(quantix.ESPEnvBackup)
+	return
+}
+
+// The slot choice in real GRUB (grub-emu) on a FAT image: a trial takes one try
+// per boot, saved by save_env into both copies on FAT, and the good slot boots
+// once the tries are gone; a committed slot boots without a write; a corrupt first
+// copy is read from the second; without an environment slot a boots, said on the
+// console.
+func TestGrubSlotChoiceInGrubEmu(t *testing.T) {
+	if _, err := exec.LookPath("grub-emu"); err != nil {
+		t.Fatal("grub-emu not found: run make deps (apt-get install grub-emu)")
+	}
+	if _, err := os.Stat(filepath.Join(grubEmuDir, "loadenv.mod")); err != nil {
+		t.Fatalf("%s has no loadenv.mod: apt-get install grub-emu", grubEmuDir)
+	}
+	staged := bootenv.State{Order: [2]string{"b", "a"}, A: bootenv.Slot{OK: true}, B: bootenv.Slot{Tries: quantix.SlotMaxTries}}
+	esp := fatESP(t, &staged)
+	for left := quantix.SlotMaxTries - 1; left >= 0; left-- {
+		def, fb, out := grubEmu(t, esp)
+		if def != "quantix-b-trial" || fb != "quantix-a" || !strings.Contains(out, quantix.MarkerPrefix+quantix.MarkerBootSlot+" slot=b trial=1") {
+			t.Fatalf("trial boot chose %s (fallback %s), want quantix-b-trial (quantix-a):\n%s", def, fb, out)
+		}
+		p, b, perr, berr := readESPEnv(t, esp)
+		if perr != nil || berr != nil || p.B.Tries != left || b.B.Tries != left || !p.A.OK {
+			t.Fatalf("after a trial boot: primary %+v (%v), backup %+v (%v); want b with %d tries left in both", p, perr, b, berr, left)
+		}
+	}
+	if def, fb, out := grubEmu(t, esp); def != "quantix-a" || fb != "quantix-b" {
+		t.Fatalf("after the tries ran out: %s (fallback %s), want quantix-a:\n%s", def, fb, out)
 	}
 
-	// No environment at all: slot a, said on the console.
-	os.Remove(files.Primary)
-	os.Remove(files.Backup)
-	if out := boot("quantix-a", "quantix-b"); !strings.Contains(out, "no valid boot slot environment") {
-		t.Errorf("no warning without an environment:\n%s", out)
+	// A good slot boots without a write.
+	good := bootenv.State{Order: [2]string{"b", "a"}, A: bootenv.Slot{OK: true}, B: bootenv.Slot{OK: true}}
+	esp = fatESP(t, &good)
+	if def, _, out := grubEmu(t, esp); def != "quantix-b" {
+		t.Fatalf("committed b: chose %s:\n%s", def, out)
+	}
+	if p, _, err, _ := readESPEnv(t, esp); err != nil || p != good {
+		t.Errorf("a good slot's boot changed the environment: %+v, %v", p, err)
+	}
+
+	// The first copy corrupt: the backup decides and takes the try.
+	esp = fatESP(t, &staged)
+	d, err := diskfs.Open(esp, diskfs.WithOpenMode(diskfs.ReadWrite))
+	if err != nil {
+		t.Fatal(err)
+	}
+	fsys, err := d.GetFilesystem(0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := writeESPFiles(fsys, []espFile{{quantix.ESPEnv, []byte(strings.Repeat("x", bootenv.Size))}}); err != nil {
+		t.Fatal(err)
+	}
+	d.Close()
+	def, _, out := grubEmu(t, esp)
+	if def != "quantix-b-trial" || !strings.Contains(out, "env=/"+quantix.ESPEnvBackup) {
+		t.Fatalf("corrupt first copy: chose %s:\n%s", def, out)
+	}
+	if _, b, _, berr := readESPEnv(t, esp); berr != nil || b.B.Tries != quantix.SlotMaxTries-1 {
+		t.Errorf("backup after the trial boot = %+v, %v; want %d tries left", b, berr, quantix.SlotMaxTries-1)
+	}
+
+	// No environment at all.
+	if def, fb, out := grubEmu(t, fatESP(t, nil)); def != "quantix-a" || fb != "quantix-b" || !strings.Contains(out, "no valid boot slot environment") {
+		t.Errorf("no environment: chose %s (fallback %s):\n%s", def, fb, out)
 	}
 }
