@@ -48,7 +48,11 @@ func Stage(b *Bundle, esp, booted string, log *slog.Logger) (*Staged, error) {
 	}
 	target := quantix.OtherSlot(booted)
 
-	// Read the new boot files from the verified ISO before anything is written.
+	// Read the new boot files from the verified ISO before anything is written,
+	// and only if it is still the file Verify checked.
+	if got, err := quantix.FileSHA256(b.ISO); err != nil || got != b.ISOSHA256 {
+		return fail(fmt.Errorf("%s changed since it was verified (sha256 %s, verified %s, %v): verify the bundle again", b.ISO, got, b.ISOSHA256, err))
+	}
 	med, err := installer.OpenMedium(b.ISO)
 	if err != nil {
 		return fail(err)

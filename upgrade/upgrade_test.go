@@ -276,6 +276,21 @@ func TestStageAndCommit(t *testing.T) {
 		t.Error("a refused Stage changed the environment")
 	}
 
+	// An ISO swapped after Verify is not staged.
+	esp2 := espWithSlotA(t)
+	f, _ := os.OpenFile(b.ISO, os.O_RDWR, 0)
+	orig := make([]byte, 1)
+	f.ReadAt(orig, 50000)
+	f.WriteAt([]byte{orig[0] ^ 1}, 50000)
+	if _, err := Stage(b, esp2, "a", testLog(t)); err == nil || !strings.Contains(err.Error(), "changed since it was verified") {
+		t.Errorf("Stage of an ISO changed after Verify = %v", err)
+	}
+	f.WriteAt(orig, 50000)
+	f.Close()
+	if st, _, _ := bootenv.OnESP(esp2).Read(); st != bootenv.Initial() {
+		t.Errorf("a refused Stage changed the environment: %+v", st)
+	}
+
 	c, err := bootenv.OnESP(esp).Commit("b")
 	if err != nil {
 		t.Fatal(err)
