@@ -132,3 +132,35 @@ func TestVDCConfigured(t *testing.T) {
 		t.Error("empty control_plane: configured")
 	}
 }
+
+// Gates over a real supervisor: a ready service passes, one that keeps failing
+// holds the trial up and is named with its state; an if-vdc gate counts only with
+// a vDC configured.
+func TestServiceGates(t *testing.T) {
+	sup, _, _, _ := newSup(t, map[string]string{"net": "ready", "lib": "fail", "agent": "config"}, nil, []string{"net", "lib", "agent"}, nil)
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- sup.Run(ctx) }()
+	defer func() { cancel(); <-done }()
+	select {
+	case <-sup.Ready("net"):
+	case <-time.After(30 * time.Second):
+		t.Fatal("service net never got ready")
+	}
+	specs := []quantix.Service{{Name: "net", HealthGate: quantix.GateReady}, {Name: "lib", HealthGate: quantix.GateReady},
+		{Name: "agent", HealthGate: quantix.GateIfVDC}, {Name: "console"}}
+	if g := ServiceGates(sup, specs, false); len(g) != 2 {
+		t.Errorf("gates without a vDC: %d, want net and lib", len(g))
+	}
+	gates := ServiceGates(sup, specs, true)
+	if len(gates) != 3 || gates[2].Name != "service agent ready" {
+		t.Fatalf("gates with a vDC: %+v, want net, lib, agent", gates)
+	}
+	v := JudgeTrial(ctx, gates, time.Minute, &fakeClock{now: time.Now()})
+	if v.Passed || v.Gate != "service lib ready" || !strings.Contains(v.Err.Error(), "service lib is ") {
+		t.Errorf("JudgeTrial = %+v, want the lib gate failed with its state", v)
+	}
+	if v := JudgeTrial(ctx, gates[:1], time.Minute, &fakeClock{now: time.Now()}); !v.Passed {
+		t.Errorf("JudgeTrial(net only) = %+v, want passed", v)
+	}
+}
