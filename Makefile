@@ -10,7 +10,7 @@ OUT ?= out
 APT_PACKAGES := \
 	postgresql-15 postgresql-client-15 \
 	qemu-system-x86 qemu-utils ovmf \
-	isolinux syslinux-common grub-efi-amd64-bin grub-pc-bin grub-common \
+	isolinux syslinux-common grub-efi-amd64-bin grub-pc-bin grub-common grub-emu \
 	mtools dosfstools e2fsprogs kmod cpio xorriso squashfs-tools \
 	iproute2 iptables dnsmasq-base \
 	patroni etcd-server etcd-client \

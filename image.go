@@ -70,7 +70,17 @@ type Service struct {
 	// ready, the remaining kernel modules loaded), or after a bounded wait when it
 	// is not; boot-complete does not wait for them (Quantix-OS: libvirtd).
 	AfterBoot bool `toml:"after_boot"`
+	// HealthGate says whether the service's readiness decides an A/B trial boot
+	// (docs/design.md §16): "" no, GateReady yes, GateIfVDC only when a vDC is
+	// configured (the node agent: without one it has nothing to register with).
+	HealthGate string `toml:"health_gate"`
 }
+
+// Service.HealthGate values.
+const (
+	GateReady = "ready"
+	GateIfVDC = "if-vdc"
+)
 
 // LoadImageConfig reads and checks the image configuration.
 func LoadImageConfig(path string) (*ImageConfig, error) {
@@ -86,6 +96,11 @@ func LoadImageConfig(path string) (*ImageConfig, error) {
 	}
 	if _, err := ServiceOrder(c.Services); err != nil {
 		return nil, fmt.Errorf("load image config %s: %w", path, err)
+	}
+	for _, s := range c.Services {
+		if s.HealthGate != "" && s.HealthGate != GateReady && s.HealthGate != GateIfVDC {
+			return nil, fmt.Errorf("load image config %s: service %s: health_gate %q, want %q or %q", path, s.Name, s.HealthGate, GateReady, GateIfVDC)
+		}
 	}
 	return &c, nil
 }

@@ -23,6 +23,12 @@ const (
 	// MarkerAdminToken: QUANTIX: admin-token service=vdc token=<token> ..., printed
 	// once when the vDC generated its admin token.
 	MarkerAdminToken = "admin-token"
+	// MarkerBootSlot: QUANTIX: boot-slot slot=<a|b> trial=<0|1> [tries_left=<n>]
+	// env=<file>, echoed by GRUB on the installed disk when it chose the slot.
+	MarkerBootSlot = "boot-slot"
+	// MarkerSlot: QUANTIX: slot slot=<a|b> state=<SlotTrial|SlotGood|SlotFailed|
+	// SlotRolledBack> ..., init's verdict on an A/B trial boot (docs/design.md §16).
+	MarkerSlot = "slot"
 )
 
 // Marker is one parsed console marker.
@@ -64,6 +70,19 @@ func FormatMarker(kind string, kv ...string) string {
 		m.Fields[kv[i]] = kv[i+1]
 	}
 	return m.String()
+}
+
+// States in MarkerSlot.
+const (
+	SlotTrial      = "trial"       // the trial's health gates are being checked: deadline=<s>
+	SlotGood       = "good"        // every gate passed; the slot is committed: seconds=<s>
+	SlotFailed     = "failed"      // a gate failed: gate=<name> err=<text>; rebooting into the other slot
+	SlotRolledBack = "rolled-back" // booted after the trial of from=<slot> failed
+)
+
+// SlotMarker reports init's view of the booted A/B slot.
+func SlotMarker(slot, state string, kv ...string) string {
+	return FormatMarker(MarkerSlot, append([]string{"slot", slot, "state", state}, kv...)...)
 }
 
 // BootMarker is the first line init prints.

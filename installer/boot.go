@@ -9,6 +9,7 @@ import (
 	"strings"
 
 	"github.com/quantix/quantix"
+	"github.com/quantix/quantix/installer/bootenv"
 )
 
 // Where the installer finds what it copies, relative to the boot medium's root (the
@@ -25,22 +26,26 @@ const (
 
 // Paths on the installed ESP.
 const (
-	ESPEFI        = "EFI/BOOT/BOOTX64.EFI"
-	ESPGrubCfg    = "EFI/BOOT/grub.cfg"
-	ESPKernel     = "boot/vmlinuz"
-	ESPInitrd     = "boot/initrd.img"
-	ESPIncomplete = "INSTALL-INCOMPLETE"
-	ESPInstalled  = "INSTALLED" // the marker's name once the install is verified
+	ESPEFI     = "EFI/BOOT/BOOTX64.EFI"
+	ESPGrubCfg = "EFI/BOOT/grub.cfg"
+	// ESPLegacyKernel and ESPLegacyInitrd are the single-slot layout qx-install
+	// wrote before A/B slots (docs/design.md §16); ConvertSingleSlot moves them
+	// into slot a. The slots live under quantix.ESPSlotsDir.
+	ESPLegacyKernel = "boot/vmlinuz"
+	ESPLegacyInitrd = "boot/initrd.img"
+	ESPIncomplete   = "INSTALL-INCOMPLETE"
+	ESPInstalled    = "INSTALLED" // the marker's name once the install is verified
 )
 
 // grubEFIModules are built into BOOTX64.EFI; grubPCModules into core.img. Neither
-// loads modules from disk, so the ESP needs no module folder.
+// loads modules from disk, so the ESP needs no module folder. loadenv reads and
+// writes the slot environment (load_env, save_env), test evaluates the slot choice.
 var (
 	grubEFIModules = []string{"part_gpt", "fat", "normal", "configfile", "linux", "boot", "search",
 		"search_fs_uuid", "search_label", "echo", "test", "sleep", "serial", "terminal", "all_video",
-		"efi_gop", "gzio", "reboot", "halt"}
+		"efi_gop", "gzio", "reboot", "halt", "loadenv"}
 	grubPCModules = []string{"biosdisk", "part_gpt", "fat", "normal", "configfile", "linux", "boot",
-		"search", "echo", "test", "sleep", "serial", "terminal", "reboot", "halt"}
+		"search", "echo", "test", "sleep", "serial", "terminal", "reboot", "halt", "loadenv"}
 )
 
 // Host GRUB folders (Debian: grub-efi-amd64-bin, grub-pc-bin, grub-common).
@@ -145,22 +150,114 @@ func PatchCore(core []byte, coreLBA uint64) ([]byte, error) {
 // GrubConfig is grub.cfg on the ESP, read by both BOOTX64.EFI (UEFI) and core.img
 // (BIOS), which both set root to the ESP they were loaded from. While the
 // INSTALL-INCOMPLETE marker is on the ESP the disk does not boot.
+//
+// It chooses the A/B slot (docs/design.md §16) from the environment block
+// (installer/bootenv; the same rule as bootenv.State.Boot): the first slot in
+// QX_ORDER that is marked good boots as it is; one with tries left boots as a trial
+// (quantix.trial=1) after its tries were decremented and saved to both copies, so a
+// trial that panics or hangs runs out of tries and the other slot boots. The other
+// slot is GRUB's fallback entry when the chosen slot's files do not load. The menu
+// entries are static (one per slot and trial), so no variable has to reach them.
 func GrubConfig(title, cmdline string) string {
 	var b strings.Builder
 	b.WriteString("# Written by qx-install.\n")
 	b.WriteString("serial --unit=0 --speed=115200\nterminal_input console serial\nterminal_output console serial\n")
-	b.WriteString("set timeout=2\nset default=quantix\n")
+	b.WriteString("set timeout=2\n")
 	fmt.Fprintf(&b, "if [ -f /%s ]; then\n", ESPIncomplete)
 	b.WriteString("  echo \"This disk's install did not finish (INSTALL-INCOMPLETE on QUANTIX-EFI): boot the installer again.\"\n")
 	b.WriteString("  while true; do sleep 3600; done\nfi\n")
-	fmt.Fprintf(&b, "menuentry '%s' --id quantix {\n  linux /%s %s\n  initrd /%s\n}\n", title, ESPKernel, cmdline, ESPInitrd)
+	b.WriteString(grubSlotScript())
+	for _, slot := range []string{quantix.SlotA, quantix.SlotB} {
+		for _, trial := range []bool{false, true} {
+			id, name, line := "quantix-"+slot, title+" (slot "+slot+")", cmdline+" "+quantix.ParamSlot+"="+slot
+			if trial {
+				id, name, line = id+"-trial", title+" (slot "+slot+", trial)", line+" "+quantix.ParamTrial+"=1"
+			}
+			fmt.Fprintf(&b, "menuentry '%s' --id %s {\n  linux /%s %s\n  initrd /%s\n}\n", name, id,
+				quantix.ESPSlotFile(slot, quantix.SlotKernel), line, quantix.ESPSlotFile(slot, quantix.SlotInitrd))
+		}
+	}
 	return b.String()
+}
+
+// grubSlotScript sets default (the chosen slot's entry) and fallback (the other
+// slot's). GRUB has no arithmetic: a try is taken off case by case.
+func grubSlotScript() string {
+	env, bak := "/"+quantix.ESPEnv, "/"+quantix.ESPEnvBackup
+	var dec strings.Builder
+	for t := quantix.SlotMaxTries; t > 0; t-- {
+		fmt.Fprintf(&dec, "    if [ \"$qx_tries\" = %d ]; then set qx_left=%d; fi\n", t, t-1)
+	}
+	vars := strings.Join([]string{bootenv.VarOrder, bootenv.VarATries, bootenv.VarAOK, bootenv.VarBTries, bootenv.VarBOK}, " ")
+	r := strings.NewReplacer("@ENV@", env, "@BAK@", bak, "@VARS@", vars, "@DEC@", dec.String(),
+		"@MARK@", quantix.MarkerPrefix+quantix.MarkerBootSlot)
+	return r.Replace(`set qx_from=
+if load_env --file @ENV@ @VARS@; then
+  if [ "$QX_ORDER" = "a b" -o "$QX_ORDER" = "b a" ]; then set qx_from=@ENV@; fi
+fi
+if [ -z "$qx_from" ]; then
+  if load_env --file @BAK@ @VARS@; then
+    if [ "$QX_ORDER" = "a b" -o "$QX_ORDER" = "b a" ]; then set qx_from=@BAK@; fi
+  fi
+fi
+if [ -z "$qx_from" ]; then
+  echo "QUANTIX-EFI holds no valid boot slot environment (@ENV@ and @BAK@): booting slot a"
+  set QX_ORDER="a b"
+  set QX_A_OK=1
+  set QX_B_OK=0
+  set qx_from=none
+fi
+set qx_slot=
+set qx_trial=
+for qx_s in $QX_ORDER; do
+  if [ -z "$qx_slot" ]; then
+    if [ "$qx_s" = a ]; then
+      set qx_ok="$QX_A_OK"
+      set qx_tries="$QX_A_TRIES"
+    else
+      set qx_ok="$QX_B_OK"
+      set qx_tries="$QX_B_TRIES"
+    fi
+    set qx_left=
+@DEC@    if [ "$qx_ok" = 1 ]; then
+      set qx_slot="$qx_s"
+    elif [ -n "$qx_left" ]; then
+      set qx_slot="$qx_s"
+      set qx_trial=1
+      if [ "$qx_s" = a ]; then set QX_A_TRIES="$qx_left"; else set QX_B_TRIES="$qx_left"; fi
+    fi
+  fi
+done
+if [ -z "$qx_slot" ]; then
+  echo "No boot slot is good or has tries left ($QX_ORDER): booting the second, the one booted before"
+  for qx_s in $QX_ORDER; do set qx_slot="$qx_s"; done
+fi
+if [ -n "$qx_trial" ]; then
+  set qx_saved=
+  if save_env --file @ENV@ QX_A_TRIES QX_B_TRIES; then set qx_saved=1; fi
+  if save_env --file @BAK@ QX_A_TRIES QX_B_TRIES; then set qx_saved=1; fi
+  if [ -z "$qx_saved" ]; then
+    echo "Cannot record the trial of slot $qx_slot in @ENV@ or @BAK@: booting the other slot"
+    if [ "$qx_slot" = a ]; then set qx_slot=b; else set qx_slot=a; fi
+    set qx_trial=
+  fi
+fi
+if [ "$qx_slot" = a ]; then set qx_other=b; else set qx_other=a; fi
+if [ -n "$qx_trial" ]; then
+  set default="quantix-${qx_slot}-trial"
+  echo "@MARK@ slot=$qx_slot trial=1 tries_left=$qx_left env=$qx_from"
+else
+  set default="quantix-${qx_slot}"
+  echo "@MARK@ slot=$qx_slot trial=0 env=$qx_from"
+fi
+set fallback="quantix-${qx_other}"
+`)
 }
 
 // InstalledCmdline is the installed system's kernel command line: the running one
 // without the install entry's and the boot loader's own parameters, plus
-// quantix.disk=<diskGUID> (quantix.ParamDisk).
+// quantix.disk=<diskGUID> (quantix.ParamDisk). GRUB adds the slot parameters.
 func InstalledCmdline(running quantix.Cmdline, diskGUID string) string {
-	return running.Without(quantix.ParamInstall, "BOOT_IMAGE", "initrd", quantix.ParamDisk).
+	return running.Without(quantix.ParamInstall, "BOOT_IMAGE", "initrd", quantix.ParamDisk, quantix.ParamSlot, quantix.ParamTrial).
 		With(quantix.ParamDisk, strings.ToLower(diskGUID)).String()
 }

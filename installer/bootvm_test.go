@@ -14,7 +14,8 @@ import (
 // self-test initramfs as the "image") and boots that disk in QEMU on SeaBIOS
 // (MBR boot.img -> core.img in the BIOS boot partition -> grub.cfg on the ESP) and
 // on OVMF (EFI/BOOT/BOOTX64.EFI -> grub.cfg), checking that the kernel runs with
-// the installed command line: quantix.disk=<disk GUID> and no quantix.install.
+// the installed command line: quantix.disk=<disk GUID> and no quantix.install,
+// from A/B slot a (quantix.slot=a, no trial).
 func TestInstalledDiskBoots(t *testing.T) {
 	s := fakeSystem(t, fakeDisk{name: "vda", size: MinDiskSize, serial: "QX-SERIAL-1"})
 	res, _, _, err := install(t, s, quantix.ImageQuantixOS, testAnswerOS)
@@ -29,6 +30,10 @@ func TestInstalledDiskBoots(t *testing.T) {
 			line := m.Expect(t, "Command line:", 90*time.Second)
 			if !strings.Contains(line, quantix.ParamDisk+"="+strings.ToLower(res.Plan.DiskGUID)) || strings.Contains(line, "quantix.install") {
 				t.Errorf("kernel command line %q: want %s=%s and no quantix.install", line, quantix.ParamDisk, res.Plan.DiskGUID)
+			}
+			// GRUB chose slot a, the good one, without a trial.
+			if !strings.Contains(line, quantix.ParamSlot+"=a") || strings.Contains(line, quantix.ParamTrial) {
+				t.Errorf("kernel command line %q: want %s=a and no %s", line, quantix.ParamSlot, quantix.ParamTrial)
 			}
 			m.WaitMarker(t, quantix.MarkerBootComplete, 60*time.Second)
 		})

@@ -143,7 +143,7 @@ func (in *Installer) Run(ctx context.Context) (*Result, error) {
 	if err != nil {
 		return nil, err
 	}
-	job := Job{Plan: plan, Target: target.Path, Source: src, Config: files, Title: Title(cfg.Image),
+	job := Job{Plan: plan, Target: target.Path, Source: src, Config: files, Title: Title(cfg.Image), Image: cfg.Image, Version: cfg.Version,
 		Cmdline: InstalledCmdline(cfg.Cmdline, plan.DiskGUID), Mkfs: cfg.Mkfs}
 	in.say("Installing %s %s on %s (hostname %s)", Title(cfg.Image), cfg.Version, target.Describe(), a.Hostname)
 	in.say("%s", strings.TrimRight(plan.String(), "\n"))

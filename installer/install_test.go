@@ -116,7 +116,8 @@ func TestInstallOntoImageFile(t *testing.T) {
 		t.Errorf("ESP label %q", l)
 	}
 	medium := testMedium(t)
-	for espPath, medPath := range map[string]string{ESPKernel: MediumKernel, ESPInitrd: MediumInitrd, ESPEFI: MediumEFI} {
+	for espPath, medPath := range map[string]string{quantix.ESPSlotFile(quantix.SlotA, quantix.SlotKernel): MediumKernel,
+		quantix.ESPSlotFile(quantix.SlotA, quantix.SlotInitrd): MediumInitrd, ESPEFI: MediumEFI} {
 		got, err := readFS(esp, "/"+espPath)
 		if err != nil {
 			t.Fatalf("ESP %s: %v", espPath, err)
@@ -130,7 +131,7 @@ func TestInstallOntoImageFile(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	wantLine := "linux /boot/vmlinuz console=ttyS0,115200 panic=-1 quantix.disk=" + strings.ToLower(res.Plan.DiskGUID)
+	wantLine := "linux /EFI/quantix/a/vmlinuz console=ttyS0,115200 panic=-1 quantix.disk=" + strings.ToLower(res.Plan.DiskGUID) + " quantix.slot=a\n"
 	if !strings.Contains(string(cfgText), wantLine) || strings.Contains(string(cfgText), "quantix.install") {
 		t.Errorf("grub.cfg:\n%s\nwant the line %q and no quantix.install", cfgText, wantLine)
 	}

@@ -129,7 +129,10 @@ func TestInstalledCmdline(t *testing.T) {
 		}
 	}
 	g := GrubConfig("QvDC", "console=ttyS0 quantix.disk=x")
-	for _, want := range []string{"menuentry 'QvDC' --id quantix", "linux /boot/vmlinuz console=ttyS0 quantix.disk=x", "initrd /boot/initrd.img", "if [ -f /INSTALL-INCOMPLETE ]"} {
+	for _, want := range []string{"menuentry 'QvDC (slot a)' --id quantix-a {",
+		"linux /EFI/quantix/a/vmlinuz console=ttyS0 quantix.disk=x quantix.slot=a\n", "initrd /EFI/quantix/a/initrd.img",
+		"menuentry 'QvDC (slot b, trial)' --id quantix-b-trial {", "linux /EFI/quantix/b/vmlinuz console=ttyS0 quantix.disk=x quantix.slot=b quantix.trial=1\n",
+		"if [ -f /INSTALL-INCOMPLETE ]", "load_env --file /EFI/quantix/grubenv QX_ORDER", "save_env --file /EFI/quantix/grubenv.bak QX_A_TRIES QX_B_TRIES"} {
 		if !strings.Contains(g, want) {
 			t.Errorf("grub.cfg lacks %q:\n%s", want, g)
 		}

@@ -122,25 +122,22 @@ func Verify(job Job, marker bool) (*Verified, error) {
 	if esp.Type() != filesystem.TypeFat32 {
 		return nil, fmt.Errorf("verify: QUANTIX-EFI is %v, want FAT32", esp.Type())
 	}
-	for _, c := range []struct {
-		name string
-		want []byte
-		sum  *string
-	}{
-		{ESPKernel, job.Source.Kernel, &v.KernelSHA256},
-		{ESPInitrd, job.Source.Initrd, &v.InitrdSHA256},
-		{ESPEFI, job.Source.EFI, &v.EFISHA256},
-		{ESPGrubCfg, []byte(GrubConfig(job.Title, job.Cmdline)), nil},
-	} {
+	files, err := job.espFiles()
+	if err != nil {
+		return nil, err
+	}
+	sums := map[string]*string{quantix.ESPSlotFile(quantix.SlotA, quantix.SlotKernel): &v.KernelSHA256,
+		quantix.ESPSlotFile(quantix.SlotA, quantix.SlotInitrd): &v.InitrdSHA256, ESPEFI: &v.EFISHA256}
+	for _, c := range files[1:] { // the marker is checked below
 		b, err := readFS(esp, "/"+c.name)
 		if err != nil {
 			return nil, fmt.Errorf("verify: QUANTIX-EFI: %w", err)
 		}
-		if sum(b) != sum(c.want) {
-			return nil, fmt.Errorf("verify: QUANTIX-EFI:/%s has sha256 %s, the source %s", c.name, sum(b), sum(c.want))
+		if sum(b) != sum(c.data) {
+			return nil, fmt.Errorf("verify: QUANTIX-EFI:/%s has sha256 %s, the source %s", c.name, sum(b), sum(c.data))
 		}
-		if c.sum != nil {
-			*c.sum = sum(b)
+		if p := sums[c.name]; p != nil {
+			*p = sum(b)
 		}
 	}
 	_, merr := readFS(esp, "/"+ESPIncomplete)
@@ -151,7 +148,7 @@ func Verify(job Job, marker bool) (*Verified, error) {
 	case !marker && (merr == nil || ierr != nil):
 		return nil, fmt.Errorf("verify: want %s and no %s on QUANTIX-EFI (%v)", ESPInstalled, ESPIncomplete, ierr)
 	}
-	ok("QUANTIX-EFI: kernel sha256 %s, initramfs sha256 %s, BOOTX64.EFI, grub.cfg", v.KernelSHA256[:16], v.InitrdSHA256[:16])
+	ok("QUANTIX-EFI: slot a kernel sha256 %s, initramfs sha256 %s, manifest, BOOTX64.EFI, grub.cfg, both slot environment copies", v.KernelSHA256[:16], v.InitrdSHA256[:16])
 
 	cfg, err := d.GetFilesystem(p.Part(quantix.LabelConfig).Number)
 	if err != nil {

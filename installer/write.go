@@ -20,6 +20,7 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/quantix/quantix"
+	"github.com/quantix/quantix/installer/bootenv"
 )
 
 // Job is one disk write.
@@ -31,6 +32,8 @@ type Job struct {
 	// Title is the boot menu title ("Quantix OS"); Cmdline the installed system's
 	// kernel command line (InstalledCmdline).
 	Title, Cmdline string
+	// Image and Version name what slot a holds (its manifest).
+	Image, Version string
 	// Mkfs is the mkfs.ext4 program (default "mkfs.ext4" from PATH).
 	Mkfs string
 }
@@ -144,27 +147,17 @@ func (w *Writer) Write() error {
 	d.Table = p.Table()
 
 	esp := p.Part(quantix.LabelEFI)
-	if err := w.step("QUANTIX-EFI (FAT32): bootloaders, kernel, initramfs", func() error {
+	if err := w.step("QUANTIX-EFI (FAT32): bootloaders, slot a (kernel, initramfs), slot environment", func() error {
 		fsys, err := d.CreateFilesystem(disk.FilesystemSpec{Partition: esp.Number, FSType: filesystem.TypeFat32, VolumeLabel: quantix.LabelEFI})
 		if err != nil {
 			return fmt.Errorf("mkfs vfat: %w", err)
 		}
-		files := []struct {
-			name string
-			data []byte
-		}{
-			{ESPIncomplete, []byte(fmt.Sprintf("%s installed by qx-install on disk GUID %s.\n"+
-				"While this file is named %s the install has not finished (or failed) and the disk does not boot.\n",
-				j.Title, p.DiskGUID, ESPIncomplete))},
-			{ESPEFI, j.Source.EFI},
-			{ESPGrubCfg, []byte(GrubConfig(j.Title, j.Cmdline))},
-			{ESPKernel, j.Source.Kernel},
-			{ESPInitrd, j.Source.Initrd},
+		files, err := j.espFiles()
+		if err != nil {
+			return err
 		}
-		for _, fl := range files {
-			if err := writeFAT(fsys, fl.name, fl.data); err != nil {
-				return err
-			}
+		if err := writeESPFiles(fsys, files); err != nil {
+			return err
 		}
 		return fixFAT(f, esp.Start)
 	}); err != nil {
@@ -241,6 +234,47 @@ func (w *Writer) Write() error {
 	return nil
 }
 
+// espFile is one file written on QUANTIX-EFI.
+type espFile struct {
+	name string
+	data []byte
+}
+
+// espFiles are the ESP's files in write order: the marker first, then the
+// bootloader, slot a and last the environment that makes slot a bootable.
+func (j Job) espFiles() ([]espFile, error) {
+	slot, err := slotFiles(quantix.SlotA, j.Image, j.Version, j.Source.Kernel, j.Source.Initrd)
+	if err != nil {
+		return nil, err
+	}
+	files := []espFile{
+		{ESPIncomplete, []byte(fmt.Sprintf("%s installed by qx-install on disk GUID %s.\n"+
+			"While this file is named %s the install has not finished (or failed) and the disk does not boot.\n",
+			j.Title, j.Plan.DiskGUID, ESPIncomplete))},
+		{ESPEFI, j.Source.EFI},
+		{ESPGrubCfg, []byte(GrubConfig(j.Title, j.Cmdline))},
+	}
+	files = append(files, slot...)
+	env, err := bootenv.Initial().Encode()
+	if err != nil {
+		return nil, err
+	}
+	return append(files, espFile{quantix.ESPEnv, env}, espFile{quantix.ESPEnvBackup, env}), nil
+}
+
+// slotFiles are the files of one boot slot: kernel, initramfs, manifest.
+func slotFiles(slot, image, version string, kernel, initrd []byte) ([]espFile, error) {
+	m, err := quantix.SlotManifestInfo{Image: image, Version: version, KernelSHA256: sum(kernel), InitrdSHA256: sum(initrd)}.Encode()
+	if err != nil {
+		return nil, err
+	}
+	return []espFile{
+		{quantix.ESPSlotFile(slot, quantix.SlotKernel), kernel},
+		{quantix.ESPSlotFile(slot, quantix.SlotInitrd), initrd},
+		{quantix.ESPSlotFile(slot, quantix.SlotManifest), m},
+	}, nil
+}
+
 // Finish renames the INSTALL-INCOMPLETE marker to INSTALLED once the disk has been
 // verified. (A rename: go-diskfs's FAT Remove leaves the file's clusters allocated.)
 func (w *Writer) Finish() error {
@@ -280,7 +314,7 @@ func writeFAT(fsys filesystem.FileSystem, name string, data []byte) error {
 			return fmt.Errorf("QUANTIX-EFI: mkdir %s: %w", dir, err)
 		}
 	}
-	fl, err := fsys.OpenFile("/"+name, os.O_CREATE|os.O_RDWR)
+	fl, err := fsys.OpenFile("/"+name, os.O_CREATE|os.O_RDWR|os.O_TRUNC)
 	if err != nil {
 		return fmt.Errorf("QUANTIX-EFI: create %s: %w", name, err)
 	}

@@ -328,6 +328,11 @@ func (r *buildRun) imageConfig() error {
 		return err
 	}
 	r.t.file(strings.TrimPrefix(quantix.ImageConfigPath, "/"), data, 0o644)
+	keys := "# Release keys this image accepts upgrade bundles from (trusted_keys in its definition).\n"
+	for _, k := range img.TrustedKeys {
+		keys += k + "\n"
+	}
+	r.t.file(strings.TrimPrefix(quantix.TrustedKeysPath, "/"), []byte(keys), 0o644)
 	// The kernel asks /sbin/modprobe for modules (crypto-crc32c, fs-vfat).
 	r.t.add(cpio.Symlink("sbin/modprobe", "/bbin/"+img.Initramfs.Uinit))
 	for name, target := range img.Initramfs.Symlinks {

@@ -38,6 +38,10 @@ type Image struct {
 	// Extensions are read-only squashfs images inside the initramfs, mounted by a
 	// service after boot (Quantix-OS: libvirt and QEMU).
 	Extensions []Extension `toml:"extension"`
+	// TrustedKeys are the release signing keys (quantix.PublicKey lines from
+	// `qx-image keygen`) whose bundles the image accepts as upgrades; the builder
+	// writes them to quantix.TrustedKeysPath. Without any, the image accepts none.
+	TrustedKeys []string `toml:"trusted_keys"`
 }
 
 // Extension is a set of host files (ELF files bring their shared libraries, as in
@@ -172,6 +176,17 @@ func (img *Image) Validate() error {
 	}
 	if err := quantix.ValidateHostname(img.Hostname); err != nil {
 		bad("hostname", "%v", err)
+	}
+	keyNames := map[string]bool{}
+	for i, k := range img.TrustedKeys {
+		pk, err := quantix.ParsePublicKey(k)
+		switch {
+		case err != nil:
+			bad(fmt.Sprintf("trusted_keys[%d]", i), "%v", err)
+		case keyNames[pk.Name]:
+			bad(fmt.Sprintf("trusted_keys[%d]", i), "two keys are named %q", pk.Name)
+		}
+		keyNames[pk.Name] = true
 	}
 
 	k := img.Kernel
@@ -373,6 +388,11 @@ func validateServices(svcs []quantix.Service) []error {
 		case "", quantix.ReadyOnMarker, quantix.ReadyOnStart:
 		default:
 			errs = append(errs, fmt.Errorf("%s.ready: %q must be %q or %q", key, s.Ready, quantix.ReadyOnMarker, quantix.ReadyOnStart))
+		}
+		switch s.HealthGate {
+		case "", quantix.GateReady, quantix.GateIfVDC:
+		default:
+			errs = append(errs, fmt.Errorf("%s.health_gate: %q must be %q or %q", key, s.HealthGate, quantix.GateReady, quantix.GateIfVDC))
 		}
 	}
 	for i, s := range svcs {

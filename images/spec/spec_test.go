@@ -107,6 +107,9 @@ func TestParseInvalid(t *testing.T) {
 		{"unknown dependency", `depends_on = ["network"]`, `depends_on = ["netwrok"]`, `service[1].depends_on: "netwrok" (of agent) is not a service`},
 		{"relative command", `command = "/bbin/qx-net"`, `command = "qx-net"`, `service[0].command: "qx-net" must be an absolute path`},
 		{"bad ready", `args = ["serve"]`, "args = [\"serve\"]\nready = \"soon\"", `service[0].ready: "soon"`},
+		{"bad trusted key", `hostname = "quantix"`, "hostname = \"quantix\"\ntrusted_keys = [\"rsa AAAA me\"]", `trusted_keys[0]: public key "rsa AAAA me": want "ed25519 <base64 key> <name>"`},
+		{"short trusted key", `hostname = "quantix"`, "hostname = \"quantix\"\ntrusted_keys = [\"ed25519 AAAA me\"]", `trusted_keys[0]: public key me: not a base64 ed25519 public key`},
+		{"bad health gate", `args = ["serve"]`, "args = [\"serve\"]\nhealth_gate = \"maybe\"", `service[0].health_gate: "maybe" must be`},
 		{"cycle", `args = ["serve"]`, "args = [\"serve\"]\ndepends_on = [\"agent\"]", `dependency cycle network -> agent -> network`},
 	}
 	for _, tt := range tests {
@@ -150,5 +153,21 @@ func TestCommittedSpecs(t *testing.T) {
 				t.Errorf("%s: command %s has no main.go: %v", f, c, err)
 			}
 		}
+	}
+}
+
+func TestTrustedKeys(t *testing.T) {
+	k := quantix.PublicKey{Name: "release-2026", Key: make([]byte, 32)}
+	data := strings.Replace(valid, `hostname = "quantix"`, "hostname = \"quantix\"\ntrusted_keys = [\""+k.String()+"\"]", 1)
+	img, err := Parse("quantix-os.toml", []byte(data))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(img.TrustedKeys) != 1 || img.TrustedKeys[0] != k.String() {
+		t.Errorf("TrustedKeys = %q, want [%q]", img.TrustedKeys, k.String())
+	}
+	twice := strings.Replace(valid, `hostname = "quantix"`, "hostname = \"quantix\"\ntrusted_keys = [\""+k.String()+"\", \""+k.String()+"\"]", 1)
+	if _, err := Parse("quantix-os.toml", []byte(twice)); err == nil || !strings.Contains(err.Error(), `two keys are named "release-2026"`) {
+		t.Errorf("Parse with a key twice = %v", err)
 	}
 }

@@ -49,6 +49,9 @@ type Init struct {
 	pb               *powerButton
 	// DeviceWait bounds the wait for block devices (the boot medium, QUANTIX-CFG/DATA).
 	DeviceWait time.Duration
+	// espDevice is QUANTIX-EFI on the installed disk (quantix.disk=), where the A/B
+	// slot environment lives; "" on a live boot.
+	espDevice string
 }
 
 // New returns the init for the image described by cfg; console is where markers and
@@ -132,9 +135,18 @@ func (in *Init) Run(ctx context.Context) (quantix.HaltAction, error) {
 	signal.Notify(sigs, syscall.SIGTERM, syscall.SIGUSR2, syscall.SIGINT)
 	defer signal.Stop(sigs)
 
+	reboot := func() {
+		select {
+		case actions <- quantix.Reboot:
+		default:
+		}
+	}
 	supCtx, stop := context.WithCancel(context.Background())
 	supDone := make(chan error, 1)
 	go func() { supDone <- sup.Run(supCtx) }()
+	// An A/B trial has its deadline from here, not from boot-complete: a release
+	// whose services never all get ready must fail its trial too.
+	go in.judgeSlot(supCtx, sup, cmdline, reboot)
 	go func() {
 		// The remaining modules (the power button among them) wait for boot-complete
 		// to stay off the boot's critical path, but no longer than lateModulesWait: a
@@ -333,6 +345,9 @@ func (in *Init) mountByLabel(diskGUID string) {
 		fss = blockdev.OnDisk(fss, disk)
 		boot = map[string]bool{disk: true}
 		in.log.Info("installed system: using its own disk only", "disk", disk, "guid", diskGUID)
+		if esp, _, err := blockdev.FindByLabel(fss, quantix.LabelEFI, boot); err == nil {
+			in.espDevice = esp.Device
+		}
 	}
 	for _, m := range []struct{ label, dir string }{
 		{quantix.LabelConfig, quantix.ConfigDir},

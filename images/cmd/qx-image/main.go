@@ -3,11 +3,16 @@
 //	qx-image build [--out DIR] [--cache DIR] [--rebuild] images/quantix-os.toml [images/qvdc.toml ...]
 //	qx-image config-disk --out cfg.img [--label QUANTIX-CFG|QUANTIX-INSTALL] [--size 16M] dest=src ...
 //	qx-image inspect out/quantix-os.iso
+//	qx-image keygen NAME
+//	qx-image sign --key NAME.key BUNDLE-DIR
 //
 // build writes out/<name>.iso, out/<name>.manifest.json and out/SHA256SUMS; with the
 // same inputs and SOURCE_DATE_EPOCH the ISO is byte-identical. config-disk writes an
 // ext4 image whose files are given as dest=src pairs (dest without a leading '/',
-// e.g. hostname=./hostname network/network.toml=./net.toml).
+// e.g. hostname=./hostname network/network.toml=./net.toml). keygen writes a release
+// signing key pair NAME.key (0600) and NAME.pub, whose line goes into an image
+// definition's trusted_keys; sign turns a folder holding one <image>.iso and its
+// <image>.manifest.json into a release bundle (SHA256SUMS, SHA256SUMS.sig).
 package main
 
 import (
@@ -25,6 +30,7 @@ import (
 
 	"github.com/quantix/quantix"
 	"github.com/quantix/quantix/images/build"
+	"github.com/quantix/quantix/upgrade"
 )
 
 func main() {
@@ -39,7 +45,9 @@ func main() {
 const usage = `usage:
   qx-image build [--out DIR] [--cache DIR] [--rebuild] [-v] IMAGE.toml...
   qx-image config-disk --out FILE [--label QUANTIX-CFG|QUANTIX-INSTALL] [--size 16M] DEST=SRC...
-  qx-image inspect ISO`
+  qx-image inspect ISO
+  qx-image keygen NAME
+  qx-image sign --key NAME.key BUNDLE-DIR`
 
 func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	if len(args) == 0 {
@@ -52,6 +60,10 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 		return runConfigDisk(args[1:], stdout, stderr)
 	case "inspect":
 		return runInspect(args[1:], stdout)
+	case "keygen":
+		return runKeygen(args[1:], stdout)
+	case "sign":
+		return runSign(args[1:], stdout, stderr)
 	case "-h", "--help", "help":
 		fmt.Fprintln(stdout, usage)
 		return nil
@@ -161,5 +173,38 @@ func runInspect(args []string, stdout io.Writer) error {
 		fmt.Fprintf(stdout, "  gpt%d: %q esp=%v sectors %d-%d\n", i+1, p.Name, build.IsESP(p.Type), p.First, p.Last)
 	}
 	fmt.Fprintf(stdout, "El Torito: BIOS image at block %d, EFI image at block %d (%d sectors)\n", l.ElTorito.BIOSLBA, l.ElTorito.EFILBA, l.ElTorito.EFISecs)
+	return nil
+}
+
+func runKeygen(args []string, stdout io.Writer) error {
+	if len(args) != 1 || strings.HasPrefix(args[0], "-") {
+		return errors.New("keygen: name the key, e.g. qx-image keygen release-2026 (writes release-2026.key and release-2026.pub)")
+	}
+	k, err := upgrade.Keygen(args[0], nil)
+	if err != nil {
+		return err
+	}
+	fmt.Fprintf(stdout, "wrote %s.key (keep it secret) and %s.pub; for trusted_keys in images/*.toml:\n%s\n", args[0], args[0], k)
+	return nil
+}
+
+func runSign(args []string, stdout, stderr io.Writer) error {
+	fs := flag.NewFlagSet("sign", flag.ContinueOnError)
+	fs.SetOutput(stderr)
+	keyFile := fs.String("key", "", "private key from qx-image keygen (required)")
+	if err := fs.Parse(args); err != nil {
+		return err
+	}
+	if *keyFile == "" || fs.NArg() != 1 {
+		return errors.New("sign: want --key NAME.key and one bundle folder holding <image>.iso and <image>.manifest.json")
+	}
+	key, err := upgrade.LoadPrivateKey(*keyFile)
+	if err != nil {
+		return err
+	}
+	if err := upgrade.Sign(fs.Arg(0), key); err != nil {
+		return err
+	}
+	fmt.Fprintf(stdout, "signed %s: %s, %s\n", fs.Arg(0), quantix.BundleSums, quantix.BundleSignature)
 	return nil
 }

@@ -8,7 +8,9 @@ import (
 	"strings"
 	"testing"
 
+	"github.com/quantix/quantix"
 	"github.com/quantix/quantix/images/build"
+	"github.com/quantix/quantix/upgrade"
 )
 
 func TestParseSize(t *testing.T) {
@@ -49,6 +51,40 @@ func TestConfigDiskCommand(t *testing.T) {
 		{"build"},
 		{"frobnicate"},
 	} {
+		if err := run(context.Background(), args, &stdout, &stderr); err == nil {
+			t.Errorf("run(%q) = nil error", strings.Join(args, " "))
+		}
+	}
+}
+
+// keygen and sign make a bundle the upgrade package accepts with the new key.
+func TestKeygenSignCommands(t *testing.T) {
+	dir := t.TempDir()
+	base := filepath.Join(dir, "release-2026")
+	var stdout, stderr bytes.Buffer
+	if err := run(context.Background(), []string{"keygen", base}, &stdout, &stderr); err != nil {
+		t.Fatalf("keygen: %v", err)
+	}
+	pubLine, err := os.ReadFile(base + ".pub")
+	if err != nil {
+		t.Fatal(err)
+	}
+	pub, err := quantix.ParsePublicKey(string(pubLine))
+	if err != nil || !strings.Contains(stdout.String(), pub.String()) {
+		t.Fatalf("keygen printed %q; .pub %q (%v)", stdout.String(), pubLine, err)
+	}
+	bundle := filepath.Join(dir, "bundle")
+	os.Mkdir(bundle, 0o755)
+	os.WriteFile(filepath.Join(bundle, "quantix-os.iso"), []byte("not really an ISO"), 0o644)
+	os.WriteFile(filepath.Join(bundle, "quantix-os.manifest.json"), []byte(`{"image":"quantix-os","version":"0.2.0"}`), 0o644)
+	if err := run(context.Background(), []string{"sign", "--key", base + ".key", bundle}, &stdout, &stderr); err != nil {
+		t.Fatalf("sign: %v", err)
+	}
+	b, err := upgrade.Verify(bundle, []quantix.PublicKey{pub}, upgrade.Rules{Image: quantix.ImageQuantixOS, Running: "0.1.0"})
+	if err != nil || b.Version != "0.2.0" || b.SignedBy != "release-2026" {
+		t.Errorf("Verify of the signed bundle = %+v, %v", b, err)
+	}
+	for _, args := range [][]string{{"keygen"}, {"keygen", base}, {"sign", bundle}, {"sign", "--key", base + ".pub", bundle}, {"sign", "--key", base + ".key", dir}} {
 		if err := run(context.Background(), args, &stdout, &stderr); err == nil {
 			t.Errorf("run(%q) = nil error", strings.Join(args, " "))
 		}

@@ -11,6 +11,9 @@
 //	qx-install --interactive [flags]    ask on this terminal
 //	qx-install disks [flags]            list the disks as the installer sees them
 //	qx-install build-boot-files DIR     write bootx64.efi, core.img, boot.img (image build)
+//	qx-install convert-slots --medium M --image I --version V DISK
+//	                                    move a single-slot install's boot files into
+//	                                    A/B slot a (docs/design.md §16), in place
 package main
 
 import (
@@ -19,6 +22,7 @@ import (
 	"flag"
 	"fmt"
 	"io"
+	"log/slog"
 	"os"
 	"os/signal"
 	"syscall"
@@ -42,6 +46,9 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 			return errors.New("usage: qx-install build-boot-files DIR")
 		}
 		return installer.BuildBootFiles(args[1])
+	}
+	if len(args) > 0 && args[0] == "convert-slots" {
+		return runConvert(args[1:], stdout, stderr)
 	}
 	cmd := "install"
 	if len(args) > 0 && args[0] == "disks" {
@@ -82,4 +89,36 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	default:
 		return installer.RunShell(ctx, o, stdout, stderr)
 	}
+}
+
+// runConvert converts DISK with the bootloaders of the medium (the new release's
+// ISO), naming slot a as the installed image and version (the running release).
+func runConvert(args []string, stdout, stderr io.Writer) error {
+	fs := flag.NewFlagSet("convert-slots", flag.ContinueOnError)
+	fs.SetOutput(stderr)
+	medium := fs.String("medium", "", "ISO, device or folder with the bootloaders to write (required)")
+	image := fs.String("image", "", "the installed image: quantix-os or qvdc (required)")
+	version := fs.String("version", "", "the installed version, for slot a's manifest (required)")
+	if err := fs.Parse(args); err != nil {
+		return err
+	}
+	if *medium == "" || *version == "" || (*image != quantix.ImageQuantixOS && *image != quantix.ImageQvDC) || fs.NArg() != 1 {
+		return errors.New("usage: qx-install convert-slots --medium ISO --image quantix-os|qvdc --version V DISK")
+	}
+	m, err := installer.OpenMedium(*medium)
+	if err != nil {
+		return err
+	}
+	defer m.Close()
+	src, err := installer.ReadSource(m)
+	if err != nil {
+		return err
+	}
+	c, err := installer.ConvertSingleSlot(fs.Arg(0), src, *image, *version, slog.New(slog.NewTextHandler(stderr, nil)))
+	if err != nil {
+		return err
+	}
+	fmt.Fprintf(stdout, "%s: converted to A/B slots; slot a holds %s %s (kernel sha256 %s), command line %q\n",
+		fs.Arg(0), c.Slot.Image, c.Slot.Version, c.Slot.KernelSHA256[:16], c.Cmdline)
+	return nil
 }

@@ -3,6 +3,7 @@ package main
 import (
 	"bytes"
 	"context"
+	"errors"
 	"os"
 	"path/filepath"
 	"strings"
@@ -58,8 +59,13 @@ func TestRunUnattended(t *testing.T) {
 	if !strings.Contains(out.String(), "QUANTIX: install-complete") {
 		t.Errorf("no install-complete marker:\n%s", out.String())
 	}
+	// The disk is A/B already: convert-slots reads the medium and says so.
+	err := run(context.Background(), []string{"convert-slots", "--medium", med, "--image", "quantix-os", "--version", "0.1.0", filepath.Join(dev, "vda")}, &out, &errb)
+	if !errors.Is(err, installer.ErrAlreadySlotted) {
+		t.Errorf("convert-slots on an A/B install = %v, want ErrAlreadySlotted", err)
+	}
 	// Again: the disk now holds the install and the answer has no wipe = true.
-	err := run(context.Background(), append([]string{"--answer", ans, "--medium", med}, common...), &out, &errb)
+	err = run(context.Background(), append([]string{"--answer", ans, "--medium", med}, common...), &out, &errb)
 	if err == nil || !strings.Contains(err.Error(), "set wipe = true") || !strings.Contains(err.Error(), "no disk was written") {
 		t.Errorf("second install without wipe = %v, want a refusal leaving the disk untouched", err)
 	}
@@ -74,6 +80,8 @@ func TestRunUsage(t *testing.T) {
 		{[]string{"--answer", "x.toml", "extra"}, "unexpected arguments"},
 		{[]string{"--answer", "x.toml", "--image", "quantix-os", "--volume-label", "Q"}, "--medium is required"},
 		{[]string{"build-boot-files"}, "usage: qx-install build-boot-files DIR"},
+		{[]string{"convert-slots", "--medium", "m", "--image", "qvdc", "/dev/vda"}, "usage: qx-install convert-slots"},
+		{[]string{"convert-slots", "--medium", "/nonexistent", "--image", "qvdc", "--version", "1.0.0", "/dev/vda"}, "boot medium"},
 	} {
 		var out, errb bytes.Buffer
 		err := run(context.Background(), c.args, &out, &errb)
