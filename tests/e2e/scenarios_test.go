@@ -4,6 +4,7 @@ import (
 	"context"
 	"fmt"
 	"io"
+	"net"
 	"net/netip"
 	"os"
 	"path/filepath"
@@ -47,6 +48,11 @@ type suite struct {
 	aLease netip.Addr            // node-a's DHCP lease (scenario 6)
 	aPool  quantix.InventoryPool // node-a's default pool (scenario 1c)
 	rows   int                   // how many nodes the registry must hold now
+	// The VM of scenario 1d (docs/design.md §14): its UUID and NIC MAC; ctlURL is
+	// qx-ctl's way to the vDC (a proxy over the workstation).
+	vmUUID string
+	vmMAC  net.HardwareAddr
+	ctlURL string
 
 	times []timing
 }
@@ -84,9 +90,11 @@ func TestScenarios(t *testing.T) {
 		{"1-registered", s.registered},
 		{"1b-hosts-page", s.hostsPage},
 		{"1c-hypervisor", s.hypervisor},
+		{"1d-vm", s.vmLifecycle},
 		{"2-static-ip", s.staticIP},
 		{"5-reregistration", s.reregistration},
 		{"7-qvdc-reboot", s.qvdcReboot},
+		{"7b-vm-delete", s.vmDelete},
 		{"6-static-to-dhcp", s.staticToDHCP},
 		{"3-dhcp", s.dhcp},
 		{"4-dhcp-fallback", s.dhcpFallback},
@@ -339,6 +347,7 @@ func (s *suite) qvdcReboot(t *testing.T) {
 		t.Errorf("QvDC power-off: QEMU exit %v", err)
 	}
 	t.Logf("QvDC clean power-off: %v", time.Since(t0).Round(100*time.Millisecond))
+	s.vmAfterNodeReboot(t) // node-a resets while the vDC is off; its VM comes back by itself
 	q.Restart(t)
 	q.Expect(t, "--- vmtest: starting qvdc again ---", 10*time.Second)
 	t1 := time.Now()
@@ -369,6 +378,7 @@ func (s *suite) qvdcReboot(t *testing.T) {
 			t.Errorf("the agent registered anew during the QvDC reboot: %s", l)
 		}
 	}
+	s.vmAfterQvDCReboot(t)
 }
 
 // 6. The static -> DHCP switch of the original bug report: the operator changes
