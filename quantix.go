@@ -38,6 +38,11 @@ const (
 	SessionDir = "/etc/quantix"     // session copies of the configuration
 	RunDir     = "/run/quantix"     // runtime sockets
 	LogDir     = "/var/log/quantix" // service logs
+	// VMConsoleDir holds the serial console logs of the node's VMs (one
+	// <uuid>.log each). libvirtd opens them when it starts a guest, also when it
+	// autostarts one at boot before the agent runs, so the libvirtd service makes
+	// the folder.
+	VMConsoleDir = LogDir + "/vms"
 	// NetworkSocket is where the network service answers status and apply requests.
 	NetworkSocket = "/run/quantix/network.sock"
 )

@@ -151,7 +151,7 @@ type Config struct {
 	// Netlink is the netlink handle used to find the management address; nil uses
 	// the agent's own network namespace. Tests pass a handle into a namespace.
 	Netlink *netlink.Handle
-	// ConsoleDir holds the VMs' serial logs (default quantix.LogDir/vms).
+	// ConsoleDir holds the VMs' serial logs (default quantix.VMConsoleDir).
 	ConsoleDir string
 	// DesiredWait is how long the desired long-poll is held (55 s).
 	DesiredWait time.Duration

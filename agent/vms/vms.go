@@ -37,7 +37,7 @@ type Config struct {
 	Accelerator func() string
 	// ImagesDir is the image cache (default quantix.ImageCacheDir).
 	ImagesDir string
-	// ConsoleDir holds the guests' serial logs (default quantix.LogDir/vms).
+	// ConsoleDir holds the guests' serial logs (default quantix.VMConsoleDir).
 	ConsoleDir string
 	// Pool is the storage pool of VM disks (default quantix.DefaultPool).
 	Pool string
@@ -68,7 +68,7 @@ func (c Config) withDefaults() (Config, error) {
 		}
 	}
 	def(&c.ImagesDir, quantix.ImageCacheDir)
-	def(&c.ConsoleDir, quantix.LogDir+"/vms")
+	def(&c.ConsoleDir, quantix.VMConsoleDir)
 	def(&c.Pool, quantix.DefaultPool)
 	def(&c.Bridge, "br0")
 	def(&c.HaltMarker, quantix.GuestsStoppingFile)

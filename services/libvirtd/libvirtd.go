@@ -59,6 +59,10 @@ type Config struct {
 	// QEMULogDir is where libvirt writes each guest's QEMU log (default
 	// /var/log/libvirt/qemu); it must exist before the first guest starts.
 	QEMULogDir string
+	// ConsoleDir is the VMs' serial console logs folder (default
+	// quantix.VMConsoleDir): made before libvirtd starts, which autostarts guests
+	// whose serial port writes there.
+	ConsoleDir string
 	// MountInfo is the mount table (default quantix.MountInfo).
 	MountInfo string
 	// ReadyTimeout bounds the wait for the first answered API call (default 120 s:
@@ -92,6 +96,9 @@ func New(cfg Config, log *slog.Logger) (*Service, error) {
 	}
 	if cfg.DataDir == "" {
 		cfg.DataDir = quantix.DataDir
+	}
+	if cfg.ConsoleDir == "" {
+		cfg.ConsoleDir = quantix.VMConsoleDir
 	}
 	if cfg.QEMULogDir == "" {
 		cfg.QEMULogDir = "/var/log/libvirt/qemu"
@@ -170,7 +177,7 @@ func (s *Service) prepareDirs() (bool, error) {
 	if err != nil {
 		return false, err
 	}
-	dirs := []string{filepath.Join(s.cfg.DataDir, "pools", quantix.DefaultPool), filepath.Join(s.cfg.DataDir, "images"), filepath.Dir(s.cfg.Socket), s.cfg.QEMULogDir}
+	dirs := []string{filepath.Join(s.cfg.DataDir, "pools", quantix.DefaultPool), filepath.Join(s.cfg.DataDir, "images"), filepath.Dir(s.cfg.Socket), s.cfg.QEMULogDir, s.cfg.ConsoleDir}
 	for _, d := range stateSubdirs {
 		dirs = append(dirs, filepath.Join(s.cfg.DataDir, "libvirt", d))
 	}

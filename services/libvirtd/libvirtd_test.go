@@ -66,7 +66,7 @@ func newSession(t *testing.T) *session {
 	s.cfg = Config{
 		Args:   []string{"--config", filepath.Join(dir, "libvirtd.conf")},
 		Socket: s.socket, URI: "qemu:///session", Extension: "-", DataDir: filepath.Join(dir, "data"),
-		QEMULogDir: filepath.Join(dir, "log"), ReadyTimeout: 90 * time.Second, StopGrace: 10 * time.Second,
+		QEMULogDir: filepath.Join(dir, "log"), ConsoleDir: filepath.Join(dir, "vms"), ReadyTimeout: 90 * time.Second, StopGrace: 10 * time.Second,
 		Env: []string{"PATH=/usr/sbin:/usr/bin:/sbin:/bin", "HOME=" + filepath.Join(dir, "home"),
 			"XDG_RUNTIME_DIR=" + filepath.Join(dir, "run"), "XDG_CONFIG_HOME=" + filepath.Join(dir, "config"),
 			"XDG_CACHE_HOME=" + filepath.Join(dir, "cache")},
@@ -146,6 +146,10 @@ func TestServiceKeepsGuestsAcrossRestarts(t *testing.T) {
 	out, stop, done := s.run(t)
 	if m := readyMarker(out.String()); m.Get("persistent") != "false" || m.Get("version") == "" || m.Get("qemu") == "" || !strings.Contains(out.String(), "no QUANTIX-DATA") {
 		t.Errorf("a data folder that is not a mount must be reported as RAM:\n%s", out)
+	}
+	// Autostarted guests write their serial console there before the agent runs.
+	if fi, err := os.Stat(s.cfg.ConsoleDir); err != nil || !fi.IsDir() {
+		t.Errorf("the VMs' console folder %s is not made before libvirtd starts: %v", s.cfg.ConsoleDir, err)
 	}
 	lv := s.connect(t)
 	pool, err := lv.StoragePoolLookupByName(quantix.DefaultPool)

@@ -14,6 +14,7 @@ import (
 
 	"github.com/quantix/quantix"
 	"github.com/quantix/quantix/tests/guest"
+	"github.com/quantix/quantix/tests/vm"
 )
 
 // The VM of the VM scenarios: a boot sector that prints vmMarker on COM1, on a
@@ -180,7 +181,8 @@ func (s *suite) vmAfterNodeReboot(t *testing.T) {
 	t0 := time.Now()
 	m.Reboot(t)
 	m.Expect(t, "--- vmtest: starting node again ---", 10*time.Second)
-	m.WaitMarker(t, quantix.MarkerBootComplete, NodeBootTimeout)
+	// Not boot-complete: that waits for the agent's registration, and the vDC is off.
+	m.ExpectAll(t, NodeBootTimeout, vm.MatchMarker(quantix.MarkerReady, "service", "libvirtd"))
 	d := poll(t, "the VM's NIC on the segment again after node-a's reset, the vDC off", vmTimeout,
 		func(context.Context) (bool, string, error) {
 			at, err := firstDHCP(s.lab.Hub.PcapPath(), s.vmMAC, t0)
