@@ -175,26 +175,32 @@ func startHA(t *testing.T, dbURL string, n int, iv, tick time.Duration) *haClust
 		go func() { defer c.wg.Done(); c.agents[i].run(ctx, opts.JoinTokens[0], tick) }()
 	}
 	t.Cleanup(c.stop)
-	deadline := time.Now().Add(30 * time.Second)
+	waitAgents(t, c.agents, "registered and heartbeating", 30*time.Second, func(a *haAgent) bool { return a.registered && len(a.acks) >= 3 })
+	time.Sleep(2 * iv)
+	return c
+}
+
+// waitAgents waits until ok holds for every agent (called under the agent's lock).
+func waitAgents(t *testing.T, as []*haAgent, what string, timeout time.Duration, ok func(*haAgent) bool) {
+	t.Helper()
+	deadline := time.Now().Add(timeout)
 	for {
-		steady := 0
-		for _, a := range c.agents {
+		n := 0
+		for _, a := range as {
 			a.mu.Lock()
-			if a.registered && len(a.acks) >= 3 {
-				steady++
+			if ok(a) {
+				n++
 			}
 			a.mu.Unlock()
 		}
-		if steady == n {
-			break
+		if n == len(as) {
+			return
 		}
 		if time.Now().After(deadline) {
-			t.Fatalf("only %d of %d agents heartbeating after 30s", steady, n)
+			t.Fatalf("%d of %d agents %s after %v", n, len(as), what, timeout)
 		}
-		time.Sleep(100 * time.Millisecond)
+		time.Sleep(50 * time.Millisecond)
 	}
-	time.Sleep(2 * iv)
-	return c
 }
 
 // stop ends the agents (idempotent).
@@ -628,24 +634,7 @@ func TestPartitionPrimary(t *testing.T) {
 		go func() { defer wg.Done(); as[i].run(ctx, opts.JoinTokens[0], 200*time.Millisecond) }()
 	}
 	defer func() { cancel(); wg.Wait() }()
-	steady := time.Now().Add(30 * time.Second)
-	for {
-		n := 0
-		for _, a := range as {
-			a.mu.Lock()
-			if len(a.acks) >= 3 {
-				n++
-			}
-			a.mu.Unlock()
-		}
-		if n == agents {
-			break
-		}
-		if time.Now().After(steady) {
-			t.Fatalf("%d of %d agents heartbeating after 30s\n%s", n, agents, v.Log.String())
-		}
-		time.Sleep(100 * time.Millisecond)
-	}
+	waitAgents(t, as, "heartbeating", 30*time.Second, func(a *haAgent) bool { return len(a.acks) >= 3 })
 	time.Sleep(4 * iv) // past the start grace
 
 	// tc netem is not in every kernel (not in this machine's); an iptables DROP of
@@ -695,24 +684,9 @@ func TestPartitionPrimary(t *testing.T) {
 	time.Sleep(3 * iv) // long enough that every node's heartbeat is too old for ready
 	partition("-D")
 	healed := time.Now()
-	wait := time.Now().Add(60 * time.Second)
-	for {
-		n := 0
-		for _, a := range as {
-			a.mu.Lock()
-			if len(a.acks) > 0 && a.acks[len(a.acks)-1].After(healed) {
-				n++
-			}
-			a.mu.Unlock()
-		}
-		if n == agents {
-			break
-		}
-		if time.Now().After(wait) {
-			t.Fatalf("%d of %d agents heartbeating 60s after the partition healed\n%s", n, agents, v.Log.String())
-		}
-		time.Sleep(50 * time.Millisecond)
-	}
+	waitAgents(t, as, "heartbeating after the partition healed", 60*time.Second, func(a *haAgent) bool {
+		return len(a.acks) > 0 && a.acks[len(a.acks)-1].After(healed)
+	})
 	t.Logf("every agent heartbeating again %s after the partition healed", time.Since(healed).Round(10*time.Millisecond))
 	time.Sleep(2 * iv)
 	cancel()

@@ -80,6 +80,8 @@ func TestScenarios(t *testing.T) {
 	t.Logf("QvDC first boot (blank data disk) to an answering API: %v (guest uptime at boot-complete: %s s)",
 		lab.QvDCFirstBoot.Round(100*time.Millisecond), uptimeAt(lab.QvDC, quantix.MarkerBootComplete))
 	s := &suite{lab: lab}
+	// qx-ctl reaches the vDC through the workstation, for the whole suite.
+	s.ctlURL = "http://" + lab.WS.Proxy(t, fmt.Sprintf("%s:%d", QvDCAddr.Addr(), VDCPort))
 	s.aCfg = vm.NodeConfig{Hostname: hostA, Network: vm.StaticNetwork(nodeAStatic)}
 	lab.StartNode(t, s.aCfg)
 

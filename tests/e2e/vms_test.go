@@ -29,13 +29,11 @@ const (
 )
 
 // qxCtl runs out/qx-ctl, the operator's CLI that make iso leaves, against the
-// lab vDC through a proxy over the workstation, with the admin token in its
-// environment as an operator would; it fails t unless qx-ctl exits 0.
+// lab vDC through the suite's proxy over the workstation (s.ctlURL), with the
+// admin token in its environment as an operator would; it fails t unless qx-ctl
+// exits 0.
 func (s *suite) qxCtl(t *testing.T, args ...string) string {
 	t.Helper()
-	if s.ctlURL == "" {
-		s.ctlURL = "http://" + s.lab.WS.Proxy(t, fmt.Sprintf("%s:%d", QvDCAddr.Addr(), VDCPort))
-	}
 	bin, err := filepath.Abs(filepath.Join("..", "..", "out", "qx-ctl"))
 	if err != nil {
 		t.Fatal(err)
