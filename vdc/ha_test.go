@@ -366,6 +366,9 @@ func TestFailoverStreamingStandby(t *testing.T) {
 	for _, v := range c.vdcs { // fresh connections must choose again
 		v.Restart(t)
 	}
+	// A request racing a restart may meet the closing connection; count from when
+	// every agent has a heartbeat acknowledged by the restarted vDCs.
+	c.waitResumed(t, "the vDCs' restart", time.Now(), 30*time.Second)
 	f0 := c.failures()
 	time.Sleep(4 * iv)
 	if f := c.failures() - f0; f != 0 {
@@ -456,6 +459,7 @@ func TestFailoverPatroni(t *testing.T) {
 	for _, v := range c.vdcs { // fresh connections must choose again
 		v.Restart(t)
 	}
+	c.waitResumed(t, "the vDCs' restart", time.Now(), 30*time.Second)
 	f0 = c.failures()
 	time.Sleep(4 * iv)
 	if f := c.failures() - f0; f != 0 {
