@@ -8,6 +8,7 @@ package agent
 
 import (
 	"context"
+	"crypto/tls"
 	"errors"
 	"fmt"
 	"log/slog"
@@ -96,6 +97,14 @@ func New(cfg Config, log *slog.Logger) (*Service, error) {
 	}
 	tr := http.DefaultTransport.(*http.Transport).Clone()
 	tr.TLSClientConfig = quantix.PinnedTLSFunc(s.trustedPins, s.clockWarning)
+	// HTTP/1.1 only: over HTTP/2 every request (heartbeats, the desired long-poll)
+	// shares one connection, and after a change of the management address that
+	// connection, bound to the old address, stays in use while the long-poll holds
+	// it: heartbeats then hang until their timeout (seen in the e2e DHCP fallback).
+	// One connection per request in flight, dropped with the address, is what the
+	// address-change handling relies on.
+	tr.ForceAttemptHTTP2 = false
+	tr.TLSNextProto = map[string]func(string, *tls.Conn) http.RoundTripper{}
 	urls := strings.Split(cfg.ControlPlane, ",")
 	if slices.ContainsFunc(urls, func(u string) bool { return strings.HasPrefix(u, "https://") }) && len(s.trustedPins()) == 0 {
 		return nil, fmt.Errorf("%w: no CA pin to check the vDC at %s with: configure a join token of the form %s.<CA pin>.<secret> "+
