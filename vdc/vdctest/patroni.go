@@ -267,6 +267,9 @@ func (pc *Patroni) StopEtcd() {
 // Start starts the member's Patroni (as the postgres user when running as root).
 func (m *PatroniMember) Start() error {
 	cmd := exec.Command(PatroniBin, m.cfg)
+	// Its own folder: the postgres user may not enter the test's working directory
+	// (a clone under a 0700 temporary folder), and Patroni's workers chdir to it.
+	cmd.Dir = m.Dir
 	cmd.Env = append(serverEnv(), "PATRONI_LOG_FORMAT=%(asctime)s %(levelname)s: %(message)s")
 	logf, err := os.OpenFile(filepath.Join(m.Dir, "patroni.out"), os.O_CREATE|os.O_WRONLY|os.O_APPEND, 0o644)
 	if err != nil {

@@ -45,7 +45,7 @@ func TestRunUnattended(t *testing.T) {
 	os.WriteFile(filepath.Join(med, installer.MediumInitrd), []byte("initramfs"), 0o644)
 	sys, dev := fakeHost(t)
 	ans := filepath.Join(t.TempDir(), "install.toml")
-	os.WriteFile(ans, []byte("hostname = \"n1\"\n[target]\nserial = \"SN1\"\n[agent]\ncontrol_plane = \"http://10.0.0.2:8080\"\njoin_token = \"join-token-0123456789\"\n"), 0o644)
+	os.WriteFile(ans, []byte("hostname = \"n1\"\n[target]\nserial = \"SN1\"\n[agent]\ncontrol_plane = \"http://10.0.0.2:8080\"\njoin_token = \"join-token-0123456789\"\ninsecure_plain_http = true\n"), 0o644)
 	common := []string{"--image", "quantix-os", "--volume-label", "QUANTIX-OS", "--sys-block", sys, "--dev", dev, "--mounts", "/dev/null"}
 
 	var out, errb bytes.Buffer
