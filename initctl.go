@@ -18,6 +18,9 @@ import (
 //	poweroff | reboot  -> "ok" | "error: ..."
 //	services           -> {"services":[ServiceStatus...]} | "error: ..."
 //	restart <name>     -> "ok" (stopped and started again) | "error: <reason>"
+//	slots              -> SlotsStatus as JSON | "error: ..." (not an A/B install)
+//	stage <bundle dir> -> Staged as JSON (verified and written, the next boot's
+//	                      trial) | "error: <reason>" (nothing written)
 //
 // A request the server does not know is answered "error: unknown request ...".
 
@@ -37,7 +40,56 @@ const (
 const (
 	InitRequestServices = "services"
 	InitRequestRestart  = "restart"
+	InitRequestSlots    = "slots"
+	InitRequestStage    = "stage"
 )
+
+// StageTimeout bounds a stage request: verifying and writing a bundle of ~70 MB
+// takes well under a second on a disk and some seconds under emulation.
+const StageTimeout = 2 * time.Minute
+
+// SiteTrustedKeys is the operator's own release keys on QUANTIX-CFG (one
+// PublicKey a line, as TrustedKeysPath): bundles signed by them are accepted as
+// well as those the image was built to trust. The installer writes it from the
+// answer file's [upgrade] trusted_keys.
+const SiteTrustedKeys = ConfigDir + "/upgrade/trusted-keys"
+
+// SlotInfo is one A/B slot as init sees it on the ESP.
+type SlotInfo struct {
+	Slot  string `json:"slot"`
+	Tries int    `json:"tries"`
+	Good  bool   `json:"good"`
+	// Image and Version are from the slot's manifest; empty for an empty slot.
+	Image   string `json:"image,omitempty"`
+	Version string `json:"version,omitempty"`
+}
+
+// SlotsStatus is the answer to the slots request.
+type SlotsStatus struct {
+	Booted string `json:"booted"` // the slot this boot runs (quantix.slot=)
+	Trial  bool   `json:"trial"`  // this boot is a trial not yet judged
+	// State is the booted slot's SlotMarker state: SlotTrial, SlotGood,
+	// SlotFailed or SlotRolledBack (good after the other slot's trial failed).
+	State string `json:"state"`
+	// Order is the boot order from the environment block; Slots is a then b.
+	Order []string   `json:"order"`
+	Slots []SlotInfo `json:"slots"`
+	// Next is the slot the next boot tries (Order's first with tries or good).
+	Next string `json:"next"`
+	// RolledBackFrom and Reason say which trial failed before this boot and why
+	// (the failed gate and its error, or "no verdict" for a panic or hang).
+	RolledBackFrom string `json:"rolled_back_from,omitempty"`
+	Reason         string `json:"reason,omitempty"`
+}
+
+// Staged is the answer to a stage request.
+type Staged struct {
+	Slot     string  `json:"slot"` // the slot written; it boots next, as a trial
+	Image    string  `json:"image"`
+	Version  string  `json:"version"`
+	SignedBy string  `json:"signed_by"`
+	Seconds  float64 `json:"seconds"` // verify + write
+}
 
 // InitAnswerOK is the answer to a request that was carried out.
 const InitAnswerOK = "ok"
@@ -169,4 +221,41 @@ func (c InitClient) askOK(ctx context.Context, req string) error {
 		return fmt.Errorf("%s: qx-init answered %q", req, resp)
 	}
 	return nil
+}
+
+// Slots asks qx-init for the A/B slots of the installed disk it booted from.
+func (c InitClient) Slots(ctx context.Context) (SlotsStatus, error) {
+	var st SlotsStatus
+	resp, err := c.Ask(ctx, InitRequestSlots)
+	if err != nil {
+		return st, err
+	}
+	if err := json.Unmarshal([]byte(resp), &st); err != nil {
+		return st, fmt.Errorf("%s: bad answer from qx-init: %w", InitRequestSlots, err)
+	}
+	return st, nil
+}
+
+// Stage asks qx-init to verify the release bundle in dir (a folder it can read)
+// against the keys it trusts and write it into the slot that is not booted, as the
+// next boot's trial. Nothing is written when the bundle is refused. The new
+// release runs only after a reboot (Power(Reboot)).
+func (c InitClient) Stage(ctx context.Context, dir string) (Staged, error) {
+	var st Staged
+	if dir == "" || strings.ContainsAny(dir, "\n\r") {
+		return st, fmt.Errorf("stage: bad bundle folder %q", dir)
+	}
+	if _, ok := ctx.Deadline(); !ok {
+		var cancel context.CancelFunc
+		ctx, cancel = context.WithTimeout(ctx, StageTimeout)
+		defer cancel()
+	}
+	resp, err := c.Ask(ctx, InitRequestStage+" "+dir)
+	if err != nil {
+		return st, err
+	}
+	if err := json.Unmarshal([]byte(resp), &st); err != nil {
+		return st, fmt.Errorf("%s: bad answer from qx-init: %w", InitRequestStage, err)
+	}
+	return st, nil
 }
