@@ -321,6 +321,8 @@ type NodeDesired struct {
 	VMs        []DesiredVM    `json:"vms"`
 	Deleted    []DeletedVM    `json:"deleted,omitempty"`
 	Images     []DesiredImage `json:"images,omitempty"` // every image a VM above uses
+	// Upgrade is the release the node is to stage (and, with Activate, boot).
+	Upgrade *DesiredUpgrade `json:"upgrade,omitempty"`
 }
 
 // VMCreate is the body of POST PathVMs: the spec, the node (its id or hostname;

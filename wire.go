@@ -130,6 +130,9 @@ type HeartbeatRequest struct {
 	Hypervisor      *Hypervisor `json:"hypervisor,omitempty"`
 	// AppliedGeneration is the desired generation (vms.go) the node last converged to.
 	AppliedGeneration int64 `json:"applied_generation"`
+	// OS is the running release, its A/B slots and the upgrade in progress
+	// (upgrades.go).
+	OS *NodeOS `json:"os,omitempty"`
 }
 
 // HeartbeatResponse answers a heartbeat. FullSync asks the agent for a full state PUT.
@@ -242,6 +245,7 @@ type Node struct {
 	Labels            map[string]string `json:"labels,omitempty"`
 	VMCount           int               `json:"vm_count"`
 	HeartbeatInterval int               `json:"heartbeat_interval_seconds"`
+	OS                *NodeOS           `json:"os,omitempty"`
 }
 
 // NodeList is the body of GET /api/v1/nodes. Without query parameters it holds

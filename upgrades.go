@@ -1,0 +1,77 @@
+package quantix
+
+import "time"
+
+// Upgrades delivered by the vDC (docs/design.md §16): an operator uploads a signed
+// release bundle once (a Release), then starts an upgrade of one node, a list or
+// all nodes; the vDC upgrades them one at a time. For each node it puts a
+// DesiredUpgrade into the node's desired state (NodeDesired.Upgrade, long-polled
+// like the VMs): the agent downloads the bundle's files onto QUANTIX-DATA, checks
+// their sha256, asks init to stage it (InitClient.Stage: verified again against
+// the node's own trusted keys, written into the other slot) and reports
+// UpgradeStaged; once the vDC sets Activate the agent asks init to reboot. The
+// node is done when it heartbeats with the new version and its slot committed
+// (NodeOS.Slots.State == SlotGood); a node back on the old version with
+// SlotRolledBack stops the whole upgrade. Nodes are never upgraded to a version
+// newer than the vDC's own (the version-skew rule).
+
+// ReleaseFile is one file of a release bundle (the ISO, its manifest, the sums
+// and their signature), as the vDC stores and serves it to nodes at
+// GET /api/v1/node/releases/{release}/{name}.
+type ReleaseFile struct {
+	Name      string `json:"name"`
+	SizeBytes int64  `json:"size_bytes"`
+	SHA256    string `json:"sha256"` // hex
+}
+
+// Release is an uploaded, verified release bundle.
+type Release struct {
+	ID        string        `json:"id"`
+	Image     string        `json:"image"` // ImageQuantixOS or ImageQvDC
+	Version   string        `json:"version"`
+	SignedBy  string        `json:"signed_by"`
+	Files     []ReleaseFile `json:"files"`
+	CreatedAt time.Time     `json:"created_at"`
+}
+
+// DesiredUpgrade is the vDC's order to one node (NodeDesired.Upgrade).
+type DesiredUpgrade struct {
+	// Upgrade is the rolling upgrade this order belongs to.
+	Upgrade string `json:"upgrade"`
+	Release string `json:"release"` // Release.ID
+	Image   string `json:"image"`
+	Version string `json:"version"`
+	// Files are downloaded into one folder and staged from it.
+	Files []ReleaseFile `json:"files"`
+	// Activate says: once staged, reboot into the new slot.
+	Activate bool `json:"activate"`
+}
+
+// Upgrade phases a node reports for the order it works on (UpgradeProgress.Phase).
+const (
+	UpgradeDownloading = "downloading"
+	UpgradeStaged      = "staged"     // verified and written into the other slot; waits for Activate
+	UpgradeActivating  = "activating" // reboot requested
+	UpgradeFailed      = "failed"     // Error says why; the node stays on its version
+)
+
+// UpgradeProgress is what a node reports about the DesiredUpgrade it works on.
+type UpgradeProgress struct {
+	Upgrade string    `json:"upgrade"`
+	Release string    `json:"release"`
+	Version string    `json:"version"`
+	Phase   string    `json:"phase"`
+	Error   string    `json:"error,omitempty"`
+	At      time.Time `json:"at"`
+}
+
+// NodeOS is a node's operating system as its agent reports it in every
+// heartbeat (HeartbeatRequest.OS) and the vDC shows it (Node.OS).
+type NodeOS struct {
+	Image   string `json:"image"`
+	Version string `json:"version"`
+	// Slots is nil on a live boot (no installed A/B disk): such a node cannot
+	// be upgraded, only reinstalled.
+	Slots   *SlotsStatus     `json:"slots,omitempty"`
+	Upgrade *UpgradeProgress `json:"upgrade,omitempty"`
+}
