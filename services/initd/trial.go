@@ -220,6 +220,12 @@ func (in *Init) judgeSlot(ctx context.Context, sup *Supervisor, k *SlotKeeper, c
 	}
 }
 
+// espMountOptions name the character sets of the modules the images ship
+// (nls_cp437, nls_iso8859-1): Debian's kernel defaults vfat to iocharset=ascii,
+// whose module (nls_ascii) is not in the images, and the mount then fails with
+// EINVAL ("IO charset ascii not found").
+const espMountOptions = "codepage=437,iocharset=iso8859-1"
+
 // withESP mounts QUANTIX-EFI of the installed disk at ESPMount, runs fn, syncs and
 // unmounts it.
 func (in *Init) withESP(fn func(esp string) error) error {
@@ -234,7 +240,7 @@ func (in *Init) withESP(fn func(esp string) error) error {
 	if err := os.MkdirAll(ESPMount, 0o700); err != nil {
 		return err
 	}
-	if err := unix.Mount(in.espDevice, ESPMount, "vfat", unix.MS_NOATIME|unix.MS_NODEV|unix.MS_NOEXEC, ""); err != nil {
+	if err := unix.Mount(in.espDevice, ESPMount, "vfat", unix.MS_NOATIME|unix.MS_NODEV|unix.MS_NOEXEC, espMountOptions); err != nil {
 		return fmt.Errorf("mount %s (%s) on %s: %w", in.espDevice, quantix.LabelEFI, ESPMount, err)
 	}
 	err := fn(ESPMount)

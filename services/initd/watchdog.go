@@ -23,7 +23,7 @@ const (
 	// the lab, iTCO_wdt or sp5100_tco on most x86 boards).
 	WatchdogDevice = "/dev/watchdog"
 	// WatchdogTimeout is how long a hung trial runs before the reset.
-	WatchdogTimeout = 60 * time.Second
+	WatchdogTimeout = 30 * time.Second
 	watchdogPing    = 10 * time.Second
 )
 
