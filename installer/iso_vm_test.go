@@ -284,10 +284,8 @@ func TestISOInstallInteractive(t *testing.T) {
 		{"Console password again", "serial-pass-1"},
 		{"Write this plan to /dev/vda", "vda"},
 	} {
+		m.ExpectPrompt(t, qa.prompt, 2*time.Minute)
 		m.Type(t, qa.answer+"\n")
-		// The prompt's line ends when the answer is echoed (or, for a secret,
-		// when the installer ends the line itself).
-		m.Expect(t, qa.prompt, 2*time.Minute)
 	}
 	mk := m.WaitMarker(t, quantix.MarkerInstallComplete, 10*time.Minute, "hostname", hostname)
 	t.Logf("interactive install took %s s in the guest (%s)", mk.Get("seconds"), m.Accel())

@@ -109,7 +109,7 @@ func testGateFails(t *testing.T, l *lab) {
 	m.WaitMarker(t, quantix.MarkerBootSlot, bootTimeout, "slot", "a", "trial", "0")
 	back := m.WaitMarker(t, quantix.MarkerSlot, bootTimeout, "slot", "a", "state", quantix.SlotRolledBack, "from", "b")
 	t.Logf("rolled back %.0f s after power-on: %s", time.Since(t0).Seconds(), back.Get("reason"))
-	if r := back.Get("reason"); !strings.Contains(r, `health gate "service libvirtd ready" failed`) || !strings.Contains(r, "service libvirtd is") || !strings.Contains(r, "/quantix/data/upgrade/failed-b-") {
+	if r := back.Get("reason"); !strings.Contains(r, `health gate "service libvirtd ready" failed`) || !strings.Contains(r, "service libvirtd is") || !strings.Contains(r, quantix.DataDir+"/upgrade/failed-b-") {
 		t.Errorf("rollback reason %q: want the failed gate, its error and the kept logs", r)
 	}
 	m.PowerOff(t, 2*time.Minute)
