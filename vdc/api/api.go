@@ -331,7 +331,7 @@ func (a *API) unavailable(w http.ResponseWriter, r *http.Request, err error) {
 	}
 	a.log.Error("check the admin token", "err", err)
 	w.Header().Set("Retry-After", "1")
-	writeError(w, http.StatusServiceUnavailable, err.Error()) // "check the admin token: ..."
+	writeError(w, http.StatusServiceUnavailable, "the admin token cannot be checked without the database, retry: "+err.Error())
 }
 
 func (a *API) rotateAdminToken(w http.ResponseWriter, r *http.Request) {
