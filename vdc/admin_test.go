@@ -9,6 +9,7 @@ import (
 	"net/http"
 	"path/filepath"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -171,5 +172,57 @@ func TestAdminTokenConfiguredDiffers(t *testing.T) {
 				}
 			}
 		})
+	}
+}
+
+// TestAdminTokenGeneratedOnce: six vDCs without an admin token start at once on an
+// empty database: one generates the cluster's token and prints it, the others
+// print nothing, and every one of them takes the printed token.
+func TestAdminTokenGeneratedOnce(t *testing.T) {
+	skipShort(t)
+	dbURL := vdctest.Shared(t).NewDatabase(t)
+	const n = 6
+	outs := make([]*syncbuf.Buffer, n)
+	bases := make([]string, n)
+	errs := make([]error, n)
+	start := make(chan struct{})
+	var wg sync.WaitGroup
+	for i := range n {
+		outs[i] = &syncbuf.Buffer{}
+		cfg := vdc.DefaultConfig()
+		cfg.Listen, cfg.UIListen, cfg.DatabaseURL, cfg.Stdout = "127.0.0.1:0", "127.0.0.1:0", dbURL, outs[i]
+		cfg.SecretsFile, cfg.DataDir = filepath.Join(t.TempDir(), "secrets.toml"), t.TempDir()
+		wg.Go(func() {
+			<-start
+			var stop func() error
+			bases[i], stop, errs[i] = startService(cfg)
+			if errs[i] == nil {
+				t.Cleanup(func() { stop() })
+			}
+		})
+	}
+	close(start)
+	wg.Wait()
+	var tokens []string
+	for i := range n {
+		if errs[i] != nil {
+			t.Fatalf("vDC %d: %v", i, errs[i])
+		}
+		for _, line := range strings.Split(outs[i].String(), "\n") {
+			if m, ok := quantix.ParseMarker(line); ok && m.Kind == quantix.MarkerAdminToken {
+				tokens = append(tokens, m.Get("token"))
+			}
+		}
+	}
+	if len(tokens) != 1 || len(tokens[0]) != 64 {
+		t.Fatalf("%d vDCs starting at once printed %d admin tokens, want 1", n, len(tokens))
+	}
+	for i, base := range bases {
+		if code := adminStatus(t, base, tokens[0]); code != http.StatusOK {
+			t.Errorf("vDC %d with the printed token: %d, want 200", i, code)
+		}
+	}
+	if got := storedAdminHash(t, dbURL); got != store.HashSecret(tokens[0]) {
+		t.Errorf("the stored digest is not the printed token's")
 	}
 }
