@@ -28,6 +28,9 @@ const (
 	MaxRequestBytes = 1 << 20 // bodies above this get 413
 )
 
+// PathAdminTokenRotate is POST (admin): a new cluster-wide admin token.
+const PathAdminTokenRotate = "/api/v1/admin-token/rotate"
+
 // PathHeartbeat, PathState and PathEvents are the per-node paths.
 func PathHeartbeat(nodeID string) string { return PathNodes + "/" + nodeID + "/heartbeat" }
 func PathState(nodeID string) string     { return PathNodes + "/" + nodeID + "/state" }
@@ -350,6 +353,20 @@ type AgentCAStatus struct {
 	Warning          string `json:"warning,omitempty"`
 	// JoinTokenPin is the pin new join tokens carry (Serving's).
 	JoinTokenPin string `json:"join_token_pin"`
+}
+
+// AdminTokenRotation is the answer to POST /api/v1/admin-token/rotate.
+type AdminTokenRotation struct {
+	// AdminToken is the new admin token (64 hex), shown this once: the vDCs keep
+	// only its digest.
+	AdminToken string `json:"admin_token"`
+	// Generation counts the cluster's admin tokens: 1 for the first, +1 per rotation.
+	Generation int64 `json:"generation"`
+	// PropagationSeconds bounds when every vDC on the database refuses the old token
+	// (the one that answered does at once).
+	PropagationSeconds int `json:"propagation_seconds"`
+	// UISessionsEnded is how many web UI sessions the rotation ended (all of them).
+	UISessionsEnded int64 `json:"ui_sessions_ended"`
 }
 
 // Error is the body of every error response.

@@ -375,7 +375,7 @@ func TestOtherAddress(t *testing.T) {
 	a := startAgent(t, cfg)
 	a.waitMarker(t, 1)
 	a.stop(t)
-	v2 := startVDCWith(t, vdctest.Options{DatabaseURL: v.DatabaseURL, Listen: "127.0.0.2:0"})
+	v2 := startVDCWith(t, vdctest.Options{DatabaseURL: v.DatabaseURL, AdminToken: v.AdminToken, Listen: "127.0.0.2:0"})
 	if v2.Pin != v.Pin || !strings.HasPrefix(v2.AgentURL, "https://127.0.0.2:") {
 		t.Fatalf("second vDC %s pin %s, want 127.0.0.2 and pin %s", v2.AgentURL, v2.Pin, v.Pin)
 	}

@@ -20,6 +20,7 @@ import (
 	"github.com/quantix/quantix/tests/syncbuf"
 	"github.com/quantix/quantix/vdc"
 	"github.com/quantix/quantix/vdc/migrations"
+	"github.com/quantix/quantix/vdc/store"
 	"github.com/quantix/quantix/vdc/vdctest"
 )
 
@@ -27,7 +28,12 @@ var quiet = slog.New(slog.NewTextHandler(io.Discard, nil))
 
 // startService runs a vDC with cfg; stop stops it and returns Run's error.
 func startService(cfg vdc.Config) (string, func() error, error) {
-	svc, err := vdc.New(cfg, quiet)
+	return startServiceLog(cfg, quiet)
+}
+
+// startServiceLog is startService logging to log.
+func startServiceLog(cfg vdc.Config, log *slog.Logger) (string, func() error, error) {
+	svc, err := vdc.New(cfg, log)
 	if err != nil {
 		return "", nil, err
 	}
@@ -72,8 +78,8 @@ func withoutPassword(t *testing.T, raw string) string {
 }
 
 // TestAdminTokenAndSecrets: first start without an admin token generates one,
-// prints it once, stores only its hash next to the bootstrap's database password,
-// and reads the database password from there.
+// prints it once, stores only its hash in the database (cluster-wide), and reads
+// the database password from secrets.toml, leaving it as the bootstrap wrote it.
 func TestAdminTokenAndSecrets(t *testing.T) {
 	skipShort(t)
 	pg := vdctest.Shared(t)
@@ -104,8 +110,11 @@ func TestAdminTokenAndSecrets(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if sec.DatabasePassword != pg.Password || !strings.HasPrefix(sec.AdminTokenHash, "sha256:") {
-		t.Errorf("secrets.toml = %+v, want the database password kept and a sha256 admin hash", sec)
+	if sec.DatabasePassword != pg.Password || sec.AdminTokenHash != "" {
+		t.Errorf("secrets.toml = %+v, want the database password kept and no admin hash (the database holds it)", sec)
+	}
+	if got := storedAdminHash(t, dbURL); got != store.HashSecret(token) {
+		t.Errorf("admin_token holds %x, want the printed token's digest", got[:4])
 	}
 	raw, _ := os.ReadFile(secrets)
 	if strings.Contains(string(raw), token) {

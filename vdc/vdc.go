@@ -36,7 +36,7 @@ import (
 //	database_url = "postgres://quantix@127.0.0.1:5432/quantix_vdc"  # password from secrets.toml
 //	heartbeat_interval = "30s"
 //	join_tokens = ["lab-token"]   # static tokens, labs and tests only
-//	admin_token = ""              # else secrets.toml's admin_token_hash, else generated
+//	admin_token = ""              # seeds an empty database; else secrets.toml's admin_token_hash, else generated
 //	secrets_file = "/quantix/vdc/secrets.toml"
 //	database_max_conns = 16
 //	database_timeout = "5s"       # connect, statement and silent-server deadline
@@ -318,34 +318,62 @@ func (s *Service) UIAddr() net.Addr {
 	return s.uiAddr
 }
 
-// adminTokenHash returns the admin token digest: the configured token, else the
-// stored hash, else a new token printed once and stored hashed.
-func (s *Service) adminTokenHash() ([32]byte, error) {
+// configuredAdminToken is the admin token digest this vDC's configuration offers
+// an empty database: admin_token (vdc.toml or --admin-token), else secrets.toml's
+// admin_token_hash (the installer's, or an older vDC's); source names it, "" for
+// neither.
+func (s *Service) configuredAdminToken() (hash [32]byte, source string, err error) {
 	if s.cfg.AdminToken != "" {
-		return store.HashSecret(s.cfg.AdminToken), nil
+		return store.HashSecret(s.cfg.AdminToken), "admin_token", nil
 	}
 	sec, err := quantix.LoadVDCSecrets(s.cfg.SecretsFile)
 	if err != nil {
-		return [32]byte{}, fmt.Errorf("%w: %w", quantix.ErrConfig, err)
+		return hash, "", fmt.Errorf("%w: %w", quantix.ErrConfig, err)
 	}
-	if sec.AdminTokenHash != "" {
-		hexed, ok := strings.CutPrefix(sec.AdminTokenHash, "sha256:")
-		b, err := hex.DecodeString(hexed)
-		if !ok || err != nil || len(b) != 32 {
-			return [32]byte{}, fmt.Errorf("%w: %s: admin_token_hash is not \"sha256:<64 hex>\"", quantix.ErrConfig, s.cfg.SecretsFile)
-		}
-		return [32]byte(b), nil
+	if sec.AdminTokenHash == "" {
+		return hash, "", nil
 	}
-	tok := store.NewSecret()
-	h := store.HashSecret(tok)
-	sec.AdminTokenHash = "sha256:" + hex.EncodeToString(h[:])
-	if err := quantix.SaveVDCSecrets(s.cfg.SecretsFile, sec); err != nil {
-		return [32]byte{}, fmt.Errorf("store admin token hash: %w", err)
+	hexed, ok := strings.CutPrefix(sec.AdminTokenHash, "sha256:")
+	b, err := hex.DecodeString(hexed)
+	if !ok || err != nil || len(b) != 32 {
+		return hash, "", fmt.Errorf("%w: %s: admin_token_hash is not \"sha256:<64 hex>\"", quantix.ErrConfig, s.cfg.SecretsFile)
 	}
-	fmt.Fprintln(s.cfg.Stdout, quantix.FormatMarker(quantix.MarkerAdminToken, "service", "vdc", "token", tok,
-		"note", "shown once; only its hash is kept in "+s.cfg.SecretsFile))
-	s.log.Info("generated the admin token; it was printed once on stdout", "secrets_file", s.cfg.SecretsFile)
-	return h, nil
+	return [32]byte(b), s.cfg.SecretsFile + " admin_token_hash", nil
+}
+
+// initAdminToken makes sure the database holds the cluster's admin token digest
+// (docs/design.md §17) and returns the checker every listener uses. The first vDC
+// on an empty database stores the digest of its configured token, or generates a
+// token, prints it once and stores its digest; concurrent first starts store one.
+//
+// From then on the database's digest is in force. A configured token that differs
+// (the token was rotated, or another vDC was set up with another one) is neither
+// written over it nor accepted: the vDC starts and warns, naming the key to fix.
+// Refusing to start would take every vDC down at its next restart after a
+// rotation, when the operator has most reason to want the control plane up.
+func (s *Service) initAdminToken(ctx context.Context, st *store.Store, seed [32]byte, source string) (*store.AdminAuth, error) {
+	tok := ""
+	if source == "" {
+		tok = store.NewSecret()
+		seed = store.HashSecret(tok)
+	}
+	cur, created, err := st.InitAdminToken(ctx, seed)
+	if err != nil {
+		return nil, err
+	}
+	switch {
+	case created && tok != "":
+		fmt.Fprintln(s.cfg.Stdout, quantix.FormatMarker(quantix.MarkerAdminToken, "service", "vdc", "token", tok,
+			"note", "shown once; only its hash is kept, in the database, for every vDC on it"))
+		s.log.Info("generated the cluster's admin token; it was printed once on stdout")
+	case created:
+		s.log.Info("stored the cluster's admin token digest in the database", "from", source)
+	case source != "" && !store.SameDigest(cur.Hash[:], seed[:]):
+		s.log.Warn("the configured admin token is not the cluster's: the database's is in force and this one is refused "+
+			"(it was rotated, or another vDC set a different one); remove it or set the current token",
+			"key", source, "generation", cur.Generation, "since", cur.UpdatedAt)
+	}
+	return store.NewAdminAuth(st, store.AdminTokenTTL), nil
 }
 
 // Run serves until ctx ends, then shuts down gracefully.
@@ -354,7 +382,7 @@ func (s *Service) Run(ctx context.Context) error {
 	if err != nil {
 		return err
 	}
-	adminHash, err := s.adminTokenHash()
+	adminSeed, adminSource, err := s.configuredAdminToken()
 	if err != nil {
 		return err
 	}
@@ -378,6 +406,13 @@ func (s *Service) Run(ctx context.Context) error {
 		return err
 	}
 	s.log.Info("schema current", "applied", n)
+	admin, err := s.initAdminToken(ctx, st, adminSeed, adminSource)
+	if err != nil {
+		if ctx.Err() != nil {
+			return nil
+		}
+		return err
+	}
 	interval := s.cfg.HeartbeatInterval.Duration
 	cs, err := st.SyncCluster(ctx, interval, store.GraceStart)
 	if err != nil {
@@ -397,8 +432,9 @@ func (s *Service) Run(ctx context.Context) error {
 		return err
 	}
 	desired := store.NewListener(st, s.log)
+	desired.WatchAdminToken(admin)
 	a := api.New(api.Config{Store: st, Heartbeats: hb, HeartbeatInterval: interval,
-		AdminTokenHash: adminHash, AgentURLs: s.cfg.AgentURLs, AgentCA: ca, Desired: desired, DataDir: s.cfg.DataDir,
+		Admin: admin, AgentURLs: s.cfg.AgentURLs, AgentCA: ca, Desired: desired, DataDir: s.cfg.DataDir,
 		MaxImageBytes: s.cfg.MaxImageBytes}, s.log)
 
 	cert, err := s.loadTLS()
@@ -419,7 +455,7 @@ func (s *Service) Run(ctx context.Context) error {
 	s.mu.Lock()
 	s.addr, s.uiAddr, s.ca = l.Addr(), uiL.Addr(), ca
 	s.mu.Unlock()
-	ui, err := web.New(web.Config{Store: st, API: a, AdminTokenHash: adminHash,
+	ui, err := web.New(web.Config{Store: st, API: a, Admin: admin,
 		AgentPort: l.Addr().(*net.TCPAddr).Port}, s.log)
 	if err != nil {
 		return err

@@ -11,6 +11,7 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"math"
 	"net/http"
 	"strings"
 	"sync/atomic"
@@ -25,9 +26,10 @@ type Config struct {
 	Store             *store.Store
 	Heartbeats        *store.Batcher
 	HeartbeatInterval time.Duration
-	// AdminTokenHash is the SHA-256 digest of the admin bearer token.
-	AdminTokenHash [32]byte
-	Metrics        *Metrics
+	// Admin checks the admin bearer token against the cluster's digest (cached:
+	// no query per request) and rotates it.
+	Admin   *store.AdminAuth
+	Metrics *Metrics
 	// AgentURLs is announced to agents (vdc.toml agent_urls).
 	AgentURLs []string
 	// AgentCA is the CA agents pin (docs/design.md §15).
@@ -102,6 +104,7 @@ func New(cfg Config, log *slog.Logger) *API {
 	m.HandleFunc("POST "+quantix.PathJoinTokens, a.admin(a.createJoinToken))
 	m.HandleFunc("GET "+quantix.PathAgentCA, a.admin(a.agentCA))
 	m.HandleFunc("POST "+quantix.PathAgentCARotate, a.admin(a.rotateAgentCA))
+	m.HandleFunc("POST "+quantix.PathAdminTokenRotate, a.admin(a.rotateAdminToken))
 
 	m.HandleFunc("GET "+quantix.PathHealthz, a.healthz)
 	m.HandleFunc("GET "+quantix.PathReadyz, a.readyz)
@@ -301,13 +304,45 @@ func (a *API) admin(h http.HandlerFunc) http.HandlerFunc {
 			writeError(w, http.StatusUnauthorized, "missing admin token (Authorization: Bearer <admin token>)")
 			return
 		}
-		got := store.HashSecret(tok)
-		if !store.SameDigest(got[:], a.cfg.AdminTokenHash[:]) {
+		ok, err := a.cfg.Admin.Check(r.Context(), tok)
+		if err != nil {
+			a.unavailable(w, r, err)
+			return
+		}
+		if !ok {
 			writeError(w, http.StatusUnauthorized, "wrong admin token")
 			return
 		}
 		h(w, r)
 	}
+}
+
+// unavailable answers a request the vDC cannot judge without the database (the
+// admin token's digest could not be read): 503 with Retry-After, as every request
+// that needs an unreachable database gets, never a 401 that would send the admin
+// looking for a token problem.
+func (a *API) unavailable(w http.ResponseWriter, r *http.Request, err error) {
+	if a.cfg.Store.Unavailable(err) {
+		a.fail(w, r, err)
+		return
+	}
+	if r.Context().Err() != nil {
+		return // the client went away
+	}
+	a.log.Error("check the admin token", "err", err)
+	w.Header().Set("Retry-After", "1")
+	writeError(w, http.StatusServiceUnavailable, "the admin token cannot be checked without the database, retry: "+err.Error())
+}
+
+func (a *API) rotateAdminToken(w http.ResponseWriter, r *http.Request) {
+	tok, st, ended, err := a.cfg.Admin.Rotate(r.Context())
+	if err != nil {
+		a.fail(w, r, err)
+		return
+	}
+	w.Header().Set("Cache-Control", "no-store") // the answer holds the token
+	writeJSON(w, http.StatusOK, quantix.AdminTokenRotation{AdminToken: tok, Generation: st.Generation,
+		PropagationSeconds: int(math.Ceil(a.cfg.Admin.TTL().Seconds())), UISessionsEnded: ended})
 }
 
 // nodeID returns the {id} path value if it is a UUID.
@@ -406,8 +441,12 @@ func (a *API) Plain(allowAgents bool) http.Handler {
 		agent := r.URL.Path == quantix.PathRegister
 		if sub, ok := strings.CutPrefix(r.URL.Path, quantix.PathNodes+"/"); ok && strings.Contains(sub, "/") && !agent {
 			// A node's own endpoints (/api/v1/nodes/{id}/...), unless the admin asks.
-			got := store.HashSecret(bearer(r))
-			agent = !store.SameDigest(got[:], a.cfg.AdminTokenHash[:])
+			ok, err := a.cfg.Admin.Check(r.Context(), bearer(r))
+			if err != nil {
+				a.unavailable(w, r, err)
+				return
+			}
+			agent = !ok
 		}
 		if agent {
 			// 403, not 426: an agent reads the JSON error, and an upgrade on the

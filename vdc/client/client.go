@@ -399,7 +399,6 @@ func (c *Client) Pools(ctx context.Context) ([]quantix.InventoryPool, error) {
 	return l.StoragePools, err
 }
 
-// CreateJoinToken creates a join token; its secret is in the answer only.
 // AgentCA returns the agent CA's state (pins, expiry, a rotation in progress).
 func (c *Client) AgentCA(ctx context.Context) (quantix.AgentCAStatus, error) {
 	var st quantix.AgentCAStatus
@@ -414,6 +413,19 @@ func (c *Client) RotateAgentCA(ctx context.Context) (quantix.AgentCAStatus, erro
 	return st, err
 }
 
+// RotateAdminToken replaces the cluster's admin token; the answer holds the new one,
+// the only time the vDC shows it. The client goes on using the old token: make a
+// new client with the new one.
+func (c *Client) RotateAdminToken(ctx context.Context) (quantix.AdminTokenRotation, error) {
+	var rot quantix.AdminTokenRotation
+	err := c.do(ctx, http.MethodPost, quantix.PathAdminTokenRotate, struct{}{}, &rot)
+	if err == nil && rot.AdminToken == "" {
+		return rot, fmt.Errorf("POST %s: the vDC answered without a token", quantix.PathAdminTokenRotate)
+	}
+	return rot, err
+}
+
+// CreateJoinToken creates a join token; its secret is in the answer only.
 func (c *Client) CreateJoinToken(ctx context.Context, req quantix.JoinTokenRequest) (quantix.JoinToken, error) {
 	var tok quantix.JoinToken
 	err := c.do(ctx, http.MethodPost, quantix.PathJoinTokens, req, &tok)

@@ -3,6 +3,7 @@ package store
 import (
 	"context"
 	"errors"
+	"io"
 	"net"
 	"syscall"
 	"time"
@@ -61,9 +62,11 @@ func (s *Store) Unavailable(err error) bool {
 	}
 	var ce *pgconn.ConnectError
 	var ne net.Error
+	// io.ErrUnexpectedEOF: the connection closed under a query (a server or a
+	// proxy gone without a word).
 	return errors.As(err, &ce) || errors.As(err, &ne) || pgconn.Timeout(err) ||
 		errors.Is(err, context.DeadlineExceeded) || errors.Is(err, syscall.ECONNREFUSED) ||
-		errors.Is(err, syscall.ECONNRESET) || errors.Is(err, syscall.EPIPE)
+		errors.Is(err, syscall.ECONNRESET) || errors.Is(err, syscall.EPIPE) || errors.Is(err, io.ErrUnexpectedEOF)
 }
 
 func (s *Store) resetPool() {

@@ -12,10 +12,13 @@ import (
 
 // Listener wakes the desired-state long-polls of this process when a node's desired
 // generation changes, whichever vDC process changed it: one connection LISTENs on
-// DesiredChannel and fans each notification out to the waiters of that node.
+// DesiredChannel and fans each notification out to the waiters of that node. On
+// the same connection it LISTENs on AdminTokenChannel and drops the cached admin
+// token digest (WatchAdminToken) when any vDC rotates it.
 type Listener struct {
-	s   *Store
-	log *slog.Logger
+	s     *Store
+	log   *slog.Logger
+	admin *AdminAuth // nil: no admin token cache to drop
 
 	mu      sync.Mutex
 	waiters map[string]map[chan struct{}]struct{}
@@ -29,6 +32,11 @@ type Listener struct {
 func NewListener(s *Store, log *slog.Logger) *Listener {
 	return &Listener{s: s, log: log, waiters: map[string]map[chan struct{}]struct{}{}, stopping: make(chan struct{})}
 }
+
+// WatchAdminToken makes the listener drop a's cached digest at each rotation
+// through any vDC, and whenever its connection comes back (a notification may have
+// been missed). Call it before Run.
+func (l *Listener) WatchAdminToken(a *AdminAuth) { l.admin = a }
 
 // Listener backoff after a lost connection.
 const (
@@ -72,14 +80,24 @@ func (l *Listener) listen(ctx context.Context) error {
 		return fmt.Errorf("connect: %w", err)
 	}
 	defer conn.Close(context.Background())
-	if _, err := conn.Exec(ctx, "LISTEN "+DesiredChannel); err != nil {
-		return fmt.Errorf("listen %s: %w", DesiredChannel, err)
+	// DesiredChannel last: pg_stat_activity shows the connection's query as
+	// "LISTEN quantix_desired", by which operators and tests find the listeners.
+	for _, ch := range []string{AdminTokenChannel, DesiredChannel} {
+		if _, err := conn.Exec(ctx, "LISTEN "+ch); err != nil {
+			return fmt.Errorf("listen %s: %w", ch, err)
+		}
 	}
 	l.setUp(true)
 	for {
 		n, err := conn.WaitForNotification(ctx)
 		if err != nil {
 			return err
+		}
+		if n.Channel == AdminTokenChannel {
+			if l.admin != nil {
+				l.admin.invalidate()
+			}
+			continue
 		}
 		l.wake(n.Payload)
 	}
@@ -98,6 +116,9 @@ func (l *Listener) setUp(up bool) {
 		}
 	}
 	l.mu.Unlock()
+	if up && !was && l.admin != nil {
+		l.admin.invalidate()
+	}
 	for _, c := range all {
 		signal(c)
 	}

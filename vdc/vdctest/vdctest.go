@@ -40,7 +40,10 @@ type Options struct {
 	DatabaseURL       string
 	HeartbeatInterval time.Duration // 0: 2s
 	JoinTokens        []string      // nil: one random static token
-	AdminToken        string        // "": a random one
+	// AdminToken is the vDC's admin_token; "": a random one. With the DatabaseURL
+	// of another vDC pass that vDC's: the first token on a database is the
+	// cluster's, and a vDC configured with another refuses its own (it warns).
+	AdminToken string
 	// Listen is the API address; "": 127.0.0.1:0.
 	Listen string
 	// PlainAgents sets agent_plain_http: agents may use VDC.URL (plain HTTP).

@@ -58,6 +58,7 @@ type rig struct {
 	ui    *web.UI
 	api   *api.API
 	store *store.Store
+	auth  *store.AdminAuth
 	clock *clock
 	admin string
 	join  string
@@ -83,14 +84,17 @@ func newRig(t *testing.T) *rig {
 	hb := store.NewBatcher(st, 1, 100, log)
 	t.Cleanup(hb.Close)
 	admin := "admin-" + randHex(32)
-	a := api.New(api.Config{Store: st, Heartbeats: hb, HeartbeatInterval: 30 * time.Second,
-		AdminTokenHash: store.HashSecret(admin)}, log)
+	if _, _, err := st.InitAdminToken(ctx, store.HashSecret(admin)); err != nil {
+		t.Fatal(err)
+	}
+	auth := store.NewAdminAuth(st, 0)
+	a := api.New(api.Config{Store: st, Heartbeats: hb, HeartbeatInterval: 30 * time.Second, Admin: auth}, log)
 	c := &clock{t: time.Date(2026, 11, 22, 8, 0, 0, 0, time.UTC)}
-	ui, err := web.New(web.Config{Store: st, API: a, AdminTokenHash: store.HashSecret(admin), AgentPort: 8080, Now: c.Now}, log)
+	ui, err := web.New(web.Config{Store: st, API: a, Admin: auth, AgentPort: 8080, Now: c.Now}, log)
 	if err != nil {
 		t.Fatal(err)
 	}
-	return &rig{ui: ui, api: a, store: st, clock: c, admin: admin, join: join, log: &logBuf}
+	return &rig{ui: ui, api: a, store: st, auth: auth, clock: c, admin: admin, join: join, log: &logBuf}
 }
 
 func randHex(n int) string {

@@ -95,6 +95,17 @@ var loginNonceRE = regexp.MustCompile(`name="login_csrf" value="([0-9a-f]+)"`)
 // uiLogin logs in through the HTTPS login form and returns the session cookie.
 func uiLogin(t testing.TB, v *vdctest.VDC, c *http.Client) *http.Cookie {
 	t.Helper()
+	code, _, s := uiLoginAs(t, v, c, v.AdminToken)
+	if s == nil {
+		t.Fatalf("login: %d, no session cookie", code)
+	}
+	return s
+}
+
+// uiLoginAs posts v's HTTPS login form with token and returns the status, the
+// Retry-After header and the session cookie (nil without one).
+func uiLoginAs(t testing.TB, v *vdctest.VDC, c *http.Client, token string) (int, string, *http.Cookie) {
+	t.Helper()
 	resp, err := c.Get(v.UIURL + "/ui/login")
 	if err != nil {
 		t.Fatal(err)
@@ -111,7 +122,7 @@ func uiLogin(t testing.TB, v *vdctest.VDC, c *http.Client) *http.Cookie {
 	if nonce == nil || m == nil {
 		t.Fatalf("login page without a nonce")
 	}
-	form := url.Values{"token": {v.AdminToken}, "login_csrf": {string(m[1])}}
+	form := url.Values{"token": {token}, "login_csrf": {string(m[1])}}
 	req, _ := http.NewRequest(http.MethodPost, v.UIURL+"/ui/login", strings.NewReader(form.Encode()))
 	req.Header.Set("Content-Type", "application/x-www-form-urlencoded")
 	req.Header.Set("Origin", v.UIURL)
@@ -122,12 +133,11 @@ func uiLogin(t testing.TB, v *vdctest.VDC, c *http.Client) *http.Cookie {
 	}
 	resp.Body.Close()
 	for _, ck := range resp.Cookies() {
-		if ck.Name == web.SessionCookie {
-			return ck
+		if ck.Name == web.SessionCookie && ck.Value != "" {
+			return resp.StatusCode, resp.Header.Get("Retry-After"), ck
 		}
 	}
-	t.Fatalf("login: %d, no session cookie", resp.StatusCode)
-	return nil
+	return resp.StatusCode, resp.Header.Get("Retry-After"), nil
 }
 
 // BenchmarkHostsPage10k measures the server side of the Hosts page with 10,000

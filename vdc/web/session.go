@@ -15,7 +15,6 @@ import (
 	"net/url"
 	"strconv"
 	"strings"
-	"sync"
 	"time"
 
 	"github.com/quantix/quantix"
@@ -122,6 +121,8 @@ func clientIP(r *http.Request) string {
 	return h
 }
 
+const loginDBDown = "Cannot log in now: the database is not answering; try again."
+
 func (u *UI) login(w http.ResponseWriter, r *http.Request) {
 	w.Header().Set("Cache-Control", "no-store")
 	r.Body = http.MaxBytesReader(w, r.Body, 16<<10)
@@ -141,7 +142,13 @@ func (u *UI) login(w http.ResponseWriter, r *http.Request) {
 	}
 	ip := clientIP(r)
 	now := u.cfg.Now()
-	if wait := u.throttle.wait(ip, now); wait > 0 {
+	n, wait, err := u.cfg.Store.LoginAttempt(r.Context(), ip, now, loginThrottle())
+	if err != nil {
+		u.log.Error("count ui login attempt", "err", err)
+		u.renderLogin(w, r, http.StatusServiceUnavailable, next, loginDBDown)
+		return
+	}
+	if wait > 0 {
 		secs := int(math.Ceil(wait.Seconds()))
 		w.Header().Set("Retry-After", strconv.Itoa(secs))
 		u.renderLogin(w, r, http.StatusTooManyRequests, next,
@@ -149,14 +156,22 @@ func (u *UI) login(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	tok := strings.TrimSpace(r.PostFormValue("token"))
-	got := store.HashSecret(tok)
-	if tok == "" || !store.SameDigest(got[:], u.cfg.AdminTokenHash[:]) {
-		n := u.throttle.fail(ip, now)
+	ok, err := u.cfg.Admin.Check(r.Context(), tok)
+	if err != nil {
+		u.log.Error("check ui login", "err", err)
+		u.renderLogin(w, r, http.StatusServiceUnavailable, next, "Cannot check the token: the database is not answering; try again.")
+		return
+	}
+	if !ok {
 		u.log.Warn("ui login failed", "remote", ip, "failures", n)
 		u.renderLogin(w, r, http.StatusUnauthorized, next, "Wrong admin token.")
 		return
 	}
-	u.throttle.succeed(ip)
+	if err := u.cfg.Store.LoginSucceeded(r.Context(), ip); err != nil {
+		u.log.Error("clear ui login attempts", "err", err)
+		u.renderLogin(w, r, http.StatusServiceUnavailable, next, loginDBDown)
+		return
+	}
 	sid := newSessionID()
 	if err := u.cfg.Store.CreateSession(r.Context(), sessionHash(sid), now, now.Add(u.cfg.SessionLifetime),
 		ip, r.UserAgent()); err != nil {
@@ -197,82 +212,37 @@ func (u *UI) logout(w http.ResponseWriter, r *http.Request) {
 	http.Redirect(w, r, "/ui/login", http.StatusSeeOther)
 }
 
-// throttle slows down guessing the admin token from one address: 5 failures are
-// free, then each further failure locks the address out for 1 s, 2 s, 4 s ... up to
+// loginThrottle slows down guessing the admin token from one address: 5 failures
+// are free, then each further one locks the address out for 1 s, 2 s, 4 s ... up to
 // 5 minutes. A success clears the address; 15 quiet minutes forget it. There is no
 // global lock: it would let anyone lock the admin out. (The admin token is 256
-// random bits when generated, so the throttle is about noise, not feasibility.)
-type throttle struct {
-	mu   sync.Mutex
-	byIP map[string]*failures
-}
-
-type failures struct {
-	n     int
-	last  time.Time
-	until time.Time
-}
-
+// random bits when generated, so the throttle is about noise, not feasibility.) The
+// counts are in PostgreSQL, shared by every vDC of the database: spreading guesses
+// over several vDCs buys no more of them (store.LoginAttempt).
 const (
 	throttleFree    = 5
 	throttleMaxWait = 5 * time.Minute
 	throttleForget  = 15 * time.Minute
-	throttleMaxIPs  = 10000
 )
 
-func newThrottle() *throttle { return &throttle{byIP: map[string]*failures{}} }
-
-// wait is how long ip must wait before its next attempt.
-func (t *throttle) wait(ip string, now time.Time) time.Duration {
-	t.mu.Lock()
-	defer t.mu.Unlock()
-	f := t.byIP[ip]
-	if f == nil || now.After(f.until) {
-		return 0
-	}
-	return f.until.Sub(now)
-}
-
-// fail records a failure and returns the address's count.
-func (t *throttle) fail(ip string, now time.Time) int {
-	t.mu.Lock()
-	defer t.mu.Unlock()
-	if len(t.byIP) >= throttleMaxIPs {
-		for k, f := range t.byIP {
-			if now.Sub(f.last) > throttleForget {
-				delete(t.byIP, k)
-			}
-		}
-	}
-	f := t.byIP[ip]
-	if f == nil || now.Sub(f.last) > throttleForget {
-		f = &failures{}
-		t.byIP[ip] = f
-	}
-	f.n++
-	f.last = now
-	if f.n > throttleFree {
-		d := time.Second << min(f.n-throttleFree-1, 20)
-		f.until = now.Add(min(d, throttleMaxWait))
-	}
-	return f.n
-}
-
-func (t *throttle) succeed(ip string) {
-	t.mu.Lock()
-	defer t.mu.Unlock()
-	delete(t.byIP, ip)
+func loginThrottle() store.LoginThrottle {
+	return store.LoginThrottle{Free: throttleFree, MaxWait: throttleMaxWait, Forget: throttleForget}
 }
 
 // PruneSessions deletes the sessions past their lifetime or idle timeout, logging
-// how many. The vDC calls it every PruneEvery, and each login does too.
+// how many, and the login attempts the throttle has forgotten. The vDC calls it
+// every PruneEvery, and each login does too.
 func (u *UI) PruneSessions(ctx context.Context) {
-	n, err := u.cfg.Store.DeleteExpiredSessions(ctx, u.cfg.Now(), u.cfg.IdleTimeout)
+	now := u.cfg.Now()
+	n, err := u.cfg.Store.DeleteExpiredSessions(ctx, now, u.cfg.IdleTimeout)
 	switch {
 	case err != nil && ctx.Err() == nil:
 		u.log.Warn("delete expired ui sessions", "err", err)
 	case n > 0:
 		u.log.Info("deleted expired ui sessions", "count", n)
+	}
+	if _, err := u.cfg.Store.DeleteStaleLoginAttempts(ctx, now.Add(-throttleForget)); err != nil && ctx.Err() == nil {
+		u.log.Warn("delete stale ui login attempts", "err", err)
 	}
 }
 

@@ -39,8 +39,9 @@ type Config struct {
 	// API is the vDC's API v1 handler; the UI forwards /api/, /healthz, /readyz and
 	// /metrics to it.
 	API http.Handler
-	// AdminTokenHash is the SHA-256 digest of the admin token, the login credential.
-	AdminTokenHash [32]byte
+	// Admin checks the admin token, the login credential, against the cluster's
+	// digest.
+	Admin *store.AdminAuth
 	// AgentPort is the API port agents use (TLS with the agent CA); the Join tokens
 	// page shows https://<the host the browser used>:<AgentPort> as the vDC URL.
 	AgentPort int
@@ -75,13 +76,12 @@ const (
 
 // UI serves the web UI and, behind its session layer, the API.
 type UI struct {
-	cfg      Config
-	log      *slog.Logger
-	mux      *http.ServeMux
-	pages    map[string]*template.Template
-	static   map[string]staticFile
-	origin   *http.CrossOriginProtection
-	throttle *throttle
+	cfg    Config
+	log    *slog.Logger
+	mux    *http.ServeMux
+	pages  map[string]*template.Template
+	static map[string]staticFile
+	origin *http.CrossOriginProtection
 }
 
 type staticFile struct {
@@ -92,8 +92,8 @@ type staticFile struct {
 
 // New builds the UI.
 func New(cfg Config, log *slog.Logger) (*UI, error) {
-	if cfg.Store == nil || cfg.API == nil {
-		return nil, fmt.Errorf("web: Store and API are required")
+	if cfg.Store == nil || cfg.API == nil || cfg.Admin == nil {
+		return nil, fmt.Errorf("web: Store, API and Admin are required")
 	}
 	if cfg.Now == nil {
 		cfg.Now = time.Now
@@ -105,7 +105,7 @@ func New(cfg Config, log *slog.Logger) (*UI, error) {
 		cfg.SessionLifetime = DefaultSessionLifetime
 	}
 	u := &UI{cfg: cfg, log: log, mux: http.NewServeMux(), pages: map[string]*template.Template{},
-		static: map[string]staticFile{}, origin: http.NewCrossOriginProtection(), throttle: newThrottle()}
+		static: map[string]staticFile{}, origin: http.NewCrossOriginProtection()}
 	if err := u.loadStatic(); err != nil {
 		return nil, err
 	}

@@ -214,7 +214,7 @@ func TestSessionExpiry(t *testing.T) {
 
 	// A restart: a new UI on the same database and clock accepts the session.
 	s, _ = rg.login(t)
-	ui2, err := web.New(web.Config{Store: rg.store, API: rg.api, AdminTokenHash: [32]byte{}, Now: rg.clock.Now}, discardLog())
+	ui2, err := web.New(web.Config{Store: rg.store, API: rg.api, Admin: rg.auth, Now: rg.clock.Now}, discardLog())
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -571,6 +571,60 @@ func (c *cli) agentCA(ctx context.Context, verb string, args []string) error {
 	return nil
 }
 
+// rotateAdminToken is `admin-token rotate`. The new token exists in clear only in
+// the vDC's answer, so it is never lost: it goes into the token file qx-ctl read the
+// old one from (atomically, 0600), else (or with --print) to stdout, and to stdout
+// too when that file cannot be written.
+func (c *cli) rotateAdminToken(ctx context.Context, args []string) error {
+	fs := c.flagSet("admin-token rotate")
+	show := fs.Bool("print", false, "show the new token on stdout instead of writing the token file")
+	rest, err := parseFlags(fs, args, false)
+	if err != nil {
+		return err
+	}
+	if len(rest) > 0 {
+		return usagef("admin-token rotate: unexpected argument %q", rest[0])
+	}
+	if err := c.connect(); err != nil {
+		return err
+	}
+	cctx, cancel := c.call(ctx)
+	defer cancel()
+	rot, err := c.client.RotateAdminToken(cctx)
+	if err != nil {
+		return fmt.Errorf("admin-token rotate: %w", err)
+	}
+	var saveErr error
+	saved := ""
+	if c.tokenPath != "" && !*show {
+		if saveErr = quantix.WriteFileAtomic(c.tokenPath, []byte(rot.AdminToken+"\n"), 0o600); saveErr == nil {
+			saved = c.tokenPath
+		}
+	}
+	if c.opts.output == "json" {
+		if err := writeJSON(c.stdout, rot); err != nil {
+			return err
+		}
+	} else {
+		kv := newTable(c.stdout)
+		if saved != "" {
+			kv.row("new admin token:", "written to "+saved)
+		} else {
+			kv.row("new admin token:", rot.AdminToken)
+		}
+		kv.row("generation:", strconv.FormatInt(rot.Generation, 10))
+		kv.row("old token refused:", fmt.Sprintf("by every vDC within %d s", rot.PropagationSeconds))
+		kv.row("ui sessions ended:", strconv.FormatInt(rot.UISessionsEnded, 10))
+		if err := kv.flush(); err != nil {
+			return err
+		}
+	}
+	if saveErr != nil {
+		return fmt.Errorf("admin-token rotate: the token was rotated but not saved: %w; the new token is on stdout: keep it", saveErr)
+	}
+	return nil
+}
+
 // tokenOutput is `tokens create -o json`: the API's join token plus the lines a node
 // needs.
 type tokenOutput struct {

@@ -79,6 +79,12 @@ Commands:
   ca show                                      the agent CA: pins, expiry, rotation
   ca rotate                                    create the next agent CA; agents that are
                                                online learn it during the overlap
+  admin-token rotate [--print]                 a new admin token for every vDC on the
+                                               database, written to the token file in
+                                               use (--print, or a token from the
+                                               environment: shown on stdout); the old
+                                               one stops working within seconds and
+                                               every web UI session ends
   version                                      qx-ctl's version
   help                                         this text
 
@@ -168,6 +174,7 @@ type cli struct {
 
 	client      *client.Client
 	tokenSource string // where the admin token came from, for error hints (never the token)
+	tokenPath   string // the file the admin token was read from; "" from the environment
 }
 
 // run runs qx-ctl with args (without the program name) and returns the exit status.
@@ -270,6 +277,11 @@ func (c *cli) run(ctx context.Context, args []string) error {
 			return usagef("ca: want 'ca show' or 'ca rotate'")
 		}
 		return c.agentCA(ctx, rest[0], rest[1:])
+	case "admin-token":
+		if len(rest) == 0 || rest[0] != "rotate" {
+			return usagef("admin-token: want 'admin-token rotate'")
+		}
+		return c.rotateAdminToken(ctx, rest[1:])
 	}
 	return usagef("unknown command %q", cmd)
 }
@@ -382,6 +394,7 @@ func (c *cli) adminToken() (string, error) {
 			return "", fmt.Errorf("%w: set %s or pass --token-file FILE (%s does not exist); the vDC prints the admin token once on its console at first start", errNoToken, envToken, file)
 		}
 	}
+	c.tokenPath = file
 	return readTokenFile(file, c.stderr)
 }
 

@@ -45,6 +45,8 @@ func TestUsageErrors(t *testing.T) {
 		{[]string{"vms", "list", "x"}, `vms list: unexpected argument "x"`},
 		{[]string{"pools", "show"}, "pools: want 'pools list'"},
 		{[]string{"tokens"}, "want 'tokens create'"},
+		{[]string{"admin-token"}, "want 'admin-token rotate'"},
+		{[]string{"admin-token", "rotate", "--bogus"}, "flag provided but not defined: -bogus"},
 		{[]string{"tokens", "create", "--uses", "many"}, "invalid value \"many\" for flag -uses"},
 		{[]string{"-o", "yaml", "nodes", "list"}, `-o "yaml": want table or json`},
 		{[]string{"nodes", "list", "--output", "xml"}, `-o "xml": want table or json`},

@@ -98,7 +98,7 @@ func loadConfig(name string, args []string, stderr io.Writer, serve bool) (vdc.C
 		tlsCert = fs.String("tls-cert", "", "PEM certificate `file` for --ui-listen (default: a generated self-signed one)")
 		tlsKey = fs.String("tls-key", "", "PEM private key `file` for --tls-cert")
 		fs.Var(&joinTokens, "join-token", "static join `token` (repeatable; labs and tests)")
-		adminToken = fs.String("admin-token", "", "admin bearer `token` (default: secrets.toml's hash, else generated and printed once)")
+		adminToken = fs.String("admin-token", "", "admin bearer `token` for an empty database; the database's is the cluster's (default: secrets.toml's hash, else generated and printed once)")
 		interval = fs.Duration("heartbeat-interval", 0, "heartbeat `interval` (default 30s)")
 	}
 	if err := fs.Parse(args); err != nil {

@@ -5,6 +5,7 @@ import (
 	"bytes"
 	"context"
 	"errors"
+	"fmt"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -14,6 +15,7 @@ import (
 	"time"
 
 	"github.com/quantix/quantix"
+	"github.com/quantix/quantix/vdc/migrations"
 	"github.com/quantix/quantix/vdc/vdctest"
 )
 
@@ -59,14 +61,15 @@ func TestMigrateCommands(t *testing.T) {
 	}
 	dbURL := vdctest.Shared(t).NewDatabase(t)
 	ctx := context.Background()
+	n := migrations.Latest()
 	steps := []struct {
 		args []string
 		want string
 	}{
-		{[]string{"migrate", "status", "--database-url", dbURL}, "schema version 0 of 8 (8 pending)"},
-		{[]string{"migrate", "up", "--database-url", dbURL}, "applied 8 migration(s)\nschema version 8 of 8 (0 pending)"},
+		{[]string{"migrate", "status", "--database-url", dbURL}, fmt.Sprintf("schema version 0 of %d (%d pending)", n, n)},
+		{[]string{"migrate", "up", "--database-url", dbURL}, fmt.Sprintf("applied %d migration(s)\nschema version %d of %d (0 pending)", n, n, n)},
 		{[]string{"migrate", "up", "--database-url", dbURL}, "applied 0 migration(s)"},
-		{[]string{"migrate", "status", "--database-url", dbURL}, "schema version 8 of 8 (0 pending)"},
+		{[]string{"migrate", "status", "--database-url", dbURL}, fmt.Sprintf("schema version %d of %d (0 pending)", n, n)},
 	}
 	for _, s := range steps {
 		var out, errb bytes.Buffer
