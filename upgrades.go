@@ -24,6 +24,17 @@ type ReleaseFile struct {
 	SHA256    string `json:"sha256"` // hex
 }
 
+// PathNodeReleases is where nodes download release files from, with the node
+// secret as the bearer (like PathNodeImage).
+const PathNodeReleases = "/api/v1/node/releases"
+
+// PathNodeRelease is GET of one file of a release bundle by a node that has an
+// order for it (a DesiredUpgrade naming the release); Range requests resume a
+// download.
+func PathNodeRelease(release, name string) string {
+	return PathNodeReleases + "/" + release + "/" + name
+}
+
 // Release is an uploaded, verified release bundle.
 type Release struct {
 	ID        string        `json:"id"`

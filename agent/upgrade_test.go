@@ -1,0 +1,150 @@
+package agent_test
+
+import (
+	"bytes"
+	"crypto/sha256"
+	"encoding/hex"
+	"encoding/json"
+	"fmt"
+	"net/http"
+	"os"
+	"path/filepath"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/quantix/quantix"
+	"github.com/quantix/quantix/agent/internal/inittest"
+	"github.com/quantix/quantix/agent/nodeos"
+)
+
+// TestUpgradeWiring runs the whole agent against a real vDC behind a front that
+// serves the desired state with an upgrade order and the release's files (the
+// vDC's side of them is written in parallel, vdc/api): every heartbeat carries the
+// running OS and its slots, the order is downloaded with the node secret, staged
+// by init and reported staged; once the order says Activate the agent reports
+// activating and asks init to reboot only after the vDC acknowledged a heartbeat
+// saying so (the front refuses the first one).
+func TestUpgradeWiring(t *testing.T) {
+	if testing.Short() {
+		t.Skip("starts PostgreSQL and a vDC")
+	}
+	v := startPlainVDC(t)
+	in := inittest.Start(t)
+	in.SetSlots(quantix.SlotsStatus{Booted: "a", State: quantix.SlotGood, Order: []string{"a", "b"}, Next: "a",
+		Slots: []quantix.SlotInfo{{Slot: "a", Good: true, Image: quantix.ImageQuantixOS, Version: "1.0"}, {Slot: "b"}}})
+	in.SetStage(func(dir string) (quantix.Staged, error) {
+		return quantix.Staged{Slot: "b", Image: quantix.ImageQuantixOS, Version: "2.0", SignedBy: "release-key"}, nil
+	})
+	iso := bytes.Repeat([]byte("an iso "), 100000)
+	sum := sha256.Sum256(iso)
+	order := quantix.DesiredUpgrade{Upgrade: "up-1", Release: "rel-2", Image: quantix.ImageQuantixOS, Version: "2.0",
+		Files: []quantix.ReleaseFile{{Name: "quantix-os.iso", SizeBytes: int64(len(iso)), SHA256: hex.EncodeToString(sum[:])}}}
+
+	var mu sync.Mutex
+	desired := quantix.NodeDesired{Generation: 1, Upgrade: &order}
+	var phases []string // the upgrade phase of every heartbeat the vDC took
+	var oses []quantix.NodeOS
+	refused, acked := false, false
+	var violations []string
+	cfg := frontedConfig(t, v, mgmtNS(t, "10.54.0.5/24", "10.54.0.1"), "node-upgrade", func(w http.ResponseWriter, r *http.Request, body []byte) bool {
+		mu.Lock()
+		d := desired
+		mu.Unlock()
+		switch {
+		case strings.HasSuffix(r.URL.Path, "/desired"):
+			json.NewEncoder(w).Encode(d)
+			return true
+		case r.URL.Path == quantix.PathNodeRelease("rel-2", "quantix-os.iso"):
+			if !strings.HasPrefix(r.Header.Get("Authorization"), "Bearer ") {
+				http.Error(w, "no node secret", http.StatusUnauthorized)
+				return true
+			}
+			http.ServeContent(w, r, "", time.Time{}, bytes.NewReader(iso))
+			return true
+		}
+		if strings.HasSuffix(r.URL.Path, "/heartbeat") {
+			var hb quantix.HeartbeatRequest
+			json.Unmarshal(body, &hb)
+			mu.Lock()
+			if hb.OS != nil {
+				oses = append(oses, *hb.OS)
+				if hb.OS.Upgrade != nil && hb.OS.Upgrade.Phase == quantix.UpgradeActivating {
+					if !acked && in.Count(string(quantix.Reboot)) > 0 {
+						violations = append(violations, "reboot requested before the vDC took a heartbeat saying activating")
+					}
+					if !refused {
+						refused = true
+						mu.Unlock()
+						http.Error(w, `{"error":"database in trouble"}`, http.StatusServiceUnavailable)
+						return true
+					}
+					acked = true
+				}
+				if hb.OS.Upgrade != nil {
+					phases = append(phases, hb.OS.Upgrade.Phase)
+				}
+			}
+			mu.Unlock()
+		}
+		return false
+	})
+
+	data := t.TempDir()
+	mounts := filepath.Join(t.TempDir(), "mountinfo")
+	os.WriteFile(mounts, []byte(fmt.Sprintf("36 35 98:0 / %s rw - ext4 /dev/vdb1 rw\n", data)), 0o644)
+	bootID := filepath.Join(t.TempDir(), "boot_id")
+	os.WriteFile(bootID, []byte("boot-1\n"), 0o644)
+	cfg.ImagesDir = t.TempDir()
+	cfg.ConsoleDir = t.TempDir()
+	cfg.OS = nodeos.Config{Init: in.Client(), Image: quantix.ImageQuantixOS, Version: "1.0", DataDir: data, MountInfo: mounts,
+		BootID: bootID, RetryEvery: 100 * time.Millisecond}
+	a := startAgent(t, cfg)
+	a.waitMarker(t, 1)
+
+	has := func(phase string) bool {
+		for _, p := range phases {
+			if p == phase {
+				return true
+			}
+		}
+		return false
+	}
+	eventually(t, 20*time.Second, "a heartbeat saying staged, with the OS and its slots", func() (bool, string) {
+		mu.Lock()
+		defer mu.Unlock()
+		ok := has(quantix.UpgradeStaged) && len(oses) > 0
+		if ok {
+			os := oses[len(oses)-1]
+			ok = os.Image == quantix.ImageQuantixOS && os.Version == "1.0" && os.Slots != nil && os.Slots.Booted == "a"
+		}
+		return ok, fmt.Sprintf("phases %q, OS %+v", phases, oses)
+	})
+	if n := in.Count(string(quantix.Reboot)); n != 0 {
+		t.Fatalf("%d reboot requests without Activate", n)
+	}
+	b, err := os.ReadFile(filepath.Join(data, nodeos.BundlesDir, "rel-2", "quantix-os.iso"))
+	if err != nil || !bytes.Equal(b, iso) {
+		t.Fatalf("the downloaded ISO is not the release's (%d bytes, %v)", len(b), err)
+	}
+
+	mu.Lock()
+	act := order
+	act.Activate = true
+	desired = quantix.NodeDesired{Generation: 2, Upgrade: &act}
+	mu.Unlock()
+	eventually(t, 20*time.Second, "a reboot request after an acknowledged heartbeat saying activating", func() (bool, string) {
+		mu.Lock()
+		defer mu.Unlock()
+		return acked && in.Count(string(quantix.Reboot)) == 1, fmt.Sprintf("phases %q, refused %v, acked %v, init requests %q", phases, refused, acked, in.Requests())
+	})
+	mu.Lock()
+	defer mu.Unlock()
+	if len(violations) > 0 {
+		t.Errorf("%s", strings.Join(violations, "; "))
+	}
+	if st := a.svc.Status(); st.OS == nil || st.OS.Upgrade == nil || st.OS.Upgrade.Phase != quantix.UpgradeActivating {
+		t.Errorf("/status shows OS %+v, want the activating upgrade", st.OS)
+	}
+}
