@@ -3,7 +3,9 @@ package nodeos
 import (
 	"fmt"
 	"io"
+	"path/filepath"
 	"strings"
+	"time"
 
 	"github.com/quantix/quantix"
 )
@@ -53,4 +55,23 @@ func Staged(st quantix.SlotsStatus) (quantix.SlotInfo, error) {
 		}
 	}
 	return quantix.SlotInfo{}, fmt.Errorf("nothing is staged: the next boot is slot %s, the booted one; stage a release first (qx-node upgrade stage <bundle folder>)", st.Booted)
+}
+
+// WriteOrder prints what the agent did with the vDC's last upgrade order, as
+// agent-state.json below dataDir says (nothing when there is none).
+func WriteOrder(w io.Writer, dataDir string) error {
+	st, err := loadState(filepath.Join(dataDir, StateFile))
+	if err != nil {
+		return err
+	}
+	p := st.progress()
+	if p == nil {
+		return nil
+	}
+	fmt.Fprintf(w, "vDC order: upgrade %s, release %s (%s): %s since %s", p.Upgrade, p.Release, p.Version, p.Phase, p.At.Format(time.RFC3339))
+	if p.Error != "" {
+		fmt.Fprintf(w, ": %s", p.Error)
+	}
+	fmt.Fprintln(w)
+	return nil
 }

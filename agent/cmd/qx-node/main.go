@@ -193,6 +193,7 @@ func upgrade(ctx context.Context, args []string, stdout, stderr io.Writer) error
 	fl := flag.NewFlagSet("qx-node upgrade", flag.ContinueOnError)
 	fl.SetOutput(stderr)
 	socket := fl.String("init-socket", quantix.InitSocket, "qx-init's control `socket`")
+	dataDir := fl.String("data-dir", quantix.DataDir, "QUANTIX-DATA's mount `folder`, where the agent keeps the vDC's upgrade order")
 	if err := fl.Parse(args); err != nil {
 		if errors.Is(err, flag.ErrHelp) {
 			return nil
@@ -207,6 +208,9 @@ func upgrade(ctx context.Context, args []string, stdout, stderr io.Writer) error
 			return fmt.Errorf("upgrade status: %w", err)
 		}
 		nodeos.WriteSlots(stdout, st)
+		if err := nodeos.WriteOrder(stdout, *dataDir); err != nil {
+			return fmt.Errorf("upgrade status: %w", err)
+		}
 		return nil
 	case len(a) == 2 && a[0] == "stage":
 		dir, err := filepath.Abs(a[1])

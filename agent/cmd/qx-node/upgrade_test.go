@@ -6,11 +6,14 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"os"
+	"path/filepath"
 	"strings"
 	"testing"
 
 	"github.com/quantix/quantix"
 	"github.com/quantix/quantix/agent/internal/inittest"
+	"github.com/quantix/quantix/agent/nodeos"
 )
 
 // TestUpgradeCommands: qx-node upgrade status prints init's slots and the last
@@ -22,15 +25,20 @@ func TestUpgradeCommands(t *testing.T) {
 		RolledBackFrom: "b", Reason: "gate agent: not ready within 5m0s",
 		Slots: []quantix.SlotInfo{{Slot: "a", Good: true, Image: quantix.ImageQuantixOS, Version: "1.0"}, {Slot: "b", Image: quantix.ImageQuantixOS, Version: "2.0"}}}
 	in.SetSlots(st)
+	data := t.TempDir()
+	os.MkdirAll(filepath.Join(data, nodeos.UpgradeDir), 0o755)
+	os.WriteFile(filepath.Join(data, nodeos.StateFile), []byte(`{"upgrade":"up-1","release":"rel-2","version":"2.0","phase":"failed",`+
+		`"error":"rolled back to 1.0 in slot a","at":"2026-12-04T01:00:00Z"}`), 0o600)
 	qx := func(args ...string) (string, error) {
 		var out bytes.Buffer
-		err := run(context.Background(), append([]string{"upgrade", "--init-socket", in.Socket}, args...), &out, io.Discard)
+		err := run(context.Background(), append([]string{"upgrade", "--init-socket", in.Socket, "--data-dir", data}, args...), &out, io.Discard)
 		return out.String(), err
 	}
 
 	out, err := qx("status")
 	for _, want := range []string{"booted: slot a, state rolled-back", "slot a: quantix-os 1.0 [booted, good]", "slot b: quantix-os 2.0",
-		"next boot: slot a (order a b)", "last rollback: from slot b: gate agent: not ready within 5m0s"} {
+		"next boot: slot a (order a b)", "last rollback: from slot b: gate agent: not ready within 5m0s",
+		"vDC order: upgrade up-1, release rel-2 (2.0): failed since 2026-12-04T01:00:00Z: rolled back to 1.0 in slot a"} {
 		if err != nil || !strings.Contains(out, want) {
 			t.Errorf("upgrade status = %q, %v; want it to say %q", out, err, want)
 		}
