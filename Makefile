@@ -40,7 +40,7 @@ deps:
 # image. Timestamps come from SOURCE_DATE_EPOCH, else the last commit's time. It also
 # builds qx-ctl, the vDC's CLI for operators' workstations, as a static binary.
 iso: deps
-	$(GO) run ./images/cmd/qx-image build --out $(OUT) images/quantix-os.toml images/qvdc.toml
+	$(GO) run ./images/cmd/qx-image build --out $(OUT) $(if $(TRUSTED_KEYS),--trusted-keys $(TRUSTED_KEYS)) images/quantix-os.toml images/qvdc.toml
 	CGO_ENABLED=0 $(GO) build -trimpath -ldflags "-X github.com/quantix/quantix.Version=$$(git describe --always --dirty 2>/dev/null || echo dev)" -o $(OUT)/qx-ctl ./vdc/cmd/qx-ctl
 
 vet:

@@ -26,6 +26,9 @@ type ImageConfig struct {
 	// stops the services (Quantix-OS: the guests are shut down while libvirtd and
 	// the agent still run, docs/design.md §14).
 	HaltHooks []HaltHook `toml:"halt_hook"`
+	// TrialDeadlineSeconds is how long an A/B trial boot has to pass its health
+	// gates (docs/design.md §16); 0 means init's default (5 minutes).
+	TrialDeadlineSeconds int `toml:"trial_deadline_seconds,omitempty"`
 }
 
 // HaltHook is a command init runs on a power-off or reboot before it stops the

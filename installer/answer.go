@@ -56,6 +56,11 @@ type Answer struct {
 	Network             *network.Settings `toml:"network"`
 	Agent               *agent.FileConfig `toml:"agent"`
 	VDC                 *VDCAnswer        `toml:"vdc"`
+	// TrustedKeys are the site's release keys (quantix.PublicKey lines, as
+	// qx-image keygen writes them): the installed system accepts upgrade bundles
+	// signed by them as well as by the keys its image trusts. They go to
+	// quantix.SiteTrustedKeys on QUANTIX-CFG.
+	TrustedKeys []string `toml:"trusted_keys"`
 
 	// Source names the answer file in messages (not part of the file).
 	Source string `toml:"-"`
@@ -186,6 +191,11 @@ func (a *Answer) Validate(image string) error {
 	if hsh := a.ConsolePasswordHash; hsh != "" {
 		if err := console.ValidHash(hsh); err != nil {
 			return bad("console_password_hash", "%s (want an argon2id PHC string \"$argon2id$v=19$m=...,t=...,p=...$salt$hash\")", strings.TrimPrefix(err.Error(), "password hash: "))
+		}
+	}
+	for i, k := range a.TrustedKeys {
+		if _, err := quantix.ParsePublicKey(k); err != nil {
+			return bad(fmt.Sprintf("trusted_keys[%d]", i), "%v", err)
 		}
 	}
 	if a.Network != nil {

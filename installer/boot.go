@@ -10,13 +10,14 @@ import (
 
 	"github.com/quantix/quantix"
 	"github.com/quantix/quantix/installer/bootenv"
+	"github.com/quantix/quantix/installer/medium"
 )
 
 // Where the installer finds what it copies, relative to the boot medium's root (the
 // ISO; matched case-insensitively, as go-diskfs shows ISO9660 names upper case).
 const (
-	MediumKernel = "boot/vmlinuz"
-	MediumInitrd = "boot/initrd.img" // gzip or zstd; the kernel tells by the magic
+	MediumKernel = medium.Kernel
+	MediumInitrd = medium.Initrd
 	// MediumBootDir holds the bootloader files BuildBootFiles makes at image build time.
 	MediumBootDir = "boot/install"
 	MediumEFI     = MediumBootDir + "/bootx64.efi" // GRUB x86_64-efi, prefix /EFI/BOOT

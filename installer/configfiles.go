@@ -173,6 +173,21 @@ func BuildConfig(a *Answer, image, productUUID string) (ConfigFiles, error) {
 			return nil, err
 		}
 	}
+	if len(a.TrustedKeys) > 0 {
+		text := "# Written by qx-install from the answer file's trusted_keys: release keys of this site.\n" + strings.Join(a.TrustedKeys, "\n") + "\n"
+		if err := os.MkdirAll(filepath.Dir(at(quantix.SiteTrustedKeys)), 0o755); err != nil {
+			return nil, err
+		}
+		if err := quantix.WriteFileAtomic(at(quantix.SiteTrustedKeys), []byte(text), 0o644); err != nil {
+			return nil, err
+		}
+		if ks, err := quantix.ParsePublicKeys([]byte(text)); err != nil || len(ks) != len(a.TrustedKeys) {
+			return nil, fmt.Errorf("trusted keys as written do not load: %d of %d keys, %v", len(ks), len(a.TrustedKeys), err)
+		}
+		if err := add(quantix.SiteTrustedKeys, 0o644); err != nil {
+			return nil, err
+		}
+	}
 	for name := range files {
 		if path.Clean(name) != name || strings.HasPrefix(name, "../") {
 			return nil, fmt.Errorf("config file path %q escapes QUANTIX-CFG", name)

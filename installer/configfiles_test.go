@@ -2,12 +2,14 @@ package installer
 
 import (
 	"errors"
+	"fmt"
 	"path/filepath"
 	"strings"
 	"testing"
 
 	"github.com/quantix/quantix"
 	"github.com/quantix/quantix/services/console"
+	"github.com/quantix/quantix/upgrade/upgradetest"
 )
 
 // BuildConfig writes the console password where and as the console reads it:
@@ -95,4 +97,42 @@ func TestBuildConfigRefusesBadHash(t *testing.T) {
 	if _, err := BuildConfig(a, quantix.ImageQuantixOS, ""); err == nil || !strings.Contains(err.Error(), "not an argon2id PHC string") {
 		t.Errorf("BuildConfig with a bcrypt hash = %v, want the console's format error", err)
 	}
+}
+
+// The answer file's trusted_keys become the site's release keys on QUANTIX-CFG,
+// in the file init reads them from; a bad key is refused before anything is built.
+func TestBuildConfigTrustedKeys(t *testing.T) {
+	k1, _ := upgradetest.Keypair(t, "site-2026")
+	k2, _ := upgradetest.Keypair(t, "site-2027")
+	answer := fmt.Sprintf("trusted_keys = [%q, %q]\n", k1.String(), k2.String()) + goodOS
+	a, err := ParseAnswer("install.toml", []byte(answer), quantix.ImageQuantixOS)
+	if err != nil {
+		t.Fatal(err)
+	}
+	files, err := BuildConfig(a, quantix.ImageQuantixOS, "")
+	if err != nil {
+		t.Fatal(err)
+	}
+	f, ok := files[rel(quantix.SiteTrustedKeys)]
+	if !ok || rel(quantix.SiteTrustedKeys) != "upgrade/trusted-keys" {
+		t.Fatalf("no %s in %v", quantix.SiteTrustedKeys, files.Names())
+	}
+	keys, err := quantix.ParsePublicKeys(f.Data)
+	if err != nil || len(keys) != 2 || keys[0].Name != "site-2026" || keys[1].Name != "site-2027" {
+		t.Errorf("%s = %q: %+v, %v", quantix.SiteTrustedKeys, f.Data, keys, err)
+	}
+	if _, err := ParseAnswer("install.toml", []byte("trusted_keys = [\"ed25519 AAAA short\"]\n"+goodOS), quantix.ImageQuantixOS); err == nil || !strings.Contains(err.Error(), "trusted_keys[0]") {
+		t.Errorf("bad trusted key: %v, want trusted_keys[0] refused", err)
+	}
+	if files, _ := BuildConfig(mustAnswer(t, goodOS), quantix.ImageQuantixOS, ""); files[rel(quantix.SiteTrustedKeys)].Data != nil {
+		t.Errorf("site keys written without trusted_keys in the answer")
+	}
+}
+
+func mustAnswer(t *testing.T, s string) *Answer {
+	a, err := ParseAnswer("install.toml", []byte(s), quantix.ImageQuantixOS)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return a
 }

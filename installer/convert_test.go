@@ -17,6 +17,7 @@ import (
 
 	"github.com/quantix/quantix"
 	"github.com/quantix/quantix/installer/bootenv"
+	"github.com/quantix/quantix/installer/medium"
 )
 
 // singleSlotDisk installs onto an image file and then rewrites its ESP as
@@ -30,7 +31,7 @@ func singleSlotDisk(t *testing.T) (img string, res *Result) {
 		t.Fatal(err)
 	}
 	img = filepath.Join(s.DevDir, "vda")
-	src, err := ReadSource(dirMedium(testMedium(t)))
+	src, err := ReadSource(medium.Dir(testMedium(t)))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -92,7 +93,7 @@ func TestConvertSingleSlot(t *testing.T) {
 	img, res := singleSlotDisk(t)
 	cfgPart, dataPart := res.Plan.Part(quantix.LabelConfig), res.Plan.Part(quantix.LabelData)
 	cfgSum, dataSum := partSHA256(t, img, cfgPart), partSHA256(t, img, dataPart)
-	src, err := ReadSource(dirMedium(testMedium(t)))
+	src, err := ReadSource(medium.Dir(testMedium(t)))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -175,7 +176,7 @@ func TestConvertRefuses(t *testing.T) {
 	if _, _, _, err := install(t, s, quantix.ImageQuantixOS, testAnswerOS); err != nil {
 		t.Fatal(err)
 	}
-	src, err := ReadSource(dirMedium(testMedium(t)))
+	src, err := ReadSource(medium.Dir(testMedium(t)))
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -10,8 +10,8 @@ import (
 	"time"
 
 	"github.com/quantix/quantix"
-	"github.com/quantix/quantix/installer"
 	"github.com/quantix/quantix/installer/bootenv"
+	"github.com/quantix/quantix/installer/medium"
 )
 
 // ErrOnTrial is returned by Stage while the running slot is itself a trial: the
@@ -53,12 +53,12 @@ func Stage(b *Bundle, esp, booted string, log *slog.Logger) (*Staged, error) {
 	if got, err := quantix.FileSHA256(b.ISO); err != nil || got != b.ISOSHA256 {
 		return fail(fmt.Errorf("%s changed since it was verified (sha256 %s, verified %s, %v): verify the bundle again", b.ISO, got, b.ISOSHA256, err))
 	}
-	med, err := installer.OpenMedium(b.ISO)
+	med, err := medium.Open(b.ISO)
 	if err != nil {
 		return fail(err)
 	}
-	kernel, kerr := med.ReadFile(installer.MediumKernel)
-	initrd, ierr := med.ReadFile(installer.MediumInitrd)
+	kernel, kerr := med.ReadFile(medium.Kernel)
+	initrd, ierr := med.ReadFile(medium.Initrd)
 	med.Close()
 	if err := errors.Join(kerr, ierr); err != nil {
 		return fail(fmt.Errorf("read the boot files from %s: %w", b.ISO, err))

@@ -57,6 +57,10 @@ type Config struct {
 	Rebuild bool
 	// Progress receives one line per step with its duration (nil: none).
 	Progress io.Writer
+	// TrustedKeys are release keys the image trusts besides its definition's
+	// trusted_keys (qx-image build --trusted-keys: a release engineer's key that
+	// is not in the repository).
+	TrustedKeys []quantix.PublicKey
 }
 
 // Result describes a finished build.
@@ -98,6 +102,11 @@ func New(cfg Config, log *slog.Logger) (*Builder, error) {
 	img, err := spec.Load(cfg.Spec)
 	if err != nil {
 		return nil, err
+	}
+	for _, k := range cfg.TrustedKeys {
+		if !slices.Contains(img.TrustedKeys, k.String()) {
+			img.TrustedKeys = append(img.TrustedKeys, k.String())
+		}
 	}
 	if cfg.Repo == "" {
 		cfg.Repo, err = findRepo(filepath.Dir(cfg.Spec))
@@ -184,7 +193,7 @@ func (b *Builder) Build(ctx context.Context) (*Result, error) {
 		Builder: b, epoch: *b.cfg.SourceDateEpoch, work: work, t: newTree(), res: &Result{},
 		initrd: filepath.Join(work, "initrd"),
 		iso:    filepath.Join(b.cfg.OutDir, img.Name+".iso"),
-		m:      &Manifest{Image: img.Name, Version: img.Version, VolumeLabel: img.VolumeLabel, SourceDateEpoch: *b.cfg.SourceDateEpoch, Go: runtime.Version()},
+		m:      &Manifest{Image: img.Name, Version: img.Version, VolumeLabel: img.VolumeLabel, SourceDateEpoch: *b.cfg.SourceDateEpoch, Go: runtime.Version(), TrustedKeys: append([]string{}, img.TrustedKeys...)},
 	}
 	if r.m.GoModules, err = repoModules(b.cfg.Repo); err != nil {
 		return nil, err

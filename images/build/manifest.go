@@ -35,6 +35,10 @@ type Manifest struct {
 	// listed in HostFiles under the extension's mount point.
 	Extensions []ExtensionInput `json:"extensions,omitempty"`
 	Initramfs  InitramfsInfo    `json:"initramfs"`
+	// TrustedKeys are the release keys the image accepts upgrade bundles from
+	// (quantix.TrustedKeysPath); none means it accepts none unless a site adds
+	// its own on QUANTIX-CFG.
+	TrustedKeys []string `json:"trusted_keys"`
 }
 
 // KernelInput is the pinned kernel package.

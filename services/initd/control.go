@@ -28,8 +28,17 @@ type Control struct {
 	actions chan<- quantix.HaltAction
 	log     *slog.Logger
 
+	// Slots answers the slots and stage requests; nil on a live boot.
+	Slots SlotService
+
 	mu       sync.Mutex
 	shutdown quantix.HaltAction // set once a poweroff or reboot is under way
+}
+
+// SlotService is what the slots and stage requests need (SlotKeeper).
+type SlotService interface {
+	Slots() (quantix.SlotsStatus, error)
+	Stage(dir string) (quantix.Staged, error)
 }
 
 // NewControl returns the control socket's handler for sup; accepted poweroff and
@@ -89,6 +98,9 @@ func (c *Control) serveConn(conn net.Conn) {
 		// Stopping may take the grace period, starting a moment more.
 		_ = conn.SetDeadline(time.Now().Add(c.sup.Grace() + controlTimeout))
 	}
+	if strings.HasPrefix(req, quantix.InitRequestStage+" ") {
+		_ = conn.SetDeadline(time.Now().Add(quantix.StageTimeout))
+	}
 	fmt.Fprintln(conn, c.Answer(context.Background(), req))
 }
 
@@ -134,6 +146,44 @@ func (c *Control) Answer(ctx context.Context, req string) string {
 		}
 		c.log.Info("service restarted on request", "service", name)
 		return quantix.InitAnswerOK
+	case quantix.InitRequestSlots:
+		if arg != "" {
+			break
+		}
+		if c.Slots == nil {
+			return "error: " + ErrNotAB.Error()
+		}
+		return answerJSON(c.Slots.Slots())
+	case quantix.InitRequestStage:
+		dir := strings.TrimSpace(arg)
+		if dir == "" {
+			return "error: stage needs the bundle's folder"
+		}
+		if c.Slots == nil {
+			return "error: " + ErrNotAB.Error()
+		}
+		if a := c.shuttingDown(); a != "" {
+			return fmt.Sprintf("error: %v (%s)", ErrShuttingDown, a)
+		}
+		st, err := c.Slots.Stage(dir)
+		if err != nil {
+			c.log.Warn("stage refused", "bundle", dir, "err", err)
+		} else {
+			c.log.Info("staged", "bundle", dir, "slot", st.Slot, "version", st.Version, "seconds", st.Seconds)
+		}
+		return answerJSON(st, err)
 	}
-	return fmt.Sprintf("error: unknown request %q (poweroff, reboot, services, restart <name>)", req)
+	return fmt.Sprintf("error: unknown request %q (poweroff, reboot, services, restart <name>, slots, stage <folder>)", req)
+}
+
+// answerJSON is v as one JSON line, or err's answer.
+func answerJSON[T any](v T, err error) string {
+	if err != nil {
+		return "error: " + strings.ReplaceAll(err.Error(), "\n", " ")
+	}
+	b, err := json.Marshal(v)
+	if err != nil {
+		return "error: " + err.Error()
+	}
+	return string(b)
 }

@@ -117,7 +117,17 @@ func (in *Init) Run(ctx context.Context) (quantix.HaltAction, error) {
 		return "", err
 	}
 	actions := make(chan quantix.HaltAction, 1)
+	var keeper *SlotKeeper
+	if slot := cmdline.Value(quantix.ParamSlot); quantix.ValidSlot(slot) && cmdline.Value(quantix.ParamInstall) == "" {
+		keeper = NewSlotKeeper(slot, cmdline.Value(quantix.ParamTrial) == "1")
+		keeper.WithESP, keeper.Image, keeper.Version = in.withESP, in.cfg.Image, in.cfg.Version
+		keeper.KeyFiles = []string{quantix.TrustedKeysPath, quantix.SiteTrustedKeys}
+		keeper.DataDir, keeper.Log = quantix.DataDir, in.log
+	}
 	ctl := NewControl(sup, actions, in.log)
+	if keeper != nil {
+		ctl.Slots = keeper
+	}
 	ln, err := ctl.Listen(quantix.InitSocket)
 	if err != nil {
 		in.log.Error("no control socket", "path", quantix.InitSocket, "err", err)
@@ -146,7 +156,9 @@ func (in *Init) Run(ctx context.Context) (quantix.HaltAction, error) {
 	go func() { supDone <- sup.Run(supCtx) }()
 	// An A/B trial has its deadline from here, not from boot-complete: a release
 	// whose services never all get ready must fail its trial too.
-	go in.judgeSlot(supCtx, sup, cmdline, reboot)
+	if keeper != nil {
+		go in.judgeSlot(supCtx, sup, keeper, cmdline, reboot)
+	}
 	go func() {
 		// The remaining modules (the power button among them) wait for boot-complete
 		// to stay off the boot's critical path, but no longer than lateModulesWait: a

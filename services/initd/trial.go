@@ -5,7 +5,6 @@ import (
 	"errors"
 	"fmt"
 	"os"
-	"path/filepath"
 	"strings"
 	"time"
 
@@ -114,92 +113,118 @@ func VDCConfigured(cmdline quantix.Cmdline, agentConfig string) bool {
 }
 
 // trialOutcome is what judgeSlot does with a verdict, separated from the mounts
-// so that it can be tested on a folder.
-func trialOutcome(env bootenv.Files, slot string, trial bool, v Verdict) (markers []string, reboot bool, err error) {
+// so that it can be tested on a folder. rolledBack is the slot GRUB fell back
+// from on a boot that is not a trial ("" when it did not).
+func trialOutcome(env bootenv.Files, slot string, trial bool, v Verdict) (rolledBack string, reboot bool, err error) {
 	if !trial {
 		// Not a trial: only say whether GRUB fell back here from a failed trial.
 		st, _, err := env.Read()
 		if err != nil {
-			return nil, false, err
+			return "", false, err
 		}
 		if first := st.Order[0]; first != slot && !st.Slot(first).OK {
 			c, err := env.Commit(slot)
 			if err != nil {
-				return nil, false, err
+				return "", false, err
 			}
-			return []string{quantix.SlotMarker(slot, quantix.SlotRolledBack, "from", c.RolledBack)}, false, nil
+			return c.RolledBack, false, nil
 		}
-		return nil, false, nil
+		return "", false, nil
 	}
 	if v.Passed {
 		if _, err := env.Commit(slot); err != nil {
-			return nil, false, err
+			return "", false, err
 		}
-		return []string{quantix.SlotMarker(slot, quantix.SlotGood, "seconds", fmt.Sprintf("%.1f", v.Took.Seconds()))}, false, nil
+		return "", false, nil
 	}
 	if _, err := env.Reject(slot); err != nil {
-		return nil, true, err
+		return "", true, err
 	}
-	return []string{quantix.SlotMarker(slot, quantix.SlotFailed, "gate", v.Gate, "err", v.Err.Error())}, true, nil
+	return "", true, nil
+}
+
+// trialDeadline is the image's (ImageConfig.TrialDeadlineSeconds) or TrialDeadline.
+func (in *Init) trialDeadline() time.Duration {
+	if s := in.cfg.TrialDeadlineSeconds; s > 0 {
+		return time.Duration(s) * time.Second
+	}
+	return TrialDeadline
 }
 
 // judgeSlot runs once the services started on an installed A/B disk: on a trial
-// it waits for the health gates, then commits the slot or rejects it, keeps the
-// failed boot's logs on QUANTIX-DATA and asks for a reboot into the other slot.
-func (in *Init) judgeSlot(ctx context.Context, sup *Supervisor, cmdline quantix.Cmdline, reboot func()) {
-	slot := cmdline.Value(quantix.ParamSlot)
-	trial := cmdline.Value(quantix.ParamTrial) == "1"
-	if !quantix.ValidSlot(slot) {
-		return
-	}
+// it arms the watchdog, waits for the health gates, then commits the slot or
+// rejects it, keeps the failed boot's logs on QUANTIX-DATA and asks for a reboot
+// into the other slot. On a boot that is not a trial it says whether GRUB fell
+// back from a failed trial, and why.
+func (in *Init) judgeSlot(ctx context.Context, sup *Supervisor, k *SlotKeeper, cmdline quantix.Cmdline, reboot func()) {
+	slot, trial := k.booted, k.trial
 	var v Verdict
 	if trial {
-		in.say(quantix.SlotMarker(slot, quantix.SlotTrial, "deadline", fmt.Sprintf("%.0f", TrialDeadline.Seconds())))
+		deadline := in.trialDeadline()
+		in.say(quantix.SlotMarker(slot, quantix.SlotTrial, "deadline", fmt.Sprintf("%.0f", deadline.Seconds())))
+		wd, err := ArmWatchdog(WatchdogDevice, WatchdogTimeout)
+		switch {
+		case wd == nil:
+			in.say(quantix.WarningMarker("init", fmt.Sprintf("trial of slot %s without a watchdog (%v): a hang needs a reset by hand", slot, err)))
+		case err != nil:
+			in.log.Warn("watchdog", "err", err)
+		}
+		stop := make(chan struct{})
+		if wd != nil {
+			in.log.Info("watchdog armed for the trial", "device", wd.Identity, "timeout", wd.Timeout)
+			go wd.guard(stop, time.Now().Add(deadline+wd.Timeout), realClock{})
+		}
 		gates := ServiceGates(sup, in.cfg.Services, VDCConfigured(cmdline, quantix.AgentConfig))
-		v = JudgeTrial(ctx, gates, TrialDeadline, realClock{})
+		v = JudgeTrial(ctx, gates, deadline, realClock{})
+		close(stop)
 		if ctx.Err() != nil {
 			return // shutting down: the next boot is the trial's next try
 		}
+		if wd != nil {
+			if v.Passed {
+				if err := wd.Disarm(); err != nil {
+					in.log.Warn("watchdog", "err", err)
+				}
+			} else {
+				wd.Abandon() // it resets the machine if the reboot hangs
+			}
+		}
 	}
-	var markers []string
+	var from string
 	var again bool
-	err := in.withESP(func(esp string) error {
+	err := k.esp(func(env bootenv.Files, _ string) error {
 		var err error
-		markers, again, err = trialOutcome(bootenv.OnESP(esp), slot, trial, v)
+		from, again, err = trialOutcome(env, slot, trial, v)
 		return err
 	})
-	for _, m := range markers {
-		in.say(m)
-	}
-	if err != nil {
+	switch {
+	case err != nil:
 		in.say(quantix.WarningMarker("init", fmt.Sprintf("boot slot %s: %v", slot, err)))
+	case !trial && from != "":
+		why := RollbackReason(quantix.DataDir, from)
+		k.setState(quantix.SlotRolledBack, from, why)
+		in.say(quantix.SlotMarker(slot, quantix.SlotRolledBack, "from", from, "reason", why))
+	case trial && v.Passed:
+		k.setState(quantix.SlotGood, "", "")
+		in.say(quantix.SlotMarker(slot, quantix.SlotGood, "seconds", fmt.Sprintf("%.1f", v.Took.Seconds())))
+	case trial:
+		k.setState(quantix.SlotFailed, "", v.Gate+": "+v.Err.Error())
+		in.say(quantix.SlotMarker(slot, quantix.SlotFailed, "gate", v.Gate, "err", v.Err.Error()))
 	}
 	if !trial || v.Passed {
 		return
 	}
-	in.keepFailedBoot(slot, v)
+	keepFailedBoot(quantix.DataDir, quantix.LogDir, slot, v, in.log)
 	if again || err != nil {
 		reboot()
 	}
 }
 
-// keepFailedBoot copies the service logs of a failed trial to QUANTIX-DATA.
-func (in *Init) keepFailedBoot(slot string, v Verdict) {
-	dir := filepath.Join(quantix.DataDir, "upgrade", "failed-"+slot+"-"+time.Now().UTC().Format("20060102T150405Z"))
-	if err := os.MkdirAll(dir, 0o755); err != nil {
-		in.log.Warn("keep the failed trial's logs", "err", err)
-		return
-	}
-	reason := fmt.Sprintf("slot = %q\ngate = %q\nerror = %q\nseconds = %.1f\n", slot, v.Gate, v.Err.Error(), v.Took.Seconds())
-	_ = quantix.WriteFileAtomic(filepath.Join(dir, "reason.toml"), []byte(reason), 0o644)
-	logs, _ := filepath.Glob(filepath.Join(quantix.LogDir, "*.log"))
-	for _, l := range logs {
-		if b, err := os.ReadFile(l); err == nil {
-			_ = quantix.WriteFileAtomic(filepath.Join(dir, filepath.Base(l)), b, 0o644)
-		}
-	}
-	in.log.Info("kept the failed trial's logs", "dir", dir)
-}
+// espMountOptions name the character sets of the modules the images ship
+// (nls_cp437, nls_iso8859-1): Debian's kernel defaults vfat to iocharset=ascii,
+// whose module (nls_ascii) is not in the images, and the mount then fails with
+// EINVAL ("IO charset ascii not found").
+const espMountOptions = "codepage=437,iocharset=iso8859-1"
 
 // withESP mounts QUANTIX-EFI of the installed disk at ESPMount, runs fn, syncs and
 // unmounts it.
@@ -215,7 +240,7 @@ func (in *Init) withESP(fn func(esp string) error) error {
 	if err := os.MkdirAll(ESPMount, 0o700); err != nil {
 		return err
 	}
-	if err := unix.Mount(in.espDevice, ESPMount, "vfat", unix.MS_NOATIME|unix.MS_NODEV|unix.MS_NOEXEC, ""); err != nil {
+	if err := unix.Mount(in.espDevice, ESPMount, "vfat", unix.MS_NOATIME|unix.MS_NODEV|unix.MS_NOEXEC, espMountOptions); err != nil {
 		return fmt.Errorf("mount %s (%s) on %s: %w", in.espDevice, quantix.LabelEFI, ESPMount, err)
 	}
 	err := fn(ESPMount)

@@ -3,6 +3,7 @@ package initd
 import (
 	"context"
 	"errors"
+	"log/slog"
 	"os"
 	"path/filepath"
 	"strings"
@@ -81,9 +82,9 @@ func TestTrialOutcome(t *testing.T) {
 	if err := env.Write(staged); err != nil {
 		t.Fatal(err)
 	}
-	m, reboot, err := trialOutcome(env, "b", true, Verdict{Passed: true, Took: 42 * time.Second})
-	if err != nil || reboot || len(m) != 1 || m[0] != quantix.SlotMarker("b", quantix.SlotGood, "seconds", "42.0") {
-		t.Errorf("passed trial: markers %q reboot %v err %v", m, reboot, err)
+	from, reboot, err := trialOutcome(env, "b", true, Verdict{Passed: true, Took: 42 * time.Second})
+	if err != nil || reboot || from != "" {
+		t.Errorf("passed trial: from %q reboot %v err %v", from, reboot, err)
 	}
 	if st, _, _ := env.Read(); !st.B.OK || st.Order[0] != "b" {
 		t.Errorf("after a passed trial: %+v, want b good and first", st)
@@ -93,9 +94,9 @@ func TestTrialOutcome(t *testing.T) {
 	if err := env.Write(staged); err != nil {
 		t.Fatal(err)
 	}
-	m, reboot, err = trialOutcome(env, "b", true, Verdict{Gate: "service libvirtd ready", Err: errors.New("service libvirtd is restarting")})
-	if err != nil || !reboot || len(m) != 1 || !strings.Contains(m[0], "state=failed") || !strings.Contains(m[0], "libvirtd") {
-		t.Errorf("failed trial: markers %q reboot %v err %v", m, reboot, err)
+	from, reboot, err = trialOutcome(env, "b", true, Verdict{Gate: "service libvirtd ready", Err: errors.New("service libvirtd is restarting")})
+	if err != nil || !reboot || from != "" {
+		t.Errorf("failed trial: from %q reboot %v err %v", from, reboot, err)
 	}
 	st, _, _ := env.Read()
 	if slot, trial, _ := st.Boot(); slot != "a" || trial {
@@ -103,14 +104,39 @@ func TestTrialOutcome(t *testing.T) {
 	}
 
 	// The fallback boot of a says which trial failed, and cleans up the order.
-	m, reboot, err = trialOutcome(env, "a", false, Verdict{})
-	if err != nil || reboot || len(m) != 1 || m[0] != quantix.SlotMarker("a", quantix.SlotRolledBack, "from", "b") {
-		t.Errorf("fallback boot: markers %q reboot %v err %v", m, reboot, err)
+	from, reboot, err = trialOutcome(env, "a", false, Verdict{})
+	if err != nil || reboot || from != "b" {
+		t.Errorf("fallback boot: from %q reboot %v err %v, want from b", from, reboot, err)
 	}
 	// An ordinary boot of a good slot says nothing.
-	m, _, err = trialOutcome(env, "a", false, Verdict{})
-	if err != nil || len(m) != 0 {
-		t.Errorf("ordinary boot: markers %q, %v; want none", m, err)
+	from, _, err = trialOutcome(env, "a", false, Verdict{})
+	if err != nil || from != "" {
+		t.Errorf("ordinary boot: from %q, %v; want none", from, err)
+	}
+}
+
+// RollbackReason names the failed gate a trial kept on QUANTIX-DATA, but only a
+// reason kept since that slot was last staged; without one it says the trial
+// ended without a verdict.
+func TestRollbackReason(t *testing.T) {
+	data := t.TempDir()
+	log := slog.New(slog.DiscardHandler)
+	if got := RollbackReason(data, "b"); !strings.Contains(got, "without a verdict") {
+		t.Errorf("no record: %q, want without a verdict", got)
+	}
+	keepFailedBoot(data, t.TempDir(), "b", Verdict{Gate: "service libvirtd ready", Err: errors.New("service libvirtd is failed: exec: no such file"), Took: 61 * time.Second}, log)
+	got := RollbackReason(data, "b")
+	if !strings.Contains(got, `health gate "service libvirtd ready" failed after 61 s: service libvirtd is failed: exec: no such file`) {
+		t.Errorf("kept reason: %q", got)
+	}
+	if got := RollbackReason(data, "a"); !strings.Contains(got, "without a verdict") {
+		t.Errorf("other slot: %q, want without a verdict", got)
+	}
+	// Staged again later: the old record is not this trial's.
+	at := time.Now().UTC().Add(time.Hour).Format(time.RFC3339)
+	os.WriteFile(filepath.Join(data, "upgrade", stagedFile), []byte("slot = \"b\"\nversion = \"0.3.0\"\nat = "+at+"\n"), 0o644)
+	if got := RollbackReason(data, "b"); !strings.Contains(got, "slot b (0.3.0) ended without a verdict") {
+		t.Errorf("stale record after a new stage: %q, want without a verdict, naming 0.3.0", got)
 	}
 }
 

@@ -67,6 +67,9 @@ type Config struct {
 	// DiskConfig says how QUANTIX-DATA is found and whether a blank device may be
 	// formatted; its keys (data_device, format_blank_data, mkfs) are top-level keys.
 	DiskConfig
+	// Trial is the boot's A/B trial state (set by qx-postgres from the kernel
+	// command line and the image configuration, not from the file).
+	Trial Trial `toml:"-"`
 
 	// MountInfo is read to decide whether DataRoot is persistent (a test seam for
 	// hardware; default /proc/self/mountinfo).

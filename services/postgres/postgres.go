@@ -22,6 +22,7 @@ import (
 	"log/slog"
 	"os"
 	"os/exec"
+	"strings"
 	"sync"
 	"syscall"
 	"time"
@@ -123,6 +124,16 @@ func (s *Service) bootAndServe(ctx context.Context) error {
 		s.log.Warn("removing a cluster left half-made by an interrupted initdb", "dir", tmp)
 		if err := os.RemoveAll(tmp); err != nil {
 			return fmt.Errorf("remove %s: %w", tmp, err)
+		}
+	}
+
+	// A/B upgrades: keep or put back the database around a trial (trial.go).
+	if did, err := s.guardTrial(ctx); err != nil {
+		return err
+	} else if did != "" {
+		s.log.Info(did)
+		if s.cfg.Stdout != nil && strings.Contains(did, "discarded") {
+			fmt.Fprintln(s.cfg.Stdout, quantix.WarningMarker(Name, did))
 		}
 	}
 

@@ -52,6 +52,12 @@ func (b Base) Args() []string {
 	}
 }
 
+// Watchdog is an Intel 6300ESB watchdog (Linux: i6300esb); when it fires, QEMU
+// resets the machine (its default -action watchdog=reset).
+type Watchdog struct{}
+
+func (Watchdog) Args() []string { return []string{"-device", "i6300esb"} }
+
 // NoReboot makes a guest reboot, and a kernel panic under panic=-1, end QEMU.
 type NoReboot struct{}
 

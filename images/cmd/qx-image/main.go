@@ -79,11 +79,25 @@ func runBuild(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 	cache := fs.String("cache", "", "cache folder (default $XDG_CACHE_HOME/quantix or ~/.cache/quantix)")
 	rebuild := fs.Bool("rebuild", false, "ignore the cached u-root build")
 	verbose := fs.Bool("v", false, "log details")
+	keysFile := fs.String("trusted-keys", "", "file of release public keys (qx-image keygen's .pub lines) the images trust besides their trusted_keys")
 	if err := fs.Parse(args); err != nil {
 		return err
 	}
 	if fs.NArg() == 0 {
 		return errors.New("build: name at least one image file, e.g. images/quantix-os.toml")
+	}
+	var keys []quantix.PublicKey
+	if *keysFile != "" {
+		b, err := os.ReadFile(*keysFile)
+		if err != nil {
+			return fmt.Errorf("build: --trusted-keys: %w", err)
+		}
+		if keys, err = quantix.ParsePublicKeys(b); err != nil {
+			return fmt.Errorf("build: --trusted-keys %s: %w", *keysFile, err)
+		}
+		if len(keys) == 0 {
+			return fmt.Errorf("build: --trusted-keys %s holds no key", *keysFile)
+		}
 	}
 	level := slog.LevelWarn
 	if *verbose {
@@ -91,7 +105,7 @@ func runBuild(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 	}
 	log := slog.New(slog.NewTextHandler(stderr, &slog.HandlerOptions{Level: level}))
 	for _, specFile := range fs.Args() {
-		b, err := build.New(build.Config{Spec: specFile, OutDir: *out, CacheDir: *cache, Rebuild: *rebuild, Progress: stdout}, log)
+		b, err := build.New(build.Config{Spec: specFile, OutDir: *out, CacheDir: *cache, Rebuild: *rebuild, Progress: stdout, TrustedKeys: keys}, log)
 		if err != nil {
 			return err
 		}

@@ -90,3 +90,26 @@ func TestKeygenSignCommands(t *testing.T) {
 		}
 	}
 }
+
+// build --trusted-keys refuses a file it cannot use before anything is built.
+func TestBuildTrustedKeysRefused(t *testing.T) {
+	dir := t.TempDir()
+	empty := filepath.Join(dir, "empty.pub")
+	bad := filepath.Join(dir, "bad.pub")
+	os.WriteFile(empty, []byte("# no keys here\n"), 0o644)
+	os.WriteFile(bad, []byte("rsa AAAA someone\n"), 0o644)
+	for _, c := range []struct{ file, want string }{
+		{filepath.Join(dir, "missing.pub"), "no such file"},
+		{empty, "holds no key"},
+		{bad, `want "ed25519 <base64 key> <name>"`},
+	} {
+		var stdout, stderr bytes.Buffer
+		err := run(context.Background(), []string{"build", "--trusted-keys", c.file, "--out", dir, "../../quantix-os.toml"}, &stdout, &stderr)
+		if err == nil || !strings.Contains(err.Error(), c.want) {
+			t.Errorf("build --trusted-keys %s: %v, want %q", filepath.Base(c.file), err, c.want)
+		}
+		if ents, _ := os.ReadDir(dir); len(ents) != 2 { // the two key files
+			t.Errorf("a refused build wrote into --out: %d entries", len(ents))
+		}
+	}
+}

@@ -57,6 +57,7 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 			return err
 		}
 		cfg.Stdout, cfg.Stderr = stdout, stderr
+		cfg.Trial = bootTrial(log)
 		svc, err := postgres.New(cfg, log)
 		if err != nil {
 			return err
@@ -143,4 +144,20 @@ func parseFlags(name string, args []string, stderr io.Writer, serve bool) (postg
 		return cfg, fmt.Errorf("%w: data_device must be an absolute path, got %q", quantix.ErrConfig, cfg.Device)
 	}
 	return cfg, nil
+}
+
+// bootTrial is the A/B trial state of this boot: quantix.trial=1 on the kernel
+// command line, and the running release from the image configuration. Outside an
+// installed image (no image configuration) there is no trial rule to apply.
+func bootTrial(log *slog.Logger) postgres.Trial {
+	img, err := quantix.LoadImageConfig(quantix.ImageConfigPath)
+	if err != nil {
+		log.Info("no image configuration: the database is not guarded across A/B trials", "err", err)
+		return postgres.Trial{}
+	}
+	cmdline, _ := quantix.ReadCmdline()
+	if !quantix.ValidSlot(cmdline.Value(quantix.ParamSlot)) {
+		return postgres.Trial{} // a live boot: no slots, no trials
+	}
+	return postgres.Trial{On: cmdline.Value(quantix.ParamTrial) == "1", Version: img.Version}
 }

@@ -1,0 +1,194 @@
+// Package ab boots an installed Quantix-OS through A/B upgrades in QEMU
+// (docs/design.md §16): a release that proves itself is committed and stays; one
+// whose health gate fails, one that panics and one that hangs each end up back
+// on the old slot by themselves, with the reason on the console; a power cut
+// during the trial and a torn environment copy still boot. The GRUB environment
+// is read from the disk image after each boot.
+package ab
+
+import (
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/quantix/quantix"
+	"github.com/quantix/quantix/installer/bootenv"
+	"github.com/quantix/quantix/tests/vm"
+)
+
+func TestAB(t *testing.T) {
+	l := newLab(t)
+	t.Run("commit", func(t *testing.T) { testCommit(t, l) })
+	t.Run("gate-fails", func(t *testing.T) { testGateFails(t, l) })
+	t.Run("panic", func(t *testing.T) { testPanic(t, l) })
+	t.Run("hang", func(t *testing.T) { testHang(t, l) })
+}
+
+// bootTimeout bounds one boot of the installed node to its trial verdict under
+// TCG (boot-complete ~40 s, libvirtd and the agent's registration after it).
+var bootTimeout = vm.ScaleTimeout(5 * time.Minute)
+
+// A good release (the ISO's own files under a newer version) with the first
+// environment copy torn: GRUB takes the backup and boots the trial; a power cut
+// during the trial costs one try; the next trial passes its gates and commits;
+// the boot after that runs the new slot with no trial and writes nothing.
+func testCommit(t *testing.T, l *lab) {
+	disk := l.copyDisk(t)
+	stage(t, disk, release{Kernel: l.base.Kernel, Initrd: l.base.Initrd, Version: l.version + "-ab.1"})
+	corruptFirstEnv(t, disk)
+
+	m := l.boot(t, "ab-commit-1", disk, vm.BIOS)
+	m.WaitMarker(t, quantix.MarkerBootSlot, bootTimeout, "slot", "b", "trial", "1", "tries_left", "2", "env", "/"+quantix.ESPEnvBackup)
+	m.WaitMarker(t, quantix.MarkerSlot, bootTimeout, "slot", "b", "state", quantix.SlotTrial)
+	m.Kill(t) // the power is cut during the trial
+	_, backup, firstErr, berr := envCopies(t, disk)
+	if firstErr == nil || berr != nil || backup.Order != [2]string{"b", "a"} || backup.B != (bootenv.Slot{Tries: 2}) || !backup.A.OK {
+		t.Fatalf("after the cut trial: first copy %v, backup %+v (%v); want the first still torn and b with 2 tries left", firstErr, backup, berr)
+	}
+
+	t0 := time.Now()
+	m = l.boot(t, "ab-commit-2", disk, vm.BIOS)
+	m.WaitMarker(t, quantix.MarkerBootSlot, bootTimeout, "slot", "b", "trial", "1", "tries_left", "1")
+	good := m.WaitMarker(t, quantix.MarkerSlot, bootTimeout, "slot", "b", "state", quantix.SlotGood)
+	t.Logf("trial of slot b: committed after %s s of gates, %.0f s from power-on (%s)", good.Get("seconds"), time.Since(t0).Seconds(), m.Accel())
+	m.PowerOff(t, 2*time.Minute)
+	committed := env(t, disk) // both copies valid again and equal
+	if committed.Order != [2]string{"b", "a"} || !committed.B.OK || !committed.A.OK {
+		t.Fatalf("after the commit: %+v, want b good and first, a good behind it", committed)
+	}
+
+	m = l.boot(t, "ab-commit-3", disk, vm.BIOS)
+	line := m.Expect(t, "Command line:", bootTimeout)
+	if !strings.Contains(line, quantix.ParamSlot+"=b") || strings.Contains(line, quantix.ParamTrial) {
+		t.Errorf("boot after the commit: %q, want %s=b and no trial", line, quantix.ParamSlot)
+	}
+	m.WaitMarker(t, quantix.MarkerBootComplete, bootTimeout)
+	m.PowerOff(t, 2*time.Minute)
+	if again := env(t, disk); again != committed {
+		t.Errorf("a committed boot changed the environment: %+v -> %+v", committed, again)
+	}
+}
+
+// brokenConfig is the base release's image configuration changed by edit, as
+// the file that replaces it in a broken release's initramfs.
+func (l *lab) brokenConfig(t *testing.T, edit func(*quantix.ImageConfig)) []byte {
+	cfg := l.imageConfig(t)
+	edit(&cfg)
+	b, err := cfg.Encode()
+	must(t, err)
+	return b
+}
+
+// A release whose libvirtd cannot start fails its health gate at the trial
+// deadline: init rejects it at once (no further tries) and reboots, and slot a
+// says it rolled back from b and why, from the reason the failed boot kept on
+// QUANTIX-DATA.
+func testGateFails(t *testing.T, l *lab) {
+	disk := l.copyDisk(t)
+	cfg := l.brokenConfig(t, func(c *quantix.ImageConfig) {
+		c.TrialDeadlineSeconds = 60
+		for i := range c.Services {
+			if c.Services[i].Name == "libvirtd" {
+				c.Services[i].Command = "/bbin/qx-libvirtd-missing"
+			}
+		}
+	})
+	stage(t, disk, l.broken(t, l.version+"-ab.2", map[string][]byte{strings.TrimPrefix(quantix.ImageConfigPath, "/"): cfg}, nil))
+
+	t0 := time.Now()
+	m := l.boot(t, "ab-gate", disk, vm.UEFI)
+	m.WaitMarker(t, quantix.MarkerSlot, bootTimeout, "slot", "b", "state", quantix.SlotTrial, "deadline", "60")
+	failed := m.WaitMarker(t, quantix.MarkerSlot, bootTimeout, "slot", "b", "state", quantix.SlotFailed)
+	if failed.Get("gate") != "service libvirtd ready" {
+		t.Errorf("failed trial: gate %q (%s), want service libvirtd ready", failed.Get("gate"), failed.Get("err"))
+	}
+	m.WaitMarker(t, quantix.MarkerBootSlot, bootTimeout, "slot", "a", "trial", "0")
+	back := m.WaitMarker(t, quantix.MarkerSlot, bootTimeout, "slot", "a", "state", quantix.SlotRolledBack, "from", "b")
+	t.Logf("rolled back %.0f s after power-on: %s", time.Since(t0).Seconds(), back.Get("reason"))
+	if r := back.Get("reason"); !strings.Contains(r, `health gate "service libvirtd ready" failed`) || !strings.Contains(r, "qx-libvirtd-missing") || !strings.Contains(r, "/quantix/data/upgrade/failed-b-") {
+		t.Errorf("rollback reason %q: want the failed gate, its error and the kept logs", r)
+	}
+	m.PowerOff(t, 2*time.Minute)
+	checkRolledBack(t, disk)
+}
+
+// checkRolledBack: slot a good and first, b with no tries and not good.
+func checkRolledBack(t *testing.T, disk string) {
+	t.Helper()
+	st := env(t, disk)
+	if st.Order != [2]string{"a", "b"} || !st.A.OK || st.B != (bootenv.Slot{}) {
+		t.Errorf("after the rollback: %+v, want a good and first, b with no tries", st)
+	}
+}
+
+// A release whose initramfs has no init that runs panics on every try; with
+// panic=10 each boot restarts, GRUB counts the tries down and then boots slot a,
+// which says that the trial ended without a verdict.
+func testPanic(t *testing.T, l *lab) {
+	disk := l.copyDisk(t)
+	junk := []byte("this is not an executable\n")
+	files, modes := map[string][]byte{}, map[string]uint64{}
+	for _, p := range []string{"init", "sbin/init", "etc/init", "bin/init", "bin/sh"} {
+		files[p], modes[p] = junk, 0o755
+	}
+	stage(t, disk, l.broken(t, l.version+"-ab.3", files, modes))
+
+	t0 := time.Now()
+	m := l.boot(t, "ab-panic", disk, vm.BIOS)
+	for left := quantix.SlotMaxTries - 1; left >= 0; left-- {
+		m.WaitMarker(t, quantix.MarkerBootSlot, bootTimeout, "slot", "b", "trial", "1", "tries_left", itoa(left))
+		// Both lines of the panic, so that no later wait stops at the second.
+		m.ExpectAll(t, bootTimeout, vm.Contains(vm.KernelPanicText+": No working init found"), vm.Contains("end "+vm.KernelPanicText))
+	}
+	m.WaitMarker(t, quantix.MarkerBootSlot, bootTimeout, "slot", "a", "trial", "0")
+	back := m.WaitMarker(t, quantix.MarkerSlot, bootTimeout, "slot", "a", "state", quantix.SlotRolledBack, "from", "b")
+	t.Logf("rolled back %.0f s after power-on: %s", time.Since(t0).Seconds(), back.Get("reason"))
+	if r := back.Get("reason"); !strings.Contains(r, "without a verdict") || !strings.Contains(r, l.version+"-ab.3") {
+		t.Errorf("rollback reason %q: want a trial without a verdict, naming the release", r)
+	}
+	m.PowerOff(t, 2*time.Minute)
+	checkRolledBack(t, disk)
+}
+
+// A release that hangs (a service stops qx-init, which then neither judges the
+// trial nor pings the watchdog): the watchdog init armed for the trial resets
+// the machine on every try, and then slot a boots and says so.
+func testHang(t *testing.T, l *lab) {
+	disk := l.copyDisk(t)
+	bin := filepath.Join(t.TempDir(), "qx-test-hang")
+	build := exec.Command("go", "build", "-trimpath", "-ldflags=-s -w", "-o", bin, "./cmd/qx-test-hang")
+	build.Env = append(os.Environ(), "CGO_ENABLED=0", "GOOS=linux", "GOARCH=amd64")
+	if out, err := build.CombinedOutput(); err != nil {
+		t.Fatalf("go build qx-test-hang: %v: %s", err, out)
+	}
+	hang, err := os.ReadFile(bin)
+	must(t, err)
+	cfg := l.brokenConfig(t, func(c *quantix.ImageConfig) {
+		c.Services = append(c.Services, quantix.Service{Name: "hang", Command: "/bbin/qx-test-hang", DependsOn: []string{"network"}, Ready: quantix.ReadyOnStart})
+	})
+	stage(t, disk, l.broken(t, l.version+"-ab.4",
+		map[string][]byte{strings.TrimPrefix(quantix.ImageConfigPath, "/"): cfg, "bbin/qx-test-hang": hang},
+		map[string]uint64{"bbin/qx-test-hang": 0o755}))
+
+	t0 := time.Now()
+	m := l.boot(t, "ab-hang", disk, vm.UEFI)
+	for left := quantix.SlotMaxTries - 1; left >= 0; left-- {
+		m.WaitMarker(t, quantix.MarkerBootSlot, bootTimeout, "slot", "b", "trial", "1", "tries_left", itoa(left))
+		m.WaitMarker(t, quantix.MarkerSlot, bootTimeout, "slot", "b", "state", quantix.SlotTrial)
+		m.Expect(t, "the trial hangs from here", bootTimeout)
+		t.Logf("try %d hung %.0f s after power-on; the watchdog must reset it", quantix.SlotMaxTries-left, time.Since(t0).Seconds())
+	}
+	m.WaitMarker(t, quantix.MarkerBootSlot, bootTimeout, "slot", "a", "trial", "0")
+	back := m.WaitMarker(t, quantix.MarkerSlot, bootTimeout, "slot", "a", "state", quantix.SlotRolledBack, "from", "b")
+	t.Logf("rolled back %.0f s after power-on: %s", time.Since(t0).Seconds(), back.Get("reason"))
+	if r := back.Get("reason"); !strings.Contains(r, "without a verdict") {
+		t.Errorf("rollback reason %q: want a trial without a verdict", r)
+	}
+	m.PowerOff(t, 2*time.Minute)
+	checkRolledBack(t, disk)
+}
+
+func itoa(n int) string { return string(rune('0' + n)) }

@@ -1,0 +1,34 @@
+// Command qx-test-hang is a fault for the A/B tests, never part of an image: run
+// as a service of a deliberately broken release, it stops qx-init with SIGSTOP,
+// so that init (and its watchdog pings) hang as a deadlocked init would. Only the
+// hardware watchdog that init armed for the trial can end that boot.
+package main
+
+import (
+	"fmt"
+	"os"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"syscall"
+	"time"
+)
+
+func main() {
+	// Let init print the trial's marker first; the stop must hit an armed trial.
+	time.Sleep(2 * time.Second)
+	comms, _ := filepath.Glob("/proc/[0-9]*/comm")
+	for _, c := range comms {
+		b, err := os.ReadFile(c)
+		if err != nil || strings.TrimSpace(string(b)) != "qx-init" {
+			continue
+		}
+		pid, _ := strconv.Atoi(filepath.Base(filepath.Dir(c)))
+		fmt.Printf("qx-test-hang: stopping qx-init (pid %d): the trial hangs from here\n", pid)
+		if err := syscall.Kill(pid, syscall.SIGSTOP); err != nil {
+			fmt.Println("qx-test-hang:", err)
+			os.Exit(1)
+		}
+	}
+	select {}
+}
