@@ -2,8 +2,6 @@ package agent_test
 
 import (
 	"bytes"
-	"crypto/sha256"
-	"encoding/hex"
 	"encoding/json"
 	"fmt"
 	"net/http"
@@ -31,16 +29,12 @@ func TestUpgradeWiring(t *testing.T) {
 		t.Skip("starts PostgreSQL and a vDC")
 	}
 	v := startPlainVDC(t)
-	in := inittest.Start(t)
-	in.SetSlots(quantix.SlotsStatus{Booted: "a", State: quantix.SlotGood, Order: []string{"a", "b"}, Next: "a",
-		Slots: []quantix.SlotInfo{{Slot: "a", Good: true, Image: quantix.ImageQuantixOS, Version: "1.0"}, {Slot: "b"}}})
-	in.SetStage(func(dir string) (quantix.Staged, error) {
-		return quantix.Staged{Slot: "b", Image: quantix.ImageQuantixOS, Version: "2.0", SignedBy: "release-key"}, nil
-	})
-	iso := bytes.Repeat([]byte("an iso "), 100000)
-	sum := sha256.Sum256(iso)
-	order := quantix.DesiredUpgrade{Upgrade: "up-1", Release: "rel-2", Image: quantix.ImageQuantixOS, Version: "2.0",
-		Files: []quantix.ReleaseFile{{Name: "quantix-os.iso", SizeBytes: int64(len(iso)), SHA256: hex.EncodeToString(sum[:])}}}
+	data := t.TempDir()
+	in := inittest.Start(t, inittest.Options{Version: "1.0.0", DataDir: data})
+	bundle := in.Bundle("2.0.0", 1<<20, true)
+	order := quantix.DesiredUpgrade{Upgrade: "up-1", Release: "rel-2", Image: quantix.ImageQuantixOS, Version: "2.0.0"}
+	files, list := inittest.ReleaseFiles(t, bundle)
+	order.Files = list
 
 	var mu sync.Mutex
 	desired := quantix.NodeDesired{Generation: 1, Upgrade: &order}
@@ -56,12 +50,13 @@ func TestUpgradeWiring(t *testing.T) {
 		case strings.HasSuffix(r.URL.Path, "/desired"):
 			json.NewEncoder(w).Encode(d)
 			return true
-		case r.URL.Path == quantix.PathNodeRelease("rel-2", "quantix-os.iso"):
-			if !strings.HasPrefix(r.Header.Get("Authorization"), "Bearer ") {
-				http.Error(w, "no node secret", http.StatusUnauthorized)
+		case strings.HasPrefix(r.URL.Path, quantix.PathNodeRelease("rel-2", "")):
+			b, ok := files[strings.TrimPrefix(r.URL.Path, quantix.PathNodeRelease("rel-2", ""))]
+			if !ok || !strings.HasPrefix(r.Header.Get("Authorization"), "Bearer ") {
+				http.Error(w, "no such file, or no node secret", http.StatusNotFound)
 				return true
 			}
-			http.ServeContent(w, r, "", time.Time{}, bytes.NewReader(iso))
+			http.ServeContent(w, r, "", time.Time{}, bytes.NewReader(b))
 			return true
 		}
 		if strings.HasSuffix(r.URL.Path, "/heartbeat") {
@@ -91,14 +86,13 @@ func TestUpgradeWiring(t *testing.T) {
 		return false
 	})
 
-	data := t.TempDir()
 	mounts := filepath.Join(t.TempDir(), "mountinfo")
 	os.WriteFile(mounts, []byte(fmt.Sprintf("36 35 98:0 / %s rw - ext4 /dev/vdb1 rw\n", data)), 0o644)
 	bootID := filepath.Join(t.TempDir(), "boot_id")
 	os.WriteFile(bootID, []byte("boot-1\n"), 0o644)
 	cfg.ImagesDir = t.TempDir()
 	cfg.ConsoleDir = t.TempDir()
-	cfg.OS = nodeos.Config{Init: in.Client(), Image: quantix.ImageQuantixOS, Version: "1.0", DataDir: data, MountInfo: mounts,
+	cfg.OS = nodeos.Config{Init: in.Client(), Image: quantix.ImageQuantixOS, Version: "1.0.0", DataDir: data, MountInfo: mounts,
 		BootID: bootID, RetryEvery: 100 * time.Millisecond}
 	a := startAgent(t, cfg)
 	a.waitMarker(t, 1)
@@ -117,7 +111,7 @@ func TestUpgradeWiring(t *testing.T) {
 		ok := has(quantix.UpgradeStaged) && len(oses) > 0
 		if ok {
 			os := oses[len(oses)-1]
-			ok = os.Image == quantix.ImageQuantixOS && os.Version == "1.0" && os.Slots != nil && os.Slots.Booted == "a"
+			ok = os.Image == quantix.ImageQuantixOS && os.Version == "1.0.0" && os.Slots != nil && os.Slots.Booted == "a" && os.Slots.Next == "b"
 		}
 		return ok, fmt.Sprintf("phases %q, OS %+v", phases, oses)
 	})
@@ -125,7 +119,7 @@ func TestUpgradeWiring(t *testing.T) {
 		t.Fatalf("%d reboot requests without Activate", n)
 	}
 	b, err := os.ReadFile(filepath.Join(data, nodeos.BundlesDir, "rel-2", "quantix-os.iso"))
-	if err != nil || !bytes.Equal(b, iso) {
+	if err != nil || !bytes.Equal(b, files["quantix-os.iso"]) {
 		t.Fatalf("the downloaded ISO is not the release's (%d bytes, %v)", len(b), err)
 	}
 

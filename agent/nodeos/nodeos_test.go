@@ -3,9 +3,6 @@ package nodeos_test
 import (
 	"bytes"
 	"context"
-	"crypto/rand"
-	"crypto/sha256"
-	"encoding/hex"
 	"fmt"
 	"io"
 	"log/slog"
@@ -28,6 +25,7 @@ const (
 	testNode   = "node-1"
 	testSecret = "node-secret"
 	release    = "rel-2"
+	iso        = quantix.ImageQuantixOS + ".iso"
 )
 
 // releaseServer serves release files the way the vDC does (node secret, Range
@@ -38,8 +36,8 @@ type releaseServer struct {
 
 	mu    sync.Mutex
 	files map[string][]byte // name -> bytes
-	// breakAfter, when > 0, makes the next download of a file end its body
-	// after that many bytes, as a connection that breaks.
+	// breakAfter, when > 0, makes the next download of a file larger than that
+	// end its body after that many bytes, as a connection that breaks.
 	breakAfter int64
 	requests   []string // "name range"
 }
@@ -56,7 +54,11 @@ func newReleaseServer(t *testing.T) *releaseServer {
 		s.requests = append(s.requests, name+" "+r.Header.Get("Range"))
 		b, found := s.files[name]
 		cut := s.breakAfter
-		s.breakAfter = 0
+		if cut >= int64(len(b)) {
+			cut = 0 // a small file: the break is for the ISO
+		} else {
+			s.breakAfter = 0
+		}
 		s.mu.Unlock()
 		if !ok || !found {
 			http.Error(w, `{"error":"no such release file"}`, http.StatusNotFound)
@@ -82,7 +84,8 @@ func (s *releaseServer) Requests() []string {
 }
 
 // lab is one node: QUANTIX-DATA in a temp folder (a mount table says it is a
-// disk), a boot id, init's socket and the vDC's release files.
+// disk), a boot id, init's real control socket with 1.0.0 installed in slot a,
+// and the vDC's files of a real signed release 2.0.0.
 type lab struct {
 	t      *testing.T
 	data   string
@@ -95,6 +98,30 @@ type lab struct {
 	iso    []byte
 }
 
+// labOptions: a live boot; a bundle signed by a key the image does not trust.
+type labOptions struct{ live, untrusted bool }
+
+func newLab(t *testing.T) *lab { return newLabWith(t, labOptions{}) }
+
+func newLabWith(t *testing.T, o labOptions) *lab {
+	l := &lab{t: t, data: t.TempDir(), srv: newReleaseServer(t)}
+	l.init = inittest.Start(t, inittest.Options{Version: "1.0.0", DataDir: l.data, Live: o.live})
+	l.mounts = filepath.Join(t.TempDir(), "mountinfo")
+	l.setMount("ext4", "/dev/vdb1")
+	l.bootID = filepath.Join(t.TempDir(), "boot_id")
+	l.reboot()
+	l.ch = vms.NewChannel(func() string { return l.srv.url }, &http.Client{}, 5*time.Second)
+	l.ch.SetNode(testNode, testSecret)
+	bundle := l.init.Bundle("2.0.0", 3<<20, !o.untrusted)
+	l.order = quantix.DesiredUpgrade{Upgrade: "up-1", Release: release, Image: quantix.ImageQuantixOS, Version: "2.0.0"}
+	l.srv.files, l.order.Files = inittest.ReleaseFiles(t, bundle)
+	l.iso = l.srv.files[iso]
+	if len(l.iso) < 2<<20 {
+		t.Fatalf("bundle %s has no %s of some MiB", bundle, iso)
+	}
+	return l
+}
+
 // stagedDirs are the folders init was asked to stage.
 func (l *lab) stagedDirs() []string {
 	var out []string
@@ -104,61 +131,6 @@ func (l *lab) stagedDirs() []string {
 		}
 	}
 	return out
-}
-
-func newLab(t *testing.T) *lab {
-	l := &lab{t: t, data: t.TempDir(), init: inittest.Start(t), srv: newReleaseServer(t)}
-	l.mounts = filepath.Join(t.TempDir(), "mountinfo")
-	l.setMount("ext4", "/dev/vdb1")
-	l.bootID = filepath.Join(t.TempDir(), "boot_id")
-	l.reboot()
-	l.ch = vms.NewChannel(func() string { return l.srv.url }, &http.Client{}, 5*time.Second)
-	l.ch.SetNode(testNode, testSecret)
-	l.iso = make([]byte, 3<<20)
-	rand.Read(l.iso)
-	sums := []byte("sums of " + release + "\n")
-	l.srv.files["quantix-os.iso"] = l.iso
-	l.srv.files[quantix.BundleSums] = sums
-	l.order = quantix.DesiredUpgrade{Upgrade: "up-1", Release: release, Image: quantix.ImageQuantixOS, Version: "2.0",
-		Files: []quantix.ReleaseFile{file("quantix-os.iso", l.iso), file(quantix.BundleSums, sums)}}
-	l.init.SetSlots(slots("a", quantix.SlotGood, "1.0", ""))
-	l.init.SetStage(func(dir string) (quantix.Staged, error) {
-		for _, f := range l.order.Files {
-			b, err := os.ReadFile(filepath.Join(dir, f.Name))
-			if err != nil || hexSum(b) != f.SHA256 {
-				return quantix.Staged{}, fmt.Errorf("bundle %s: %s does not match SHA256SUMS", dir, f.Name)
-			}
-		}
-		l.init.SetSlots(slots("a", quantix.SlotGood, "1.0", "2.0"))
-		return quantix.Staged{Slot: "b", Image: quantix.ImageQuantixOS, Version: "2.0", SignedBy: "release-key"}, nil
-	})
-	return l
-}
-
-func file(name string, b []byte) quantix.ReleaseFile {
-	return quantix.ReleaseFile{Name: name, SizeBytes: int64(len(b)), SHA256: hexSum(b)}
-}
-
-func hexSum(b []byte) string {
-	s := sha256.Sum256(b)
-	return hex.EncodeToString(s[:])
-}
-
-// slots is init's answer for a node booted from slot booted (holding version
-// run) whose other slot holds other ("" = empty; with a version it boots next).
-func slots(booted, state, run, other string) quantix.SlotsStatus {
-	st := quantix.SlotsStatus{Booted: booted, State: state, Next: booted, Order: []string{booted, quantix.OtherSlot(booted)}, Trial: state == quantix.SlotTrial}
-	mine := quantix.SlotInfo{Slot: booted, Good: state != quantix.SlotTrial, Image: quantix.ImageQuantixOS, Version: run}
-	theirs := quantix.SlotInfo{Slot: quantix.OtherSlot(booted)}
-	if other != "" {
-		theirs.Image, theirs.Version, theirs.Tries = quantix.ImageQuantixOS, other, quantix.SlotMaxTries
-		st.Next, st.Order = theirs.Slot, []string{theirs.Slot, booted}
-	}
-	st.Slots = []quantix.SlotInfo{mine, theirs}
-	if booted == quantix.SlotB {
-		st.Slots = []quantix.SlotInfo{theirs, mine}
-	}
-	return st
 }
 
 func (l *lab) setMount(fstype, source string) {
@@ -246,11 +218,11 @@ func bundleFiles(t *testing.T, l *lab) []string {
 // version and its slots; it does not reboot without Activate.
 func TestStageWithoutActivate(t *testing.T) {
 	l := newLab(t)
-	r := l.start("1.0")
+	r := l.start("1.0.0")
 	r.u.Want(&l.order)
 	os := waitPhase(t, r, quantix.UpgradeStaged, "")
-	if os.Image != quantix.ImageQuantixOS || os.Version != "1.0" || os.Slots == nil || os.Slots.Next != "b" {
-		t.Errorf("OS = %+v (slots %+v), want quantix-os 1.0 with slot b next", os, os.Slots)
+	if os.Image != quantix.ImageQuantixOS || os.Version != "1.0.0" || os.Slots == nil || os.Slots.Next != "b" || os.Slots.Slots[1].Version != "2.0.0" {
+		t.Errorf("OS = %+v (slots %+v), want quantix-os 1.0.0 with 2.0.0 in slot b next", os, os.Slots)
 	}
 	want := filepath.Join(l.data, nodeos.BundlesDir, release)
 	if got := l.stagedDirs(); len(got) != 1 || got[0] != want {
@@ -275,10 +247,10 @@ func TestStageWithoutActivate(t *testing.T) {
 // again and again.
 func TestSHA256MismatchRefused(t *testing.T) {
 	l := newLab(t)
-	l.srv.files["quantix-os.iso"] = append([]byte("X"), l.iso[1:]...)
-	r := l.start("1.0")
+	l.srv.files[iso] = append([]byte("X"), l.iso[1:]...)
+	r := l.start("1.0.0")
 	r.u.Want(&l.order)
-	waitPhase(t, r, quantix.UpgradeFailed, "release rel-2 file quantix-os.iso: sha256 mismatch")
+	waitPhase(t, r, quantix.UpgradeFailed, "release rel-2 file "+iso+": sha256 mismatch")
 	settle()
 	if got := l.stagedDirs(); len(got) != 0 {
 		t.Errorf("init was asked to stage %q", got)
@@ -288,7 +260,7 @@ func TestSHA256MismatchRefused(t *testing.T) {
 	}
 	n := len(l.srv.Requests())
 	r.stop()
-	r = l.start("1.0")
+	r = l.start("1.0.0")
 	r.u.Want(&l.order)
 	waitPhase(t, r, quantix.UpgradeFailed, "sha256 mismatch")
 	settle()
@@ -303,28 +275,28 @@ func TestSHA256MismatchRefused(t *testing.T) {
 func TestResumeAfterRestart(t *testing.T) {
 	l := newLab(t)
 	l.srv.breakAfter = 1 << 20
-	r := l.start("1.0")
+	r := l.start("1.0.0")
 	r.u.Want(&l.order)
 	waitPhase(t, r, quantix.UpgradeDownloading, "broke off")
 	r.stop()
-	part := filepath.Join(l.data, nodeos.BundlesDir, release, ".quantix-os.iso.part")
+	part := filepath.Join(l.data, nodeos.BundlesDir, release, "."+iso+".part")
 	fi, err := os.Stat(part)
 	if err != nil || fi.Size() == 0 || fi.Size() >= int64(len(l.iso)) {
 		t.Fatalf("part file after the break: %v, %v; want a part of the ISO", fi, err)
 	}
 	have := fi.Size()
 
-	r = l.start("1.0")
+	r = l.start("1.0.0")
 	r.u.Want(&l.order)
 	waitPhase(t, r, quantix.UpgradeStaged, "")
 	ranged := false
 	for _, q := range l.srv.Requests() {
-		ranged = ranged || q == fmt.Sprintf("quantix-os.iso bytes=%d-", have)
+		ranged = ranged || q == fmt.Sprintf("%s bytes=%d-", iso, have)
 	}
 	if !ranged {
 		t.Errorf("requests %q: want one resuming at byte %d", l.srv.Requests(), have)
 	}
-	b, err := os.ReadFile(filepath.Join(l.data, nodeos.BundlesDir, release, "quantix-os.iso"))
+	b, err := os.ReadFile(filepath.Join(l.data, nodeos.BundlesDir, release, iso))
 	if err != nil || !bytes.Equal(b, l.iso) {
 		t.Errorf("the resumed ISO is not the release's bytes (%d bytes, %v)", len(b), err)
 	}
@@ -340,8 +312,8 @@ func TestRestartsOverDamagedPart(t *testing.T) {
 	l := newLab(t)
 	dir := filepath.Join(l.data, nodeos.BundlesDir, release)
 	os.MkdirAll(dir, 0o755)
-	os.WriteFile(filepath.Join(dir, ".quantix-os.iso.part"), []byte("not the iso"), 0o600)
-	r := l.start("1.0")
+	os.WriteFile(filepath.Join(dir, "."+iso+".part"), []byte("not the iso"), 0o600)
+	r := l.start("1.0.0")
 	r.u.Want(&l.order)
 	waitPhase(t, r, quantix.UpgradeStaged, "")
 }
@@ -354,7 +326,7 @@ func TestRestartsOverDamagedPart(t *testing.T) {
 func TestActivateAndRollback(t *testing.T) {
 	l := newLab(t)
 	l.order.Activate = true
-	r := l.start("1.0")
+	r := l.start("1.0.0")
 	r.u.Want(&l.order)
 	os1 := waitPhase(t, r, quantix.UpgradeActivating, "")
 	settle()
@@ -371,19 +343,17 @@ func TestActivateAndRollback(t *testing.T) {
 	}
 	r.stop()
 
-	// The trial of 2.0 in slot b failed; the node is back on 1.0 in slot a.
+	// The trial of 2.0.0 in slot b failed; the node is back on 1.0.0 in slot a.
 	l.reboot()
-	rb := slots("a", quantix.SlotRolledBack, "1.0", "")
-	rb.RolledBackFrom, rb.Reason = "b", "gate agent: not ready within 5m0s"
-	l.init.SetSlots(rb)
+	l.init.RollBack("1.0.0")
 	requests, stages := len(l.srv.Requests()), l.init.Count(quantix.InitRequestStage)
 	for range 2 {
-		r = l.start("1.0")
-		os2 := waitPhase(t, r, quantix.UpgradeFailed, "gate agent: not ready within 5m0s")
+		r = l.start("1.0.0")
+		os2 := waitPhase(t, r, quantix.UpgradeFailed, "the trial of slot b (2.0.0) ended without a verdict on each of its 3 tries")
 		r.u.Want(&l.order)
 		r.u.Reported(os2)
 		settle()
-		waitPhase(t, r, quantix.UpgradeFailed, "rolled back to 1.0 in slot a: the trial of 2.0 in slot b failed")
+		waitPhase(t, r, quantix.UpgradeFailed, "rolled back to 1.0.0 in slot a: the trial of 2.0.0 in slot b failed: the trial of slot b")
 		if os2.Slots == nil || os2.Slots.State != quantix.SlotRolledBack {
 			t.Errorf("slots reported %+v, want rolled-back", os2.Slots)
 		}
@@ -399,7 +369,7 @@ func TestActivateAndRollback(t *testing.T) {
 		t.Errorf("%d reboot requests, want the one of the activation", n)
 	}
 
-	r = l.start("1.0")
+	r = l.start("1.0.0")
 	waitPhase(t, r, quantix.UpgradeFailed, "rolled back")
 	r.u.Want(nil)
 	deadline = time.Now().Add(5 * time.Second)
@@ -424,7 +394,7 @@ func TestActivateAndRollback(t *testing.T) {
 func TestActivateCommits(t *testing.T) {
 	l := newLab(t)
 	l.order.Activate = true
-	r := l.start("1.0")
+	r := l.start("1.0.0")
 	r.u.Want(&l.order)
 	r.u.Reported(waitPhase(t, r, quantix.UpgradeActivating, ""))
 	for l.init.Count(string(quantix.Reboot)) != 1 {
@@ -432,17 +402,17 @@ func TestActivateCommits(t *testing.T) {
 	}
 	r.stop()
 	l.reboot()
-	l.init.SetSlots(slots("b", quantix.SlotTrial, "2.0", ""))
-	r = l.start("2.0")
+	l.init.Boot("2.0.0")
+	r = l.start("2.0.0")
 	r.u.Want(&l.order)
 	os := waitPhase(t, r, quantix.UpgradeActivating, "")
-	if os.Version != "2.0" || os.Slots == nil || os.Slots.Booted != "b" {
+	if os.Version != "2.0.0" || os.Slots == nil || os.Slots.Booted != "b" || !os.Slots.Trial {
 		t.Errorf("after the reboot OS = %+v, slots %+v", os, os.Slots)
 	}
 	if got := bundleFiles(t, l); len(got) == 0 {
 		t.Errorf("the bundle was removed before the trial was committed")
 	}
-	l.init.SetSlots(slots("b", quantix.SlotGood, "2.0", ""))
+	l.init.Commit()
 	deadline := time.Now().Add(5 * time.Second)
 	for len(bundleFiles(t, l)) != 0 {
 		if time.Now().After(deadline) {
@@ -460,13 +430,12 @@ func TestActivateCommits(t *testing.T) {
 // TestLiveBoot: init says the node is not an A/B install: the slots are reported
 // as none, asked once, and an order fails at once with the reason.
 func TestLiveBoot(t *testing.T) {
-	l := newLab(t)
-	l.init.SetSlotsError("not an A/B install (booted from the live medium)")
-	r := l.start("1.0")
+	l := newLabWith(t, labOptions{live: true})
+	r := l.start("1.0.0")
 	r.u.Want(&l.order)
-	os := waitPhase(t, r, quantix.UpgradeFailed, "this node is not an A/B install (init: slots: not an A/B install (booted from the live medium)): it cannot be upgraded in place, only reinstalled")
-	if os.Slots != nil || os.Version != "1.0" {
-		t.Errorf("OS = %+v, slots %+v; want version 1.0 and no slots", os, os.Slots)
+	os := waitPhase(t, r, quantix.UpgradeFailed, "this node is not an A/B install (init: slots: not booted from an installed A/B disk (a live boot)")
+	if os.Slots != nil || os.Version != "1.0.0" {
+		t.Errorf("OS = %+v, slots %+v; want version 1.0.0 and no slots", os, os.Slots)
 	}
 	settle()
 	if n := l.init.Count(quantix.InitRequestSlots); n != 1 {
@@ -483,7 +452,7 @@ func TestRefusals(t *testing.T) {
 	t.Run("QUANTIX-DATA in RAM", func(t *testing.T) {
 		l := newLab(t)
 		l.setMount("tmpfs", "tmpfs")
-		r := l.start("1.0")
+		r := l.start("1.0.0")
 		r.u.Want(&l.order)
 		waitPhase(t, r, quantix.UpgradeFailed, l.data+" is not a persistent filesystem (tmpfs on \"tmpfs\")")
 		if got := l.srv.Requests(); len(got) != 0 {
@@ -493,7 +462,7 @@ func TestRefusals(t *testing.T) {
 	t.Run("no space", func(t *testing.T) {
 		l := newLab(t)
 		l.order.Files[0].SizeBytes = 1 << 60
-		r := l.start("1.0")
+		r := l.start("1.0.0")
 		r.u.Want(&l.order)
 		waitPhase(t, r, quantix.UpgradeFailed, "MiB to spare: free space on QUANTIX-DATA")
 		if got := l.srv.Requests(); len(got) != 0 {
@@ -501,12 +470,13 @@ func TestRefusals(t *testing.T) {
 		}
 	})
 	t.Run("init refuses the bundle", func(t *testing.T) {
-		l := newLab(t)
-		refusal := "bundle rel-2: SHA256SUMS.sig is not signed by a key this image trusts (signed by key evil)"
-		l.init.SetStage(func(string) (quantix.Staged, error) { return quantix.Staged{}, fmt.Errorf("%s", refusal) })
-		r := l.start("1.0")
+		l := newLabWith(t, labOptions{untrusted: true})
+		r := l.start("1.0.0")
 		r.u.Want(&l.order)
-		waitPhase(t, r, quantix.UpgradeFailed, refusal)
+		p := waitPhase(t, r, quantix.UpgradeFailed, "init refused the bundle: stage "+filepath.Join(l.data, nodeos.BundlesDir, release)+": ").Upgrade
+		if !strings.Contains(p.Error, "not from a key this image trusts") {
+			t.Errorf("reported %q, want init's refusal as it said it", p.Error)
+		}
 		r.u.Want(&l.order)
 		settle()
 		if n := l.init.Count(quantix.InitRequestStage); n != 1 {

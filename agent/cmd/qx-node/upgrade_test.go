@@ -4,7 +4,6 @@ import (
 	"bytes"
 	"context"
 	"errors"
-	"fmt"
 	"io"
 	"os"
 	"path/filepath"
@@ -16,34 +15,29 @@ import (
 	"github.com/quantix/quantix/agent/nodeos"
 )
 
-// TestUpgradeCommands: qx-node upgrade status prints init's slots and the last
-// rollback; stage hands the folder to init and prints its answer or refusal;
-// activate refuses while nothing is staged and otherwise asks init to reboot.
+// TestUpgradeCommands against init's real control socket: qx-node upgrade status
+// prints the slots (and the vDC order the agent works on); activate refuses while
+// nothing is staged; stage hands a bundle folder to init and prints its answer or
+// its refusal; activate then asks init to reboot; after a rollback status says why.
 func TestUpgradeCommands(t *testing.T) {
-	in := inittest.Start(t)
-	st := quantix.SlotsStatus{Booted: "a", State: quantix.SlotRolledBack, Order: []string{"a", "b"}, Next: "a",
-		RolledBackFrom: "b", Reason: "gate agent: not ready within 5m0s",
-		Slots: []quantix.SlotInfo{{Slot: "a", Good: true, Image: quantix.ImageQuantixOS, Version: "1.0"}, {Slot: "b", Image: quantix.ImageQuantixOS, Version: "2.0"}}}
-	in.SetSlots(st)
 	data := t.TempDir()
-	os.MkdirAll(filepath.Join(data, nodeos.UpgradeDir), 0o755)
-	os.WriteFile(filepath.Join(data, nodeos.StateFile), []byte(`{"upgrade":"up-1","release":"rel-2","version":"2.0","phase":"failed",`+
-		`"error":"rolled back to 1.0 in slot a","at":"2026-12-04T01:00:00Z"}`), 0o600)
+	in := inittest.Start(t, inittest.Options{Version: "1.0.0", DataDir: data})
 	qx := func(args ...string) (string, error) {
 		var out bytes.Buffer
 		err := run(context.Background(), append([]string{"upgrade", "--init-socket", in.Socket, "--data-dir", data}, args...), &out, io.Discard)
 		return out.String(), err
 	}
-
-	out, err := qx("status")
-	for _, want := range []string{"booted: slot a, state rolled-back", "slot a: quantix-os 1.0 [booted, good]", "slot b: quantix-os 2.0",
-		"next boot: slot a (order a b)", "last rollback: from slot b: gate agent: not ready within 5m0s",
-		"vDC order: upgrade up-1, release rel-2 (2.0): failed since 2026-12-04T01:00:00Z: rolled back to 1.0 in slot a"} {
-		if err != nil || !strings.Contains(out, want) {
-			t.Errorf("upgrade status = %q, %v; want it to say %q", out, err, want)
+	expect := func(out string, err error, want ...string) {
+		t.Helper()
+		for _, w := range want {
+			if err != nil || !strings.Contains(out, w) {
+				t.Errorf("output %q, %v; want it to say %q", out, err, w)
+			}
 		}
 	}
 
+	out, err := qx("status")
+	expect(out, err, "booted: slot a, state good", "slot a: quantix-os 1.0.0 [booted, good]", "slot b: empty", "next boot: slot a (order a b)")
 	if _, err := qx("activate"); err == nil || !strings.Contains(err.Error(), "nothing is staged") {
 		t.Errorf("activate with nothing staged = %v, want a refusal", err)
 	}
@@ -51,33 +45,33 @@ func TestUpgradeCommands(t *testing.T) {
 		t.Fatalf("activate with nothing staged asked for %d reboots", n)
 	}
 
-	in.SetStage(func(dir string) (quantix.Staged, error) {
-		if dir != "/srv/bundle" {
-			return quantix.Staged{}, fmt.Errorf("bundle %s: SHA256SUMS.sig is not signed by a key this image trusts", dir)
-		}
-		return quantix.Staged{Slot: "b", Image: quantix.ImageQuantixOS, Version: "2.1", SignedBy: "release-key", Seconds: 1.5}, nil
-	})
-	if _, err := qx("stage", "/srv/other"); err == nil || !strings.Contains(err.Error(), "bundle /srv/other: SHA256SUMS.sig is not signed by a key this image trusts") {
-		t.Errorf("stage of a refused bundle = %v, want init's refusal", err)
+	if _, err := qx("stage", in.Bundle("2.0.0", 4096, false)); err == nil || !strings.Contains(err.Error(), "not from a key this image trusts") {
+		t.Errorf("stage of a bundle of an untrusted key = %v, want init's refusal", err)
 	}
-	out, err = qx("stage", "/srv/bundle")
-	if err != nil || !strings.Contains(out, "staged quantix-os 2.1 (signed by release-key) into slot b") || !strings.Contains(out, "qx-node upgrade activate") {
-		t.Errorf("stage = %q, %v", out, err)
-	}
-
-	st.Next, st.Order = "b", []string{"b", "a"}
-	st.Slots[1].Version, st.Slots[1].Tries = "2.1", quantix.SlotMaxTries
-	in.SetSlots(st)
+	out, err = qx("stage", in.Bundle("2.0.0", 4096, true))
+	expect(out, err, "staged quantix-os 2.0.0 (signed by release) into slot b", "qx-node upgrade activate")
+	out, err = qx("status")
+	expect(out, err, "slot b: quantix-os 2.0.0 [3 tries left]", "next boot: slot b (order b a)")
 	out, err = qx("activate")
-	if err != nil || !strings.Contains(out, "rebooting into slot b (quantix-os 2.1)") || in.Count(string(quantix.Reboot)) != 1 {
-		t.Errorf("activate = %q, %v with %d reboot requests; want one", out, err, in.Count(string(quantix.Reboot)))
+	expect(out, err, "rebooting into slot b (quantix-os 2.0.0)")
+	if n := in.Count(string(quantix.Reboot)); n != 1 {
+		t.Errorf("activate asked for %d reboots, want 1", n)
 	}
 
-	in.SetSlotsError("not an A/B install (booted from the live medium)")
-	if _, err := qx("status"); err == nil || !strings.Contains(err.Error(), "not an A/B install") {
-		t.Errorf("status on a live boot = %v, want init's answer", err)
-	}
+	in.RollBack("1.0.0")
+	os.MkdirAll(filepath.Join(data, nodeos.UpgradeDir), 0o755)
+	os.WriteFile(filepath.Join(data, nodeos.StateFile), []byte(`{"upgrade":"up-1","release":"rel-2","version":"2.0.0","phase":"failed",`+
+		`"error":"rolled back to 1.0.0 in slot a","at":"2026-12-04T01:00:00Z"}`), 0o600)
+	out, err = qx("status")
+	expect(out, err, "booted: slot a, state rolled-back", "last rollback: from slot b: the trial of slot b (2.0.0) ended without a verdict",
+		"vDC order: upgrade up-1, release rel-2 (2.0.0): failed since 2026-12-04T01:00:00Z: rolled back to 1.0.0 in slot a")
 	if _, err := qx("frobnicate"); !errors.Is(err, quantix.ErrConfig) {
 		t.Errorf("an unknown upgrade command = %v, want a usage error", err)
+	}
+
+	live := inittest.Start(t, inittest.Options{Version: "1.0.0", DataDir: data, Live: true})
+	err = run(context.Background(), []string{"upgrade", "--init-socket", live.Socket, "status"}, io.Discard, io.Discard)
+	if err == nil || !strings.Contains(err.Error(), "a live boot") {
+		t.Errorf("status on a live boot = %v, want init's answer", err)
 	}
 }
