@@ -31,7 +31,7 @@ func TestUpgradeWiring(t *testing.T) {
 	v := startPlainVDC(t)
 	data := t.TempDir()
 	in := inittest.Start(t, inittest.Options{Version: "1.0.0", DataDir: data})
-	bundle := in.Bundle("2.0.0", 1<<20, true)
+	bundle := in.Bundle(quantix.ImageQuantixOS, "2.0.0", 1<<20, true)
 	order := quantix.DesiredUpgrade{Upgrade: "up-1", Release: "rel-2", Image: quantix.ImageQuantixOS, Version: "2.0.0"}
 	files, list := inittest.ReleaseFiles(t, bundle)
 	order.Files = list

@@ -98,8 +98,12 @@ type lab struct {
 	iso    []byte
 }
 
-// labOptions: a live boot; a bundle signed by a key the image does not trust.
-type labOptions struct{ live, untrusted bool }
+// labOptions: a live boot; a bundle signed by a key the image does not trust,
+// of another image or version than quantix-os 2.0.0.
+type labOptions struct {
+	live, untrusted bool
+	image, version  string
+}
 
 func newLab(t *testing.T) *lab { return newLabWith(t, labOptions{}) }
 
@@ -112,12 +116,15 @@ func newLabWith(t *testing.T, o labOptions) *lab {
 	l.reboot()
 	l.ch = vms.NewChannel(func() string { return l.srv.url }, &http.Client{}, 5*time.Second)
 	l.ch.SetNode(testNode, testSecret)
-	bundle := l.init.Bundle("2.0.0", 3<<20, !o.untrusted)
-	l.order = quantix.DesiredUpgrade{Upgrade: "up-1", Release: release, Image: quantix.ImageQuantixOS, Version: "2.0.0"}
+	if o.image == "" {
+		o.image, o.version = quantix.ImageQuantixOS, "2.0.0"
+	}
+	bundle := l.init.Bundle(o.image, o.version, 3<<20, !o.untrusted)
+	l.order = quantix.DesiredUpgrade{Upgrade: "up-1", Release: release, Image: o.image, Version: o.version}
 	l.srv.files, l.order.Files = inittest.ReleaseFiles(t, bundle)
-	l.iso = l.srv.files[iso]
+	l.iso = l.srv.files[o.image+".iso"]
 	if len(l.iso) < 2<<20 {
-		t.Fatalf("bundle %s has no %s of some MiB", bundle, iso)
+		t.Fatalf("bundle %s has no ISO of some MiB", bundle)
 	}
 	return l
 }
@@ -469,18 +476,32 @@ func TestRefusals(t *testing.T) {
 			t.Errorf("downloaded %q without the space", got)
 		}
 	})
-	t.Run("init refuses the bundle", func(t *testing.T) {
-		l := newLabWith(t, labOptions{untrusted: true})
-		r := l.start("1.0.0")
-		r.u.Want(&l.order)
-		p := waitPhase(t, r, quantix.UpgradeFailed, "init refused the bundle: stage "+filepath.Join(l.data, nodeos.BundlesDir, release)+": ").Upgrade
-		if !strings.Contains(p.Error, "not from a key this image trusts") {
-			t.Errorf("reported %q, want init's refusal as it said it", p.Error)
-		}
-		r.u.Want(&l.order)
-		settle()
-		if n := l.init.Count(quantix.InitRequestStage); n != 1 {
-			t.Errorf("%d stage requests, want 1", n)
-		}
-	})
+	for _, tc := range []struct {
+		name string
+		o    labOptions
+		want string
+	}{
+		{"untrusted key", labOptions{untrusted: true}, "not from a key this image trusts"},
+		{"another image", labOptions{image: quantix.ImageQvDC, version: "2.0.0"}, "qvdc"},
+		{"older version", labOptions{image: quantix.ImageQuantixOS, version: "0.9.0"}, "0.9.0"},
+	} {
+		t.Run("init refuses: "+tc.name, func(t *testing.T) {
+			l := newLabWith(t, tc.o)
+			r := l.start("1.0.0")
+			r.u.Want(&l.order)
+			p := waitPhase(t, r, quantix.UpgradeFailed, "init refused the bundle: stage "+filepath.Join(l.data, nodeos.BundlesDir, release)+": ").Upgrade
+			if !strings.Contains(p.Error, tc.want) {
+				t.Errorf("reported %q, want init's refusal saying %q", p.Error, tc.want)
+			}
+			t.Logf("reported: %s", p.Error)
+			r.u.Want(&l.order)
+			settle()
+			if n := l.init.Count(quantix.InitRequestStage); n != 1 {
+				t.Errorf("%d stage requests, want 1", n)
+			}
+			if st, err := l.init.Client().Slots(context.Background()); err != nil || st.Next != "a" {
+				t.Errorf("slots after a refusal = %+v, %v; want nothing staged", st, err)
+			}
+		})
+	}
 }

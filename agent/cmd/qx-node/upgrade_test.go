@@ -45,10 +45,10 @@ func TestUpgradeCommands(t *testing.T) {
 		t.Fatalf("activate with nothing staged asked for %d reboots", n)
 	}
 
-	if _, err := qx("stage", in.Bundle("2.0.0", 4096, false)); err == nil || !strings.Contains(err.Error(), "not from a key this image trusts") {
+	if _, err := qx("stage", in.Bundle(quantix.ImageQuantixOS, "2.0.0", 4096, false)); err == nil || !strings.Contains(err.Error(), "not from a key this image trusts") {
 		t.Errorf("stage of a bundle of an untrusted key = %v, want init's refusal", err)
 	}
-	out, err = qx("stage", in.Bundle("2.0.0", 4096, true))
+	out, err = qx("stage", in.Bundle(quantix.ImageQuantixOS, "2.0.0", 4096, true))
 	expect(out, err, "staged quantix-os 2.0.0 (signed by release) into slot b", "qx-node upgrade activate")
 	out, err = qx("status")
 	expect(out, err, "slot b: quantix-os 2.0.0 [3 tries left]", "next boot: slot b (order b a)")

@@ -195,9 +195,9 @@ func (in *Init) RollBack(version string) {
 	in.boot(booted, false, version, &verdict{state: quantix.SlotRolledBack, from: tried, why: initd.RollbackReason(in.opts.DataDir, tried)})
 }
 
-// Bundle is a real release bundle of version, signed by the key the image trusts
-// (trusted) or by another one; it returns the folder.
-func (in *Init) Bundle(version string, isoPayload int, trusted bool) string {
+// Bundle is a real release bundle of image and version, signed by the key the
+// image trusts (trusted) or by another one; it returns the folder.
+func (in *Init) Bundle(image, version string, isoPayload int, trusted bool) string {
 	in.t.Helper()
 	key := in.keyFile
 	if !trusted {
@@ -206,7 +206,7 @@ func (in *Init) Bundle(version string, isoPayload int, trusted bool) string {
 	kernel, initrd := make([]byte, isoPayload), make([]byte, 4096)
 	rand.Read(kernel)
 	rand.Read(initrd)
-	return upgradetest.Bundle(in.t, quantix.ImageQuantixOS, version, kernel, initrd, key)
+	return upgradetest.Bundle(in.t, image, version, kernel, initrd, key)
 }
 
 // Client asks this socket.
