@@ -50,8 +50,9 @@ func TestUpgradeWiring(t *testing.T) {
 		case strings.HasSuffix(r.URL.Path, "/desired"):
 			json.NewEncoder(w).Encode(d)
 			return true
-		case strings.HasPrefix(r.URL.Path, quantix.PathNodeRelease("rel-2", "")):
-			b, ok := files[strings.TrimPrefix(r.URL.Path, quantix.PathNodeRelease("rel-2", ""))]
+		case strings.Contains(r.URL.Path, "/releases/"):
+			node := strings.Split(strings.TrimPrefix(r.URL.Path, quantix.PathNodes+"/"), "/")[0]
+			b, ok := files[strings.TrimPrefix(r.URL.Path, quantix.PathNodeRelease(node, "rel-2", ""))]
 			if !ok || !strings.HasPrefix(r.Header.Get("Authorization"), "Bearer ") {
 				http.Error(w, "no such file, or no node secret", http.StatusNotFound)
 				return true

@@ -45,7 +45,7 @@ type releaseServer struct {
 func newReleaseServer(t *testing.T) *releaseServer {
 	s := &releaseServer{files: map[string][]byte{}}
 	h := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		name, ok := strings.CutPrefix(r.URL.Path, quantix.PathNodeRelease(release, ""))
+		name, ok := strings.CutPrefix(r.URL.Path, quantix.PathNodeRelease(testNode, release, ""))
 		if r.Header.Get("Authorization") != "Bearer "+testSecret {
 			http.Error(w, `{"error":"bad node secret"}`, http.StatusUnauthorized)
 			return

@@ -162,11 +162,11 @@ func (c *Channel) Image(ctx context.Context, id string) (io.ReadCloser, int64, e
 // starts there; otherwise it is the whole file. length is the body's, -1 when
 // unknown. The caller closes the body; timing as Image.
 func (c *Channel) ReleaseFile(ctx context.Context, release, name string, offset int64) (body io.ReadCloser, length int64, partial bool, err error) {
-	_, secret, err := c.auth()
+	node, secret, err := c.auth()
 	if err != nil {
 		return nil, 0, false, err
 	}
-	return c.open(ctx, "release "+release+" "+name, quantix.PathNodeRelease(release, name), secret, offset)
+	return c.open(ctx, "release "+release+" "+name, quantix.PathNodeRelease(node, release, name), secret, offset)
 }
 
 // open GETs path for a download, from offset on when offset > 0 (a Range
