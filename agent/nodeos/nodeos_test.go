@@ -162,12 +162,16 @@ type running struct {
 
 // start runs an Upgrader of a node running version, as a new agent process does.
 func (l *lab) start(version string) *running {
+	return l.startWith(version, l.init.Client())
+}
+
+func (l *lab) startWith(version string, init quantix.InitClient) *running {
 	l.t.Helper()
 	log := slog.New(slog.NewTextHandler(io.Discard, nil))
 	if testing.Verbose() {
 		log = slog.New(slog.NewTextHandler(os.Stderr, nil))
 	}
-	u, err := nodeos.New(nodeos.Config{Fetcher: l.ch, Init: l.init.Client(), Image: quantix.ImageQuantixOS, Version: version,
+	u, err := nodeos.New(nodeos.Config{Fetcher: l.ch, Init: init, Image: quantix.ImageQuantixOS, Version: version,
 		DataDir: l.data, MountInfo: l.mounts, BootID: l.bootID, RetryEvery: 50 * time.Millisecond, TrialPoll: 50 * time.Millisecond}, log)
 	if err != nil {
 		l.t.Fatalf("nodeos.New: %v", err)
@@ -451,6 +455,27 @@ func TestLiveBoot(t *testing.T) {
 	if got := l.srv.Requests(); len(got) != 0 {
 		t.Errorf("a live boot downloaded %q", got)
 	}
+}
+
+// TestInitLate: while init does not answer (its socket is not there yet) an
+// order waits, neither failed nor downloaded, and the slots are asked again
+// until init answers; then the order goes on.
+func TestInitLate(t *testing.T) {
+	l := newLab(t)
+	sock := filepath.Join(filepath.Dir(l.init.Socket), "late.sock")
+	r := l.startWith("1.0.0", quantix.InitClient{Socket: sock})
+	r.u.Want(&l.order)
+	settle()
+	if os := r.u.OS(); os.Slots != nil || os.Upgrade != nil {
+		t.Errorf("without init: OS %+v, upgrade %+v; want no slots and no progress yet", os, os.Upgrade)
+	}
+	if got := l.srv.Requests(); len(got) != 0 {
+		t.Errorf("downloaded %q before init answered", got)
+	}
+	if err := os.Symlink(l.init.Socket, sock); err != nil {
+		t.Fatal(err)
+	}
+	waitPhase(t, r, quantix.UpgradeStaged, "")
 }
 
 // TestRefusals: an order the node cannot take reports why, and nothing is
