@@ -251,3 +251,52 @@ func checkRegistered(t *testing.T, mk quantix.Marker, v *vdctest.VDC, hostname, 
 	t.Logf("boot %d: node %s %s at the vDC", i, id, reg)
 	return id
 }
+
+// The interactive installer driven through the serial console, as an operator
+// at a serial terminal would: every question answered by typing (static
+// network, a console password), the plan confirmed by the disk's name; the
+// installed disk then boots with that hostname and address and joins the vDC.
+func TestISOInstallInteractive(t *testing.T) {
+	iso := testISO(t, quantix.ImageQuantixOS)
+	target := blankDisk(t, 4<<30)
+	hub := vm.NewHub(t, vm.HubConfig{Name: "hub-interactive"})
+	vdc := labVDC(t, hub)
+	kernel, initrd := extract(t, iso)
+	m := vm.Start(t, vm.Config{
+		Name: "install-interactive", Kernel: kernel, Initrd: initrd, MemoryMB: 2048,
+		Append:  "console=ttyS0,115200 panic=-1 scsi_mod.scan=sync quantix.install=interactive",
+		Disks:   []vm.Disk{{Path: target}},
+		Devices: []vm.Device{vm.CD{Path: iso}},
+	})
+	lines := m.ExpectRegexp(t, `^\s*([0-9]+)\) .*\bvda\b`, 5*time.Minute)
+	const hostname = "serial-node"
+	for _, qa := range []struct{ prompt, answer string }{
+		{"Install on which disk", lines[1]},
+		{"Hostname", hostname},
+		{"Network: dhcp or static", "static"},
+		{"Network interface", ""},
+		{"Address with prefix length", "10.77.0.50/24"},
+		{"Gateway", ""},
+		{"DNS servers", ""},
+		{"vDC URL", labVDCURL},
+		{"Join token", vdc.JoinToken},
+		{"Console password (at least", "serial-pass-1"},
+		{"Console password again", "serial-pass-1"},
+		{"Write this plan to /dev/vda", "vda"},
+	} {
+		m.ExpectPrompt(t, qa.prompt, 2*time.Minute)
+		m.Type(t, qa.answer+"\n")
+	}
+	mk := m.WaitMarker(t, quantix.MarkerInstallComplete, 10*time.Minute, "hostname", hostname)
+	t.Logf("interactive install took %s s in the guest (%s)", mk.Get("seconds"), m.Accel())
+	m.WaitExit(t, 2*time.Minute) // after = reboot: QEMU runs with -no-reboot
+
+	b := vm.Start(t, vm.Config{Name: "installed-interactive", MemoryMB: 2048,
+		BootDisk: &vm.Disk{Path: target}, NICs: []vm.NIC{{Hub: hub}}})
+	b.Expect(t, "init: hostname "+hostname+" (from /quantix/hostname)", 3*time.Minute)
+	got := b.ExpectAll(t, 5*time.Minute, vm.MatchMarker(quantix.MarkerReady, "service", "network", "addr", "10.77.0.50/24", "source", "static"),
+		vm.MatchMarker(quantix.MarkerReady, "service", "agent"))
+	agent, _ := quantix.ParseMarker(got[1])
+	checkRegistered(t, agent, vdc, hostname, "", 0)
+	b.PowerOff(t, 2*time.Minute)
+}

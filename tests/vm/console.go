@@ -164,20 +164,43 @@ func (c *Console) write(p []byte) (int, error) {
 	if c.log != nil {
 		c.log.Write(p)
 	}
-	added := false
 	for _, b := range p {
 		if b == '\n' {
 			c.lines = append(c.lines, cleanLine(c.partial))
 			c.partial = c.partial[:0]
-			added = true
 			continue
 		}
 		c.partial = append(c.partial, b)
 	}
-	if added {
-		c.wakeLocked()
-	}
+	// New lines, or a prompt growing on the line not yet ended (ExpectPrompt).
+	c.wakeLocked()
 	return len(p), nil
+}
+
+// ExpectPrompt waits until the line the guest has not ended yet (a prompt
+// waiting for input, as "Hostname: ") contains prompt; the lines before it are
+// consumed. It fails t at the timeout or when QEMU exits.
+func (c *Console) ExpectPrompt(t testing.TB, prompt string, timeout time.Duration) {
+	t.Helper()
+	timer := time.NewTimer(ScaleTimeout(timeout))
+	defer timer.Stop()
+	for {
+		c.mu.Lock()
+		if strings.Contains(cleanLine(c.partial), prompt) {
+			c.cursor = len(c.lines)
+			c.mu.Unlock()
+			return
+		}
+		changed, exited := c.changed, c.exited
+		c.mu.Unlock()
+		select {
+		case <-changed:
+		case <-exited:
+			c.fail(t, &ConsoleError{Machine: c.name, Want: fmt.Sprintf("prompt %q", prompt), Reason: ErrExited, Detail: c.status()})
+		case <-timer.C:
+			c.fail(t, &ConsoleError{Machine: c.name, Want: fmt.Sprintf("prompt %q", prompt), Reason: ErrTimeout, Detail: fmt.Sprintf("after %v", timeout)})
+		}
+	}
 }
 
 // flush ends a last line without newline (at QEMU exit) and wakes waiters.

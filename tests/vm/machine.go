@@ -2,6 +2,7 @@ package vm
 
 import (
 	"fmt"
+	"io"
 	"net"
 	"os"
 	"os/exec"
@@ -34,6 +35,7 @@ type Machine struct {
 	qmp     *QMP
 	exited  chan struct{}
 	exitErr error
+	stdin   io.WriteCloser // the guest's first serial port (QEMU -serial stdio)
 	slot    *slot
 	stopped bool
 }
@@ -125,6 +127,10 @@ func (m *Machine) launch(qemu string) error {
 	cmd := exec.Command(qemu, m.args...)
 	cmd.Stdout = m.Console.input()
 	cmd.Stderr = m.stderrLog
+	stdin, err := cmd.StdinPipe()
+	if err != nil {
+		return fmt.Errorf("start %s: %w", qemu, err)
+	}
 	// QEMU must not outlive a test binary that dies.
 	cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}
 	if err := cmd.Start(); err != nil {
@@ -132,7 +138,7 @@ func (m *Machine) launch(qemu string) error {
 	}
 	exited := make(chan struct{})
 	m.mu.Lock()
-	m.cmd, m.exited, m.exitErr = cmd, exited, nil
+	m.cmd, m.exited, m.exitErr, m.stdin = cmd, exited, nil, stdin
 	m.mu.Unlock()
 	m.Console.attach(exited, m.exitStatus)
 	go func() {
@@ -355,6 +361,17 @@ func (m *Machine) SetLink(t testing.TB, i int, up bool) {
 	t.Helper()
 	if _, err := m.QMP().Execute("set_link", map[string]any{"name": m.nics[i].id, "up": up}); err != nil {
 		m.fail(t, fmt.Errorf("set link of VM %s NIC %d: %w", m.name, i, err))
+	}
+}
+
+// Type sends s to the guest's first serial port, as typed on its console.
+func (m *Machine) Type(t testing.TB, s string) {
+	t.Helper()
+	m.mu.Lock()
+	w := m.stdin
+	m.mu.Unlock()
+	if _, err := io.WriteString(w, s); err != nil {
+		t.Fatalf("type on %s's serial console: %v", m.name, err)
 	}
 }
 

@@ -17,18 +17,27 @@ import (
 func main() {
 	// Let init print the trial's marker first; the stop must hit an armed trial.
 	time.Sleep(2 * time.Second)
-	comms, _ := filepath.Glob("/proc/[0-9]*/comm")
-	for _, c := range comms {
+	stopped := 0
+	cmdlines, _ := filepath.Glob("/proc/[0-9]*/cmdline")
+	for _, c := range cmdlines {
 		b, err := os.ReadFile(c)
-		if err != nil || strings.TrimSpace(string(b)) != "qx-init" {
+		argv0, _, _ := strings.Cut(string(b), "\x00")
+		pid, _ := strconv.Atoi(filepath.Base(filepath.Dir(c)))
+		if err != nil || filepath.Base(argv0) != "qx-init" || pid <= 1 {
 			continue
 		}
-		pid, _ := strconv.Atoi(filepath.Base(filepath.Dir(c)))
 		fmt.Printf("qx-test-hang: stopping qx-init (pid %d): the trial hangs from here\n", pid)
 		if err := syscall.Kill(pid, syscall.SIGSTOP); err != nil {
 			fmt.Println("qx-test-hang:", err)
 			os.Exit(1)
 		}
+		stopped++
 	}
-	select {}
+	if stopped == 0 {
+		fmt.Println("qx-test-hang: no qx-init process found")
+		os.Exit(1)
+	}
+	for {
+		time.Sleep(time.Hour)
+	}
 }
