@@ -131,15 +131,22 @@ func (v *verdict) Slots() (quantix.SlotsStatus, error) {
 	return st, err
 }
 
-// Boot is the reboot into the slot GRUB picks (the staged one), as a trial of
-// version, its verdict still open.
-func (in *Init) Boot(version string) {
+// env is the ESP's environment block as GRUB reads it.
+func (in *Init) env() (bootenv.Files, bootenv.State) {
 	in.t.Helper()
 	env := bootenv.OnESP(in.ESP)
 	st, _, err := env.Read()
 	if err != nil {
 		in.t.Fatal(err)
 	}
+	return env, st
+}
+
+// Boot is the reboot into the slot GRUB picks (the staged one), as a trial of
+// version, its verdict still open.
+func (in *Init) Boot(version string) {
+	in.t.Helper()
+	env, st := in.env()
 	slot, trial, ok := st.Boot()
 	if !ok || !trial {
 		in.t.Fatalf("boot: GRUB would boot slot %q (trial %v): nothing staged", slot, trial)
@@ -177,11 +184,7 @@ func (in *Init) Commit() {
 // init says why, as its rollback reason reads the stage record.
 func (in *Init) RollBack(version string) {
 	in.t.Helper()
-	env := bootenv.OnESP(in.ESP)
-	st, _, err := env.Read()
-	if err != nil {
-		in.t.Fatal(err)
-	}
+	env, st := in.env()
 	tried := st.Order[0]
 	st.Slot(tried).Tries = 0
 	if err := env.Write(st); err != nil {
