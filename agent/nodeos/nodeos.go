@@ -136,6 +136,7 @@ type Upgrader struct {
 	slotsErr  error // init's answer to the slots request, when it refused
 	slotsFail bool  // init could not be asked: ask again
 	rebooting bool  // init took the reboot request: not asked again
+	refusal   string // the last refusal of an order logged
 }
 
 // New checks cfg and returns an Upgrader; the state of an earlier order is read
@@ -336,8 +337,11 @@ func (u *Upgrader) work(ctx context.Context, order *quantix.DesiredUpgrade, know
 func (u *Upgrader) stage(ctx context.Context, order *quantix.DesiredUpgrade) time.Duration {
 	if err := u.canStage(order); err != nil {
 		// Not recorded: what the node lacks may be fixed (a disk mounted, space
-		// freed); looked at again later.
-		u.log.Warn("upgrade order refused", "upgrade", order.Upgrade, "release", order.Release, "err", err)
+		// freed); looked at again later, logged when it changes.
+		if err.Error() != u.refusal {
+			u.refusal = err.Error()
+			u.log.Warn("upgrade order refused", "upgrade", order.Upgrade, "release", order.Release, "err", err)
+		}
 		u.publish(&quantix.UpgradeProgress{Upgrade: order.Upgrade, Release: order.Release, Version: order.Version,
 			Phase: quantix.UpgradeFailed, Error: err.Error(), At: time.Now()})
 		if u.slots == nil {
