@@ -133,9 +133,9 @@ type Upgrader struct {
 	// Owned by Run.
 	st        state
 	slots     *quantix.SlotsStatus
-	slotsErr  error // init's answer to the slots request, when it refused
-	slotsFail bool  // init could not be asked: ask again
-	rebooting bool  // init took the reboot request: not asked again
+	slotsErr  error  // init's answer to the slots request, when it refused
+	slotsFail bool   // init could not be asked: ask again
+	rebooting bool   // init took the reboot request: not asked again
 	refusal   string // the last refusal of an order logged
 }
 
