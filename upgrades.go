@@ -15,9 +15,28 @@ import "time"
 // SlotRolledBack stops the whole upgrade. Nodes are never upgraded to a version
 // newer than the vDC's own (the version-skew rule).
 
+// Paths of the release and upgrade API (admin) and the node's download.
+const (
+	PathReleases = "/api/v1/releases" // GET list, POST multipart upload of a bundle's four files
+	PathUpgrades = "/api/v1/upgrades" // GET list, POST UpgradeRequest
+)
+
+// PathRelease is one release (GET, DELETE).
+func PathRelease(id string) string { return PathReleases + "/" + id }
+
+// PathUpgrade is one rolling upgrade (GET); PathUpgrade(id)+"/cancel" is POST.
+func PathUpgrade(id string) string { return PathUpgrades + "/" + id }
+
+// PathNodeRelease is GET of one file of a release by a node (Authorization:
+// Bearer <node_secret>; Range requests are served). It lives under the node's
+// path like PathNodeImage, so the node secret travels on the agent channel only.
+func PathNodeRelease(nodeID, release, name string) string {
+	return PathNodes + "/" + nodeID + "/releases/" + release + "/" + name
+}
+
 // ReleaseFile is one file of a release bundle (the ISO, its manifest, the sums
 // and their signature), as the vDC stores and serves it to nodes at
-// GET /api/v1/node/releases/{release}/{name}.
+// PathNodeRelease.
 type ReleaseFile struct {
 	Name      string `json:"name"`
 	SizeBytes int64  `json:"size_bytes"`

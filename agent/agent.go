@@ -2,7 +2,8 @@
 // identity, registers it with the vDC and keeps it registered across restarts,
 // reboots, node deletions and address changes, heartbeats with the management
 // address found fresh each time, and reports the libvirt domains and storage pools
-// as full state and as incremental events. It serves its own status on
+// as full state and as incremental events, and the running OS and upgrade progress
+// with every heartbeat (agent/nodeos carries upgrades out). It serves its own status on
 // /healthz, /status and /metrics.
 package agent
 
@@ -24,6 +25,7 @@ import (
 	"github.com/quantix/quantix"
 	"github.com/quantix/quantix/agent/hypervisor"
 	"github.com/quantix/quantix/agent/internal/backoff"
+	"github.com/quantix/quantix/agent/nodeos"
 	"github.com/quantix/quantix/agent/vms"
 )
 
@@ -49,6 +51,7 @@ type Service struct {
 	mon  *hypervisor.Monitor
 	vmch *vms.Channel
 	vms  *vms.Reconciler
+	os   *nodeos.Upgrader
 	st   *statusBoard
 	cpu  cpuSampler
 
@@ -114,6 +117,12 @@ func New(cfg Config, log *slog.Logger) (*Service, error) {
 	// The desired long-poll is held longer than any other request: its own
 	// client, bounded per request, to the vDC the agent uses.
 	s.vmch = vms.NewChannel(s.api.current, &http.Client{Transport: tr}, cfg.RequestTimeout)
+	oscfg := cfg.OS
+	oscfg.Fetcher = s.vmch
+	s.os, err = nodeos.New(oscfg, log.With("component", "upgrade"))
+	if err != nil {
+		return nil, fmt.Errorf("%w: %w", quantix.ErrConfig, err)
+	}
 	s.vms, err = vms.New(vms.Config{
 		Channel:     s.vmch,
 		Libvirt:     mon.Conn,
@@ -121,6 +130,7 @@ func New(cfg Config, log *slog.Logger) (*Service, error) {
 		ImagesDir:   cfg.ImagesDir,
 		ConsoleDir:  cfg.ConsoleDir,
 		PollWait:    cfg.DesiredWait,
+		Upgrade:     s.os.Want,
 	}, log.With("component", "vms"))
 	if err != nil {
 		return nil, fmt.Errorf("%w: %w", quantix.ErrConfig, err)
@@ -189,6 +199,7 @@ func (s *Service) clockWarning(msg string) {
 func (s *Service) Status() Status {
 	st := s.st.get(s.mon.Status())
 	st.VDC = s.api.current()
+	st.OS = s.os.OS()
 	return st
 }
 
@@ -203,6 +214,8 @@ func (s *Service) Run(ctx context.Context) error {
 	if !s.cfg.Once {
 		wg.Add(1)
 		go func() { defer wg.Done(); s.vms.Run(ctx) }()
+		wg.Add(1)
+		go func() { defer wg.Done(); s.os.Run(ctx) }()
 	}
 
 	if s.cfg.HTTPListen != "" {
@@ -304,6 +317,13 @@ func (s *Service) Run(ctx context.Context) error {
 		case <-s.vms.Changes():
 			// A new applied generation or a VM error: the vDC hears it now.
 			s.sync(ctx, false)
+			if s.nodeID != "" {
+				if err := s.heartbeat(ctx); err == nil {
+					heartbeat.Reset(s.interval)
+				}
+			}
+		case <-s.os.Changes():
+			// Upgrade progress, also the activation the reboot waits on.
 			if s.nodeID != "" {
 				if err := s.heartbeat(ctx); err == nil {
 					heartbeat.Reset(s.interval)
@@ -507,7 +527,7 @@ func (s *Service) heartbeat(ctx context.Context) error {
 		return fail(err)
 	}
 	hv := s.mon.Status()
-	req := quantix.HeartbeatRequest{ManagementIP: m.IP.String(), Hypervisor: &hv, AppliedGeneration: s.vms.Applied()}
+	req := quantix.HeartbeatRequest{ManagementIP: m.IP.String(), Hypervisor: &hv, AppliedGeneration: s.vms.Applied(), OS: s.os.OS()}
 	if s.reported != nil {
 		req.StateHash = s.reported.Hash()
 	}
@@ -537,6 +557,7 @@ func (s *Service) heartbeat(ctx context.Context) error {
 		return fail(err)
 	}
 	s.sentHV = hv.State
+	s.os.Reported(req.OS)
 	s.vms.Notify(resp.DesiredGeneration)
 	s.learnPins(resp.AgentCAPins)
 	if resp.HeartbeatIntervalSeconds > 0 {

@@ -17,6 +17,7 @@ import (
 
 	"github.com/quantix/quantix"
 	"github.com/quantix/quantix/agent/hypervisor"
+	"github.com/quantix/quantix/agent/nodeos"
 )
 
 // FileConfig is /quantix/node/agent.toml. The installer and the test lab write it
@@ -155,6 +156,10 @@ type Config struct {
 	ConsoleDir string
 	// DesiredWait is how long the desired long-poll is held (55 s).
 	DesiredWait time.Duration
+	// OS configures what heartbeats say about the running OS and how upgrade
+	// orders are carried out (the zero value: the real paths and init socket);
+	// its Fetcher is the agent's channel.
+	OS nodeos.Config
 	// Stdout receives the ready marker lines (init reads them); nil = os.Stdout.
 	Stdout io.Writer
 

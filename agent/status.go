@@ -36,6 +36,8 @@ type Status struct {
 	Hypervisor               quantix.Hypervisor `json:"hypervisor"`
 	Counts                   Counts             `json:"counts"`
 	AgentVersion             string             `json:"agent_version"`
+	// OS is what heartbeats report about the running OS and the upgrade.
+	OS *quantix.NodeOS `json:"os,omitempty"`
 }
 
 // Attempt is the outcome of the last registration, heartbeat or state upload.

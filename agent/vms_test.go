@@ -17,7 +17,9 @@ import (
 	"github.com/google/uuid"
 
 	"github.com/quantix/quantix"
+	"github.com/quantix/quantix/agent"
 	"github.com/quantix/quantix/agent/internal/libvirtdtest"
+	"github.com/quantix/quantix/tests/netlab"
 	"github.com/quantix/quantix/vdc/vdctest"
 )
 
@@ -32,10 +34,6 @@ func TestDesiredVMsWiring(t *testing.T) {
 	}
 	v := startPlainVDC(t)
 	lv := libvirtdtest.Start(t)
-	target, err := url.Parse(v.URL)
-	if err != nil {
-		t.Fatal(err)
-	}
 	vmID := uuid.NewString()
 	image := []byte("not the bytes the sha256 below describes")
 	desired := quantix.NodeDesired{
@@ -67,18 +65,15 @@ func TestDesiredVMsWiring(t *testing.T) {
 			}
 		}
 	}
-	rp := httputil.NewSingleHostReverseProxy(target)
-	front := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+	cfg := frontedConfig(t, v, mgmtNS(t, "10.54.0.5/24", "10.54.0.1"), "node-vms", func(w http.ResponseWriter, r *http.Request, body []byte) bool {
 		switch {
 		case strings.HasSuffix(r.URL.Path, "/desired"):
 			json.NewEncoder(w).Encode(desired)
-			return
+			return true
 		case strings.HasSuffix(r.URL.Path, "/images/img-x"):
 			w.Write(image)
-			return
+			return true
 		}
-		body, _ := io.ReadAll(r.Body)
-		r.Body = io.NopCloser(bytes.NewReader(body))
 		if strings.HasSuffix(r.URL.Path, "/heartbeat") {
 			var hb quantix.HeartbeatRequest
 			json.Unmarshal(body, &hb)
@@ -87,14 +82,8 @@ func TestDesiredVMsWiring(t *testing.T) {
 			mu.Unlock()
 		}
 		record(body)
-		rp.ServeHTTP(w, r)
-	}))
-	t.Cleanup(front.Close)
-
-	ns := mgmtNS(t, "10.54.0.5/24", "10.54.0.1")
-	cfg := testConfig(t, v, ns, "node-vms")
-	cfg.ControlPlane = front.URL
-	cfg.InsecurePlainHTTP = true
+		return false
+	})
 	cfg.LibvirtURI = lv.URI()
 	cfg.ImagesDir = t.TempDir()
 	cfg.ConsoleDir = t.TempDir()
@@ -125,34 +114,25 @@ func TestAddressChangeEndsLongPoll(t *testing.T) {
 		t.Skip("starts PostgreSQL and a vDC")
 	}
 	v := startPlainVDC(t)
-	target, err := url.Parse(v.URL)
-	if err != nil {
-		t.Fatal(err)
-	}
 	ended := make(chan time.Time, 16)
 	var mu sync.Mutex
 	polls := 0
-	rp := httputil.NewSingleHostReverseProxy(target)
-	front := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		if strings.HasSuffix(r.URL.Path, "/desired") {
-			mu.Lock()
-			polls++
-			mu.Unlock()
-			if r.URL.Query().Get("wait") == "" {
-				json.NewEncoder(w).Encode(quantix.NodeDesired{Generation: 1})
-				return
-			}
-			<-r.Context().Done() // held until the agent gives up
-			ended <- time.Now()
-			return
-		}
-		rp.ServeHTTP(w, r)
-	}))
-	t.Cleanup(front.Close)
 	ns := mgmtNS(t, "10.54.0.5/24", "10.54.0.1")
-	cfg := testConfig(t, v, ns, "node-poll")
-	cfg.ControlPlane = front.URL
-	cfg.InsecurePlainHTTP = true
+	cfg := frontedConfig(t, v, ns, "node-poll", func(w http.ResponseWriter, r *http.Request, _ []byte) bool {
+		if !strings.HasSuffix(r.URL.Path, "/desired") {
+			return false
+		}
+		mu.Lock()
+		polls++
+		mu.Unlock()
+		if r.URL.Query().Get("wait") == "" {
+			json.NewEncoder(w).Encode(quantix.NodeDesired{Generation: 1})
+			return true
+		}
+		<-r.Context().Done() // held until the agent gives up
+		ended <- time.Now()
+		return true
+	})
 	cfg.DesiredWait = 50 * time.Second
 	a := startAgent(t, cfg)
 	a.waitMarker(t, 1)
@@ -174,6 +154,29 @@ func TestAddressChangeEndsLongPoll(t *testing.T) {
 		defer mu.Unlock()
 		return polls >= 3, fmt.Sprintf("%d desired requests", polls)
 	})
+}
+
+// frontedConfig is one agent's Config (hostname, its management address in ns)
+// that reaches the plain vDC v through an in-test front: serve answers the
+// requests it takes (true); the others, their body intact, go on to v.
+func frontedConfig(t testing.TB, v *vdctest.VDC, ns *netlab.NS, hostname string, serve func(w http.ResponseWriter, r *http.Request, body []byte) bool) agent.Config {
+	target, err := url.Parse(v.URL)
+	if err != nil {
+		t.Fatal(err)
+	}
+	rp := httputil.NewSingleHostReverseProxy(target)
+	front := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		body, _ := io.ReadAll(r.Body)
+		r.Body = io.NopCloser(bytes.NewReader(body))
+		if !serve(w, r, body) {
+			rp.ServeHTTP(w, r)
+		}
+	}))
+	t.Cleanup(front.Close)
+	cfg := testConfig(t, v, ns, hostname)
+	cfg.ControlPlane = front.URL
+	cfg.InsecurePlainHTTP = true
+	return cfg
 }
 
 // startPlainVDC is a vDC that takes agents on plain HTTP (agent_plain_http), for

@@ -20,7 +20,7 @@ import (
 var ErrNotRegistered = errors.New("node not registered with the vDC yet")
 
 // Channel is the reconciler's side of the agent channel (docs/design.md §14): the
-// desired long-poll, image downloads and console uploads, to the same vDC and
+// desired long-poll, image and release downloads and console uploads, to the same vDC and
 // with the same node secret as the agent's heartbeats.
 type Channel struct {
 	base func() string // the vDC in use (the agent moves between several)
@@ -84,7 +84,8 @@ func (e *StatusError) Error() string {
 	return fmt.Sprintf("%s: vDC answered %d %s: %s", e.Op, e.Status, http.StatusText(e.Status), e.Message)
 }
 
-func (c *Channel) send(ctx context.Context, op, method, path, secret, ctype string, body []byte) (*http.Response, error) {
+// send makes one request with the node secret; hdr adds headers (nil: none).
+func (c *Channel) send(ctx context.Context, op, method, path, secret, ctype string, body []byte, hdr http.Header) (*http.Response, error) {
 	var rd io.Reader
 	if body != nil {
 		rd = bytes.NewReader(body)
@@ -92,6 +93,9 @@ func (c *Channel) send(ctx context.Context, op, method, path, secret, ctype stri
 	req, err := http.NewRequestWithContext(ctx, method, c.base()+path, rd)
 	if err != nil {
 		return nil, fmt.Errorf("%s: %w", op, err)
+	}
+	for k, v := range hdr {
+		req.Header[k] = v
 	}
 	if ctype != "" {
 		req.Header.Set("Content-Type", ctype)
@@ -129,7 +133,7 @@ func (c *Channel) Desired(ctx context.Context, after int64, wait time.Duration) 
 	}
 	ctx, cancel := context.WithTimeout(ctx, c.requestTimeout+time.Duration(secs)*time.Second)
 	defer cancel()
-	resp, err := c.send(ctx, "desired", http.MethodGet, path, secret, "", nil)
+	resp, err := c.send(ctx, "desired", http.MethodGet, path, secret, "", nil, nil)
 	if err != nil {
 		return quantix.NodeDesired{}, err
 	}
@@ -149,18 +153,42 @@ func (c *Channel) Image(ctx context.Context, id string) (io.ReadCloser, int64, e
 	if err != nil {
 		return nil, 0, err
 	}
+	body, length, _, err := c.open(ctx, "image "+id, quantix.PathNodeImage(node, id), secret, 0)
+	return body, length, err
+}
+
+// ReleaseFile opens a file of a release bundle (quantix.PathNodeRelease) from
+// offset on: partial is true when the vDC answered the range (206) and the body
+// starts there; otherwise it is the whole file. length is the body's, -1 when
+// unknown. The caller closes the body; timing as Image.
+func (c *Channel) ReleaseFile(ctx context.Context, release, name string, offset int64) (body io.ReadCloser, length int64, partial bool, err error) {
+	node, secret, err := c.auth()
+	if err != nil {
+		return nil, 0, false, err
+	}
+	return c.open(ctx, "release "+release+" "+name, quantix.PathNodeRelease(node, release, name), secret, offset)
+}
+
+// open GETs path for a download, from offset on when offset > 0 (a Range
+// request): only the wait for the response headers is bounded by the request
+// timeout.
+func (c *Channel) open(ctx context.Context, op, path, secret string, offset int64) (io.ReadCloser, int64, bool, error) {
 	ctx, cancel := context.WithCancel(ctx)
 	t := time.AfterFunc(c.requestTimeout, cancel)
-	resp, err := c.send(ctx, "image "+id, http.MethodGet, quantix.PathNodeImage(node, id), secret, "", nil)
+	var hdr http.Header
+	if offset > 0 {
+		hdr = http.Header{"Range": {"bytes=" + strconv.FormatInt(offset, 10) + "-"}}
+	}
+	resp, err := c.send(ctx, op, http.MethodGet, path, secret, "", nil, hdr)
 	if !t.Stop() || err != nil {
 		cancel()
 		if err == nil {
 			resp.Body.Close()
-			err = fmt.Errorf("image %s: no answer within %v", id, c.requestTimeout)
+			err = fmt.Errorf("%s: no answer within %v", op, c.requestTimeout)
 		}
-		return nil, 0, err
+		return nil, 0, false, err
 	}
-	return &cancelBody{ReadCloser: resp.Body, cancel: cancel}, resp.ContentLength, nil
+	return &cancelBody{ReadCloser: resp.Body, cancel: cancel}, resp.ContentLength, resp.StatusCode == http.StatusPartialContent, nil
 }
 
 type cancelBody struct {
@@ -181,7 +209,7 @@ func (c *Channel) PutConsole(ctx context.Context, vmUUID string, tail []byte) er
 	}
 	ctx, cancel := context.WithTimeout(ctx, c.requestTimeout)
 	defer cancel()
-	resp, err := c.send(ctx, "console "+vmUUID, http.MethodPut, quantix.PathNodeConsole(node, vmUUID), secret, "application/octet-stream", tail)
+	resp, err := c.send(ctx, "console "+vmUUID, http.MethodPut, quantix.PathNodeConsole(node, vmUUID), secret, "application/octet-stream", tail, nil)
 	if err != nil {
 		return err
 	}

@@ -2,9 +2,7 @@ package vms
 
 import (
 	"context"
-	"crypto/sha256"
 	"encoding/binary"
-	"encoding/hex"
 	"fmt"
 	"io"
 	"os"
@@ -65,7 +63,7 @@ func (c *Cache) Ensure(ctx context.Context, img quantix.DesiredImage) (string, e
 		// Not the bytes the vDC means now (changed, or damaged): fetch again.
 		os.Remove(path)
 	}
-	if err := c.download(ctx, img, want, path); err != nil {
+	if err := c.download(ctx, img, want); err != nil {
 		return "", err
 	}
 	c.remember(img.ID, want)
@@ -78,46 +76,13 @@ func (c *Cache) remember(id, sum string) {
 	c.mu.Unlock()
 }
 
-func (c *Cache) download(ctx context.Context, img quantix.DesiredImage, want, path string) error {
-	body, length, err := c.ch.Image(ctx, img.ID)
-	if err != nil {
-		return fmt.Errorf("image %s: download: %w", img.ID, err)
-	}
-	defer body.Close()
-	if length >= 0 && length != img.SizeBytes {
-		return fmt.Errorf("image %s: size mismatch: the vDC sends %d bytes, the desired state says %d", img.ID, length, img.SizeBytes)
-	}
-	// 0755: QEMU opens CD-ROM images from here.
-	if err := os.MkdirAll(c.dir, 0o755); err != nil {
-		return fmt.Errorf("image cache %s: %w", c.dir, err)
-	}
-	tmp, err := os.CreateTemp(c.dir, "."+img.ID+".part-")
-	if err != nil {
-		return fmt.Errorf("image %s: %w", img.ID, err)
-	}
-	defer os.Remove(tmp.Name()) // gone after the rename; removes a failed download
-	h := sha256.New()
-	// One byte more than expected tells a longer body from an exact one.
-	n, err := io.Copy(io.MultiWriter(tmp, h), io.LimitReader(body, img.SizeBytes+1))
-	if err == nil {
-		err = tmp.Sync()
-	}
-	if cerr := tmp.Close(); err == nil {
-		err = cerr
-	}
-	if err != nil {
-		return fmt.Errorf("image %s: download: %w", img.ID, err)
-	}
-	if n != img.SizeBytes {
-		return fmt.Errorf("image %s: size mismatch: got %d bytes, want %d", img.ID, n, img.SizeBytes)
-	}
-	if got := hex.EncodeToString(h.Sum(nil)); got != want {
-		return fmt.Errorf("image %s: sha256 mismatch: got %s, want %s", img.ID, got, want)
-	}
-	if err := os.Chmod(tmp.Name(), 0o644); err != nil {
-		return fmt.Errorf("image %s: %w", img.ID, err)
-	}
-	if err := os.Rename(tmp.Name(), path); err != nil {
+func (c *Cache) download(ctx context.Context, img quantix.DesiredImage, want string) error {
+	f := Fetch{Dir: c.dir, Name: img.ID, Size: img.SizeBytes, SHA256: want,
+		Open: func(ctx context.Context, _ int64) (io.ReadCloser, int64, bool, error) {
+			body, length, err := c.ch.Image(ctx, img.ID)
+			return body, length, false, err
+		}}
+	if err := f.Run(ctx); err != nil {
 		return fmt.Errorf("image %s: %w", img.ID, err)
 	}
 	return nil

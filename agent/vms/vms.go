@@ -3,7 +3,9 @@
 // generation of every heartbeat answer), converges libvirt to them, idempotent by
 // the VM's UUID (= the domain's UUID), keeps verified copies of the images they
 // use, tails their serial consoles to the vDC, and tells the agent the generation
-// it applied and the VMs it could not converge (with the reason).
+// it applied and the VMs it could not converge (with the reason). The desired
+// state's upgrade order is handed on as it comes (Config.Upgrade: agent/nodeos
+// carries it out, with Fetch and Channel.ReleaseFile for the bundle).
 //
 // What the agent applied lives in the domain definitions themselves (Quantix's
 // <metadata>, see Metadata), so an agent restart neither restarts nor reboots a
@@ -43,6 +45,9 @@ type Config struct {
 	Pool string
 	// Bridge is the bridge of NICs on network management (default br0).
 	Bridge string
+	// Upgrade, when set, receives the upgrade order (nil: none) of every new
+	// desired state, also while libvirt is away (agent/nodeos carries it out).
+	Upgrade func(*quantix.DesiredUpgrade)
 	// HaltMarker is the file that says the host is shutting its guests down
 	// (default quantix.GuestsStoppingFile): no guest is started while it exists.
 	HaltMarker string
@@ -302,6 +307,9 @@ func (r *Reconciler) poll(ctx context.Context) {
 			default:
 			}
 			r.desired <- desiredUpdate{node: node, d: d}
+			if r.cfg.Upgrade != nil {
+				r.cfg.Upgrade(d.Upgrade)
+			}
 		}
 		r.mu.Lock()
 		if r.hint != 0 && r.hint != seen {

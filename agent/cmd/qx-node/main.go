@@ -9,6 +9,11 @@
 // power-off of the guests (docs/design.md §14): ACPI shutdown of every running
 // guest, forced off after the timeout, while the agent starts none (the file
 // quantix.GuestsStoppingFile). Quantix-OS's init runs it as a halt hook.
+//
+// `qx-node upgrade status|stage <bundle folder>|activate` is the operator's A/B
+// upgrade on the node itself, without the vDC (docs/design.md §16): status prints
+// init's slots, stage has init verify a release bundle and write it into the other
+// slot, activate reboots into the staged slot.
 package main
 
 import (
@@ -21,12 +26,14 @@ import (
 	"log/slog"
 	"os"
 	"os/signal"
+	"path/filepath"
 	"syscall"
 	"time"
 
 	"github.com/quantix/quantix"
 	"github.com/quantix/quantix/agent"
 	"github.com/quantix/quantix/agent/hypervisor"
+	"github.com/quantix/quantix/agent/nodeos"
 	"github.com/quantix/quantix/agent/vms"
 )
 
@@ -45,6 +52,9 @@ func main() {
 func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	if len(args) > 0 && args[0] == "shutdown-guests" {
 		return shutdownGuests(ctx, args[1:], stderr)
+	}
+	if len(args) > 0 && args[0] == "upgrade" {
+		return upgrade(ctx, args[1:], stdout, stderr)
 	}
 	fl := flag.NewFlagSet("qx-node", flag.ContinueOnError)
 	fl.SetOutput(stderr)
@@ -174,4 +184,60 @@ func shutdownGuests(ctx context.Context, args []string, stderr io.Writer) error 
 	}
 	log.Info("guests shut down", "forced_off", forced)
 	return nil
+}
+
+const upgradeUsage = "usage: qx-node upgrade status | stage <bundle folder> | activate"
+
+// upgrade is the operator's A/B upgrade through init's control socket.
+func upgrade(ctx context.Context, args []string, stdout, stderr io.Writer) error {
+	fl := flag.NewFlagSet("qx-node upgrade", flag.ContinueOnError)
+	fl.SetOutput(stderr)
+	socket := fl.String("init-socket", quantix.InitSocket, "qx-init's control `socket`")
+	dataDir := fl.String("data-dir", quantix.DataDir, "QUANTIX-DATA's mount `folder`, where the agent keeps the vDC's upgrade order")
+	if err := fl.Parse(args); err != nil {
+		if errors.Is(err, flag.ErrHelp) {
+			return nil
+		}
+		return fmt.Errorf("%w: %w", quantix.ErrConfig, err)
+	}
+	ic := quantix.InitClient{Socket: *socket}
+	switch a := fl.Args(); {
+	case len(a) == 1 && a[0] == "status":
+		st, err := ic.Slots(ctx)
+		if err != nil {
+			return fmt.Errorf("upgrade status: %w", err)
+		}
+		nodeos.WriteSlots(stdout, st)
+		if err := nodeos.WriteOrder(stdout, *dataDir); err != nil {
+			return fmt.Errorf("upgrade status: %w", err)
+		}
+		return nil
+	case len(a) == 2 && a[0] == "stage":
+		dir, err := filepath.Abs(a[1])
+		if err != nil {
+			return fmt.Errorf("upgrade stage: %w", err)
+		}
+		st, err := ic.Stage(ctx, dir)
+		if err != nil {
+			return fmt.Errorf("upgrade stage: %w", err)
+		}
+		fmt.Fprintf(stdout, "staged %s %s (signed by %s) into slot %s in %.1f s\n", st.Image, st.Version, st.SignedBy, st.Slot, st.Seconds)
+		fmt.Fprintln(stdout, "reboot to activate it: qx-node upgrade activate (it boots as a trial and falls back to this release if it fails)")
+		return nil
+	case len(a) == 1 && a[0] == "activate":
+		st, err := ic.Slots(ctx)
+		if err != nil {
+			return fmt.Errorf("upgrade activate: %w", err)
+		}
+		next, err := nodeos.Staged(st)
+		if err != nil {
+			return fmt.Errorf("upgrade activate: %w", err)
+		}
+		fmt.Fprintf(stdout, "rebooting into slot %s (%s %s)\n", next.Slot, next.Image, next.Version)
+		if err := ic.Power(ctx, quantix.Reboot); err != nil {
+			return fmt.Errorf("upgrade activate: %w", err)
+		}
+		return nil
+	}
+	return fmt.Errorf("%w: %s", quantix.ErrConfig, upgradeUsage)
 }
