@@ -149,8 +149,10 @@ func testPanic(t *testing.T, l *lab) {
 	waitBootSlot(t, m, "slot", "a", "trial", "0")
 	back := m.WaitMarker(t, quantix.MarkerSlot, bootTimeout, "slot", "a", "state", quantix.SlotRolledBack, "from", "b")
 	t.Logf("rolled back %.0f s after power-on: %s", time.Since(t0).Seconds(), back.Get("reason"))
-	if r := back.Get("reason"); !strings.Contains(r, "without a verdict") || !strings.Contains(r, l.version+"-ab.3") {
-		t.Errorf("rollback reason %q: want a trial without a verdict, naming the release", r)
+	// (It names the release only when init staged it: this test's stage is the
+	// host's; TestRollbackReason covers the name.)
+	if r := back.Get("reason"); !strings.Contains(r, "without a verdict") {
+		t.Errorf("rollback reason %q: want a trial without a verdict", r)
 	}
 	m.PowerOff(t, 2*time.Minute)
 	checkRolledBack(t, disk)
