@@ -8,7 +8,6 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
-	"strconv"
 	"strings"
 	"syscall"
 	"time"
@@ -17,24 +16,17 @@ import (
 func main() {
 	// Let init print the trial's marker first; the stop must hit an armed trial.
 	time.Sleep(2 * time.Second)
-	stopped := 0
-	cmdlines, _ := filepath.Glob("/proc/[0-9]*/cmdline")
-	for _, c := range cmdlines {
-		b, err := os.ReadFile(c)
-		argv0, _, _ := strings.Cut(string(b), "\x00")
-		pid, _ := strconv.Atoi(filepath.Base(filepath.Dir(c)))
-		if err != nil || filepath.Base(argv0) != "qx-init" || pid <= 1 {
-			continue
-		}
-		fmt.Printf("qx-test-hang: stopping qx-init (pid %d): the trial hangs from here\n", pid)
-		if err := syscall.Kill(pid, syscall.SIGSTOP); err != nil {
-			fmt.Println("qx-test-hang:", err)
-			os.Exit(1)
-		}
-		stopped++
+	// Its parent is the supervisor in qx-init (u-root's init, pid 1, runs qx-init).
+	pid := os.Getppid()
+	b, _ := os.ReadFile(fmt.Sprintf("/proc/%d/cmdline", pid))
+	argv0, _, _ := strings.Cut(string(b), "\x00")
+	if filepath.Base(argv0) != "qx-init" || pid <= 1 {
+		fmt.Printf("qx-test-hang: parent %d is %q, not qx-init\n", pid, argv0)
+		os.Exit(1)
 	}
-	if stopped == 0 {
-		fmt.Println("qx-test-hang: no qx-init process found")
+	fmt.Printf("qx-test-hang: stopping qx-init (pid %d): the trial hangs from here\n", pid)
+	if err := syscall.Kill(pid, syscall.SIGSTOP); err != nil {
+		fmt.Println("qx-test-hang:", err)
 		os.Exit(1)
 	}
 	for {
