@@ -15,9 +15,28 @@ import "time"
 // SlotRolledBack stops the whole upgrade. Nodes are never upgraded to a version
 // newer than the vDC's own (the version-skew rule).
 
+// Paths of the release and upgrade API (admin) and the node's download.
+const (
+	PathReleases = "/api/v1/releases" // GET list, POST multipart upload of a bundle's four files
+	PathUpgrades = "/api/v1/upgrades" // GET list, POST UpgradeRequest
+)
+
+// PathRelease is one release (GET, DELETE).
+func PathRelease(id string) string { return PathReleases + "/" + id }
+
+// PathUpgrade is one rolling upgrade (GET); PathUpgrade(id)+"/cancel" is POST.
+func PathUpgrade(id string) string { return PathUpgrades + "/" + id }
+
+// PathNodeRelease is GET of one file of a release by a node (Authorization:
+// Bearer <node_secret>; Range requests are served). It lives under the node's
+// path like PathNodeImage, so the node secret travels on the agent channel only.
+func PathNodeRelease(nodeID, release, name string) string {
+	return PathNodes + "/" + nodeID + "/releases/" + release + "/" + name
+}
+
 // ReleaseFile is one file of a release bundle (the ISO, its manifest, the sums
 // and their signature), as the vDC stores and serves it to nodes at
-// GET /api/v1/node/releases/{release}/{name}.
+// PathNodeRelease.
 type ReleaseFile struct {
 	Name      string `json:"name"`
 	SizeBytes int64  `json:"size_bytes"`
@@ -74,4 +93,74 @@ type NodeOS struct {
 	// be upgraded, only reinstalled.
 	Slots   *SlotsStatus     `json:"slots,omitempty"`
 	Upgrade *UpgradeProgress `json:"upgrade,omitempty"`
+}
+
+// ReleaseList is the body of GET PathReleases, newest first.
+type ReleaseList struct {
+	Releases []Release `json:"releases"`
+}
+
+// UpgradeRequest is the body of POST PathUpgrades: the release (its id, or
+// "<image>-<version>"), the nodes in order (ids or hostnames) or All (every node,
+// by hostname). Activate (default true) reboots each node into the release once
+// staged; false stages only (the release then boots at the node's next reboot).
+type UpgradeRequest struct {
+	Release  string   `json:"release"`
+	Nodes    []string `json:"nodes,omitempty"`
+	All      bool     `json:"all,omitempty"`
+	Activate *bool    `json:"activate,omitempty"`
+}
+
+// Rolling upgrade states (Upgrade.State).
+const (
+	UpgradeRunning   = "running"
+	UpgradeSucceeded = "succeeded"
+	UpgradeCancelled = "cancelled"
+	// UpgradeFailed (above) is also a job's state: the first node that failed
+	// stopped it, and the nodes after it were left alone.
+)
+
+// Node phases within a rolling upgrade (UpgradeNode.Phase).
+const (
+	UpgradeNodePending    = "pending"    // not started (or left alone after a failure)
+	UpgradeNodeSkipped    = "skipped"    // already on the version
+	UpgradeNodeStaging    = "staging"    // DesiredUpgrade given, Activate false
+	UpgradeNodeActivating = "activating" // Activate true: waiting for the new version, slot good
+	UpgradeNodeDone       = "done"
+	UpgradeNodeFailed     = "failed"
+	UpgradeNodeCancelled  = "cancelled"
+)
+
+// UpgradeNode is one node of a rolling upgrade.
+type UpgradeNode struct {
+	NodeID      string     `json:"node_id"`
+	Hostname    string     `json:"hostname"`
+	FromVersion string     `json:"from_version"`
+	Phase       string     `json:"phase"`
+	Error       string     `json:"error,omitempty"`
+	StartedAt   *time.Time `json:"started_at,omitempty"`
+	FinishedAt  *time.Time `json:"finished_at,omitempty"`
+}
+
+// Upgrade is a rolling upgrade job (GET PathUpgrade): its nodes go one at a time,
+// in order.
+type Upgrade struct {
+	ID       string `json:"id"`
+	Release  string `json:"release"` // Release.ID; empty once the release is deleted
+	Image    string `json:"image"`
+	Version  string `json:"version"`
+	Activate bool   `json:"activate"`
+	State    string `json:"state"`
+	// CurrentNode is the node being upgraded (its id), empty between nodes.
+	CurrentNode string        `json:"current_node,omitempty"`
+	Reason      string        `json:"reason,omitempty"` // why it failed or was cancelled
+	Nodes       []UpgradeNode `json:"nodes"`
+	CreatedAt   time.Time     `json:"created_at"`
+	UpdatedAt   time.Time     `json:"updated_at"`
+	FinishedAt  *time.Time    `json:"finished_at,omitempty"`
+}
+
+// UpgradeList is the body of GET PathUpgrades, newest first.
+type UpgradeList struct {
+	Upgrades []Upgrade `json:"upgrades"`
 }
