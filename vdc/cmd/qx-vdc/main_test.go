@@ -63,10 +63,10 @@ func TestMigrateCommands(t *testing.T) {
 		args []string
 		want string
 	}{
-		{[]string{"migrate", "status", "--database-url", dbURL}, "schema version 0 of 8 (8 pending)"},
-		{[]string{"migrate", "up", "--database-url", dbURL}, "applied 8 migration(s)\nschema version 8 of 8 (0 pending)"},
+		{[]string{"migrate", "status", "--database-url", dbURL}, "schema version 0 of 10 (10 pending)"},
+		{[]string{"migrate", "up", "--database-url", dbURL}, "applied 10 migration(s)\nschema version 10 of 10 (0 pending)"},
 		{[]string{"migrate", "up", "--database-url", dbURL}, "applied 0 migration(s)"},
-		{[]string{"migrate", "status", "--database-url", dbURL}, "schema version 8 of 8 (0 pending)"},
+		{[]string{"migrate", "status", "--database-url", dbURL}, "schema version 10 of 10 (0 pending)"},
 	}
 	for _, s := range steps {
 		var out, errb bytes.Buffer
