@@ -637,3 +637,36 @@ func TestHeartbeatOS(t *testing.T) {
 		t.Errorf("heartbeat with an OS without version: %d %s, want 400", code, body)
 	}
 }
+
+// TestUpgradeStageOnly stages a release on every node without rebooting any:
+// each node is done once staged and keeps running its version.
+func TestUpgradeStageOnly(t *testing.T) {
+	key := vdctest.NewReleaseKey(t, "release-test")
+	v := upgradeVDC(t, key, vdctest.Shared(t).NewDatabase(t))
+	n1, n2 := newSimNode(t, v, "stage-1", "1.0.0"), newSimNode(t, v, "stage-2", "1.0.0")
+	runSims(t, n1, n2)
+	rel := mustUpload(t, v, vdctest.ReleaseBundle(t, key, quantix.ImageQuantixOS, "1.1.0", 8<<10))
+	deadline := time.Now().Add(10 * time.Second)
+	for v.Node(t, n1.n.ID).OS == nil || v.Node(t, n2.n.ID).OS == nil {
+		if time.Now().After(deadline) {
+			t.Fatal("the nodes' OS never showed")
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+	off := false
+	code, u, b := startUpgrade(t, v, quantix.UpgradeRequest{Release: rel.ID, All: true, Activate: &off})
+	if code != http.StatusCreated || u.Activate {
+		t.Fatalf("start stage-only: %d %s", code, b)
+	}
+	if u = waitUpgrade(t, v, u.ID, 30*time.Second); u.State != quantix.UpgradeSucceeded {
+		t.Fatalf("stage-only upgrade = %+v, want succeeded", u)
+	}
+	for _, s := range []*simNode{n1, n2} {
+		if n := v.Node(t, s.n.ID); n.OS.Version != "1.0.0" || n.OS.Slots.Slots[1].Version != "1.1.0" {
+			t.Errorf("node %s OS = %+v, want 1.0.0 running and 1.1.0 staged in slot b", s.n.Hostname, n.OS)
+		}
+		if evs := upgradeEvents(t, v, s.n.ID); len(evs) != 2 || !strings.Contains(evs[1], "not activated") {
+			t.Errorf("node %s upgrade events = %q, want staging and staged, not activated", s.n.Hostname, evs)
+		}
+	}
+}
