@@ -52,7 +52,7 @@ import (
 //	agent_ca_warn = "8760h"       # warn when the agent CA has less than this left (1 year)
 //	data_dir = "/var/lib/quantix/vdc"  # VM images (docs/design.md §14), on QUANTIX-DATA
 //	max_image_bytes = 68719476736     # one image or release upload at most (64 GiB)
-//	trusted_keys_files = ["/etc/quantix/trusted-keys", "/quantix/cfg/upgrade/trusted-keys"]
+//	trusted_keys_files = ["/etc/quantix/trusted-keys", "/quantix/upgrade/trusted-keys"]
 //	upgrade_node_timeout = "15m"  # one node of a rolling upgrade, from staging to its slot good
 type Config struct {
 	Listen            string           `toml:"listen"`
