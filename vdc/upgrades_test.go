@@ -168,6 +168,16 @@ func TestReleaseUpload(t *testing.T) {
 	if d := releaseDirs(t, v); len(d) != 0 {
 		t.Fatalf("data_dir/releases after delete = %v, want empty", d)
 	}
+
+	// An upload cut off by a crash is removed at the next start.
+	v.Stop(t)
+	if err := os.MkdirAll(filepath.Join(v.DataDir, "releases", ".upload-crashed", "x"), 0o700); err != nil {
+		t.Fatal(err)
+	}
+	v.Restart(t)
+	if d := releaseDirs(t, v); len(d) != 0 {
+		t.Fatalf("data_dir/releases after a restart = %v, want the broken upload gone", d)
+	}
 }
 
 // simNode is an agent working on upgrades: it heartbeats its NodeOS, follows the

@@ -18,6 +18,7 @@ import (
 	"net/http"
 	"net/url"
 	"os"
+	"path/filepath"
 	"strconv"
 	"strings"
 	"sync"
@@ -382,6 +383,7 @@ func (s *Service) Run(ctx context.Context) error {
 	if err := checkDataDir(s.cfg.DataDir); err != nil {
 		return err
 	}
+	s.removeBrokenUploads()
 	st, err := store.Open(ctx, store.Config{DatabaseURL: dbURL, MaxConns: int32(s.cfg.DatabaseMaxConns), Timeout: s.cfg.DatabaseTimeout.Duration,
 		StaticJoinTokens: s.cfg.JoinTokens}, s.log)
 	if err != nil {
@@ -663,6 +665,19 @@ func (s *Service) driveUpgrades(ctx context.Context, st *store.Store, interval t
 				break
 			}
 		}
+	}
+}
+
+// removeBrokenUploads deletes the release uploads a previous run of this vDC left
+// half done (data_dir is this vDC's own).
+func (s *Service) removeBrokenUploads() {
+	dirs, _ := filepath.Glob(filepath.Join(s.cfg.DataDir, "releases", ".upload-*"))
+	for _, d := range dirs {
+		if err := os.RemoveAll(d); err != nil {
+			s.log.Warn("remove a broken release upload", "dir", d, "err", err)
+			continue
+		}
+		s.log.Info("removed a broken release upload", "dir", d)
 	}
 }
 
