@@ -94,3 +94,73 @@ type NodeOS struct {
 	Slots   *SlotsStatus     `json:"slots,omitempty"`
 	Upgrade *UpgradeProgress `json:"upgrade,omitempty"`
 }
+
+// ReleaseList is the body of GET PathReleases, newest first.
+type ReleaseList struct {
+	Releases []Release `json:"releases"`
+}
+
+// UpgradeRequest is the body of POST PathUpgrades: the release (its id, or
+// "<image>-<version>"), the nodes in order (ids or hostnames) or All (every node,
+// by hostname). Activate (default true) reboots each node into the release once
+// staged; false stages only (the release then boots at the node's next reboot).
+type UpgradeRequest struct {
+	Release  string   `json:"release"`
+	Nodes    []string `json:"nodes,omitempty"`
+	All      bool     `json:"all,omitempty"`
+	Activate *bool    `json:"activate,omitempty"`
+}
+
+// Rolling upgrade states (Upgrade.State).
+const (
+	UpgradeRunning   = "running"
+	UpgradeSucceeded = "succeeded"
+	UpgradeCancelled = "cancelled"
+	// UpgradeFailed (above) is also a job's state: the first node that failed
+	// stopped it, and the nodes after it were left alone.
+)
+
+// Node phases within a rolling upgrade (UpgradeNode.Phase).
+const (
+	UpgradeNodePending    = "pending"    // not started (or left alone after a failure)
+	UpgradeNodeSkipped    = "skipped"    // already on the version
+	UpgradeNodeStaging    = "staging"    // DesiredUpgrade given, Activate false
+	UpgradeNodeActivating = "activating" // Activate true: waiting for the new version, slot good
+	UpgradeNodeDone       = "done"
+	UpgradeNodeFailed     = "failed"
+	UpgradeNodeCancelled  = "cancelled"
+)
+
+// UpgradeNode is one node of a rolling upgrade.
+type UpgradeNode struct {
+	NodeID      string     `json:"node_id"`
+	Hostname    string     `json:"hostname"`
+	FromVersion string     `json:"from_version"`
+	Phase       string     `json:"phase"`
+	Error       string     `json:"error,omitempty"`
+	StartedAt   *time.Time `json:"started_at,omitempty"`
+	FinishedAt  *time.Time `json:"finished_at,omitempty"`
+}
+
+// Upgrade is a rolling upgrade job (GET PathUpgrade): its nodes go one at a time,
+// in order.
+type Upgrade struct {
+	ID       string `json:"id"`
+	Release  string `json:"release"` // Release.ID; empty once the release is deleted
+	Image    string `json:"image"`
+	Version  string `json:"version"`
+	Activate bool   `json:"activate"`
+	State    string `json:"state"`
+	// CurrentNode is the node being upgraded (its id), empty between nodes.
+	CurrentNode string        `json:"current_node,omitempty"`
+	Reason      string        `json:"reason,omitempty"` // why it failed or was cancelled
+	Nodes       []UpgradeNode `json:"nodes"`
+	CreatedAt   time.Time     `json:"created_at"`
+	UpdatedAt   time.Time     `json:"updated_at"`
+	FinishedAt  *time.Time    `json:"finished_at,omitempty"`
+}
+
+// UpgradeList is the body of GET PathUpgrades, newest first.
+type UpgradeList struct {
+	Upgrades []Upgrade `json:"upgrades"`
+}

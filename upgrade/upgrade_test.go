@@ -13,9 +13,9 @@ import (
 	"testing"
 
 	"github.com/quantix/quantix"
-	"github.com/quantix/quantix/installer"
 	"github.com/quantix/quantix/installer/bootenv"
 	"github.com/quantix/quantix/installer/medium/mediumtest"
+	"github.com/quantix/quantix/installer/medium"
 )
 
 // writeISO writes a real ISO9660 file holding files (medium paths).
@@ -33,7 +33,7 @@ func makeBundle(t testing.TB, image, version string, size int) (string, release)
 	r := release{kernel: make([]byte, size), initrd: make([]byte, size)}
 	io.ReadFull(rand.Reader, r.kernel)
 	io.ReadFull(rand.Reader, r.initrd)
-	writeISO(t, filepath.Join(dir, image+".iso"), map[string][]byte{installer.MediumKernel: r.kernel, installer.MediumInitrd: r.initrd})
+	writeISO(t, filepath.Join(dir, image+".iso"), map[string][]byte{medium.Kernel: r.kernel, medium.Initrd: r.initrd})
 	m, _ := json.Marshal(map[string]any{"image": image, "version": version, "volume_label": "QUANTIX"})
 	if err := os.WriteFile(filepath.Join(dir, image+".manifest.json"), m, 0o644); err != nil {
 		t.Fatal(err)

@@ -20,7 +20,18 @@ import (
 // BenchmarkHeartbeats drives heartbeats of 1000 registered nodes through the real
 // HTTP API against PostgreSQL (the shared test server: fsync off; qx-vdc-load
 // measures with a durable server). It reports heartbeats/s and p50/p99 latency.
+// The os variant carries a NodeOS with A/B slots in every heartbeat, as agents
+// do: unchanged, it writes no OS column (only its hash is compared).
 func BenchmarkHeartbeats(b *testing.B) {
+	b.Run("plain", func(b *testing.B) { benchHeartbeats(b, nil) })
+	b.Run("os", func(b *testing.B) {
+		benchHeartbeats(b, &quantix.NodeOS{Image: quantix.ImageQuantixOS, Version: "1.0.0", Slots: &quantix.SlotsStatus{
+			Booted: "a", State: quantix.SlotGood, Order: []string{"a", "b"}, Next: "a",
+			Slots: []quantix.SlotInfo{{Slot: "a", Good: true, Image: quantix.ImageQuantixOS, Version: "1.0.0"}, {Slot: "b"}}}})
+	})
+}
+
+func benchHeartbeats(b *testing.B, nodeOS *quantix.NodeOS) {
 	v := vdctest.Start(b, vdctest.Options{HeartbeatInterval: time.Minute, Log: io.Discard})
 	const nodes = 1000
 	type sim struct {
@@ -31,7 +42,7 @@ func BenchmarkHeartbeats(b *testing.B) {
 	for i := range sims {
 		n := newNode("bench-" + string(rune('a'+i%26)) + "-" + itoa(i))
 		mustRegister(b, v, n, v.JoinToken, http.StatusCreated, quantix.RegistrationRegistered)
-		body, _ := json.Marshal(quantix.HeartbeatRequest{ManagementIP: n.IP})
+		body, _ := json.Marshal(quantix.HeartbeatRequest{ManagementIP: n.IP, OS: nodeOS})
 		sims[i] = sim{n, body}
 	}
 	client := &http.Client{Transport: &http.Transport{MaxIdleConnsPerHost: 256, TLSClientConfig: quantix.PinnedTLS([]string{v.Pin}, nil)}}

@@ -18,6 +18,7 @@ import (
 	"net/http"
 	"net/url"
 	"os"
+	"path/filepath"
 	"strconv"
 	"strings"
 	"sync"
@@ -51,7 +52,9 @@ import (
 //	agent_ca_overlap = "720h"     # a rotation announces both pins this long (30 days)
 //	agent_ca_warn = "8760h"       # warn when the agent CA has less than this left (1 year)
 //	data_dir = "/var/lib/quantix/vdc"  # VM images (docs/design.md §14), on QUANTIX-DATA
-//	max_image_bytes = 68719476736     # one image upload at most (64 GiB)
+//	max_image_bytes = 68719476736     # one image or release upload at most (64 GiB)
+//	trusted_keys_files = ["/etc/quantix/trusted-keys", "/quantix/upgrade/trusted-keys"]
+//	upgrade_node_timeout = "15m"  # one node of a rolling upgrade, from staging to its slot good
 type Config struct {
 	Listen            string           `toml:"listen"`
 	DatabaseURL       string           `toml:"database_url"`
@@ -90,6 +93,16 @@ type Config struct {
 	DataDir       string `toml:"data_dir"`
 	MaxImageBytes int64  `toml:"max_image_bytes"`
 
+	// Upgrades (docs/design.md §16): uploaded release bundles must be signed by a
+	// key of TrustedKeysFiles (default: the image's own and the site's keys; a
+	// missing file adds none); UpgradeNodeTimeout fails a rolling upgrade whose
+	// node is not running the release with its slot good in that time.
+	TrustedKeysFiles   []string         `toml:"trusted_keys_files"`
+	UpgradeNodeTimeout quantix.Duration `toml:"upgrade_node_timeout"`
+	// Version is the vDC's version for the version-skew rule (quantix.Version;
+	// tests set another).
+	Version string `toml:"-"`
+
 	// Stdout receives the ready marker and the one-time admin token line.
 	Stdout io.Writer `toml:"-"`
 }
@@ -102,25 +115,31 @@ const (
 	DefaultDatabaseURL      = "postgres://quantix@127.0.0.1:5432/quantix_vdc?sslmode=disable"
 	DefaultDataDir          = quantix.DataDir + "/vdc"
 	DefaultMaxImageBytes    = 64 << 30
+	// DefaultUpgradeNodeTimeout covers download, stage, reboot and the trial's
+	// health gate of one node.
+	DefaultUpgradeNodeTimeout = 15 * time.Minute
 )
 
 // DefaultConfig is the configuration without vdc.toml or flags.
 func DefaultConfig() Config {
 	return Config{
-		Listen:            DefaultListen,
-		UIListen:          DefaultUIListen,
-		DatabaseURL:       DefaultDatabaseURL,
-		DatabaseMaxConns:  16,
-		DatabaseTimeout:   quantix.Duration{Duration: store.DefaultDatabaseTimeout},
-		HeartbeatWriters:  DefaultHeartbeatWriters,
-		HeartbeatInterval: quantix.Duration{Duration: quantix.DefaultHeartbeatInterval},
-		SecretsFile:       quantix.VDCSecrets,
-		AgentCertLifetime: quantix.Duration{Duration: DefaultAgentCertLifetime},
-		AgentCALifetime:   quantix.Duration{Duration: DefaultAgentCALifetime},
-		AgentCAOverlap:    quantix.Duration{Duration: DefaultAgentCAOverlap},
-		AgentCAWarn:       quantix.Duration{Duration: DefaultAgentCAWarn},
-		DataDir:           DefaultDataDir,
-		MaxImageBytes:     DefaultMaxImageBytes,
+		Listen:             DefaultListen,
+		UIListen:           DefaultUIListen,
+		DatabaseURL:        DefaultDatabaseURL,
+		DatabaseMaxConns:   16,
+		DatabaseTimeout:    quantix.Duration{Duration: store.DefaultDatabaseTimeout},
+		HeartbeatWriters:   DefaultHeartbeatWriters,
+		HeartbeatInterval:  quantix.Duration{Duration: quantix.DefaultHeartbeatInterval},
+		SecretsFile:        quantix.VDCSecrets,
+		AgentCertLifetime:  quantix.Duration{Duration: DefaultAgentCertLifetime},
+		AgentCALifetime:    quantix.Duration{Duration: DefaultAgentCALifetime},
+		AgentCAOverlap:     quantix.Duration{Duration: DefaultAgentCAOverlap},
+		AgentCAWarn:        quantix.Duration{Duration: DefaultAgentCAWarn},
+		DataDir:            DefaultDataDir,
+		MaxImageBytes:      DefaultMaxImageBytes,
+		TrustedKeysFiles:   []string{quantix.TrustedKeysPath, quantix.SiteTrustedKeys},
+		UpgradeNodeTimeout: quantix.Duration{Duration: DefaultUpgradeNodeTimeout},
+		Version:            quantix.Version,
 	}
 }
 
@@ -153,6 +172,9 @@ func (c *Config) Validate() error {
 	}
 	if c.DataDir == "" {
 		return fmt.Errorf("%w: data_dir is empty (the folder for VM images, default %s)", quantix.ErrConfig, DefaultDataDir)
+	}
+	if c.UpgradeNodeTimeout.Duration < time.Second {
+		return fmt.Errorf("%w: upgrade_node_timeout %s is below 1s", quantix.ErrConfig, c.UpgradeNodeTimeout.Duration)
 	}
 	if c.MaxImageBytes < 1<<20 {
 		return fmt.Errorf("%w: max_image_bytes %d is below 1 MiB", quantix.ErrConfig, c.MaxImageBytes)
@@ -389,6 +411,7 @@ func (s *Service) Run(ctx context.Context) error {
 	if err := checkDataDir(s.cfg.DataDir); err != nil {
 		return err
 	}
+	s.removeBrokenUploads()
 	st, err := store.Open(ctx, store.Config{DatabaseURL: dbURL, MaxConns: int32(s.cfg.DatabaseMaxConns), Timeout: s.cfg.DatabaseTimeout.Duration,
 		StaticJoinTokens: s.cfg.JoinTokens}, s.log)
 	if err != nil {
@@ -435,7 +458,7 @@ func (s *Service) Run(ctx context.Context) error {
 	desired.WatchAdminToken(admin)
 	a := api.New(api.Config{Store: st, Heartbeats: hb, HeartbeatInterval: interval,
 		Admin: admin, AgentURLs: s.cfg.AgentURLs, AgentCA: ca, Desired: desired, DataDir: s.cfg.DataDir,
-		MaxImageBytes: s.cfg.MaxImageBytes}, s.log)
+		MaxImageBytes: s.cfg.MaxImageBytes, TrustedKeysFiles: s.cfg.TrustedKeysFiles, Version: s.cfg.Version}, s.log)
 
 	cert, err := s.loadTLS()
 	if err != nil {
@@ -496,7 +519,7 @@ func (s *Service) Run(ctx context.Context) error {
 	}()
 
 	sweepCtx, stopSweep := context.WithCancel(ctx)
-	sweepDone := make(chan struct{}, 4)
+	sweepDone := make(chan struct{}, 5)
 	go func() {
 		defer func() { sweepDone <- struct{}{} }()
 		ca.run(sweepCtx)
@@ -508,6 +531,10 @@ func (s *Service) Run(ctx context.Context) error {
 	go func() {
 		defer func() { sweepDone <- struct{}{} }()
 		s.sweep(sweepCtx, st, interval)
+	}()
+	go func() {
+		defer func() { sweepDone <- struct{}{} }()
+		s.driveUpgrades(sweepCtx, st, interval)
 	}()
 	go func() {
 		defer func() { sweepDone <- struct{}{} }()
@@ -592,8 +619,7 @@ func (f *freshConns) closeAll() {
 // write outage seen here grants every vDC the liveness grace: nodes are not demoted
 // for heartbeats the control plane itself could not take.
 func (s *Service) sweep(ctx context.Context, st *store.Store, interval time.Duration) {
-	every := min(max(interval/4, 100*time.Millisecond), 5*time.Second)
-	t := time.NewTicker(every)
+	t := time.NewTicker(pollEvery(interval))
 	defer t.Stop()
 	lastOK := time.Now()
 	for {
@@ -645,6 +671,49 @@ func (s *Service) sweep(ctx context.Context, st *store.Store, interval time.Dura
 			}
 			s.log.Info("node phase changed", "node_id", c.NodeID, "hostname", c.Hostname, "from", c.From, "to", c.To)
 		}
+	}
+}
+
+// pollEvery is how often the sweeper and the upgrade driver look: a few times per
+// heartbeat interval, within 100 ms .. 5 s.
+func pollEvery(interval time.Duration) time.Duration {
+	return min(max(interval/4, 100*time.Millisecond), 5*time.Second)
+}
+
+// driveUpgrades advances the running rolling upgrade a few times per heartbeat
+// interval (each node's progress arrives with its heartbeats). Every vDC on the
+// database runs it; StepUpgrade lets one of them take each step.
+func (s *Service) driveUpgrades(ctx context.Context, st *store.Store, interval time.Duration) {
+	t := time.NewTicker(pollEvery(interval))
+	defer t.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+		}
+		for range 100 { // the steps due now; a bound against a loop that never settles
+			changed, err := st.StepUpgrade(ctx, s.cfg.UpgradeNodeTimeout.Duration)
+			if err != nil && ctx.Err() == nil {
+				s.log.Error("drive upgrade", "err", err)
+			}
+			if !changed || err != nil {
+				break
+			}
+		}
+	}
+}
+
+// removeBrokenUploads deletes the release uploads a previous run of this vDC left
+// half done (data_dir is this vDC's own).
+func (s *Service) removeBrokenUploads() {
+	dirs, _ := filepath.Glob(filepath.Join(s.cfg.DataDir, "releases", ".upload-*"))
+	for _, d := range dirs {
+		if err := os.RemoveAll(d); err != nil {
+			s.log.Warn("remove a broken release upload", "dir", d, "err", err)
+			continue
+		}
+		s.log.Info("removed a broken release upload", "dir", d)
 	}
 }
 

@@ -39,6 +39,12 @@ type Config struct {
 	// DataDir holds the image files; MaxImageBytes bounds one upload.
 	DataDir       string
 	MaxImageBytes int64
+	// TrustedKeysFiles hold the release keys uploaded bundles must be signed by
+	// (one quantix.PublicKey a line; a missing file adds none).
+	TrustedKeysFiles []string
+	// Version is the vDC's own version (quantix.Version): no node is upgraded
+	// past it.
+	Version string
 }
 
 // AgentCA is what the API needs of the agent CA: the pins to announce, the state to
@@ -82,6 +88,7 @@ func New(cfg Config, log *slog.Logger) *API {
 	m.HandleFunc("GET "+quantix.PathNodes+"/{id}/desired", a.desired)
 	m.HandleFunc("GET "+quantix.PathNodes+"/{id}/images/{image}", a.nodeImage)
 	m.HandleFunc("PUT "+quantix.PathNodes+"/{id}/vms/{vm}/console", a.putConsole)
+	m.HandleFunc("GET "+quantix.PathNodes+"/{id}/releases/{release}/{name}", a.nodeRelease)
 
 	m.HandleFunc("GET "+quantix.PathNodes, a.admin(a.listNodes))
 	m.HandleFunc("GET "+quantix.PathNodes+"/{id}", a.admin(a.getNode))
@@ -100,6 +107,14 @@ func New(cfg Config, log *slog.Logger) *API {
 	m.HandleFunc("POST "+quantix.PathImages, a.admin(a.uploadImage))
 	m.HandleFunc("GET "+quantix.PathImages+"/{ref}", a.admin(a.getImage))
 	m.HandleFunc("DELETE "+quantix.PathImages+"/{ref}", a.admin(a.deleteImage))
+	m.HandleFunc("GET "+quantix.PathReleases, a.admin(a.listReleases))
+	m.HandleFunc("POST "+quantix.PathReleases, a.admin(a.uploadRelease))
+	m.HandleFunc("GET "+quantix.PathReleases+"/{ref}", a.admin(a.getRelease))
+	m.HandleFunc("DELETE "+quantix.PathReleases+"/{ref}", a.admin(a.deleteRelease))
+	m.HandleFunc("GET "+quantix.PathUpgrades, a.admin(a.listUpgrades))
+	m.HandleFunc("POST "+quantix.PathUpgrades, a.admin(a.startUpgrade))
+	m.HandleFunc("GET "+quantix.PathUpgrades+"/{id}", a.admin(a.getUpgrade))
+	m.HandleFunc("POST "+quantix.PathUpgrades+"/{id}/cancel", a.admin(a.cancelUpgrade))
 	m.HandleFunc("GET "+quantix.PathPools, a.admin(a.listPools))
 	m.HandleFunc("POST "+quantix.PathJoinTokens, a.admin(a.createJoinToken))
 	m.HandleFunc("GET "+quantix.PathAgentCA, a.admin(a.agentCA))
@@ -178,6 +193,7 @@ func (a *API) fail(w http.ResponseWriter, r *http.Request, err error) {
 	var he *httpError
 	var te *store.TakeoverError
 	var ce *store.ConflictError
+	var re *store.RefusedError
 	fe, isField := quantix.ErrFieldError(err)
 	switch {
 	case errors.As(err, &he):
@@ -188,6 +204,8 @@ func (a *API) fail(w http.ResponseWriter, r *http.Request, err error) {
 		writeError(w, http.StatusConflict, te.Error())
 	case errors.As(err, &ce):
 		writeError(w, http.StatusConflict, ce.Error())
+	case errors.As(err, &re):
+		writeError(w, http.StatusUnprocessableEntity, re.Error())
 	case errors.Is(err, store.ErrNotFound):
 		writeError(w, http.StatusNotFound, err.Error())
 	case errors.Is(err, store.ErrUnauthorized):

@@ -107,9 +107,13 @@ func (a *API) heartbeat(w http.ResponseWriter, r *http.Request) {
 		a.fail(w, r, err)
 		return
 	}
+	if err := checkNodeOS(req.OS); err != nil {
+		a.fail(w, r, err)
+		return
+	}
 	res, err := a.cfg.Heartbeats.Submit(r.Context(), store.Heartbeat{NodeID: id, SecretHash: secret, ManagementIP: ip,
 		CPUPercent: req.CPUPercent, MemoryUsedBytes: req.MemoryUsedBytes, Hypervisor: req.Hypervisor, StateHash: req.StateHash,
-		AppliedGeneration: req.AppliedGeneration})
+		AppliedGeneration: req.AppliedGeneration, OS: req.OS})
 	if err == nil {
 		err = res.Err
 	}

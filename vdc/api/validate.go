@@ -244,3 +244,32 @@ func checkEvents(evs *quantix.NodeEvents) error {
 	}
 	return nil
 }
+
+// checkNodeOS bounds what a heartbeat says of the node's operating system.
+func checkNodeOS(o *quantix.NodeOS) error {
+	if o == nil {
+		return nil
+	}
+	if o.Version == "" {
+		return badRequest("os.version is empty")
+	}
+	texts := map[string]string{"os.image": o.Image, "os.version": o.Version}
+	if sl := o.Slots; sl != nil {
+		if len(sl.Slots) > 2 || len(sl.Order) > 2 {
+			return badRequest("os.slots: at most 2 slots")
+		}
+		texts["os.slots.state"], texts["os.slots.reason"] = sl.State, sl.Reason
+		for i, s := range sl.Slots {
+			texts[fmt.Sprintf("os.slots.slots[%d].version", i)] = s.Version
+		}
+	}
+	if u := o.Upgrade; u != nil {
+		texts["os.upgrade.phase"], texts["os.upgrade.error"] = u.Phase, u.Error
+	}
+	for f, v := range texts {
+		if err := checkText(f, v, 1024, false); err != nil {
+			return err
+		}
+	}
+	return nil
+}

@@ -242,21 +242,26 @@ func (a *API) nodeImage(w http.ResponseWriter, r *http.Request) {
 }
 
 func (a *API) serveImage(w http.ResponseWriter, r *http.Request, img store.StoredImage) {
-	f, err := os.Open(filepath.Join(a.cfg.DataDir, img.Path))
+	created, _ := time.Parse(time.RFC3339, img.CreatedAt)
+	a.serveFile(w, r, filepath.Join(a.cfg.DataDir, img.Path), "image "+img.ID, img.SHA256, created)
+}
+
+// serveFile serves a stored file to a node: Range requests, its sha256 in
+// X-Quantix-SHA256, and no write deadline (large files take longer than it).
+func (a *API) serveFile(w http.ResponseWriter, r *http.Request, path, what, sum string, mod time.Time) {
+	f, err := os.Open(path)
 	if err != nil {
-		a.fail(w, r, fmt.Errorf("image %s: %w", img.ID, err))
+		a.fail(w, r, fmt.Errorf("%s: %w", what, err))
 		return
 	}
 	defer f.Close()
-	// Large images take longer than the server's write timeout.
 	if err := http.NewResponseController(w).SetWriteDeadline(time.Time{}); err != nil {
-		a.fail(w, r, fmt.Errorf("image %s: lift the write deadline: %w", img.ID, err))
+		a.fail(w, r, fmt.Errorf("%s: lift the write deadline: %w", what, err))
 		return
 	}
 	w.Header().Set("Content-Type", "application/octet-stream")
-	w.Header().Set("X-Quantix-SHA256", img.SHA256)
-	created, _ := time.Parse(time.RFC3339, img.CreatedAt)
-	http.ServeContent(w, r, "", created, f)
+	w.Header().Set("X-Quantix-SHA256", sum)
+	http.ServeContent(w, r, "", mod, f)
 }
 
 var imageFormats = map[string]bool{quantix.ImageRaw: true, quantix.ImageQCOW2: true, quantix.ImageISO: true}

@@ -2,7 +2,9 @@ package store
 
 import (
 	"context"
+	"crypto/sha256"
 	"encoding/hex"
+	"encoding/json"
 	"fmt"
 	"net/netip"
 	"strings"
@@ -33,6 +35,8 @@ type Heartbeat struct {
 	StateHash       string
 	// AppliedGeneration is the desired generation the node last converged to.
 	AppliedGeneration int64
+	// OS is the node's operating system; nil keeps what is stored.
+	OS *quantix.NodeOS
 }
 
 // HeartbeatResult answers one heartbeat of a batch.
@@ -49,10 +53,11 @@ type HeartbeatResult struct {
 var heartbeatSQL = `
 WITH hb AS (
     SELECT * FROM unnest($1::uuid[], $2::bytea[], $3::inet[], $4::float8[], $5::int8[],
-                         $6::text[], $7::text[], $8::text[], $9::text[], $10::jsonb[], $11::int8[])
-        AS hb(id, secret_hash, ip, cpu, mem, hs, hr, hu, hv, hf, applied)
+                         $6::text[], $7::text[], $8::text[], $9::text[], $10::jsonb[], $11::int8[],
+                         $12::text[], $13::text[], $14::text[], $15::jsonb[], $16::jsonb[])
+        AS hb(id, secret_hash, ip, cpu, mem, hs, hr, hu, hv, hf, applied, oh, oi, ov, osl, ou)
 ), prev AS (
-    SELECT n.id, n.phase, n.management_ip, n.hypervisor_state FROM nodes n
+    SELECT n.id, n.phase, n.management_ip, n.hypervisor_state, n.os_version FROM nodes n
     JOIN hb ON hb.id = n.id AND hb.secret_hash = n.secret_hash
     ORDER BY n.id FOR UPDATE OF n
 ), up AS (
@@ -67,12 +72,20 @@ WITH hb AS (
         hypervisor_version = coalesce(hb.hv, n.hypervisor_version),
         hypervisor_facts = coalesce(hb.hf, n.hypervisor_facts),
         applied_generation = hb.applied,
+        -- The OS only when it changed (the agent sends it every time): a NodeOS
+        -- this vDC saw stored comes as NULLs, one with the stored hash writes nothing.
+        os_image = CASE WHEN hb.ov IS NOT NULL AND hb.oh <> n.os_hash THEN hb.oi ELSE n.os_image END,
+        os_version = CASE WHEN hb.ov IS NOT NULL AND hb.oh <> n.os_hash THEN hb.ov ELSE n.os_version END,
+        os_slots = CASE WHEN hb.ov IS NOT NULL AND hb.oh <> n.os_hash THEN hb.osl ELSE n.os_slots END,
+        os_upgrade = CASE WHEN hb.ov IS NOT NULL AND hb.oh <> n.os_hash THEN hb.ou ELSE n.os_upgrade END,
+        os_hash = coalesce(hb.oh, n.os_hash),
         phase = CASE WHEN n.phase = 'maintenance' THEN n.phase ELSE 'ready' END
     FROM hb JOIN prev ON prev.id = hb.id
     WHERE n.id = hb.id AND n.secret_hash = hb.secret_hash
     RETURNING n.id, n.secret_hash, n.hostname, prev.phase AS old_phase, n.phase, prev.management_ip AS old_ip,
         n.management_ip AS ip, n.state_hash, n.state_epoch, n.desired_generation,
-        prev.hypervisor_state AS old_hs, n.hypervisor_state AS hs, n.hypervisor_reason AS hr
+        prev.hypervisor_state AS old_hs, n.hypervisor_state AS hs, n.hypervisor_reason AS hr,
+        prev.os_version AS old_ov, n.os_version AS ov, n.os_hash
 ), ev AS (
     INSERT INTO node_events (node_id, hostname, kind, message)
     SELECT id, hostname, 'phase', old_phase || ' -> ' || phase || ' (heartbeat)' FROM up
@@ -83,8 +96,11 @@ WITH hb AS (
     UNION ALL
     SELECT id, hostname, 'hypervisor', ` + hypervisorEvent("heartbeat") + ` FROM up
         WHERE hs IS DISTINCT FROM old_hs
+    UNION ALL
+    SELECT id, hostname, 'os', 'os ' || old_ov || ' -> ' || ov || ' (heartbeat)' FROM up
+        WHERE old_ov <> ov AND old_ov <> ''
 )
-SELECT id::text, secret_hash, state_hash, coalesce(state_epoch::text, ''), desired_generation FROM up`
+SELECT id::text, secret_hash, state_hash, coalesce(state_epoch::text, ''), desired_generation, os_hash FROM up`
 
 // hypervisorEvent is the SQL text of a 'hypervisor' node event for a row with the
 // old state old_hs, the new one hs and its reason hr, learnt via a heartbeat or a
@@ -111,6 +127,8 @@ func (s *Store) Heartbeats(ctx context.Context, hbs []Heartbeat) ([]HeartbeatRes
 		hs, hr, hu, hv []*string
 		hf             [][]byte
 		applied        []int64
+		oh, oi, ov     []*string
+		osl, ou        [][]byte
 	)
 	for _, h := range hbs {
 		k := key(h.NodeID, h.SecretHash[:])
@@ -129,6 +147,7 @@ func (s *Store) Heartbeats(ctx context.Context, hbs []Heartbeat) ([]HeartbeatRes
 			hs, hr, hu, hv = append(hs, nil), append(hr, nil), append(hu, nil), append(hv, nil)
 			hf = append(hf, nil)
 			applied = append(applied, 0)
+			oh, oi, ov, osl, ou = append(oh, nil), append(oi, nil), append(ov, nil), append(osl, nil), append(ou, nil)
 		}
 		applied[j] = h.AppliedGeneration
 		sh := h.SecretHash
@@ -137,25 +156,38 @@ func (s *Store) Heartbeats(ctx context.Context, hbs []Heartbeat) ([]HeartbeatRes
 			hs[j], hr[j], hu[j], hv[j] = &hy.State, &hy.Reason, &hy.URI, &hy.Version
 			hf[j] = hypervisorFactsJSON(hy)
 		}
+		oh[j], oi[j], ov[j], osl[j], ou[j] = nil, nil, nil, nil, nil
+		if o := h.OS; o != nil {
+			// What the database holds (as last seen here) is not sent at all.
+			if hash, slots, up := osColumns(o); !s.osStored(h.NodeID, hash) {
+				oh[j], oi[j], ov[j], osl[j], ou[j] = &hash, &o.Image, &o.Version, slots, up
+			}
+		}
 	}
-	rows, err := s.pool.Query(ctx, heartbeatSQL, ids, secrets, ips, cpus, mems, hs, hr, hu, hv, hf, applied)
+	rows, err := s.pool.Query(ctx, heartbeatSQL, ids, secrets, ips, cpus, mems, hs, hr, hu, hv, hf, applied, oh, oi, ov, osl, ou)
 	if err != nil {
 		return nil, fmt.Errorf("record %d heartbeats: %w", len(hbs), err)
 	}
 	type stored struct {
-		hash, epoch string
-		desired     int64
+		hash, epoch, os string
+		desired         int64
 	}
 	done := make(map[string]stored, len(ids))
 	for rows.Next() {
 		var id string
 		var secret []byte
 		var st stored
-		if err := rows.Scan(&id, &secret, &st.hash, &st.epoch, &st.desired); err != nil {
+		if err := rows.Scan(&id, &secret, &st.hash, &st.epoch, &st.desired, &st.os); err != nil {
 			rows.Close()
 			return nil, fmt.Errorf("record %d heartbeats: %w", len(hbs), err)
 		}
 		done[key(id, secret)] = st
+		// What the database holds now: a later heartbeat with this OS sends none
+		// of it. When another vDC wrote a newer OS, the next heartbeat here
+		// differs from it and carries the columns again.
+		if st.os != "" {
+			s.osHashes.Store(id, st.os)
+		}
 	}
 	if err := rows.Err(); err != nil {
 		return nil, fmt.Errorf("record %d heartbeats: %w", len(hbs), err)
@@ -196,6 +228,26 @@ func (s *Store) Heartbeats(ctx context.Context, hbs []Heartbeat) ([]HeartbeatRes
 		}
 	}
 	return out, nil
+}
+
+// osStored says whether hash is the node's os_hash as the database last returned it.
+func (s *Store) osStored(nodeID, hash string) bool {
+	last, ok := s.osHashes.Load(nodeID)
+	return ok && last.(string) == hash
+}
+
+// osColumns is a NodeOS as the heartbeat writes it: its hash (of its JSON) and
+// the slots and upgrade progress as jsonb (nil for none).
+func osColumns(o *quantix.NodeOS) (hash string, slots, up []byte) {
+	b, _ := json.Marshal(o)
+	sum := sha256.Sum256(b)
+	if o.Slots != nil {
+		slots, _ = json.Marshal(o.Slots)
+	}
+	if o.Upgrade != nil {
+		up, _ = json.Marshal(o.Upgrade)
+	}
+	return hex.EncodeToString(sum[:]), slots, up
 }
 
 // parseUUID parses the canonical 8-4-4-4-12 hex form.

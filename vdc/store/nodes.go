@@ -282,7 +282,7 @@ const nodeColumns = `n.id, n.hostname, n.machine_id, host(n.management_ip), n.ph
     n.registered_at, n.updated_at, n.agent_version,
     n.hypervisor_state, n.hypervisor_reason, n.hypervisor_uri, n.hypervisor_version, n.hypervisor_facts,
     n.cpu_model, n.cpu_sockets, n.cpu_cores, n.cpu_threads, n.memory_bytes,
-    n.cpu_percent, n.memory_used_bytes, n.labels,
+    n.cpu_percent, n.memory_used_bytes, n.labels, n.os_image, n.os_version, n.os_slots, n.os_upgrade,
     (SELECT count(*) FROM virtual_machines v WHERE v.node_id = n.id AND v.lost_at IS NULL)`
 
 func scanNode(row pgx.Row) (quantix.Node, error) {
@@ -291,13 +291,17 @@ func scanNode(row pgx.Row) (quantix.Node, error) {
 	var cpu quantix.CPUInfo
 	var labels map[string]string
 	var facts hypervisorFacts
+	var os quantix.NodeOS
 	err := row.Scan(&n.ID, &n.Hostname, &n.MachineID, &n.ManagementIP, &n.Phase, &hb,
 		&n.RegisteredAt, &n.UpdatedAt, &n.AgentVersion,
 		&n.Hypervisor.State, &n.Hypervisor.Reason, &n.Hypervisor.URI, &n.Hypervisor.Version, &facts,
 		&cpu.Model, &cpu.Sockets, &cpu.Cores, &cpu.Threads, &n.MemoryBytes,
-		&n.CPUPercent, &n.MemoryUsedBytes, &labels, &n.VMCount)
+		&n.CPUPercent, &n.MemoryUsedBytes, &labels, &os.Image, &os.Version, &os.Slots, &os.Upgrade, &n.VMCount)
 	if err != nil {
 		return n, err
+	}
+	if os.Version != "" {
+		n.OS = &os
 	}
 	n.LastHeartbeat = &hb
 	facts.apply(&n.Hypervisor)

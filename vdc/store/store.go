@@ -75,6 +75,9 @@ type Store struct {
 	// query per node per process instead of one per heartbeat). Registration and
 	// deletion keep it current; a stale entry is re-read before refusing.
 	secrets sync.Map
+	// osHashes caches node id -> os_hash as the database last returned it: a
+	// heartbeat whose NodeOS has that hash sends the hash alone.
+	osHashes sync.Map
 }
 
 // Open connects to PostgreSQL. The URL must carry a password: the vDC never relies

@@ -712,6 +712,10 @@ func (s *Store) Desired(ctx context.Context, nodeID string) (quantix.NodeDesired
 			err := r.Scan(&i.ID, &i.Format, &i.SizeBytes, &i.SHA256)
 			return i, err
 		})
+		if err != nil {
+			return err
+		}
+		d.Upgrade, err = desiredUpgrade(ctx, tx, nodeID)
 		return err
 	})
 	if err != nil {

@@ -62,6 +62,13 @@ type Options struct {
 	StartCmd func(*exec.Cmd) error
 	// MaxImageBytes bounds image uploads; 0: the vDC default.
 	MaxImageBytes int64
+	// TrustedKeysFiles are vdc.toml's trusted_keys_files (nil: none, so no
+	// release upload passes).
+	TrustedKeysFiles []string
+	// Version is the vDC's own version (the version-skew rule); "": quantix.Version.
+	Version string
+	// UpgradeNodeTimeout is vdc.toml's upgrade_node_timeout; 0: the default.
+	UpgradeNodeTimeout time.Duration
 }
 
 // VDC is a running vDC.
@@ -140,6 +147,13 @@ func Start(t testing.TB, opts Options) *VDC {
 	v.DataDir = cfg.DataDir
 	if opts.MaxImageBytes > 0 {
 		cfg.MaxImageBytes = opts.MaxImageBytes
+	}
+	cfg.TrustedKeysFiles = opts.TrustedKeysFiles
+	if opts.Version != "" {
+		cfg.Version = opts.Version
+	}
+	if opts.UpgradeNodeTimeout != 0 {
+		cfg.UpgradeNodeTimeout = quantix.Duration{Duration: opts.UpgradeNodeTimeout}
 	}
 	cfg.Stdout = v.Stdout
 	cfg.AgentPlainHTTP = opts.PlainAgents

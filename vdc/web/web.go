@@ -109,7 +109,7 @@ func New(cfg Config, log *slog.Logger) (*UI, error) {
 	if err := u.loadStatic(); err != nil {
 		return nil, err
 	}
-	for _, p := range []string{"login", "hosts", "host", "vms", "vm", "images", "pools", "tokens"} {
+	for _, p := range []string{"login", "hosts", "host", "vms", "vm", "images", "pools", "tokens", "upgrades"} {
 		files := []string{"assets/templates/base.html", "assets/templates/" + p + ".html"}
 		if p == "login" {
 			files = files[1:]
@@ -137,6 +137,7 @@ func New(cfg Config, log *slog.Logger) (*UI, error) {
 	m.HandleFunc("GET /ui/images", u.page("images", "Images"))
 	m.HandleFunc("GET /ui/pools", u.page("pools", "Storage pools"))
 	m.HandleFunc("GET /ui/tokens", u.page("tokens", "Join tokens"))
+	m.HandleFunc("GET /ui/upgrades", u.page("upgrades", "Upgrades"))
 	m.HandleFunc("/ui/", func(w http.ResponseWriter, r *http.Request) {
 		u.plainError(w, http.StatusNotFound, "No such page: "+r.URL.Path)
 	})
@@ -334,7 +335,7 @@ func (u *UI) baseData(r *http.Request, page, title string) pageData {
 	d := pageData{Title: title, Page: page, Version: quantix.Version, AgentURL: u.agentURL(r)}
 	for _, n := range []struct{ page, href, label string }{
 		{"hosts", "/ui/hosts", "Hosts"}, {"vms", "/ui/vms", "VMs"}, {"images", "/ui/images", "Images"}, {"pools", "/ui/pools", "Storage pools"},
-		{"tokens", "/ui/tokens", "Join tokens"},
+		{"tokens", "/ui/tokens", "Join tokens"}, {"upgrades", "/ui/upgrades", "Upgrades"},
 	} {
 		d.Nav = append(d.Nav, navItem{n.href, n.label, n.page == page || (page == "host" && n.page == "hosts") || (page == "vm" && n.page == "vms")})
 	}

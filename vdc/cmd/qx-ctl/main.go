@@ -73,6 +73,13 @@ Commands:
   images upload <file> [--name N] [--format raw|qcow2|iso]  (progress on stderr)
   images list | images delete <id|name>
   pools list [--node id|hostname] [--lost]     the storage pool inventory
+  releases upload <dir>                        a signed release bundle folder; the vDC
+                                               verifies it against its trusted keys
+  releases list | releases show|delete <id|image-version>
+  upgrades start --release R (--node N... | --all) [--stage-only] [--wait]
+                 [--wait-timeout 1h]           a rolling upgrade, one node at a time;
+                                               --wait: exit 1 if it fails, 5 on timeout
+  upgrades list | upgrades show|cancel <id>
   tokens create [--ttl 24h] [--uses 1] [--description D] [--node-url URL]
                                                a join token, with the kernel command
                                                line and agent.toml lines for nodes
@@ -267,6 +274,10 @@ func (c *cli) run(ctx context.Context, args []string) error {
 		return c.images(ctx, rest)
 	case "pools", "pool", "storage-pools":
 		return c.listCommand(ctx, "pools", rest, c.poolsList)
+	case "releases", "release":
+		return c.releases(ctx, rest)
+	case "upgrades", "upgrade":
+		return c.upgrades(ctx, rest)
 	case "tokens", "token", "join-tokens":
 		if len(rest) == 0 || rest[0] != "create" {
 			return usagef("tokens: want 'tokens create'")

@@ -351,6 +351,68 @@
 
   // ---- Host detail ----------------------------------------------------------
 
+  // paintOS fills the host page's operating system card (NodeOS, upgrades.go).
+  function paintOS(os) {
+    const sl = os && os.slots;
+    setText($('#os-version'), os ? (os.image + ' ' + os.version) : 'not reported');
+    if (!sl) {
+      setText($('#os-slot'), os ? 'live boot: no A/B slots (cannot be upgraded, only installed)' : '—');
+      setText($('#os-other'), '—');
+      setText($('#os-rollback'), '—');
+    } else {
+      setText($('#os-slot'), sl.booted + ' · ' + sl.state + (sl.trial ? ' (trial)' : ''));
+      const other = (sl.slots || []).find((s) => s.slot !== sl.booted);
+      setText($('#os-other'), other && other.version ? other.slot + ' · ' + other.image + ' ' + other.version + (other.good ? ' · good' : '') : 'empty');
+      setText($('#os-rollback'), sl.rolled_back_from ? 'from slot ' + sl.rolled_back_from + ': ' + (sl.reason || 'no reason given') : 'none');
+    }
+    const u = os && os.upgrade;
+    setText($('#os-upgrade'), u ? u.version + ' · ' + u.phase + (u.error ? ': ' + u.error : '') : 'none');
+  }
+
+  function upgradesPage() {
+    const renderUp = keyedRows($('#upgrades tbody'), () => {
+      const tr = el('tr');
+      const r = { tr, c: [] };
+      for (let i = 0; i < 5; i++) { const td = el('td', i === 4 ? 'wrap' : ''); r.c.push(td); tr.append(td); }
+      r.state = el('span');
+      r.c[2].append(r.state);
+      return r;
+    }, (r, u) => {
+      setText(r.c[0], fmtTime(u.created_at));
+      setText(r.c[1], u.image + ' ' + u.version + (u.activate ? '' : ' (stage only)'));
+      setClass(r.state, 'badge up-' + u.state);
+      setText(r.state, u.state);
+      setText(r.c[3], u.nodes.map((n) => n.hostname + ': ' + n.phase + (n.error ? ' (' + n.error + ')' : '')).join(' · '));
+      setText(r.c[4], u.reason || '');
+      r.tr.dataset.id = u.id;
+    });
+    const renderRel = keyedRows($('#releases tbody'), () => {
+      const tr = el('tr');
+      const r = { tr, c: [] };
+      for (let i = 0; i < 5; i++) { const td = el('td'); r.c.push(td); tr.append(td); }
+      return r;
+    }, (r, x) => {
+      setText(r.c[0], x.image); setText(r.c[1], x.version); setText(r.c[2], x.signed_by);
+      setText(r.c[3], fmtBytes(x.files.reduce((a, f) => a + f.size_bytes, 0))); setText(r.c[4], fmtTime(x.created_at));
+    });
+    async function refresh() {
+      try {
+        const [up, rel] = await Promise.all([api('GET', '/api/v1/upgrades'), api('GET', '/api/v1/releases')]);
+        renderUp(up.data.upgrades, (u) => u.id);
+        $('#upgrades-empty').hidden = up.data.upgrades.length > 0;
+        setText($('#up-count'), up.data.upgrades.length);
+        renderRel(rel.data.releases, (x) => x.id);
+        $('#releases-empty').hidden = rel.data.releases.length > 0;
+        setText($('#rel-count'), rel.data.releases.length);
+        document.body.dataset.loaded = 'true';
+        clearError();
+      } catch (e) {
+        if (e.status !== 401) showError('Could not refresh the upgrades: ' + e.message);
+      }
+    }
+    poller(refresh, DETAIL_POLL_MS).poke();
+  }
+
   function hostPage() {
     const id = document.body.dataset.nodeId;
     let node = null;
@@ -386,6 +448,7 @@
 
     function paintNode(n) {
       node = n;
+      paintOS(n.os);
       setText($('#h-title'), n.hostname);
       setText($('#crumb'), n.hostname);
       document.title = n.hostname + ' · Quantix vDC';
@@ -974,7 +1037,7 @@
 
   const pages = {
     hosts: hostsPage, host: hostPage, vms: () => { managedSection(); inventoryPage('vms'); }, vm: vmPage, images: imagesPage,
-    pools: () => inventoryPage('pools'), tokens: tokensPage,
+    pools: () => inventoryPage('pools'), tokens: tokensPage, upgrades: upgradesPage,
   };
   const start = pages[document.body.dataset.page];
   if (start) start();
