@@ -381,8 +381,14 @@ func upgradeEvents(t *testing.T, v *vdctest.VDC, id string) []string {
 
 const upgradeTick = 50 * time.Millisecond
 
-func upgradeVDC(t *testing.T, key vdctest.ReleaseKey, dbURL string) *vdctest.VDC {
-	return vdctest.Start(t, vdctest.Options{DatabaseURL: dbURL, TrustedKeysFiles: []string{key.Pub}, Version: "2.0.0",
+// upgradeVDC starts a vDC trusting key; a second vDC on the same database gets
+// the first one's admin token (the cluster's, kept in the database).
+func upgradeVDC(t *testing.T, key vdctest.ReleaseKey, dbURL string, adminToken ...string) *vdctest.VDC {
+	tok := ""
+	if len(adminToken) > 0 {
+		tok = adminToken[0]
+	}
+	return vdctest.Start(t, vdctest.Options{DatabaseURL: dbURL, AdminToken: tok, TrustedKeysFiles: []string{key.Pub}, Version: "2.0.0",
 		HeartbeatInterval: time.Second, UpgradeNodeTimeout: 20 * time.Second, JoinTokens: []string{"upgrade-join-token-0123456789"}})
 }
 
@@ -575,7 +581,8 @@ func TestUpgradeRefusals(t *testing.T) {
 func TestUpgradeTwoVDCs(t *testing.T) {
 	key := vdctest.NewReleaseKey(t, "release-test")
 	db := vdctest.Shared(t).NewDatabase(t)
-	a, b := upgradeVDC(t, key, db), upgradeVDC(t, key, db)
+	a := upgradeVDC(t, key, db)
+	b := upgradeVDC(t, key, db, a.AdminToken)
 	n1, n2 := newSimNode(t, a, "ha-up-1", "1.0.0"), newSimNode(t, a, "ha-up-2", "1.0.0")
 	n2.v = b // node 2 talks to the other vDC
 	runSims(t, n1, n2)
@@ -617,7 +624,8 @@ func TestUpgradeTwoVDCs(t *testing.T) {
 func TestHeartbeatOS(t *testing.T) {
 	key := vdctest.NewReleaseKey(t, "release-test")
 	db := vdctest.Shared(t).NewDatabase(t)
-	a, b := upgradeVDC(t, key, db), upgradeVDC(t, key, db)
+	a := upgradeVDC(t, key, db)
+	b := upgradeVDC(t, key, db, a.AdminToken)
 	s := newSimNode(t, a, "os-node", "1.0.0")
 	os1 := s.os
 	os2 := os1
