@@ -7,10 +7,13 @@
 package ab
 
 import (
+	"context"
+	"fmt"
 	"os"
 	"os/exec"
 	"path/filepath"
 	"regexp"
+	"strconv"
 	"strings"
 	"testing"
 	"time"
@@ -18,6 +21,8 @@ import (
 	"github.com/quantix/quantix"
 	"github.com/quantix/quantix/installer/bootenv"
 	"github.com/quantix/quantix/tests/vm"
+	"github.com/quantix/quantix/upgrade/upgradetest"
+	"github.com/quantix/quantix/vdc/client"
 )
 
 func TestAB(t *testing.T) {
@@ -26,6 +31,7 @@ func TestAB(t *testing.T) {
 	t.Run("gate-fails", func(t *testing.T) { testGateFails(t, l) })
 	t.Run("panic", func(t *testing.T) { testPanic(t, l) })
 	t.Run("hang", func(t *testing.T) { testHang(t, l) })
+	t.Run("from-vdc", func(t *testing.T) { testFromVDC(t, l) })
 }
 
 // bootTimeout bounds one boot of the installed node to its trial verdict under
@@ -209,3 +215,94 @@ func waitBootSlot(t *testing.T, m *vm.Machine, kv ...string) {
 }
 
 func itoa(n int) string { return string(rune('0' + n)) }
+
+// An upgrade delivered by the vDC, as an operator runs it: the release uploaded
+// once (the vDC verifies it against its keys), an upgrade of the node started;
+// the agent downloads the bundle onto QUANTIX-DATA, init verifies it against the
+// node's own keys and stages it, the node reboots into its trial, passes its
+// gates and commits; the vDC's upgrade succeeds with the node on the new
+// release from slot b, its slot good.
+func testFromVDC(t *testing.T, l *lab) {
+	ctx := context.Background()
+	disk := l.copyDisk(t)
+	next := bumpPatch(t, l.version)
+	cfg := l.brokenConfig(t, func(c *quantix.ImageConfig) { c.Version = next })
+	rel := l.broken(t, next, map[string][]byte{strings.TrimPrefix(quantix.ImageConfigPath, "/"): cfg}, nil)
+	dir := upgradetest.Bundle(t, quantix.ImageQuantixOS, next, rel.Kernel, rel.Initrd, l.key.Key)
+	c, err := client.New(client.Config{URL: l.vdc.URL, Token: l.vdc.AdminToken})
+	must(t, err)
+	b, err := client.OpenBundle(dir)
+	must(t, err)
+	t0 := time.Now()
+	r, err := c.UploadRelease(ctx, b, b.Body)
+	b.Close()
+	if err != nil {
+		t.Fatalf("upload the release: %v", err)
+	}
+	t.Logf("release %s %s (%d files) uploaded and verified in %.1f s", r.Image, r.Version, len(r.Files), time.Since(t0).Seconds())
+
+	m := l.boot(t, "ab-vdc", disk, vm.BIOS)
+	m.WaitMarker(t, quantix.MarkerReady, bootTimeout, "service", "agent")
+	var node quantix.Node
+	deadline := time.Now().Add(time.Minute)
+	for {
+		for _, n := range l.vdc.Nodes(t) {
+			if n.Hostname == "ab-node" {
+				node = n
+			}
+		}
+		if node.OS != nil && node.OS.Slots != nil && node.OS.Slots.Booted == "a" && node.OS.Slots.State == quantix.SlotGood {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("the vDC does not show ab-node on slot a, good: %+v", node.OS)
+		}
+		time.Sleep(time.Second)
+	}
+
+	t0 = time.Now()
+	u, err := c.StartUpgrade(ctx, quantix.UpgradeRequest{Release: r.ID, Nodes: []string{"ab-node"}})
+	if err != nil {
+		t.Fatalf("start the upgrade: %v", err)
+	}
+	waitBootSlot(t, m, "slot", "b", "trial", "1", "tries_left", "2")
+	t.Logf("upgrade %s: the node rebooted into its trial %.1f s after the start", u.ID, time.Since(t0).Seconds())
+	good := m.WaitMarker(t, quantix.MarkerSlot, bootTimeout, "slot", "b", "state", quantix.SlotGood)
+	committed := time.Since(t0)
+	for {
+		if u, err = c.Upgrade(ctx, u.ID); err != nil {
+			t.Fatal(err)
+		}
+		if u.State != quantix.UpgradeRunning {
+			break
+		}
+		if time.Since(t0) > bootTimeout {
+			t.Fatalf("upgrade still running %v after its start: %+v", time.Since(t0), u)
+		}
+		time.Sleep(time.Second)
+	}
+	if u.State != quantix.UpgradeSucceeded || len(u.Nodes) != 1 || u.Nodes[0].Phase != quantix.UpgradeNodeDone {
+		t.Fatalf("upgrade = %+v, want succeeded with ab-node done", u)
+	}
+	t.Logf("upgrade to %s: committed on the node %.0f s after the start (gates %s s), succeeded at the vDC after %.0f s", next, committed.Seconds(), good.Get("seconds"), time.Since(t0).Seconds())
+	node = l.vdc.Node(t, node.ID)
+	if node.OS == nil || node.OS.Version != next || node.OS.Slots == nil || node.OS.Slots.Booted != "b" || node.OS.Slots.State != quantix.SlotGood {
+		t.Errorf("the vDC shows %+v, want %s from slot b, good", node.OS, next)
+	}
+	m.PowerOff(t, 2*time.Minute)
+	if st := env(t, disk); st.Order != [2]string{"b", "a"} || !st.B.OK {
+		t.Errorf("after the upgrade: %+v, want b good and first", st)
+	}
+}
+
+// bumpPatch is version with its patch number one higher.
+func bumpPatch(t *testing.T, version string) string {
+	core, _, _ := strings.Cut(version, "-")
+	parts := strings.Split(core, ".")
+	if len(parts) != 3 {
+		t.Fatalf("version %q is not MAJOR.MINOR.PATCH", version)
+	}
+	n, err := strconv.Atoi(parts[2])
+	must(t, err)
+	return fmt.Sprintf("%s.%s.%d", parts[0], parts[1], n+1)
+}

@@ -57,6 +57,9 @@ type lab struct {
 	vdc     *vdctest.VDC
 	disk    string
 	version string
+	// key is the site's release key: the node trusts it (the answer file's
+	// trusted_keys) and so does the vDC (trusted_keys_files).
+	key vdctest.ReleaseKey
 }
 
 func newLab(t *testing.T) *lab {
@@ -77,7 +80,9 @@ func newLab(t *testing.T) *lab {
 	}
 	l.base = release{Kernel: src.Kernel, Initrd: src.Initrd, Version: l.version}
 	l.hub = vm.NewHub(t, vm.HubConfig{Name: "hub-ab"})
-	l.vdc = vdctest.Start(t, vdctest.Options{JoinTokens: []string{labJoinToken}})
+	l.key = vdctest.NewReleaseKey(t, "ab-site")
+	// The vDC's own version bounds the nodes' (the version-skew rule).
+	l.vdc = vdctest.Start(t, vdctest.Options{JoinTokens: []string{labJoinToken}, TrustedKeysFiles: []string{l.key.Pub}, Version: "9.0.0"})
 	ws := vm.NewWorkstation(t, l.hub, vm.WorkstationMAC, vm.WorkstationAddr)
 	ws.Forward(t, labVDCPort, strings.TrimPrefix(l.vdc.URL, "http://"))
 	l.disk = l.install(t, "ab-node")
@@ -122,8 +127,10 @@ func (l *lab) install(t *testing.T, hostname string) string {
 	f.Close()
 
 	url := fmt.Sprintf("https://%s:%d", vm.WorkstationAddr.Addr(), labVDCPort)
-	answer := fmt.Sprintf("hostname = %q\nafter = \"poweroff\"\n[target]\nonly_empty = true\n[network]\nmode = \"dhcp\"\n[network.dhcp]\ntimeout = \"5s\"\nfallback = \"link-local\"\n[agent]\ncontrol_plane = %q\njoin_token = %q\n",
-		hostname, url, l.vdc.JoinToken)
+	pub, err := os.ReadFile(l.key.Pub)
+	must(t, err)
+	answer := fmt.Sprintf("hostname = %q\nafter = \"poweroff\"\ntrusted_keys = [%q]\n[target]\nonly_empty = true\n[network]\nmode = \"dhcp\"\n[network.dhcp]\ntimeout = \"5s\"\nfallback = \"link-local\"\n[agent]\ncontrol_plane = %q\njoin_token = %q\n",
+		hostname, strings.TrimSpace(string(pub)), url, l.vdc.JoinToken)
 	a, err := installer.ParseAnswer("install.toml", []byte(answer), quantix.ImageQuantixOS)
 	must(t, err)
 	med, err := installer.OpenMedium(l.iso)
