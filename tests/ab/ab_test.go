@@ -189,14 +189,24 @@ func testHang(t *testing.T, l *lab) {
 	for left := quantix.SlotMaxTries - 1; left >= 0; left-- {
 		waitBootSlot(t, m, "slot", "b", "trial", "1", "tries_left", itoa(left))
 		m.WaitMarker(t, quantix.MarkerSlot, bootTimeout, "slot", "b", "state", quantix.SlotTrial)
-		m.Expect(t, "the trial hangs from here", bootTimeout)
-		t.Logf("try %d hung %.0f s after power-on; the watchdog must reset it", quantix.SlotMaxTries-left, time.Since(t0).Seconds())
+		t.Logf("try %d on trial %.0f s after power-on", quantix.SlotMaxTries-left, time.Since(t0).Seconds())
+		// The fault's own line may never reach the console (it stops the init
+		// that forwards it): the checks after the rollback look for it.
 	}
 	waitBootSlot(t, m, "slot", "a", "trial", "0")
 	back := m.WaitMarker(t, quantix.MarkerSlot, bootTimeout, "slot", "a", "state", quantix.SlotRolledBack, "from", "b")
 	t.Logf("rolled back %.0f s after power-on: %s", time.Since(t0).Seconds(), back.Get("reason"))
 	if r := back.Get("reason"); !strings.Contains(r, "without a verdict") {
 		t.Errorf("rollback reason %q: want a trial without a verdict", r)
+	}
+	// Init was stopped (and nothing else ended the tries): no verdict on b.
+	if len(m.Find(vm.Contains("the trial hangs from here"))) == 0 {
+		t.Errorf("the hang fault never said it stopped qx-init")
+	}
+	for _, st := range []string{quantix.SlotGood, quantix.SlotFailed} {
+		if v := m.Find(vm.MatchMarker(quantix.MarkerSlot, "slot", "b", "state", st)); len(v) > 0 {
+			t.Errorf("a hung trial reached a verdict: %q", v)
+		}
 	}
 	m.PowerOff(t, 2*time.Minute)
 	checkRolledBack(t, disk)
