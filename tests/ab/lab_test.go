@@ -259,8 +259,9 @@ func env(t *testing.T, disk string) bootenv.State {
 
 // stage writes rel into slot b of the disk image and makes it the next boot's
 // trial, in the order upgrade.Stage writes (slot out of the order, files,
-// manifest, then the trial): what init's stage request leaves on the ESP.
-func stage(t *testing.T, disk string, rel release) {
+// manifest, then the trial): what init's stage request leaves on the ESP, with
+// quantix.SlotMaxTries tries, or tries[0] (a test that needs one try only).
+func stage(t *testing.T, disk string, rel release, tries ...int) {
 	fs, done := esp(t, disk)
 	defer done()
 	st, err := bootenv.Decode(readFAT(t, fs, quantix.ESPEnv))
@@ -274,6 +275,9 @@ func stage(t *testing.T, disk string, rel release) {
 	writeFAT(t, fs, quantix.ESPSlotFile("b", quantix.SlotManifest), man)
 	st.Order = [2]string{"b", "a"}
 	st.B = bootenv.Slot{Tries: quantix.SlotMaxTries}
+	if len(tries) > 0 {
+		st.B.Tries = tries[0]
+	}
 	writeEnv(t, fs, st)
 }
 
