@@ -13,6 +13,7 @@ import (
 	"github.com/diskfs/go-diskfs/partition/gpt"
 
 	"github.com/quantix/quantix"
+	"github.com/quantix/quantix/installer/medium"
 	"github.com/quantix/quantix/services/blockdev"
 )
 
@@ -188,27 +189,7 @@ func readFS(fsys filesystem.FileSystem, name string) ([]byte, error) {
 		return nil, fmt.Errorf("open %s: %w", name, err)
 	}
 	defer fl.Close()
-	return readSized(fl, st.Size(), name)
-}
-
-// readSized reads exactly size bytes and checks that the file ends there.
-func readSized(r io.Reader, size int64, name string) ([]byte, error) {
-	buf := make([]byte, size+1)
-	n := 0
-	for n < len(buf) {
-		k, err := r.Read(buf[n:])
-		n += k
-		if err == io.EOF || k == 0 {
-			break
-		}
-		if err != nil {
-			return nil, fmt.Errorf("read %s: %w", name, err)
-		}
-	}
-	if int64(n) != size {
-		return nil, fmt.Errorf("read %s: got %d bytes, the directory says %d", name, n, size)
-	}
-	return buf[:n], nil
+	return medium.ReadSized(fl, st.Size(), name)
 }
 
 func statFS(fsys filesystem.FileSystem, name string) (os.FileInfo, error) {

@@ -14,8 +14,8 @@ import (
 
 	"github.com/quantix/quantix"
 	"github.com/quantix/quantix/installer/bootenv"
-	"github.com/quantix/quantix/installer/medium/mediumtest"
 	"github.com/quantix/quantix/installer/medium"
+	"github.com/quantix/quantix/installer/medium/mediumtest"
 )
 
 // writeISO writes a real ISO9660 file holding files (medium paths).

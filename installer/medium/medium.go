@@ -125,15 +125,16 @@ func (m *isoMedium) ReadFile(name string) ([]byte, error) {
 	if size < 0 {
 		return nil, fmt.Errorf("boot medium %s: %s: no size in its directory entry", m.path, name)
 	}
-	b, err := readSized(f, size, name)
+	b, err := ReadSized(f, size, name)
 	if err != nil {
 		return nil, fmt.Errorf("boot medium %s: %w", m.path, err)
 	}
 	return b, nil
 }
 
-// readSized reads exactly size bytes of name from r.
-func readSized(r io.Reader, size int64, name string) ([]byte, error) {
+// ReadSized reads exactly size bytes of name from r (a file whose size its
+// folder entry gives: more or fewer is an error).
+func ReadSized(r io.Reader, size int64, name string) ([]byte, error) {
 	buf := make([]byte, size+1)
 	n := 0
 	for n < len(buf) {
