@@ -8,6 +8,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"slices"
 	"strconv"
 	"strings"
 	"syscall"
@@ -31,38 +32,68 @@ type Replicated struct {
 // for the standby.
 func StartReplicated(t testing.TB, sync bool) *Replicated {
 	t.Helper()
-	settings := []string{"wal_level=replica", "max_wal_senders=4", "wal_keep_size=64MB",
+	r, err := RunReplicated(PostgresConfig{}, sync)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(r.Stop)
+	return r
+}
+
+// RunReplicated is StartReplicated outside a test (the load command): cfg is the
+// primary's, and the standby gets its durability and max_connections (a hot standby
+// refuses to start with fewer connections than its primary). The caller must Stop it.
+func RunReplicated(cfg PostgresConfig, sync bool) (*Replicated, error) {
+	cfg.Settings = append(slices.Clone(cfg.Settings), "wal_level=replica", "max_wal_senders=4", "wal_keep_size=64MB",
 		// Commits must wait for the standby; the base settings turn that off.
-		"synchronous_commit=on"}
-	pri, err := RunPostgres(PostgresConfig{Settings: settings})
+		"synchronous_commit=on")
+	pri, err := RunPostgres(cfg)
 	if err != nil {
-		t.Fatal(err)
+		return nil, err
 	}
-	t.Cleanup(func() { pri.Stop() })
-	sb, err := pri.cloneStandby(0)
+	sb, err := pri.cloneStandby(0, cfg)
 	if err != nil {
-		t.Fatal(err)
+		pri.Stop()
+		return nil, err
 	}
-	t.Cleanup(func() { sb.Stop() })
 	r := &Replicated{Primary: pri, Standby: sb}
 	err = r.waitStreaming(30 * time.Second)
 	if err == nil && sync {
 		// Only now: with no standby yet, every commit (the bootstrap's too) would wait.
-		r.Sync = true
-		err = pri.exec(`ALTER SYSTEM SET synchronous_standby_names = '*'`, `SELECT pg_reload_conf()`)
-		if err == nil {
-			err = r.waitStreaming(30 * time.Second)
-		}
+		err = r.SetSync(true)
 	}
 	if err != nil {
-		t.Fatalf("%v\nprimary log:\n%s\nstandby log:\n%s", err, tail([]byte(pri.Log()), 20), tail([]byte(sb.Log()), 20))
+		err = fmt.Errorf("%w\nprimary log:\n%s\nstandby log:\n%s", err, tail([]byte(pri.Log()), 20), tail([]byte(sb.Log()), 20))
+		r.Stop()
+		return nil, err
 	}
-	return r
+	return r, nil
+}
+
+// SetSync makes the standby synchronous (synchronous_standby_names = '*') or
+// asynchronous (the empty list) and waits until the primary reports it so.
+func (r *Replicated) SetSync(sync bool) error {
+	names := ""
+	if sync {
+		names = "*"
+	}
+	r.Sync = sync
+	if err := r.Primary.exec(fmt.Sprintf(`ALTER SYSTEM SET synchronous_standby_names = '%s'`, names), `SELECT pg_reload_conf()`); err != nil {
+		return err
+	}
+	return r.waitStreaming(30 * time.Second)
+}
+
+// Stop stops the standby and the primary.
+func (r *Replicated) Stop() {
+	r.Standby.Stop()
+	r.Primary.Stop()
 }
 
 // cloneStandby makes a standby of p with pg_basebackup -R (standby.signal and
-// primary_conninfo) in a new folder and starts it on port (0: a free one).
-func (p *Postgres) cloneStandby(port int) (*Postgres, error) {
+// primary_conninfo) in a new folder and starts it on port (0: a free one), durable
+// and with max_connections as pcfg, the primary's configuration.
+func (p *Postgres) cloneStandby(port int, pcfg PostgresConfig) (*Postgres, error) {
 	cred, uid, gid, err := serverCredential()
 	if err != nil {
 		return nil, err
@@ -82,7 +113,8 @@ func (p *Postgres) cloneStandby(port int) (*Postgres, error) {
 	}
 	// The clone keeps the primary's settings (they are command-line flags, not in
 	// its files) only where start passes them again: it gets the same base ones.
-	if err := sb.start(PostgresConfig{Settings: []string{"hot_standby=on", "wal_level=replica", "max_wal_senders=4"}}, cred); err != nil {
+	if err := sb.start(PostgresConfig{Durable: pcfg.Durable, MaxConnections: pcfg.MaxConnections,
+		Settings: []string{"hot_standby=on", "wal_level=replica", "max_wal_senders=4"}}, cred); err != nil {
 		os.RemoveAll(dir)
 		return nil, err
 	}
@@ -171,7 +203,7 @@ func (r *Replicated) RejoinOldPrimary(t testing.TB) {
 	t.Helper()
 	old := r.Primary
 	old.Stop()
-	sb, err := r.Standby.cloneStandby(old.Port)
+	sb, err := r.Standby.cloneStandby(old.Port, PostgresConfig{})
 	if err != nil {
 		t.Fatal(err)
 	}
