@@ -252,9 +252,16 @@ func (s *Service) probe() (info daemonInfo, answered bool, err error) {
 	}
 	info.firstCall = time.Since(t0)
 	info.version = quantix.LibvirtVersion(lib)
-	if hv, err := lv.ConnectGetVersion(); err == nil {
-		info.qemu = quantix.LibvirtVersion(hv)
+	hv, err := lv.ConnectGetVersion()
+	if err != nil {
+		// libvirt answers but has no QEMU yet: its capabilities probe failed or
+		// timed out (seen under nested emulation on a loaded machine, where the
+		// ready marker then said qemu="" and the host stayed unavailable until a
+		// restart). Not ready: asked again until ReadyTimeout, and after that the
+		// service fails and init starts libvirtd again, which probes anew.
+		return info, false, fmt.Errorf("libvirt answers but runs no QEMU yet: %w", err)
 	}
+	info.qemu = quantix.LibvirtVersion(hv)
 	return info, true, nil
 }
 
