@@ -367,7 +367,9 @@ func (s *suite) qvdcReboot(t *testing.T) {
 	if first.LastHeartbeat != nil {
 		since = *first.LastHeartbeat
 	}
-	n, d := s.waitNode(t, "a new heartbeat from node-a", hostA, 3*HeartbeatInterval+30*time.Second, func(n quantix.Node) bool {
+	// node-a was reset while the QvDC was off, so it registers again: its retries
+	// back off up to the agent's 60 s cap (plus jitter) while the QvDC is away.
+	n, d := s.waitNode(t, "a new heartbeat from node-a", hostA, 3*HeartbeatInterval+90*time.Second, func(n quantix.Node) bool {
 		return n.LastHeartbeat != nil && n.LastHeartbeat.After(since) && n.Phase == quantix.PhaseReady
 	})
 	t.Logf("vDC ready to node-a's next heartbeat: %v", d.Round(100*time.Millisecond))
