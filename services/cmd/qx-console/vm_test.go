@@ -299,6 +299,15 @@ func TestVMSerialConsoleStaticAtVDC(t *testing.T) {
 // TestServiceKeepsGuestsAcrossRestarts on the host.)
 func restartLibvirtd(t *testing.T, st *serialTerm, v *vdctest.VDC, nodeID string) {
 	t.Helper()
+	// The restart must find the hypervisor up: libvirtd starts after
+	// boot-complete and is ready only once libvirt runs QEMU (its first
+	// capabilities probe takes a while under nested emulation).
+	for deadline := time.Now().Add(vm.ScaleTimeout(3 * time.Minute)); v.Node(t, nodeID).Hypervisor.State != quantix.HypervisorAvailable; {
+		if time.Now().After(deadline) {
+			t.Fatalf("the vDC never showed the hypervisor available before the restart: %+v", v.Node(t, nodeID).Hypervisor)
+		}
+		time.Sleep(500 * time.Millisecond)
+	}
 	st.send(t, "s")
 	st.waitFor(t, 30*time.Second, "Up/Down select  r Restart")
 	for i := 0; ; i++ {
