@@ -147,7 +147,7 @@ func testPanic(t *testing.T, l *lab) {
 	t0 := time.Now()
 	m := l.boot(t, "ab-panic", disk, vm.BIOS)
 	for left := quantix.SlotMaxTries - 1; left >= 0; left-- {
-		waitBootSlot(t, m, "slot", "b", "trial", "1", "tries_left", itoa(left))
+		waitBootSlot(t, m, "slot", "b", "trial", "1", "tries_left", strconv.Itoa(left))
 		// panic=10: the kernel reboots after "Rebooting in 10 seconds.." (the
 		// "end Kernel panic" line comes only when it does not).
 		m.Expect(t, vm.KernelPanicText+": No working init found", bootTimeout)
@@ -228,7 +228,6 @@ func waitBootSlot(t *testing.T, m *vm.Machine, kv ...string) {
 	m.ExpectRegexp(t, expr+`( |$)`, bootTimeout)
 }
 
-func itoa(n int) string { return string(rune('0' + n)) }
 
 // An upgrade delivered by the vDC, as an operator runs it: the release uploaded
 // once (the vDC verifies it against its keys), an upgrade of the node started;
