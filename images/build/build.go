@@ -359,7 +359,7 @@ func (r *buildRun) initramfs() error {
 	h := sha256.New()
 	comp := r.img.Initramfs.Compression
 	if comp == "" {
-		comp = spec.CompressionZstd
+		comp = spec.CompressionLZ4
 	}
 	n, raw, err := r.t.write(io.MultiWriter(f, h), r.epoch, comp)
 	if cerr := f.Close(); err == nil {

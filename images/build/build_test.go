@@ -15,7 +15,6 @@ import (
 
 	"github.com/google/go-cmp/cmp"
 	"github.com/klauspost/compress/gzip"
-	"github.com/klauspost/compress/zstd"
 	"github.com/u-root/mkuimage/cpio"
 
 	"github.com/quantix/quantix"
@@ -225,7 +224,7 @@ func checkInitramfs(t *testing.T, iso, release string) {
 		t.Fatal(err)
 	}
 	defer f.Close()
-	zr, err := zstd.NewReader(bytes.NewReader(isoFile(t, f, "boot/initrd.img")))
+	zr, err := OpenInitramfs(bytes.NewReader(isoFile(t, f, "boot/initrd.img")))
 	if err != nil {
 		t.Fatal(err)
 	}

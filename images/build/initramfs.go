@@ -1,6 +1,7 @@
 package build
 
 import (
+	"bufio"
 	"bytes"
 	"fmt"
 	"io"
@@ -15,6 +16,7 @@ import (
 
 	"github.com/klauspost/compress/gzip"
 	"github.com/klauspost/compress/zstd"
+	"github.com/pierrec/lz4/v4"
 	"github.com/u-root/gobusybox/src/pkg/golang"
 	"github.com/u-root/mkuimage/cpio"
 	"github.com/u-root/mkuimage/uimage"
@@ -95,7 +97,7 @@ func (t *tree) addDir(src, dest string) error {
 
 // write emits the tree as a newc cpio, sorted by path with parents first, every
 // record normalised (no inode numbers, owners root, mtime fixed), then compresses
-// it deterministically (spec.CompressionGzip or spec.CompressionZstd). It returns the number of records and the raw cpio size.
+// it deterministically (spec.CompressionLZ4, Zstd or Gzip). It returns the number of records and the raw cpio size.
 func (t *tree) write(w io.Writer, mtime int64, compression string) (n int, raw int64, err error) {
 	// Every parent folder must exist before its children.
 	for name := range t.recs {
@@ -134,17 +136,50 @@ func (t *tree) write(w io.Writer, mtime int64, compression string) (n int, raw i
 }
 
 // compressor returns a deterministic compressing writer the kernel can unpack.
-// zstd unpacks about three times faster than gzip under TCG at a similar size; the
-// encoder runs single-threaded with a fixed window so the output never varies.
+// zstd unpacks about three times faster than gzip under TCG at a similar size, and
+// LZ4 (the kernel's legacy frame, 8 MiB blocks, high compression) twice as fast as
+// zstd again: Quantix-OS's initramfs unpacked in 0.84-1.00 s as LZ4 (62.7 MB)
+// against 1.57-1.78 s as zstd (52.8 MB), kernel timestamps, TCG, same run. The
+// encoders run single-threaded with fixed parameters so the output never varies.
 func compressor(w io.Writer, compression string) (io.WriteCloser, error) {
 	switch compression {
+	case spec.CompressionLZ4, "":
+		zw := lz4.NewWriter(w)
+		if err := zw.Apply(lz4.LegacyOption(true), lz4.CompressionLevelOption(lz4.Level9), lz4.ConcurrencyOption(1)); err != nil {
+			return nil, fmt.Errorf("lz4 writer: %w", err)
+		}
+		return zw, nil
 	case spec.CompressionZstd:
 		return zstd.NewWriter(w, zstd.WithEncoderLevel(zstd.SpeedBetterCompression), zstd.WithEncoderConcurrency(1),
 			zstd.WithWindowSize(8<<20), zstd.WithEncoderCRC(true))
-	case spec.CompressionGzip, "":
+	case spec.CompressionGzip:
 		return gzip.NewWriterLevel(w, gzip.DefaultCompression)
 	}
-	return nil, fmt.Errorf("initramfs compression %q: want gzip or zstd", compression)
+	return nil, fmt.Errorf("initramfs compression %q: want lz4, zstd or gzip", compression)
+}
+
+// OpenInitramfs returns the cpio inside a compressed initramfs, telling the
+// format by its magic as the kernel does (LZ4 legacy frame, zstd or gzip), so
+// whatever reads an image back (tests, tools) follows the builder's choice.
+func OpenInitramfs(r io.Reader) (io.ReadCloser, error) {
+	br := bufio.NewReader(r)
+	magic, err := br.Peek(4)
+	if err != nil {
+		return nil, fmt.Errorf("initramfs: %w", err)
+	}
+	switch {
+	case bytes.Equal(magic, []byte{0x02, 0x21, 0x4c, 0x18}):
+		return io.NopCloser(lz4.NewReader(br)), nil
+	case bytes.Equal(magic, []byte{0x28, 0xb5, 0x2f, 0xfd}):
+		zr, err := zstd.NewReader(br)
+		if err != nil {
+			return nil, err
+		}
+		return zr.IOReadCloser(), nil
+	case magic[0] == 0x1f && magic[1] == 0x8b:
+		return gzip.NewReader(br)
+	}
+	return nil, fmt.Errorf("initramfs: unknown compression (magic % x): want lz4, zstd or gzip", magic)
 }
 
 // reproducibleMode keeps only what git tracks of a file's permissions (executable

@@ -65,7 +65,7 @@ func checkBootFiles() error {
 // GRUB read case-insensitively).
 const (
 	isoKernel = "/boot/vmlinuz"
-	isoInitrd = "/boot/initrd.img" // zstd or gzip: the kernel tells by the magic
+	isoInitrd = "/boot/initrd.img" // lz4, zstd or gzip: the kernel tells by the magic
 	isoEFIImg = "boot/efiboot.img"
 	efiLabel  = "EFIBOOT" // FAT label of the El Torito EFI image; distinct from the ISO label
 )

@@ -20,7 +20,7 @@ import (
 // case-insensitively, as go-diskfs shows ISO9660 names upper case).
 const (
 	Kernel = "boot/vmlinuz"
-	Initrd = "boot/initrd.img" // gzip or zstd; the kernel tells by the magic
+	Initrd = "boot/initrd.img" // lz4, zstd or gzip; the kernel tells by the magic
 )
 
 // Medium is where the installer copies the kernel, initramfs and bootloader from:
