@@ -156,6 +156,7 @@ func TestMediaScan(t *testing.T) {
 	s.add("virtual/loop0", withBundle, false) // loop devices are never media
 
 	m := s.media(t)
+	t.Cleanup(func() { unmountAll(t, m.Dir) }) // when the test failed before Release
 	cands, err := m.Candidates()
 	if err != nil {
 		t.Fatal(err)
@@ -176,7 +177,6 @@ func TestMediaScan(t *testing.T) {
 		t.Fatalf("Scan = %+v, want sdb1 and sdc", media)
 	}
 	stick, photos := media[0], media[1]
-	t.Cleanup(func() { Release(media) })
 	wantDir := filepath.Join(m.Dir, "sdb1")
 	if stick.Err != nil || stick.Dir != wantDir || len(stick.Bundles) != 1 || len(stick.Broken) != 1 {
 		t.Fatalf("sdb1 = %+v, want mounted on %s with one bundle and one broken folder", stick, wantDir)

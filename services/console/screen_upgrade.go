@@ -204,7 +204,7 @@ func (s *upgradeScreen) scannedMedia(u *ui, msg mediaMsg) {
 func (s *upgradeScreen) staged(u *ui, msg stageMsg) tea.Cmd {
 	u.busy, s.staging = "", false
 	if msg.err != nil {
-		s.result = []string{"Init refused " + msg.b.Image + " " + msg.b.Version + " from " + msg.b.Device + "; nothing was written:"}
+		s.result = []string{"Refused by init, nothing was written: " + msg.b.Image + " " + msg.b.Version + " on " + filepath.Base(msg.b.Device)}
 		s.result = append(s.result, wrap("  "+msg.err.Error(), max(u.width-1, 20), 2)...)
 		if u.scr != scrUpgrade {
 			return s.releaseCmd()
