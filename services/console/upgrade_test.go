@@ -81,6 +81,20 @@ func (in *upgradeInit) espFiles(t *testing.T) string {
 	return b.String()
 }
 
+// upgradeModel is the console model on in's socket and s's disks, its password
+// set to abcdefgh.
+func upgradeModel(t *testing.T, in *upgradeInit, s *fakeSys) (Model, *Config) {
+	cfg := testConfig(t, quantix.ImageQuantixOS)
+	cfg.InitSocket, cfg.Init = in.sock, InitClient{Socket: in.sock}
+	cfg.SysBlock, cfg.DevDir = s.sysBlock, s.dev
+	cfg.MediaDir = filepath.Join(t.TempDir(), "media")
+	t.Cleanup(func() { unmountAll(t, cfg.MediaDir) }) // when the test failed before the screen did
+	if err := (PasswordStore{Path: cfg.PasswordFile}).Set("abcdefgh"); err != nil {
+		t.Fatal(err)
+	}
+	return update(t, NewModel(cfg), snapMsg{snapshot()}), cfg
+}
+
 // unmountAll unmounts what is still mounted in dir's folders.
 func unmountAll(t *testing.T, dir string) {
 	ents, _ := os.ReadDir(dir)
@@ -122,15 +136,7 @@ func TestUpgradeScreen(t *testing.T) {
 	s.add("pci0/usb1/1-2/sdc/sdc1", stick(t, "RELEASES", map[string]string{"quantix-0.2.0": good}), false)
 	s.add("pci0/usb1/1-3/sdd", stick(t, "PHOTOS", map[string]string{"": t.TempDir()}), true)
 
-	cfg := testConfig(t, quantix.ImageQuantixOS)
-	cfg.InitSocket, cfg.Init = in.sock, InitClient{Socket: in.sock}
-	cfg.SysBlock, cfg.DevDir = s.sysBlock, s.dev
-	cfg.MediaDir = filepath.Join(t.TempDir(), "media")
-	t.Cleanup(func() { unmountAll(t, cfg.MediaDir) }) // when the test failed before the screen did
-	if err := (PasswordStore{Path: cfg.PasswordFile}).Set("abcdefgh"); err != nil {
-		t.Fatal(err)
-	}
-	m := update(t, NewModel(cfg), snapMsg{snapshot()})
+	m, cfg := upgradeModel(t, in, s)
 	m = update(t, m, keys("u")...)
 	expectView(t, m, "u asks for the password", "This needs the console password.")
 	m = update(t, m, keys("abcdefgh\r")...)
@@ -194,13 +200,7 @@ func TestUpgradeScreen(t *testing.T) {
 // TestUpgradeScreenLiveBoot: on a live boot init has no slots; the screen says
 // so and offers no scan.
 func TestUpgradeScreenLiveBoot(t *testing.T) {
-	in := newUpgradeInit(t, "0.1.0", false)
-	cfg := testConfig(t, quantix.ImageQuantixOS)
-	cfg.InitSocket, cfg.Init = in.sock, InitClient{Socket: in.sock}
-	if err := (PasswordStore{Path: cfg.PasswordFile}).Set("abcdefgh"); err != nil {
-		t.Fatal(err)
-	}
-	m := update(t, NewModel(cfg), snapMsg{snapshot()})
+	m, _ := upgradeModel(t, newUpgradeInit(t, "0.1.0", false), newFakeSys(t))
 	m = update(t, m, keys("uabcdefgh\r")...)
 	expectView(t, m, "live boot", "This is a live boot, not an installed A/B disk")
 	m = update(t, m, keys("m")...)
