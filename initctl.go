@@ -133,6 +133,11 @@ type ServiceList struct {
 // ErrInitUnsupported says that the running qx-init does not answer a request.
 var ErrInitUnsupported = errors.New("qx-init does not support this request")
 
+// ErrNotAB is init's answer to the slots and stage requests on a machine that did
+// not boot from an installed A/B disk (a live boot from the ISO); InitClient
+// returns an error wrapping it, so callers can say so instead of failing.
+var ErrNotAB = errors.New("not booted from an installed A/B disk (a live boot): there are no slots to upgrade; install the image first")
+
 // InitClient asks a running qx-init over its control socket.
 type InitClient struct {
 	// Socket is the control socket; "" means InitSocket.
@@ -172,6 +177,9 @@ func (c InitClient) Ask(ctx context.Context, req string) (string, error) {
 		return "", fmt.Errorf("%s: %w (%s)", req, ErrInitUnsupported, resp)
 	}
 	if e, ok := strings.CutPrefix(resp, "error: "); ok {
+		if e == ErrNotAB.Error() {
+			return "", fmt.Errorf("%s: %w", req, ErrNotAB)
+		}
 		return "", fmt.Errorf("%s: %s", req, e)
 	}
 	return resp, nil

@@ -3,6 +3,7 @@ package quantix
 import (
 	"bytes"
 	"fmt"
+	"strings"
 
 	"github.com/BurntSushi/toml"
 )
@@ -88,3 +89,54 @@ const (
 	// accepts bundles from (the image definition's trusted_keys), one a line.
 	TrustedKeysPath = "/etc/quantix/trusted-keys"
 )
+
+// Lines describes the slots for an operator, one line each: the booted slot and
+// its state, each slot with what it holds, the next boot and the last rollback
+// (qx-node upgrade status and the console's Upgrade screen print them).
+func (st SlotsStatus) Lines() []string {
+	trial := ""
+	if st.Trial {
+		trial = " (a trial, not judged yet)"
+	}
+	out := []string{fmt.Sprintf("booted: slot %s, state %s%s", st.Booted, st.State, trial)}
+	for _, s := range st.Slots {
+		what := "empty"
+		if s.Version != "" {
+			what = s.Image + " " + s.Version
+		}
+		var marks []string
+		if s.Slot == st.Booted {
+			marks = append(marks, "booted")
+		}
+		if s.Good {
+			marks = append(marks, "good")
+		}
+		if s.Tries > 0 {
+			marks = append(marks, fmt.Sprintf("%d tries left", s.Tries))
+		}
+		l := fmt.Sprintf("slot %s: %s", s.Slot, what)
+		if len(marks) > 0 {
+			l += " [" + strings.Join(marks, ", ") + "]"
+		}
+		out = append(out, l)
+	}
+	out = append(out, fmt.Sprintf("next boot: slot %s (order %s)", st.Next, strings.Join(st.Order, " ")))
+	if st.RolledBackFrom != "" {
+		out = append(out, fmt.Sprintf("last rollback: from slot %s: %s", st.RolledBackFrom, st.Reason))
+	}
+	return out
+}
+
+// Staged returns the slot the next boot tries when it is not the booted one (a
+// release was staged and waits for a reboot); ok is false when nothing is staged.
+func (st SlotsStatus) Staged() (s SlotInfo, ok bool) {
+	if st.Next == "" || st.Next == st.Booted {
+		return SlotInfo{}, false
+	}
+	for _, s := range st.Slots {
+		if s.Slot == st.Next && s.Version != "" {
+			return s, true
+		}
+	}
+	return SlotInfo{}, false
+}

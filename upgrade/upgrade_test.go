@@ -374,3 +374,31 @@ func BenchmarkStage32MiB(b *testing.B) {
 		}
 	}
 }
+
+// Inspect names what a bundle claims without trusting it: an unsigned or broken
+// folder is no bundle; a bundle signed by a stranger is listed (Verify refuses it).
+func TestInspect(t *testing.T) {
+	_, keyFile := keypair(t, "stranger")
+	dir, _ := makeBundle(t, quantix.ImageQuantixOS, "0.3.0", 4096)
+	if _, err := Inspect(dir); !errors.Is(err, os.ErrNotExist) {
+		t.Errorf("Inspect(no SHA256SUMS) = %v, want not exist", err)
+	}
+	sign(t, dir, keyFile)
+	sig, _ := os.ReadFile(filepath.Join(dir, quantix.BundleSignature))
+	os.Remove(filepath.Join(dir, quantix.BundleSignature))
+	if _, err := Inspect(dir); !errors.Is(err, ErrUnsigned) {
+		t.Errorf("Inspect(no signature) = %v, want %v", err, ErrUnsigned)
+	}
+	os.WriteFile(filepath.Join(dir, quantix.BundleSignature), sig, 0o644)
+	u, err := Inspect(dir)
+	if err != nil || u.ISO != "quantix-os.iso" || u.Image != quantix.ImageQuantixOS || u.Version != "0.3.0" || u.Dir != dir {
+		t.Errorf("Inspect = %+v, %v", u, err)
+	}
+	os.Remove(filepath.Join(dir, "quantix-os.iso"))
+	if _, err := Inspect(dir); !errors.Is(err, ErrDamaged) {
+		t.Errorf("Inspect(no iso) = %v, want %v", err, ErrDamaged)
+	}
+	if _, err := Inspect(t.TempDir()); !errors.Is(err, os.ErrNotExist) {
+		t.Errorf("Inspect(empty folder) = %v, want not exist", err)
+	}
+}

@@ -86,23 +86,9 @@ func Verify(dir string, trusted []quantix.PublicKey, r Rules) (*Bundle, error) {
 		return fail(fmt.Errorf("%w (trusted: %s): get a bundle signed by one of them", ErrBadSignature, strings.Join(names, ", ")))
 	}
 
-	listed := map[string]string{}
-	var iso, man string
-	for _, l := range strings.Split(strings.TrimRight(string(sums), "\n"), "\n") {
-		sum, name, ok := strings.Cut(l, "  ")
-		if !ok || len(sum) != 64 || name == "" || strings.ContainsAny(name, "/\\") || name == "." || name == ".." {
-			return fail(fmt.Errorf("%w: line %q is not \"<sha256>  <file>\"", ErrDamaged, l))
-		}
-		listed[name] = sum
-		switch {
-		case strings.HasSuffix(name, ".iso"):
-			iso = name
-		case strings.HasSuffix(name, ".manifest.json"):
-			man = name
-		}
-	}
-	if len(listed) != 2 || iso == "" || man != strings.TrimSuffix(iso, ".iso")+".manifest.json" {
-		return fail(fmt.Errorf("%w: %s must list one <image>.iso and its <image>.manifest.json", ErrDamaged, quantix.BundleSums))
+	listed, iso, man, err := parseSums(sums)
+	if err != nil {
+		return fail(err)
 	}
 	for name, want := range listed {
 		got, err := quantix.FileSHA256(filepath.Join(dir, name))
@@ -115,13 +101,9 @@ func Verify(dir string, trusted []quantix.PublicKey, r Rules) (*Bundle, error) {
 	}
 	b.ISO, b.ISOSHA256 = filepath.Join(dir, iso), listed[iso]
 
-	mb, err := os.ReadFile(filepath.Join(dir, man))
+	m, err := readManifest(dir, man)
 	if err != nil {
 		return fail(err)
-	}
-	var m manifest
-	if err := json.Unmarshal(mb, &m); err != nil || m.Image == "" || m.Version == "" {
-		return fail(fmt.Errorf("%w: %s names no image and version (%v)", ErrDamaged, man, err))
 	}
 	b.Image, b.Version = m.Image, m.Version
 	if m.Image != r.Image {
@@ -138,6 +120,77 @@ func Verify(dir string, trusted []quantix.PublicKey, r Rules) (*Bundle, error) {
 	}
 	b.Took = time.Since(t0)
 	return b, nil
+}
+
+// parseSums reads a bundle's SHA256SUMS: the files it lists with their sha256,
+// which must be one <image>.iso and its <image>.manifest.json.
+func parseSums(sums []byte) (listed map[string]string, iso, man string, err error) {
+	listed = map[string]string{}
+	for _, l := range strings.Split(strings.TrimRight(string(sums), "\n"), "\n") {
+		sum, name, ok := strings.Cut(l, "  ")
+		if !ok || len(sum) != 64 || name == "" || strings.ContainsAny(name, "/\\") || name == "." || name == ".." {
+			return nil, "", "", fmt.Errorf("%w: line %q is not \"<sha256>  <file>\"", ErrDamaged, l)
+		}
+		listed[name] = sum
+		switch {
+		case strings.HasSuffix(name, ".iso"):
+			iso = name
+		case strings.HasSuffix(name, ".manifest.json"):
+			man = name
+		}
+	}
+	if len(listed) != 2 || iso == "" || man != strings.TrimSuffix(iso, ".iso")+".manifest.json" {
+		return nil, "", "", fmt.Errorf("%w: %s must list one <image>.iso and its <image>.manifest.json", ErrDamaged, quantix.BundleSums)
+	}
+	return listed, iso, man, nil
+}
+
+func readManifest(dir, name string) (manifest, error) {
+	var m manifest
+	b, err := os.ReadFile(filepath.Join(dir, name))
+	if err != nil {
+		return m, err
+	}
+	if err := json.Unmarshal(b, &m); err != nil || m.Image == "" || m.Version == "" {
+		return m, fmt.Errorf("%w: %s names no image and version (%v)", ErrDamaged, name, err)
+	}
+	return m, nil
+}
+
+// Unverified is what a bundle folder says about itself before anything is
+// checked: enough to list the bundles found on a USB stick or CD. Nothing here
+// is trusted; Verify (init, when staging) decides.
+type Unverified struct {
+	Dir            string
+	ISO            string // the ISO's file name
+	Image, Version string // from its manifest, as the bundle claims
+}
+
+// Inspect reads what the bundle in dir claims to be: it needs SHA256SUMS, its
+// signature, the ISO and the manifest SHA256SUMS lists, and reads no more than
+// SHA256SUMS and the manifest (no hashing: the medium may be slow).
+func Inspect(dir string) (Unverified, error) {
+	u := Unverified{Dir: dir}
+	sums, err := os.ReadFile(filepath.Join(dir, quantix.BundleSums))
+	if err != nil {
+		return u, fmt.Errorf("bundle %s: %w", dir, err)
+	}
+	if _, err := os.Stat(filepath.Join(dir, quantix.BundleSignature)); err != nil {
+		return u, fmt.Errorf("bundle %s: %w: %w", dir, ErrUnsigned, err)
+	}
+	_, iso, man, err := parseSums(sums)
+	if err != nil {
+		return u, fmt.Errorf("bundle %s: %w", dir, err)
+	}
+	if st, err := os.Stat(filepath.Join(dir, iso)); err != nil || !st.Mode().IsRegular() {
+		return u, fmt.Errorf("bundle %s: %w: %s lists %s, which is not there", dir, ErrDamaged, quantix.BundleSums, iso)
+	}
+	m, err := readManifest(dir, man)
+	if err != nil {
+		return u, fmt.Errorf("bundle %s: %w", dir, err)
+	}
+	u.ISO, u.Image, u.Version = iso, m.Image, m.Version
+	return u, nil
 }
 
 // CompareVersions compares release versions MAJOR.MINOR.PATCH[-PRE]: -1, 0 or 1.

@@ -23,6 +23,9 @@ type Filesystem struct {
 	Disk   string // the whole disk it lives on: sdb
 	Type   string // ext4, vfat, iso9660
 	Label  string
+	// Removable: the disk is a removable medium (a CD drive, most USB sticks:
+	// sysfs removable=1) or hangs off a USB bus (USB disks that say removable=0).
+	Removable bool
 }
 
 // ProbeLabel reads the filesystem type and label from the start of a block device:
@@ -94,11 +97,22 @@ func ScanFilesystems(sysBlock, devDir string) ([]Filesystem, error) {
 		typ, label, ok := ProbeLabel(f)
 		f.Close()
 		if ok {
-			out = append(out, Filesystem{Device: filepath.Join(devDir, name), Disk: disk, Type: typ, Label: label})
+			out = append(out, Filesystem{Device: filepath.Join(devDir, name), Disk: disk, Type: typ, Label: label,
+				Removable: removable(sysBlock, disk)})
 		}
 	}
 	sort.Slice(out, func(i, j int) bool { return out[i].Device < out[j].Device })
 	return out, nil
+}
+
+// removable reports whether disk (a whole disk under sysBlock) is removable or
+// on USB: its removable flag, or "/usb" in the device path its sysfs link names.
+func removable(sysBlock, disk string) bool {
+	if b, err := os.ReadFile(filepath.Join(sysBlock, disk, "removable")); err == nil && strings.TrimSpace(string(b)) == "1" {
+		return true
+	}
+	real, err := filepath.EvalSymlinks(filepath.Join(sysBlock, disk))
+	return err == nil && strings.Contains(real, "/usb")
 }
 
 // ErrNoFilesystem is returned by FindByLabel when no filesystem has the label.

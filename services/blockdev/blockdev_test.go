@@ -93,8 +93,9 @@ func TestScanFilesystems(t *testing.T) {
 		t.Fatal(err)
 	}
 	cfgData, _ := os.ReadFile(cfg)
-	// sr0: the boot CD; vda: a config stick; sdb1: another QUANTIX-CFG on the
-	// boot disk sdb (which also holds the ISO image as sdb itself); ram0: ignored.
+	// sr0: the boot CD (removable); vda: a config stick; sdb1: another QUANTIX-CFG
+	// on the boot disk sdb (which also holds the ISO image as sdb itself); sdc1: a
+	// USB disk that says removable=0; ram0: ignored.
 	devs := []struct {
 		name, parent string
 		data         []byte
@@ -103,8 +104,12 @@ func TestScanFilesystems(t *testing.T) {
 		{"vda", "", cfgData},
 		{"sdb", "", isoPVD("QUANTIX-OS")},
 		{"sdb1", "sdb", cfgData},
+		{"usb1/1-1/sdc", "", nil},
+		{"sdc1", "usb1/1-1/sdc", isoPVD("BUNDLES")},
 		{"ram0", "", cfgData},
 	}
+	os.MkdirAll(filepath.Join(sysDevices, "sr0"), 0o755)
+	os.WriteFile(filepath.Join(sysDevices, "sr0", "removable"), []byte("1\n"), 0o644)
 	for _, d := range devs {
 		p := filepath.Join(sysDevices, d.name)
 		if d.parent != "" {
@@ -116,10 +121,13 @@ func TestScanFilesystems(t *testing.T) {
 			os.WriteFile(filepath.Join(p, "partition"), []byte("1\n"), 0o644)
 		}
 		os.WriteFile(filepath.Join(p, "size"), []byte("32768\n"), 0o644)
-		if err := os.Symlink(p, filepath.Join(sysBlock, d.name)); err != nil {
+		name := filepath.Base(d.name)
+		if err := os.Symlink(p, filepath.Join(sysBlock, name)); err != nil {
 			t.Fatal(err)
 		}
-		os.WriteFile(filepath.Join(dev, d.name), d.data, 0o644)
+		if d.data != nil {
+			os.WriteFile(filepath.Join(dev, name), d.data, 0o644)
+		}
 	}
 	fss, err := blockdev.ScanFilesystems(sysBlock, dev)
 	if err != nil {
@@ -128,7 +136,8 @@ func TestScanFilesystems(t *testing.T) {
 	want := []blockdev.Filesystem{
 		{Device: filepath.Join(dev, "sdb"), Disk: "sdb", Type: "iso9660", Label: "QUANTIX-OS"},
 		{Device: filepath.Join(dev, "sdb1"), Disk: "sdb", Type: "ext4", Label: quantix.LabelConfig},
-		{Device: filepath.Join(dev, "sr0"), Disk: "sr0", Type: "iso9660", Label: "QUANTIX-OS"},
+		{Device: filepath.Join(dev, "sdc1"), Disk: "sdc", Type: "iso9660", Label: "BUNDLES", Removable: true},
+		{Device: filepath.Join(dev, "sr0"), Disk: "sr0", Type: "iso9660", Label: "QUANTIX-OS", Removable: true},
 		{Device: filepath.Join(dev, "vda"), Disk: "vda", Type: "ext4", Label: quantix.LabelConfig},
 	}
 	if diff := cmp.Diff(want, fss); diff != "" {

@@ -3,8 +3,9 @@
 // hostname, management address and its source, the URL to open, registration or
 // node counts, services, uptime, whether anything persists) and lets an operator
 // who knows the console password fix the management network (through the network
-// service's safe apply), set the hostname, test the network, restart a service and
-// reboot or power off (through qx-init). It never offers a shell.
+// service's safe apply), set the hostname, test the network, restart a service,
+// upgrade from a release bundle on a USB stick or CD (staged by qx-init, then a
+// reboot) and reboot or power off (through qx-init). It never offers a shell.
 //
 // The screens are plain ASCII drawn for 80x24 with no colour, mouse or wide glyph,
 // so they work on a VGA console and on a vt100 serial terminal alike. Each screen is
@@ -59,6 +60,12 @@ type Config struct {
 	MountInfo     string // /proc/self/mountinfo
 	UptimePath    string // /proc/uptime
 	ProcRoot      string // /proc
+	SysBlock      string // /sys/class/block: the disks the Upgrade screen looks on
+	DevDir        string // /dev
+	MediaDir      string // MediaDir: where it mounts them
+	// VolumeLabel is the boot medium's label (the image config's volume_label):
+	// the Upgrade screen does not look for bundles on it.
+	VolumeLabel string
 
 	// AgentURL is the local agent's status endpoint base (Quantix-OS), e.g.
 	// http://127.0.0.1:9101; its port is also the one in the URL shown.
@@ -109,6 +116,9 @@ func (c *Config) fill() {
 	def(&c.MountInfo, "/proc/self/mountinfo")
 	def(&c.UptimePath, "/proc/uptime")
 	def(&c.ProcRoot, "/proc")
+	def(&c.SysBlock, "/sys/class/block")
+	def(&c.DevDir, "/dev")
+	def(&c.MediaDir, MediaDir)
 	if c.Refresh <= 0 {
 		c.Refresh = 2 * time.Second
 	}
@@ -153,6 +163,9 @@ func New(cfg Config, log *slog.Logger) (*Service, error) {
 		}
 		if s.cfg.Version == "" {
 			s.cfg.Version = ic.Version
+		}
+		if s.cfg.VolumeLabel == "" {
+			s.cfg.VolumeLabel = ic.VolumeLabel
 		}
 		for _, sv := range ic.Services {
 			s.known = append(s.known, KnownService{Name: sv.Name, Command: sv.Command})

@@ -32,6 +32,9 @@ type Init interface {
 	Services(ctx context.Context) ([]ServiceState, error)
 	Restart(ctx context.Context, name string) error
 	Power(ctx context.Context, action string) error
+	// Slots and Stage are init's A/B upgrade requests (quantix.InitClient).
+	Slots(ctx context.Context) (quantix.SlotsStatus, error)
+	Stage(ctx context.Context, dir string) (quantix.Staged, error)
 }
 
 // InitClient is the console's Init: quantix.InitClient on Socket, plus a fallback
@@ -63,6 +66,17 @@ func (c InitClient) Power(ctx context.Context, action string) error {
 // Restart asks qx-init to restart one service.
 func (c InitClient) Restart(ctx context.Context, name string) error {
 	return c.init().Restart(ctx, name)
+}
+
+// Slots asks qx-init for the A/B slots (an error wrapping quantix.ErrNotAB on a
+// live boot).
+func (c InitClient) Slots(ctx context.Context) (quantix.SlotsStatus, error) {
+	return c.init().Slots(ctx)
+}
+
+// Stage asks qx-init to verify the bundle in dir and write it into the other slot.
+func (c InitClient) Stage(ctx context.Context, dir string) (quantix.Staged, error) {
+	return c.init().Stage(ctx, dir)
 }
 
 // Services asks qx-init for the service states; when it cannot answer, it falls

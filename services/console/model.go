@@ -20,6 +20,7 @@ const (
 	scrPower
 	scrPassword
 	scrSetPassword
+	scrUpgrade
 )
 
 // action is what a key asks of the top-level model: open another screen, or lock
@@ -31,6 +32,7 @@ const (
 	actConfirm  action = "confirm"  // keep or roll back a pending change (password)
 	actHostname action = "hostname" // set the hostname (password)
 	actPower    action = "power"    // reboot or power off (password)
+	actUpgrade  action = "upgrade"  // stage a release from media, reboot into it (password)
 	actRestart  action = "restart"  // restart the selected service (password)
 	actTest     action = "test"     // test the management network
 	actServices action = "services" // list the services and their logs
@@ -68,6 +70,7 @@ type Model struct {
 	test    netTestScreen
 	svc     servicesScreen
 	power   powerScreen
+	upg     upgradeScreen
 }
 
 // NewModel returns the console model for cfg (defaults already filled in).
@@ -121,7 +124,7 @@ func (m Model) Update(msg tea.Msg) (tea.Model, tea.Cmd) {
 			cmds = append(cmds, tea.ClearScreen)
 		}
 		if m.unlocked && m.now.Sub(m.lastKey) > m.cfg.IdleLock {
-			m.lock("locked after inactivity")
+			cmds = append(cmds, m.lock("locked after inactivity"))
 		}
 		return m, tea.Batch(cmds...)
 	case snapMsg:
@@ -174,6 +177,17 @@ func (m Model) Update(msg tea.Msg) (tea.Model, tea.Cmd) {
 	case logMsg:
 		m.svc.logged(&m.ui, msg)
 		return m, nil
+	case slotsMsg:
+		m.upg.slotsAnswered(msg)
+		return m, nil
+	case mediaMsg:
+		m.upg.scannedMedia(&m.ui, msg)
+		return m, nil
+	case stageMsg:
+		return m, m.upg.staged(&m.ui, msg)
+	case releasedMsg:
+		m.upg.released(&m.ui, msg)
+		return m, nil
 	case doneMsg:
 		m.busy = ""
 		if msg.err != nil {
@@ -186,16 +200,21 @@ func (m Model) Update(msg tea.Msg) (tea.Model, tea.Cmd) {
 	return m, nil
 }
 
-// lock forgets the password: the screens that change something close.
-func (m *Model) lock(why string) {
+// lock forgets the password: the screens that change something close (the
+// Upgrade screen unmounts its media).
+func (m *Model) lock(why string) tea.Cmd {
 	m.unlocked = false
+	var cmd tea.Cmd
 	switch m.scr {
 	case scrNetwork, scrHostname, scrPower, scrPassword, scrSetPassword:
 		m.scr = scrStatus
+	case scrUpgrade:
+		cmd = m.upg.close(&m.ui)
 	case scrServices:
 		m.svc.ask = false
 	}
 	m.msg = why
+	return cmd
 }
 
 // key hands a key to the screen that shows.
@@ -225,6 +244,8 @@ func (m Model) key(k tea.KeyMsg) (tea.Model, tea.Cmd) {
 		}
 	case scrPower:
 		cmd = m.power.key(&m.ui, k)
+	case scrUpgrade:
+		cmd = m.upg.key(&m.ui, k)
 	}
 	return m, cmd
 }
@@ -237,7 +258,7 @@ func (m Model) open(a action) (tea.Model, tea.Cmd) {
 		return m, nil
 	case actLock:
 		if m.unlocked {
-			m.lock("Console locked.")
+			return m, m.lock("Console locked.")
 		}
 		return m, nil
 	case actTest:
@@ -271,6 +292,8 @@ func (m Model) perform(a action) (tea.Model, tea.Cmd) {
 		m.power.open(&m.ui)
 	case actRestart:
 		m.svc.askRestart(&m.ui)
+	case actUpgrade:
+		return m, m.upg.open(&m.ui)
 	default:
 		m.scr = scrStatus
 	}

@@ -19,7 +19,8 @@ func testConfig(t *testing.T, image string) *Config {
 		HostnameFile: filepath.Join(dir, "hostname"), NetworkSocket: filepath.Join(dir, "net.sock"),
 		NetworkConfig: filepath.Join(dir, "network.toml"), LogDir: dir, AgentURL: "http://127.0.0.1:9101",
 		VDCURL: "http://127.0.0.1:8080", InitSocket: filepath.Join(dir, "init.sock"), MountInfo: filepath.Join(dir, "mountinfo"),
-		UptimePath: filepath.Join(dir, "uptime")}
+		UptimePath: filepath.Join(dir, "uptime"), SysBlock: filepath.Join(dir, "sys"), DevDir: filepath.Join(dir, "dev"),
+		MediaDir: filepath.Join(dir, "media")}
 	c.fill()
 	c.SetHostname = func(string) error { return nil }
 	c.Init = InitClient{Socket: c.InitSocket}

@@ -28,6 +28,8 @@ func (statusScreen) key(u *ui, k tea.KeyMsg) action {
 		return actTest
 	case "s":
 		return actServices
+	case "u":
+		return actUpgrade
 	case "p":
 		return actPower
 	case "l":
@@ -37,7 +39,7 @@ func (statusScreen) key(u *ui, k tea.KeyMsg) action {
 }
 
 func (statusScreen) view(u *ui) ([]string, string) {
-	keys := "n Network  h Hostname  t Test network  s Services  p Power"
+	keys := "n Network  h Host  t Test  s Services  u Upgrade  p Power"
 	if u.unlocked {
 		keys += "  l Lock"
 	}

@@ -13,7 +13,9 @@ import (
 	tea "github.com/charmbracelet/bubbletea"
 
 	"github.com/quantix/quantix"
+	"github.com/quantix/quantix/services/blockdev"
 	"github.com/quantix/quantix/services/network"
+	"github.com/quantix/quantix/upgrade"
 )
 
 var updateGolden = flag.Bool("update", false, "rewrite testdata/screens.golden from what the screens draw now")
@@ -27,7 +29,8 @@ func goldenConfig(t *testing.T, image string) *Config {
 	}
 	c := &Config{Image: image, Version: "0.1.0", PasswordFile: "password", HostnameFile: "hostname",
 		NetworkSocket: "net.sock", NetworkConfig: "network.toml", LogDir: "log", AgentURL: "http://127.0.0.1:9101",
-		VDCURL: "http://127.0.0.1:8080", InitSocket: "init.sock", MountInfo: "mountinfo", UptimePath: "uptime"}
+		VDCURL: "http://127.0.0.1:8080", InitSocket: "init.sock", MountInfo: "mountinfo", UptimePath: "uptime",
+		SysBlock: "sys", DevDir: "dev", MediaDir: "media"}
 	c.fill()
 	c.SetHostname = func(string) error { return nil }
 	c.Init = InitClient{Socket: c.InitSocket}
@@ -229,6 +232,38 @@ func TestScreensGolden(t *testing.T) {
 			step("restart? locked", keys("r")...),
 			step("esc back to services", keys("\x1b")...),
 		}},
+		{name: "upgrade", image: quantix.ImageQuantixOS, password: "abcdefgh", steps: []goldenStep{
+			step("u", keys("u")...),
+			step("unlocked, no init", keys("abcdefgh\r")...),
+			step("m without slots", keys("m")...),
+			step("slots after a rollback", slotsMsg{st: quantix.SlotsStatus{Booted: "a", State: quantix.SlotRolledBack, Order: []string{"a", "b"},
+				Next: "a", RolledBackFrom: "b", Reason: `health gate "agent" failed after 120 s: no registration with the vDC (logs in /var/lib/quantix/upgrade/failed-b-20260101T100000Z)`,
+				Slots: []quantix.SlotInfo{{Slot: "a", Good: true, Image: quantix.ImageQuantixOS, Version: "0.1.0"}, {Slot: "b", Image: quantix.ImageQuantixOS, Version: "0.1.1"}}}}),
+			step("scan, no sysfs", keys("m")...),
+			step("media", mediaMsg{media: goldenMedia()}),
+			step("down", keys("j")...),
+			step("down at the end", key(tea.KeyDown)),
+			step("stage?", keys("\r")...),
+			step("no", keys("x")...),
+			step("up", key(tea.KeyUp)),
+			step("stage, no init", keys("\ry")...),
+			step("refused", stageMsg{b: mediaBundle{goldenMedia()[0].Bundles[0], "/dev/sdb1"},
+				err: errors.New("stage: verify bundle media/sdb1: bundle signature is not from a key this image trusts (trusted: release-2026): get a bundle signed by one of them")}),
+			step("staged", stageMsg{b: mediaBundle{goldenMedia()[0].Bundles[0], "/dev/sdb1"},
+				st: quantix.Staged{Slot: "b", Image: quantix.ImageQuantixOS, Version: "0.2.0", SignedBy: "release-2026", Seconds: 1.25}}),
+			step("slots after staging", slotsMsg{st: quantix.SlotsStatus{Booted: "a", State: quantix.SlotGood, Order: []string{"b", "a"}, Next: "b",
+				Slots: []quantix.SlotInfo{{Slot: "a", Good: true, Image: quantix.ImageQuantixOS, Version: "0.1.0"}, {Slot: "b", Tries: 3, Image: quantix.ImageQuantixOS, Version: "0.2.0"}}}}),
+			step("reboot?", keys("r")...),
+			step("no", keys("n")...),
+			step("reboot, no init", keys("ry")...),
+			step("esc", keys("\x1b")...),
+		}},
+		{name: "upgrade live boot", image: quantix.ImageQvDC, password: "abcdefgh", edit: func(s *Snapshot) { s.Agent = nil }, steps: []goldenStep{
+			step("u", keys("uabcdefgh\r")...),
+			step("live", slotsMsg{err: fmt.Errorf("slots: %w", quantix.ErrNotAB)}),
+			step("m offers nothing", keys("m\rr")...),
+			step("idle", tickMsg(time.Now().Add(time.Hour))),
+		}},
 		{name: "idle lock", image: quantix.ImageQuantixOS, password: "abcdefgh", steps: []goldenStep{
 			step("services restart?", keys("srabcdefgh\r")...),
 			step("idle", tickMsg(time.Now().Add(time.Hour))),
@@ -309,5 +344,21 @@ func TestScreensGolden(t *testing.T) {
 				t.Fatalf("screens differ from %s at line %d:\n got %q\nwant %q\n(go test -run TestScreensGolden -update rewrites it)", path, i+1, gl, wl)
 			}
 		}
+	}
+}
+
+// goldenMedia is a scan as the Upgrade screen gets it: a stick with a bundle in a
+// folder, one at its root and a folder that is no bundle; a stick with none; a CD
+// that would not mount.
+func goldenMedia() []Medium {
+	os := quantix.ImageQuantixOS
+	return []Medium{
+		{Filesystem: blockdev.Filesystem{Device: "/dev/sdb1", Disk: "sdb", Type: "vfat", Label: "RELEASES", Removable: true}, Dir: "media/sdb1",
+			Bundles: []upgrade.Unverified{{Dir: "media/sdb1/quantix-0.2.0", ISO: "quantix-os.iso", Image: os, Version: "0.2.0"},
+				{Dir: "media/sdb1", ISO: "quantix-os.iso", Image: os, Version: "0.2.1-rc1"}},
+			Broken: []error{errors.New("bundle media/sdb1/half: bundle is not signed: stat media/sdb1/half/SHA256SUMS.sig: no such file or directory")}},
+		{Filesystem: blockdev.Filesystem{Device: "/dev/sdc", Disk: "sdc", Type: "vfat", Label: "PHOTOS", Removable: true}},
+		{Filesystem: blockdev.Filesystem{Device: "/dev/sr0", Disk: "sr0", Type: "iso9660", Label: "CDROM", Removable: true},
+			Err: errors.New("mount /dev/sr0 (iso9660) read-only on media/sr0: no medium found")},
 	}
 }

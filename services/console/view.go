@@ -33,6 +33,8 @@ func (m Model) View() string {
 		body, keys = m.svc.view(u)
 	case scrPower:
 		body, keys = m.power.view(u)
+	case scrUpgrade:
+		body, keys = m.upg.view(u)
 	}
 	w, h := max(m.width, 20), max(m.height, 6)
 	lines := []string{u.header(), strings.Repeat("=", w-1)}

@@ -18,9 +18,9 @@ import (
 	"github.com/quantix/quantix/upgrade"
 )
 
-// ErrNotAB is the answer to the slots and stage requests on a machine that did
-// not boot from an installed A/B disk (a live boot from the ISO).
-var ErrNotAB = errors.New("not booted from an installed A/B disk (a live boot): there are no slots to upgrade; install the image first")
+// ErrNotAB is the answer to the slots and stage requests on a live boot (the
+// contract is quantix.ErrNotAB, which InitClient recognises).
+var ErrNotAB = quantix.ErrNotAB
 
 // Where init keeps what an upgrade needs to know across boots, on QUANTIX-DATA.
 const (

@@ -3,6 +3,7 @@ package initd
 import (
 	"context"
 	"crypto/rand"
+	"errors"
 	"log/slog"
 	"os"
 	"path/filepath"
@@ -111,7 +112,7 @@ func TestControlSlotsAndStage(t *testing.T) {
 	}
 	// A live boot has no slots.
 	ctl.Slots = nil
-	if _, err := c.Slots(ctx); err == nil || !strings.Contains(err.Error(), "live boot") {
+	if _, err := c.Slots(ctx); !errors.Is(err, quantix.ErrNotAB) {
 		t.Errorf("slots on a live boot: %v, want not an A/B install", err)
 	}
 	if _, err := c.Stage(ctx, good); err == nil || !strings.Contains(err.Error(), "live boot") {

@@ -346,7 +346,7 @@ func restartLibvirtd(t *testing.T, st *serialTerm, v *vdctest.VDC, nodeID string
 		t.Errorf("after the libvirtd restart the hypervisor is %+v, want available", h)
 	}
 	st.send(t, keyEsc)
-	st.waitFor(t, 30*time.Second, "s Services  p Power")
+	st.waitFor(t, 30*time.Second, "u Upgrade  p Power")
 }
 
 // hasEvent reports whether events hold one of kind whose message contains msg, at
