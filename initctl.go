@@ -6,6 +6,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"io"
 	"net"
 	"strings"
 	"time"
@@ -80,6 +81,41 @@ type SlotsStatus struct {
 	// (the failed gate and its error, or "no verdict" for a panic or hang).
 	RolledBackFrom string `json:"rolled_back_from,omitempty"`
 	Reason         string `json:"reason,omitempty"`
+}
+
+// Write prints the slots for an operator (qx-node upgrade status, qx-ctl
+// controller show).
+func (st SlotsStatus) Write(w io.Writer) {
+	trial := ""
+	if st.Trial {
+		trial = " (a trial, not judged yet)"
+	}
+	fmt.Fprintf(w, "booted: slot %s, state %s%s\n", st.Booted, st.State, trial)
+	for _, s := range st.Slots {
+		what := "empty"
+		if s.Version != "" {
+			what = s.Image + " " + s.Version
+		}
+		var marks []string
+		if s.Slot == st.Booted {
+			marks = append(marks, "booted")
+		}
+		if s.Good {
+			marks = append(marks, "good")
+		}
+		if s.Tries > 0 {
+			marks = append(marks, fmt.Sprintf("%d tries left", s.Tries))
+		}
+		fmt.Fprintf(w, "slot %s: %s", s.Slot, what)
+		if len(marks) > 0 {
+			fmt.Fprintf(w, " [%s]", strings.Join(marks, ", "))
+		}
+		fmt.Fprintln(w)
+	}
+	fmt.Fprintf(w, "next boot: slot %s (order %s)\n", st.Next, strings.Join(st.Order, " "))
+	if st.RolledBackFrom != "" {
+		fmt.Fprintf(w, "last rollback: from slot %s: %s\n", st.RolledBackFrom, st.Reason)
+	}
 }
 
 // Staged is the answer to a stage request.
