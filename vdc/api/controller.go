@@ -79,19 +79,21 @@ func (a *API) upgradeController(w http.ResponseWriter, r *http.Request) {
 		a.fail(w, r, err)
 		return
 	}
-	staged, err := a.cfg.Init.Stage(r.Context(), dir)
+	// Once asked, init stages whether or not the client waits: record it either way.
+	ctx := context.WithoutCancel(r.Context())
+	staged, err := a.cfg.Init.Stage(ctx, dir)
 	if err != nil && !noInit(err) {
 		// The folder is this vDC's own business: the answer names the release.
 		err = errors.New(strings.NewReplacer(quantix.InitRequestStage+" "+dir+": ", "", "verify bundle "+dir+": ", "").Replace(err.Error()))
 	}
 	if err != nil {
 		if !noInit(err) {
-			a.event(r.Context(), quantix.ControllerRefused, fmt.Sprintf("qx-init refused release %s (%s %s): %v", rel.ID, rel.Image, rel.Version, err))
+			a.event(ctx, quantix.ControllerRefused, fmt.Sprintf("qx-init refused release %s (%s %s): %v", rel.ID, rel.Image, rel.Version, err))
 		}
 		a.fail(w, r, initError(err, "stage release "+rel.Image+" "+rel.Version, http.StatusUnprocessableEntity))
 		return
 	}
-	a.event(r.Context(), quantix.ControllerStaged, fmt.Sprintf("staged %s %s (release %s, signed by %s) into slot %s; activate: %v",
+	a.event(ctx, quantix.ControllerStaged, fmt.Sprintf("staged %s %s (release %s, signed by %s) into slot %s; activate: %v",
 		staged.Image, staged.Version, rel.ID, staged.SignedBy, staged.Slot, req.Activate))
 	a.log.Info("vdc upgrade staged", "release", rel.ID, "version", staged.Version, "slot", staged.Slot, "activate", req.Activate)
 	res := quantix.ControllerUpgrade{Release: rel, Staged: staged, Rebooting: req.Activate}
@@ -108,13 +110,12 @@ func (a *API) upgradeController(w http.ResponseWriter, r *http.Request) {
 	if err := http.NewResponseController(w).Flush(); err != nil {
 		a.log.Warn("vdc upgrade: flush the answer before the reboot", "err", err)
 	}
-	ctx := context.WithoutCancel(r.Context())
+	// Recorded first: init stops this vDC as soon as it takes the request.
+	a.event(ctx, quantix.ControllerRebooting, fmt.Sprintf("rebooting into slot %s (%s %s) as a trial", staged.Slot, staged.Image, staged.Version))
 	if err := a.cfg.Init.Power(ctx, quantix.Reboot); err != nil {
 		a.log.Error("vdc upgrade: reboot", "err", err)
 		a.event(ctx, quantix.ControllerRebootFailed, fmt.Sprintf("reboot into slot %s failed: %v; it boots %s %s at the next reboot", staged.Slot, err, staged.Image, staged.Version))
-		return
 	}
-	a.event(ctx, quantix.ControllerRebooting, fmt.Sprintf("rebooting into slot %s (%s %s) as a trial", staged.Slot, staged.Image, staged.Version))
 }
 
 // initError is what a request that needs init answers when init failed: 503
