@@ -65,7 +65,8 @@ func TestControllerCommands(t *testing.T) {
 		t.Errorf("controller show without init:\n%s", r)
 	}
 	l.must("releases", "upload", in.Bundle(quantix.ImageQvDC, "2.1.0", 4096, true))
-	if r := l.ctl("controller", "upgrade", "qvdc-2.1.0", "--activate"); r.code != exitUnreachable || !strings.Contains(r.stderr, "does not run under qx-init") {
+	if r := l.ctl("controller", "upgrade", "qvdc-2.1.0", "--activate"); r.code != exitUnreachable || !strings.Contains(r.stderr, "does not run under qx-init") ||
+		strings.Contains(r.stderr, "is the vDC running") {
 		t.Errorf("controller upgrade without init: %s, want exit 5 saying why", r)
 	}
 }

@@ -235,7 +235,10 @@ func exitCode(err error) int {
 
 // hint adds what to do about the common failures.
 func (c *cli) hint(err error, code int) string {
+	var answered *client.Error
 	switch {
+	case errors.As(err, &answered) && answered.Status == http.StatusServiceUnavailable:
+		return "" // the vDC itself answered and said why
 	case code == exitAuth && errors.Is(err, client.ErrUnauthorized):
 		return fmt.Sprintf(" (admin token from %s; the vDC prints it once on its console at first start)", c.tokenSource)
 	case code == exitUnreachable && errors.Is(err, context.DeadlineExceeded):
