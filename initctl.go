@@ -6,6 +6,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"io"
 	"net"
 	"strings"
 	"time"
@@ -80,6 +81,14 @@ type SlotsStatus struct {
 	// (the failed gate and its error, or "no verdict" for a panic or hang).
 	RolledBackFrom string `json:"rolled_back_from,omitempty"`
 	Reason         string `json:"reason,omitempty"`
+}
+
+// Write prints the slots for an operator (qx-node upgrade status, qx-ctl
+// controller show).
+func (st SlotsStatus) Write(w io.Writer) {
+	for _, l := range st.Lines() {
+		fmt.Fprintln(w, l)
+	}
 }
 
 // Staged is the answer to a stage request.

@@ -92,7 +92,8 @@ const (
 
 // Lines describes the slots for an operator, one line each: the booted slot and
 // its state, each slot with what it holds, the next boot and the last rollback
-// (qx-node upgrade status and the console's Upgrade screen print them).
+// (qx-node upgrade status, qx-ctl controller show and the console's Upgrade
+// screen print them).
 func (st SlotsStatus) Lines() []string {
 	trial := ""
 	if st.Trial {

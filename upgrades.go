@@ -164,3 +164,61 @@ type Upgrade struct {
 type UpgradeList struct {
 	Upgrades []Upgrade `json:"upgrades"`
 }
+
+// The QvDC appliance's own upgrade (docs/design.md §16): the vDC that answers
+// asks its local qx-init (InitClient) for its slots, and to stage a stored
+// qvdc release into the slot it does not run; the appliance boots it as a trial
+// at its next reboot, at once when Activate.
+const (
+	PathController        = "/api/v1/controller"        // GET ControllerOS (admin)
+	PathControllerUpgrade = PathController + "/upgrade" // POST ControllerUpgradeRequest (admin)
+)
+
+// ControllerOS is the operating system of the vDC that answered (GET
+// PathController).
+type ControllerOS struct {
+	Hostname string `json:"hostname"`
+	// Image is the booted slot's image; "" when Slots is nil.
+	Image string `json:"image,omitempty"`
+	// Version is the running qx-vdc's own version (the version rules' base).
+	Version string `json:"version"`
+	// Slots is nil when this vDC does not run under qx-init on an installed A/B
+	// disk (a development run, a live boot); Unavailable then says why, and the
+	// vDC cannot be upgraded through its API.
+	Slots       *SlotsStatus      `json:"slots,omitempty"`
+	Unavailable string            `json:"unavailable,omitempty"`
+	Events      []ControllerEvent `json:"events"` // this vDC's latest upgrade events, oldest first
+}
+
+// ControllerEvent is one entry of a vDC's own upgrade history.
+type ControllerEvent struct {
+	ID       int64     `json:"id"`
+	Hostname string    `json:"hostname"`
+	Kind     string    `json:"kind"` // ControllerStaged, ControllerRefused, ControllerRebooting, ControllerRebootFailed
+	Message  string    `json:"message"`
+	At       time.Time `json:"at"`
+}
+
+// ControllerEvent kinds.
+const (
+	ControllerStaged       = "staged"
+	ControllerRefused      = "refused" // qx-init refused the bundle: nothing was written
+	ControllerRebooting    = "rebooting"
+	ControllerRebootFailed = "reboot_failed"
+)
+
+// ControllerUpgradeRequest is the body of POST PathControllerUpgrade: the release
+// (its id or "<image>-<version>", a qvdc release newer than the running one) and
+// whether to reboot into it once staged (else it boots at the next reboot).
+type ControllerUpgradeRequest struct {
+	Release  string `json:"release"`
+	Activate bool   `json:"activate"`
+}
+
+// ControllerUpgrade is the answer to POST PathControllerUpgrade: the release
+// staged and where; Rebooting says the vDC reboots now (it goes away for a while).
+type ControllerUpgrade struct {
+	Release   Release `json:"release"`
+	Staged    Staged  `json:"staged"`
+	Rebooting bool    `json:"rebooting"`
+}

@@ -13,8 +13,8 @@ import (
 	"time"
 
 	"github.com/quantix/quantix"
-	"github.com/quantix/quantix/agent/internal/inittest"
 	"github.com/quantix/quantix/agent/nodeos"
+	"github.com/quantix/quantix/services/initd/inittest"
 )
 
 // TestUpgradeWiring runs the whole agent against a real vDC behind a front that

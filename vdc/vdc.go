@@ -55,6 +55,7 @@ import (
 //	max_image_bytes = 68719476736     # one image or release upload at most (64 GiB)
 //	trusted_keys_files = ["/etc/quantix/trusted-keys", "/quantix/upgrade/trusted-keys"]
 //	upgrade_node_timeout = "15m"  # one node of a rolling upgrade, from staging to its slot good
+//	init_socket = "/run/quantix/init.sock"  # the appliance's qx-init: this vDC's own slots and upgrade
 type Config struct {
 	Listen            string           `toml:"listen"`
 	DatabaseURL       string           `toml:"database_url"`
@@ -99,6 +100,11 @@ type Config struct {
 	// node is not running the release with its slot good in that time.
 	TrustedKeysFiles   []string         `toml:"trusted_keys_files"`
 	UpgradeNodeTimeout quantix.Duration `toml:"upgrade_node_timeout"`
+	// InitSocket is the control socket of the qx-init this vDC runs under on its
+	// appliance (quantix.InitSocket): GET /api/v1/controller shows its slots and
+	// POST /api/v1/controller/upgrade has it stage a release. Without one (a
+	// development run) both say so.
+	InitSocket string `toml:"init_socket"`
 	// Version is the vDC's version for the version-skew rule (quantix.Version;
 	// tests set another).
 	Version string `toml:"-"`
@@ -139,6 +145,7 @@ func DefaultConfig() Config {
 		MaxImageBytes:      DefaultMaxImageBytes,
 		TrustedKeysFiles:   []string{quantix.TrustedKeysPath, quantix.SiteTrustedKeys},
 		UpgradeNodeTimeout: quantix.Duration{Duration: DefaultUpgradeNodeTimeout},
+		InitSocket:         quantix.InitSocket,
 		Version:            quantix.Version,
 	}
 }
@@ -458,7 +465,8 @@ func (s *Service) Run(ctx context.Context) error {
 	desired.WatchAdminToken(admin)
 	a := api.New(api.Config{Store: st, Heartbeats: hb, HeartbeatInterval: interval,
 		Admin: admin, AgentURLs: s.cfg.AgentURLs, AgentCA: ca, Desired: desired, DataDir: s.cfg.DataDir,
-		MaxImageBytes: s.cfg.MaxImageBytes, TrustedKeysFiles: s.cfg.TrustedKeysFiles, Version: s.cfg.Version}, s.log)
+		MaxImageBytes: s.cfg.MaxImageBytes, TrustedKeysFiles: s.cfg.TrustedKeysFiles, Version: s.cfg.Version,
+		Init: quantix.InitClient{Socket: s.cfg.InitSocket}}, s.log)
 
 	cert, err := s.loadTLS()
 	if err != nil {

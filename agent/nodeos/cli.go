@@ -9,13 +9,6 @@ import (
 	"github.com/quantix/quantix"
 )
 
-// WriteSlots prints init's slots for an operator (qx-node upgrade status).
-func WriteSlots(w io.Writer, st quantix.SlotsStatus) {
-	for _, l := range st.Lines() {
-		fmt.Fprintln(w, l)
-	}
-}
-
 // Staged returns the slot the next boot tries when it is not the booted one (a
 // release was staged), or an error saying that nothing is staged.
 func Staged(st quantix.SlotsStatus) (quantix.SlotInfo, error) {

@@ -16,9 +16,9 @@ import (
 	"time"
 
 	"github.com/quantix/quantix"
-	"github.com/quantix/quantix/agent/internal/inittest"
 	"github.com/quantix/quantix/agent/nodeos"
 	"github.com/quantix/quantix/agent/vms"
+	"github.com/quantix/quantix/services/initd/inittest"
 )
 
 const (

@@ -13,6 +13,7 @@ import (
 	"log/slog"
 	"math"
 	"net/http"
+	"os"
 	"strings"
 	"sync/atomic"
 	"time"
@@ -43,8 +44,13 @@ type Config struct {
 	// (one quantix.PublicKey a line; a missing file adds none).
 	TrustedKeysFiles []string
 	// Version is the vDC's own version (quantix.Version): no node is upgraded
-	// past it.
+	// past it, and the vDC's own upgrade goes only forward from it.
 	Version string
+	// Init is the local qx-init that runs this vDC on its appliance (the
+	// controller endpoints); Hostname names this vDC in its own upgrade events
+	// ("": os.Hostname()).
+	Init     quantix.InitClient
+	Hostname string
 }
 
 // AgentCA is what the API needs of the agent CA: the pins to announce, the state to
@@ -78,6 +84,9 @@ const (
 func New(cfg Config, log *slog.Logger) *API {
 	if cfg.Metrics == nil {
 		cfg.Metrics = NewMetrics()
+	}
+	if cfg.Hostname == "" {
+		cfg.Hostname, _ = os.Hostname()
 	}
 	a := &API{cfg: cfg, log: log, mux: http.NewServeMux()}
 	m := a.mux
@@ -115,6 +124,8 @@ func New(cfg Config, log *slog.Logger) *API {
 	m.HandleFunc("POST "+quantix.PathUpgrades, a.admin(a.startUpgrade))
 	m.HandleFunc("GET "+quantix.PathUpgrades+"/{id}", a.admin(a.getUpgrade))
 	m.HandleFunc("POST "+quantix.PathUpgrades+"/{id}/cancel", a.admin(a.cancelUpgrade))
+	m.HandleFunc("GET "+quantix.PathController, a.admin(a.controller))
+	m.HandleFunc("POST "+quantix.PathControllerUpgrade, a.admin(a.upgradeController))
 	m.HandleFunc("GET "+quantix.PathPools, a.admin(a.listPools))
 	m.HandleFunc("POST "+quantix.PathJoinTokens, a.admin(a.createJoinToken))
 	m.HandleFunc("GET "+quantix.PathAgentCA, a.admin(a.agentCA))

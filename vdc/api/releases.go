@@ -310,17 +310,26 @@ func (a *API) nodeRelease(w http.ResponseWriter, r *http.Request) {
 			continue
 		}
 		path := filepath.Join(a.cfg.DataDir, store.ReleaseDir(rel.ID), f.Name)
-		if _, err := os.Stat(path); errors.Is(err, os.ErrNotExist) {
-			// Each vDC has its own data_dir; another vDC of the database may have it.
-			w.Header().Set("Retry-After", "10")
-			a.fail(w, r, &httpError{http.StatusServiceUnavailable, fmt.Sprintf("release %s %s was uploaded through another vDC and its files are not on this one: "+
-				"upload the bundle to this vDC too (qx-ctl releases upload), or fetch it from another vDC", rel.Image, rel.Version)})
+		if err := filesHere(w, rel, path); err != nil {
+			a.fail(w, r, err)
 			return
 		}
 		a.serveFile(w, r, path, "release "+rel.ID, f.SHA256, rel.CreatedAt)
 		return
 	}
 	a.fail(w, r, fmt.Errorf("release %s has no file %q: %w", rel.ID, name, store.ErrNotFound))
+}
+
+// filesHere is a 503 when path, a file or the folder of rel, is not in this
+// vDC's data_dir: each vDC has its own, and another vDC of the database may have
+// it.
+func filesHere(w http.ResponseWriter, rel quantix.Release, path string) error {
+	if _, err := os.Stat(path); !errors.Is(err, os.ErrNotExist) {
+		return nil
+	}
+	w.Header().Set("Retry-After", "10")
+	return &httpError{http.StatusServiceUnavailable, fmt.Sprintf("release %s %s was uploaded through another vDC and its files are not on this one: "+
+		"upload the bundle to this vDC too (qx-ctl releases upload), or fetch it from another vDC", rel.Image, rel.Version)}
 }
 
 func (a *API) startUpgrade(w http.ResponseWriter, r *http.Request) {

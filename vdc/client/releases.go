@@ -139,3 +139,18 @@ func (c *Client) CancelUpgrade(ctx context.Context, id string) (quantix.Upgrade,
 	err := c.do(ctx, http.MethodPost, quantix.PathUpgrade(url.PathEscape(id))+"/cancel", nil, &u)
 	return u, err
 }
+
+// Controller returns the operating system of the vDC that answers.
+func (c *Client) Controller(ctx context.Context) (quantix.ControllerOS, error) {
+	var o quantix.ControllerOS
+	err := c.do(ctx, http.MethodGet, quantix.PathController, nil, &o)
+	return o, err
+}
+
+// UpgradeController has the vDC that answers stage a qvdc release into its
+// other slot and, with req.Activate, reboot into it.
+func (c *Client) UpgradeController(ctx context.Context, req quantix.ControllerUpgradeRequest) (quantix.ControllerUpgrade, error) {
+	var u quantix.ControllerUpgrade
+	err := c.do(ctx, http.MethodPost, quantix.PathControllerUpgrade, req, &u)
+	return u, err
+}

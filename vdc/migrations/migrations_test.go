@@ -62,7 +62,7 @@ func TestFreshThenRerun(t *testing.T) {
 	if err != nil || n != migrations.Latest() {
 		t.Fatalf("Up on a fresh database = %d, %v; want %d", n, err, migrations.Latest())
 	}
-	want := "admin_token agent_ca cluster_state images join_tokens managed_vms node_events nodes releases schema_version storage_pools ui_login_attempts ui_sessions upgrade_nodes upgrades " +
+	want := "admin_token agent_ca cluster_state controller_events images join_tokens managed_vms node_events nodes releases schema_version storage_pools ui_login_attempts ui_sessions upgrade_nodes upgrades " +
 		"virtual_machines vm_consoles vm_disks vm_events vm_nics vm_tombstones"
 	if got := strings.Join(tables(t, conn), " "); got != want {
 		t.Errorf("tables = %s, want %s", got, want)

@@ -145,25 +145,16 @@ func (s *Store) StartUpgrade(ctx context.Context, req quantix.UpgradeRequest, ru
 	activate := req.Activate == nil || *req.Activate
 	id := NewEpoch()
 	err := pgx.BeginFunc(ctx, s.pool, func(tx pgx.Tx) error {
-		var running string
-		err := tx.QueryRow(ctx, `SELECT id::text FROM upgrades WHERE state = 'running'`).Scan(&running)
-		if err == nil {
-			return conflict("upgrade %s is running: wait for it to finish or cancel it (one rolling upgrade at a time)", running)
-		}
-		if !isNoRows(err) {
+		if err := noUpgradeRunning(ctx, tx, "one rolling upgrade at a time"); err != nil {
 			return err
 		}
-		w, arg := releaseWhere(req.Release)
-		rel, err := scanRelease(tx.QueryRow(ctx, `SELECT `+releaseColumns+w+` FOR SHARE`, arg))
-		if isNoRows(err) {
-			return fmt.Errorf("release %s: %w", req.Release, ErrNotFound)
-		}
+		rel, err := shareRelease(ctx, tx, req.Release)
 		if err != nil {
 			return err
 		}
 		var refused []string
-		if rel.Image != quantix.ImageQuantixOS {
-			refused = append(refused, fmt.Sprintf("release %s is a %s %s bundle: nodes run %s", rel.ID, rel.Image, rel.Version, quantix.ImageQuantixOS))
+		if why := imageRefusal(rel, quantix.ImageQuantixOS, "nodes run"); why != "" {
+			refused = append(refused, why)
 		}
 		if c, err := upgrade.CompareVersions(rel.Version, rules.VDCVersion); err == nil && c > 0 {
 			refused = append(refused, fmt.Sprintf("version %s is newer than this vDC's %s: upgrade the vDCs first (nodes never run a newer release than their vDC)",
@@ -233,17 +224,58 @@ func (n target) refusal(version string) string {
 		return "has not reported its operating system (an agent without upgrades?)"
 	case !n.slots:
 		return fmt.Sprintf("runs %s from a live boot (no A/B slots): install it to disk to upgrade it", n.version)
-	case n.version == version:
+	}
+	return versionRefusal(n.version, version)
+}
+
+// versionRefusal says why a machine running version running cannot go to
+// version, or "": the same version is no refusal (the caller skips it, or has
+// nothing to do).
+func versionRefusal(running, version string) string {
+	if running == version {
 		return ""
 	}
-	c, err := upgrade.CompareVersions(version, n.version)
+	c, err := upgrade.CompareVersions(version, running)
 	switch {
 	case err != nil:
-		return fmt.Sprintf("runs %s: %v", n.version, err)
+		return fmt.Sprintf("runs %s: %v", running, err)
 	case c < 0:
-		return fmt.Sprintf("runs %s, newer than %s: a rolling upgrade never goes back", n.version, version)
+		return fmt.Sprintf("runs %s, newer than %s: an upgrade never goes back", running, version)
 	}
 	return ""
+}
+
+// imageRefusal says why rel cannot go onto machines of image ("nodes run"
+// image), or "".
+func imageRefusal(rel quantix.Release, image, who string) string {
+	if rel.Image == image {
+		return ""
+	}
+	return fmt.Sprintf("release %s is a %s %s bundle: %s %s", rel.ID, rel.Image, rel.Version, who, image)
+}
+
+// noUpgradeRunning is a *ConflictError while a rolling upgrade of the nodes runs.
+func noUpgradeRunning(ctx context.Context, tx pgx.Tx, why string) error {
+	var running string
+	err := tx.QueryRow(ctx, `SELECT id::text FROM upgrades WHERE state = 'running'`).Scan(&running)
+	if err == nil {
+		return conflict("upgrade %s is running: wait for it to finish or cancel it (%s)", running, why)
+	}
+	if !isNoRows(err) {
+		return err
+	}
+	return nil
+}
+
+// shareRelease reads the release ref names, locked against its deletion until
+// tx ends; ErrNotFound when there is none.
+func shareRelease(ctx context.Context, tx pgx.Tx, ref string) (quantix.Release, error) {
+	w, arg := releaseWhere(ref)
+	rel, err := scanRelease(tx.QueryRow(ctx, `SELECT `+releaseColumns+w+` FOR SHARE`, arg))
+	if isNoRows(err) {
+		return rel, fmt.Errorf("release %s: %w", ref, ErrNotFound)
+	}
+	return rel, err
 }
 
 // upgradeTargets resolves the request's nodes (ids or hostnames, or all by

@@ -69,6 +69,9 @@ type Options struct {
 	Version string
 	// UpgradeNodeTimeout is vdc.toml's upgrade_node_timeout; 0: the default.
 	UpgradeNodeTimeout time.Duration
+	// InitSocket is vdc.toml's init_socket (services/initd/inittest serves one);
+	// "": a path where nothing listens, never the host's own qx-init.
+	InitSocket string
 }
 
 // VDC is a running vDC.
@@ -154,6 +157,10 @@ func Start(t testing.TB, opts Options) *VDC {
 	}
 	if opts.UpgradeNodeTimeout != 0 {
 		cfg.UpgradeNodeTimeout = quantix.Duration{Duration: opts.UpgradeNodeTimeout}
+	}
+	cfg.InitSocket = opts.InitSocket
+	if cfg.InitSocket == "" {
+		cfg.InitSocket = filepath.Join(t.TempDir(), "no-init.sock")
 	}
 	cfg.Stdout = v.Stdout
 	cfg.AgentPlainHTTP = opts.PlainAgents

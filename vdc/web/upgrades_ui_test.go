@@ -10,6 +10,7 @@ import (
 	"github.com/chromedp/chromedp"
 
 	"github.com/quantix/quantix"
+	"github.com/quantix/quantix/services/initd/inittest"
 	"github.com/quantix/quantix/vdc/client"
 	"github.com/quantix/quantix/vdc/vdctest"
 	"github.com/quantix/quantix/vdc/web/webtest"
@@ -83,4 +84,37 @@ func uploadRelease(t *testing.T, v *vdctest.VDC, dir string, out *quantix.Releas
 		t.Fatalf("upload release %s: %v", dir, err)
 	}
 	*out = r
+}
+
+// TestBrowserController shows this vDC's own slots on the upgrades page, from
+// init's real control socket (inittest), and stages an uploaded qvdc release
+// into slot b through the card's form.
+func TestBrowserController(t *testing.T) {
+	skipShort(t)
+	in := inittest.Start(t, inittest.Options{Image: quantix.ImageQvDC, Version: "2.0.0", DataDir: t.TempDir()})
+	v := vdctest.Start(t, vdctest.Options{HeartbeatInterval: time.Minute, TrustedKeysFiles: []string{in.TrustedKeysFile()}, Version: "2.0.0",
+		InitSocket: in.Socket})
+	var rel quantix.Release
+	uploadRelease(t, v, in.Bundle(quantix.ImageQvDC, "2.1.0", 4096, true), &rel)
+	b := webtest.New(t, webtest.SPKIHashFile(t, v.CertFile))
+	b.Login(v.UIURL, v.AdminToken)
+
+	b.Do("open the upgrades page", chromedp.Navigate(v.UIURL+"/ui/upgrades"))
+	b.Wait("the controller card", `document.querySelector('#c-version').textContent === 'qvdc 2.0.0' && !document.querySelector('#c-stage').disabled`, 15*time.Second)
+	for sel, want := range map[string]string{"#c-slot": "a · good", "#c-other": "empty", "#c-rollback": "none", "#c-event": "none"} {
+		if got := b.Text(sel); got != want {
+			t.Errorf("%s = %q, want %q", sel, got, want)
+		}
+	}
+	b.Do("stage the release", chromedp.SetValue(chromedp.CSS("#c-release"), rel.ID), chromedp.Click(chromedp.CSS("#c-stage")))
+	b.Wait("slot b staged", `document.body.dataset.staged === '2.1.0' && document.querySelector('#c-other').textContent === 'b · qvdc 2.1.0 · boots next'`, 15*time.Second)
+	if got := b.Text("#c-event"); !strings.Contains(got, " · staged qvdc 2.1.0 (release "+rel.ID) {
+		t.Errorf("#c-event = %q, want the stage", got)
+	}
+	st, err := in.Client().Slots(context.Background())
+	if err != nil || st.Next != quantix.SlotB || st.Slots[1].Version != "2.1.0" || in.Count(string(quantix.Reboot)) != 0 {
+		t.Errorf("init's slots after the form = %+v, %v (reboots %d); want qvdc 2.1.0 in slot b, next, no reboot", st, err, in.Count(string(quantix.Reboot)))
+	}
+	b.NoErrors("upgrades page")
+	b.Screenshot("controller")
 }

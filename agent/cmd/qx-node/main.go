@@ -207,7 +207,7 @@ func upgrade(ctx context.Context, args []string, stdout, stderr io.Writer) error
 		if err != nil {
 			return fmt.Errorf("upgrade status: %w", err)
 		}
-		nodeos.WriteSlots(stdout, st)
+		st.Write(stdout)
 		if err := nodeos.WriteOrder(stdout, *dataDir); err != nil {
 			return fmt.Errorf("upgrade status: %w", err)
 		}

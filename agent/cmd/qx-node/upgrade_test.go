@@ -11,8 +11,8 @@ import (
 	"testing"
 
 	"github.com/quantix/quantix"
-	"github.com/quantix/quantix/agent/internal/inittest"
 	"github.com/quantix/quantix/agent/nodeos"
+	"github.com/quantix/quantix/services/initd/inittest"
 )
 
 // TestUpgradeCommands against init's real control socket: qx-node upgrade status

@@ -80,6 +80,11 @@ Commands:
                  [--wait-timeout 1h]           a rolling upgrade, one node at a time;
                                                --wait: exit 1 if it fails, 5 on timeout
   upgrades list | upgrades show|cancel <id>
+  controller show                              this vDC's own release, A/B slots, last
+                                               rollback and upgrade events
+  controller upgrade <id|qvdc-version> [--activate]
+                                               have this vDC's qx-init stage a newer
+                                               qvdc release; --activate reboots into it
   tokens create [--ttl 24h] [--uses 1] [--description D] [--node-url URL]
                                                a join token, with the kernel command
                                                line and agent.toml lines for nodes
@@ -230,7 +235,10 @@ func exitCode(err error) int {
 
 // hint adds what to do about the common failures.
 func (c *cli) hint(err error, code int) string {
+	var answered *client.Error
 	switch {
+	case errors.As(err, &answered) && answered.Status == http.StatusServiceUnavailable:
+		return "" // the vDC itself answered and said why
 	case code == exitAuth && errors.Is(err, client.ErrUnauthorized):
 		return fmt.Sprintf(" (admin token from %s; the vDC prints it once on its console at first start)", c.tokenSource)
 	case code == exitUnreachable && errors.Is(err, context.DeadlineExceeded):
@@ -278,6 +286,8 @@ func (c *cli) run(ctx context.Context, args []string) error {
 		return c.releases(ctx, rest)
 	case "upgrades", "upgrade":
 		return c.upgrades(ctx, rest)
+	case "controller":
+		return c.controller(ctx, rest)
 	case "tokens", "token", "join-tokens":
 		if len(rest) == 0 || rest[0] != "create" {
 			return usagef("tokens: want 'tokens create'")

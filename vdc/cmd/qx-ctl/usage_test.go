@@ -56,6 +56,9 @@ func TestUsageErrors(t *testing.T) {
 		{[]string{"--url", "http://admin:hunter2@vdc", "nodes", "list"}, "must not hold credentials"},
 		{[]string{"--token-file", "", "nodes", "list"}, "empty file name"},
 		{[]string{"version", "now"}, `version: unexpected argument "now"`},
+		{[]string{"controller"}, "controller: want show or upgrade"},
+		{[]string{"controller", "upgrade"}, "controller upgrade: missing the release"},
+		{[]string{"controller", "show", "extra"}, `controller show: unexpected argument "extra"`},
 	}
 	for _, tc := range cases {
 		r := ctlOffline(t, tc.args...)

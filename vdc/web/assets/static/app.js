@@ -351,20 +351,27 @@
 
   // ---- Host detail ----------------------------------------------------------
 
+  // paintSlots fills an operating system card's slot fields (#<prefix>-slot,
+  // -other, -rollback) from a SlotsStatus (initctl.go), or says why there is none.
+  function paintSlots(prefix, sl, none) {
+    const f = (name) => $('#' + prefix + '-' + name);
+    if (!sl) {
+      setText(f('slot'), none);
+      setText(f('other'), '—');
+      setText(f('rollback'), '—');
+      return;
+    }
+    setText(f('slot'), sl.booted + ' · ' + sl.state + (sl.trial ? ' (trial)' : ''));
+    const other = (sl.slots || []).find((s) => s.slot !== sl.booted);
+    setText(f('other'), other && other.version ? other.slot + ' · ' + other.image + ' ' + other.version + (other.good ? ' · good' : '') +
+      (sl.next === other.slot ? ' · boots next' : '') : 'empty');
+    setText(f('rollback'), sl.rolled_back_from ? 'from slot ' + sl.rolled_back_from + ': ' + (sl.reason || 'no reason given') : 'none');
+  }
+
   // paintOS fills the host page's operating system card (NodeOS, upgrades.go).
   function paintOS(os) {
-    const sl = os && os.slots;
     setText($('#os-version'), os ? (os.image + ' ' + os.version) : 'not reported');
-    if (!sl) {
-      setText($('#os-slot'), os ? 'live boot: no A/B slots (cannot be upgraded, only installed)' : '—');
-      setText($('#os-other'), '—');
-      setText($('#os-rollback'), '—');
-    } else {
-      setText($('#os-slot'), sl.booted + ' · ' + sl.state + (sl.trial ? ' (trial)' : ''));
-      const other = (sl.slots || []).find((s) => s.slot !== sl.booted);
-      setText($('#os-other'), other && other.version ? other.slot + ' · ' + other.image + ' ' + other.version + (other.good ? ' · good' : '') : 'empty');
-      setText($('#os-rollback'), sl.rolled_back_from ? 'from slot ' + sl.rolled_back_from + ': ' + (sl.reason || 'no reason given') : 'none');
-    }
+    paintSlots('os', os && os.slots, os ? 'live boot: no A/B slots (cannot be upgraded, only installed)' : '—');
     const u = os && os.upgrade;
     setText($('#os-upgrade'), u ? u.version + ' · ' + u.phase + (u.error ? ': ' + u.error : '') : 'none');
   }
@@ -395,9 +402,49 @@
       setText(r.c[0], x.image); setText(r.c[1], x.version); setText(r.c[2], x.signed_by);
       setText(r.c[3], fmtBytes(x.files.reduce((a, f) => a + f.size_bytes, 0))); setText(r.c[4], fmtTime(x.created_at));
     });
+    // The controller card (ControllerOS, upgrades.go): this vDC's own slots, and
+    // a form staging an uploaded qvdc release through its qx-init.
+    let offered = '';
+    function paintController(c, releases) {
+      setText($('#c-host'), c.hostname);
+      setText($('#c-version'), (c.image || 'qx-vdc') + ' ' + c.version);
+      paintSlots('c', c.slots, c.unavailable);
+      const last = c.events.length ? c.events[c.events.length - 1] : null;
+      setText($('#c-event'), last ? fmtTime(last.at) + ' · ' + last.message : 'none');
+      const rs = releases.filter((x) => x.image === 'qvdc' && x.version !== c.version);
+      const key = rs.map((x) => x.id).join(',');
+      if (key !== offered) {
+        offered = key;
+        const s = $('#c-release');
+        const keep = s.value;
+        while (s.options.length > 1) s.remove(1);
+        for (const x of rs) { const o = el('option', '', 'qvdc ' + x.version + ' (signed by ' + x.signed_by + ')'); o.value = x.id; s.append(o); }
+        s.value = rs.some((x) => x.id === keep) ? keep : '';
+      }
+      $('#c-stage').disabled = !c.slots;
+      setTitle($('#c-stage'), c.slots ? '' : c.unavailable);
+    }
+    $('#controller-form').addEventListener('submit', async (ev) => {
+      ev.preventDefault();
+      const btn = $('#c-stage');
+      btn.disabled = true;
+      try {
+        const { data } = await api('POST', '/api/v1/controller/upgrade', { release: $('#c-release').value, activate: $('#c-activate').checked });
+        const s = data.staged;
+        toast('Staged ' + s.image + ' ' + s.version + ' into slot ' + s.slot + (data.rebooting ? ': the vDC reboots into it now' : ': it boots at the next reboot'));
+        document.body.dataset.staged = s.version;
+        clearError();
+      } catch (e) {
+        if (e.status !== 401) showError('Could not upgrade this vDC: ' + e.message);
+      } finally {
+        btn.disabled = false;
+        poll.poke();
+      }
+    });
     async function refresh() {
       try {
-        const [up, rel] = await Promise.all([api('GET', '/api/v1/upgrades'), api('GET', '/api/v1/releases')]);
+        const [up, rel, c] = await Promise.all([api('GET', '/api/v1/upgrades'), api('GET', '/api/v1/releases'), api('GET', '/api/v1/controller')]);
+        paintController(c.data, rel.data.releases);
         renderUp(up.data.upgrades, (u) => u.id);
         $('#upgrades-empty').hidden = up.data.upgrades.length > 0;
         setText($('#up-count'), up.data.upgrades.length);
@@ -410,7 +457,8 @@
         if (e.status !== 401) showError('Could not refresh the upgrades: ' + e.message);
       }
     }
-    poller(refresh, DETAIL_POLL_MS).poke();
+    const poll = poller(refresh, DETAIL_POLL_MS);
+    poll.poke();
   }
 
   function hostPage() {

@@ -1,5 +1,6 @@
 // Package inittest serves qx-init's real control socket (services/initd's
-// Control, with a SlotKeeper on an ESP folder) for agent tests, and fakes what
+// Control, with a SlotKeeper on an ESP folder) for the tests of its clients (the
+// agent, the vDC), and fakes what
 // only a machine does: the reboot (recorded, not done) and GRUB's choice and
 // init's verdict of the boot after it (Boot, RollBack, Commit). Bundles are real
 // signed release bundles (upgrade/upgradetest) of a key the image trusts.
@@ -28,6 +29,8 @@ import (
 
 // Options configure Start.
 type Options struct {
+	// Image is the installed image; "" means quantix.ImageQuantixOS.
+	Image string
 	// Version is the release installed in slot a, booted and good.
 	Version string
 	// DataDir is QUANTIX-DATA, shared with the agent: init keeps its stage
@@ -61,11 +64,14 @@ func Start(t testing.TB, opts Options) *Init {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { os.RemoveAll(dir) })
+	if opts.Image == "" {
+		opts.Image = quantix.ImageQuantixOS
+	}
 	in := &Init{Socket: filepath.Join(dir, "init.sock"), ESP: t.TempDir(), t: t, opts: opts}
 	if err := bootenv.OnESP(in.ESP).Write(bootenv.Initial()); err != nil {
 		t.Fatal(err)
 	}
-	m, _ := quantix.SlotManifestInfo{Image: quantix.ImageQuantixOS, Version: opts.Version,
+	m, _ := quantix.SlotManifestInfo{Image: opts.Image, Version: opts.Version,
 		KernelSHA256: strings.Repeat("a", 64), InitrdSHA256: strings.Repeat("b", 64)}.Encode()
 	p := filepath.Join(in.ESP, filepath.FromSlash(quantix.ESPSlotFile(quantix.SlotA, quantix.SlotManifest)))
 	os.MkdirAll(filepath.Dir(p), 0o755)
@@ -102,7 +108,7 @@ func (in *Init) boot(slot string, trial bool, version string, v *verdict) {
 	if !in.opts.Live {
 		k := initd.NewSlotKeeper(slot, trial)
 		k.WithESP = func(fn func(string) error) error { return fn(in.ESP) }
-		k.Image, k.Version, k.DataDir, k.Log = quantix.ImageQuantixOS, version, in.opts.DataDir, slog.New(slog.DiscardHandler)
+		k.Image, k.Version, k.DataDir, k.Log = in.opts.Image, version, in.opts.DataDir, slog.New(slog.DiscardHandler)
 		k.KeyFiles = []string{in.keysFile}
 		ctl.Slots = k
 		if v != nil {
@@ -211,6 +217,10 @@ func (in *Init) Bundle(image, version string, isoPayload int, trusted bool) stri
 	rand.Read(initrd)
 	return upgradetest.Bundle(in.t, image, version, kernel, initrd, key)
 }
+
+// TrustedKeysFile is the image's trusted keys (one quantix.PublicKey a line):
+// Bundle(..., true) is signed by its key.
+func (in *Init) TrustedKeysFile() string { return in.keysFile }
 
 // Client asks this socket.
 func (in *Init) Client() quantix.InitClient { return quantix.InitClient{Socket: in.Socket} }
