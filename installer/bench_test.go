@@ -28,7 +28,7 @@ func BenchmarkInstallImageFile(b *testing.B) {
 			if err != nil {
 				b.Fatal(err)
 			}
-			s := fakeSystem(b, fakeDisk{name: "vda", size: c.size, serial: "QX-SERIAL-1"})
+			s := fakeSystem(b, fakeDisk{Name: "vda", Size: c.size, Serial: "QX-SERIAL-1"})
 			log := slog.New(slog.NewTextHandler(io.Discard, nil))
 			b.ResetTimer()
 			for i := 0; i < b.N; i++ {

@@ -17,7 +17,7 @@ import (
 // the installed command line: quantix.disk=<disk GUID> and no quantix.install,
 // from A/B slot a (quantix.slot=a, no trial).
 func TestInstalledDiskBoots(t *testing.T) {
-	s := fakeSystem(t, fakeDisk{name: "vda", size: MinDiskSize, serial: "QX-SERIAL-1"})
+	s := fakeSystem(t, fakeDisk{Name: "vda", Size: MinDiskSize, Serial: "QX-SERIAL-1"})
 	res, _, _, err := install(t, s, quantix.ImageQuantixOS, testAnswerOS)
 	if err != nil {
 		t.Fatalf("install: %v", err)

@@ -25,7 +25,7 @@ import (
 // and initramfs under boot/), leaving QUANTIX-CFG and QUANTIX-DATA as installed.
 func singleSlotDisk(t *testing.T) (img string, res *Result) {
 	t.Helper()
-	s := fakeSystem(t, fakeDisk{name: "vda", size: MinDiskSize, serial: "QX-SERIAL-1"})
+	s := fakeSystem(t, fakeDisk{Name: "vda", Size: MinDiskSize, Serial: "QX-SERIAL-1"})
 	res, _, _, err := install(t, s, quantix.ImageQuantixOS, testAnswerOS)
 	if err != nil {
 		t.Fatal(err)
@@ -172,7 +172,7 @@ func TestConvertRefuses(t *testing.T) {
 	if testing.Short() {
 		t.Skip("installs onto a disk image: skipped with -short")
 	}
-	s := fakeSystem(t, fakeDisk{name: "vda", size: MinDiskSize, serial: "QX-SERIAL-1"})
+	s := fakeSystem(t, fakeDisk{Name: "vda", Size: MinDiskSize, Serial: "QX-SERIAL-1"})
 	if _, _, _, err := install(t, s, quantix.ImageQuantixOS, testAnswerOS); err != nil {
 		t.Fatal(err)
 	}

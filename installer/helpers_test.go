@@ -8,10 +8,10 @@ import (
 	"log/slog"
 	"os"
 	"path/filepath"
-	"strconv"
 	"sync"
 	"testing"
 
+	"github.com/quantix/quantix/installer/installertest"
 	"github.com/quantix/quantix/tests/vm"
 )
 
@@ -69,80 +69,13 @@ func testMedium(t testing.TB) string {
 }
 
 // fakeDisk describes a disk of a fake sysfs tree; its node is an image file.
-type fakeDisk struct {
-	name       string
-	size       int64 // bytes; the image file is created sparse unless it exists
-	serial     string
-	wwn        string
-	model      string
-	removable  bool
-	ro         bool
-	parts      [][2]int64 // start, size in bytes (sysfs partitions)
-	image      string     // an existing image file to link as the node
-	sectorSize int64
-}
+type fakeDisk = installertest.Disk
 
 // fakeSystem builds sys/class/block and dev folders under a temp folder.
 func fakeSystem(t testing.TB, disks ...fakeDisk) Scanner {
 	t.Helper()
-	root := t.TempDir()
-	s := Scanner{SysBlock: filepath.Join(root, "sys/class/block"), DevDir: filepath.Join(root, "dev"), Mounts: filepath.Join(root, "mounts")}
-	must := func(err error) {
-		t.Helper()
-		if err != nil {
-			t.Fatal(err)
-		}
-	}
-	must(os.MkdirAll(s.DevDir, 0o755))
-	must(os.WriteFile(s.Mounts, nil, 0o644))
-	b := func(v bool) string {
-		if v {
-			return "1"
-		}
-		return "0"
-	}
-	for _, d := range disks {
-		dir := filepath.Join(s.SysBlock, d.name)
-		must(os.MkdirAll(filepath.Join(dir, "queue"), 0o755))
-		must(os.MkdirAll(filepath.Join(dir, "device"), 0o755))
-		w := func(p, v string) { must(os.WriteFile(filepath.Join(dir, p), []byte(v+"\n"), 0o644)) }
-		w("size", strconv.FormatInt(d.size/512, 10))
-		w("removable", b(d.removable))
-		w("ro", b(d.ro))
-		w("queue/rotational", "0")
-		ss := d.sectorSize
-		if ss == 0 {
-			ss = 512
-		}
-		w("queue/logical_block_size", strconv.FormatInt(ss, 10))
-		if d.serial != "" {
-			w("serial", d.serial)
-		}
-		if d.wwn != "" {
-			w("device/wwid", d.wwn)
-		}
-		if d.model != "" {
-			w("device/model", d.model)
-		}
-		for i, p := range d.parts {
-			pn := d.name + strconv.Itoa(i+1)
-			pd := filepath.Join(dir, pn)
-			must(os.MkdirAll(pd, 0o755))
-			must(os.WriteFile(filepath.Join(pd, "partition"), []byte(strconv.Itoa(i+1)), 0o644))
-			must(os.WriteFile(filepath.Join(pd, "start"), []byte(strconv.FormatInt(p[0]/512, 10)), 0o644))
-			must(os.WriteFile(filepath.Join(pd, "size"), []byte(strconv.FormatInt(p[1]/512, 10)), 0o644))
-		}
-		node := filepath.Join(s.DevDir, d.name)
-		if d.image != "" {
-			must(os.Symlink(d.image, node))
-		} else {
-			f, err := os.Create(node)
-			must(err)
-			must(f.Truncate(d.size))
-			must(f.Close())
-		}
-	}
-	return s
+	s := installertest.FakeSystem(t, disks...)
+	return Scanner{SysBlock: s.SysBlock, DevDir: s.DevDir, Mounts: s.Mounts}
 }
 
 func fileSHA(t testing.TB, p string) string {

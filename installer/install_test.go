@@ -69,8 +69,8 @@ func install(t *testing.T, s Scanner, image, answer string) (*Result, *Installer
 }
 
 func TestInstallOntoImageFile(t *testing.T) {
-	s := fakeSystem(t, fakeDisk{name: "vda", size: 3 << 30, serial: "QX-SERIAL-1"},
-		fakeDisk{name: "vdb", size: 3 << 30, serial: "OTHER"})
+	s := fakeSystem(t, fakeDisk{Name: "vda", Size: 3 << 30, Serial: "QX-SERIAL-1"},
+		fakeDisk{Name: "vdb", Size: 3 << 30, Serial: "OTHER"})
 	res, _, consoleOut, err := install(t, s, quantix.ImageQuantixOS, testAnswerOS)
 	if err != nil {
 		t.Fatalf("install: %v", err)
@@ -262,7 +262,7 @@ func TestRefusedDiskLeftByteIdentical(t *testing.T) {
 		t.Fatalf("mkfs.ext4: %v: %s (apt-get install e2fsprogs)", err, out)
 	}
 	before := fileSHA(t, img)
-	s := fakeSystem(t, fakeDisk{name: "sda", size: 3 << 30, serial: "DATA-1", image: img})
+	s := fakeSystem(t, fakeDisk{Name: "sda", Size: 3 << 30, Serial: "DATA-1", Image: img})
 	for _, answer := range []string{
 		strings.Replace(testAnswerOS, `serial = "QX-SERIAL-1"`, `serial = "DATA-1"`, 1),
 		strings.Replace(testAnswerOS, `serial = "QX-SERIAL-1"`, `only_empty = true`, 1),
@@ -287,7 +287,7 @@ func TestRefusedDiskLeftByteIdentical(t *testing.T) {
 // A failure after the disk was cleared leaves it without a partition table, and a
 // failure after the GPT leaves INSTALL-INCOMPLETE on the ESP; the error says which.
 func TestFailedWriteLeavesDiskMarked(t *testing.T) {
-	s := fakeSystem(t, fakeDisk{name: "vda", size: 3 << 30, serial: "QX-SERIAL-1"})
+	s := fakeSystem(t, fakeDisk{Name: "vda", Size: 3 << 30, Serial: "QX-SERIAL-1"})
 	img := filepath.Join(s.DevDir, "vda")
 	// An earlier install's GPT on the disk: wipe = true.
 	if err := os.WriteFile(filepath.Join(t.TempDir(), "x"), nil, 0o644); err != nil {

@@ -189,7 +189,7 @@ func TestISOInstallRefusesDataDisk(t *testing.T) {
 func TestISOInstallIgnoresStaleDisk(t *testing.T) {
 	iso := testISO(t, quantix.ImageQuantixOS)
 	// The stale disk: a complete earlier install (made on the host) with another hostname.
-	s := fakeSystem(t, fakeDisk{name: "vda", size: MinDiskSize, serial: "QX-SERIAL-1"})
+	s := fakeSystem(t, fakeDisk{Name: "vda", Size: MinDiskSize, Serial: "QX-SERIAL-1"})
 	if _, _, _, err := install(t, s, quantix.ImageQuantixOS, strings.Replace(testAnswerOS, `"Node-7"`, `"stale-node"`, 1)); err != nil {
 		t.Fatal(err)
 	}

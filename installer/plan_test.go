@@ -146,7 +146,7 @@ func TestScan(t *testing.T) {
 		t.Skip("installs onto a disk image: skipped with -short")
 	}
 	// An installed disk as the partitioned one.
-	s0 := fakeSystem(t, fakeDisk{name: "vda", size: MinDiskSize, serial: "QX-SERIAL-1"})
+	s0 := fakeSystem(t, fakeDisk{Name: "vda", Size: MinDiskSize, Serial: "QX-SERIAL-1"})
 	res, _, _, err := install(t, s0, quantix.ImageQuantixOS, testAnswerOS)
 	if err != nil {
 		t.Fatal(err)
@@ -162,10 +162,10 @@ func TestScan(t *testing.T) {
 	f.WriteAt([]byte("LVM2 001"), (3<<30)-4096) // a signature near the end only
 	f.Close()
 	s := fakeSystem(t,
-		fakeDisk{name: "vda", size: MinDiskSize, image: filepath.Join(s0.DevDir, "vda"), parts: parts, model: "QEMU HARDDISK", wwn: "naa.5000c500a1b2c3d4"},
-		fakeDisk{name: "vdb", size: 3 << 30, serial: "EMPTY", removable: true},
-		fakeDisk{name: "vdc", size: 3 << 30, image: junk},
-		fakeDisk{name: "loop0", size: 3 << 30},
+		fakeDisk{Name: "vda", Size: MinDiskSize, Image: filepath.Join(s0.DevDir, "vda"), Parts: parts, Model: "QEMU HARDDISK", WWN: "naa.5000c500a1b2c3d4"},
+		fakeDisk{Name: "vdb", Size: 3 << 30, Serial: "EMPTY", Removable: true},
+		fakeDisk{Name: "vdc", Size: 3 << 30, Image: junk},
+		fakeDisk{Name: "loop0", Size: 3 << 30},
 	)
 	os.WriteFile(s.Mounts, []byte(filepath.Join(s.DevDir, "vda3")+" /quantix ext4 rw 0 0\n"), 0o644)
 	disks, err := s.Scan()

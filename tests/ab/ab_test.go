@@ -228,16 +228,17 @@ func waitBootSlot(t *testing.T, m *vm.Machine, kv ...string) {
 	m.ExpectRegexp(t, expr+`( |$)`, bootTimeout)
 }
 
-
-// An upgrade delivered by the vDC, as an operator runs it: the release uploaded
-// once (the vDC verifies it against its keys), an upgrade of the node started;
-// the agent downloads the bundle onto QUANTIX-DATA, init verifies it against the
-// node's own keys and stages it, the node reboots into its trial, passes its
-// gates and commits; the vDC's upgrade succeeds with the node on the new
-// release from slot b, its slot good.
+// A rolling upgrade delivered by the vDC, as an operator runs it: the release
+// uploaded once (the vDC verifies it against its keys), an upgrade of two nodes
+// started; each agent downloads the bundle onto QUANTIX-DATA, init verifies it
+// against the node's own keys and stages it, the node reboots into its trial,
+// passes its gates and commits. The vDC takes the nodes one at a time: the second
+// is still on its old slot, never rebooted, when the first commits. The upgrade
+// succeeds with both nodes on the new release from slot b, their slots good.
 func testFromVDC(t *testing.T, l *lab) {
 	ctx := context.Background()
-	disk := l.copyDisk(t)
+	hosts := []string{"ab-node", "ab-node-2"}
+	disks := []string{l.copyDisk(t), l.install(t, hosts[1])}
 	next := bumpPatch(t, l.version)
 	cfg := l.brokenConfig(t, func(c *quantix.ImageConfig) { c.Version = next })
 	rel := l.broken(t, next, map[string][]byte{strings.TrimPrefix(quantix.ImageConfigPath, "/"): cfg}, nil)
@@ -254,57 +255,97 @@ func testFromVDC(t *testing.T, l *lab) {
 	}
 	t.Logf("release %s %s (%d files) uploaded and verified in %.1f s", r.Image, r.Version, len(r.Files), time.Since(t0).Seconds())
 
-	m := l.boot(t, "ab-vdc", disk, vm.BIOS)
-	m.WaitMarker(t, quantix.MarkerReady, bootTimeout, "service", "agent")
-	var node quantix.Node
-	deadline := time.Now().Add(time.Minute)
-	for {
-		for _, n := range l.vdc.Nodes(t) {
-			if n.Hostname == "ab-node" {
-				node = n
-			}
-		}
-		if node.OS != nil && node.OS.Slots != nil && node.OS.Slots.Booted == "a" && node.OS.Slots.State == quantix.SlotGood {
-			break
-		}
-		if time.Now().After(deadline) {
-			t.Fatalf("the vDC does not show ab-node on slot a, good: %+v", node.OS)
-		}
-		time.Sleep(time.Second)
+	vm.Reserve(t, len(hosts)) // both nodes run at once
+	ms := make([]*vm.Machine, len(hosts))
+	for i, disk := range disks {
+		ms[i] = l.boot(t, "ab-vdc-"+strconv.Itoa(i+1), disk, vm.BIOS)
 	}
+	for _, m := range ms {
+		m.WaitMarker(t, quantix.MarkerReady, bootTimeout, "service", "agent")
+	}
+	nodes := l.waitNodes(t, hosts, func(n quantix.Node) bool {
+		return n.OS != nil && n.OS.Slots != nil && n.OS.Slots.Booted == "a" && n.OS.Slots.State == quantix.SlotGood
+	}, "on slot a, good")
 
 	t0 = time.Now()
-	u, err := c.StartUpgrade(ctx, quantix.UpgradeRequest{Release: r.ID, Nodes: []string{"ab-node"}})
+	u, err := c.StartUpgrade(ctx, quantix.UpgradeRequest{Release: r.ID, Nodes: hosts})
 	if err != nil {
 		t.Fatalf("start the upgrade: %v", err)
 	}
-	waitBootSlot(t, m, "slot", "b", "trial", "1", "tries_left", "2")
-	t.Logf("upgrade %s: the node rebooted into its trial %.1f s after the start", u.ID, time.Since(t0).Seconds())
-	good := m.WaitMarker(t, quantix.MarkerSlot, bootTimeout, "slot", "b", "state", quantix.SlotGood)
-	committed := time.Since(t0)
-	for {
+	for i, m := range ms {
+		waitBootSlot(t, m, "slot", "b", "trial", "1", "tries_left", "2")
+		t.Logf("upgrade %s: %s rebooted into its trial %.1f s after the start", u.ID, hosts[i], time.Since(t0).Seconds())
+		good := m.WaitMarker(t, quantix.MarkerSlot, bootTimeout, "slot", "b", "state", quantix.SlotGood)
+		t.Logf("%s committed %.0f s after the start (gates %s s)", hosts[i], time.Since(t0).Seconds(), good.Get("seconds"))
+		if i+1 < len(ms) {
+			// One at a time: the next node has not even begun its reboot.
+			log, err := os.ReadFile(ms[i+1].SerialLogPath())
+			must(t, err)
+			if strings.Contains(string(log), quantix.ParamSlot+"=b") {
+				t.Errorf("%s booted slot b before %s committed: the vDC did not take the nodes one at a time", hosts[i+1], hosts[i])
+			}
+		}
+	}
+	for deadline := time.Now().Add(bootTimeout); ; {
 		if u, err = c.Upgrade(ctx, u.ID); err != nil {
 			t.Fatal(err)
 		}
 		if u.State != quantix.UpgradeRunning {
 			break
 		}
-		if time.Since(t0) > bootTimeout {
-			t.Fatalf("upgrade still running %v after its start: %+v", time.Since(t0), u)
+		if time.Now().After(deadline) {
+			t.Fatalf("upgrade still running %v after its start, the last node committed: %+v", time.Since(t0), u)
 		}
 		time.Sleep(time.Second)
 	}
-	if u.State != quantix.UpgradeSucceeded || len(u.Nodes) != 1 || u.Nodes[0].Phase != quantix.UpgradeNodeDone {
-		t.Fatalf("upgrade = %+v, want succeeded with ab-node done", u)
+	if u.State != quantix.UpgradeSucceeded || len(u.Nodes) != len(hosts) {
+		t.Fatalf("upgrade = %+v, want succeeded with %d nodes", u, len(hosts))
 	}
-	t.Logf("upgrade to %s: committed on the node %.0f s after the start (gates %s s), succeeded at the vDC after %.0f s", next, committed.Seconds(), good.Get("seconds"), time.Since(t0).Seconds())
-	node = l.vdc.Node(t, node.ID)
-	if node.OS == nil || node.OS.Version != next || node.OS.Slots == nil || node.OS.Slots.Booted != "b" || node.OS.Slots.State != quantix.SlotGood {
-		t.Errorf("the vDC shows %+v, want %s from slot b, good", node.OS, next)
+	for i, un := range u.Nodes {
+		if un.Hostname != hosts[i] || un.Phase != quantix.UpgradeNodeDone || un.StartedAt == nil || un.FinishedAt == nil {
+			t.Errorf("upgrade node %d = %+v, want %s done", i, un, hosts[i])
+		}
 	}
-	m.PowerOff(t, 2*time.Minute)
-	if st := env(t, disk); st.Order != [2]string{"b", "a"} || !st.B.OK {
-		t.Errorf("after the upgrade: %+v, want b good and first", st)
+	if a, b := u.Nodes[0], u.Nodes[1]; a.FinishedAt != nil && b.StartedAt != nil && b.StartedAt.Before(*a.FinishedAt) {
+		t.Errorf("%s started at %s, before %s finished at %s", b.Hostname, b.StartedAt, a.Hostname, a.FinishedAt)
+	}
+	t.Logf("rolling upgrade of %d nodes to %s: succeeded at the vDC after %.0f s", len(hosts), next, time.Since(t0).Seconds())
+	for i, n := range nodes {
+		n = l.vdc.Node(t, n.ID)
+		if n.OS == nil || n.OS.Version != next || n.OS.Slots == nil || n.OS.Slots.Booted != "b" || n.OS.Slots.State != quantix.SlotGood {
+			t.Errorf("the vDC shows %s on %+v, want %s from slot b, good", hosts[i], n.OS, next)
+		}
+	}
+	for i, m := range ms {
+		m.PowerOff(t, 2*time.Minute)
+		if st := env(t, disks[i]); st.Order != [2]string{"b", "a"} || !st.B.OK {
+			t.Errorf("%s after the upgrade: %+v, want b good and first", hosts[i], st)
+		}
+	}
+}
+
+// waitNodes waits up to a minute until the vDC lists every one of hosts and ok
+// holds for each; it returns them in the order of hosts.
+func (l *lab) waitNodes(t *testing.T, hosts []string, ok func(quantix.Node) bool, want string) []quantix.Node {
+	deadline := time.Now().Add(time.Minute)
+	for {
+		byName := map[string]quantix.Node{}
+		for _, n := range l.vdc.Nodes(t) {
+			byName[n.Hostname] = n
+		}
+		nodes := make([]quantix.Node, 0, len(hosts))
+		for _, h := range hosts {
+			if n, found := byName[h]; found && ok(n) {
+				nodes = append(nodes, n)
+			}
+		}
+		if len(nodes) == len(hosts) {
+			return nodes
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("the vDC does not show all of %v %s: %+v", hosts, want, byName)
+		}
+		time.Sleep(time.Second)
 	}
 }
 
