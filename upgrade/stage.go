@@ -7,6 +7,7 @@ import (
 	"log/slog"
 	"os"
 	"path/filepath"
+	"strings"
 	"time"
 
 	"github.com/quantix/quantix"
@@ -73,6 +74,9 @@ func Stage(b *Bundle, esp, booted string, log *slog.Logger) (*Staged, error) {
 		return fail(fmt.Errorf("take slot %s out of the boot order: %w", target, err))
 	}
 	log.Info("staging", "slot", target, "image", b.Image, "version", b.Version)
+	if err := removeStaleTemps(filepath.Join(esp, filepath.FromSlash(quantix.ESPSlotFile(target, ""))), log); err != nil {
+		return fail(err)
+	}
 	// The manifest last: a slot with a manifest has all its files.
 	for _, f := range []struct {
 		name string
@@ -98,4 +102,26 @@ func Stage(b *Bundle, esp, booted string, log *slog.Logger) (*Staged, error) {
 	d := time.Since(t0)
 	log.Info("staged", "slot", target, "version", b.Version, "took", d.Round(time.Millisecond))
 	return &Staged{Slot: target, State: st, Took: d}, nil
+}
+
+// removeStaleTemps deletes the temporary files a power cut during an earlier
+// stage left in the slot's folder (quantix.WriteFileAtomic's ".<name>.tmp-*"):
+// each is up to an initramfs in size, and a few would fill the ESP.
+func removeStaleTemps(dir string, log *slog.Logger) error {
+	ents, err := os.ReadDir(dir)
+	if errors.Is(err, os.ErrNotExist) {
+		return nil
+	}
+	if err != nil {
+		return fmt.Errorf("look for leftovers in %s: %w", dir, err)
+	}
+	for _, e := range ents {
+		if n := e.Name(); strings.HasPrefix(n, ".") && strings.Contains(n, ".tmp-") {
+			if err := os.Remove(filepath.Join(dir, n)); err != nil {
+				return fmt.Errorf("remove a leftover of an earlier stage: %w", err)
+			}
+			log.Info("removed a leftover of an interrupted stage", "file", filepath.Join(dir, n))
+		}
+	}
+	return nil
 }

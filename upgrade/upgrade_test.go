@@ -402,3 +402,41 @@ func TestInspect(t *testing.T) {
 		t.Errorf("Inspect(empty folder) = %v, want not exist", err)
 	}
 }
+
+// A power cut during an earlier stage leaves WriteFileAtomic's temp files in the
+// slot's folder; the next stage removes them (they would fill the ESP) and
+// leaves everything else alone.
+func TestStageRemovesLeftovers(t *testing.T) {
+	pub, keyFile := keypair(t, "release")
+	dir, rel := makeBundle(t, quantix.ImageQuantixOS, "0.3.0", 4096)
+	sign(t, dir, keyFile)
+	b, err := Verify(dir, []quantix.PublicKey{pub}, nodeRules)
+	if err != nil {
+		t.Fatal(err)
+	}
+	esp := espWithSlotA(t)
+	slotDir := filepath.Join(esp, filepath.FromSlash(quantix.ESPSlotFile("b", "")))
+	if err := os.MkdirAll(slotDir, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	left := []string{"." + quantix.SlotInitrd + ".tmp-123456", "." + quantix.SlotKernel + ".tmp-9"}
+	for _, n := range append(left, "notes.txt") {
+		if err := os.WriteFile(filepath.Join(slotDir, n), []byte("half written"), 0o644); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if _, err := Stage(b, esp, "a", testLog(t)); err != nil {
+		t.Fatalf("Stage: %v", err)
+	}
+	for _, n := range left {
+		if _, err := os.Stat(filepath.Join(slotDir, n)); !errors.Is(err, os.ErrNotExist) {
+			t.Errorf("leftover %s still there after the stage (%v)", n, err)
+		}
+	}
+	if _, err := os.Stat(filepath.Join(slotDir, "notes.txt")); err != nil {
+		t.Errorf("a file that is no leftover was removed: %v", err)
+	}
+	if got, _ := os.ReadFile(filepath.Join(slotDir, quantix.SlotInitrd)); !bytes.Equal(got, rel.initrd) {
+		t.Errorf("slot b initramfs: %d bytes, want the bundle's %d", len(got), len(rel.initrd))
+	}
+}
