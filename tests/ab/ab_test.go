@@ -233,7 +233,9 @@ func waitBootSlot(t *testing.T, m *vm.Machine, kv ...string) {
 // started; each agent downloads the bundle onto QUANTIX-DATA, init verifies it
 // against the node's own keys and stages it, the node reboots into its trial,
 // passes its gates and commits. The vDC takes the nodes one at a time: the second
-// is still on its old slot, never rebooted, when the first commits. The upgrade
+// is still on its old slot, never rebooted, when the first commits. The first
+// loses its power while init writes the new slot: it boots its good slot again
+// and the agent stages the order anew. The upgrade
 // succeeds with both nodes on the new release from slot b, their slots good.
 func testFromVDC(t *testing.T, l *lab) {
 	ctx := context.Background()
@@ -273,6 +275,9 @@ func testFromVDC(t *testing.T, l *lab) {
 		t.Fatalf("start the upgrade: %v", err)
 	}
 	for i, m := range ms {
+		if i == 0 {
+			powerCutWhileStaging(t, m, disks[i])
+		}
 		waitBootSlot(t, m, "slot", "b", "trial", "1", "tries_left", "2")
 		t.Logf("upgrade %s: %s rebooted into its trial %.1f s after the start", u.ID, hosts[i], time.Since(t0).Seconds())
 		good := m.WaitMarker(t, quantix.MarkerSlot, bootTimeout, "slot", "b", "state", quantix.SlotGood)
@@ -322,6 +327,33 @@ func testFromVDC(t *testing.T, l *lab) {
 			t.Errorf("%s after the upgrade: %+v, want b good and first", hosts[i], st)
 		}
 	}
+	// The second stage removed what the power cut left half written.
+	fs, done := esp(t, disks[0])
+	defer done()
+	ents, err := fs.ReadDir(strings.TrimSuffix(quantix.ESPSlotFile("b", ""), "/"))
+	must(t, err)
+	for _, e := range ents {
+		if strings.Contains(e.Name(), ".tmp-") {
+			t.Errorf("%s's slot b still holds %s from the interrupted stage", hosts[0], e.Name())
+		}
+	}
+}
+
+// powerCutWhileStaging cuts m's power while init writes the new slot's files
+// (the vDC's order is being staged): the disk boots the good slot a, not a
+// half-written b, and the agent stages the order again by itself.
+func powerCutWhileStaging(t *testing.T, m *vm.Machine, disk string) {
+	t.Helper()
+	m.Expect(t, "msg=staging", bootTimeout)
+	m.Kill(t)
+	if st := env(t, disk); st.Order != [2]string{"a", "b"} || !st.A.OK || st.B != (bootenv.Slot{}) {
+		t.Fatalf("environment after a power cut while staging: %+v, want a good and first, b out of the boot order", st)
+	}
+	t0 := time.Now()
+	m.Restart(t)
+	waitBootSlot(t, m, "slot", "a", "trial", "0")
+	m.Expect(t, "msg=staging", bootTimeout)
+	t.Logf("power cut while staging: booted slot a again and staging anew %.0f s after power-on", time.Since(t0).Seconds())
 }
 
 // waitNodes waits up to a minute until the vDC lists every one of hosts and ok
