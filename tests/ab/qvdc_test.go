@@ -120,6 +120,10 @@ func TestQvDCUpgrade(t *testing.T) {
 	if a := slotInfo(c.Slots, "a"); a.Good || a.Tries != 0 {
 		t.Errorf("controller after the rollback: slot a %+v, want neither good nor with tries left", a)
 	}
+	// Recorded before the reboot into the trial: kept, unlike what the trial wrote.
+	if !hasEvent(c.Events, quantix.ControllerRebooting, "slot a") {
+		t.Errorf("controller events %+v: want the reboot into slot a", c.Events)
+	}
 	q.expectRegistry(t, "after the rollback", before)
 	q.m.PowerOff(t, 2*time.Minute)
 
