@@ -12,7 +12,6 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
-	"time"
 
 	"github.com/quantix/quantix"
 	"github.com/quantix/quantix/upgrade"
@@ -51,8 +50,8 @@ func (a *API) uploadRelease(w http.ResponseWriter, r *http.Request) {
 		a.fail(w, r, a.tooBig(r.ContentLength))
 		return
 	}
-	if err := http.NewResponseController(w).SetReadDeadline(time.Time{}); err != nil {
-		a.fail(w, r, fmt.Errorf("release upload: lift the read deadline: %w", err))
+	if err := liftDeadlines(w); err != nil {
+		a.fail(w, r, fmt.Errorf("release upload: %w", err))
 		return
 	}
 	rel := quantix.Release{ID: store.NewEpoch()}

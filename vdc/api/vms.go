@@ -268,6 +268,21 @@ var imageFormats = map[string]bool{quantix.ImageRaw: true, quantix.ImageQCOW2: t
 
 // uploadImage streams the body into data_dir, hashing it on the way; an image over
 // max_image_bytes, a sha256 that does not match or a name in use leave nothing.
+// liftDeadlines takes the server's read and write timeouts off an upload: a
+// large body takes longer to arrive than either, and the answer goes out on the
+// same connection once it has (with only the read deadline lifted, the stored
+// upload's answer is dropped and the client sees EOF).
+func liftDeadlines(w http.ResponseWriter) error {
+	rc := http.NewResponseController(w)
+	if err := rc.SetReadDeadline(time.Time{}); err != nil {
+		return fmt.Errorf("lift the read deadline: %w", err)
+	}
+	if err := rc.SetWriteDeadline(time.Time{}); err != nil {
+		return fmt.Errorf("lift the write deadline: %w", err)
+	}
+	return nil
+}
+
 func (a *API) uploadImage(w http.ResponseWriter, r *http.Request) {
 	q := r.URL.Query()
 	if err := checkParams(q, "name", "format", "sha256"); err != nil {
@@ -299,9 +314,8 @@ func (a *API) uploadImage(w http.ResponseWriter, r *http.Request) {
 		a.fail(w, r, err)
 		return
 	}
-	// Large images take longer than the server's read timeout.
-	if err := http.NewResponseController(w).SetReadDeadline(time.Time{}); err != nil {
-		a.fail(w, r, fmt.Errorf("image upload: lift the read deadline: %w", err))
+	if err := liftDeadlines(w); err != nil {
+		a.fail(w, r, fmt.Errorf("image upload: %w", err))
 		return
 	}
 	img := store.StoredImage{Image: quantix.Image{ID: store.NewEpoch(), Name: name, Format: format}}
