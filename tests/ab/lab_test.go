@@ -108,23 +108,30 @@ func isoVersion(t *testing.T, iso string) string {
 // install runs the installer on the host onto a new, empty disk image, from the
 // ISO, with the answer a node of this lab would get. It returns the image.
 func (l *lab) install(t *testing.T, hostname string) string {
-	fs := installertest.FakeSystem(t, installertest.Disk{Name: "vda", Size: diskSize, Serial: "QX-AB-" + hostname})
-	s := installer.Scanner{SysBlock: fs.SysBlock, DevDir: fs.DevDir, Mounts: fs.Mounts}
-	img := filepath.Join(s.DevDir, "vda")
-
 	url := fmt.Sprintf("https://%s:%d", vm.WorkstationAddr.Addr(), labVDCPort)
 	pub, err := os.ReadFile(l.key.Pub)
 	must(t, err)
 	answer := fmt.Sprintf("hostname = %q\nafter = \"poweroff\"\ntrusted_keys = [%q]\n[target]\nonly_empty = true\n[network]\nmode = \"dhcp\"\n[network.dhcp]\ntimeout = \"5s\"\nfallback = \"link-local\"\n[agent]\ncontrol_plane = %q\njoin_token = %q\n",
 		hostname, strings.TrimSpace(string(pub)), url, l.vdc.JoinToken)
-	a, err := installer.ParseAnswer("install.toml", []byte(answer), quantix.ImageQuantixOS)
+	return installImage(t, l.iso, quantix.ImageQuantixOS, l.version, "QUANTIX-OS", hostname, answer)
+}
+
+// installImage runs image's installer (version, from the ISO of volume label)
+// on the host with answer onto a new, empty disk image behind a fake sysfs of
+// one fixed virtio disk, as the ISO's install-answer entry does on a machine,
+// and returns the image.
+func installImage(t *testing.T, iso, image, version, label, hostname, answer string) string {
+	fs := installertest.FakeSystem(t, installertest.Disk{Name: "vda", Size: diskSize, Serial: "QX-AB-" + hostname})
+	s := installer.Scanner{SysBlock: fs.SysBlock, DevDir: fs.DevDir, Mounts: fs.Mounts}
+	img := filepath.Join(s.DevDir, "vda")
+	a, err := installer.ParseAnswer("install.toml", []byte(answer), image)
 	must(t, err)
-	med, err := installer.OpenMedium(l.iso)
+	med, err := installer.OpenMedium(iso)
 	must(t, err)
 	defer med.Close()
 	var console bytes.Buffer
 	in, err := installer.New(installer.Config{
-		Image: quantix.ImageQuantixOS, Version: l.version, VolumeLabel: "QUANTIX-OS", Answer: a, Medium: med, Scanner: s,
+		Image: image, Version: version, VolumeLabel: label, Answer: a, Medium: med, Scanner: s,
 		// The ISO's default entry, as its boot menu starts it.
 		Cmdline: quantix.ParseCmdline("BOOT_IMAGE=/boot/vmlinuz console=ttyS0,115200 panic=10 scsi_mod.scan=sync quantix.install=install.toml"),
 		Console: &console,

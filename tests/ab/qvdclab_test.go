@@ -7,14 +7,11 @@ import (
 	"encoding/hex"
 	"encoding/json"
 	"fmt"
-	"io"
-	"log/slog"
 	"net/http"
 	"os"
 	"os/exec"
 	"path/filepath"
 	"slices"
-	"strconv"
 	"strings"
 	"testing"
 	"time"
@@ -70,52 +67,7 @@ func (q *qvdcLab) install(t *testing.T) string {
 		"[network]\nmode = \"static\"\n[network.static]\naddress = %q\ngateway = %q\n"+
 		"[vdc]\nadmin_token = %q\njoin_tokens = [%q]\n",
 		qvdcHostname, strings.TrimSpace(string(pub)), qvdcAddr, vm.LabGateway, qvdcAdminToken, labJoinToken)
-	return installImage(t, q.iso, quantix.ImageQvDC, q.version, "QVDC", answer)
-}
-
-// installImage runs image's installer (version, from the ISO of volume label)
-// on the host with answer onto a new, empty disk image, as the ISO's
-// install-answer entry does on a machine, and returns the image.
-func installImage(t *testing.T, iso, image, version, label, answer string) string {
-	s, img := fakeDisk(t)
-	a, err := installer.ParseAnswer("install.toml", []byte(answer), image)
-	must(t, err)
-	med, err := installer.OpenMedium(iso)
-	must(t, err)
-	defer med.Close()
-	var console bytes.Buffer
-	in, err := installer.New(installer.Config{
-		Image: image, Version: version, VolumeLabel: label, Answer: a, Medium: med, Scanner: s,
-		Cmdline: quantix.ParseCmdline("BOOT_IMAGE=/boot/vmlinuz console=ttyS0,115200 panic=10 scsi_mod.scan=sync quantix.install=install.toml"),
-		Console: &console,
-	}, slog.New(slog.NewTextHandler(io.Discard, nil)))
-	must(t, err)
-	if _, err := in.Run(context.Background()); err != nil {
-		t.Fatalf("install onto %s: %v\n%s", img, err, console.String())
-	}
-	return img
-}
-
-// fakeDisk is an empty disk image of diskSize behind a sysfs of one fixed,
-// non-rotational virtio disk, as the installer's scanner reads them.
-func fakeDisk(t *testing.T) (installer.Scanner, string) {
-	root := t.TempDir()
-	s := installer.Scanner{SysBlock: filepath.Join(root, "sys/class/block"), DevDir: filepath.Join(root, "dev"), Mounts: filepath.Join(root, "mounts")}
-	attrs := []struct{ name, value string }{
-		{"size", strconv.Itoa(diskSize / 512)}, {"removable", "0"}, {"ro", "0"}, {"serial", "QX-AB-QVDC"},
-		{"queue/rotational", "0"}, {"queue/logical_block_size", "512"}, {"device/.keep", ""},
-	}
-	for _, a := range attrs {
-		p := filepath.Join(s.SysBlock, "vda", a.name)
-		must(t, os.MkdirAll(filepath.Dir(p), 0o755))
-		must(t, os.WriteFile(p, []byte(a.value+"\n"), 0o644))
-	}
-	must(t, os.MkdirAll(s.DevDir, 0o755))
-	must(t, os.WriteFile(s.Mounts, nil, 0o644))
-	img := filepath.Join(s.DevDir, "vda")
-	must(t, os.WriteFile(img, nil, 0o644))
-	must(t, os.Truncate(img, diskSize))
-	return s, img
+	return installImage(t, q.iso, quantix.ImageQvDC, q.version, "QVDC", qvdcHostname, answer)
 }
 
 // vdcReady is the vDC's ready marker; each boot prints one.
