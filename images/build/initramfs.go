@@ -143,7 +143,7 @@ func (t *tree) write(w io.Writer, mtime int64, compression string) (n int, raw i
 // encoders run single-threaded with fixed parameters so the output never varies.
 func Compressor(w io.Writer, compression string) (io.WriteCloser, error) {
 	switch compression {
-	case spec.CompressionLZ4, "":
+	case spec.CompressionLZ4:
 		zw := lz4.NewWriter(w)
 		if err := zw.Apply(lz4.LegacyOption(true), lz4.CompressionLevelOption(lz4.Level9), lz4.ConcurrencyOption(1)); err != nil {
 			return nil, fmt.Errorf("lz4 writer: %w", err)

@@ -21,7 +21,6 @@ import (
 	"github.com/quantix/quantix"
 	"github.com/quantix/quantix/installer/bootenv"
 	"github.com/quantix/quantix/tests/vm"
-	"github.com/quantix/quantix/upgrade/upgradetest"
 	"github.com/quantix/quantix/vdc/client"
 )
 
@@ -244,18 +243,9 @@ func testFromVDC(t *testing.T, l *lab) {
 	next := bumpPatch(t, l.version)
 	cfg := l.brokenConfig(t, func(c *quantix.ImageConfig) { c.Version = next })
 	rel := l.broken(t, next, map[string][]byte{strings.TrimPrefix(quantix.ImageConfigPath, "/"): cfg}, nil)
-	dir := upgradetest.Bundle(t, quantix.ImageQuantixOS, next, rel.Kernel, rel.Initrd, l.key.Key)
 	c, err := client.New(client.Config{URL: l.vdc.URL, Token: l.vdc.AdminToken})
 	must(t, err)
-	b, err := client.OpenBundle(dir)
-	must(t, err)
-	t0 := time.Now()
-	r, err := c.UploadRelease(ctx, b, b.Body)
-	b.Close()
-	if err != nil {
-		t.Fatalf("upload the release: %v", err)
-	}
-	t.Logf("release %s %s (%d files) uploaded and verified in %.1f s", r.Image, r.Version, len(r.Files), time.Since(t0).Seconds())
+	r := l.uploadRelease(t, c, quantix.ImageQuantixOS, rel)
 
 	vm.Reserve(t, len(hosts)) // both nodes run at once
 	ms := make([]*vm.Machine, len(hosts))
@@ -269,7 +259,7 @@ func testFromVDC(t *testing.T, l *lab) {
 		return n.OS != nil && n.OS.Slots != nil && n.OS.Slots.Booted == "a" && n.OS.Slots.State == quantix.SlotGood
 	}, "on slot a, good")
 
-	t0 = time.Now()
+	t0 := time.Now()
 	u, err := c.StartUpgrade(ctx, quantix.UpgradeRequest{Release: r.ID, Nodes: hosts})
 	if err != nil {
 		t.Fatalf("start the upgrade: %v", err)

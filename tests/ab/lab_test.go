@@ -14,6 +14,7 @@ import (
 	"path/filepath"
 	"strings"
 	"testing"
+	"time"
 
 	diskfs "github.com/diskfs/go-diskfs"
 	"github.com/diskfs/go-diskfs/filesystem"
@@ -27,6 +28,8 @@ import (
 	"github.com/quantix/quantix/installer/bootenv"
 	"github.com/quantix/quantix/installer/installertest"
 	"github.com/quantix/quantix/tests/vm"
+	"github.com/quantix/quantix/upgrade/upgradetest"
+	"github.com/quantix/quantix/vdc/client"
 	"github.com/quantix/quantix/vdc/vdctest"
 )
 
@@ -67,27 +70,47 @@ func newLab(t *testing.T) *lab {
 	if testing.Short() {
 		t.Skip("boots the installed Quantix-OS in QEMU: skipped with -short")
 	}
-	iso := vm.ISO(t, quantix.ImageQuantixOS)
-	l := &lab{iso: iso}
-	l.version = isoVersion(t, iso)
-	med, err := installer.OpenMedium(iso)
-	if err != nil {
-		t.Fatal(err)
-	}
-	src, err := installer.ReadSource(med)
-	med.Close()
-	if err != nil {
-		t.Fatal(err)
-	}
-	l.base = release{Kernel: src.Kernel, Initrd: src.Initrd, Version: l.version}
-	l.hub = vm.NewHub(t, vm.HubConfig{Name: "hub-ab"})
-	l.key = vdctest.NewReleaseKey(t, "ab-site")
+	l := openLab(t, quantix.ImageQuantixOS, "ab")
 	// The vDC's own version bounds the nodes' (the version-skew rule).
 	l.vdc = vdctest.Start(t, vdctest.Options{JoinTokens: []string{labJoinToken}, TrustedKeysFiles: []string{l.key.Pub}, Version: "9.0.0"})
 	ws := vm.NewWorkstation(t, l.hub, vm.WorkstationMAC, vm.WorkstationAddr)
 	ws.Forward(t, labVDCPort, strings.TrimPrefix(l.vdc.URL, "http://"))
 	l.disk = l.install(t, "ab-node")
 	return l
+}
+
+// openLab starts a lab of image's ISO: its release (slot a after the install),
+// a hub "hub-<name>" and the site's release key "<name>-site".
+func openLab(t *testing.T, image, name string) *lab {
+	iso := vm.ISO(t, image)
+	l := &lab{iso: iso, version: isoVersion(t, iso)}
+	med, err := installer.OpenMedium(iso)
+	must(t, err)
+	src, err := installer.ReadSource(med)
+	med.Close()
+	must(t, err)
+	l.base = release{Kernel: src.Kernel, Initrd: src.Initrd, Version: l.version}
+	l.hub = vm.NewHub(t, vm.HubConfig{Name: "hub-" + name})
+	l.key = vdctest.NewReleaseKey(t, name+"-site")
+	return l
+}
+
+// uploadRelease signs rel as a bundle of image with the lab's key and uploads
+// it through c; the vDC verifies it.
+func (l *lab) uploadRelease(t *testing.T, c *client.Client, image string, rel release) quantix.Release {
+	t.Helper()
+	b, err := client.OpenBundle(upgradetest.Bundle(t, image, rel.Version, rel.Kernel, rel.Initrd, l.key.Key))
+	must(t, err)
+	defer b.Close()
+	ctx, cancel := context.WithTimeout(context.Background(), vm.ScaleTimeout(10*time.Minute))
+	defer cancel()
+	t0 := time.Now()
+	r, err := c.UploadRelease(ctx, b, b.Body)
+	if err != nil {
+		t.Fatalf("upload release %s %s: %v", image, rel.Version, err)
+	}
+	t.Logf("release %s %s (%d MB initramfs) uploaded and verified in %.1f s", r.Image, r.Version, len(rel.Initrd)>>20, time.Since(t0).Seconds())
+	return r
 }
 
 // isoVersion is the version in the ISO's build manifest (out/<image>.manifest.json).

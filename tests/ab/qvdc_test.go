@@ -55,7 +55,7 @@ func TestQvDCUpgrade(t *testing.T) {
 
 	// Happy path: the same system under a newer version (its qx-vdc says so too).
 	next := bumpPatch(t, q.version)
-	rel := q.uploadRelease(t, q.release(t, next, nil, nil))
+	rel := q.uploadRelease(t, q.vdc, quantix.ImageQvDC, q.release(t, next, nil, nil))
 	staged, t0 := q.upgrade(t, rel)
 	if staged.Staged.Slot != "b" || staged.Staged.Version != next {
 		t.Fatalf("upgrade answer %+v: want %s staged into slot b", staged.Staged, next)
@@ -82,7 +82,7 @@ func TestQvDCUpgrade(t *testing.T) {
 			Args: []string{"-c", "echo self-check of this release failed; exit 1"}, DependsOn: []string{"vdc"}, HealthGate: quantix.GateReady})
 	})
 	migration := []byte("CREATE TABLE ab_trial_schema (id bigint PRIMARY KEY);\n")
-	rel = q.uploadRelease(t, q.release(t, next2, cfg, migration))
+	rel = q.uploadRelease(t, q.vdc, quantix.ImageQvDC, q.release(t, next2, cfg, migration))
 	staged, t0 = q.upgrade(t, rel)
 	if staged.Staged.Slot != "a" || staged.Staged.Version != next2 {
 		t.Fatalf("upgrade answer %+v: want %s staged into slot a", staged.Staged, next2)

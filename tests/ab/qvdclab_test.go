@@ -19,12 +19,11 @@ import (
 	diskfs "github.com/diskfs/go-diskfs"
 	"github.com/diskfs/go-diskfs/partition/gpt"
 
+	"github.com/google/uuid"
+
 	"github.com/quantix/quantix"
-	"github.com/quantix/quantix/installer"
 	"github.com/quantix/quantix/tests/vm"
-	"github.com/quantix/quantix/upgrade/upgradetest"
 	"github.com/quantix/quantix/vdc/client"
-	"github.com/quantix/quantix/vdc/vdctest"
 )
 
 // qvdcLab is one installed QvDC disk, on a hub with a workstation that reaches
@@ -38,18 +37,10 @@ type qvdcLab struct {
 }
 
 func newQvDCLab(t *testing.T) *qvdcLab {
-	iso := vm.ISO(t, quantix.ImageQvDC)
-	l := &lab{iso: iso, version: isoVersion(t, iso)}
-	med, err := installer.OpenMedium(iso)
-	must(t, err)
-	src, err := installer.ReadSource(med)
-	med.Close()
-	must(t, err)
-	l.base = release{Kernel: src.Kernel, Initrd: src.Initrd, Version: l.version}
-	l.hub = vm.NewHub(t, vm.HubConfig{Name: "hub-ab-qvdc"})
-	l.key = vdctest.NewReleaseKey(t, "ab-qvdc-site")
+	l := openLab(t, quantix.ImageQvDC, "ab-qvdc")
 	q := &qvdcLab{lab: l}
 	q.ws = vm.NewWorkstation(t, l.hub, vm.WorkstationMAC, vm.WorkstationAddr)
+	var err error
 	q.vdc, err = client.New(client.Config{URL: fmt.Sprintf("http://%s:%d", qvdcAddr.Addr(), labVDCPort), Token: qvdcAdminToken,
 		HTTPClient: q.ws.HTTPClient(0)}) // deadlines come from each call's context
 	must(t, err)
@@ -133,25 +124,16 @@ func (q *qvdcLab) register(t *testing.T, hostname string) {
 		TLSClientConfig: quantix.PinnedTLS([]string{q.pin}, nil)}}
 	c, err := client.New(client.Config{URL: fmt.Sprintf("https://%s:%d", qvdcAddr.Addr(), labVDCPort), HTTPClient: hc})
 	must(t, err)
+	secret := make([]byte, 32)
+	_, err = rand.Read(secret)
+	must(t, err)
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
 	r, err := c.Register(ctx, quantix.FormatJoinToken(q.pin, labJoinToken), quantix.RegisterRequest{Hostname: hostname,
-		MachineID: randomUUID(t), NodeSecret: randomHex(t, 32), ManagementIP: "10.77.0.50", AgentVersion: "ab-test"})
+		MachineID: uuid.NewString(), NodeSecret: hex.EncodeToString(secret), ManagementIP: "10.77.0.50", AgentVersion: "ab-test"})
 	if err != nil || r.Registration != quantix.RegistrationRegistered {
 		t.Fatalf("register %s: %+v, %v", hostname, r, err)
 	}
-}
-
-func randomUUID(t *testing.T) string {
-	h := randomHex(t, 16)
-	return h[0:8] + "-" + h[8:12] + "-" + h[12:16] + "-" + h[16:20] + "-" + h[20:]
-}
-
-func randomHex(t *testing.T, n int) string {
-	b := make([]byte, n)
-	_, err := rand.Read(b)
-	must(t, err)
-	return hex.EncodeToString(b)
 }
 
 func (q *qvdcLab) uploadImage(t *testing.T, name string) quantix.Image {
@@ -253,24 +235,6 @@ func migrationNumber(t *testing.T) int {
 		t.Fatalf("no migrations in %s: %v", migrationsDir, err)
 	}
 	return len(sql) + 1
-}
-
-// uploadRelease signs rel with the lab's key and uploads it to the QvDC, which
-// verifies it.
-func (q *qvdcLab) uploadRelease(t *testing.T, rel release) quantix.Release {
-	t.Helper()
-	b, err := client.OpenBundle(upgradetest.Bundle(t, quantix.ImageQvDC, rel.Version, rel.Kernel, rel.Initrd, q.key.Key))
-	must(t, err)
-	defer b.Close()
-	ctx, cancel := context.WithTimeout(context.Background(), vm.ScaleTimeout(10*time.Minute))
-	defer cancel()
-	t0 := time.Now()
-	r, err := q.vdc.UploadRelease(ctx, b, b.Body)
-	if err != nil {
-		t.Fatalf("upload release %s: %v", rel.Version, err)
-	}
-	t.Logf("release %s %s (%d MB initramfs) uploaded and verified in %.1f s", r.Image, r.Version, len(rel.Initrd)>>20, time.Since(t0).Seconds())
-	return r
 }
 
 // upgrade asks the QvDC to stage rel and reboot into it; it returns the answer

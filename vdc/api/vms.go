@@ -266,8 +266,6 @@ func (a *API) serveFile(w http.ResponseWriter, r *http.Request, path, what, sum 
 
 var imageFormats = map[string]bool{quantix.ImageRaw: true, quantix.ImageQCOW2: true, quantix.ImageISO: true}
 
-// uploadImage streams the body into data_dir, hashing it on the way; an image over
-// max_image_bytes, a sha256 that does not match or a name in use leave nothing.
 // liftDeadlines takes the server's read and write timeouts off an upload: a
 // large body takes longer to arrive than either, and the answer goes out on the
 // same connection once it has (with only the read deadline lifted, the stored
@@ -283,6 +281,8 @@ func liftDeadlines(w http.ResponseWriter) error {
 	return nil
 }
 
+// uploadImage streams the body into data_dir, hashing it on the way; an image over
+// max_image_bytes, a sha256 that does not match or a name in use leave nothing.
 func (a *API) uploadImage(w http.ResponseWriter, r *http.Request) {
 	q := r.URL.Query()
 	if err := checkParams(q, "name", "format", "sha256"); err != nil {
