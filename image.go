@@ -77,7 +77,20 @@ type Service struct {
 	// (docs/design.md §16): "" no, GateReady yes, GateIfVDC only when a vDC is
 	// configured (the node agent: without one it has nothing to register with).
 	HealthGate string `toml:"health_gate"`
+	// Modules are kernel modules (of the image's kernel.modules) init loads before
+	// it starts the service, in its own process: the service's first use of them
+	// (the network service creating br0) then does not wait for the kernel to run
+	// modprobe, another process start.
+	Modules []string `toml:"modules,omitempty"`
+	// BootPriority PriorityLow starts the service at the lowest CPU priority
+	// (nice 19) until boot-complete, then gives it the normal one: a service
+	// boot-complete does not wait for (the console) then takes no CPU from the
+	// ones it does while the boot is on. "" is the normal priority throughout.
+	BootPriority string `toml:"boot_priority,omitempty"`
 }
+
+// PriorityLow is the Service.BootPriority of services that yield during the boot.
+const PriorityLow = "low"
 
 // Service.HealthGate values.
 const (
@@ -103,6 +116,9 @@ func LoadImageConfig(path string) (*ImageConfig, error) {
 	for _, s := range c.Services {
 		if s.HealthGate != "" && s.HealthGate != GateReady && s.HealthGate != GateIfVDC {
 			return nil, fmt.Errorf("load image config %s: service %s: health_gate %q, want %q or %q", path, s.Name, s.HealthGate, GateReady, GateIfVDC)
+		}
+		if s.BootPriority != "" && s.BootPriority != PriorityLow {
+			return nil, fmt.Errorf("load image config %s: service %s: boot_priority %q, want %q or none", path, s.Name, s.BootPriority, PriorityLow)
 		}
 	}
 	return &c, nil

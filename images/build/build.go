@@ -342,8 +342,9 @@ func (r *buildRun) imageConfig() error {
 		keys += k + "\n"
 	}
 	r.t.file(strings.TrimPrefix(quantix.TrustedKeysPath, "/"), []byte(keys), 0o644)
-	// The kernel asks /sbin/modprobe for modules (crypto-crc32c, fs-vfat).
-	r.t.add(cpio.Symlink("sbin/modprobe", "/bbin/"+img.Initramfs.Uinit))
+	// No /sbin/modprobe: qx-init links it when it starts (initd.LinkModprobe), so
+	// the kernel's requests before init runs fail at once instead of starting a
+	// Go process each.
 	for name, target := range img.Initramfs.Symlinks {
 		r.t.add(cpio.Symlink(name, target))
 	}

@@ -334,7 +334,7 @@ func (img *Image) Validate() error {
 		bad("boot.entry", "exactly one entry must have default = true, found %d", defaults)
 	}
 
-	errs = append(errs, validateServices(img.Services)...)
+	errs = append(errs, validateServices(img.Services, img.Kernel.Modules)...)
 	for i, h := range img.HaltHooks {
 		if !path.IsAbs(h.Command) {
 			bad(fmt.Sprintf("halt_hook[%d].command", i), "%q must be an absolute path inside the image", h.Command)
@@ -371,8 +371,12 @@ func (b Boot) DefaultEntry() BootEntry {
 	return BootEntry{}
 }
 
-func validateServices(svcs []quantix.Service) []error {
+func validateServices(svcs []quantix.Service, modules []string) []error {
 	var errs []error
+	boot := map[string]bool{}
+	for _, m := range modules {
+		boot[NormalizeModule(m)] = true
+	}
 	names := map[string]int{}
 	for i, s := range svcs {
 		key := fmt.Sprintf("service[%d]", i)
@@ -395,6 +399,16 @@ func validateServices(svcs []quantix.Service) []error {
 		case "", quantix.GateReady, quantix.GateIfVDC:
 		default:
 			errs = append(errs, fmt.Errorf("%s.health_gate: %q must be %q or %q", key, s.HealthGate, quantix.GateReady, quantix.GateIfVDC))
+		}
+		if s.BootPriority != "" && s.BootPriority != quantix.PriorityLow {
+			errs = append(errs, fmt.Errorf("%s.boot_priority: %q must be %q or unset", key, s.BootPriority, quantix.PriorityLow))
+		}
+		for j, m := range s.Modules {
+			if s.AfterBoot {
+				errs = append(errs, fmt.Errorf("%s.modules[%d]: %s starts after boot-complete: put %q in kernel.late_modules", key, j, s.Name, m))
+			} else if !boot[NormalizeModule(m)] {
+				errs = append(errs, fmt.Errorf("%s.modules[%d]: %q is not in kernel.modules (late_modules load only after boot-complete)", key, j, m))
+			}
 		}
 	}
 	for i, s := range svcs {

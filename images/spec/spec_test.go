@@ -110,6 +110,8 @@ func TestParseInvalid(t *testing.T) {
 		{"bad trusted key", `hostname = "quantix"`, "hostname = \"quantix\"\ntrusted_keys = [\"rsa AAAA me\"]", `trusted_keys[0]: public key "rsa AAAA me": want "ed25519 <base64 key> <name>"`},
 		{"short trusted key", `hostname = "quantix"`, "hostname = \"quantix\"\ntrusted_keys = [\"ed25519 AAAA me\"]", `trusted_keys[0]: public key me: not a base64 ed25519 public key`},
 		{"bad health gate", `args = ["serve"]`, "args = [\"serve\"]\nhealth_gate = \"maybe\"", `service[0].health_gate: "maybe" must be`},
+		{"bad boot priority", `args = ["serve"]`, "args = [\"serve\"]\nboot_priority = \"idle\"", `service[0].boot_priority: "idle" must be "low" or unset`},
+		{"service module not shipped", `args = ["serve"]`, "args = [\"serve\"]\nmodules = [\"button\"]", `service[0].modules[0]: "button" is not in kernel.modules`},
 		{"cycle", `args = ["serve"]`, "args = [\"serve\"]\ndepends_on = [\"agent\"]", `dependency cycle network -> agent -> network`},
 	}
 	for _, tt := range tests {

@@ -229,6 +229,7 @@ func WithSerialConsole(services []quantix.Service, sc SerialConsole, devDir stri
 	if base != nil {
 		svc.Command = base.Command
 		svc.Args = append(svc.Args, withoutFlags(base.Args, consoleFlagsOwn)...)
+		svc.BootPriority = base.BootPriority
 	}
 	return append(out, svc), nil
 }

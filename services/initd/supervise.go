@@ -10,10 +10,13 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"runtime"
 	"strings"
 	"sync"
 	"syscall"
 	"time"
+
+	"golang.org/x/sys/unix"
 
 	"github.com/quantix/quantix"
 )
@@ -159,8 +162,58 @@ func (s *Supervisor) Order() []string { return append([]string(nil), s.order...)
 func (s *Supervisor) AllReady() <-chan struct{} { return s.allReady }
 
 // StartAfterBoot lets the after_boot services start (once their dependencies are
-// ready). Init calls it after boot-complete, or when the boot takes too long.
-func (s *Supervisor) StartAfterBoot() { s.afterBootOnce.Do(func() { close(s.afterBoot) }) }
+// ready) and gives the boot_priority = "low" services the normal CPU priority.
+// Init calls it after boot-complete, or when the boot takes too long.
+func (s *Supervisor) StartAfterBoot() {
+	s.afterBootOnce.Do(func() {
+		close(s.afterBoot)
+		for _, name := range s.order {
+			svc := s.svcs[name]
+			svc.mu.Lock()
+			if svc.spec.BootPriority == quantix.PriorityLow && svc.pid != 0 {
+				// The service leads its process group: this reaches every thread
+				// of it and of its children.
+				if err := unix.Setpriority(unix.PRIO_PGRP, svc.pid, 0); err != nil {
+					s.log.Warn("normal CPU priority", "service", name, "err", err)
+				}
+			}
+			svc.mu.Unlock()
+		}
+	})
+}
+
+// booting says whether StartAfterBoot has not been called yet.
+func (s *Supervisor) booting() bool {
+	select {
+	case <-s.afterBoot:
+		return false
+	default:
+		return true
+	}
+}
+
+// lowNice is the priority boot_priority = "low" services start with during the boot.
+const lowNice = 19
+
+// startNiced starts cmd at nice lowNice: the thread that forks has that priority
+// for the fork, and the child and its threads inherit it.
+func startNiced(cmd *exec.Cmd, log *slog.Logger) error {
+	runtime.LockOSThread()
+	// PRIO_PROCESS with who 0 is the calling thread.
+	if err := unix.Setpriority(unix.PRIO_PROCESS, 0, lowNice); err != nil {
+		runtime.UnlockOSThread()
+		return fmt.Errorf("lower the CPU priority for the start: %w", err)
+	}
+	err := cmd.Start()
+	if perr := unix.Setpriority(unix.PRIO_PROCESS, 0, 0); perr != nil {
+		// No other goroutine may run on this thread at nice 19: it stays locked
+		// to this one, and the runtime ends it when the goroutine exits.
+		log.Warn("restore the supervisor's CPU priority", "err", perr)
+		return err
+	}
+	runtime.UnlockOSThread()
+	return err
+}
 
 // Ready is closed once service name has been ready once.
 func (s *Supervisor) Ready(name string) <-chan struct{} { return s.svcs[name].ready }
@@ -491,7 +544,12 @@ func (s *Supervisor) runOnce(svc *service) (code int, lastErr string, err error)
 	}
 	svc.starts++
 	var startErr error
-	if err := cmd.Start(); err != nil {
+	start := cmd.Start
+	if svc.spec.BootPriority == quantix.PriorityLow && s.booting() {
+		// Under svc.mu: StartAfterBoot sees this process once it is started.
+		start = func() error { return startNiced(cmd, s.log) }
+	}
+	if err := start(); err != nil {
 		startErr = fmt.Errorf("start %s: %w", svc.spec.Command, err)
 	}
 	closeWriters() // the service has its copies

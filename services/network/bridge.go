@@ -32,6 +32,14 @@ type bridgeOpts struct {
 // a later step fails, and nic is released, so a failure leaves the layout as it was.
 func (e *netEnv) ensureBridge(name string, nic netlink.Link) (netlink.Link, error) {
 	mac := nic.Attrs().HardwareAddr
+	// The NIC goes up first: the kernel reports its carrier (linkwatch, up to a
+	// second later) while the bridge is made, and a port that has it when it
+	// joins forwards at once (STP off, forward delay 0), so br0 has carrier sooner.
+	if nic.Attrs().Flags&net.FlagUp == 0 {
+		if err := e.nl(func(h *netlink.Handle) error { return h.LinkSetUp(nic) }); err != nil {
+			return nil, fmt.Errorf("set %s up: %w", nic.Attrs().Name, err)
+		}
+	}
 	br, err := e.linkByName(name)
 	created := false
 	switch {
@@ -96,11 +104,6 @@ func (e *netEnv) ensureBridge(name string, nic netlink.Link) (netlink.Link, erro
 			return undo(fmt.Errorf("add %s to bridge %s: %w", nic.Attrs().Name, name, err))
 		}
 		enslaved = true
-	}
-	if nic.Attrs().Flags&net.FlagUp == 0 {
-		if err := e.nl(func(h *netlink.Handle) error { return h.LinkSetUp(nic) }); err != nil {
-			return undo(fmt.Errorf("set %s up: %w", nic.Attrs().Name, err))
-		}
 	}
 	return e.linkByName(name)
 }

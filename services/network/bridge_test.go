@@ -257,6 +257,28 @@ func TestBridgeDHCP(t *testing.T) {
 	}
 }
 
+// TestBridgeDHCPCarrierLate: the service starts while the wire has no carrier (the
+// switch port still down, or a bridge port not yet forwarding at boot), so its
+// first DISCOVER is lost. The carrier's arrival starts the client over at once:
+// the lease comes long before the first retransmission would.
+func TestBridgeDHCPCarrierLate(t *testing.T) {
+	l := newLab(t)
+	l.startDHCP(time.Minute)
+	netlab.IP(t, "-n", l.far, "link", "set", "gw0", "down")
+	cfg := bridgedConfig(l)
+	cfg.Settings = mustParse(t, "dhcp.toml", dhcpToml)
+	cfg.DHCPRetryInitial, cfg.DHCPRetryMax = 20*time.Second, 20*time.Second
+	r := l.run(cfg)
+	waitStatus(t, r.s, 5*time.Second, "dhcp selecting on br0", func(st Status) bool {
+		return st.Interface == "br0" && st.DHCP != nil && st.DHCP.State == DHCPSelecting
+	})
+	time.Sleep(300 * time.Millisecond) // the first DISCOVER went out without carrier
+	netlab.IP(t, "-n", l.far, "link", "set", "gw0", "up")
+	up := time.Now()
+	r.waitMarker(t, SourceDHCP, 8*time.Second)
+	t.Logf("lease %.2fs after carrier up (first retransmission due 20s after the start)", time.Since(up).Seconds())
+}
+
 // TestBridgeFallback: no DHCP server -> the [static] fallback lands on br0; a later
 // lease replaces it there.
 func TestBridgeFallback(t *testing.T) {

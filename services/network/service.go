@@ -133,6 +133,8 @@ type Service struct {
 	programmed  target
 	dhcp        *worker
 	dhcpStarted time.Time
+	// dhcpBlind: the client started while its link had no carrier.
+	dhcpBlind bool
 	dhcpEvents  chan dhcpEvent
 	ll          *worker
 	llEvents    chan llEvent
@@ -605,6 +607,19 @@ func (s *Service) startDHCP(ctx context.Context) {
 	}
 	s.dhcp = startWorker(ctx, c.run)
 	s.dhcpStarted = time.Now()
+	// A DISCOVER sent without carrier is lost (a bridge whose port is not yet
+	// forwarding drops it): the carrier's arrival starts the client over, instead
+	// of the first retransmission seconds later.
+	s.dhcpBlind = true
+	if l, err := s.env.linkByIndex(s.link.Attrs().Index); err == nil {
+		s.dhcpBlind = !carrierUp(l.Attrs())
+	}
+}
+
+// carrierUp says whether the link can pass packets (operstate up, or unknown with
+// the lower layer up, as for links that do not report an operstate).
+func carrierUp(a *netlink.LinkAttrs) bool {
+	return a.OperState == netlink.OperUp || (a.OperState == netlink.OperUnknown && a.RawFlags&unix.IFF_LOWER_UP != 0)
 }
 
 // programTarget puts t in the kernel and resolv.conf, verifies both, and prints the
@@ -788,7 +803,7 @@ func (s *Service) onFallback(ctx context.Context) {
 
 func (s *Service) onLink(ctx context.Context, u netlink.LinkUpdate, carrier map[int]bool) {
 	a := u.Attrs()
-	up := a.OperState == netlink.OperUp || (a.OperState == netlink.OperUnknown && a.RawFlags&unix.IFF_LOWER_UP != 0)
+	up := carrierUp(a)
 	was, seen := carrier[a.Index]
 	carrier[a.Index] = up
 	s.log.Debug("link update", "iface", a.Name, "oper", a.OperState.String(), "carrier", up)
@@ -800,7 +815,16 @@ func (s *Service) onLink(ctx context.Context, u netlink.LinkUpdate, carrier map[
 		}
 		return
 	}
-	if a.Index != s.link.Attrs().Index || !seen || was == up || !up {
+	if a.Index != s.link.Attrs().Index || !up {
+		return
+	}
+	if s.cur.mode == ModeDHCP && s.dhcp != nil && s.dhcpBlind {
+		s.log.Info("carrier up, dhcp starts over", "iface", a.Name, "after", time.Since(s.dhcpStarted).Round(time.Millisecond))
+		s.dhcp.stop()
+		s.startDHCP(ctx)
+		return
+	}
+	if !seen || was == up {
 		return
 	}
 	if s.cur.mode == ModeDHCP && s.dhcp != nil && time.Since(s.dhcpStarted) > time.Second {

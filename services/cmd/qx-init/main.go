@@ -153,7 +153,8 @@ func runInit(console, logw io.Writer) {
 }
 
 // modprobe serves the kernel's module requests (/sbin/modprobe -q -- NAME, e.g.
-// crypto-crc32c or fs-vfat): the initramfs links /sbin/modprobe to qx-init.
+// crypto-crc32c or fs-vfat): init links /sbin/modprobe to qx-init when it starts
+// (initd.LinkModprobe).
 func modprobe(args []string) int {
 	var names []string
 	for i, a := range args {
