@@ -204,6 +204,41 @@ func BenchmarkBoot(b *testing.B) {
 	}
 }
 
+// BenchmarkBootPaired boots the floor and Quantix-OS (SeaBIOS, CD) in turn, b.N
+// pairs, and reports both means and their ratio: TCG timings drift with the host's
+// load, and interleaved boots see the same drift. QUANTIX_BASE_ISO adds a third
+// ISO to each round (an earlier build, for before/after in one run):
+//
+//	QUANTIX_BASE_ISO=/tmp/old/quantix-os.iso go test ./images -run '^$' -bench BootPaired -benchtime 5x
+func BenchmarkBootPaired(b *testing.B) {
+	isos := []struct{ name, iso string }{{"floor", floorISO(b)}, {quantix.ImageQuantixOS, builtISO(b, quantix.ImageQuantixOS)}}
+	if base := os.Getenv("QUANTIX_BASE_ISO"); base != "" {
+		isos = append(isos, struct{ name, iso string }{"base", base})
+	}
+	sum := make([]float64, len(isos))
+	for i := 0; i < b.N; i++ {
+		for j, img := range isos {
+			cfg := vm.Config{ISO: img.iso, Name: fmt.Sprintf("paired-%s-%d", img.name, i)}
+			cfg.NICs = []vm.NIC{{Hub: vm.NewHub(b, vm.HubConfig{})}}
+			m := vm.Start(b, cfg)
+			mk := m.WaitMarker(b, quantix.MarkerBootComplete, bootTimeout)
+			m.Kill(b)
+			s, err := strconv.ParseFloat(mk.Get("seconds"), 64)
+			if err != nil {
+				b.Fatalf("%s boot-complete seconds=%q: %v", img.name, mk.Get("seconds"), err)
+			}
+			b.Logf("round %d %s: boot-complete at %.2f s guest uptime", i, img.name, s)
+			sum[j] += s
+		}
+	}
+	for j, img := range isos {
+		b.ReportMetric(sum[j]/float64(b.N), "s-"+img.name)
+		if j > 0 {
+			b.ReportMetric(sum[j]/sum[0], "x-floor-"+img.name)
+		}
+	}
+}
+
 // floorISO is the lab's bare kernel and minimal initramfs (tests/vm testinit, which
 // loads the same kind of drivers and prints boot-complete) in an ISO made by the
 // same builder, with the same boot menu and timeout as the images.

@@ -123,29 +123,31 @@ func allEqual(xs []int, v int) bool {
 	return true
 }
 
-// TestLinkModprobe: /sbin/modprobe comes from init (the image has none), points at
-// the running executable, and linking again is harmless; a file in the way is an
-// error that names it.
+// TestLinkModprobe: /sbin/modprobe comes from init (the image has none) and points
+// at the image's modprobe command; linking again is harmless; a missing command
+// or a file in the way is an error that names it.
 func TestLinkModprobe(t *testing.T) {
 	dir := t.TempDir()
 	path := filepath.Join(dir, "sbin", "modprobe")
-	exe, err := os.Executable()
-	if err != nil {
+	target := filepath.Join(dir, "bbin", "modprobe")
+	if err := LinkModprobe(path, target); err == nil || !strings.Contains(err.Error(), "the image has no modprobe") {
+		t.Errorf("LinkModprobe without the command: %v, want an error saying so", err)
+	}
+	if err := os.MkdirAll(filepath.Dir(target), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(target, []byte("x"), 0o755); err != nil {
 		t.Fatal(err)
 	}
 	for i := 0; i < 2; i++ {
-		if err := LinkModprobe(path); err != nil {
+		if err := LinkModprobe(path, target); err != nil {
 			t.Fatalf("link %d: %v", i, err)
 		}
-		if got, err := os.Readlink(path); err != nil || got != exe {
-			t.Fatalf("%s -> %q (%v), want -> %s", path, got, err, exe)
+		if got, err := os.Readlink(path); err != nil || got != target {
+			t.Fatalf("%s -> %q (%v), want -> %s", path, got, err, target)
 		}
 	}
-	other := filepath.Join(dir, "other")
-	if err := os.WriteFile(other, []byte("x"), 0o755); err != nil {
-		t.Fatal(err)
-	}
-	if err := LinkModprobe(other); err == nil || !strings.Contains(err.Error(), other) {
-		t.Errorf("LinkModprobe over a file: %v, want an error naming %s", err, other)
+	if err := LinkModprobe(target, path); err == nil || !strings.Contains(err.Error(), target) {
+		t.Errorf("LinkModprobe over a file: %v, want an error naming %s", err, target)
 	}
 }

@@ -79,7 +79,7 @@ func (in *Init) Run(ctx context.Context) (quantix.HaltAction, error) {
 	if err := in.mountBase(); err != nil {
 		return "", err
 	}
-	if err := LinkModprobe(ModprobePath); err != nil {
+	if err := LinkModprobe(ModprobePath, ModprobeCommand); err != nil {
 		in.log.Warn("the kernel cannot ask for modules", "err", err)
 	}
 	t0 := time.Now()
@@ -309,26 +309,30 @@ func (in *Init) mountBase() error {
 	return nil
 }
 
-// ModprobePath is where the kernel runs modprobe (its default modprobe_path).
-const ModprobePath = "/sbin/modprobe"
+// ModprobePath is where the kernel runs modprobe (its default modprobe_path), and
+// ModprobeCommand what serves it: qx-init, which acts as modprobe when started by
+// that name.
+const (
+	ModprobePath    = "/sbin/modprobe"
+	ModprobeCommand = "/bbin/qx-init"
+)
 
-// LinkModprobe links path to this executable, which serves the kernel's module
-// requests as modprobe. The image ships no modprobe: the kernel's requests before
-// init runs (its crypto self-tests ask for algorithms that are built in) then fail
-// at once, as on a kernel without modules, where each would otherwise start a Go
+// LinkModprobe links path to target, the command that serves the kernel's module
+// requests. The image ships no /sbin/modprobe: the kernel's requests before init
+// runs (its crypto self-tests ask for algorithms that are built in) then fail at
+// once, as on a kernel without modules, where each would otherwise start a Go
 // process (about 0.15 s under TCG, several before /init).
-func LinkModprobe(path string) error {
-	exe, err := os.Executable()
-	if err != nil {
-		return fmt.Errorf("link %s: %w", path, err)
+func LinkModprobe(path, target string) error {
+	if _, err := os.Stat(target); err != nil {
+		return fmt.Errorf("link %s: the image has no modprobe: %w", path, err)
+	}
+	if cur, err := os.Readlink(path); err == nil && cur == target {
+		return nil
 	}
 	if err := os.MkdirAll(filepath.Dir(path), 0o755); err != nil {
 		return fmt.Errorf("link %s: %w", path, err)
 	}
-	if cur, err := os.Readlink(path); err == nil && cur == exe {
-		return nil
-	}
-	if err := os.Symlink(exe, path); err != nil {
+	if err := os.Symlink(target, path); err != nil {
 		return fmt.Errorf("link %s: %w", path, err)
 	}
 	return nil
@@ -355,8 +359,10 @@ func isMountPoint(dir string) bool {
 // are both there or DeviceWait has passed.
 func (in *Init) waitFilesystems() []blockdev.Filesystem {
 	deadline := time.Now().Add(in.DeviceWait)
-	for {
-		if in.mods != nil {
+	for first := true; ; first = false {
+		// Run's coldplug has just loaded every driver a present device asks for:
+		// only a disk that appears later (USB, NVMe) needs another pass.
+		if in.mods != nil && !first {
 			in.mods.Coldplug(in.cfg.Modules)
 		}
 		fss, _ := blockdev.ScanFilesystems(in.sysBlock, in.devDir)
