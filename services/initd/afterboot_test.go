@@ -2,7 +2,6 @@ package initd
 
 import (
 	"bytes"
-	"context"
 	"fmt"
 	"os"
 	"path/filepath"
@@ -22,13 +21,7 @@ func TestSupervisorAfterBoot(t *testing.T) {
 	modes := map[string]string{"network": "ready", "libvirtd": "ready"}
 	s, console, events, _ := newSup(t, modes, nil, []string{"network", "libvirtd"}, nil)
 	s.svcs["libvirtd"].spec.AfterBoot = true
-	ctx, cancel := context.WithCancel(context.Background())
-	done := make(chan error, 1)
-	go func() { done <- s.Run(ctx) }()
-	defer func() {
-		cancel()
-		<-done
-	}()
+	runSup(t, s)
 	select {
 	case <-s.AllReady():
 	case <-time.After(20 * time.Second):
@@ -59,13 +52,7 @@ func TestSupervisorBootPriority(t *testing.T) {
 	modes := map[string]string{"network": "ready", "console": "ready"}
 	s, _, events, _ := newSup(t, modes, nil, []string{"network", "console"}, nil)
 	s.svcs["console"].spec.BootPriority = quantix.PriorityLow
-	ctx, cancel := context.WithCancel(context.Background())
-	done := make(chan error, 1)
-	go func() { done <- s.Run(ctx) }()
-	defer func() {
-		cancel()
-		<-done
-	}()
+	runSup(t, s)
 	select {
 	case <-s.AllReady():
 	case <-time.After(20 * time.Second):

@@ -221,10 +221,7 @@ func TestControlRestartFails(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	ctx, cancel := context.WithCancel(context.Background())
-	done := make(chan error, 1)
-	go func() { done <- sup.Run(ctx) }()
-	defer func() { cancel(); <-done }()
+	runSup(t, sup)
 	select {
 	case <-sup.Ready("svc"):
 	case <-time.After(10 * time.Second):
@@ -300,10 +297,7 @@ func (c *stuckClock) After(d time.Duration) <-chan time.Time {
 func TestRestartResetsBackoff(t *testing.T) {
 	clock := &stuckClock{fakeClock{now: time.Unix(1700000000, 0)}}
 	s, _, events, _ := newSup(t, map[string]string{"crash": "fail", "dep": "ready"}, map[string][]string{"dep": {"crash"}}, []string{"crash", "dep"}, clock)
-	ctx, cancel := context.WithCancel(context.Background())
-	done := make(chan error, 1)
-	go func() { done <- s.Run(ctx) }()
-	defer func() { cancel(); <-done }()
+	runSup(t, s)
 	waitFor(t, "the first backoff", func() bool { return len(clock.Delays()) == 1 })
 	if st := s.Services()[0]; st.State != quantix.ServiceRestarting || st.LastError != "level=ERROR msg=crashed" || st.PID != 0 {
 		t.Errorf("crash = %+v, want restarting with its last stderr line", st)

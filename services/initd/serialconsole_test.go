@@ -1,7 +1,6 @@
 package initd
 
 import (
-	"context"
 	"io"
 	"log/slog"
 	"os"
@@ -228,13 +227,7 @@ func TestInitStartsSerialConsole(t *testing.T) {
 	if diff := cmp.Diff([]string{"console-tty1", "console-serial"}, sup.Order()); diff != "" {
 		t.Errorf("supervised services (-want +got):\n%s", diff)
 	}
-	ctx, cancel := context.WithCancel(context.Background())
-	done := make(chan error, 1)
-	go func() { done <- sup.Run(ctx) }()
-	defer func() {
-		cancel()
-		<-done
-	}()
+	runSup(t, sup)
 	select {
 	case <-sup.AllReady():
 	case <-time.After(20 * time.Second):

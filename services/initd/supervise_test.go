@@ -128,6 +128,17 @@ func newSup(t *testing.T, modes map[string]string, deps map[string][]string, ord
 	return s, console, events, filepath.Join(dir, "log")
 }
 
+// runSup runs s until the test ends; the cleanup stops it and waits for Run.
+func runSup(t testing.TB, s *Supervisor) {
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- s.Run(ctx) }()
+	t.Cleanup(func() {
+		cancel()
+		<-done
+	})
+}
+
 func readEvents(t *testing.T, file string) []string {
 	t.Helper()
 	f, err := os.Open(file)

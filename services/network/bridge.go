@@ -35,31 +35,15 @@ func (e *netEnv) ensureBridge(name string, nic netlink.Link) (netlink.Link, erro
 	// The NIC goes up first: the kernel reports its carrier (linkwatch, up to a
 	// second later) while the bridge is made, and a port that has it when it
 	// joins forwards at once (STP off, forward delay 0), so br0 has carrier sooner.
+	raised := false
 	if nic.Attrs().Flags&net.FlagUp == 0 {
 		if err := e.nl(func(h *netlink.Handle) error { return h.LinkSetUp(nic) }); err != nil {
 			return nil, fmt.Errorf("set %s up: %w", nic.Attrs().Name, err)
 		}
+		raised = true
 	}
 	br, err := e.linkByName(name)
 	created := false
-	switch {
-	case errors.As(err, &netlink.LinkNotFoundError{}):
-		add := &netlink.Bridge{LinkAttrs: netlink.LinkAttrs{Name: name, HardwareAddr: mac}}
-		if err := e.nl(func(h *netlink.Handle) error { return h.LinkAdd(add) }); err != nil {
-			if errors.Is(err, unix.EOPNOTSUPP) {
-				return nil, fmt.Errorf("create bridge %s: %w (is the bridge kernel module in the image?)", name, err)
-			}
-			return nil, fmt.Errorf("create bridge %s: %w", name, err)
-		}
-		created = true
-		if br, err = e.linkByName(name); err != nil {
-			return nil, err
-		}
-	case err != nil:
-		return nil, err
-	case br.Type() != "bridge":
-		return nil, fmt.Errorf("%s exists and is a %s, not a bridge", name, br.Type())
-	}
 	enslaved := false
 	undo := func(err error) (netlink.Link, error) {
 		if enslaved {
@@ -67,12 +51,35 @@ func (e *netEnv) ensureBridge(name string, nic netlink.Link) (netlink.Link, erro
 				err = errors.Join(err, fmt.Errorf("release %s again: %w", nic.Attrs().Name, uerr))
 			}
 		}
-		if created {
+		if created && br != nil {
 			if uerr := e.nl(func(h *netlink.Handle) error { return h.LinkDel(br) }); uerr != nil {
 				err = errors.Join(err, fmt.Errorf("delete bridge %s again: %w", name, uerr))
 			}
 		}
+		if raised {
+			if uerr := e.nl(func(h *netlink.Handle) error { return h.LinkSetDown(nic) }); uerr != nil {
+				err = errors.Join(err, fmt.Errorf("set %s down again: %w", nic.Attrs().Name, uerr))
+			}
+		}
 		return nil, err
+	}
+	switch {
+	case errors.As(err, &netlink.LinkNotFoundError{}):
+		add := &netlink.Bridge{LinkAttrs: netlink.LinkAttrs{Name: name, HardwareAddr: mac}}
+		if err := e.nl(func(h *netlink.Handle) error { return h.LinkAdd(add) }); err != nil {
+			if errors.Is(err, unix.EOPNOTSUPP) {
+				return undo(fmt.Errorf("create bridge %s: %w (is the bridge kernel module in the image?)", name, err))
+			}
+			return undo(fmt.Errorf("create bridge %s: %w", name, err))
+		}
+		created = true
+		if br, err = e.linkByName(name); err != nil {
+			return undo(err)
+		}
+	case err != nil:
+		return undo(err)
+	case br.Type() != "bridge":
+		return undo(fmt.Errorf("%s exists and is a %s, not a bridge", name, br.Type()))
 	}
 	if !bytes.Equal(br.Attrs().HardwareAddr, mac) {
 		if err := e.nl(func(h *netlink.Handle) error { return h.LinkSetHardwareAddr(br, mac) }); err != nil {

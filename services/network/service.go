@@ -133,8 +133,7 @@ type Service struct {
 	programmed  target
 	dhcp        *worker
 	dhcpStarted time.Time
-	// dhcpBlind: the client started while its link had no carrier.
-	dhcpBlind bool
+	dhcpBlind   bool // the client started while its link had no carrier
 	dhcpEvents  chan dhcpEvent
 	ll          *worker
 	llEvents    chan llEvent
